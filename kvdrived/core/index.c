@@ -1,0 +1,239 @@
+/* SPDX-License-Identifier: MIT */
+#include "index.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "macro.h"
+
+#define CHUNK_SHIFT 16
+#define CHUNK_BLOCKS (1u << CHUNK_SHIFT)
+#define MAX_CHUNKS (1u << 16)           /* ids are 32 bits */
+#define LOAD_NUM 3
+#define LOAD_DEN 4
+
+struct slot {
+        uint32_t id;    /* KVD_ID_NONE: empty */
+        uint32_t tag;   /* high bits of the hash: skips most record loads */
+};
+
+struct kvd_index {
+        struct slot *table;
+        uint64_t mask;          /* capacity - 1, a power of two */
+        uint64_t count;
+        struct kvd_block **chunks;
+        uint32_t n_chunks;
+        uint32_t next_fresh;    /* first never-used id */
+        uint32_t free_head;     /* recycled ids */
+};
+
+static uint64_t hash_key(const struct kvd_bkey *k)
+{
+        uint64_t buf[3] = { k->hi, k->lo, (uint64_t)k->ns << 32 | k->layer };
+
+        return XXH3_64bits(buf, sizeof(buf));
+}
+
+static uint64_t hash_block(const struct kvd_block *b)
+{
+        struct kvd_bkey k = { b->key_hi, b->key_lo, b->ns, b->layer };
+
+        return hash_key(&k);
+}
+
+static bool block_matches(const struct kvd_block *b, const struct kvd_bkey *k)
+{
+        return b->key_hi == k->hi && b->key_lo == k->lo && b->ns == k->ns && b->layer == k->layer;
+}
+
+struct kvd_block *kvd_index_block(const struct kvd_index *idx, uint32_t id)
+{
+        return &idx->chunks[id >> CHUNK_SHIFT][id & (CHUNK_BLOCKS - 1)];
+}
+
+int kvd_index_new(uint64_t expected, struct kvd_index **ret)
+{
+        struct kvd_index *idx;
+        uint64_t cap = 1024;
+
+        while (cap * LOAD_NUM / LOAD_DEN < expected && cap < (UINT64_C(1) << 33))
+                cap <<= 1;
+        idx = calloc(1, sizeof(*idx));
+        if (!idx)
+                return -ENOMEM;
+        idx->table = calloc(cap, sizeof(struct slot));
+        idx->chunks = calloc(MAX_CHUNKS, sizeof(*idx->chunks));
+        if (!idx->table || !idx->chunks) {
+                kvd_index_free(idx);
+                return -ENOMEM;
+        }
+        idx->mask = cap - 1;
+        idx->next_fresh = 1;    /* id 0 is KVD_ID_NONE */
+        idx->free_head = KVD_ID_NONE;
+        *ret = idx;
+        return 0;
+}
+
+struct kvd_index *kvd_index_free(struct kvd_index *idx)
+{
+        if (!idx)
+                return NULL;
+        if (idx->chunks)
+                for (uint32_t i = 0; i < idx->n_chunks; i++)
+                        free(idx->chunks[i]);
+        free(idx->chunks);
+        free(idx->table);
+        free(idx);
+        return NULL;
+}
+
+uint32_t kvd_index_find(const struct kvd_index *idx, const struct kvd_bkey *k)
+{
+        uint64_t h = hash_key(k);
+        uint32_t tag = (uint32_t)(h >> 32);
+
+        for (uint64_t i = h & idx->mask;; i = (i + 1) & idx->mask) {
+                const struct slot *s = &idx->table[i];
+
+                if (s->id == KVD_ID_NONE)
+                        return KVD_ID_NONE;
+                if (s->tag == tag && block_matches(kvd_index_block(idx, s->id), k))
+                        return s->id;
+        }
+}
+
+static void place(struct slot *table, uint64_t mask, uint64_t h, uint32_t id)
+{
+        uint64_t i = h & mask;
+
+        while (table[i].id != KVD_ID_NONE)
+                i = (i + 1) & mask;
+        table[i] = (struct slot){ id, (uint32_t)(h >> 32) };
+}
+
+static int grow(struct kvd_index *idx)
+{
+        uint64_t cap = (idx->mask + 1) * 2;
+        struct slot *t = calloc(cap, sizeof(*t));
+
+        if (!t)
+                return -ENOMEM;
+        for (uint64_t i = 0; i <= idx->mask; i++) {
+                uint32_t id = idx->table[i].id;
+
+                if (id != KVD_ID_NONE)
+                        place(t, cap - 1, hash_block(kvd_index_block(idx, id)), id);
+        }
+        free(idx->table);
+        idx->table = t;
+        idx->mask = cap - 1;
+        return 0;
+}
+
+static int alloc_id(struct kvd_index *idx, uint32_t *ret)
+{
+        uint32_t id = idx->free_head;
+
+        if (id != KVD_ID_NONE) {
+                idx->free_head = kvd_index_block(idx, id)->lru_next;
+                *ret = id;
+                return 0;
+        }
+        id = idx->next_fresh;
+        if ((id >> CHUNK_SHIFT) >= idx->n_chunks) {
+                if (idx->n_chunks == MAX_CHUNKS)
+                        return -ENOSPC;
+                idx->chunks[idx->n_chunks] = calloc(CHUNK_BLOCKS, sizeof(struct kvd_block));
+                if (!idx->chunks[idx->n_chunks])
+                        return -ENOMEM;
+                idx->n_chunks++;
+        }
+        idx->next_fresh++;
+        *ret = id;
+        return 0;
+}
+
+int kvd_index_insert(struct kvd_index *idx, const struct kvd_bkey *k, uint32_t *ret_id)
+{
+        uint32_t id = kvd_index_find(idx, k);
+        struct kvd_block *b;
+        int r;
+
+        if (id != KVD_ID_NONE) {
+                *ret_id = id;
+                return -EEXIST;
+        }
+        if ((idx->count + 1) * LOAD_DEN > (idx->mask + 1) * LOAD_NUM) {
+                r = grow(idx);
+                if (r < 0)
+                        return r;
+        }
+        r = alloc_id(idx, &id);
+        if (r < 0)
+                return r;
+        b = kvd_index_block(idx, id);
+        *b = (struct kvd_block){
+                .key_hi = k->hi, .key_lo = k->lo, .ns = (uint16_t)k->ns, .layer = k->layer,
+                .lru_prev = KVD_ID_NONE, .lru_next = KVD_ID_NONE,
+        };
+        place(idx->table, idx->mask, hash_key(k), id);
+        idx->count++;
+        *ret_id = id;
+        return 0;
+}
+
+void kvd_index_remove(struct kvd_index *idx, uint32_t id)
+{
+        struct kvd_block *b = kvd_index_block(idx, id);
+        uint64_t i = hash_block(b) & idx->mask, j;
+
+        while (idx->table[i].id != id) {
+                assert(idx->table[i].id != KVD_ID_NONE);
+                i = (i + 1) & idx->mask;
+        }
+        /* Backward-shift: pull later entries of the run into the hole unless
+         * their home slot lies cyclically in (hole, j]. */
+        j = i;
+        for (;;) {
+                uint64_t home;
+
+                j = (j + 1) & idx->mask;
+                if (idx->table[j].id == KVD_ID_NONE)
+                        break;
+                home = hash_block(kvd_index_block(idx, idx->table[j].id)) & idx->mask;
+                if (((j - home) & idx->mask) >= ((j - i) & idx->mask)) {
+                        idx->table[i] = idx->table[j];
+                        i = j;
+                }
+        }
+        idx->table[i] = (struct slot){ KVD_ID_NONE, 0 };
+        idx->count--;
+        memset(b, 0, sizeof(*b));
+        b->lru_next = idx->free_head;
+        idx->free_head = id;
+}
+
+uint64_t kvd_index_count(const struct kvd_index *idx)
+{
+        return idx->count;
+}
+
+uint64_t kvd_index_capacity(const struct kvd_index *idx)
+{
+        return idx->mask + 1;
+}
+
+uint64_t kvd_index_bytes(const struct kvd_index *idx)
+{
+        return (idx->mask + 1) * sizeof(struct slot) +
+               (uint64_t)idx->n_chunks * CHUNK_BLOCKS * sizeof(struct kvd_block) +
+               MAX_CHUNKS * sizeof(struct kvd_block *);
+}
+
+uint32_t kvd_index_bytes_per_block(void)
+{
+        return (uint32_t)(sizeof(struct kvd_block) + (sizeof(struct slot) * LOAD_DEN + LOAD_NUM - 1) / LOAD_NUM);
+}

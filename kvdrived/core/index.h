@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The block index: one record per cached block, found by (namespace, key128,
+ * layer) through an open-addressing hash table (linear probing, backward-
+ * shift deletion, no tombstones). Records live in fixed chunks, so a
+ * record's address and its 32-bit id stay valid until it is removed; ids are
+ * what other structures (LRU lists, transfer batches) hold.
+ *
+ * Memory per block: sizeof(struct kvd_block) plus one 8-byte table slot at a
+ * load factor of at most 0.75 (kvd_index_bytes_per_block()).
+ * Event-loop thread only: no locking.
+ */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KVD_ID_NONE 0u
+
+enum kvd_block_state {
+        KVD_BLOCK_FREE = 0,
+        KVD_BLOCK_PENDING,      /* being stored: not readable, not evictable */
+        KVD_BLOCK_READY,
+};
+
+enum kvd_block_flags {
+        KVD_BLOCK_DOOMED = 1u << 0, /* delete when the last pin goes */
+};
+
+struct kvd_bkey {
+        uint64_t hi, lo;
+        uint32_t ns;
+        uint32_t layer;
+};
+
+struct kvd_block {
+        uint64_t key_hi, key_lo;
+        uint16_t ns;
+        uint16_t pins;          /* loads in flight */
+        uint32_t layer;
+        uint32_t loc;           /* host tier location */
+        uint32_t lru_prev, lru_next; /* ids; free list link when FREE */
+        uint8_t state;
+        uint8_t flags;
+        uint8_t klass;          /* host size class */
+        uint8_t pad;
+};
+
+struct kvd_index;
+
+/* expected: initial capacity hint in blocks. */
+int kvd_index_new(uint64_t expected, struct kvd_index **ret);
+struct kvd_index *kvd_index_free(struct kvd_index *idx);
+
+/* Id of the block with key k, or KVD_ID_NONE. */
+uint32_t kvd_index_find(const struct kvd_index *idx, const struct kvd_bkey *k);
+
+/* Inserts a FREE-state record for k and returns its id (state is set by the
+ * caller). -EEXIST (with *ret_id set to the existing id) or -ENOMEM. */
+int kvd_index_insert(struct kvd_index *idx, const struct kvd_bkey *k, uint32_t *ret_id);
+
+/* Removes block id from the table and recycles its record. */
+void kvd_index_remove(struct kvd_index *idx, uint32_t id);
+
+struct kvd_block *kvd_index_block(const struct kvd_index *idx, uint32_t id);
+
+uint64_t kvd_index_count(const struct kvd_index *idx);
+uint64_t kvd_index_capacity(const struct kvd_index *idx);
+/* All metadata bytes held (records allocated + table). */
+uint64_t kvd_index_bytes(const struct kvd_index *idx);
+/* Bytes of metadata per block at the table's maximum load. */
+uint32_t kvd_index_bytes_per_block(void);

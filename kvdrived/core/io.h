@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Put and Get of a batch of blocks between the cache and a client's device
+ * pool: reserves or pins blocks in the cache, hands the copies to the
+ * transfer engine, and commits or releases them when the copies are done.
+ * The caller (the server) has already validated the items against the
+ * namespace and the pool.
+ */
+#pragma once
+
+#include <stdint.h>
+
+#include "cache.h"
+#include "device.h"
+#include "xfer.h"
+
+struct kvd_item {
+        uint64_t key_hi, key_lo;
+        uint32_t layer;
+        uint32_t slot;
+};
+
+/* Item outcomes; the values are the wire's ItemStatus. */
+enum kvd_item_status {
+        KVD_ITEM_OK = 0,
+        KVD_ITEM_EXISTS = 1,
+        KVD_ITEM_MISS = 2,
+        KVD_ITEM_NO_SPACE = 3,
+        KVD_ITEM_ERROR = 4,
+};
+
+struct kvd_io;
+
+/* Called on the event-loop thread when every item has its outcome, possibly
+ * from inside kvd_io_submit() when nothing needed copying. The callee reads
+ * kvd_io_status()/kvd_io_done() and frees the request with kvd_io_free(). */
+typedef void (*kvd_io_done_fn)(struct kvd_io *io, void *userdata);
+
+/*
+ * Starts a Put (dir KVD_XFER_IN) or Get (KVD_XFER_OUT) of n items of ns
+ * through pool (a reference is held until completion). Returns 0 (done will
+ * be called exactly once) or -ENOMEM (nothing changed, done not called).
+ */
+int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_xfer_dir dir,
+                  const struct kvd_ns *ns, struct kvd_peer_pool *pool,
+                  const struct kvd_item *items, uint32_t n, kvd_io_done_fn done, void *userdata);
+
+/* Per-item enum kvd_item_status, n bytes, owned by io. */
+const uint8_t *kvd_io_status(const struct kvd_io *io);
+uint32_t kvd_io_count(const struct kvd_io *io);
+/* Items stored (Put) or loaded (Get). */
+uint32_t kvd_io_done(const struct kvd_io *io);
+struct kvd_io *kvd_io_free(struct kvd_io *io);

@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: MIT */
+/* The no-GPU device backend: the client's pool is a sealed memfd. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include "device.h"
+
+struct memfd_pool {
+        struct kvd_peer_pool pool;
+        uint8_t *base;
+        size_t len;
+};
+
+static int memfd_copy_in(struct kvd_peer_pool *p, uint32_t slot, void *host, size_t len)
+{
+        struct memfd_pool *m = (struct memfd_pool *)p;
+
+        memcpy(host, m->base + (uint64_t)slot * p->slot_bytes, len);
+        return 0;
+}
+
+static int memfd_copy_out(struct kvd_peer_pool *p, uint32_t slot, const void *host, size_t len)
+{
+        struct memfd_pool *m = (struct memfd_pool *)p;
+
+        memcpy(m->base + (uint64_t)slot * p->slot_bytes, host, len);
+        return 0;
+}
+
+static void memfd_close(struct kvd_peer_pool *p)
+{
+        struct memfd_pool *m = (struct memfd_pool *)p;
+
+        munmap(m->base, m->len);
+        free(m);
+}
+
+static const struct kvd_device_ops memfd_ops = {
+        .name = "memfd",
+        .copy_in = memfd_copy_in,
+        .copy_out = memfd_copy_out,
+        .close = memfd_close,
+};
+
+int kvd_memfd_pool_open(int fd, uint32_t slot_count, uint64_t slot_bytes,
+                        struct kvd_peer_pool **ret, const char **ret_why)
+{
+        struct memfd_pool *m;
+        struct stat st;
+        uint64_t need;
+        int seals;
+        void *base;
+
+        if (slot_count == 0 || slot_bytes == 0 || slot_bytes > (UINT64_MAX / slot_count)) {
+                *ret_why = "slot count and slot size must be non-zero";
+                return -EINVAL;
+        }
+        need = (uint64_t)slot_count * slot_bytes;
+        seals = fcntl(fd, F_GET_SEALS);
+        if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
+                *ret_why = "pool fd must be a memfd sealed with F_SEAL_SHRINK";
+                return -EINVAL;
+        }
+        if (fstat(fd, &st) < 0) {
+                *ret_why = "cannot stat pool fd";
+                return -errno;
+        }
+        if ((uint64_t)st.st_size < need) {
+                *ret_why = "pool memfd is smaller than slot_count * slot_bytes";
+                return -EMSGSIZE;
+        }
+        base = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+        if (base == MAP_FAILED) {
+                *ret_why = "cannot map pool memfd";
+                return -errno;
+        }
+        m = calloc(1, sizeof(*m));
+        if (!m) {
+                munmap(base, need);
+                *ret_why = "out of memory";
+                return -ENOMEM;
+        }
+        m->pool = (struct kvd_peer_pool){ .ops = &memfd_ops, .refs = 1,
+                                          .slot_count = slot_count, .slot_bytes = slot_bytes };
+        m->base = base;
+        m->len = need;
+        *ret = &m->pool;
+        return 0;
+}

@@ -1,0 +1,484 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Wire -> core: decodes a Request, checks the session, the peer's limits and
+ * every argument, and only then calls the cache / I/O layer with plain
+ * structs. A request that fails a check gets an Error reply and changes no
+ * state.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "frame.h"
+#include "io.h"
+#include "kvd-build.h"
+#include "log.h"
+#include "macro.h"
+#include "server-internal.h"
+
+struct pending {
+        struct kvd_session *ss;
+        uint64_t id;
+        bool put;
+};
+
+static void close_fds(int *fds, unsigned nfds)
+{
+        for (unsigned i = 0; i < nfds; i++)
+                if (fds[i] >= 0)
+                        close(fds[i]);
+}
+
+static void reply(struct kvd_session *ss, uint64_t id, Kvdrive__Response *resp)
+{
+        resp->id = id;
+        kvd_session_send(ss, resp);
+}
+
+static void handle_hello(struct kvd_session *ss, uint64_t id, const Kvdrive__Hello *h)
+{
+        Kvdrive__HelloReply hr = KVDRIVE__HELLO_REPLY__INIT;
+        Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
+
+        if (h->version != KVD_PROTO_VERSION) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_VERSION,
+                                       "protocol version %u not supported (daemon speaks %u)", h->version,
+                                       KVD_PROTO_VERSION);
+                return;
+        }
+        if (h->client_name && *h->client_name) {
+                snprintf(ss->name, sizeof(ss->name), "%s", h->client_name);
+                log_info("session %llu: hello from '%s'", (unsigned long long)ss->id, ss->name);
+        }
+        ss->hello = true;
+        hr.version = KVD_PROTO_VERSION;
+        hr.daemon_version = (char *)KVD_VERSION;
+        hr.session_id = ss->id;
+        hr.max_frame = ss->server->cfg->max_frame;
+        hr.max_items = ss->server->cfg->max_items;
+        resp.body_case = KVDRIVE__RESPONSE__BODY_HELLO;
+        resp.hello = &hr;
+        reply(ss, id, &resp);
+}
+
+static void handle_register_ns(struct kvd_session *ss, uint64_t id, const Kvdrive__RegisterNamespace *m)
+{
+        Kvdrive__RegisterNamespaceReply rr = KVDRIVE__REGISTER_NAMESPACE_REPLY__INIT;
+        Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
+        struct kvd_geometry g = { 0 };
+        uint32_t ns_id;
+        bool created;
+        int r;
+
+        if (!m->geometry) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_GEOMETRY, "namespace has no geometry");
+                return;
+        }
+        g = (struct kvd_geometry){ m->geometry->layers, m->geometry->kv_heads, m->geometry->head_dim,
+                                   (uint32_t)m->geometry->dtype, m->geometry->block_tokens };
+        r = kvd_cache_ns_register(ss->server->cache, m->name, &g, &ns_id, &created);
+        switch (r) {
+        case 0:
+                break;
+        case -EEXIST:
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_NS_CONFLICT,
+                                       "namespace '%s' exists with a different geometry", m->name);
+                return;
+        case -E2BIG:
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_GEOMETRY,
+                                       "block larger than the host extent (%llu bytes)",
+                                       (unsigned long long)ss->server->cfg->host_extent_bytes);
+                return;
+        case -ENOSPC:
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_LIMIT,
+                                       "too many namespaces (max-namespaces %u)", ss->server->cfg->max_namespaces);
+                return;
+        default:
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_GEOMETRY,
+                                       "invalid namespace: name must be 1-%d bytes, every geometry field "
+                                       "non-zero, layers <= 65536, dtype 1-4, block < 4 GiB",
+                                       KVD_NS_NAME_MAX - 1);
+                return;
+        }
+        ss->ns_joined[ns_id] = 1;
+        rr.ns_id = ns_id;
+        rr.block_bytes = kvd_cache_ns(ss->server->cache, ns_id)->block_bytes;
+        rr.created = created;
+        resp.body_case = KVDRIVE__RESPONSE__BODY_REGISTER_NAMESPACE;
+        resp.register_namespace = &rr;
+        reply(ss, id, &resp);
+}
+
+static void handle_register_pool(struct kvd_session *ss, uint64_t id, const Kvdrive__RegisterPool *m,
+                                 int *fds, unsigned nfds)
+{
+        Kvdrive__RegisterPoolReply rr = KVDRIVE__REGISTER_POOL_REPLY__INIT;
+        Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
+        const struct kvd_config *cfg = ss->server->cfg;
+        struct kvd_peer_pool *pool, **pools;
+        const char *why = NULL;
+        uint64_t bytes;
+        int r;
+
+        if (m->backend != KVDRIVE__BACKEND__BACKEND_MEMFD) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                       "backend %d is not available in this daemon", (int)m->backend);
+                return;
+        }
+        if (nfds != 1) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                       "RegisterPool needs exactly one memfd passed with SCM_RIGHTS (got %u)", nfds);
+                return;
+        }
+        if (ss->n_pools >= cfg->max_pools_per_client) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_LIMIT, "too many pools (max-pools-per-client %u)",
+                                       cfg->max_pools_per_client);
+                return;
+        }
+        if (m->slot_count == 0 || m->slot_bytes == 0 || m->slot_bytes > UINT64_MAX / m->slot_count) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG, "slot count and size must be non-zero");
+                return;
+        }
+        bytes = m->slot_bytes * m->slot_count;
+        if (ss->pool_bytes + bytes > cfg->max_pool_bytes_per_client) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_LIMIT,
+                                       "pool bytes over max-pool-bytes-per-client (%llu)",
+                                       (unsigned long long)cfg->max_pool_bytes_per_client);
+                return;
+        }
+        r = kvd_memfd_pool_open(fds[0], m->slot_count, m->slot_bytes, &pool, &why);
+        if (r < 0) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG, "%s: %s", why, strerror(-r));
+                return;
+        }
+        pools = realloc(ss->pools, sizeof(*pools) * (ss->n_pools + 1));
+        if (!pools) {
+                kvd_peer_pool_unref(pool);
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
+                return;
+        }
+        ss->pools = pools;
+        ss->pools[ss->n_pools] = pool;
+        rr.pool_id = ss->n_pools++;
+        ss->pool_bytes += bytes;
+        log_info("session %llu: pool %u: %u slots of %llu bytes (memfd)", (unsigned long long)ss->id, rr.pool_id,
+                 m->slot_count, (unsigned long long)m->slot_bytes);
+        resp.body_case = KVDRIVE__RESPONSE__BODY_REGISTER_POOL;
+        resp.register_pool = &rr;
+        reply(ss, id, &resp);
+}
+
+/* The namespace, if this session registered it; else replies an error. */
+static const struct kvd_ns *session_ns(struct kvd_session *ss, uint64_t id, uint32_t ns_id)
+{
+        const struct kvd_ns *ns = kvd_cache_ns(ss->server->cache, ns_id);
+
+        if (!ns || !ss->ns_joined[ns_id]) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_NO_NAMESPACE,
+                                       "namespace %u is not registered by this client", ns_id);
+                return NULL;
+        }
+        return ns;
+}
+
+static bool check_items(struct kvd_session *ss, uint64_t id, size_t n)
+{
+        if (n > ss->server->cfg->max_items) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_LIMIT, "%zu items over max-items %u", n,
+                                       ss->server->cfg->max_items);
+                return false;
+        }
+        return true;
+}
+
+static void transfer_done(struct kvd_io *io, void *userdata)
+{
+        struct pending *p = userdata;
+        struct kvd_session *ss = p->ss;
+        Kvdrive__TransferReply tr = KVDRIVE__TRANSFER_REPLY__INIT;
+        Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
+
+        tr.status.data = (uint8_t *)kvd_io_status(io);
+        tr.status.len = kvd_io_count(io);
+        tr.done = kvd_io_done(io);
+        if (p->put) {
+                resp.body_case = KVDRIVE__RESPONSE__BODY_PUT;
+                resp.put = &tr;
+        } else {
+                resp.body_case = KVDRIVE__RESPONSE__BODY_GET;
+                resp.get = &tr;
+        }
+        reply(ss, p->id, &resp);
+        ss->inflight--;
+        kvd_session_unref(ss);
+        kvd_io_free(io);
+        free(p);
+}
+
+static void handle_transfer(struct kvd_session *ss, uint64_t id, const Kvdrive__Transfer *m, bool put)
+{
+        const struct kvd_ns *ns;
+        struct kvd_peer_pool *pool;
+        struct kvd_item *items;
+        struct pending *p;
+        int r;
+
+        ns = session_ns(ss, id, m->ns_id);
+        if (!ns || !check_items(ss, id, m->n_items))
+                return;
+        if (m->pool_id >= ss->n_pools) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_NO_POOL,
+                                       "pool %u is not registered by this client", m->pool_id);
+                return;
+        }
+        pool = ss->pools[m->pool_id];
+        if (pool->slot_bytes < ns->block_bytes) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_GEOMETRY,
+                                       "pool %u slots of %llu bytes cannot hold blocks of %llu bytes",
+                                       m->pool_id, (unsigned long long)pool->slot_bytes,
+                                       (unsigned long long)ns->block_bytes);
+                return;
+        }
+        for (size_t i = 0; i < m->n_items; i++) {
+                const Kvdrive__BlockRef *b = m->items[i];
+
+                if (b->slot >= pool->slot_count || b->layer >= ns->geometry.layers) {
+                        kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_OUT_OF_RANGE,
+                                               "item %zu: slot %u of %u, layer %u of %u", i, b->slot,
+                                               pool->slot_count, b->layer, ns->geometry.layers);
+                        return;
+                }
+        }
+        if (ss->inflight >= ss->server->cfg->max_inflight_per_client) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_LIMIT,
+                                       "too many requests in flight (max-inflight-per-client %u)",
+                                       ss->server->cfg->max_inflight_per_client);
+                return;
+        }
+        items = malloc(sizeof(*items) * (m->n_items ? m->n_items : 1));
+        p = malloc(sizeof(*p));
+        if (!items || !p) {
+                free(items);
+                free(p);
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
+                return;
+        }
+        for (size_t i = 0; i < m->n_items; i++)
+                items[i] = (struct kvd_item){ m->items[i]->key_hi, m->items[i]->key_lo, m->items[i]->layer,
+                                              m->items[i]->slot };
+        *p = (struct pending){ .ss = kvd_session_ref(ss), .id = id, .put = put };
+        ss->inflight++;
+        r = kvd_io_submit(ss->server->cache, ss->server->xfer, put ? KVD_XFER_IN : KVD_XFER_OUT, ns, pool, items,
+                          (uint32_t)m->n_items, transfer_done, p);
+        free(items);
+        if (r < 0) {
+                ss->inflight--;
+                kvd_session_unref(ss);
+                free(p);
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
+        }
+}
+
+static void handle_lookup(struct kvd_session *ss, uint64_t id, const Kvdrive__Lookup *m)
+{
+        Kvdrive__LookupReply lr = KVDRIVE__LOOKUP_REPLY__INIT;
+        Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
+        const struct kvd_ns *ns;
+        uint32_t *prefix;
+
+        ns = session_ns(ss, id, m->ns_id);
+        if (!ns || !check_items(ss, id, m->n_keys))
+                return;
+        prefix = calloc(ns->geometry.layers, sizeof(*prefix));
+        if (!prefix) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
+                return;
+        }
+        for (uint32_t l = 0; l < ns->geometry.layers; l++) {
+                uint32_t k = 0;
+
+                while (k < m->n_keys) {
+                        struct kvd_bkey key = { m->keys[k]->hi, m->keys[k]->lo, ns->id, l };
+
+                        if (!kvd_cache_contains(ss->server->cache, &key))
+                                break;
+                        k++;
+                }
+                prefix[l] = k;
+        }
+        lr.prefix = prefix;
+        lr.n_prefix = ns->geometry.layers;
+        resp.body_case = KVDRIVE__RESPONSE__BODY_LOOKUP;
+        resp.lookup = &lr;
+        reply(ss, id, &resp);
+        free(prefix);
+}
+
+static void handle_delete(struct kvd_session *ss, uint64_t id, const Kvdrive__Delete *m)
+{
+        Kvdrive__DeleteReply dr = KVDRIVE__DELETE_REPLY__INIT;
+        Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
+        const struct kvd_ns *ns;
+        uint32_t first, last;
+
+        ns = session_ns(ss, id, m->ns_id);
+        if (!ns || !check_items(ss, id, m->n_keys))
+                return;
+        if (!m->all_layers && m->layer >= ns->geometry.layers) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_OUT_OF_RANGE, "layer %u of %u", m->layer,
+                                       ns->geometry.layers);
+                return;
+        }
+        first = m->all_layers ? 0 : m->layer;
+        last = m->all_layers ? ns->geometry.layers - 1 : m->layer;
+        for (size_t k = 0; k < m->n_keys; k++)
+                for (uint32_t l = first; l <= last; l++) {
+                        struct kvd_bkey key = { m->keys[k]->hi, m->keys[k]->lo, ns->id, l };
+
+                        dr.deleted += (uint32_t)kvd_cache_delete(ss->server->cache, &key);
+                }
+        resp.body_case = KVDRIVE__RESPONSE__BODY_DELETE;
+        resp.delete_ = &dr;
+        reply(ss, id, &resp);
+}
+
+static void handle_stats(struct kvd_session *ss, uint64_t id)
+{
+        struct kvd_server *s = ss->server;
+        Kvdrive__StatsReply sr = KVDRIVE__STATS_REPLY__INIT;
+        Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
+        Kvdrive__TierStats host = KVDRIVE__TIER_STATS__INIT;
+        Kvdrive__TierStats *tiers[1] = { &host };
+        uint32_t n_ns = kvd_cache_ns_count(s->cache);
+        Kvdrive__NamespaceStats *nss = calloc(n_ns ? n_ns : 1, sizeof(*nss));
+        Kvdrive__NamespaceStats **nsp = calloc(n_ns ? n_ns : 1, sizeof(*nsp));
+        Kvdrive__Geometry *geo = calloc(n_ns ? n_ns : 1, sizeof(*geo));
+        struct kvd_cache_stats cs;
+
+        if (!nss || !nsp || !geo) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
+                goto out;
+        }
+        kvd_cache_stats(s->cache, &cs);
+        host.name = (char *)"host";
+        host.capacity_bytes = cs.host.capacity_bytes;
+        host.used_bytes = cs.host.used_bytes;
+        host.blocks = cs.host.blocks;
+        host.hits = cs.hits;
+        host.misses = cs.misses;
+        host.evictions = cs.evictions;
+        for (uint32_t i = 0; i < n_ns; i++) {
+                const struct kvd_ns *ns = kvd_cache_ns(s->cache, i);
+
+                kvdrive__namespace_stats__init(&nss[i]);
+                kvdrive__geometry__init(&geo[i]);
+                geo[i].layers = ns->geometry.layers;
+                geo[i].kv_heads = ns->geometry.kv_heads;
+                geo[i].head_dim = ns->geometry.head_dim;
+                geo[i].dtype = (Kvdrive__Dtype)ns->geometry.dtype;
+                geo[i].block_tokens = ns->geometry.block_tokens;
+                nss[i].id = ns->id;
+                nss[i].name = (char *)ns->name;
+                nss[i].geometry = &geo[i];
+                nss[i].block_bytes = ns->block_bytes;
+                nss[i].blocks = ns->blocks;
+                nsp[i] = &nss[i];
+        }
+        sr.daemon_version = (char *)KVD_VERSION;
+        sr.pid = (uint32_t)getpid();
+        sr.uptime_ms = kvd_now_ms() - s->started_ms;
+        sr.clients = s->n_sessions;
+        sr.clients_total = s->sessions_total;
+        sr.n_tiers = 1;
+        sr.tiers = tiers;
+        sr.n_namespaces = n_ns;
+        sr.namespaces = nsp;
+        sr.bytes_in = kvd_xfer_bytes(s->xfer, KVD_XFER_IN);
+        sr.bytes_out = kvd_xfer_bytes(s->xfer, KVD_XFER_OUT);
+        sr.puts = cs.puts;
+        sr.gets = cs.gets;
+        sr.index_capacity = cs.index_capacity;
+        sr.index_entries = cs.index_entries;
+        sr.index_bytes = cs.index_bytes;
+        sr.index_bytes_per_block = cs.index_bytes_per_block;
+        sr.requests = s->requests;
+        sr.errors = s->errors;
+        sr.workers = s->cfg->workers;
+        sr.device_backends = (char *)"memfd";
+        resp.body_case = KVDRIVE__RESPONSE__BODY_STATS;
+        resp.stats = &sr;
+        reply(ss, id, &resp);
+out:
+        free(nss);
+        free(nsp);
+        free(geo);
+}
+
+void kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int *fds, unsigned nfds)
+{
+        const struct kvd_config *cfg = ss->server->cfg;
+        const uint8_t *payload;
+        Kvdrive__Request *req;
+        size_t len;
+        int r;
+
+        ss->server->requests++;
+        r = kvd_frame_parse(buf, n, cfg->max_frame, &payload, &len);
+        if (r < 0) {
+                close_fds(fds, nfds);
+                if (r == -EMSGSIZE)
+                        kvd_session_send_error(ss, 0, KVDRIVE__ERROR_CODE__E_TOO_LARGE,
+                                               "frame of %zu bytes over max-frame %u", n, cfg->max_frame);
+                else if (r == -EPROTO)
+                        kvd_session_send_error(ss, 0, KVDRIVE__ERROR_CODE__E_TRUNCATED,
+                                               "frame of %zu bytes does not match its header", n);
+                else
+                        kvd_session_send_error(ss, 0, KVDRIVE__ERROR_CODE__E_MALFORMED,
+                                               "not a KVDrive frame (bad magic or short header)");
+                return;
+        }
+        req = kvdrive__request__unpack(NULL, len, payload);
+        if (!req) {
+                close_fds(fds, nfds);
+                kvd_session_send_error(ss, 0, KVDRIVE__ERROR_CODE__E_MALFORMED, "cannot decode the request");
+                return;
+        }
+        if (!ss->hello && req->body_case != KVDRIVE__REQUEST__BODY_HELLO) {
+                kvd_session_send_error(ss, req->id, KVDRIVE__ERROR_CODE__E_NO_HELLO, "send Hello first");
+                goto out;
+        }
+        switch (req->body_case) {
+        case KVDRIVE__REQUEST__BODY_HELLO:
+                handle_hello(ss, req->id, req->hello);
+                break;
+        case KVDRIVE__REQUEST__BODY_REGISTER_NAMESPACE:
+                handle_register_ns(ss, req->id, req->register_namespace);
+                break;
+        case KVDRIVE__REQUEST__BODY_REGISTER_POOL:
+                handle_register_pool(ss, req->id, req->register_pool, fds, nfds);
+                break;
+        case KVDRIVE__REQUEST__BODY_PUT:
+                handle_transfer(ss, req->id, req->put, true);
+                break;
+        case KVDRIVE__REQUEST__BODY_GET:
+                handle_transfer(ss, req->id, req->get, false);
+                break;
+        case KVDRIVE__REQUEST__BODY_LOOKUP:
+                handle_lookup(ss, req->id, req->lookup);
+                break;
+        case KVDRIVE__REQUEST__BODY_DELETE:
+                handle_delete(ss, req->id, req->delete_);
+                break;
+        case KVDRIVE__REQUEST__BODY_STATS:
+                handle_stats(ss, req->id);
+                break;
+        default:
+                kvd_session_send_error(ss, req->id, KVDRIVE__ERROR_CODE__E_UNKNOWN_TYPE,
+                                       "unknown request type");
+                break;
+        }
+out:
+        close_fds(fds, nfds);
+        kvdrive__request__free_unpacked(req, NULL);
+}

@@ -1,0 +1,86 @@
+/* SPDX-License-Identifier: MIT */
+/* Private to kvdrived/server/: sessions and the dispatcher. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "cache.h"
+#include "config.h"
+#include "device.h"
+#include "kvdrive.pb-c.h"
+#include "xfer.h"
+
+enum watch_type { WATCH_LISTEN, WATCH_SIGNAL, WATCH_XFER, WATCH_SESSION };
+
+struct watch {
+        enum watch_type type;
+        int fd;
+};
+
+struct outmsg {
+        struct outmsg *next;
+        size_t len;
+        uint8_t data[];         /* packed Response, without the frame header */
+};
+
+struct kvd_session {
+        struct watch w;         /* first: epoll data.ptr */
+        struct kvd_server *server;
+        unsigned refs;          /* the server's list + each request in flight */
+        bool closed;
+        bool hello;
+        uint64_t id;
+        struct ucred cred;
+        char name[64];
+        uint8_t *ns_joined;     /* one byte per namespace id */
+        struct kvd_peer_pool **pools;
+        uint32_t n_pools;
+        uint64_t pool_bytes;
+        uint32_t inflight;
+        struct outmsg *outq_head, *outq_tail;
+        uint64_t outq_bytes;
+        bool want_write;
+        struct kvd_session *prev, *next;
+};
+
+struct kvd_server {
+        const struct kvd_config *cfg;
+        struct kvd_cache *cache;
+        struct kvd_xfer *xfer;
+        int epfd;
+        struct watch sig_w, xfer_w;
+        struct watch listeners[8];
+        unsigned n_listeners;
+        bool bound_path;        /* we created cfg->socket: unlink on exit */
+        struct kvd_session *sessions;
+        struct kvd_session *graveyard; /* closed this loop turn: freed after it */
+        uint32_t n_sessions;
+        uint64_t sessions_total;
+        uint64_t next_session_id;
+        uint64_t requests, errors;
+        uint64_t started_ms;
+        uint8_t *rxbuf;
+        size_t rxcap;
+};
+
+/* session.c */
+int kvd_session_accept(struct kvd_server *s, int listen_fd);
+void kvd_session_readable(struct kvd_session *ss);
+void kvd_session_writable(struct kvd_session *ss);
+void kvd_session_close(struct kvd_session *ss, const char *why);
+/* Drops the server's references to sessions closed since the last call. */
+void kvd_session_bury(struct kvd_server *s);
+struct kvd_session *kvd_session_ref(struct kvd_session *ss);
+struct kvd_session *kvd_session_unref(struct kvd_session *ss);
+/* Packs and sends (or queues) a response; a no-op on a closed session. */
+void kvd_session_send(struct kvd_session *ss, const Kvdrive__Response *resp);
+void kvd_session_send_error(struct kvd_session *ss, uint64_t id, Kvdrive__ErrorCode code,
+                            const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* dispatch.c: handles one received frame (buf, n as kvd_frame_recv gave;
+ * fds are owned by the dispatcher from here on). */
+void kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int *fds, unsigned nfds);
+
+uint64_t kvd_now_ms(void);

@@ -1,0 +1,271 @@
+/* SPDX-License-Identifier: MIT */
+#include "server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "frame.h"
+#include "log.h"
+#include "macro.h"
+#include "server-internal.h"
+
+static int watch_add(struct kvd_server *s, struct watch *w)
+{
+        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = w };
+
+        return epoll_ctl(s->epfd, EPOLL_CTL_ADD, w->fd, &ev) < 0 ? -errno : 0;
+}
+
+int kvd_server_new(const struct kvd_config *cfg, struct kvd_cache *cache, struct kvd_xfer *xfer,
+                   struct kvd_server **ret)
+{
+        struct kvd_server *s;
+        sigset_t mask;
+        int r;
+
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->cfg = cfg;
+        s->cache = cache;
+        s->xfer = xfer;
+        s->sig_w.fd = -1;
+        s->started_ms = kvd_now_ms();
+        /* One byte more than the largest legal frame: MSG_TRUNC reports the
+         * real size of anything longer. */
+        s->rxcap = cfg->max_frame + KVD_FRAME_HDR + 1;
+        s->rxbuf = malloc(s->rxcap);
+        s->epfd = epoll_create1(EPOLL_CLOEXEC);
+        if (!s->rxbuf || s->epfd < 0) {
+                r = s->rxbuf ? -errno : -ENOMEM;
+                goto err;
+        }
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        s->sig_w = (struct watch){ WATCH_SIGNAL, signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC) };
+        if (s->sig_w.fd < 0) {
+                r = -errno;
+                goto err;
+        }
+        s->xfer_w = (struct watch){ WATCH_XFER, kvd_xfer_fd(xfer) };
+        r = watch_add(s, &s->sig_w);
+        if (r == 0)
+                r = watch_add(s, &s->xfer_w);
+        if (r < 0)
+                goto err;
+        *ret = s;
+        return 0;
+err:
+        kvd_server_free(s);
+        return r;
+}
+
+/* -EADDRINUSE if a daemon answers on path; removes a stale socket file. */
+static int claim_path(const char *path)
+{
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct stat st;
+        int fd, r;
+
+        if (lstat(path, &st) < 0)
+                return errno == ENOENT ? 0 : -errno;
+        if (!S_ISSOCK(st.st_mode)) {
+                log_error("%s exists and is not a socket; refusing to replace it", path);
+                return -EEXIST;
+        }
+        fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+        close(fd);
+        if (r == 0) {
+                log_error("another kvdrived is serving %s", path);
+                return -EADDRINUSE;
+        }
+        if (unlink(path) < 0 && errno != ENOENT)
+                return -errno;
+        log_info("removed stale socket %s", path);
+        return 0;
+}
+
+static int bind_socket(struct kvd_server *s)
+{
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        const char *path = s->cfg->socket;
+        char dir[sizeof(sa.sun_path)];
+        int fd, r;
+
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return -ENAMETOOLONG;
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        memcpy(dir, path, strlen(path) + 1);
+        if (mkdir(dirname(dir), 0755) < 0 && errno != EEXIST) {
+                r = -errno;
+                log_error("cannot create the socket directory of %s: %s", path, strerror(-r));
+                return r;
+        }
+        r = claim_path(path);
+        if (r < 0)
+                return r;
+        fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(path, s->cfg->socket_mode) < 0 ||
+            listen(fd, 128) < 0) {
+                r = -errno;
+                log_error("cannot listen on %s: %s", path, strerror(-r));
+                close(fd);
+                return r;
+        }
+        s->bound_path = true;
+        s->listeners[s->n_listeners++] = (struct watch){ WATCH_LISTEN, fd };
+        log_info("listening on %s", path);
+        return 0;
+}
+
+int kvd_server_listen(struct kvd_server *s)
+{
+        int n = sd_listen_fds(1), r;
+
+        if (n < 0) {
+                log_error("sd_listen_fds: %s", strerror(-n));
+                return n;
+        }
+        for (int i = 0; i < n && s->n_listeners < ARRAY_SIZE(s->listeners); i++) {
+                int fd = SD_LISTEN_FDS_START + i;
+
+                if (sd_is_socket(fd, AF_UNIX, SOCK_SEQPACKET, 1) <= 0) {
+                        log_error("socket-activated fd %d is not a listening AF_UNIX SOCK_SEQPACKET socket "
+                                  "(use ListenSequentialPacket=)", fd);
+                        return -EINVAL;
+                }
+                fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+                s->listeners[s->n_listeners++] = (struct watch){ WATCH_LISTEN, fd };
+                log_info("listening on socket-activated fd %d", fd);
+        }
+        if (n == 0) {
+                r = bind_socket(s);
+                if (r < 0)
+                        return r;
+        }
+        for (unsigned i = 0; i < s->n_listeners; i++) {
+                r = watch_add(s, &s->listeners[i]);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+void kvd_server_status_line(const struct kvd_server *s, char *buf, size_t size)
+{
+        struct kvd_cache_stats cs;
+
+        kvd_cache_stats(s->cache, &cs);
+        snprintf(buf, size, "%u clients; host tier %llu/%llu MiB, %llu blocks", s->n_sessions,
+                 (unsigned long long)(cs.host.used_bytes >> 20), (unsigned long long)(cs.host.capacity_bytes >> 20),
+                 (unsigned long long)cs.host.blocks);
+}
+
+static void notify_status(const struct kvd_server *s)
+{
+        char line[160];
+
+        kvd_server_status_line(s, line, sizeof(line));
+        sd_notifyf(0, "STATUS=%s", line);
+}
+
+int kvd_server_run(struct kvd_server *s)
+{
+        struct epoll_event evs[64];
+
+        for (;;) {
+                int n = epoll_wait(s->epfd, evs, ARRAY_SIZE(evs), -1);
+
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        log_error("epoll_wait: %m");
+                        return -errno;
+                }
+                for (int i = 0; i < n; i++) {
+                        struct watch *w = evs[i].data.ptr;
+                        struct signalfd_siginfo si;
+                        uint32_t clients = s->n_sessions;
+
+                        switch (w->type) {
+                        case WATCH_SIGNAL:
+                                if (read(w->fd, &si, sizeof(si)) == sizeof(si)) {
+                                        log_info("received %s, stopping", strsignal((int)si.ssi_signo));
+                                        return 0;
+                                }
+                                break;
+                        case WATCH_XFER:
+                                kvd_xfer_reap(s->xfer);
+                                break;
+                        case WATCH_LISTEN:
+                                for (int k = 0; k < 16; k++) {
+                                        int r = kvd_session_accept(s, w->fd);
+
+                                        if (r <= 0) {
+                                                if (r < 0)
+                                                        log_warning("accept: %s", strerror(-r));
+                                                break;
+                                        }
+                                }
+                                break;
+                        case WATCH_SESSION: {
+                                struct kvd_session *ss = (struct kvd_session *)w;
+
+                                /* A session closed earlier in this batch of
+                                 * events is still referenced by it: skip. */
+                                if (ss->closed)
+                                        break;
+                                kvd_session_ref(ss);
+                                if (evs[i].events & EPOLLOUT)
+                                        kvd_session_writable(ss);
+                                if (!ss->closed && (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+                                        kvd_session_readable(ss);
+                                kvd_session_unref(ss);
+                                break;
+                        }
+                        }
+                        if (s->n_sessions != clients)
+                                notify_status(s);
+                }
+                kvd_session_bury(s);
+        }
+}
+
+struct kvd_server *kvd_server_free(struct kvd_server *s)
+{
+        if (!s)
+                return NULL;
+        while (s->sessions)
+                kvd_session_close(s->sessions, "daemon stopping");
+        kvd_session_bury(s);
+        for (unsigned i = 0; i < s->n_listeners; i++)
+                close(s->listeners[i].fd);
+        if (s->bound_path)
+                unlink(s->cfg->socket);
+        if (s->sig_w.fd >= 0)
+                close(s->sig_w.fd);
+        if (s->epfd >= 0)
+                close(s->epfd);
+        free(s->rxbuf);
+        free(s);
+        return NULL;
+}

@@ -1,0 +1,346 @@
+/* SPDX-License-Identifier: MIT */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <ini.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "frame.h"
+#include "kvd-build.h"
+#include "log.h"
+#include "macro.h"
+
+enum opt_type { OPT_STRING, OPT_SIZE, OPT_U32, OPT_INT, OPT_BOOL, OPT_MODE, OPT_LOCK, OPT_LEVEL };
+
+struct option_def {
+        const char *name;
+        enum opt_type type;
+        size_t offset;
+        size_t size;            /* OPT_STRING: buffer size */
+        const char *def;        /* embedded default, as text */
+        uint64_t min, max;      /* numeric bounds */
+        const char *help;
+        bool cli_only;
+};
+
+#define OFF(f) offsetof(struct kvd_config, f), sizeof(((struct kvd_config *)0)->f)
+
+static const struct option_def options[] = {
+        { "socket", OPT_STRING, OFF(socket), NULL, 0, 0,
+          "listening socket path (default: $KVDRIVE_SOCKET, else /run/kvdrive/kvdrived.sock as root)", false },
+        { "config", OPT_STRING, OFF(config_file), "", 0, 0, "INI file with a [kvdrived] section", true },
+        { "foreground", OPT_BOOL, OFF(foreground), "false", 0, 0,
+          "stay in the foreground (otherwise detach once ready)", true },
+        { "log-level", OPT_LEVEL, OFF(log_level), "info", 0, 0, "debug, info, notice, warning or err", false },
+        { "socket-mode", OPT_MODE, OFF(socket_mode), "0660", 0, 0777, "permissions of the socket file", false },
+        { "host-bytes", OPT_SIZE, OFF(host_bytes), "256M", 16u << 20, UINT64_C(1) << 46,
+          "size of the host DRAM tier", false },
+        { "host-extent-bytes", OPT_SIZE, OFF(host_extent_bytes), "4M", 64u << 10, 1u << 30,
+          "host pool extent (slab) size, also the largest block", false },
+        { "host-numa-node", OPT_INT, OFF(host_numa_node), "-1", 0, 0,
+          "NUMA node of the host pool (-1: no binding)", false },
+        { "host-lock", OPT_LOCK, OFF(host_lock), "try", 0, 0,
+          "mlock the host pool: try, required or off", false },
+        { "host-hugepages", OPT_BOOL, OFF(host_hugepages), "true", 0, 0,
+          "back the host pool with huge pages when available", false },
+        { "index-blocks", OPT_SIZE, OFF(index_blocks), "0", 0, UINT64_C(1) << 32,
+          "initial index capacity in blocks (0: from host-bytes)", false },
+        { "workers", OPT_U32, OFF(workers), "2", 1, 64, "transfer worker threads", false },
+        { "max-clients", OPT_U32, OFF(max_clients), "256", 1, 65536, "concurrent client sessions", false },
+        { "max-namespaces", OPT_U32, OFF(max_namespaces), "64", 1, 4096, "registered namespaces", false },
+        { "max-pools-per-client", OPT_U32, OFF(max_pools_per_client), "16", 1, 1024,
+          "device pools one client may register", false },
+        { "max-pool-bytes-per-client", OPT_SIZE, OFF(max_pool_bytes_per_client), "64G", 4096,
+          UINT64_C(1) << 46, "bytes of device pools one client may register", false },
+        { "max-inflight-per-client", OPT_U32, OFF(max_inflight_per_client), "64", 1, 65536,
+          "Put/Get requests in flight per client", false },
+        { "max-frame", OPT_SIZE, OFF(max_frame), "128K", 4096, KVD_FRAME_MAX_LIMIT,
+          "largest protocol frame", false },
+        { "max-items", OPT_U32, OFF(max_items), "2048", 1, 65536, "items per Put/Get/Lookup/Delete", false },
+        { "max-outq-bytes", OPT_SIZE, OFF(max_outq_bytes), "4M", 64u << 10, 1u << 30,
+          "replies queued for a client that does not read before it is dropped", false },
+};
+
+int kvd_parse_size(const char *s, uint64_t *ret)
+{
+        unsigned long long v;
+        unsigned shift = 0;
+        char *end;
+
+        if (!s || !isdigit((unsigned char)*s))
+                return -EINVAL;
+        errno = 0;
+        v = strtoull(s, &end, 10);
+        if (errno)
+                return -ERANGE;
+        switch (toupper((unsigned char)*end)) {
+        case 'K': shift = 10; end++; break;
+        case 'M': shift = 20; end++; break;
+        case 'G': shift = 30; end++; break;
+        case 'T': shift = 40; end++; break;
+        default: break;
+        }
+        if (shift && (*end == 'i' || *end == 'I'))
+                end++;
+        if (*end == 'B' || *end == 'b')
+                end++;
+        if (*end)
+                return -EINVAL;
+        if (shift && v > (UINT64_MAX >> shift))
+                return -ERANGE;
+        *ret = (uint64_t)v << shift;
+        return 0;
+}
+
+static int parse_bool(const char *s, bool *ret)
+{
+        static const char *const yes[] = { "1", "yes", "true", "on" };
+        static const char *const no[] = { "0", "no", "false", "off" };
+
+        for (size_t i = 0; i < ARRAY_SIZE(yes); i++) {
+                if (strcasecmp(s, yes[i]) == 0) {
+                        *ret = true;
+                        return 0;
+                }
+                if (strcasecmp(s, no[i]) == 0) {
+                        *ret = false;
+                        return 0;
+                }
+        }
+        return -EINVAL;
+}
+
+static int set_option(struct kvd_config *cfg, const struct option_def *o, const char *value)
+{
+        void *field = (char *)cfg + o->offset;
+        uint64_t u;
+        char *end;
+        long l;
+        int r;
+
+        switch (o->type) {
+        case OPT_STRING:
+                if (strlen(value) >= o->size)
+                        return -ENAMETOOLONG;
+                memcpy(field, value, strlen(value) + 1);
+                return 0;
+        case OPT_BOOL:
+                return parse_bool(value, field);
+        case OPT_LEVEL:
+                r = kvd_log_level_from_string(value);
+                if (r < 0)
+                        return r;
+                *(int *)field = r;
+                return 0;
+        case OPT_LOCK:
+                if (strcmp(value, "try") == 0)
+                        *(int *)field = KVD_LOCK_TRY;
+                else if (strcmp(value, "required") == 0)
+                        *(int *)field = KVD_LOCK_REQUIRED;
+                else if (strcmp(value, "off") == 0)
+                        *(int *)field = KVD_LOCK_OFF;
+                else
+                        return -EINVAL;
+                return 0;
+        case OPT_INT:
+                errno = 0;
+                l = strtol(value, &end, 10);
+                if (errno || *end || end == value || l < INT_MIN || l > INT_MAX)
+                        return -EINVAL;
+                *(int *)field = (int)l;
+                return 0;
+        case OPT_MODE:
+                errno = 0;
+                u = strtoull(value, &end, 8);
+                if (errno || *end || end == value || u > o->max)
+                        return -EINVAL;
+                *(uint32_t *)field = (uint32_t)u;
+                return 0;
+        case OPT_U32:
+        case OPT_SIZE:
+                if (o->type == OPT_SIZE) {
+                        r = kvd_parse_size(value, &u);
+                        if (r < 0)
+                                return r;
+                } else {
+                        if (!isdigit((unsigned char)*value))
+                                return -EINVAL;
+                        errno = 0;
+                        u = strtoull(value, &end, 10);
+                        if (errno || *end)
+                                return -EINVAL;
+                }
+                if (u < o->min || u > o->max)
+                        return -ERANGE;
+                if (o->size == sizeof(uint32_t))
+                        *(uint32_t *)field = (uint32_t)u;
+                else
+                        *(uint64_t *)field = u;
+                return 0;
+        }
+        return -EINVAL;
+}
+
+static const struct option_def *find_option(const char *name)
+{
+        for (size_t i = 0; i < ARRAY_SIZE(options); i++)
+                if (strcmp(options[i].name, name) == 0)
+                        return &options[i];
+        return NULL;
+}
+
+static int apply(struct kvd_config *cfg, const struct option_def *o, const char *value,
+                 const char *where)
+{
+        int r = set_option(cfg, o, value);
+
+        if (r < 0) {
+                if (r == -ERANGE && o->max)
+                        fprintf(stderr, "kvdrived: %s: %s=%s is out of range [%" PRIu64 ", %" PRIu64 "]\n",
+                                where, o->name, value, o->min, o->max);
+                else
+                        fprintf(stderr, "kvdrived: %s: invalid value for %s: '%s'\n", where, o->name, value);
+        }
+        return r;
+}
+
+struct ini_ctx {
+        struct kvd_config *cfg;
+        const char *path;
+        int error;
+};
+
+static int config_ini_line(void *user, const char *section, const char *name, const char *value)
+{
+        struct ini_ctx *ctx = user;
+        const struct option_def *o;
+
+        if (strcmp(section, "kvdrived") != 0) {
+                fprintf(stderr, "kvdrived: %s: unknown section [%s]\n", ctx->path, section);
+                ctx->error = -EINVAL;
+                return 0;
+        }
+        o = find_option(name);
+        if (!o || o->cli_only) {
+                fprintf(stderr, "kvdrived: %s: unknown option '%s'\n", ctx->path, name);
+                ctx->error = -EINVAL;
+                return 0;
+        }
+        if (apply(ctx->cfg, o, value, ctx->path) < 0) {
+                ctx->error = -EINVAL;
+                return 0;
+        }
+        return 1;
+}
+
+void kvd_config_help(FILE *f)
+{
+        fprintf(f, "Usage: kvdrived [OPTIONS]\n\nKVDrive KV-cache tiering daemon %s.\n\n", KVD_VERSION);
+        for (size_t i = 0; i < ARRAY_SIZE(options); i++) {
+                const struct option_def *o = &options[i];
+                char left[64];
+
+                snprintf(left, sizeof(left), "--%s%s", o->name, o->type == OPT_BOOL ? "[=BOOL]" : "=VALUE");
+                fprintf(f, "  %-32s %s", left, o->help);
+                if (o->def && *o->def)
+                        fprintf(f, " [%s]", o->def);
+                fputc('\n', f);
+        }
+        fprintf(f, "  %-32s %s\n  %-32s %s\n", "--help", "show this help", "--version", "show the version");
+        fprintf(f, "\nSizes take K, M, G, T suffixes (powers of 1024). The config file uses the\n"
+                   "same names in a [kvdrived] section; the command line wins.\n");
+}
+
+int kvd_config_load(struct kvd_config *cfg, int argc, char **argv)
+{
+        struct option longopts[ARRAY_SIZE(options) + 3];
+        const char *config_path = NULL;
+        int r, c, idx;
+
+        memset(cfg, 0, sizeof(*cfg));
+        for (size_t i = 0; i < ARRAY_SIZE(options); i++) {
+                if (options[i].def && set_option(cfg, &options[i], options[i].def) < 0)
+                        abort(); /* a bad embedded default is a build bug */
+                longopts[i] = (struct option){ options[i].name,
+                                               options[i].type == OPT_BOOL ? optional_argument : required_argument,
+                                               NULL, (int)i };
+        }
+        longopts[ARRAY_SIZE(options)] = (struct option){ "help", no_argument, NULL, 'h' };
+        longopts[ARRAY_SIZE(options) + 1] = (struct option){ "version", no_argument, NULL, 'V' };
+        longopts[ARRAY_SIZE(options) + 2] = (struct option){ 0 };
+        r = kvd_default_socket_path(cfg->socket, sizeof(cfg->socket));
+        if (r < 0) {
+                fprintf(stderr, "kvdrived: default socket path too long\n");
+                return r;
+        }
+
+        /* First pass: only --config, --help, --version, so the file is read
+         * before the command line overrides it. */
+        opterr = 0;
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "hV", longopts, &idx)) != -1) {
+                if (c == 'h') {
+                        kvd_config_help(stdout);
+                        return 1;
+                }
+                if (c == 'V') {
+                        printf("kvdrived %s\n", KVD_VERSION);
+                        return 1;
+                }
+                if (c >= 0 && (size_t)c < ARRAY_SIZE(options) && strcmp(options[c].name, "config") == 0)
+                        config_path = optarg;
+        }
+        if (config_path) {
+                struct ini_ctx ctx = { .cfg = cfg, .path = config_path };
+
+                r = ini_parse(config_path, config_ini_line, &ctx);
+                if (r < 0) {
+                        fprintf(stderr, "kvdrived: cannot open config file %s\n", config_path);
+                        return -ENOENT;
+                }
+                if (ctx.error < 0)
+                        return ctx.error;
+                if (r > 0) {
+                        fprintf(stderr, "kvdrived: %s:%d: syntax error\n", config_path, r);
+                        return -EINVAL;
+                }
+        }
+
+        opterr = 1;
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "hV", longopts, &idx)) != -1) {
+                const struct option_def *o;
+
+                if (c == '?')
+                        return -EINVAL;
+                if (c == 'h' || c == 'V')
+                        continue;
+                o = &options[c];
+                if (apply(cfg, o, optarg ? optarg : (o->type == OPT_BOOL ? "true" : ""), "command line") < 0)
+                        return -EINVAL;
+        }
+        if (optind < argc) {
+                fprintf(stderr, "kvdrived: unexpected argument '%s'\n", argv[optind]);
+                return -EINVAL;
+        }
+        if (cfg->socket[0] == '\0') {
+                fprintf(stderr, "kvdrived: empty socket path\n");
+                return -EINVAL;
+        }
+        if (cfg->host_bytes < cfg->host_extent_bytes * 4) {
+                fprintf(stderr, "kvdrived: host-bytes must hold at least 4 extents of %" PRIu64 " bytes\n",
+                        cfg->host_extent_bytes);
+                return -EINVAL;
+        }
+        if (cfg->host_extent_bytes % KVD_PAGE) {
+                fprintf(stderr, "kvdrived: host-extent-bytes must be a multiple of 4 KiB\n");
+                return -EINVAL;
+        }
+        return 0;
+}

@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvdrived configuration: one table of options (util/config.c) read from
+ * embedded defaults, then the INI file (--config, section [kvdrived]), then
+ * the command line. Everything else receives a `const struct kvd_config *`.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/un.h>
+
+enum kvd_lock_mode {
+        KVD_LOCK_TRY,           /* mlock; on failure warn and go on unpinned */
+        KVD_LOCK_REQUIRED,      /* mlock or refuse to start */
+        KVD_LOCK_OFF,
+};
+
+struct kvd_config {
+        char socket[sizeof(((struct sockaddr_un *)0)->sun_path)];
+        char config_file[256];
+        bool foreground;
+        int log_level;
+        uint32_t socket_mode;
+        uint64_t host_bytes;
+        uint64_t host_extent_bytes;     /* slab extent; also the largest block */
+        int host_numa_node;             /* -1: no binding */
+        int host_lock;                  /* enum kvd_lock_mode */
+        bool host_hugepages;
+        uint64_t index_blocks;          /* initial index capacity hint */
+        uint32_t workers;
+        uint32_t max_clients;
+        uint32_t max_namespaces;
+        uint32_t max_pools_per_client;
+        uint64_t max_pool_bytes_per_client;
+        uint32_t max_inflight_per_client;
+        uint32_t max_frame;
+        uint32_t max_items;
+        uint64_t max_outq_bytes;        /* replies queued for a slow client */
+};
+
+/* Fills cfg from defaults, the config file and argv. Returns 0, 1 when the
+ * program should exit successfully (--help, --version), or -errno after
+ * printing a clear message on stderr. */
+int kvd_config_load(struct kvd_config *cfg, int argc, char **argv);
+
+/* Parses "64M", "1G", "4096", "2T" (K/M/G/T: powers of 1024, optional
+ * trailing "B"/"iB"). Returns 0 or -EINVAL / -ERANGE. */
+int kvd_parse_size(const char *s, uint64_t *ret);
+
+/* Prints the options table as --help text. */
+void kvd_config_help(FILE *f);

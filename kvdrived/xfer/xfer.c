@@ -1,0 +1,219 @@
+/* SPDX-License-Identifier: MIT */
+#include "xfer.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "macro.h"
+
+struct queue {
+        struct kvd_xfer_batch *head, *tail;
+};
+
+struct kvd_xfer {
+        pthread_mutex_t lock;
+        pthread_cond_t wake;
+        struct queue pending[KVD_PRIO_COUNT];
+        struct kvd_xfer_batch *completed;   /* LIFO, reversed on reap */
+        bool stopping;
+        int efd;
+        unsigned n_workers;
+        pthread_t *workers;
+        atomic_uint_fast64_t bytes[2];
+};
+
+static void queue_push(struct queue *q, struct kvd_xfer_batch *b)
+{
+        b->link = NULL;
+        if (q->tail)
+                q->tail->link = b;
+        else
+                q->head = b;
+        q->tail = b;
+}
+
+static void queue_pop(struct queue *q)
+{
+        q->head = q->head->link;
+        if (!q->head)
+                q->tail = NULL;
+}
+
+/* Under lock: claims the next copy of the most urgent batch. A batch leaves
+ * its queue when its last copy is claimed, so no queue ever points at a batch
+ * that may complete (and be freed by its owner). */
+static struct kvd_xfer_batch *claim_locked(struct kvd_xfer *x, unsigned *ret_i)
+{
+        for (int p = 0; p < KVD_PRIO_COUNT; p++) {
+                struct queue *q = &x->pending[p];
+                struct kvd_xfer_batch *b = q->head;
+
+                if (!b)
+                        continue;
+                *ret_i = atomic_fetch_add(&b->next, 1);
+                if (*ret_i + 1 == b->n)
+                        queue_pop(q);
+                return b;
+        }
+        return NULL;
+}
+
+static void complete(struct kvd_xfer *x, struct kvd_xfer_batch *b)
+{
+        uint64_t one = 1;
+        ssize_t n;
+
+        pthread_mutex_lock(&x->lock);
+        b->link = x->completed;
+        x->completed = b;
+        pthread_mutex_unlock(&x->lock);
+        n = write(x->efd, &one, sizeof(one));
+        (void)n; /* eventfd write only fails on counter overflow */
+}
+
+static void *worker_main(void *arg)
+{
+        struct kvd_xfer *x = arg;
+
+        pthread_mutex_lock(&x->lock);
+        for (;;) {
+                unsigned i;
+                struct kvd_xfer_batch *b = claim_locked(x, &i);
+
+                if (!b) {
+                        if (x->stopping)
+                                break;
+                        pthread_cond_wait(&x->wake, &x->lock);
+                        continue;
+                }
+                pthread_mutex_unlock(&x->lock);
+
+                struct kvd_copy *c = &b->copies[i];
+                const struct kvd_device_ops *ops = b->pool->ops;
+
+                c->result = b->dir == KVD_XFER_IN ? ops->copy_in(b->pool, c->slot, c->host, c->len)
+                                                  : ops->copy_out(b->pool, c->slot, c->host, c->len);
+                if (c->result == 0)
+                        atomic_fetch_add(&x->bytes[b->dir], c->len);
+                if (atomic_fetch_sub(&b->remaining, 1) == 1)
+                        complete(x, b);
+                pthread_mutex_lock(&x->lock);
+        }
+        pthread_mutex_unlock(&x->lock);
+        return NULL;
+}
+
+int kvd_xfer_new(unsigned workers, struct kvd_xfer **ret)
+{
+        struct kvd_xfer *x;
+        int r;
+
+        x = calloc(1, sizeof(*x));
+        if (!x)
+                return -ENOMEM;
+        x->workers = calloc(workers, sizeof(pthread_t));
+        if (!x->workers) {
+                free(x);
+                return -ENOMEM;
+        }
+        pthread_mutex_init(&x->lock, NULL);
+        pthread_cond_init(&x->wake, NULL);
+        x->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (x->efd < 0) {
+                r = -errno;
+                goto err_free;
+        }
+        for (unsigned i = 0; i < workers; i++) {
+                r = -pthread_create(&x->workers[i], NULL, worker_main, x);
+                if (r < 0)
+                        goto err_stop;
+                x->n_workers++;
+        }
+        *ret = x;
+        return 0;
+
+err_stop:
+        kvd_xfer_free(x);
+        return r;
+err_free:
+        free(x->workers);
+        free(x);
+        return r;
+}
+
+struct kvd_xfer *kvd_xfer_free(struct kvd_xfer *x)
+{
+        if (!x)
+                return NULL;
+        pthread_mutex_lock(&x->lock);
+        x->stopping = true;
+        pthread_cond_broadcast(&x->wake);
+        pthread_mutex_unlock(&x->lock);
+        for (unsigned i = 0; i < x->n_workers; i++)
+                pthread_join(x->workers[i], NULL);
+        kvd_xfer_reap(x);
+        close(x->efd);
+        pthread_cond_destroy(&x->wake);
+        pthread_mutex_destroy(&x->lock);
+        free(x->workers);
+        free(x);
+        return NULL;
+}
+
+int kvd_xfer_fd(const struct kvd_xfer *x)
+{
+        return x->efd;
+}
+
+void kvd_xfer_submit(struct kvd_xfer *x, struct kvd_xfer_batch *b)
+{
+        assert(b->n > 0 && b->prio < KVD_PRIO_COUNT);
+        atomic_init(&b->next, 0);
+        atomic_init(&b->remaining, b->n);
+        pthread_mutex_lock(&x->lock);
+        queue_push(&x->pending[b->prio], b);
+        if (b->n > 1)
+                pthread_cond_broadcast(&x->wake);
+        else
+                pthread_cond_signal(&x->wake);
+        pthread_mutex_unlock(&x->lock);
+}
+
+unsigned kvd_xfer_reap(struct kvd_xfer *x)
+{
+        struct kvd_xfer_batch *list, *rev = NULL;
+        unsigned n = 0;
+        uint64_t v;
+
+        if (read(x->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+                log_warning("xfer eventfd read: %m");
+        pthread_mutex_lock(&x->lock);
+        list = x->completed;
+        x->completed = NULL;
+        pthread_mutex_unlock(&x->lock);
+        while (list) {          /* oldest first */
+                struct kvd_xfer_batch *next = list->link;
+
+                list->link = rev;
+                rev = list;
+                list = next;
+        }
+        while (rev) {
+                struct kvd_xfer_batch *next = rev->link;
+
+                rev->done(rev);
+                rev = next;
+                n++;
+        }
+        return n;
+}
+
+uint64_t kvd_xfer_bytes(const struct kvd_xfer *x, enum kvd_xfer_dir dir)
+{
+        return atomic_load(&((struct kvd_xfer *)x)->bytes[dir]);
+}

@@ -1,0 +1,70 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The transfer engine: worker threads that copy blocks between the host
+ * tier and client device pools while the event loop keeps serving.
+ *
+ * A batch is submitted by the event loop and belongs to the engine until its
+ * `done` callback runs — on the event-loop thread, from kvd_xfer_reap(),
+ * once the loop sees the engine's eventfd readable. Workers split a batch
+ * copy by copy, so one large batch uses every worker. Batches are served in
+ * priority order (lower value first), FIFO within a priority.
+ */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "device.h"
+
+enum kvd_xfer_dir {
+        KVD_XFER_IN,    /* device pool slot -> host (Put) */
+        KVD_XFER_OUT,   /* host -> device pool slot (Get) */
+};
+
+enum kvd_xfer_prio {
+        KVD_PRIO_DEMAND = 0,
+        KVD_PRIO_PREFETCH = 1,
+        KVD_PRIO_SPECULATIVE = 2,
+        KVD_PRIO_COUNT,
+};
+
+struct kvd_copy {
+        void *host;
+        uint32_t slot;
+        uint32_t len;
+        int result;             /* set by the worker: 0 or -errno */
+};
+
+struct kvd_xfer_batch {
+        /* Filled by the submitter. */
+        struct kvd_peer_pool *pool;     /* the submitter holds a reference */
+        enum kvd_xfer_dir dir;
+        enum kvd_xfer_prio prio;
+        struct kvd_copy *copies;
+        uint32_t n;
+        void (*done)(struct kvd_xfer_batch *b);
+        /* Engine-private. */
+        atomic_uint next;
+        atomic_uint remaining;
+        struct kvd_xfer_batch *link;
+};
+
+struct kvd_xfer;
+
+int kvd_xfer_new(unsigned workers, struct kvd_xfer **ret);
+/* Stops the workers after they finish the batches already queued, reaps
+ * them, and frees the engine. Accepts NULL. */
+struct kvd_xfer *kvd_xfer_free(struct kvd_xfer *x);
+
+/* eventfd that becomes readable when batches complete. */
+int kvd_xfer_fd(const struct kvd_xfer *x);
+
+/* Queues b (n > 0). Never fails: the batch was fully built by the caller. */
+void kvd_xfer_submit(struct kvd_xfer *x, struct kvd_xfer_batch *b);
+
+/* Event-loop thread: runs the done callback of every completed batch.
+ * Returns how many completed. */
+unsigned kvd_xfer_reap(struct kvd_xfer *x);
+
+/* Bytes copied so far per direction (for stats). */
+uint64_t kvd_xfer_bytes(const struct kvd_xfer *x, enum kvd_xfer_dir dir);

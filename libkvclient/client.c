@@ -1,0 +1,818 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The connection: Hello, request ids, in-flight Put/Get requests and their
+ * out-of-order replies, and the synchronous calls.
+ *
+ * Every reply that arrives is matched to its request at once, whoever is
+ * waiting: a completed Put/Get stays in the pending list (done, with its
+ * result) until kvc_wait() reaps it. Synchronous calls wait for their own id
+ * and record every other reply meanwhile.
+ */
+#include "client-internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "frame.h"
+
+/* A max_frame above this in a HelloReply is nonsense, not a reason to
+ * allocate it. */
+#define MAX_FRAME_SANE (16u * 1024u * 1024u)
+
+struct pending {
+        uint64_t id;
+        Kvdrive__Response__BodyCase kind;       /* PUT or GET */
+        uint32_t n;
+        uint8_t *ret_status;                    /* n bytes or NULL, the caller's */
+        bool done;
+        int result;                             /* once done: items done or -error */
+};
+
+struct kvc_client {
+        int fd;
+        int broken;                     /* 0, or the error that ended the connection */
+        uint64_t next_id;
+        uint32_t max_frame;
+        uint32_t max_items;
+        char *daemon_version;
+        uint8_t *sbuf;                  /* max_frame: one packed request */
+        uint8_t *rbuf;                  /* max_frame + header: one received frame */
+        struct pending *pending;
+        size_t n_pending;
+        size_t cap_pending;
+        char last_error[256];
+};
+
+static const char *const daemon_errors[] = {
+        [KVC_E_MALFORMED - KVC_E_BASE] = "Malformed message",
+        [KVC_E_TRUNCATED - KVC_E_BASE] = "Truncated message",
+        [KVC_E_TOO_LARGE - KVC_E_BASE] = "Message too large",
+        [KVC_E_UNKNOWN_TYPE - KVC_E_BASE] = "Unknown request type",
+        [KVC_E_VERSION - KVC_E_BASE] = "Protocol version not supported",
+        [KVC_E_NO_HELLO - KVC_E_BASE] = "Request before Hello",
+        [KVC_E_NO_NAMESPACE - KVC_E_BASE] = "Unknown namespace",
+        [KVC_E_NO_POOL - KVC_E_BASE] = "Unknown pool",
+        [KVC_E_OUT_OF_RANGE - KVC_E_BASE] = "Slot or layer out of range",
+        [KVC_E_GEOMETRY - KVC_E_BASE] = "Invalid geometry",
+        [KVC_E_NS_CONFLICT - KVC_E_BASE] = "Namespace exists with another geometry",
+        [KVC_E_LIMIT - KVC_E_BASE] = "Daemon limit reached",
+        [KVC_E_BAD_ARG - KVC_E_BASE] = "Invalid argument",
+        [KVC_E_NO_SPACE - KVC_E_BASE] = "No space in the cache",
+        [KVC_E_INTERNAL - KVC_E_BASE] = "Internal daemon error",
+};
+
+_public_ const char *kvc_strerror(int err)
+{
+        const char *s;
+
+        if (err == INT_MIN)
+                return "Unknown error";
+        if (err < 0)
+                err = -err;
+        if (err == 0)
+                return "Success";
+        if (err > KVC_E_BASE) {
+                size_t i = (size_t)(err - KVC_E_BASE);
+
+                if (i < sizeof(daemon_errors) / sizeof(daemon_errors[0]) && daemon_errors[i])
+                        return daemon_errors[i];
+                return "Unknown daemon error";
+        }
+        /* Unlike strerror(), a static string and thread-safe. */
+        s = strerrordesc_np(err);
+        return s ? s : "Unknown error";
+}
+
+static uint64_t now_ms(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static ssize_t find_pending(const kvc_client *c, uint64_t id)
+{
+        for (size_t i = 0; i < c->n_pending; i++)
+                if (c->pending[i].id == id)
+                        return (ssize_t)i;
+        return -1;
+}
+
+/* Marks the connection dead: every request in flight completes with err. */
+static int set_broken(kvc_client *c, int err)
+{
+        if (!c->broken)
+                c->broken = err;
+        for (size_t i = 0; i < c->n_pending; i++) {
+                if (c->pending[i].done)
+                        continue;
+                c->pending[i].done = true;
+                c->pending[i].result = c->broken;
+        }
+        return c->broken;
+}
+
+static int wire_error(kvc_client *c, const Kvdrive__Error *e)
+{
+        if (!e || (int)e->code <= 0 || (int)e->code >= INT_MAX - KVC_E_BASE)
+                return -EBADMSG;
+        snprintf(c->last_error, sizeof(c->last_error), "%s", e->message ? e->message : "");
+        return -(KVC_E_BASE + (int)e->code);
+}
+
+/* The result of a Put/Get from its reply: items done, or -error. */
+static int transfer_result(kvc_client *c, const struct pending *p, const Kvdrive__Response *r)
+{
+        const Kvdrive__TransferReply *t;
+
+        if (r->body_case == KVDRIVE__RESPONSE__BODY_ERROR)
+                return wire_error(c, r->error);
+        if (r->body_case != p->kind)
+                return -EBADMSG;
+        t = p->kind == KVDRIVE__RESPONSE__BODY_PUT ? r->put : r->get;
+        if (!t || t->status.len != p->n || t->done > p->n)
+                return -EBADMSG;
+        if (p->ret_status && p->n > 0)
+                memcpy(p->ret_status, t->status.data, p->n);
+        return (int)t->done;
+}
+
+/* Records a reply to a Put/Get in flight. Takes r. Returns whether it
+ * completed a request. */
+static bool record_reply(kvc_client *c, Kvdrive__Response *r)
+{
+        ssize_t i = find_pending(c, r->id);
+        bool completed = false;
+
+        if (i >= 0 && !c->pending[i].done) {
+                c->pending[i].result = transfer_result(c, &c->pending[i], r);
+                c->pending[i].done = true;
+                completed = true;
+        } else if (r->body_case == KVDRIVE__RESPONSE__BODY_ERROR && r->error) {
+                /* Not ours to complete (e.g. id 0: a frame the daemon could
+                 * not read); keep its message for kvc_last_error(). */
+                wire_error(c, r->error);
+        }
+        kvdrive__response__free_unpacked(r, NULL);
+        return completed;
+}
+
+/*
+ * Receives one reply (flags: 0 or MSG_DONTWAIT). Returns 0 with *ret set,
+ * -EAGAIN when nothing is there, or the error that broke the connection: a
+ * bad frame leaves no way to tell which request it answered.
+ */
+static int recv_reply(kvc_client *c, int flags, Kvdrive__Response **ret)
+{
+        int fds[KVD_FRAME_MAX_FDS];
+        unsigned nfds = 0;
+        const uint8_t *payload;
+        size_t len;
+        Kvdrive__Response *r;
+        ssize_t n;
+        int err;
+
+        if (c->broken)
+                return c->broken;
+        n = kvd_frame_recv(c->fd, c->rbuf, (size_t)c->max_frame + KVD_FRAME_HDR, fds, &nfds,
+                           flags);
+        /* The daemon sends no fds: do not leak any. */
+        for (unsigned i = 0; i < nfds; i++)
+                close(fds[i]);
+        if (n == -EAGAIN)
+                return -EAGAIN;
+        if (n < 0)
+                return set_broken(c, (int)n);
+        if (n == 0)
+                return set_broken(c, -ECONNRESET);
+        err = kvd_frame_parse(c->rbuf, (size_t)n, c->max_frame, &payload, &len);
+        if (err < 0)
+                return set_broken(c, err);
+        r = kvdrive__response__unpack(NULL, len, payload);
+        if (!r)
+                return set_broken(c, -EBADMSG);
+        *ret = r;
+        return 0;
+}
+
+/* Reads every reply already there. Returns the number of requests it
+ * completed, or -errno. */
+static int drain(kvc_client *c)
+{
+        int completed = 0;
+
+        for (;;) {
+                Kvdrive__Response *r = NULL;
+                int err = recv_reply(c, MSG_DONTWAIT, &r);
+
+                if (err == -EAGAIN)
+                        return completed;
+                if (err < 0)
+                        return err;
+                if (record_reply(c, r) && completed < INT_MAX)
+                        completed++;
+        }
+}
+
+/* Assigns req its id and sends it. When the socket is full, reads replies
+ * while waiting for room, so that a daemon blocked on sending replies to us
+ * cannot deadlock with us blocked on sending requests to it. */
+static int send_request(kvc_client *c, Kvdrive__Request *req, int fd)
+{
+        size_t len;
+        int err;
+
+        if (c->broken)
+                return c->broken;
+        req->id = c->next_id++;
+        len = kvdrive__request__get_packed_size(req);
+        if (len > c->max_frame)
+                return -E2BIG;
+        kvdrive__request__pack(req, c->sbuf);
+        for (;;) {
+                struct pollfd pfd = { .fd = c->fd, .events = POLLIN | POLLOUT };
+
+                err = kvd_frame_send(c->fd, c->sbuf, len, fd, MSG_DONTWAIT);
+                if (err == 0)
+                        return 0;
+                if (err != -EAGAIN)
+                        return set_broken(c, err);
+                if (poll(&pfd, 1, -1) < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
+                        err = drain(c);
+                        if (err < 0)
+                                return err;
+                }
+        }
+}
+
+int kvc__call(kvc_client *c, Kvdrive__Request *req, int fd,
+              Kvdrive__Response__BodyCase expect, Kvdrive__Response **ret)
+{
+        Kvdrive__Response *r = NULL;
+        int err;
+
+        err = send_request(c, req, fd);
+        if (err < 0)
+                return err;
+        for (;;) {
+                err = recv_reply(c, 0, &r);
+                if (err < 0)
+                        return err;
+                if (r->id == req->id)
+                        break;
+                record_reply(c, r);
+        }
+        if (r->body_case == expect) {
+                *ret = r;
+                return 0;
+        }
+        err = r->body_case == KVDRIVE__RESPONSE__BODY_ERROR ? wire_error(c, r->error) : -EBADMSG;
+        kvdrive__response__free_unpacked(r, NULL);
+        return err;
+}
+
+static int set_max_frame(kvc_client *c, uint32_t max_frame)
+{
+        uint8_t *s, *r;
+
+        s = realloc(c->sbuf, max_frame);
+        if (!s)
+                return -ENOMEM;
+        c->sbuf = s;
+        r = realloc(c->rbuf, (size_t)max_frame + KVD_FRAME_HDR);
+        if (!r)
+                return -ENOMEM;
+        c->rbuf = r;
+        c->max_frame = max_frame;
+        return 0;
+}
+
+static int hello(kvc_client *c, const char *name)
+{
+        Kvdrive__Hello h = KVDRIVE__HELLO__INIT;
+        Kvdrive__Request req = KVDRIVE__REQUEST__INIT;
+        Kvdrive__Response *resp = NULL;
+        const Kvdrive__HelloReply *hr;
+        uint32_t max_frame;
+        int err;
+
+        h.version = KVD_PROTO_VERSION;
+        h.client_name = (char *)(name ? name : "");
+        req.body_case = KVDRIVE__REQUEST__BODY_HELLO;
+        req.hello = &h;
+        err = kvc__call(c, &req, -1, KVDRIVE__RESPONSE__BODY_HELLO, &resp);
+        if (err < 0)
+                return err;
+        hr = resp->hello;
+        if (!hr || hr->max_frame > MAX_FRAME_SANE) {
+                err = -EBADMSG;
+                goto out_free_resp;
+        }
+        if (hr->version != KVD_PROTO_VERSION) {
+                err = -EPROTONOSUPPORT;
+                goto out_free_resp;
+        }
+        c->daemon_version = strdup(hr->daemon_version ? hr->daemon_version : "");
+        if (!c->daemon_version) {
+                err = -ENOMEM;
+                goto out_free_resp;
+        }
+        max_frame = hr->max_frame ? hr->max_frame : KVD_FRAME_MAX_DEFAULT;
+        c->max_items = hr->max_items;
+        err = set_max_frame(c, max_frame);
+out_free_resp:
+        kvdrive__response__free_unpacked(resp, NULL);
+        return err;
+}
+
+_public_ int kvc_connect(const char *path, const char *name, kvc_client **ret)
+{
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        char def[sizeof(sa.sun_path)];
+        kvc_client *c;
+        int err;
+
+        if (!ret)
+                return -EINVAL;
+        if (!path) {
+                err = kvd_default_socket_path(def, sizeof(def));
+                if (err < 0)
+                        return err;
+                path = def;
+        }
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return -ENAMETOOLONG;
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        c->fd = -1;
+        c->next_id = 1;
+        err = set_max_frame(c, KVD_FRAME_MAX_DEFAULT);
+        if (err < 0)
+                goto err_free_client;
+        c->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        if (c->fd < 0) {
+                err = -errno;
+                goto err_free_client;
+        }
+        if (connect(c->fd, (const struct sockaddr *)&sa, sizeof(sa)) < 0) {
+                err = -errno;
+                goto err_free_client;
+        }
+        err = hello(c, name);
+        if (err < 0)
+                goto err_free_client;
+        *ret = c;
+        return 0;
+
+err_free_client:
+        kvc_disconnect(c);
+        return err;
+}
+
+_public_ kvc_client *kvc_disconnect(kvc_client *c)
+{
+        if (!c)
+                return NULL;
+        if (c->fd >= 0)
+                close(c->fd);
+        free(c->pending);
+        free(c->daemon_version);
+        free(c->sbuf);
+        free(c->rbuf);
+        free(c);
+        return NULL;
+}
+
+_public_ int kvc_fd(const kvc_client *c)
+{
+        return c ? c->fd : -EINVAL;
+}
+
+_public_ const char *kvc_daemon_version(const kvc_client *c)
+{
+        return c && c->daemon_version ? c->daemon_version : "";
+}
+
+_public_ uint32_t kvc_max_items(const kvc_client *c)
+{
+        return c ? c->max_items : 0;
+}
+
+_public_ const char *kvc_last_error(const kvc_client *c)
+{
+        return c ? c->last_error : "";
+}
+
+_public_ int kvc_register_namespace(kvc_client *c, const char *name, const struct kvc_geometry *g,
+                                    uint32_t *ret_ns, uint64_t *ret_block_bytes)
+{
+        Kvdrive__Geometry geo = KVDRIVE__GEOMETRY__INIT;
+        Kvdrive__RegisterNamespace rn = KVDRIVE__REGISTER_NAMESPACE__INIT;
+        Kvdrive__Request req = KVDRIVE__REQUEST__INIT;
+        Kvdrive__Response *resp = NULL;
+        int err;
+
+        if (!c || !name || !g || !ret_ns)
+                return -EINVAL;
+        geo.layers = g->layers;
+        geo.kv_heads = g->kv_heads;
+        geo.head_dim = g->head_dim;
+        geo.dtype = (Kvdrive__Dtype)g->dtype;
+        geo.block_tokens = g->block_tokens;
+        rn.name = (char *)name;
+        rn.geometry = &geo;
+        req.body_case = KVDRIVE__REQUEST__BODY_REGISTER_NAMESPACE;
+        req.register_namespace = &rn;
+        err = kvc__call(c, &req, -1, KVDRIVE__RESPONSE__BODY_REGISTER_NAMESPACE, &resp);
+        if (err < 0)
+                return err;
+        if (!resp->register_namespace) {
+                err = -EBADMSG;
+                goto out_free_resp;
+        }
+        *ret_ns = resp->register_namespace->ns_id;
+        if (ret_block_bytes)
+                *ret_block_bytes = resp->register_namespace->block_bytes;
+out_free_resp:
+        kvdrive__response__free_unpacked(resp, NULL);
+        return err;
+}
+
+static int transfer_submit(kvc_client *c, Kvdrive__Request__BodyCase body, uint32_t ns,
+                           const kvc_pool *p, const struct kvc_block_ref *refs, uint32_t n,
+                           uint8_t *ret_status, uint64_t *ret_id)
+{
+        Kvdrive__Transfer t = KVDRIVE__TRANSFER__INIT;
+        Kvdrive__Request req = KVDRIVE__REQUEST__INIT;
+        Kvdrive__BlockRef *items = NULL, **ptrs = NULL;
+        int err;
+
+        if (!c || !p || (!refs && n > 0))
+                return -EINVAL;
+        if (n > c->max_items || n > INT_MAX)
+                return -E2BIG;
+        /* Room for the entry first: once sent, the request must be tracked. */
+        if (c->n_pending == c->cap_pending) {
+                size_t cap = c->cap_pending ? 2 * c->cap_pending : 16;
+                struct pending *np = reallocarray(c->pending, cap, sizeof(*np));
+
+                if (!np)
+                        return -ENOMEM;
+                c->pending = np;
+                c->cap_pending = cap;
+        }
+        items = calloc(n ? n : 1, sizeof(*items));
+        ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+        if (!items || !ptrs) {
+                err = -ENOMEM;
+                goto out_free_items;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+                kvdrive__block_ref__init(&items[i]);
+                items[i].key_hi = refs[i].key.hi;
+                items[i].key_lo = refs[i].key.lo;
+                items[i].layer = refs[i].layer;
+                items[i].slot = refs[i].slot;
+                ptrs[i] = &items[i];
+        }
+        t.ns_id = ns;
+        t.pool_id = p->id;
+        t.n_items = n;
+        t.items = ptrs;
+        req.body_case = body;
+        if (body == KVDRIVE__REQUEST__BODY_PUT)
+                req.put = &t;
+        else
+                req.get = &t;
+        err = send_request(c, &req, -1);
+        if (err < 0)
+                goto out_free_items;
+        c->pending[c->n_pending++] = (struct pending){
+                .id = req.id,
+                .kind = body == KVDRIVE__REQUEST__BODY_PUT ? KVDRIVE__RESPONSE__BODY_PUT
+                                                           : KVDRIVE__RESPONSE__BODY_GET,
+                .n = n,
+                .ret_status = ret_status,
+        };
+        if (ret_id)
+                *ret_id = req.id;
+out_free_items:
+        free(ptrs);
+        free(items);
+        return err;
+}
+
+_public_ int kvc_put_submit(kvc_client *c, uint32_t ns, const kvc_pool *p,
+                            const struct kvc_block_ref *refs, uint32_t n, uint8_t *ret_status,
+                            uint64_t *ret_id)
+{
+        return transfer_submit(c, KVDRIVE__REQUEST__BODY_PUT, ns, p, refs, n, ret_status, ret_id);
+}
+
+_public_ int kvc_get_submit(kvc_client *c, uint32_t ns, const kvc_pool *p,
+                            const struct kvc_block_ref *refs, uint32_t n, uint8_t *ret_status,
+                            uint64_t *ret_id)
+{
+        return transfer_submit(c, KVDRIVE__REQUEST__BODY_GET, ns, p, refs, n, ret_status, ret_id);
+}
+
+_public_ int kvc_wait(kvc_client *c, uint64_t id, int timeout_ms)
+{
+        uint64_t deadline = 0;
+        ssize_t i;
+        int result;
+
+        if (!c)
+                return -EINVAL;
+        i = find_pending(c, id);
+        if (i < 0)
+                return -ENOENT;
+        if (timeout_ms > 0)
+                deadline = now_ms() + (uint64_t)timeout_ms;
+        while (!c->pending[i].done) {
+                struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
+                int left = timeout_ms < 0 ? -1 : 0;
+                int n, err;
+
+                if (timeout_ms > 0) {
+                        uint64_t now = now_ms();
+
+                        left = now < deadline ? (int)(deadline - now) : 0;
+                }
+                n = poll(&pfd, 1, left);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (n == 0)
+                        return -ETIMEDOUT;
+                err = drain(c);
+                /* A broken connection completes every request with its error. */
+                if (err < 0 && !c->pending[i].done)
+                        return err;
+        }
+        result = c->pending[i].result;
+        c->pending[i] = c->pending[--c->n_pending];
+        return result;
+}
+
+_public_ int kvc_poll(kvc_client *c)
+{
+        if (!c)
+                return -EINVAL;
+        return drain(c);
+}
+
+_public_ int kvc_done(const kvc_client *c, uint64_t id)
+{
+        ssize_t i;
+
+        if (!c)
+                return -EINVAL;
+        i = find_pending(c, id);
+        if (i < 0)
+                return -ENOENT;
+        return c->pending[i].done ? 1 : 0;
+}
+
+_public_ int kvc_put(kvc_client *c, uint32_t ns, const kvc_pool *p,
+                     const struct kvc_block_ref *refs, uint32_t n, uint8_t *ret_status)
+{
+        uint64_t id;
+        int err = kvc_put_submit(c, ns, p, refs, n, ret_status, &id);
+
+        return err < 0 ? err : kvc_wait(c, id, -1);
+}
+
+_public_ int kvc_get(kvc_client *c, uint32_t ns, const kvc_pool *p,
+                     const struct kvc_block_ref *refs, uint32_t n, uint8_t *ret_status)
+{
+        uint64_t id;
+        int err = kvc_get_submit(c, ns, p, refs, n, ret_status, &id);
+
+        return err < 0 ? err : kvc_wait(c, id, -1);
+}
+
+/* Wire keys for n keys: *ret_keys (n structs) and *ret_ptrs, freed by the
+ * caller with free(). */
+static int wire_keys(const struct kvc_key *keys, uint32_t n, Kvdrive__Key **ret_keys,
+                     Kvdrive__Key ***ret_ptrs)
+{
+        Kvdrive__Key *k = calloc(n ? n : 1, sizeof(*k));
+        Kvdrive__Key **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+
+        if (!k || !ptrs) {
+                free(k);
+                free(ptrs);
+                return -ENOMEM;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+                kvdrive__key__init(&k[i]);
+                k[i].hi = keys[i].hi;
+                k[i].lo = keys[i].lo;
+                ptrs[i] = &k[i];
+        }
+        *ret_keys = k;
+        *ret_ptrs = ptrs;
+        return 0;
+}
+
+_public_ int kvc_lookup(kvc_client *c, uint32_t ns, const struct kvc_key *keys, uint32_t n,
+                        uint32_t *ret_prefix, uint32_t layers)
+{
+        Kvdrive__Lookup lk = KVDRIVE__LOOKUP__INIT;
+        Kvdrive__Request req = KVDRIVE__REQUEST__INIT;
+        Kvdrive__Response *resp = NULL;
+        Kvdrive__Key *k, **ptrs;
+        const Kvdrive__LookupReply *lr;
+        int err;
+
+        if (!c || (!keys && n > 0) || (!ret_prefix && layers > 0))
+                return -EINVAL;
+        if (n > c->max_items)
+                return -E2BIG;
+        err = wire_keys(keys, n, &k, &ptrs);
+        if (err < 0)
+                return err;
+        lk.ns_id = ns;
+        lk.n_keys = n;
+        lk.keys = ptrs;
+        req.body_case = KVDRIVE__REQUEST__BODY_LOOKUP;
+        req.lookup = &lk;
+        err = kvc__call(c, &req, -1, KVDRIVE__RESPONSE__BODY_LOOKUP, &resp);
+        if (err < 0)
+                goto out_free_keys;
+        lr = resp->lookup;
+        if (!lr) {
+                err = -EBADMSG;
+                goto out_free_resp;
+        }
+        /* One entry per layer of the namespace: the caller's array must hold
+         * them all. Entries past the daemon's count read as 0 (no prefix). */
+        if (lr->n_prefix > layers) {
+                err = -ENOBUFS;
+                goto out_free_resp;
+        }
+        for (uint32_t l = 0; l < layers; l++)
+                ret_prefix[l] = l < lr->n_prefix ? lr->prefix[l] : 0;
+out_free_resp:
+        kvdrive__response__free_unpacked(resp, NULL);
+out_free_keys:
+        free(ptrs);
+        free(k);
+        return err;
+}
+
+_public_ int kvc_delete(kvc_client *c, uint32_t ns, const struct kvc_key *keys, uint32_t n,
+                        int32_t layer)
+{
+        Kvdrive__Delete del = KVDRIVE__DELETE__INIT;
+        Kvdrive__Request req = KVDRIVE__REQUEST__INIT;
+        Kvdrive__Response *resp = NULL;
+        Kvdrive__Key *k, **ptrs;
+        int err;
+
+        if (!c || (!keys && n > 0))
+                return -EINVAL;
+        if (n > c->max_items)
+                return -E2BIG;
+        err = wire_keys(keys, n, &k, &ptrs);
+        if (err < 0)
+                return err;
+        del.ns_id = ns;
+        del.n_keys = n;
+        del.keys = ptrs;
+        del.all_layers = layer < 0;
+        del.layer = layer < 0 ? 0 : (uint32_t)layer;
+        req.body_case = KVDRIVE__REQUEST__BODY_DELETE;
+        req.delete_ = &del;
+        err = kvc__call(c, &req, -1, KVDRIVE__RESPONSE__BODY_DELETE, &resp);
+        if (err < 0)
+                goto out_free_keys;
+        if (!resp->delete_)
+                err = -EBADMSG;
+        else
+                err = resp->delete_->deleted > INT_MAX ? INT_MAX : (int)resp->delete_->deleted;
+        kvdrive__response__free_unpacked(resp, NULL);
+out_free_keys:
+        free(ptrs);
+        free(k);
+        return err;
+}
+
+static void copy_str(char *dst, size_t size, const char *src)
+{
+        snprintf(dst, size, "%s", src ? src : "");
+}
+
+static int stats_from_wire(const Kvdrive__StatsReply *w, struct kvc_stats **ret)
+{
+        struct kvc_stats *s = calloc(1, sizeof(*s));
+
+        if (!s)
+                return -ENOMEM;
+        s->tiers = calloc(w->n_tiers ? w->n_tiers : 1, sizeof(*s->tiers));
+        s->namespaces = calloc(w->n_namespaces ? w->n_namespaces : 1, sizeof(*s->namespaces));
+        if (!s->tiers || !s->namespaces) {
+                kvc_stats_free(s);
+                return -ENOMEM;
+        }
+        copy_str(s->daemon_version, sizeof(s->daemon_version), w->daemon_version);
+        s->pid = w->pid;
+        s->uptime_ms = w->uptime_ms;
+        s->clients = w->clients;
+        s->clients_total = w->clients_total;
+        s->workers = w->workers;
+        copy_str(s->device_backends, sizeof(s->device_backends), w->device_backends);
+        s->bytes_in = w->bytes_in;
+        s->bytes_out = w->bytes_out;
+        s->puts = w->puts;
+        s->gets = w->gets;
+        s->requests = w->requests;
+        s->errors = w->errors;
+        s->index_capacity = w->index_capacity;
+        s->index_entries = w->index_entries;
+        s->index_bytes = w->index_bytes;
+        s->index_bytes_per_block = w->index_bytes_per_block;
+        /* Counts are bounded by the frame size, far below UINT32_MAX. */
+        s->n_tiers = (uint32_t)w->n_tiers;
+        for (size_t i = 0; i < w->n_tiers; i++) {
+                const Kvdrive__TierStats *t = w->tiers[i];
+                struct kvc_tier_stats *o = &s->tiers[i];
+
+                copy_str(o->name, sizeof(o->name), t->name);
+                o->capacity_bytes = t->capacity_bytes;
+                o->used_bytes = t->used_bytes;
+                o->blocks = t->blocks;
+                o->hits = t->hits;
+                o->misses = t->misses;
+                o->evictions = t->evictions;
+        }
+        s->n_namespaces = (uint32_t)w->n_namespaces;
+        for (size_t i = 0; i < w->n_namespaces; i++) {
+                const Kvdrive__NamespaceStats *n = w->namespaces[i];
+                struct kvc_ns_stats *o = &s->namespaces[i];
+
+                o->id = n->id;
+                copy_str(o->name, sizeof(o->name), n->name);
+                if (n->geometry) {
+                        o->geometry.layers = n->geometry->layers;
+                        o->geometry.kv_heads = n->geometry->kv_heads;
+                        o->geometry.head_dim = n->geometry->head_dim;
+                        o->geometry.dtype = (uint32_t)n->geometry->dtype;
+                        o->geometry.block_tokens = n->geometry->block_tokens;
+                }
+                o->block_bytes = n->block_bytes;
+                o->blocks = n->blocks;
+        }
+        *ret = s;
+        return 0;
+}
+
+_public_ int kvc_stats_get(kvc_client *c, struct kvc_stats **ret)
+{
+        Kvdrive__Stats st = KVDRIVE__STATS__INIT;
+        Kvdrive__Request req = KVDRIVE__REQUEST__INIT;
+        Kvdrive__Response *resp = NULL;
+        int err;
+
+        if (!c || !ret)
+                return -EINVAL;
+        req.body_case = KVDRIVE__REQUEST__BODY_STATS;
+        req.stats = &st;
+        err = kvc__call(c, &req, -1, KVDRIVE__RESPONSE__BODY_STATS, &resp);
+        if (err < 0)
+                return err;
+        err = resp->stats ? stats_from_wire(resp->stats, ret) : -EBADMSG;
+        kvdrive__response__free_unpacked(resp, NULL);
+        return err;
+}
+
+_public_ struct kvc_stats *kvc_stats_free(struct kvc_stats *s)
+{
+        if (!s)
+                return NULL;
+        free(s->tiers);
+        free(s->namespaces);
+        free(s);
+        return NULL;
+}

@@ -1,0 +1,279 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libkvclient: the client library of the KVDrive KV-cache daemon.
+ *
+ * Conventions (as in liburing and systemd):
+ *  - Functions that act return 0 (or a non-negative count) on success and a
+ *    negative number on failure: -errno for system errors, -KVC_E_* for
+ *    errors the daemon reported. kvc_strerror() names both.
+ *  - Output parameters are named ret_* and are left untouched on failure.
+ *  - Destructors accept NULL and return NULL.
+ *  - A kvc_client is not thread-safe: use one per thread, or lock around it.
+ *  - The library never logs and never calls exit().
+ */
+#ifndef KVDRIVE_CLIENT_H
+#define KVDRIVE_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Errors the daemon reports (returned negated). Stable: mirrors the wire
+ * ErrorCode enum plus KVC_E_BASE. */
+enum {
+        KVC_E_BASE = 10000,
+        KVC_E_MALFORMED = KVC_E_BASE + 1,
+        KVC_E_TRUNCATED = KVC_E_BASE + 2,
+        KVC_E_TOO_LARGE = KVC_E_BASE + 3,
+        KVC_E_UNKNOWN_TYPE = KVC_E_BASE + 4,
+        KVC_E_VERSION = KVC_E_BASE + 5,
+        KVC_E_NO_HELLO = KVC_E_BASE + 6,
+        KVC_E_NO_NAMESPACE = KVC_E_BASE + 7,
+        KVC_E_NO_POOL = KVC_E_BASE + 8,
+        KVC_E_OUT_OF_RANGE = KVC_E_BASE + 9,
+        KVC_E_GEOMETRY = KVC_E_BASE + 10,
+        KVC_E_NS_CONFLICT = KVC_E_BASE + 11,
+        KVC_E_LIMIT = KVC_E_BASE + 12,
+        KVC_E_BAD_ARG = KVC_E_BASE + 13,
+        KVC_E_NO_SPACE = KVC_E_BASE + 14,
+        KVC_E_INTERNAL = KVC_E_BASE + 15,
+        KVC_E_MAX = KVC_E_BASE + 16,
+};
+
+/* Returns a static description of err (a negative return of this library,
+ * -errno or -KVC_E_*). Never NULL. */
+const char *kvc_strerror(int err);
+
+enum kvc_dtype {
+        KVC_DTYPE_F16 = 1,
+        KVC_DTYPE_BF16 = 2,
+        KVC_DTYPE_F32 = 3,
+        KVC_DTYPE_FP8 = 4,
+};
+
+/* Size in bytes of one element of dtype, 0 if unknown. */
+size_t kvc_dtype_size(enum kvc_dtype dtype);
+
+/* One model geometry. A block holds K and V of block_tokens tokens of ONE
+ * layer, all kv heads: 2 * kv_heads * head_dim * block_tokens * dtype size. */
+struct kvc_geometry {
+        uint32_t layers;
+        uint32_t kv_heads;
+        uint32_t head_dim;
+        uint32_t dtype;          /* enum kvc_dtype */
+        uint32_t block_tokens;
+};
+
+/* Bytes of one block of g, 0 if g is invalid. */
+uint64_t kvc_block_bytes(const struct kvc_geometry *g);
+
+/* A 128-bit block key, opaque to the daemon. */
+struct kvc_key {
+        uint64_t hi;
+        uint64_t lo;
+};
+
+/*
+ * Chained prefix key: XXH3-128 over the 16 bytes of parent (little-endian
+ * hi then lo; all zero when parent is NULL, for the first block) followed by
+ * the n token ids as little-endian uint32. Equal token prefixes give equal
+ * key chains in every process. Stores the key in *ret.
+ */
+void kvc_key_chain(const struct kvc_key *parent, const uint32_t *tokens, size_t n,
+                   struct kvc_key *ret);
+
+/*
+ * Keys of the full blocks of a token sequence: ret_keys[i] is the chained key
+ * of block i (tokens [i*block_tokens, (i+1)*block_tokens)). Writes at most
+ * max keys; returns the number of keys written (n_tokens / block_tokens,
+ * capped at max), or -EINVAL.
+ */
+int kvc_key_prefix_chain(const uint32_t *tokens, size_t n_tokens, uint32_t block_tokens,
+                         struct kvc_key *ret_keys, size_t max);
+
+/* A fresh random sequence id for private (unshared) keys. 0 or -errno. */
+int kvc_key_sequence_new(struct kvc_key *ret_seq);
+
+/* Private key of block index of one sequence: XXH3-128 of a domain tag,
+ * seq and index, so it never equals a prefix key in practice. */
+void kvc_key_private(const struct kvc_key *seq, uint64_t index, struct kvc_key *ret);
+
+typedef struct kvc_client kvc_client;
+typedef struct kvc_pool kvc_pool;
+
+/*
+ * Connects to the daemon at path (NULL: $KVDRIVE_SOCKET, else the system
+ * socket /run/kvdrive/kvdrived.sock for root, else
+ * $XDG_RUNTIME_DIR/kvdrive/kvdrived.sock) and says Hello. name identifies
+ * the client in the daemon's logs (may be NULL). The caller frees the client
+ * with kvc_disconnect().
+ */
+int kvc_connect(const char *path, const char *name, kvc_client **ret);
+
+/* Closes the connection and frees the client. Requests still in flight are
+ * abandoned (the daemon releases them). Pools created on c must be freed
+ * with kvc_pool_free() before or after; they stay mapped until then. */
+kvc_client *kvc_disconnect(kvc_client *c);
+
+/* The socket fd, for poll/epoll integration (readable: call kvc_poll()). */
+int kvc_fd(const kvc_client *c);
+
+/* Daemon version string from the Hello, owned by c. */
+const char *kvc_daemon_version(const kvc_client *c);
+
+/* Largest number of items one Put/Get/Lookup/Delete may carry. */
+uint32_t kvc_max_items(const kvc_client *c);
+
+/* Message of the last error the daemon reported on c ("" if none), owned
+ * by c and valid until the next call on c. */
+const char *kvc_last_error(const kvc_client *c);
+
+/*
+ * Registers (or joins, when the name exists with the same geometry) a
+ * namespace. Returns its id in *ret_ns and, if ret_block_bytes is not NULL,
+ * the block size in *ret_block_bytes. -KVC_E_NS_CONFLICT if the name exists
+ * with another geometry, -KVC_E_GEOMETRY if g is invalid.
+ */
+int kvc_register_namespace(kvc_client *c, const char *name, const struct kvc_geometry *g,
+                           uint32_t *ret_ns, uint64_t *ret_block_bytes);
+
+/*
+ * Creates a "device pool" of slot_count slots of slot_bytes each as a sealed
+ * memfd (the no-GPU backend), maps it, and registers it with the daemon,
+ * which maps it too. The caller frees the pool with kvc_pool_free().
+ */
+int kvc_pool_create(kvc_client *c, uint32_t slot_count, uint64_t slot_bytes, kvc_pool **ret);
+
+/* Unmaps and frees a pool (the daemon drops its mapping when the session
+ * ends). Returns NULL. */
+kvc_pool *kvc_pool_free(kvc_pool *p);
+
+/* Address of slot i of p (NULL if out of range), its id, and its shape. */
+void *kvc_pool_slot(const kvc_pool *p, uint32_t slot);
+uint32_t kvc_pool_id(const kvc_pool *p);
+uint32_t kvc_pool_slot_count(const kvc_pool *p);
+uint64_t kvc_pool_slot_bytes(const kvc_pool *p);
+
+/* One block of a Put or Get: its key and layer, and the pool slot it is
+ * copied from (Put) or into (Get). */
+struct kvc_block_ref {
+        struct kvc_key key;
+        uint32_t layer;
+        uint32_t slot;
+};
+
+/* Per-item outcome of a Put/Get (one byte per item). */
+enum kvc_item_status {
+        KVC_ITEM_OK = 0,        /* Put: stored; Get: loaded into the slot */
+        KVC_ITEM_EXISTS = 1,    /* Put: already cached, nothing copied */
+        KVC_ITEM_MISS = 2,      /* Get: not cached; the slot is untouched */
+        KVC_ITEM_NO_SPACE = 3,  /* Put: no room in the cache */
+        KVC_ITEM_ERROR = 4,     /* the copy failed (device error); nothing stored or loaded */
+};
+
+/*
+ * Submits a batch Put (slots -> cache) or Get (cache -> slots) of n items
+ * and returns at once with the request id in *ret_id. refs is copied;
+ * ret_status (n bytes, may be NULL) belongs to the library until the request
+ * completes, when it holds the enum kvc_item_status of every item. A Put's
+ * slots must not be written, and a Get's slots not read, until then.
+ * Many requests may be in flight. -E2BIG if n > kvc_max_items().
+ */
+int kvc_put_submit(kvc_client *c, uint32_t ns, const kvc_pool *p,
+                   const struct kvc_block_ref *refs, uint32_t n, uint8_t *ret_status,
+                   uint64_t *ret_id);
+int kvc_get_submit(kvc_client *c, uint32_t ns, const kvc_pool *p,
+                   const struct kvc_block_ref *refs, uint32_t n, uint8_t *ret_status,
+                   uint64_t *ret_id);
+
+/*
+ * Waits up to timeout_ms (-1: forever) for request id to complete. Returns
+ * the number of items done (stored or loaded), or a negative error the
+ * daemon or the system reported; -ETIMEDOUT if it is still in flight;
+ * -ENOENT if id is unknown or already reaped.
+ */
+int kvc_wait(kvc_client *c, uint64_t id, int timeout_ms);
+
+/*
+ * Reads every reply that has arrived without blocking and records it.
+ * Returns the number of requests completed by this call, or -errno.
+ * kvc_done() then tells whether a given request has completed (without
+ * reaping it; kvc_wait() reaps).
+ */
+int kvc_poll(kvc_client *c);
+int kvc_done(const kvc_client *c, uint64_t id);
+
+/* Synchronous Put/Get: submit and wait. Same returns as kvc_wait(). */
+int kvc_put(kvc_client *c, uint32_t ns, const kvc_pool *p, const struct kvc_block_ref *refs,
+            uint32_t n, uint8_t *ret_status);
+int kvc_get(kvc_client *c, uint32_t ns, const kvc_pool *p, const struct kvc_block_ref *refs,
+            uint32_t n, uint8_t *ret_status);
+
+/*
+ * Longest cached prefix of the key chain keys[0..n) for every layer of
+ * namespace ns: ret_prefix[l] (the caller passes an array of at least
+ * `layers` entries) is the count of leading keys cached at layer l.
+ */
+int kvc_lookup(kvc_client *c, uint32_t ns, const struct kvc_key *keys, uint32_t n,
+               uint32_t *ret_prefix, uint32_t layers);
+
+/* Deletes keys at one layer (layer >= 0) or all layers (layer < 0). Blocks
+ * being loaded are deleted once the load completes. Returns the number of
+ * blocks deleted. */
+int kvc_delete(kvc_client *c, uint32_t ns, const struct kvc_key *keys, uint32_t n,
+               int32_t layer);
+
+struct kvc_tier_stats {
+        char name[16];
+        uint64_t capacity_bytes;
+        uint64_t used_bytes;
+        uint64_t blocks;
+        uint64_t hits;
+        uint64_t misses;
+        uint64_t evictions;
+};
+
+struct kvc_ns_stats {
+        uint32_t id;
+        char name[128];
+        struct kvc_geometry geometry;
+        uint64_t block_bytes;
+        uint64_t blocks;
+};
+
+struct kvc_stats {
+        char daemon_version[32];
+        uint32_t pid;
+        uint64_t uptime_ms;
+        uint32_t clients;
+        uint64_t clients_total;
+        uint32_t workers;
+        char device_backends[64];
+        uint64_t bytes_in;              /* client pools -> daemon */
+        uint64_t bytes_out;             /* daemon -> client pools */
+        uint64_t puts;
+        uint64_t gets;
+        uint64_t requests;
+        uint64_t errors;
+        uint64_t index_capacity;
+        uint64_t index_entries;
+        uint64_t index_bytes;
+        uint32_t index_bytes_per_block;
+        uint32_t n_tiers;
+        struct kvc_tier_stats *tiers;
+        uint32_t n_namespaces;
+        struct kvc_ns_stats *namespaces;
+};
+
+/* Fetches the daemon's statistics; free with kvc_stats_free(). */
+int kvc_stats_get(kvc_client *c, struct kvc_stats **ret);
+struct kvc_stats *kvc_stats_free(struct kvc_stats *s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

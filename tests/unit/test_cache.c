@@ -1,0 +1,249 @@
+/* SPDX-License-Identifier: MIT */
+/* Host tier slabs and the cache on top: namespaces, LRU eviction, pins. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache.h"
+#include "check-main.h"
+#include "host.h"
+
+static struct kvd_config cfg;
+
+static void setup(void)
+{
+        const char *argv[] = { "kvdrived", "--host-bytes=16M", "--host-extent-bytes=1M", "--host-lock=off",
+                               "--host-hugepages=false", "--max-namespaces=4" };
+
+        ck_assert_int_eq(kvd_config_load(&cfg, 6, (char **)argv), 0);
+}
+
+START_TEST(host_slabs)
+{
+        struct kvd_host *h;
+        struct kvd_tier *t;
+        struct kvd_tier_usage u;
+        uint32_t locs[64], loc;
+        int a, b;
+
+        ck_assert_int_eq(kvd_host_new(&cfg, &h), 0);
+        t = kvd_host_tier(h);
+        a = t->ops->class_for(t, 256 << 10);       /* 4 per extent */
+        b = t->ops->class_for(t, 1000);            /* rounds to 4 KiB */
+        ck_assert_int_ge(a, 0);
+        ck_assert_int_ne(a, b);
+        ck_assert_int_eq(t->ops->class_for(t, 256 << 10), a);
+        ck_assert_uint_eq(kvd_host_class_bytes(h, b), 4096);
+        ck_assert_int_eq(t->ops->class_for(t, (1 << 20) + 1), -E2BIG);
+        /* 16 extents of 4 blocks: 64 blocks, then full. */
+        for (int i = 0; i < 64; i++) {
+                ck_assert_int_eq(t->ops->alloc(t, a, &locs[i]), 0);
+                memset(kvd_host_ptr(h, locs[i]), i, 256 << 10); /* distinct, in bounds */
+        }
+        ck_assert_int_eq(t->ops->alloc(t, a, &loc), -ENOSPC);
+        ck_assert_int_eq(t->ops->alloc(t, b, &loc), -ENOSPC);
+        for (int i = 0; i < 64; i++)
+                ck_assert_uint_eq(*(uint8_t *)kvd_host_ptr(h, locs[i]), (uint8_t)i);
+        t->ops->usage(t, &u);
+        ck_assert_uint_eq(u.blocks, 64);
+        ck_assert_uint_eq(u.used_bytes, 16u << 20);
+        /* Freeing one block lets its class allocate, not another class. */
+        t->ops->free(t, locs[5]);
+        ck_assert(kvd_host_can_alloc(h, a));
+        ck_assert(!kvd_host_can_alloc(h, b));
+        /* Emptying a whole extent gives it to any class. */
+        for (int i = 4; i < 8; i++)
+                if (i != 5)
+                        t->ops->free(t, locs[i]);
+        ck_assert(kvd_host_has_free_extent(h));
+        ck_assert_int_eq(t->ops->alloc(t, b, &loc), 0);
+        ck_assert_uint_eq(kvd_host_class_bytes(h, b), 4096);
+        t->ops->usage(t, &u);
+        ck_assert_uint_eq(u.blocks, 61);
+        t->ops->destroy(t);
+}
+END_TEST
+
+static struct kvd_bkey key(uint32_t ns, uint64_t i)
+{
+        return (struct kvd_bkey){ 0x1234, i, ns, 0 };
+}
+
+START_TEST(namespaces)
+{
+        struct kvd_cache *c;
+        struct kvd_geometry g = { 4, 2, 64, 1, 16 }, g2 = g;
+        uint32_t id, id2;
+        bool created;
+
+        ck_assert_int_eq(kvd_cache_new(&cfg, &c), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, &id, &created), 0);
+        ck_assert(created);
+        ck_assert_uint_eq(kvd_cache_ns(c, id)->block_bytes, 2 * 2 * 64 * 16 * 2);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, &id2, &created), 0);
+        ck_assert(!created);
+        ck_assert_uint_eq(id, id2);
+        g2.head_dim = 128;
+        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g2, &id2, &created), -EEXIST);
+        g2 = g;
+        g2.dtype = 9;
+        ck_assert_int_eq(kvd_cache_ns_register(c, "x", &g2, &id2, &created), -EINVAL);
+        g2 = g;
+        g2.layers = 0;
+        ck_assert_int_eq(kvd_cache_ns_register(c, "x", &g2, &id2, &created), -EINVAL);
+        g2 = g;
+        g2.block_tokens = 4096; /* 2 MiB block > 1 MiB extent */
+        ck_assert_int_eq(kvd_cache_ns_register(c, "x", &g2, &id2, &created), -E2BIG);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "", &g, &id2, &created), -EINVAL);
+        ck_assert_uint_eq(kvd_cache_ns_count(c), 1); /* errors changed nothing */
+        for (int i = 0; i < 3; i++) {
+                char name[8] = { 'n', (char)('0' + i), 0 };
+
+                ck_assert_int_eq(kvd_cache_ns_register(c, name, &g, &id2, &created), 0);
+        }
+        ck_assert_int_eq(kvd_cache_ns_register(c, "full", &g, &id2, &created), -ENOSPC);
+        kvd_cache_free(c);
+}
+END_TEST
+
+START_TEST(lru_eviction_and_pins)
+{
+        /* 256 KiB blocks: 64 fit in 16 MiB. */
+        struct kvd_geometry g = { 1, 8, 128, 1, 64 };
+        struct kvd_cache_stats st;
+        struct kvd_cache *c;
+        uint32_t ns, id, pinned;
+        bool created;
+        void *p;
+
+        ck_assert_int_eq(kvd_cache_new(&cfg, &c), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, &ns, &created), 0);
+        for (uint64_t i = 0; i < 64; i++) {
+                struct kvd_bkey k = key(ns, i);
+
+                ck_assert_int_eq(kvd_cache_put_reserve(c, &k, &id, &p), 0);
+                memset(p, (int)i, 256 << 10);
+                ck_assert(!kvd_cache_contains(c, &k)); /* pending is not readable */
+                kvd_cache_put_commit(c, id);
+                ck_assert(kvd_cache_contains(c, &k));
+        }
+        {
+                struct kvd_bkey k = key(ns, 3);
+
+                ck_assert_int_eq(kvd_cache_put_reserve(c, &k, &id, &p), -EEXIST);
+        }
+        /* Touch block 0 (now most recent) and pin block 1. */
+        {
+                struct kvd_bkey k0 = key(ns, 0), k1 = key(ns, 1);
+
+                ck_assert_int_eq(kvd_cache_get_pin(c, &k0, &id, &p), 0);
+                ck_assert_uint_eq(*(uint8_t *)p, 0);
+                kvd_cache_unpin(c, id);
+                ck_assert_int_eq(kvd_cache_get_pin(c, &k1, &pinned, &p), 0);
+        }
+        /* Two new blocks evict the two least recent unpinned: 2 and 3. */
+        for (uint64_t i = 100; i < 102; i++) {
+                struct kvd_bkey k = key(ns, i);
+
+                ck_assert_int_eq(kvd_cache_put_reserve(c, &k, &id, &p), 0);
+                kvd_cache_put_commit(c, id);
+        }
+        for (uint64_t i = 0; i < 6; i++) {
+                struct kvd_bkey k = key(ns, i);
+
+                ck_assert_msg(kvd_cache_contains(c, &k) == (i != 2 && i != 3), "block %lu", (unsigned long)i);
+        }
+        /* Deleting a pinned block dooms it: gone for readers now, freed on unpin. */
+        {
+                struct kvd_bkey k1 = key(ns, 1);
+
+                ck_assert_int_eq(kvd_cache_delete(c, &k1), 1);
+                ck_assert(!kvd_cache_contains(c, &k1));
+                ck_assert_int_eq(kvd_cache_get_pin(c, &k1, &id, &p), -ENOENT);
+                kvd_cache_unpin(c, pinned);
+                ck_assert_int_eq(kvd_cache_delete(c, &k1), 0);
+        }
+        kvd_cache_stats(c, &st);
+        ck_assert_uint_eq(st.evictions, 2);
+        ck_assert_uint_eq(st.host.blocks, 63);
+        ck_assert_uint_eq(kvd_cache_ns(c, ns)->blocks, 63);
+        ck_assert_uint_eq(st.misses, 1);
+        kvd_cache_free(c);
+}
+END_TEST
+
+START_TEST(everything_pinned_is_no_space)
+{
+        struct kvd_geometry g = { 1, 8, 128, 1, 64 };
+        struct kvd_cache *c;
+        uint32_t ns, id;
+        bool created;
+        void *p;
+
+        ck_assert_int_eq(kvd_cache_new(&cfg, &c), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, &ns, &created), 0);
+        for (uint64_t i = 0; i < 64; i++) {
+                struct kvd_bkey k = key(ns, i);
+
+                ck_assert_int_eq(kvd_cache_put_reserve(c, &k, &id, &p), 0); /* left pending */
+        }
+        {
+                struct kvd_bkey k = key(ns, 999);
+
+                ck_assert_int_eq(kvd_cache_put_reserve(c, &k, &id, &p), -ENOSPC);
+                ck_assert(!kvd_cache_contains(c, &k));
+        }
+        kvd_cache_free(c);
+}
+END_TEST
+
+/* A namespace with a new block size takes whole extents from another class. */
+START_TEST(cross_class_eviction)
+{
+        struct kvd_geometry big = { 1, 8, 128, 1, 64 }, small = { 1, 8, 128, 1, 8 };
+        struct kvd_cache_stats st;
+        struct kvd_cache *c;
+        uint32_t a, b, id;
+        bool created;
+        void *p;
+
+        ck_assert_int_eq(kvd_cache_new(&cfg, &c), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "big", &big, &a, &created), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "small", &small, &b, &created), 0);
+        for (uint64_t i = 0; i < 64; i++) {
+                struct kvd_bkey k = key(a, i);
+
+                ck_assert_int_eq(kvd_cache_put_reserve(c, &k, &id, &p), 0);
+                kvd_cache_put_commit(c, id);
+        }
+        {
+                struct kvd_bkey k = key(b, 0);
+
+                ck_assert_int_eq(kvd_cache_put_reserve(c, &k, &id, &p), 0);
+                kvd_cache_put_commit(c, id);
+                ck_assert(kvd_cache_contains(c, &k));
+        }
+        kvd_cache_stats(c, &st);
+        ck_assert_uint_ge(st.evictions, 1);
+        ck_assert_uint_le(st.evictions, 4); /* at most one extent's worth */
+        ck_assert_uint_eq(st.host.blocks, 64 - st.evictions + 1);
+        kvd_cache_free(c);
+}
+END_TEST
+
+static Suite *cache_suite(void)
+{
+        Suite *s = suite_create("cache");
+        TCase *tc = tcase_create("cache");
+
+        tcase_add_checked_fixture(tc, setup, NULL);
+        tcase_add_test(tc, host_slabs);
+        tcase_add_test(tc, namespaces);
+        tcase_add_test(tc, lru_eviction_and_pins);
+        tcase_add_test(tc, everything_pinned_is_no_space);
+        tcase_add_test(tc, cross_class_eviction);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+KVD_CHECK_MAIN(cache_suite)

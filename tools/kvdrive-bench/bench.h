@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: MIT */
+/* kvdrive-bench: what the subcommands share. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define BENCH_EXIT_USAGE 2
+
+/* A subcommand: argv[0] is its name; getopt state is fresh. Returns the
+ * process exit status. */
+struct bench_command {
+        const char *name;
+        int (*run)(int argc, char **argv);
+        const char *help;
+};
+
+int bench_transfer(int argc, char **argv);
+
+/* "64K", "1M", "2G" (powers of 1024) or plain bytes into *ret.
+ * 0, -EINVAL or -ERANGE. */
+int bench_parse_size(const char *s, uint64_t *ret);
+
+/* Comma-separated sizes into a new array (free()), count in *ret_n. */
+int bench_parse_sizes(const char *s, uint64_t **ret, size_t *ret_n);
+
+/* A decimal unsigned in [min, max]. 0 or -EINVAL/-ERANGE. */
+int bench_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *ret);
+
+/* "64K" for 65536: the shortest exact power-of-1024 form. */
+const char *bench_format_size(char *buf, size_t size, uint64_t v);
+
+/* CLOCK_MONOTONIC in nanoseconds: comparable across processes. */
+uint64_t bench_now_ns(void);
+
+/* Median of v[0..n), sorting v in place; 0 for n == 0. */
+double bench_median(double *v, size_t n);

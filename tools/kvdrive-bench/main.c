@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvdrive-bench: measurements against a running kvdrived.
+ *
+ *   kvdrive-bench COMMAND [options]     (kvdrive-bench COMMAND --help)
+ *
+ * A new workload is one more file and one more line in commands[].
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+#include "kvd-build.h"
+
+static const struct bench_command commands[] = {
+        { "transfer", bench_transfer, "Put/Get bandwidth of N clients against memcpy" },
+};
+
+static void usage(FILE *f)
+{
+        fprintf(f, "Usage: kvdrive-bench COMMAND [options]\n"
+                   "       kvdrive-bench COMMAND --help\n"
+                   "       kvdrive-bench --version\n\nCommands:\n");
+        for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+                fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+}
+
+int main(int argc, char **argv)
+{
+        if (argc < 2) {
+                usage(stderr);
+                return BENCH_EXIT_USAGE;
+        }
+        if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+                usage(stdout);
+                return EXIT_SUCCESS;
+        }
+        if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
+                printf("kvdrive-bench %s\n", KVD_VERSION);
+                return EXIT_SUCCESS;
+        }
+        for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+                if (strcmp(argv[1], commands[i].name) == 0) {
+                        /* The command parses its own options from argv[1]. */
+                        optind = 0;
+                        return commands[i].run(argc - 1, argv + 1);
+                }
+        }
+        fprintf(stderr, "kvdrive-bench: unknown command '%s'\n", argv[1]);
+        usage(stderr);
+        return BENCH_EXIT_USAGE;
+}

@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bench.h"
+
+int bench_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *ret)
+{
+        unsigned long long v;
+        char *end;
+
+        if (!s || *s < '0' || *s > '9')
+                return -EINVAL;
+        errno = 0;
+        v = strtoull(s, &end, 10);
+        if (errno == ERANGE)
+                return -ERANGE;
+        if (*end != '\0')
+                return -EINVAL;
+        if (v < min || v > max)
+                return -ERANGE;
+        *ret = v;
+        return 0;
+}
+
+int bench_parse_size(const char *s, uint64_t *ret)
+{
+        unsigned long long v;
+        unsigned shift = 0;
+        char *end;
+
+        if (!s || *s < '0' || *s > '9')
+                return -EINVAL;
+        errno = 0;
+        v = strtoull(s, &end, 10);
+        if (errno == ERANGE)
+                return -ERANGE;
+        switch (*end) {
+        case '\0':
+                break;
+        case 'K': case 'k':
+                shift = 10;
+                break;
+        case 'M': case 'm':
+                shift = 20;
+                break;
+        case 'G': case 'g':
+                shift = 30;
+                break;
+        default:
+                return -EINVAL;
+        }
+        if (shift && *++end != '\0')
+                return -EINVAL;
+        if (v > UINT64_MAX >> shift)
+                return -ERANGE;
+        *ret = (uint64_t)v << shift;
+        return 0;
+}
+
+int bench_parse_sizes(const char *s, uint64_t **ret, size_t *ret_n)
+{
+        char *copy, *tok, *save = NULL;
+        uint64_t *v = NULL;
+        size_t n = 0;
+        int err = 0;
+
+        copy = strdup(s);
+        if (!copy)
+                return -ENOMEM;
+        for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+                uint64_t *nv = reallocarray(v, n + 1, sizeof(*v));
+
+                if (!nv) {
+                        err = -ENOMEM;
+                        goto out_free_copy;
+                }
+                v = nv;
+                err = bench_parse_size(tok, &v[n]);
+                if (err < 0)
+                        goto out_free_copy;
+                n++;
+        }
+        if (n == 0)
+                err = -EINVAL;
+out_free_copy:
+        free(copy);
+        if (err < 0) {
+                free(v);
+                return err;
+        }
+        *ret = v;
+        *ret_n = n;
+        return 0;
+}
+
+const char *bench_format_size(char *buf, size_t size, uint64_t v)
+{
+        static const char units[] = "KMG";
+        unsigned u = 0;
+
+        while (u < 3 && v >= 1024 && v % 1024 == 0) {
+                v /= 1024;
+                u++;
+        }
+        if (u == 0)
+                snprintf(buf, size, "%" PRIu64, v);
+        else
+                snprintf(buf, size, "%" PRIu64 "%c", v, units[u - 1]);
+        return buf;
+}
+
+uint64_t bench_now_ns(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+        double x = *(const double *)a, y = *(const double *)b;
+
+        return (x > y) - (x < y);
+}
+
+double bench_median(double *v, size_t n)
+{
+        if (n == 0)
+                return 0.0;
+        qsort(v, n, sizeof(*v), cmp_double);
+        return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
+}

@@ -1,0 +1,397 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvdrivectl: the operator's view of a running kvdrived.
+ *
+ *   kvdrivectl [--socket PATH] status
+ *   kvdrivectl [--socket PATH] stats [--json]
+ *
+ * Exit status: 0 success, 1 the daemon is unreachable or failed the
+ * request, 2 usage error. The --json layout is a stable interface,
+ * documented in docs/stats-json.md.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <kvdrive/client.h>
+
+#include "kvd-build.h"
+
+#define EXIT_USAGE 2
+#define STATS_JSON_SCHEMA 1
+
+struct ctl {
+        const char *socket;     /* NULL: the library's default */
+        bool json;
+};
+
+struct command {
+        const char *name;
+        int (*run)(struct ctl *ctl);
+        const char *help;
+};
+
+static int cmd_status(struct ctl *ctl);
+static int cmd_stats(struct ctl *ctl);
+
+static const struct command commands[] = {
+        { "status", cmd_status, "is the daemon up; version, clients, tier fill" },
+        { "stats", cmd_stats, "all counters (--json: one JSON object, docs/stats-json.md)" },
+};
+
+static void usage(FILE *f)
+{
+        fprintf(f,
+                "Usage: kvdrivectl [--socket PATH] COMMAND [--json]\n"
+                "\n"
+                "Options:\n"
+                "  -s, --socket PATH  daemon socket (default: $KVDRIVE_SOCKET, else the\n"
+                "                     system or per-user socket)\n"
+                "  -j, --json         stats: print one JSON object\n"
+                "  -h, --help         this help\n"
+                "  -V, --version      print the version\n"
+                "\n"
+                "Commands:\n");
+        for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+                fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].help);
+        fprintf(f, "\nExit status: 0 ok, 1 daemon unreachable or request failed, 2 usage.\n");
+}
+
+static const char *socket_name(const struct ctl *ctl)
+{
+        return ctl->socket ? ctl->socket : "the default socket";
+}
+
+static int connect_daemon(const struct ctl *ctl, kvc_client **ret)
+{
+        int err = kvc_connect(ctl->socket, "kvdrivectl", ret);
+
+        if (err < 0)
+                fprintf(stderr, "kvdrivectl: kvdrived is not reachable at %s: %s\n",
+                        socket_name(ctl), kvc_strerror(err));
+        return err;
+}
+
+/* Connects and fetches the statistics; prints why not on failure. */
+static int fetch_stats(const struct ctl *ctl, struct kvc_stats **ret)
+{
+        kvc_client *c = NULL;
+        int err;
+
+        err = connect_daemon(ctl, &c);
+        if (err < 0)
+                return err;
+        err = kvc_stats_get(c, ret);
+        if (err < 0)
+                fprintf(stderr, "kvdrivectl: stats request failed: %s%s%s\n", kvc_strerror(err),
+                        *kvc_last_error(c) ? ": " : "", kvc_last_error(c));
+        kvc_disconnect(c);
+        return err;
+}
+
+static const char *format_bytes(char *buf, size_t size, uint64_t v)
+{
+        static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+        double d = (double)v;
+        size_t u = 0;
+
+        while (d >= 1024.0 && u + 1 < sizeof(units) / sizeof(units[0])) {
+                d /= 1024.0;
+                u++;
+        }
+        if (u == 0)
+                snprintf(buf, size, "%" PRIu64 " B", v);
+        else
+                snprintf(buf, size, "%.1f %s", d, units[u]);
+        return buf;
+}
+
+static const char *format_uptime(char *buf, size_t size, uint64_t ms)
+{
+        uint64_t s = ms / 1000;
+
+        if (s >= 86400)
+                snprintf(buf, size, "%" PRIu64 "d %02" PRIu64 "h %02" PRIu64 "m", s / 86400,
+                         s / 3600 % 24, s / 60 % 60);
+        else if (s >= 3600)
+                snprintf(buf, size, "%" PRIu64 "h %02" PRIu64 "m %02" PRIu64 "s", s / 3600,
+                         s / 60 % 60, s % 60);
+        else if (s >= 60)
+                snprintf(buf, size, "%" PRIu64 "m %02" PRIu64 "s", s / 60, s % 60);
+        else
+                snprintf(buf, size, "%" PRIu64 ".%03" PRIu64 "s", s, ms % 1000);
+        return buf;
+}
+
+static const char *dtype_name(uint32_t dtype)
+{
+        switch (dtype) {
+        case KVC_DTYPE_F16:
+                return "f16";
+        case KVC_DTYPE_BF16:
+                return "bf16";
+        case KVC_DTYPE_F32:
+                return "f32";
+        case KVC_DTYPE_FP8:
+                return "fp8";
+        }
+        return "unknown";
+}
+
+static int cmd_status(struct ctl *ctl)
+{
+        struct kvc_stats *s = NULL;
+        char b1[32], b2[32];
+
+        if (fetch_stats(ctl, &s) < 0)
+                return EXIT_FAILURE;
+        printf("kvdrived:  up\n");
+        printf("version:   %s\n", s->daemon_version);
+        printf("pid:       %" PRIu32 "\n", s->pid);
+        printf("uptime:    %s\n", format_uptime(b1, sizeof(b1), s->uptime_ms));
+        printf("clients:   %" PRIu32 " connected, %" PRIu64 " since start\n", s->clients,
+               s->clients_total);
+        printf("backends:  %s\n", *s->device_backends ? s->device_backends : "(none)");
+        for (uint32_t i = 0; i < s->n_tiers; i++) {
+                const struct kvc_tier_stats *t = &s->tiers[i];
+                double pct = t->capacity_bytes
+                                     ? 100.0 * (double)t->used_bytes / (double)t->capacity_bytes
+                                     : 0.0;
+
+                printf("tier %-5s %s / %s used (%.1f%%), %" PRIu64 " blocks\n", t->name,
+                       format_bytes(b1, sizeof(b1), t->used_bytes),
+                       format_bytes(b2, sizeof(b2), t->capacity_bytes), pct, t->blocks);
+        }
+        kvc_stats_free(s);
+        return EXIT_SUCCESS;
+}
+
+static void print_stats(const struct kvc_stats *s)
+{
+        char b1[32], b2[32], b3[32];
+
+        printf("daemon     version %s, pid %" PRIu32 ", up %s, %" PRIu32 " workers, backends %s\n",
+               s->daemon_version, s->pid, format_uptime(b1, sizeof(b1), s->uptime_ms),
+               s->workers, *s->device_backends ? s->device_backends : "(none)");
+        printf("clients    %" PRIu32 " connected, %" PRIu64 " total\n", s->clients,
+               s->clients_total);
+        printf("requests   %" PRIu64 " total, %" PRIu64 " errors\n", s->requests, s->errors);
+        printf("transfer   in %s (%" PRIu64 " blocks put), out %s (%" PRIu64 " blocks got)\n",
+               format_bytes(b1, sizeof(b1), s->bytes_in), s->puts,
+               format_bytes(b2, sizeof(b2), s->bytes_out), s->gets);
+        printf("index      %" PRIu64 " entries / %" PRIu64 " slots, %s (%" PRIu32
+               " B per block)\n",
+               s->index_entries, s->index_capacity, format_bytes(b3, sizeof(b3), s->index_bytes),
+               s->index_bytes_per_block);
+
+        printf("\n%-8s %12s %12s %10s %12s %12s %10s\n", "TIER", "CAPACITY", "USED", "BLOCKS",
+               "HITS", "MISSES", "EVICTIONS");
+        for (uint32_t i = 0; i < s->n_tiers; i++) {
+                const struct kvc_tier_stats *t = &s->tiers[i];
+
+                printf("%-8s %12s %12s %10" PRIu64 " %12" PRIu64 " %12" PRIu64 " %10" PRIu64 "\n",
+                       t->name, format_bytes(b1, sizeof(b1), t->capacity_bytes),
+                       format_bytes(b2, sizeof(b2), t->used_bytes), t->blocks, t->hits,
+                       t->misses, t->evictions);
+        }
+
+        if (s->n_namespaces == 0)
+                return;
+        printf("\n%-24s %5s %6s %8s %8s %5s %12s %11s %10s\n", "NAMESPACE", "ID", "LAYERS",
+               "KV_HEADS", "HEAD_DIM", "DTYPE", "BLOCK_TOKENS", "BLOCK_BYTES", "BLOCKS");
+        for (uint32_t i = 0; i < s->n_namespaces; i++) {
+                const struct kvc_ns_stats *n = &s->namespaces[i];
+
+                printf("%-24s %5" PRIu32 " %6" PRIu32 " %8" PRIu32 " %8" PRIu32 " %5s %12" PRIu32
+                       " %11s %10" PRIu64 "\n",
+                       n->name, n->id, n->geometry.layers, n->geometry.kv_heads,
+                       n->geometry.head_dim, dtype_name(n->geometry.dtype),
+                       n->geometry.block_tokens, format_bytes(b1, sizeof(b1), n->block_bytes),
+                       n->blocks);
+        }
+}
+
+/* JSON integers are signed 64-bit: saturate rather than wrap. */
+static json_int_t ji(uint64_t v)
+{
+        return v > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)v;
+}
+
+/* device_backends is comma-separated on the wire; an array in JSON. */
+static json_t *backends_json(const char *list)
+{
+        json_t *a = json_array();
+        const char *p = list;
+
+        while (a && *p) {
+                size_t n = strcspn(p, ",");
+
+                if (n > 0 && json_array_append_new(a, json_stringn(p, n)) < 0) {
+                        json_decref(a);
+                        return NULL;
+                }
+                p += n;
+                if (*p == ',')
+                        p++;
+        }
+        return a;
+}
+
+static json_t *stats_json(const struct kvc_stats *s)
+{
+        json_t *tiers = json_object(), *nss = json_array();
+
+        if (!tiers || !nss)
+                goto err_free;
+        for (uint32_t i = 0; i < s->n_tiers; i++) {
+                const struct kvc_tier_stats *t = &s->tiers[i];
+
+                if (json_object_set_new(tiers, t->name,
+                                        json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}",
+                                                  "capacity_bytes", ji(t->capacity_bytes),
+                                                  "used_bytes", ji(t->used_bytes),
+                                                  "blocks", ji(t->blocks),
+                                                  "hits", ji(t->hits),
+                                                  "misses", ji(t->misses),
+                                                  "evictions", ji(t->evictions))) < 0)
+                        goto err_free;
+        }
+        for (uint32_t i = 0; i < s->n_namespaces; i++) {
+                const struct kvc_ns_stats *n = &s->namespaces[i];
+
+                if (json_array_append_new(
+                            nss, json_pack("{s:I, s:s, s:I, s:I, s:I, s:s, s:I, s:I, s:I}",
+                                           "id", (json_int_t)n->id,
+                                           "name", n->name,
+                                           "layers", (json_int_t)n->geometry.layers,
+                                           "kv_heads", (json_int_t)n->geometry.kv_heads,
+                                           "head_dim", (json_int_t)n->geometry.head_dim,
+                                           "dtype", dtype_name(n->geometry.dtype),
+                                           "block_tokens", (json_int_t)n->geometry.block_tokens,
+                                           "block_bytes", ji(n->block_bytes),
+                                           "blocks", ji(n->blocks))) < 0)
+                        goto err_free;
+        }
+        /* "o" hands tiers, nss and the backends array to the result, also
+         * when json_pack fails. */
+        return json_pack("{s:i,"
+                         " s:{s:s, s:I, s:I, s:I, s:o},"
+                         " s:{s:I, s:I},"
+                         " s:o,"
+                         " s:{s:I, s:I, s:I, s:I},"
+                         " s:{s:I, s:I},"
+                         " s:{s:I, s:I, s:I, s:I},"
+                         " s:o}",
+                         "schema", STATS_JSON_SCHEMA,
+                         "daemon",
+                         "version", s->daemon_version,
+                         "pid", (json_int_t)s->pid,
+                         "uptime_ms", ji(s->uptime_ms),
+                         "workers", (json_int_t)s->workers,
+                         "device_backends", backends_json(s->device_backends),
+                         "clients",
+                         "connected", (json_int_t)s->clients,
+                         "total", ji(s->clients_total),
+                         "tiers", tiers,
+                         "transfer",
+                         "bytes_in", ji(s->bytes_in),
+                         "bytes_out", ji(s->bytes_out),
+                         "puts", ji(s->puts),
+                         "gets", ji(s->gets),
+                         "requests",
+                         "total", ji(s->requests),
+                         "errors", ji(s->errors),
+                         "index",
+                         "capacity", ji(s->index_capacity),
+                         "entries", ji(s->index_entries),
+                         "bytes", ji(s->index_bytes),
+                         "bytes_per_block", (json_int_t)s->index_bytes_per_block,
+                         "namespaces", nss);
+
+err_free:
+        json_decref(tiers);
+        json_decref(nss);
+        return NULL;
+}
+
+static int cmd_stats(struct ctl *ctl)
+{
+        struct kvc_stats *s = NULL;
+        json_t *j;
+        int ret = EXIT_SUCCESS;
+
+        if (fetch_stats(ctl, &s) < 0)
+                return EXIT_FAILURE;
+        if (!ctl->json) {
+                print_stats(s);
+                goto out_free_stats;
+        }
+        j = stats_json(s);
+        if (!j || json_dumpf(j, stdout, JSON_INDENT(2)) < 0 || putchar('\n') == EOF) {
+                fprintf(stderr, "kvdrivectl: cannot write the JSON output\n");
+                ret = EXIT_FAILURE;
+        }
+        json_decref(j);
+out_free_stats:
+        kvc_stats_free(s);
+        return ret;
+}
+
+int main(int argc, char **argv)
+{
+        static const struct option opts[] = {
+                { "socket", required_argument, NULL, 's' },
+                { "json", no_argument, NULL, 'j' },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, 'V' },
+                {},
+        };
+        struct ctl ctl = {};
+        const struct command *cmd = NULL;
+        int c;
+
+        /* Options may come before or after the command. */
+        while ((c = getopt_long(argc, argv, "s:jhV", opts, NULL)) != -1) {
+                switch (c) {
+                case 's':
+                        ctl.socket = optarg;
+                        break;
+                case 'j':
+                        ctl.json = true;
+                        break;
+                case 'h':
+                        usage(stdout);
+                        return EXIT_SUCCESS;
+                case 'V':
+                        printf("kvdrivectl %s\n", KVD_VERSION);
+                        return EXIT_SUCCESS;
+                default:
+                        usage(stderr);
+                        return EXIT_USAGE;
+                }
+        }
+        if (optind != argc - 1) {
+                fprintf(stderr, "kvdrivectl: %s\n",
+                        optind == argc ? "missing command" : "one command at a time");
+                usage(stderr);
+                return EXIT_USAGE;
+        }
+        for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+                if (strcmp(argv[optind], commands[i].name) == 0)
+                        cmd = &commands[i];
+        if (!cmd) {
+                fprintf(stderr, "kvdrivectl: unknown command '%s'\n", argv[optind]);
+                usage(stderr);
+                return EXIT_USAGE;
+        }
+        if (ctl.json && cmd->run != cmd_stats) {
+                fprintf(stderr, "kvdrivectl: --json applies to 'stats' only\n");
+                return EXIT_USAGE;
+        }
+        return cmd->run(&ctl);
+}
