@@ -54,9 +54,13 @@ static void signal_ready(int ready_fd)
                 if (write(ready_fd, "r", 1) != 1)
                         log_warning("cannot tell the parent we are ready: %m");
                 close(ready_fd);
+                /* Detached: let go of the terminal (or pipe) that started
+                 * us, so that `kvdrived | tail` ends; logs go to syslog. */
+                kvd_log_to_syslog();
                 if (devnull >= 0) {
                         dup2(devnull, STDIN_FILENO);
                         dup2(devnull, STDOUT_FILENO);
+                        dup2(devnull, STDERR_FILENO);
                         close(devnull);
                 }
         }

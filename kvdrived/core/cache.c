@@ -15,6 +15,15 @@ struct lru {
         uint32_t head, tail;    /* head: least recently used */
 };
 
+/* A Put waiting for another Put of the same key. A PENDING block is in no
+ * LRU list, so its lru_prev holds the head of its waiter list. */
+struct waiter {
+        kvd_pending_fn fn;
+        void *ctx;
+        uint32_t item;
+        uint32_t next;          /* waiter index, 0: end */
+};
+
 struct kvd_cache {
         const struct kvd_config *cfg;
         struct kvd_host *host;
@@ -25,6 +34,8 @@ struct kvd_cache {
         struct lru lru[MAX_CLASSES]; /* READY, unpinned host blocks per class */
         int evict_rr;           /* class to take from next when not our own */
         uint64_t hits, misses, evictions, puts, gets;
+        struct waiter *waiters; /* [0] unused */
+        uint32_t n_waiters, cap_waiters, free_waiter;
 };
 
 static struct kvd_block *blk(const struct kvd_cache *c, uint32_t id)
@@ -98,6 +109,7 @@ struct kvd_cache *kvd_cache_free(struct kvd_cache *c)
         if (!c)
                 return NULL;
         kvd_index_free(c->index);
+        free(c->waiters);
         if (c->host_tier)
                 c->host_tier->ops->destroy(c->host_tier);
         free(c->ns);
@@ -224,8 +236,13 @@ int kvd_cache_put_reserve(struct kvd_cache *c, const struct kvd_bkey *k, uint32_
         uint32_t id, loc;
         int r;
 
-        if (kvd_index_find(c->index, k) != KVD_ID_NONE)
-                return -EEXIST;
+        id = kvd_index_find(c->index, k);
+        if (id != KVD_ID_NONE) {
+                if (blk(c, id)->state != KVD_BLOCK_PENDING)
+                        return -EEXIST;
+                *ret_id = id;
+                return -EINPROGRESS;
+        }
         r = make_room(c, ns->klass);
         if (r < 0)
                 return r;
@@ -246,21 +263,77 @@ int kvd_cache_put_reserve(struct kvd_cache *c, const struct kvd_bkey *k, uint32_
         return 0;
 }
 
+int kvd_cache_wait_pending(struct kvd_cache *c, uint32_t id, kvd_pending_fn fn, void *ctx, uint32_t item)
+{
+        struct kvd_block *b = blk(c, id);
+        uint32_t w = c->free_waiter;
+
+        assert(b->state == KVD_BLOCK_PENDING);
+        if (w) {
+                c->free_waiter = c->waiters[w].next;
+        } else {
+                if (c->n_waiters + 1 >= c->cap_waiters) {
+                        uint32_t cap = c->cap_waiters ? c->cap_waiters * 2 : 64;
+                        struct waiter *nw = realloc(c->waiters, cap * sizeof(*nw));
+
+                        if (!nw)
+                                return -ENOMEM;
+                        c->waiters = nw;
+                        c->cap_waiters = cap;
+                }
+                w = ++c->n_waiters;
+        }
+        c->waiters[w] = (struct waiter){ fn, ctx, item, b->lru_prev };
+        b->lru_prev = w;
+        return 0;
+}
+
+/* Takes the waiter list off a PENDING block before its state changes. */
+static uint32_t take_waiters(struct kvd_cache *c, uint32_t id)
+{
+        struct kvd_block *b = blk(c, id);
+        uint32_t head = b->lru_prev;
+
+        b->lru_prev = KVD_ID_NONE;
+        return head;
+}
+
+/* Runs the waiters once the block's new state is in place; a callback may
+ * complete a request, and its owner may then touch the cache again. */
+static void wake_waiters(struct kvd_cache *c, uint32_t w, bool committed)
+{
+        while (w) {
+                struct waiter x = c->waiters[w];
+
+                c->waiters[w].next = c->free_waiter;
+                c->free_waiter = w;
+                x.fn(x.ctx, x.item, committed);
+                w = x.next;
+        }
+}
+
 void kvd_cache_put_commit(struct kvd_cache *c, uint32_t id)
 {
         struct kvd_block *b = blk(c, id);
+        uint32_t waiters;
 
         assert(b->state == KVD_BLOCK_PENDING);
+        waiters = take_waiters(c, id);
         b->state = KVD_BLOCK_READY;
         c->ns[b->ns].blocks++;
         c->puts++;
         lru_push_mru(c, id);
+        wake_waiters(c, waiters, true);
 }
 
 void kvd_cache_put_abort(struct kvd_cache *c, uint32_t id)
 {
+        uint32_t waiters;
+
         assert(blk(c, id)->state == KVD_BLOCK_PENDING);
+        waiters = take_waiters(c, id);
         drop(c, id);
+        wake_waiters(c, waiters, false);
 }
 
 int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, uint32_t *ret_id,

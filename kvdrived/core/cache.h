@@ -65,12 +65,21 @@ int kvd_cache_ns_register(struct kvd_cache *c, const char *name, const struct kv
 const struct kvd_ns *kvd_cache_ns(const struct kvd_cache *c, uint32_t id);
 uint32_t kvd_cache_ns_count(const struct kvd_cache *c);
 
-/* 0: a PENDING block and its host page; -EEXIST: cached or being stored;
- * -ENOSPC: nothing evictable; -ENOMEM. */
+/* 0: a PENDING block and its host page; -EEXIST: cached; -EINPROGRESS:
+ * being stored by another Put (*ret_id set: wait for it with
+ * kvd_cache_wait_pending()); -ENOSPC: nothing evictable; -ENOMEM. */
 int kvd_cache_put_reserve(struct kvd_cache *c, const struct kvd_bkey *k, uint32_t *ret_id,
                           void **ret_host);
 void kvd_cache_put_commit(struct kvd_cache *c, uint32_t id);
 void kvd_cache_put_abort(struct kvd_cache *c, uint32_t id);
+
+/* Called once when a PENDING block is committed (true) or aborted (false). */
+typedef void (*kvd_pending_fn)(void *ctx, uint32_t item, bool committed);
+
+/* Registers fn(ctx, item, ...) to run when PENDING block id resolves, so a
+ * second Put of a key is acknowledged only once the first one's bytes are
+ * readable. 0 or -ENOMEM. */
+int kvd_cache_wait_pending(struct kvd_cache *c, uint32_t id, kvd_pending_fn fn, void *ctx, uint32_t item);
 
 /* 0: READY block pinned, *ret_host its bytes; -ENOENT: miss (counted). */
 int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, uint32_t *ret_id,

@@ -13,10 +13,27 @@ struct kvd_io {
         void *userdata;
         uint32_t n_items;
         uint32_t done;
+        uint32_t outstanding;   /* the submitter, the batch, each wait */
         uint8_t *status;        /* n_items */
         uint32_t *item_of;      /* copy -> item */
         uint32_t *block_of;     /* copy -> block id */
 };
+
+static void io_put(struct kvd_io *io)
+{
+        if (--io->outstanding == 0)
+                io->done_fn(io, io->userdata);
+}
+
+/* Another Put of the same key resolved: acknowledge ours only now, so a Get
+ * after our reply finds the block. */
+static void pending_resolved(void *ctx, uint32_t item, bool committed)
+{
+        struct kvd_io *io = ctx;
+
+        io->status[item] = committed ? KVD_ITEM_EXISTS : KVD_ITEM_ERROR;
+        io_put(io);
+}
 
 static void io_complete(struct kvd_xfer_batch *b)
 {
@@ -41,7 +58,7 @@ static void io_complete(struct kvd_xfer_batch *b)
                 io->done += c->result == 0;
         }
         b->pool = kvd_peer_pool_unref(b->pool);
-        io->done_fn(io, io->userdata);
+        io_put(io);
 }
 
 int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_xfer_dir dir,
@@ -66,6 +83,7 @@ int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_xfer_
         io->done_fn = done;
         io->userdata = userdata;
         io->n_items = n;
+        io->outstanding = 1;
 
         for (uint32_t i = 0; i < n; i++) {
                 struct kvd_bkey k = { items[i].key_hi, items[i].key_lo, ns->id, items[i].layer };
@@ -75,6 +93,13 @@ int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_xfer_
 
                 if (dir == KVD_XFER_IN) {
                         r = kvd_cache_put_reserve(cache, &k, &id, &host);
+                        if (r == -EINPROGRESS) {
+                                r = kvd_cache_wait_pending(cache, id, pending_resolved, io, i);
+                                if (r == 0)
+                                        io->outstanding++;
+                                io->status[i] = r == 0 ? KVD_ITEM_EXISTS : KVD_ITEM_ERROR;
+                                continue;
+                        }
                         if (r < 0) {
                                 io->status[i] = r == -EEXIST ? KVD_ITEM_EXISTS : KVD_ITEM_NO_SPACE;
                                 continue;
@@ -94,15 +119,16 @@ int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_xfer_
                 n_copies++;
         }
 
-        io->batch.dir = dir;
-        io->batch.prio = KVD_PRIO_DEMAND;
-        io->batch.n = n_copies;
-        io->batch.done = io_complete;
-        io->batch.pool = kvd_peer_pool_ref(pool);
-        if (n_copies == 0)
-                io_complete(&io->batch);
-        else
+        if (n_copies > 0) {
+                io->batch.dir = dir;
+                io->batch.prio = KVD_PRIO_DEMAND;
+                io->batch.n = n_copies;
+                io->batch.done = io_complete;
+                io->batch.pool = kvd_peer_pool_ref(pool);
+                io->outstanding++;
                 kvd_xfer_submit(xfer, &io->batch);
+        }
+        io_put(io);     /* the submitter's: done now if nothing is left */
         return 0;
 }
 

@@ -31,8 +31,9 @@ enum kvd_item_status {
 
 struct kvd_io;
 
-/* Called on the event-loop thread when every item has its outcome, possibly
- * from inside kvd_io_submit() when nothing needed copying. The callee reads
+/* Called on the event-loop thread when every item has its outcome (copies
+ * done, and Puts of keys another request was storing resolved), possibly
+ * from inside kvd_io_submit() when nothing was left to wait for. The callee reads
  * kvd_io_status()/kvd_io_done() and frees the request with kvd_io_free(). */
 typedef void (*kvd_io_done_fn)(struct kvd_io *io, void *userdata);
 

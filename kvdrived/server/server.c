@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <sys/timerfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -42,6 +43,7 @@ int kvd_server_new(const struct kvd_config *cfg, struct kvd_cache *cache, struct
         s->cache = cache;
         s->xfer = xfer;
         s->sig_w.fd = -1;
+        s->timer_w.fd = -1;
         s->started_ms = kvd_now_ms();
         /* One byte more than the largest legal frame: MSG_TRUNC reports the
          * real size of anything longer. */
@@ -66,6 +68,19 @@ int kvd_server_new(const struct kvd_config *cfg, struct kvd_cache *cache, struct
                 r = watch_add(s, &s->xfer_w);
         if (r < 0)
                 goto err;
+        /* STATUS= for the service manager, at most once a second and only
+         * when it changed: sd_notify blocks if the manager is slow to read,
+         * and per-event updates would hand it a datagram per connection. */
+        if (getenv("NOTIFY_SOCKET")) {
+                struct itimerspec its = { .it_interval = { 1, 0 }, .it_value = { 1, 0 } };
+
+                s->timer_w = (struct watch){ WATCH_TIMER, timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC) };
+                if (s->timer_w.fd < 0 || timerfd_settime(s->timer_w.fd, 0, &its, NULL) < 0 ||
+                    (r = watch_add(s, &s->timer_w)) < 0) {
+                        r = -errno;
+                        goto err;
+                }
+        }
         *ret = s;
         return 0;
 err:
@@ -180,11 +195,14 @@ void kvd_server_status_line(const struct kvd_server *s, char *buf, size_t size)
                  (unsigned long long)cs.host.blocks);
 }
 
-static void notify_status(const struct kvd_server *s)
+static void notify_status(struct kvd_server *s)
 {
-        char line[160];
+        char line[sizeof(s->last_status)];
 
         kvd_server_status_line(s, line, sizeof(line));
+        if (strcmp(line, s->last_status) == 0)
+                return;
+        memcpy(s->last_status, line, sizeof(line));
         sd_notifyf(0, "STATUS=%s", line);
 }
 
@@ -204,7 +222,7 @@ int kvd_server_run(struct kvd_server *s)
                 for (int i = 0; i < n; i++) {
                         struct watch *w = evs[i].data.ptr;
                         struct signalfd_siginfo si;
-                        uint32_t clients = s->n_sessions;
+                        uint64_t ticks;
 
                         switch (w->type) {
                         case WATCH_SIGNAL:
@@ -215,6 +233,10 @@ int kvd_server_run(struct kvd_server *s)
                                 break;
                         case WATCH_XFER:
                                 kvd_xfer_reap(s->xfer);
+                                break;
+                        case WATCH_TIMER:
+                                if (read(w->fd, &ticks, sizeof(ticks)) == sizeof(ticks))
+                                        notify_status(s);
                                 break;
                         case WATCH_LISTEN:
                                 for (int k = 0; k < 16; k++) {
@@ -243,8 +265,6 @@ int kvd_server_run(struct kvd_server *s)
                                 break;
                         }
                         }
-                        if (s->n_sessions != clients)
-                                notify_status(s);
                 }
                 kvd_session_bury(s);
         }
@@ -263,6 +283,8 @@ struct kvd_server *kvd_server_free(struct kvd_server *s)
                 unlink(s->cfg->socket);
         if (s->sig_w.fd >= 0)
                 close(s->sig_w.fd);
+        if (s->timer_w.fd >= 0)
+                close(s->timer_w.fd);
         if (s->epfd >= 0)
                 close(s->epfd);
         free(s->rxbuf);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 static int max_level = LOG_INFO;
+static bool use_syslog;
 
 static const char *const level_names[] = {
         [LOG_ERR] = "err",   [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice",
@@ -18,6 +19,12 @@ static const char *const level_names[] = {
 void kvd_log_set_level(int level)
 {
         max_level = level;
+}
+
+void kvd_log_to_syslog(void)
+{
+        openlog("kvdrived", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+        use_syslog = true;
 }
 
 int kvd_log_level_from_string(const char *s)
@@ -42,7 +49,9 @@ void kvd_log(int level, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(line, sizeof(line), fmt, ap);
         va_end(ap);
-        if (journal)
+        if (use_syslog)
+                syslog(level, "%s", line);
+        else if (journal)
                 fprintf(stderr, "<%d>%s\n", level, line);
         else
                 fprintf(stderr, "kvdrived[%s]: %s\n",

@@ -8,6 +8,8 @@
 #include <syslog.h>
 
 void kvd_log_set_level(int level);
+/* From now on log through syslog(3) (a detached daemon has no stderr). */
+void kvd_log_to_syslog(void);
 /* Parses "debug", "info", "notice", "warning", "err"; -EINVAL otherwise. */
 int kvd_log_level_from_string(const char *s);
 void kvd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,17 +24,6 @@ extern char **environ;
 
 /* ---- cleanup at exit -------------------------------------------------- */
 
-/* What the atexit handler needs, copied out of the fixture: a test's
- * struct kvd_test_daemon may live on a stack that is gone by then. */
-#define REGISTRY_MAX 8
-static struct {
-        bool used;
-        pid_t owner;            /* only the process that started it cleans up */
-        pid_t pid;
-        char dir[96];
-} registry[REGISTRY_MAX];
-static bool atexit_registered;
-
 static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
         (void)st;
@@ -50,6 +40,78 @@ static void rm_rf(const char *dir)
         if (dir[0])
                 nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
+
+/* What the atexit handler needs, copied out of the fixture: a test's
+ * struct kvd_test_daemon may live on a stack that is gone by then. */
+#define REGISTRY_MAX 8
+static struct {
+        bool used;
+        pid_t owner;            /* only the process that started it cleans up */
+        pid_t pid;
+        char dir[96];
+        struct kvd_test_notify *notify; /* keeps it reachable for LeakSanitizer */
+        int watchdog;                   /* see watchdog_start() */
+} registry[REGISTRY_MAX];
+
+/*
+ * A watchdog process per temporary directory removes it when the test's
+ * process dies in a way atexit() does not see (Check SIGKILLs a test that
+ * times out, with its whole process group). It runs in its own session and
+ * waits for EOF on a pipe whose write end only the test holds (O_CLOEXEC).
+ * Returns the write end, or -errno.
+ */
+static int watchdog_start(const char *dir)
+{
+        int p[2], st, devnull;
+        pid_t pid;
+
+        if (pipe2(p, O_CLOEXEC) < 0)
+                return -errno;
+        fflush(NULL);
+        pid = fork();
+        if (pid < 0) {
+                int rc = -errno;
+
+                close(p[0]);
+                close(p[1]);
+                return rc;
+        }
+        if (pid == 0) {
+                /* Double fork: the watchdog is nobody's zombie. */
+                if (fork() != 0)
+                        _exit(0);
+                setsid();
+                devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+                if (devnull >= 0) {
+                        dup2(devnull, STDIN_FILENO);
+                        dup2(devnull, STDOUT_FILENO);
+                        dup2(devnull, STDERR_FILENO);
+                }
+                /* Hold nothing of the test's: not its daemon connections,
+                 * not meson's stdout pipe. */
+                if (dup2(p[0], 3) < 0)
+                        _exit(1);
+                close_range(4, ~0u, 0);
+                signal(SIGINT, SIG_IGN);
+                signal(SIGTERM, SIG_IGN);
+                for (;;) {
+                        char c;
+                        ssize_t n = read(3, &c, 1);
+
+                        if (n < 0 && errno == EINTR)
+                                continue;
+                        break;
+                }
+                rm_rf(dir);
+                _exit(0);
+        }
+        close(p[0]);
+        while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+                ;
+        return p[1];
+}
+
+static bool atexit_registered;
 
 static int64_t now_ms(void)
 {
@@ -108,6 +170,8 @@ static void cleanup_at_exit(void)
                         }
                 }
                 rm_rf(registry[i].dir);
+                if (registry[i].watchdog >= 0)
+                        close(registry[i].watchdog);
                 registry[i].used = false;
         }
 }
@@ -125,6 +189,8 @@ static int registry_add(struct kvd_test_daemon *d)
                 registry[i].used = true;
                 registry[i].owner = getpid();
                 registry[i].pid = 0;
+                registry[i].notify = NULL;
+                registry[i].watchdog = watchdog_start(d->dir);
                 snprintf(registry[i].dir, sizeof(registry[i].dir), "%s", d->dir);
                 d->slot = i;
                 return 0;
@@ -138,11 +204,193 @@ static void registry_set_pid(const struct kvd_test_daemon *d, pid_t pid)
                 registry[d->slot].pid = pid;
 }
 
-static void registry_del(struct kvd_test_daemon *d)
+static void registry_set_notify(const struct kvd_test_daemon *d, struct kvd_test_notify *n)
 {
         if (d->slot >= 0)
+                registry[d->slot].notify = n;
+}
+
+static void registry_del(struct kvd_test_daemon *d)
+{
+        if (d->slot >= 0) {
+                if (registry[d->slot].watchdog >= 0)
+                        close(registry[d->slot].watchdog);
                 registry[d->slot].used = false;
+        }
         d->slot = -1;
+}
+
+/* ---- the NOTIFY_SOCKET reader ----------------------------------------- */
+
+struct kvd_test_notify {
+        int fd;
+        int stop[2];                    /* a pipe: closing stop[1] ends the thread */
+        pthread_t thread;
+        pthread_mutex_t lock;
+        pthread_cond_t cond;            /* CLOCK_MONOTONIC; signalled on every message */
+        /* Every message, '\n'-separated, NUL-terminated. Fixed, so that the
+         * reader never allocates: the test forks while it runs. */
+        char log[64 * 1024];
+        size_t len;
+};
+
+/* Makes room in a full log: keeps every line but the older STATUS= ones. */
+static void notify_compact(struct kvd_test_notify *n)
+{
+        const char *last_status = NULL;
+        size_t out = 0;
+
+        for (const char *p = n->log; *p;) {
+                const char *nl = strchr(p, '\n');
+
+                if (!strncmp(p, "STATUS=", 7))
+                        last_status = p;
+                p = nl ? nl + 1 : p + strlen(p);
+        }
+        for (char *p = n->log; *p;) {
+                char *nl = strchr(p, '\n');
+                size_t l = nl ? (size_t)(nl - p) + 1 : strlen(p);
+
+                if (strncmp(p, "STATUS=", 7) || p == last_status) {
+                        memmove(n->log + out, p, l);
+                        out += l;
+                }
+                p += l;
+        }
+        n->len = out;
+        n->log[out] = '\0';
+}
+
+static void notify_append(struct kvd_test_notify *n, const char *buf, size_t len)
+{
+        pthread_mutex_lock(&n->lock);
+        if (n->len + len + 2 > sizeof(n->log))
+                notify_compact(n);
+        if (n->len + len + 2 <= sizeof(n->log)) {
+                memcpy(n->log + n->len, buf, len);
+                n->len += len;
+                if (n->len == 0 || n->log[n->len - 1] != '\n')
+                        n->log[n->len++] = '\n';
+                n->log[n->len] = '\0';
+        }
+        pthread_cond_broadcast(&n->cond);
+        pthread_mutex_unlock(&n->lock);
+}
+
+static void *notify_thread(void *arg)
+{
+        struct kvd_test_notify *n = arg;
+        char buf[4096];
+
+        for (;;) {
+                struct pollfd pfd[2] = {
+                        { .fd = n->fd, .events = POLLIN },
+                        { .fd = n->stop[0], .events = POLLIN },
+                };
+
+                if (poll(pfd, 2, -1) < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        break;
+                }
+                for (;;) {
+                        ssize_t r = recv(n->fd, buf, sizeof(buf), MSG_DONTWAIT);
+
+                        if (r < 0 && errno == EINTR)
+                                continue;
+                        if (r <= 0)
+                                break;
+                        notify_append(n, buf, (size_t)r);
+                }
+                if (pfd[1].revents)
+                        break;
+        }
+        return NULL;
+}
+
+static struct kvd_test_notify *notify_free(struct kvd_test_notify *n)
+{
+        if (!n)
+                return NULL;
+        close(n->stop[1]);
+        pthread_join(n->thread, NULL);
+        close(n->stop[0]);
+        close(n->fd);
+        pthread_cond_destroy(&n->cond);
+        pthread_mutex_destroy(&n->lock);
+        free(n);
+        return NULL;
+}
+
+/* Binds a datagram socket at path and starts its reader. 0 or -errno. */
+static int notify_new(const char *path, struct kvd_test_notify **ret)
+{
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct kvd_test_notify *n = calloc(1, sizeof(*n));
+        pthread_condattr_t ca;
+        sigset_t all, old;
+        int rc;
+
+        if (!n)
+                return -ENOMEM;
+        n->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (n->fd < 0) {
+                rc = -errno;
+                goto err_free;
+        }
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        if (bind(n->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+                rc = -errno;
+                goto err_close;
+        }
+        if (pipe2(n->stop, O_CLOEXEC) < 0) {
+                rc = -errno;
+                goto err_close;
+        }
+        pthread_mutex_init(&n->lock, NULL);
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&n->cond, &ca);
+        pthread_condattr_destroy(&ca);
+        /* The reader takes no signals: they stay with the test's thread. */
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        rc = -pthread_create(&n->thread, NULL, notify_thread, n);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (rc < 0)
+                goto err_pipe;
+        *ret = n;
+        return 0;
+
+err_pipe:
+        close(n->stop[0]);
+        close(n->stop[1]);
+        pthread_cond_destroy(&n->cond);
+        pthread_mutex_destroy(&n->lock);
+err_close:
+        close(n->fd);
+err_free:
+        free(n);
+        return rc;
+}
+
+static bool log_has_line(const char *log, const char *line)
+{
+        size_t len = strlen(line);
+        bool prefix = len > 0 && line[len - 1] == '=';
+        const char *p = log;
+
+        while (*p) {
+                const char *nl = strchr(p, '\n');
+                size_t l = nl ? (size_t)(nl - p) : strlen(p);
+
+                if (prefix ? l >= len && !strncmp(p, line, len) : l == len && !strncmp(p, line, len))
+                        return true;
+                if (!nl)
+                        break;
+                p = nl + 1;
+        }
+        return false;
 }
 
 /* ---- fixture ----------------------------------------------------------- */
@@ -184,11 +432,9 @@ int kvd_test_daemon_path(const struct kvd_test_daemon *d, const char *name, char
 int kvd_test_daemon_prepare(struct kvd_test_daemon *d)
 {
         const char *base = getenv("TMPDIR");
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
         int rc;
 
         memset(d, 0, sizeof(*d));
-        d->notify_fd = -1;
         d->slot = -1;
         /* Socket paths must fit sun_path: fall back to /tmp for a long $TMPDIR. */
         if (!base || !*base || strlen(base) > 40)
@@ -210,22 +456,15 @@ int kvd_test_daemon_prepare(struct kvd_test_daemon *d)
                 rc = fail(d, -ENAMETOOLONG, "socket path in %s too long", d->dir);
                 goto err_cleanup;
         }
-        d->notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (d->notify_fd < 0) {
-                rc = fail(d, -errno, "notify socket: %s", strerror(errno));
+        rc = notify_new(d->notify_path, &d->notify);
+        if (rc < 0) {
+                rc = fail(d, rc, "notify socket %s: %s", d->notify_path, strerror(-rc));
                 goto err_cleanup;
         }
-        memcpy(sa.sun_path, d->notify_path, strlen(d->notify_path) + 1);
-        if (bind(d->notify_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-                rc = fail(d, -errno, "bind %s: %s", d->notify_path, strerror(errno));
-                goto err_cleanup;
-        }
+        registry_set_notify(d, d->notify);
         return 0;
 
 err_cleanup:
-        if (d->notify_fd >= 0)
-                close(d->notify_fd);
-        d->notify_fd = -1;
         rm_rf(d->dir);
         d->dir[0] = '\0';
         registry_del(d);
@@ -327,49 +566,16 @@ out:
         return rc;
 }
 
-static void notify_drain(struct kvd_test_daemon *d)
-{
-        char buf[4096];
-
-        for (;;) {
-                ssize_t n = recv(d->notify_fd, buf, sizeof(buf), MSG_DONTWAIT);
-                char *p;
-
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n <= 0)
-                        return;
-                p = realloc(d->notify_log, d->notify_len + (size_t)n + 2);
-                if (!p)
-                        return;
-                d->notify_log = p;
-                memcpy(p + d->notify_len, buf, (size_t)n);
-                d->notify_len += (size_t)n;
-                if (p[d->notify_len - 1] != '\n')
-                        p[d->notify_len++] = '\n';
-                p[d->notify_len] = '\0';
-        }
-}
-
 bool kvd_test_daemon_notified(const struct kvd_test_daemon *d, const char *line)
 {
-        size_t len = strlen(line);
-        bool prefix = len > 0 && line[len - 1] == '=';
-        const char *p = d->notify_log;
+        bool found;
 
-        if (!p)
+        if (!d->notify)
                 return false;
-        while (*p) {
-                const char *nl = strchr(p, '\n');
-                size_t l = nl ? (size_t)(nl - p) : strlen(p);
-
-                if (prefix ? l >= len && !strncmp(p, line, len) : l == len && !strncmp(p, line, len))
-                        return true;
-                if (!nl)
-                        break;
-                p = nl + 1;
-        }
-        return false;
+        pthread_mutex_lock(&d->notify->lock);
+        found = log_has_line(d->notify->log, line);
+        pthread_mutex_unlock(&d->notify->lock);
+        return found;
 }
 
 bool kvd_test_daemon_alive(struct kvd_test_daemon *d)
@@ -389,34 +595,54 @@ bool kvd_test_daemon_alive(struct kvd_test_daemon *d)
 
 int kvd_test_daemon_wait_notify(struct kvd_test_daemon *d, const char *line, int timeout_ms)
 {
+        struct kvd_test_notify *n = d->notify;
         int64_t deadline = now_ms() + timeout_ms;
+        int64_t exited_at = -1;
         char sbuf[96];
+        int rc = 0;
 
-        if (d->notify_fd < 0)
+        if (!n)
                 return fail(d, -EINVAL, "no notify socket");
+        pthread_mutex_lock(&n->lock);
         for (;;) {
-                struct pollfd pfd = { .fd = d->notify_fd, .events = POLLIN };
-                int64_t left;
+                int64_t now = now_ms(), until;
+                struct timespec ts;
 
-                notify_drain(d);
-                if (kvd_test_daemon_notified(d, line))
-                        return 0;
-                if (!kvd_test_daemon_alive(d)) {
-                        notify_drain(d);
-                        if (kvd_test_daemon_notified(d, line))
-                                return 0;
-                        if (!d->reaped)
-                                return fail(d, -ECHILD, "waiting for %s: no daemon", line);
-                        return fail(d, -ECHILD, "daemon %s before sending %s (its stderr is above)",
-                                    kvd_test_status_str(d->wait_status, sbuf, sizeof(sbuf)), line);
+                if (log_has_line(n->log, line))
+                        break;
+                /* Once the daemon is gone, give the reader a moment for its
+                 * last datagrams. */
+                if (exited_at < 0 && !kvd_test_daemon_alive(d))
+                        exited_at = now;
+                if (exited_at >= 0 && now - exited_at > 200) {
+                        rc = -ECHILD;
+                        break;
                 }
-                left = deadline - now_ms();
-                if (left <= 0)
-                        return fail(d, -ETIMEDOUT, "no %s from the daemon within %d ms (got: %s)",
-                                    line, timeout_ms,
-                                    d->notify_log ? d->notify_log : "nothing");
-                poll(&pfd, 1, left < 50 ? (int)left : 50);
+                if (now >= deadline) {
+                        rc = -ETIMEDOUT;
+                        break;
+                }
+                until = deadline < now + 50 ? deadline : now + 50;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                ts.tv_sec += (until - now) / 1000;
+                ts.tv_nsec += (long)((until - now) % 1000) * 1000000L;
+                if (ts.tv_nsec >= 1000000000L) {
+                        ts.tv_sec++;
+                        ts.tv_nsec -= 1000000000L;
+                }
+                pthread_cond_timedwait(&n->cond, &n->lock, &ts);
         }
+        if (rc == -ETIMEDOUT)
+                fail(d, rc, "no %s from the daemon within %d ms (got: %s)", line, timeout_ms,
+                     n->len ? n->log : "nothing");
+        pthread_mutex_unlock(&n->lock);
+        if (rc == -ECHILD) {
+                if (!d->reaped)
+                        return fail(d, rc, "waiting for %s: no daemon", line);
+                return fail(d, rc, "daemon %s before sending %s (its stderr is above)",
+                            kvd_test_status_str(d->wait_status, sbuf, sizeof(sbuf)), line);
+        }
+        return rc;
 }
 
 int kvd_test_daemon_kill(struct kvd_test_daemon *d, int sig)
@@ -445,6 +671,38 @@ int kvd_test_daemon_wait_exit(struct kvd_test_daemon *d, int timeout_ms, int *re
         return 0;
 }
 
+/* Stops the daemon and cleans up; with report, a non-zero exit is an error. */
+static int daemon_stop(struct kvd_test_daemon *d, bool report)
+{
+        char sbuf[96];
+        int rc = 0, st = 0;
+
+        if (!d->dir[0])
+                return 0;
+        if (d->pid > 0 && !d->reaped) {
+                kill(d->pid, SIGTERM);
+                if (kvd_test_daemon_wait_exit(d, KVD_TEST_STOP_TIMEOUT_MS, &st) < 0) {
+                        kill(d->pid, SIGKILL);
+                        kvd_test_daemon_wait_exit(d, -1, &st);
+                        if (report)
+                                rc = fail(d, -ETIMEDOUT,
+                                          "daemon did not exit within %d ms of SIGTERM",
+                                          KVD_TEST_STOP_TIMEOUT_MS);
+                }
+        }
+        if (report && rc == 0 && d->pid > 0 && d->reaped &&
+            !(WIFEXITED(d->wait_status) && WEXITSTATUS(d->wait_status) == 0))
+                rc = fail(d, -ECHILD, "daemon %s (its stderr is above)",
+                          kvd_test_status_str(d->wait_status, sbuf, sizeof(sbuf)));
+        d->notify = notify_free(d->notify);
+        registry_set_notify(d, NULL);
+        rm_rf(d->dir);
+        d->dir[0] = '\0';
+        registry_del(d);
+        d->pid = 0;
+        return rc;
+}
+
 int kvd_test_daemon_start(struct kvd_test_daemon *d, const char *const *extra_args)
 {
         const char *exe = getenv("KVDRIVED");
@@ -454,7 +712,6 @@ int kvd_test_daemon_start(struct kvd_test_daemon *d, const char *const *extra_ar
 
         if (!exe || !*exe) {
                 memset(d, 0, sizeof(*d));
-                d->notify_fd = -1;
                 d->slot = -1;
                 return fail(d, -ENOENT, "$KVDRIVED is not set (run the tests with meson test)");
         }
@@ -483,47 +740,13 @@ int kvd_test_daemon_start(struct kvd_test_daemon *d, const char *const *extra_ar
                 goto err;
         return 0;
 err:
-        {
-                char saved[sizeof(d->error)];
-
-                memcpy(saved, d->error, sizeof(saved));
-                kvd_test_daemon_stop(d);
-                memcpy(d->error, saved, sizeof(saved));
-        }
+        daemon_stop(d, false);
         return rc;
 }
 
 int kvd_test_daemon_stop(struct kvd_test_daemon *d)
 {
-        char sbuf[96];
-        int rc = 0, st = 0;
-
-        if (!d->dir[0])
-                return 0;
-        if (d->pid > 0 && !d->reaped) {
-                kill(d->pid, SIGTERM);
-                if (kvd_test_daemon_wait_exit(d, KVD_TEST_STOP_TIMEOUT_MS, &st) < 0) {
-                        kill(d->pid, SIGKILL);
-                        kvd_test_daemon_wait_exit(d, -1, &st);
-                        rc = fail(d, -ETIMEDOUT, "daemon did not exit within %d ms of SIGTERM",
-                                  KVD_TEST_STOP_TIMEOUT_MS);
-                }
-        }
-        if (rc == 0 && d->pid > 0 && d->reaped &&
-            !(WIFEXITED(d->wait_status) && WEXITSTATUS(d->wait_status) == 0))
-                rc = fail(d, -ECHILD, "daemon %s (its stderr is above)",
-                          kvd_test_status_str(d->wait_status, sbuf, sizeof(sbuf)));
-        if (d->notify_fd >= 0)
-                close(d->notify_fd);
-        d->notify_fd = -1;
-        rm_rf(d->dir);
-        d->dir[0] = '\0';
-        free(d->notify_log);
-        d->notify_log = NULL;
-        d->notify_len = 0;
-        registry_del(d);
-        d->pid = 0;
-        return rc;
+        return daemon_stop(d, true);
 }
 
 int kvd_test_run_capture(const char *const *argv, int timeout_ms, char **ret_out,

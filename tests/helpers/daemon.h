@@ -28,17 +28,19 @@
 #define KVD_TEST_STOP_TIMEOUT_MS  10000
 #define KVD_TEST_RECV_TIMEOUT_MS  10000
 
+/* The NOTIFY_SOCKET reader: a thread drains it at once, as systemd does (a
+ * daemon's sd_notify() blocks once ~10 datagrams sit unread). */
+struct kvd_test_notify;
+
 struct kvd_test_daemon {
         pid_t pid;                     /* the daemon (or its launcher), 0 if none */
-        int notify_fd;                 /* our NOTIFY_SOCKET end, -1 if none */
+        struct kvd_test_notify *notify; /* NULL if none */
         int slot;                      /* index in the atexit registry, -1 if none */
         bool reaped;                   /* pid was waited for: see wait_status */
         int wait_status;               /* waitpid() status once reaped */
         char dir[96];                  /* the temporary directory */
         char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
         char notify_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-        char *notify_log;              /* every sd_notify message so far, '\n'-separated */
-        size_t notify_len;
         char error[512];               /* why the last call failed */
 };
 
