@@ -15,6 +15,7 @@
 #include "kvd-build.h"
 #include "log.h"
 #include "macro.h"
+#include "size.h"
 
 enum opt_type { OPT_STRING, OPT_SIZE, OPT_U32, OPT_INT, OPT_BOOL, OPT_MODE, OPT_LOCK, OPT_LEVEL };
 
@@ -66,37 +67,6 @@ static const struct option_def options[] = {
         { "max-outq-bytes", OPT_SIZE, OFF(max_outq_bytes), "4M", 64u << 10, 1u << 30,
           "replies queued for a client that does not read before it is dropped", false },
 };
-
-int kvd_parse_size(const char *s, uint64_t *ret)
-{
-        unsigned long long v;
-        unsigned shift = 0;
-        char *end;
-
-        if (!s || !isdigit((unsigned char)*s))
-                return -EINVAL;
-        errno = 0;
-        v = strtoull(s, &end, 10);
-        if (errno)
-                return -ERANGE;
-        switch (toupper((unsigned char)*end)) {
-        case 'K': shift = 10; end++; break;
-        case 'M': shift = 20; end++; break;
-        case 'G': shift = 30; end++; break;
-        case 'T': shift = 40; end++; break;
-        default: break;
-        }
-        if (shift && (*end == 'i' || *end == 'I'))
-                end++;
-        if (*end == 'B' || *end == 'b')
-                end++;
-        if (*end)
-                return -EINVAL;
-        if (shift && v > (UINT64_MAX >> shift))
-                return -ERANGE;
-        *ret = (uint64_t)v << shift;
-        return 0;
-}
 
 static int parse_bool(const char *s, bool *ret)
 {

@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <sys/un.h>
 
+#include "size.h"
+
 enum kvd_lock_mode {
         KVD_LOCK_TRY,           /* mlock; on failure warn and go on unpinned */
         KVD_LOCK_REQUIRED,      /* mlock or refuse to start */
@@ -45,10 +47,6 @@ struct kvd_config {
  * program should exit successfully (--help, --version), or -errno after
  * printing a clear message on stderr. */
 int kvd_config_load(struct kvd_config *cfg, int argc, char **argv);
-
-/* Parses "64M", "1G", "4096", "2T" (K/M/G/T: powers of 1024, optional
- * trailing "B"/"iB"). Returns 0 or -EINVAL / -ERANGE. */
-int kvd_parse_size(const char *s, uint64_t *ret);
 
 /* Prints the options table as --help text. */
 void kvd_config_help(FILE *f);

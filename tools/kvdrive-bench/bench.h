@@ -17,9 +17,6 @@ struct bench_command {
 
 int bench_transfer(int argc, char **argv);
 
-/* "64K", "1M", "2G" (powers of 1024) or plain bytes into *ret.
- * 0, -EINVAL or -ERANGE. */
-int bench_parse_size(const char *s, uint64_t *ret);
 
 /* Comma-separated sizes into a new array (free()), count in *ret_n. */
 int bench_parse_sizes(const char *s, uint64_t **ret, size_t *ret_n);

@@ -32,6 +32,7 @@
 #include <kvdrive/client.h>
 
 #include "bench.h"
+#include "size.h"
 
 #define BENCH_BLOCK_UNIT 4096u          /* block_bytes of one token of the geometry */
 #define WAIT_TIMEOUT_MS 120000
@@ -763,7 +764,7 @@ static int parse_opts(int argc, char **argv, struct transfer_opts *o)
                         sizes = optarg;
                         break;
                 case 'b':
-                        err = bench_parse_size(optarg, &o->bytes);
+                        err = kvd_parse_size(optarg, &o->bytes);
                         break;
                 case 'B':
                         err = bench_parse_uint(optarg, 1, 1u << 20, &v);

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "bench.h"
+#include "size.h"
 
 int bench_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *ret)
 {
@@ -24,41 +25,6 @@ int bench_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *ret)
         if (v < min || v > max)
                 return -ERANGE;
         *ret = v;
-        return 0;
-}
-
-int bench_parse_size(const char *s, uint64_t *ret)
-{
-        unsigned long long v;
-        unsigned shift = 0;
-        char *end;
-
-        if (!s || *s < '0' || *s > '9')
-                return -EINVAL;
-        errno = 0;
-        v = strtoull(s, &end, 10);
-        if (errno == ERANGE)
-                return -ERANGE;
-        switch (*end) {
-        case '\0':
-                break;
-        case 'K': case 'k':
-                shift = 10;
-                break;
-        case 'M': case 'm':
-                shift = 20;
-                break;
-        case 'G': case 'g':
-                shift = 30;
-                break;
-        default:
-                return -EINVAL;
-        }
-        if (shift && *++end != '\0')
-                return -EINVAL;
-        if (v > UINT64_MAX >> shift)
-                return -ERANGE;
-        *ret = (uint64_t)v << shift;
         return 0;
 }
 
@@ -80,7 +46,7 @@ int bench_parse_sizes(const char *s, uint64_t **ret, size_t *ret_n)
                         goto out_free_copy;
                 }
                 v = nv;
-                err = bench_parse_size(tok, &v[n]);
+                err = kvd_parse_size(tok, &v[n]);
                 if (err < 0)
                         goto out_free_copy;
                 n++;
