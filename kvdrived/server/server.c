@@ -133,6 +133,19 @@ static int bind_socket(struct kvd_server *s)
                 log_error("cannot create the socket directory of %s: %s", path, strerror(-r));
                 return r;
         }
+        /* A directory someone else made (say /tmp/kvdrive-$UID) could let
+         * them swap our socket for theirs. */
+        {
+                struct stat st;
+
+                if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode) ||
+                    (st.st_uid != geteuid() && st.st_uid != 0) ||
+                    ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))) {
+                        log_error("socket directory %s must be ours (or root's) and not writable by others "
+                                  "unless sticky", dir);
+                        return -EPERM;
+                }
+        }
         r = claim_path(path);
         if (r < 0)
                 return r;
