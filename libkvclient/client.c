@@ -30,7 +30,7 @@
 
 struct pending {
         uint64_t id;
-        Kvdrive__Response__BodyCase kind;       /* PUT or GET */
+        Kvdrive__Response__BodyCase kind;       /* PUT, GET or PREFETCH */
         uint32_t n;
         uint8_t *ret_status;                    /* n bytes or NULL, the caller's */
         bool done;
@@ -139,7 +139,9 @@ static int transfer_result(kvc_client *c, const struct pending *p, const Kvdrive
                 return wire_error(c, r->error);
         if (r->body_case != p->kind)
                 return -EBADMSG;
-        t = p->kind == KVDRIVE__RESPONSE__BODY_PUT ? r->put : r->get;
+        t = p->kind == KVDRIVE__RESPONSE__BODY_PUT ? r->put
+            : p->kind == KVDRIVE__RESPONSE__BODY_GET ? r->get
+                                                     : r->prefetch;
         if (!t || t->status.len != p->n || t->done > p->n)
                 return -EBADMSG;
         if (p->ret_status && p->n > 0)
@@ -456,16 +458,18 @@ out_free_resp:
         return err;
 }
 
+/* Put, Get (p given) or Prefetch (p NULL) of n blocks. */
 static int transfer_submit(kvc_client *c, Kvdrive__Request__BodyCase body, uint32_t ns,
                            const kvc_pool *p, const struct kvc_block_ref *refs, uint32_t n,
-                           uint8_t *ret_status, uint64_t *ret_id)
+                           bool durable, uint8_t *ret_status, uint64_t *ret_id)
 {
         Kvdrive__Transfer t = KVDRIVE__TRANSFER__INIT;
+        Kvdrive__Prefetch pf = KVDRIVE__PREFETCH__INIT;
         Kvdrive__Request req = KVDRIVE__REQUEST__INIT;
         Kvdrive__BlockRef *items = NULL, **ptrs = NULL;
         int err;
 
-        if (!c || !p || (!refs && n > 0))
+        if (!c || (!p && body != KVDRIVE__REQUEST__BODY_PREFETCH) || (!refs && n > 0))
                 return -EINVAL;
         if (n > c->max_items || n > INT_MAX)
                 return -E2BIG;
@@ -493,22 +497,30 @@ static int transfer_submit(kvc_client *c, Kvdrive__Request__BodyCase body, uint3
                 items[i].slot = refs[i].slot;
                 ptrs[i] = &items[i];
         }
-        t.ns_id = ns;
-        t.pool_id = p->id;
-        t.n_items = n;
-        t.items = ptrs;
         req.body_case = body;
-        if (body == KVDRIVE__REQUEST__BODY_PUT)
-                req.put = &t;
-        else
-                req.get = &t;
+        if (body == KVDRIVE__REQUEST__BODY_PREFETCH) {
+                pf.ns_id = ns;
+                pf.n_items = n;
+                pf.items = ptrs;
+                req.prefetch = &pf;
+        } else {
+                t.ns_id = ns;
+                t.pool_id = p->id;
+                t.n_items = n;
+                t.items = ptrs;
+                t.durable = durable;
+                if (body == KVDRIVE__REQUEST__BODY_PUT)
+                        req.put = &t;
+                else
+                        req.get = &t;
+        }
         err = send_request(c, &req, -1);
         if (err < 0)
                 goto out_free_items;
         c->pending[c->n_pending++] = (struct pending){
                 .id = req.id,
-                .kind = body == KVDRIVE__REQUEST__BODY_PUT ? KVDRIVE__RESPONSE__BODY_PUT
-                                                           : KVDRIVE__RESPONSE__BODY_GET,
+                /* The reply's body has the request's number. */
+                .kind = (Kvdrive__Response__BodyCase)body,
                 .n = n,
                 .ret_status = ret_status,
         };
@@ -524,14 +536,39 @@ _public_ int kvc_put_submit(kvc_client *c, uint32_t ns, const kvc_pool *p,
                             const struct kvc_block_ref *refs, uint32_t n, uint8_t *ret_status,
                             uint64_t *ret_id)
 {
-        return transfer_submit(c, KVDRIVE__REQUEST__BODY_PUT, ns, p, refs, n, ret_status, ret_id);
+        return transfer_submit(c, KVDRIVE__REQUEST__BODY_PUT, ns, p, refs, n, false, ret_status, ret_id);
+}
+
+_public_ int kvc_put_submit_flags(kvc_client *c, uint32_t ns, const kvc_pool *p,
+                                  const struct kvc_block_ref *refs, uint32_t n, unsigned flags,
+                                  uint8_t *ret_status, uint64_t *ret_id)
+{
+        if (flags & ~(unsigned)KVC_PUT_DURABLE)
+                return -EINVAL;
+        return transfer_submit(c, KVDRIVE__REQUEST__BODY_PUT, ns, p, refs, n, flags & KVC_PUT_DURABLE,
+                               ret_status, ret_id);
+}
+
+_public_ int kvc_prefetch_submit(kvc_client *c, uint32_t ns, const struct kvc_block_ref *refs, uint32_t n,
+                                 uint8_t *ret_status, uint64_t *ret_id)
+{
+        return transfer_submit(c, KVDRIVE__REQUEST__BODY_PREFETCH, ns, NULL, refs, n, false, ret_status, ret_id);
+}
+
+_public_ int kvc_prefetch(kvc_client *c, uint32_t ns, const struct kvc_block_ref *refs, uint32_t n,
+                          uint8_t *ret_status)
+{
+        uint64_t id;
+        int err = kvc_prefetch_submit(c, ns, refs, n, ret_status, &id);
+
+        return err < 0 ? err : kvc_wait(c, id, -1);
 }
 
 _public_ int kvc_get_submit(kvc_client *c, uint32_t ns, const kvc_pool *p,
                             const struct kvc_block_ref *refs, uint32_t n, uint8_t *ret_status,
                             uint64_t *ret_id)
 {
-        return transfer_submit(c, KVDRIVE__REQUEST__BODY_GET, ns, p, refs, n, ret_status, ret_id);
+        return transfer_submit(c, KVDRIVE__REQUEST__BODY_GET, ns, p, refs, n, false, ret_status, ret_id);
 }
 
 _public_ int kvc_wait(kvc_client *c, uint64_t id, int timeout_ms)
@@ -766,6 +803,18 @@ static int stats_from_wire(const Kvdrive__StatsReply *w, struct kvc_stats **ret)
                 o->hits = t->hits;
                 o->misses = t->misses;
                 o->evictions = t->evictions;
+                o->reads = t->reads;
+                o->writes = t->writes;
+                o->read_bytes = t->read_bytes;
+                o->write_bytes = t->write_bytes;
+                o->read_errors = t->read_errors;
+                o->write_errors = t->write_errors;
+                o->crc_failures = t->crc_failures;
+                o->demotions = t->demotions;
+                o->promotions = t->promotions;
+                o->dropped = t->dropped;
+                o->full = t->full;
+                copy_str(o->condition, sizeof(o->condition), t->condition);
         }
         s->n_namespaces = (uint32_t)w->n_namespaces;
         for (size_t i = 0; i < w->n_namespaces; i++) {

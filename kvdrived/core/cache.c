@@ -2,40 +2,62 @@
 #include "cache.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "host.h"
 #include "log.h"
 #include "macro.h"
+#include "slab.h"
+#include "ssd.h"
 
-#define MAX_CLASSES 64
+/* Demotions started to make host room, at most, before a Put waits. */
+#define MAX_EVICT_WRITES 64
 
 struct lru {
         uint32_t head, tail;    /* head: least recently used */
 };
 
-/* A Put waiting for another Put of the same key. A PENDING block is in no
- * LRU list, so its lru_prev holds the head of its waiter list. */
+/* A request item waiting for an event (see cache.h). */
 struct waiter {
-        kvd_pending_fn fn;
+        kvd_wait_fn fn;
         void *ctx;
         uint32_t item;
         uint32_t next;          /* waiter index, 0: end */
+};
+
+/* Context of an SSD write or read of one block. */
+struct ssd_ctx {
+        struct kvd_cache *c;
+        uint32_t id;
+        kvd_wait_fn fn;         /* durable Put waiting for the write, or NULL */
+        void *fn_ctx;
+        uint32_t item;
+        bool prefetch;
 };
 
 struct kvd_cache {
         const struct kvd_config *cfg;
         struct kvd_host *host;
         struct kvd_tier *host_tier;
+        struct kvd_ssd *ssd;    /* NULL without an SSD tier */
+        uint32_t hdr;           /* bytes of slot header heading each host page */
+        struct kvd_tier *ssd_tier;
         struct kvd_index *index;
         struct kvd_ns *ns;      /* cfg->max_namespaces */
         uint32_t n_ns;
-        struct lru lru[MAX_CLASSES]; /* READY, unpinned host blocks per class */
-        int evict_rr;           /* class to take from next when not our own */
-        uint64_t hits, misses, evictions, puts, gets;
+        struct lru lru[KVD_SLAB_MAX_CLASSES];     /* host copies that may go */
+        struct lru ssd_lru[KVD_SLAB_MAX_CLASSES]; /* SSD copies that may go */
+        int evict_rr, ssd_evict_rr;
+        uint32_t evict_writes;  /* demotions in flight that free host room */
         struct waiter *waiters; /* [0] unused */
         uint32_t n_waiters, cap_waiters, free_waiter;
+        uint32_t space_head, space_tail; /* waiters for host room, FIFO */
+        bool waking_space;
+        uint64_t hits, misses, evictions, puts, gets;
+        uint64_t ssd_hits, ssd_misses, ssd_evictions, demotions, promotions, dropped;
 };
 
 static struct kvd_block *blk(const struct kvd_cache *c, uint32_t id)
@@ -43,35 +65,198 @@ static struct kvd_block *blk(const struct kvd_cache *c, uint32_t id)
         return kvd_index_block(c->index, id);
 }
 
-static void lru_unlink(struct kvd_cache *c, uint32_t id)
-{
-        struct kvd_block *b = blk(c, id);
-        struct lru *l = &c->lru[b->klass];
+/* ---- LRU lists ---------------------------------------------------------- */
 
-        if (b->lru_prev != KVD_ID_NONE)
-                blk(c, b->lru_prev)->lru_next = b->lru_next;
-        else
-                l->head = b->lru_next;
-        if (b->lru_next != KVD_ID_NONE)
-                blk(c, b->lru_next)->lru_prev = b->lru_prev;
-        else
-                l->tail = b->lru_prev;
-        b->lru_prev = b->lru_next = KVD_ID_NONE;
+/* One block sits on up to two lists: its host class's and its SSD class's. */
+static uint32_t *link_prev(struct kvd_block *b, bool ssd)
+{
+        return ssd ? &b->ssd_prev : &b->lru_prev;
 }
 
-static void lru_push_mru(struct kvd_cache *c, uint32_t id)
+static uint32_t *link_next(struct kvd_block *b, bool ssd)
+{
+        return ssd ? &b->ssd_next : &b->lru_next;
+}
+
+static void lru_unlink(struct kvd_cache *c, struct lru *l, uint32_t id, bool ssd)
 {
         struct kvd_block *b = blk(c, id);
-        struct lru *l = &c->lru[b->klass];
+        uint32_t prev = *link_prev(b, ssd), next = *link_next(b, ssd);
 
-        b->lru_next = KVD_ID_NONE;
-        b->lru_prev = l->tail;
+        if (prev != KVD_ID_NONE)
+                *link_next(blk(c, prev), ssd) = next;
+        else
+                l->head = next;
+        if (next != KVD_ID_NONE)
+                *link_prev(blk(c, next), ssd) = prev;
+        else
+                l->tail = prev;
+        *link_prev(b, ssd) = *link_next(b, ssd) = KVD_ID_NONE;
+}
+
+static void lru_push(struct kvd_cache *c, struct lru *l, uint32_t id, bool ssd)
+{
+        struct kvd_block *b = blk(c, id);
+
+        *link_next(b, ssd) = KVD_ID_NONE;
+        *link_prev(b, ssd) = l->tail;
         if (l->tail != KVD_ID_NONE)
-                blk(c, l->tail)->lru_next = id;
+                *link_next(blk(c, l->tail), ssd) = id;
         else
                 l->head = id;
         l->tail = id;
 }
+
+static bool host_evictable(const struct kvd_block *b)
+{
+        return b->state == KVD_BLOCK_READY && b->loc != KVD_LOC_NONE && b->pins == 0 &&
+               !(b->flags & (KVD_BLOCK_LOADING | KVD_BLOCK_WRITING));
+}
+
+static bool ssd_evictable(const struct kvd_block *b)
+{
+        return b->state == KVD_BLOCK_READY && b->ssd_loc != KVD_LOC_NONE &&
+               !(b->flags & (KVD_BLOCK_LOADING | KVD_BLOCK_WRITING));
+}
+
+/* Puts block id on exactly the LRU lists it belongs to; `touch` moves it to
+ * the most recent end of the ones it stays on. */
+static void lru_update(struct kvd_cache *c, uint32_t id, bool touch)
+{
+        struct kvd_block *b = blk(c, id);
+        bool in_h = b->flags & KVD_BLOCK_IN_HLRU, want_h = host_evictable(b);
+        bool in_s = b->flags & KVD_BLOCK_IN_SLRU, want_s = ssd_evictable(b);
+
+        if (in_h && (!want_h || touch)) {
+                lru_unlink(c, &c->lru[b->klass], id, false);
+                b->flags &= ~KVD_BLOCK_IN_HLRU;
+                in_h = false;
+        }
+        if (want_h && !in_h) {
+                lru_push(c, &c->lru[b->klass], id, false);
+                b->flags |= KVD_BLOCK_IN_HLRU;
+        }
+        if (in_s && (!want_s || touch)) {
+                lru_unlink(c, &c->ssd_lru[b->ssd_klass], id, true);
+                b->flags &= ~KVD_BLOCK_IN_SLRU;
+                in_s = false;
+        }
+        if (want_s && !in_s) {
+                lru_push(c, &c->ssd_lru[b->ssd_klass], id, true);
+                b->flags |= KVD_BLOCK_IN_SLRU;
+        }
+}
+
+/* ---- waiters ------------------------------------------------------------ */
+
+static int waiter_new(struct kvd_cache *c, kvd_wait_fn fn, void *ctx, uint32_t item, uint32_t *ret)
+{
+        uint32_t w = c->free_waiter;
+
+        if (w) {
+                c->free_waiter = c->waiters[w].next;
+        } else {
+                if (c->n_waiters + 1 >= c->cap_waiters) {
+                        uint32_t cap = c->cap_waiters ? c->cap_waiters * 2 : 64;
+                        struct waiter *nw = realloc(c->waiters, cap * sizeof(*nw));
+
+                        if (!nw)
+                                return -ENOMEM;
+                        c->waiters = nw;
+                        c->cap_waiters = cap;
+                }
+                w = ++c->n_waiters;
+        }
+        c->waiters[w] = (struct waiter){ fn, ctx, item, 0 };
+        *ret = w;
+        return 0;
+}
+
+/* Block waiters hang off lru_prev of a PENDING or LOADING block. */
+static int wait_on_block(struct kvd_cache *c, uint32_t id, kvd_wait_fn fn, void *ctx, uint32_t item)
+{
+        struct kvd_block *b = blk(c, id);
+        uint32_t w;
+        int r = waiter_new(c, fn, ctx, item, &w);
+
+        if (r < 0)
+                return r;
+        c->waiters[w].next = b->lru_prev;
+        b->lru_prev = w;
+        return 0;
+}
+
+static uint32_t take_block_waiters(struct kvd_cache *c, uint32_t id)
+{
+        struct kvd_block *b = blk(c, id);
+        uint32_t head = b->lru_prev;
+
+        b->lru_prev = KVD_ID_NONE;
+        return head;
+}
+
+/* Runs a taken list, once the block's new state is in place: a callback may
+ * complete a request, whose owner may then touch the cache again. */
+static void wake(struct kvd_cache *c, uint32_t w, bool ok)
+{
+        while (w) {
+                struct waiter x = c->waiters[w];
+
+                c->waiters[w].next = c->free_waiter;
+                c->free_waiter = w;
+                x.fn(x.ctx, x.item, ok);
+                w = x.next;
+        }
+}
+
+int kvd_cache_wait_pending(struct kvd_cache *c, uint32_t id, kvd_wait_fn fn, void *ctx, uint32_t item)
+{
+        assert(blk(c, id)->state == KVD_BLOCK_PENDING);
+        return wait_on_block(c, id, fn, ctx, item);
+}
+
+int kvd_cache_wait_space(struct kvd_cache *c, kvd_wait_fn fn, void *ctx, uint32_t item)
+{
+        uint32_t w;
+        int r = waiter_new(c, fn, ctx, item, &w);
+
+        if (r < 0)
+                return r;
+        if (c->space_tail)
+                c->waiters[c->space_tail].next = w;
+        else
+                c->space_head = w;
+        c->space_tail = w;
+        return 0;
+}
+
+/* Host room may have been made: let the waiters try again, oldest first,
+ * until one has to wait again (the rest would too). */
+static void wake_space(struct kvd_cache *c)
+{
+        if (c->waking_space)
+                return; /* a retry freed room: the loop below goes on anyway */
+        c->waking_space = true;
+        while (c->space_head) {
+                uint32_t w = c->space_head, tail_before;
+                struct waiter x = c->waiters[w];
+
+                c->space_head = x.next;
+                if (!c->space_head)
+                        c->space_tail = 0;
+                c->waiters[w].next = c->free_waiter;
+                c->free_waiter = w;
+                tail_before = c->space_tail;
+                x.fn(x.ctx, x.item, true);
+                if (c->space_tail != tail_before)
+                        break;  /* it queued itself again: no room yet */
+        }
+        c->waking_space = false;
+}
+
+/* ---- set-up ------------------------------------------------------------- */
+
+static bool recover_slot(void *ctx, const struct kvd_slot_header *h, uint32_t loc, int klass);
 
 int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret)
 {
@@ -83,6 +268,9 @@ int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret)
         if (!c)
                 return -ENOMEM;
         c->cfg = cfg;
+        /* With an SSD tier, host pages are laid out like SSD slots (header,
+         * then payload), so one I/O moves a block: see tiers/ssd.h. */
+        c->hdr = cfg->ssd_bytes ? KVD_SLOT_HDR_BYTES : 0;
         c->ns = calloc(cfg->max_namespaces, sizeof(*c->ns));
         if (!c->ns) {
                 r = -ENOMEM;
@@ -93,10 +281,29 @@ int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret)
                 goto err;
         c->host_tier = kvd_host_tier(c->host);
         /* A 16 KiB block is small for KV (one layer, all heads, 16+ tokens). */
-        expected = cfg->index_blocks ? cfg->index_blocks : cfg->host_bytes / (16u << 10);
+        expected = cfg->index_blocks ? cfg->index_blocks : (cfg->host_bytes + cfg->ssd_bytes) / (16u << 10);
         r = kvd_index_new(expected, &c->index);
         if (r < 0)
                 goto err;
+        if (cfg->ssd_bytes) {
+                struct timespec t0, t1;
+                int64_t kept;
+
+                r = kvd_ssd_new(cfg, c->host, &c->ssd);
+                if (r < 0)
+                        goto err;
+                c->ssd_tier = kvd_ssd_tier(c->ssd);
+                clock_gettime(CLOCK_MONOTONIC, &t0);
+                kept = kvd_ssd_recover(c->ssd, recover_slot, c);
+                clock_gettime(CLOCK_MONOTONIC, &t1);
+                if (kept < 0) {
+                        r = (int)kept;
+                        log_error("SSD tier: recovery failed: %s", strerror(-r));
+                        goto err;
+                }
+                log_info("SSD tier: recovered %" PRId64 " blocks in %u namespaces in %.3f s", kept, c->n_ns,
+                         (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+        }
         *ret = c;
         return 0;
 err:
@@ -108,6 +315,7 @@ struct kvd_cache *kvd_cache_free(struct kvd_cache *c)
 {
         if (!c)
                 return NULL;
+        kvd_ssd_free(c->ssd);   /* its callbacks still use the index */
         kvd_index_free(c->index);
         free(c->waiters);
         if (c->host_tier)
@@ -116,6 +324,30 @@ struct kvd_cache *kvd_cache_free(struct kvd_cache *c)
         free(c);
         return NULL;
 }
+
+int kvd_cache_ssd_fd(const struct kvd_cache *c)
+{
+        return c->ssd ? kvd_ssd_fd(c->ssd) : -1;
+}
+
+void kvd_cache_ssd_reap(struct kvd_cache *c)
+{
+        if (c->ssd)
+                kvd_ssd_reap(c->ssd);
+}
+
+void kvd_cache_flush(struct kvd_cache *c)
+{
+        if (c->ssd)
+                kvd_ssd_flush(c->ssd);
+}
+
+bool kvd_cache_has_ssd(const struct kvd_cache *c)
+{
+        return c->ssd != NULL;
+}
+
+/* ---- namespaces --------------------------------------------------------- */
 
 int kvd_geometry_block_bytes(const struct kvd_geometry *g, uint64_t *ret)
 {
@@ -136,16 +368,14 @@ int kvd_geometry_block_bytes(const struct kvd_geometry *g, uint64_t *ret)
 int kvd_cache_ns_register(struct kvd_cache *c, const char *name, const struct kvd_geometry *g,
                           uint32_t *ret_id, bool *ret_created)
 {
+        int r, klass, ssd_klass = -1;
         uint64_t bytes;
         struct kvd_ns *ns;
-        int r, klass;
 
         if (!name || !*name || strlen(name) >= KVD_NS_NAME_MAX)
                 return -EINVAL;
         r = kvd_geometry_block_bytes(g, &bytes);
-        if (r < 0)
-                return -EINVAL;
-        if (g->layers > 65536)
+        if (r < 0 || g->layers > 65536)
                 return -EINVAL;
         for (uint32_t i = 0; i < c->n_ns; i++) {
                 if (strcmp(c->ns[i].name, name) != 0)
@@ -158,16 +388,19 @@ int kvd_cache_ns_register(struct kvd_cache *c, const char *name, const struct kv
         }
         if (c->n_ns == c->cfg->max_namespaces)
                 return -ENOSPC;
-        klass = c->host_tier->ops->class_for(c->host_tier, bytes);
-        if (klass < 0)
-                return klass == -E2BIG ? -E2BIG : -ENOSPC;
+        klass = c->host_tier->ops->class_for(c->host_tier, bytes + c->hdr);
+        if (klass >= 0 && c->ssd_tier)
+                ssd_klass = c->ssd_tier->ops->class_for(c->ssd_tier, bytes);
+        if (klass < 0 || ssd_klass < -1)
+                return (klass == -E2BIG || ssd_klass == -E2BIG) ? -E2BIG : -ENOSPC;
         ns = &c->ns[c->n_ns];
-        *ns = (struct kvd_ns){ .id = c->n_ns, .geometry = *g, .block_bytes = bytes, .klass = klass };
+        *ns = (struct kvd_ns){ .id = c->n_ns, .geometry = *g, .block_bytes = bytes, .klass = klass,
+                               .ssd_klass = ssd_klass };
         memcpy(ns->name, name, strlen(name) + 1);
         c->n_ns++;
         log_info("namespace %u '%s': %u layers, %u kv heads, head dim %u, dtype %u, %u tokens/block, "
-                 "%llu bytes/block", ns->id, ns->name, g->layers, g->kv_heads, g->head_dim, g->dtype,
-                 g->block_tokens, (unsigned long long)bytes);
+                 "%" PRIu64 " bytes/block", ns->id, ns->name, g->layers, g->kv_heads, g->head_dim, g->dtype,
+                 g->block_tokens, bytes);
         *ret_id = ns->id;
         *ret_created = true;
         return 0;
@@ -183,50 +416,208 @@ uint32_t kvd_cache_ns_count(const struct kvd_cache *c)
         return c->n_ns;
 }
 
-/* Drops a block from the index and frees its page. */
-static void drop(struct kvd_cache *c, uint32_t id)
+/* ---- dropping copies ---------------------------------------------------- */
+
+static void free_host_copy(struct kvd_cache *c, uint32_t id)
 {
         struct kvd_block *b = blk(c, id);
 
+        c->host_tier->ops->free(c->host_tier, b->loc);
+        b->loc = KVD_LOC_NONE;
+        b->flags &= ~KVD_BLOCK_EVICT;
+        lru_update(c, id, false);
+}
+
+static void free_ssd_copy(struct kvd_cache *c, uint32_t id, bool invalidate)
+{
+        struct kvd_block *b = blk(c, id);
+
+        if (invalidate)
+                kvd_ssd_discard(c->ssd, b->ssd_loc);
+        else
+                c->ssd_tier->ops->free(c->ssd_tier, b->ssd_loc);
+        b->ssd_loc = KVD_LOC_NONE;
+        lru_update(c, id, false);
+}
+
+/* Removes a block and frees every copy. invalidate: also wipe its SSD
+ * header, so that a deleted block stays deleted across a restart. */
+static void drop(struct kvd_cache *c, uint32_t id, bool invalidate)
+{
+        struct kvd_block *b = blk(c, id);
+
+        assert(!(b->flags & (KVD_BLOCK_LOADING | KVD_BLOCK_WRITING)) && b->pins == 0);
+        if (b->loc != KVD_LOC_NONE)
+                free_host_copy(c, id);
+        if (b->ssd_loc != KVD_LOC_NONE)
+                free_ssd_copy(c, id, invalidate);
+        lru_update(c, id, false);
         if (b->state == KVD_BLOCK_READY)
                 c->ns[b->ns].blocks--;
-        c->host_tier->ops->free(c->host_tier, b->loc);
         kvd_index_remove(c->index, id);
 }
 
-/* Evicts least recently used blocks until klass can allocate: from its own
- * class first, else from the other classes in turn (freeing whole extents).
- * -ENOSPC when everything left is pinned or being stored. */
+/* A block no request uses any more: finish a pending delete. */
+static void settle(struct kvd_cache *c, uint32_t id)
+{
+        struct kvd_block *b = blk(c, id);
+
+        if ((b->flags & KVD_BLOCK_DOOMED) && b->pins == 0 &&
+            !(b->flags & (KVD_BLOCK_LOADING | KVD_BLOCK_WRITING)))
+                drop(c, id, true);
+        else
+                lru_update(c, id, false);
+}
+
+/* ---- SSD writes (demotion, write-through, durable Puts) ------------------ */
+
+/* The least recently used entry of klass's list, else of the other classes
+ * in turn; KVD_ID_NONE if every list is empty. */
+static uint32_t pick_victim(const struct lru *lists, int klass, int *rr)
+{
+        if (lists[klass].head != KVD_ID_NONE)
+                return lists[klass].head;
+        for (int i = 0; i < KVD_SLAB_MAX_CLASSES; i++) {
+                int k = (*rr + i) % KVD_SLAB_MAX_CLASSES;
+
+                if (lists[k].head != KVD_ID_NONE) {
+                        *rr = (k + 1) % KVD_SLAB_MAX_CLASSES;
+                        return lists[k].head;
+                }
+        }
+        return KVD_ID_NONE;
+}
+
+/* An SSD slot of klass, evicting least recently used SSD copies: a block
+ * that still has its host copy just becomes dirty again; one that has not
+ * is gone (counted). */
+static int ssd_alloc_slot(struct kvd_cache *c, int klass, uint32_t *ret_loc)
+{
+        for (;;) {
+                int r = c->ssd_tier->ops->alloc(c->ssd_tier, klass, ret_loc);
+                uint32_t victim;
+
+                if (r != -ENOSPC)
+                        return r;
+                victim = pick_victim(c->ssd_lru, klass, &c->ssd_evict_rr);
+                if (victim == KVD_ID_NONE)
+                        return -ENOSPC;
+                c->ssd_evictions++;
+                if (blk(c, victim)->loc != KVD_LOC_NONE) {
+                        free_ssd_copy(c, victim, false);
+                } else {
+                        drop(c, victim, false);
+                        c->dropped++;
+                }
+        }
+}
+
+static void write_done(void *ctx, int r)
+{
+        struct ssd_ctx *x = ctx;
+        struct kvd_cache *c = x->c;
+        struct kvd_block *b = blk(c, x->id);
+        bool evict = b->flags & KVD_BLOCK_EVICT;
+
+        b->flags &= ~(KVD_BLOCK_WRITING | KVD_BLOCK_EVICT);
+        if (evict)
+                c->evict_writes--;
+        if (r < 0) {
+                log_warning("SSD tier: writing a block failed (%s); it stays in host memory", strerror(-r));
+                free_ssd_copy(c, x->id, false);
+        } else {
+                c->demotions++;
+        }
+        if (evict && r == 0 && b->pins == 0 && !(b->flags & (KVD_BLOCK_LOADING | KVD_BLOCK_DOOMED))) {
+                free_host_copy(c, x->id);
+                c->evictions++;
+        }
+        if (x->fn)
+                x->fn(x->fn_ctx, x->item, r == 0);
+        settle(c, x->id);
+        free(x);
+        wake_space(c);
+}
+
+/* Writes block id's host copy to a new SSD slot. evict: free the host copy
+ * once written (demotion). Returns 0 (write_done will run, and fn with it),
+ * or -errno when no write was started. */
+static int start_write(struct kvd_cache *c, uint32_t id, bool durable, bool evict, kvd_wait_fn fn, void *ctx,
+                       uint32_t item)
+{
+        struct kvd_block *b = blk(c, id);
+        const struct kvd_ns *ns = &c->ns[b->ns];
+        struct kvd_slot_header tmpl = { 0 };
+        struct ssd_ctx *x;
+        uint32_t loc;
+        int r;
+
+        assert(b->loc != KVD_LOC_NONE && b->ssd_loc == KVD_LOC_NONE && !(b->flags & KVD_BLOCK_WRITING));
+        x = malloc(sizeof(*x));
+        if (!x)
+                return -ENOMEM;
+        r = ssd_alloc_slot(c, ns->ssd_klass, &loc);
+        if (r < 0) {
+                free(x);
+                return r;
+        }
+        *x = (struct ssd_ctx){ .c = c, .id = id, .fn = fn, .fn_ctx = ctx, .item = item };
+        b->ssd_loc = loc;
+        b->ssd_klass = (uint8_t)ns->ssd_klass;
+        b->flags |= KVD_BLOCK_WRITING | (evict ? KVD_BLOCK_EVICT : 0);
+        if (evict)
+                c->evict_writes++;
+        lru_update(c, id, false);
+        tmpl.key_hi = b->key_hi;
+        tmpl.key_lo = b->key_lo;
+        tmpl.layer = b->layer;
+        tmpl.ns_layers = ns->geometry.layers;
+        tmpl.ns_kv_heads = ns->geometry.kv_heads;
+        tmpl.ns_head_dim = ns->geometry.head_dim;
+        tmpl.ns_dtype = ns->geometry.dtype;
+        tmpl.ns_block_tokens = ns->geometry.block_tokens;
+        memcpy(tmpl.ns_name, ns->name, sizeof(tmpl.ns_name));
+        kvd_ssd_write(c->ssd, loc, &tmpl, kvd_host_ptr(c->host, b->loc), (uint32_t)ns->block_bytes, durable,
+                      durable || fn ? KVD_SSD_DEMAND : KVD_SSD_BACKGROUND, write_done, x);
+        return 0;
+}
+
+static bool admitted(const struct kvd_cache *c, const struct kvd_block *b)
+{
+        return b->reads >= c->cfg->ssd_admit_reads;
+}
+
+/* Frees host room for klass: least recently used copies go first; a clean
+ * one is dropped at once, a dirty one admitted to SSD is demoted (room comes
+ * when the write ends: -EAGAIN), any other is dropped (counted). */
 static int make_room(struct kvd_cache *c, int klass)
 {
-        int n_classes = kvd_host_class_count(c->host);
-
         while (!kvd_host_can_alloc(c->host, klass)) {
-                int victim_class = -1;
+                uint32_t victim = pick_victim(c->lru, klass, &c->evict_rr);
+                struct kvd_block *b;
 
-                if (c->lru[klass].head != KVD_ID_NONE) {
-                        victim_class = klass;
-                } else {
-                        for (int i = 0; i < n_classes; i++) {
-                                int k = (c->evict_rr + i) % n_classes;
-
-                                if (c->lru[k].head != KVD_ID_NONE) {
-                                        victim_class = k;
-                                        c->evict_rr = (k + 1) % n_classes;
-                                        break;
-                                }
-                        }
+                if (victim == KVD_ID_NONE)
+                        return c->evict_writes > 0 ? -EAGAIN : -ENOSPC;
+                b = blk(c, victim);
+                if (b->ssd_loc != KVD_LOC_NONE) {
+                        free_host_copy(c, victim);
+                        c->evictions++;
+                        continue;
                 }
-                if (victim_class < 0)
-                        return -ENOSPC;
-                uint32_t victim = c->lru[victim_class].head;
-
-                lru_unlink(c, victim);
-                drop(c, victim);
+                if (c->ssd && admitted(c, b)) {
+                        if (c->evict_writes >= MAX_EVICT_WRITES)
+                                return -EAGAIN;
+                        if (start_write(c, victim, false, true, NULL, NULL, 0) == 0)
+                                continue;
+                }
+                drop(c, victim, false);
                 c->evictions++;
+                c->dropped++;
         }
         return 0;
 }
+
+/* ---- Put ---------------------------------------------------------------- */
 
 int kvd_cache_put_reserve(struct kvd_cache *c, const struct kvd_bkey *k, uint32_t *ret_id,
                           void **ret_host)
@@ -259,71 +650,29 @@ int kvd_cache_put_reserve(struct kvd_cache *c, const struct kvd_bkey *k, uint32_
         b->klass = (uint8_t)ns->klass;
         b->loc = loc;
         *ret_id = id;
-        *ret_host = kvd_host_ptr(c->host, loc);
+        *ret_host = (uint8_t *)kvd_host_ptr(c->host, loc) + c->hdr;
         return 0;
 }
 
-int kvd_cache_wait_pending(struct kvd_cache *c, uint32_t id, kvd_pending_fn fn, void *ctx, uint32_t item)
-{
-        struct kvd_block *b = blk(c, id);
-        uint32_t w = c->free_waiter;
-
-        assert(b->state == KVD_BLOCK_PENDING);
-        if (w) {
-                c->free_waiter = c->waiters[w].next;
-        } else {
-                if (c->n_waiters + 1 >= c->cap_waiters) {
-                        uint32_t cap = c->cap_waiters ? c->cap_waiters * 2 : 64;
-                        struct waiter *nw = realloc(c->waiters, cap * sizeof(*nw));
-
-                        if (!nw)
-                                return -ENOMEM;
-                        c->waiters = nw;
-                        c->cap_waiters = cap;
-                }
-                w = ++c->n_waiters;
-        }
-        c->waiters[w] = (struct waiter){ fn, ctx, item, b->lru_prev };
-        b->lru_prev = w;
-        return 0;
-}
-
-/* Takes the waiter list off a PENDING block before its state changes. */
-static uint32_t take_waiters(struct kvd_cache *c, uint32_t id)
-{
-        struct kvd_block *b = blk(c, id);
-        uint32_t head = b->lru_prev;
-
-        b->lru_prev = KVD_ID_NONE;
-        return head;
-}
-
-/* Runs the waiters once the block's new state is in place; a callback may
- * complete a request, and its owner may then touch the cache again. */
-static void wake_waiters(struct kvd_cache *c, uint32_t w, bool committed)
-{
-        while (w) {
-                struct waiter x = c->waiters[w];
-
-                c->waiters[w].next = c->free_waiter;
-                c->free_waiter = w;
-                x.fn(x.ctx, x.item, committed);
-                w = x.next;
-        }
-}
-
-void kvd_cache_put_commit(struct kvd_cache *c, uint32_t id)
+int kvd_cache_put_commit(struct kvd_cache *c, uint32_t id, bool durable, kvd_wait_fn fn, void *ctx,
+                         uint32_t item)
 {
         struct kvd_block *b = blk(c, id);
         uint32_t waiters;
+        int r = 0;
 
         assert(b->state == KVD_BLOCK_PENDING);
-        waiters = take_waiters(c, id);
+        waiters = take_block_waiters(c, id);
         b->state = KVD_BLOCK_READY;
         c->ns[b->ns].blocks++;
         c->puts++;
-        lru_push_mru(c, id);
-        wake_waiters(c, waiters, true);
+        lru_update(c, id, true);
+        if (c->ssd && (durable || c->cfg->ssd_write_through)) {
+                r = start_write(c, id, durable, false, fn, ctx, item);
+                r = r == 0 ? 1 : r;
+        }
+        wake(c, waiters, true);
+        return r;
 }
 
 void kvd_cache_put_abort(struct kvd_cache *c, uint32_t id)
@@ -331,30 +680,108 @@ void kvd_cache_put_abort(struct kvd_cache *c, uint32_t id)
         uint32_t waiters;
 
         assert(blk(c, id)->state == KVD_BLOCK_PENDING);
-        waiters = take_waiters(c, id);
-        drop(c, id);
-        wake_waiters(c, waiters, false);
+        waiters = take_block_waiters(c, id);
+        drop(c, id, false);
+        wake(c, waiters, false);
+        wake_space(c);
 }
 
-int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, uint32_t *ret_id,
-                      void **ret_host)
-{
-        uint32_t id = kvd_index_find(c->index, k);
-        struct kvd_block *b;
+/* ---- Get ---------------------------------------------------------------- */
 
-        if (id == KVD_ID_NONE || (b = blk(c, id))->state != KVD_BLOCK_READY ||
-            (b->flags & KVD_BLOCK_DOOMED)) {
+static void load_done(void *ctx, int r)
+{
+        struct ssd_ctx *x = ctx;
+        struct kvd_cache *c = x->c;
+        struct kvd_block *b = blk(c, x->id);
+        uint32_t waiters = take_block_waiters(c, x->id);
+
+        b->flags &= ~KVD_BLOCK_LOADING;
+        if (r == 0) {
+                c->promotions++;
+                c->ssd_hits++;
+                if (waiters)
+                        b->flags |= KVD_BLOCK_STAGED;
+                lru_update(c, x->id, true);
+        } else {
+                /* Torn, corrupt or gone: never served. Its space is reclaimed
+                 * and its header wiped so a restart does not bring it back. */
+                log_warning("SSD tier: block unreadable (%s): dropped", strerror(-r));
+                free_host_copy(c, x->id);
+                free_ssd_copy(c, x->id, true);
+                c->ssd_misses++;
+                if (b->pins == 0 && !(b->flags & KVD_BLOCK_WRITING)) {
+                        drop(c, x->id, false);
+                        c->dropped++;
+                } else {
+                        b->flags |= KVD_BLOCK_DOOMED;
+                }
+        }
+        wake(c, waiters, r == 0);
+        if (r == 0)
+                settle(c, x->id);
+        free(x);
+        wake_space(c);
+}
+
+int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, bool prefetch, kvd_wait_fn fn,
+                      void *ctx, uint32_t item, uint32_t *ret_id, void **ret_host)
+{
+        uint32_t id = kvd_index_find(c->index, k), loc;
+        const struct kvd_ns *ns;
+        struct kvd_block *b;
+        struct ssd_ctx *x;
+        int r;
+
+        if (id == KVD_ID_NONE || (b = blk(c, id))->state != KVD_BLOCK_READY || (b->flags & KVD_BLOCK_DOOMED)) {
                 c->misses++;
+                if (c->ssd)
+                        c->ssd_misses++;
                 return -ENOENT;
         }
-        if (b->pins == UINT16_MAX)
-                return -EBUSY;
-        if (b->pins++ == 0)
-                lru_unlink(c, id);
-        c->hits++;
-        *ret_id = id;
-        *ret_host = kvd_host_ptr(c->host, b->loc);
-        return 0;
+        if (b->flags & KVD_BLOCK_LOADING)
+                return wait_on_block(c, id, fn, ctx, item) == 0 ? -EINPROGRESS : -ENOMEM;
+        if (b->loc != KVD_LOC_NONE) {
+                if (b->pins == UINT16_MAX)
+                        return -EBUSY;
+                b->pins++;
+                if (b->reads < UINT8_MAX)
+                        b->reads++;
+                if (b->flags & KVD_BLOCK_STAGED)
+                        b->flags &= ~KVD_BLOCK_STAGED; /* counted as an SSD hit */
+                else
+                        c->hits++;
+                lru_update(c, id, true);
+                *ret_id = id;
+                *ret_host = (uint8_t *)kvd_host_ptr(c->host, b->loc) + c->hdr;
+                return 0;
+        }
+        /* On SSD only: stage it in host, then the waiter pins it. */
+        ns = &c->ns[b->ns];
+        r = make_room(c, ns->klass);
+        if (r < 0)
+                return r;
+        x = malloc(sizeof(*x));
+        if (!x)
+                return -ENOMEM;
+        r = c->host_tier->ops->alloc(c->host_tier, ns->klass, &loc);
+        if (r < 0) {
+                free(x);
+                return r;
+        }
+        r = wait_on_block(c, id, fn, ctx, item);
+        if (r < 0) {
+                c->host_tier->ops->free(c->host_tier, loc);
+                free(x);
+                return r;
+        }
+        c->misses++;
+        b->loc = loc;
+        b->flags |= KVD_BLOCK_LOADING;
+        lru_update(c, id, false);
+        *x = (struct ssd_ctx){ .c = c, .id = id, .prefetch = prefetch };
+        kvd_ssd_read(c->ssd, b->ssd_loc, kvd_host_ptr(c->host, loc), (uint32_t)ns->block_bytes, b->key_hi,
+                     b->key_lo, b->layer, prefetch ? KVD_SSD_PREFETCH : KVD_SSD_DEMAND, load_done, x);
+        return -EINPROGRESS;
 }
 
 void kvd_cache_unpin(struct kvd_cache *c, uint32_t id)
@@ -363,13 +790,13 @@ void kvd_cache_unpin(struct kvd_cache *c, uint32_t id)
 
         assert(b->state == KVD_BLOCK_READY && b->pins > 0);
         c->gets++;
-        if (--b->pins > 0)
-                return;
-        if (b->flags & KVD_BLOCK_DOOMED)
-                drop(c, id);
-        else
-                lru_push_mru(c, id);
+        b->pins--;
+        settle(c, id);
+        if (b->pins == 0)
+                wake_space(c);
 }
+
+/* ---- lookups, deletes, stats, recovery ------------------------------------ */
 
 bool kvd_cache_contains(const struct kvd_cache *c, const struct kvd_bkey *k)
 {
@@ -377,6 +804,14 @@ bool kvd_cache_contains(const struct kvd_cache *c, const struct kvd_bkey *k)
 
         return id != KVD_ID_NONE && blk(c, id)->state == KVD_BLOCK_READY &&
                !(blk(c, id)->flags & KVD_BLOCK_DOOMED);
+}
+
+bool kvd_cache_in_host(const struct kvd_cache *c, const struct kvd_bkey *k)
+{
+        uint32_t id = kvd_index_find(c->index, k);
+
+        return kvd_cache_contains(c, k) && blk(c, id)->loc != KVD_LOC_NONE &&
+               !(blk(c, id)->flags & KVD_BLOCK_LOADING);
 }
 
 int kvd_cache_delete(struct kvd_cache *c, const struct kvd_bkey *k)
@@ -389,13 +824,44 @@ int kvd_cache_delete(struct kvd_cache *c, const struct kvd_bkey *k)
         b = blk(c, id);
         if (b->state != KVD_BLOCK_READY || (b->flags & KVD_BLOCK_DOOMED))
                 return 0;
-        if (b->pins > 0) {
+        if (b->pins > 0 || (b->flags & (KVD_BLOCK_LOADING | KVD_BLOCK_WRITING))) {
                 b->flags |= KVD_BLOCK_DOOMED;
+                lru_update(c, id, false);
                 return 1;
         }
-        lru_unlink(c, id);
-        drop(c, id);
+        drop(c, id, true);
+        wake_space(c);
         return 1;
+}
+
+static bool recover_slot(void *ctx, const struct kvd_slot_header *h, uint32_t loc, int klass)
+{
+        struct kvd_cache *c = ctx;
+        struct kvd_geometry g = { h->ns_layers, h->ns_kv_heads, h->ns_head_dim, h->ns_dtype, h->ns_block_tokens };
+        char name[KVD_NS_NAME_MAX];
+        struct kvd_bkey k;
+        struct kvd_block *b;
+        bool created;
+        uint32_t ns, id;
+
+        memcpy(name, h->ns_name, sizeof(name));
+        name[sizeof(name) - 1] = '\0';
+        if (kvd_cache_ns_register(c, name, &g, &ns, &created) < 0 || c->ns[ns].ssd_klass != klass ||
+            c->ns[ns].block_bytes != h->payload_len || h->layer >= g.layers)
+                return false;
+        k = (struct kvd_bkey){ h->key_hi, h->key_lo, ns, h->layer };
+        /* A second copy of a key (left by a crash between writing a new copy
+         * and freeing an old one) holds the same bytes: keep the first. */
+        if (kvd_index_insert(c->index, &k, &id) < 0)
+                return false;
+        b = blk(c, id);
+        b->state = KVD_BLOCK_READY;
+        b->klass = (uint8_t)c->ns[ns].klass;
+        b->ssd_klass = (uint8_t)klass;
+        b->ssd_loc = loc;
+        c->ns[ns].blocks++;
+        lru_update(c, id, false);
+        return true;
 }
 
 void kvd_cache_stats(const struct kvd_cache *c, struct kvd_cache_stats *ret)
@@ -407,6 +873,24 @@ void kvd_cache_stats(const struct kvd_cache *c, struct kvd_cache_stats *ret)
                 .index_entries = kvd_index_count(c->index),
                 .index_bytes = kvd_index_bytes(c->index),
                 .index_bytes_per_block = kvd_index_bytes_per_block(),
+                .have_ssd = c->ssd != NULL,
+                .ssd_hits = c->ssd_hits, .ssd_misses = c->ssd_misses, .ssd_evictions = c->ssd_evictions,
+                .demotions = c->demotions, .promotions = c->promotions, .dropped = c->dropped,
         };
         c->host_tier->ops->usage(c->host_tier, &ret->host);
+        if (c->ssd) {
+                struct kvd_ssd_stats ss;
+
+                kvd_ssd_stats(c->ssd, &ss);
+                ret->ssd = (struct kvd_tier_usage){ ss.capacity_bytes, ss.used_bytes, ss.blocks };
+                ret->ssd_reads = ss.reads;
+                ret->ssd_writes = ss.writes;
+                ret->ssd_read_bytes = ss.read_bytes;
+                ret->ssd_write_bytes = ss.write_bytes;
+                ret->ssd_read_errors = ss.read_errors;
+                ret->ssd_write_errors = ss.write_errors;
+                ret->crc_failures = ss.crc_failures;
+                ret->ssd_full = ss.full;
+                memcpy(ret->ssd_condition, ss.condition, sizeof(ret->ssd_condition));
+        }
 }

@@ -1,13 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The cache: namespaces, the block index and the tiers behind them, with
- * placement and eviction. Plain C structs only: no protocol types here.
- * Event-loop thread only.
+ * The cache: namespaces, the block index, and the tiers behind it (host
+ * DRAM, optional SSD), with placement and eviction. Plain C structs only: no
+ * protocol types here. Event-loop thread only.
  *
- * Block life: put_reserve() makes a PENDING block with a host page that a
- * transfer fills; put_commit() makes it READY (readable, evictable) or
- * put_abort() drops it. get_pin() pins a READY block while a transfer reads
- * it (pinned blocks are never evicted); unpin() releases it.
+ * A block is READY when some tier holds a whole, acknowledged copy. Its host
+ * copy is "clean" when the SSD holds the same bytes, "dirty" otherwise.
+ * When the host needs room, the least recently used block goes: a clean one
+ * just loses its host copy; a dirty one is written to SSD first (demotion)
+ * if the SSD tier runs and admits it, else it is dropped (counted). When the
+ * SSD needs room its least recently used slot goes the same way.
+ *
+ * Waiting: a request item that cannot proceed yet (the key is being stored
+ * by another Put, the block is being loaded from SSD, or host room is being
+ * made by demotions in flight) registers a kvd_wait_fn and is called back
+ * exactly once, on this thread, when it should try again (ok) or give up.
  */
 #pragma once
 
@@ -19,6 +26,9 @@
 #include "tier.h"
 
 #define KVD_NS_NAME_MAX 128
+
+struct kvd_ssd;
+struct kvd_host;
 
 struct kvd_geometry {
         uint32_t layers;
@@ -34,21 +44,43 @@ struct kvd_ns {
         struct kvd_geometry geometry;
         uint64_t block_bytes;
         int klass;              /* host size class */
+        int ssd_klass;          /* SSD size class, -1 without SSD */
         uint64_t blocks;        /* READY blocks */
 };
 
 struct kvd_cache_stats {
         struct kvd_tier_usage host;
-        uint64_t hits, misses, evictions;
+        uint64_t hits, misses, evictions;       /* host: served, not in host, copies dropped */
         uint64_t puts, gets;
         uint64_t index_capacity, index_entries, index_bytes;
         uint32_t index_bytes_per_block;
+        bool have_ssd;
+        struct kvd_tier_usage ssd;
+        uint64_t ssd_hits, ssd_misses, ssd_evictions;   /* loaded from SSD, found nowhere, slots dropped */
+        uint64_t demotions, promotions, dropped;        /* host->SSD writes, SSD->host loads, blocks lost */
+        uint64_t ssd_reads, ssd_writes, ssd_read_bytes, ssd_write_bytes;
+        uint64_t ssd_read_errors, ssd_write_errors, crc_failures;
+        bool ssd_full;
+        char ssd_condition[96];
 };
+
+/* Called once: ok = the awaited event happened (try again), !ok = give up. */
+typedef void (*kvd_wait_fn)(void *ctx, uint32_t item, bool ok);
 
 struct kvd_cache;
 
+/* Creates the host tier and, when cfg->ssd_bytes, the SSD tier (and rebuilds
+ * the index from it). */
 int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret);
+/* Finishes SSD I/O in flight (callbacks run) and frees. Accepts NULL. */
 struct kvd_cache *kvd_cache_free(struct kvd_cache *c);
+
+/* The SSD tier's completion eventfd (-1 without SSD) and its reaper. */
+int kvd_cache_ssd_fd(const struct kvd_cache *c);
+void kvd_cache_ssd_reap(struct kvd_cache *c);
+/* Submits queued SSD I/O (one system call); call before sleeping. */
+void kvd_cache_flush(struct kvd_cache *c);
+bool kvd_cache_has_ssd(const struct kvd_cache *c);
 
 /* Block size of g: 2 * kv_heads * head_dim * block_tokens * dtype size.
  * -EINVAL for a zero field or an unknown dtype, -EOVERFLOW past 4 GiB. */
@@ -57,40 +89,55 @@ int kvd_geometry_block_bytes(const struct kvd_geometry *g, uint64_t *ret);
 /*
  * Registers name with geometry g, or joins it if it exists with the same
  * geometry (*ret_created = false). -EINVAL bad geometry or name, -EEXIST
- * name exists with another geometry, -E2BIG block larger than a host
- * extent, -ENOSPC too many namespaces. Nothing changes on error.
+ * name exists with another geometry, -E2BIG block larger than an extent,
+ * -ENOSPC too many namespaces. Nothing changes on error.
  */
 int kvd_cache_ns_register(struct kvd_cache *c, const char *name, const struct kvd_geometry *g,
                           uint32_t *ret_id, bool *ret_created);
 const struct kvd_ns *kvd_cache_ns(const struct kvd_cache *c, uint32_t id);
 uint32_t kvd_cache_ns_count(const struct kvd_cache *c);
 
-/* 0: a PENDING block and its host page; -EEXIST: cached; -EINPROGRESS:
- * being stored by another Put (*ret_id set: wait for it with
- * kvd_cache_wait_pending()); -ENOSPC: nothing evictable; -ENOMEM. */
+/*
+ * Starts storing k: 0 with a PENDING block and its host page to fill;
+ * -EEXIST cached; -EINPROGRESS another Put is storing it (*ret_id set; wait
+ * with kvd_cache_wait_pending()); -EAGAIN host room is being made (wait with
+ * kvd_cache_wait_space()); -ENOSPC nothing can be evicted; -ENOMEM.
+ */
 int kvd_cache_put_reserve(struct kvd_cache *c, const struct kvd_bkey *k, uint32_t *ret_id,
                           void **ret_host);
-void kvd_cache_put_commit(struct kvd_cache *c, uint32_t id);
+/*
+ * Makes a PENDING block READY. With durable (and an SSD tier), or when the
+ * tier writes through, the block is also written to SSD (RWF_DSYNC when
+ * durable) and fn(ctx, item, ok) runs when that write ends. Returns 1 if fn
+ * will be called, 0 if there is nothing to wait for, -errno if no write
+ * could be started (the block is READY in host all the same).
+ */
+int kvd_cache_put_commit(struct kvd_cache *c, uint32_t id, bool durable, kvd_wait_fn fn, void *ctx,
+                          uint32_t item);
 void kvd_cache_put_abort(struct kvd_cache *c, uint32_t id);
+int kvd_cache_wait_pending(struct kvd_cache *c, uint32_t id, kvd_wait_fn fn, void *ctx, uint32_t item);
 
-/* Called once when a PENDING block is committed (true) or aborted (false). */
-typedef void (*kvd_pending_fn)(void *ctx, uint32_t item, bool committed);
-
-/* Registers fn(ctx, item, ...) to run when PENDING block id resolves, so a
- * second Put of a key is acknowledged only once the first one's bytes are
- * readable. 0 or -ENOMEM. */
-int kvd_cache_wait_pending(struct kvd_cache *c, uint32_t id, kvd_pending_fn fn, void *ctx, uint32_t item);
-
-/* 0: READY block pinned, *ret_host its bytes; -ENOENT: miss (counted). */
-int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, uint32_t *ret_id,
-                      void **ret_host);
+/*
+ * Starts loading k for a client: 0 with the block pinned in host and
+ * *ret_host its bytes; -EINPROGRESS it is being read from SSD (fn registered:
+ * called when it is in host, then call get_pin again); -EAGAIN host room is
+ * being made (wait_space); -ENOENT miss; -ENOSPC no host room; -ENOMEM.
+ * prefetch: reads from SSD at the lower priority.
+ */
+int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, bool prefetch, kvd_wait_fn fn,
+                      void *ctx, uint32_t item, uint32_t *ret_id, void **ret_host);
 void kvd_cache_unpin(struct kvd_cache *c, uint32_t id);
 
-/* True if k is READY (no hit/miss counted, no recency change). */
-bool kvd_cache_contains(const struct kvd_cache *c, const struct kvd_bkey *k);
+/* Registers fn for when host room may have been made. 0 or -ENOMEM. */
+int kvd_cache_wait_space(struct kvd_cache *c, kvd_wait_fn fn, void *ctx, uint32_t item);
 
-/* Deletes a READY block (pinned ones go when unpinned). 1 if deleted or
- * doomed, 0 if absent or still being stored. */
+/* True if k is READY in some tier (no hit/miss counted, no recency change). */
+bool kvd_cache_contains(const struct kvd_cache *c, const struct kvd_bkey *k);
+/* True if k has a host copy. */
+bool kvd_cache_in_host(const struct kvd_cache *c, const struct kvd_bkey *k);
+
+/* Deletes a READY block from every tier (one in use goes when released).
+ * 1 if deleted or doomed, 0 if absent or still being stored. */
 int kvd_cache_delete(struct kvd_cache *c, const struct kvd_bkey *k);
 
 void kvd_cache_stats(const struct kvd_cache *c, struct kvd_cache_stats *ret);

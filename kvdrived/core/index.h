@@ -24,7 +24,13 @@ enum kvd_block_state {
 };
 
 enum kvd_block_flags {
-        KVD_BLOCK_DOOMED = 1u << 0, /* delete when the last pin goes */
+        KVD_BLOCK_DOOMED = 1u << 0,     /* delete once nothing uses it */
+        KVD_BLOCK_LOADING = 1u << 1,    /* its host page is being read from SSD */
+        KVD_BLOCK_WRITING = 1u << 2,    /* its SSD slot is being written */
+        KVD_BLOCK_IN_HLRU = 1u << 3,    /* on its host class's LRU list */
+        KVD_BLOCK_IN_SLRU = 1u << 4,    /* on its SSD class's LRU list */
+        KVD_BLOCK_EVICT = 1u << 5,      /* free the host copy once written */
+        KVD_BLOCK_STAGED = 1u << 6,     /* just loaded from SSD: not a host hit */
 };
 
 struct kvd_bkey {
@@ -36,14 +42,20 @@ struct kvd_bkey {
 struct kvd_block {
         uint64_t key_hi, key_lo;
         uint16_t ns;
-        uint16_t pins;          /* loads in flight */
+        uint16_t pins;          /* copies to clients in flight */
         uint32_t layer;
-        uint32_t loc;           /* host tier location */
-        uint32_t lru_prev, lru_next; /* ids; free list link when FREE */
+        uint32_t loc;           /* host page, KVD_LOC_NONE if not in host */
+        uint32_t ssd_loc;       /* SSD slot, KVD_LOC_NONE if not on SSD */
+        /* Host LRU links (ids); the waiter list while PENDING or LOADING
+         * (never on the host LRU then); the free-list link when FREE. */
+        uint32_t lru_prev, lru_next;
+        uint32_t ssd_prev, ssd_next; /* SSD LRU links */
         uint8_t state;
         uint8_t flags;
         uint8_t klass;          /* host size class */
-        uint8_t pad;
+        uint8_t ssd_klass;
+        uint8_t reads;          /* saturating: SSD admission */
+        uint8_t pad[3];
 };
 
 struct kvd_index;

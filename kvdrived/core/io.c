@@ -3,21 +3,41 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "macro.h"
 
-struct kvd_io {
+/* A copy started after the request's first pass (its item had to wait):
+ * one batch of its own, so it goes as soon as the block is ready. */
+struct late_copy {
         struct kvd_xfer_batch batch;
+        struct kvd_copy copy;
+        struct kvd_io *io;
+        uint32_t item;
+        uint32_t id;
+};
+
+struct kvd_io {
+        struct kvd_xfer_batch batch;    /* items ready on the first pass */
         struct kvd_cache *cache;
+        struct kvd_xfer *xfer;
+        enum kvd_io_kind kind;
+        bool durable;
+        bool first_pass;
+        const struct kvd_ns *ns;
+        struct kvd_peer_pool *pool;
+        struct kvd_item *items;
+        uint32_t n_items;
+        uint8_t *status;
+        uint32_t done;
+        uint32_t outstanding;   /* the submitter, batches, waits */
+        uint32_t *item_of;      /* first-pass copy -> item */
+        uint32_t *block_of;     /* first-pass copy -> block id */
         kvd_io_done_fn done_fn;
         void *userdata;
-        uint32_t n_items;
-        uint32_t done;
-        uint32_t outstanding;   /* the submitter, the batch, each wait */
-        uint8_t *status;        /* n_items */
-        uint32_t *item_of;      /* copy -> item */
-        uint32_t *block_of;     /* copy -> block id */
 };
+
+static void item_run(struct kvd_io *io, uint32_t i);
 
 static void io_put(struct kvd_io *io)
 {
@@ -25,110 +45,211 @@ static void io_put(struct kvd_io *io)
                 io->done_fn(io, io->userdata);
 }
 
-/* Another Put of the same key resolved: acknowledge ours only now, so a Get
- * after our reply finds the block. */
-static void pending_resolved(void *ctx, uint32_t item, bool committed)
+static void set_ok(struct kvd_io *io, uint32_t i)
+{
+        io->status[i] = KVD_ITEM_OK;
+        io->done++;
+}
+
+/* A durable (or write-through) Put's SSD write ended. */
+static void durable_done(void *ctx, uint32_t i, bool ok)
 {
         struct kvd_io *io = ctx;
 
-        io->status[item] = committed ? KVD_ITEM_EXISTS : KVD_ITEM_ERROR;
+        if (ok)
+                set_ok(io, i);
+        else
+                io->status[i] = KVD_ITEM_ERROR;
         io_put(io);
 }
 
-static void io_complete(struct kvd_xfer_batch *b)
+/* Another Put of the same key ended: acknowledge ours only now, so a Get
+ * sent after our reply finds the block. */
+static void pending_done(void *ctx, uint32_t i, bool ok)
+{
+        struct kvd_io *io = ctx;
+
+        io->status[i] = ok ? KVD_ITEM_EXISTS : KVD_ITEM_ERROR;
+        io_put(io);
+}
+
+/* The block was loaded from SSD, or host room was made: try again. */
+static void retry(void *ctx, uint32_t i, bool ok)
+{
+        struct kvd_io *io = ctx;
+
+        if (ok)
+                item_run(io, i);
+        else
+                io->status[i] = io->kind == KVD_IO_PUT ? KVD_ITEM_ERROR : KVD_ITEM_MISS;
+        io_put(io);
+}
+
+/* One copy ended (or none was made): commit or release its block. */
+static void copy_done(struct kvd_io *io, uint32_t i, uint32_t id, int result)
+{
+        int r;
+
+        if (io->kind == KVD_IO_GET) {
+                kvd_cache_unpin(io->cache, id);
+                if (result == 0)
+                        set_ok(io, i);
+                else
+                        io->status[i] = KVD_ITEM_ERROR;
+                return;
+        }
+        /* Put. Committed even if the client has gone: the bytes were whole
+         * in its pool when it submitted, and a concurrent Put of this key was
+         * promised them. */
+        if (result < 0) {
+                kvd_cache_put_abort(io->cache, id);
+                io->status[i] = KVD_ITEM_ERROR;
+                return;
+        }
+        r = kvd_cache_put_commit(io->cache, id, io->durable, durable_done, io, i);
+        if (r == 1)
+                io->outstanding++;
+        else if (r == 0 || !io->durable)
+                set_ok(io, i); /* write-through that could not start: stored in host all the same */
+        else
+                io->status[i] = KVD_ITEM_ERROR; /* durable asked, cannot be had */
+}
+
+static void first_pass_done(struct kvd_xfer_batch *b)
 {
         struct kvd_io *io = container_of(b, struct kvd_io, batch);
 
-        for (uint32_t i = 0; i < b->n; i++) {
-                const struct kvd_copy *c = &b->copies[i];
-                uint32_t id = io->block_of[i], item = io->item_of[i];
-
-                if (b->dir == KVD_XFER_IN) {
-                        /* Committed even if the client has gone: the bytes
-                         * were complete in its pool when it submitted, and a
-                         * concurrent Put of this key was told it exists. */
-                        if (c->result == 0)
-                                kvd_cache_put_commit(io->cache, id);
-                        else
-                                kvd_cache_put_abort(io->cache, id);
-                } else {
-                        kvd_cache_unpin(io->cache, id);
-                }
-                io->status[item] = c->result == 0 ? KVD_ITEM_OK : KVD_ITEM_ERROR;
-                io->done += c->result == 0;
-        }
-        b->pool = kvd_peer_pool_unref(b->pool);
+        for (uint32_t k = 0; k < b->n; k++)
+                copy_done(io, io->item_of[k], io->block_of[k], b->copies[k].result);
         io_put(io);
 }
 
-int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_xfer_dir dir,
-                  const struct kvd_ns *ns, struct kvd_peer_pool *pool,
-                  const struct kvd_item *items, uint32_t n, kvd_io_done_fn done, void *userdata)
+static void late_done(struct kvd_xfer_batch *b)
 {
+        struct late_copy *l = container_of(b, struct late_copy, batch);
+        struct kvd_io *io = l->io;
+
+        copy_done(io, l->item, l->id, l->copy.result);
+        free(l);
+        io_put(io);
+}
+
+static void add_copy(struct kvd_io *io, uint32_t i, uint32_t id, void *host)
+{
+        struct kvd_copy c = { .host = host, .slot = io->items[i].slot, .len = (uint32_t)io->ns->block_bytes };
+        struct late_copy *l;
+
+        if (io->first_pass) {
+                io->batch.copies[io->batch.n] = c;
+                io->item_of[io->batch.n] = i;
+                io->block_of[io->batch.n] = id;
+                io->batch.n++;
+                return;
+        }
+        l = calloc(1, sizeof(*l));
+        if (!l) {
+                copy_done(io, i, id, -ENOMEM);
+                return;
+        }
+        l->copy = c;
+        l->io = io;
+        l->item = i;
+        l->id = id;
+        l->batch = (struct kvd_xfer_batch){
+                .pool = io->pool, .dir = io->kind == KVD_IO_PUT ? KVD_XFER_IN : KVD_XFER_OUT,
+                .prio = KVD_PRIO_DEMAND, .copies = &l->copy, .n = 1, .done = late_done,
+        };
+        io->outstanding++;
+        kvd_xfer_submit(io->xfer, &l->batch);
+}
+
+/* Makes what progress item i can; registers a wait when it must. */
+static void item_run(struct kvd_io *io, uint32_t i)
+{
+        const struct kvd_item *it = &io->items[i];
+        struct kvd_bkey k = { it->key_hi, it->key_lo, io->ns->id, it->layer };
+        uint32_t id;
+        void *host;
+        int r;
+
+        if (io->kind == KVD_IO_PUT) {
+                r = kvd_cache_put_reserve(io->cache, &k, &id, &host);
+                if (r == -EINPROGRESS)
+                        r = kvd_cache_wait_pending(io->cache, id, pending_done, io, i) == 0 ? -EINPROGRESS
+                                                                                             : -ENOMEM;
+        } else {
+                r = kvd_cache_get_pin(io->cache, &k, io->kind == KVD_IO_PREFETCH, retry, io, i, &id, &host);
+        }
+        if (r == -EAGAIN)
+                r = kvd_cache_wait_space(io->cache, retry, io, i) == 0 ? -EINPROGRESS : -ENOMEM;
+
+        switch (r) {
+        case 0:
+                if (io->kind == KVD_IO_PREFETCH) {
+                        kvd_cache_unpin(io->cache, id);
+                        set_ok(io, i);
+                } else {
+                        add_copy(io, i, id, host);
+                }
+                break;
+        case -EINPROGRESS:
+                io->outstanding++;
+                break;
+        case -EEXIST:
+                io->status[i] = KVD_ITEM_EXISTS;
+                break;
+        case -ENOENT:
+                io->status[i] = KVD_ITEM_MISS;
+                break;
+        default:
+                io->status[i] = KVD_ITEM_NO_SPACE;
+                break;
+        }
+}
+
+int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_kind kind, bool durable,
+                  const struct kvd_ns *ns, struct kvd_peer_pool *pool, const struct kvd_item *items, uint32_t n,
+                  kvd_io_done_fn done, void *userdata)
+{
+        size_t m = n ? n : 1;
         struct kvd_io *io;
-        uint32_t n_copies = 0;
 
         io = calloc(1, sizeof(*io));
         if (!io)
                 return -ENOMEM;
-        io->status = malloc(n ? n : 1);
-        io->item_of = malloc(sizeof(uint32_t) * (n ? n : 1));
-        io->block_of = malloc(sizeof(uint32_t) * (n ? n : 1));
-        io->batch.copies = malloc(sizeof(struct kvd_copy) * (n ? n : 1));
-        if (!io->status || !io->item_of || !io->block_of || !io->batch.copies) {
+        io->status = malloc(m);
+        io->items = malloc(sizeof(*items) * m);
+        io->item_of = malloc(sizeof(uint32_t) * m);
+        io->block_of = malloc(sizeof(uint32_t) * m);
+        io->batch.copies = malloc(sizeof(struct kvd_copy) * m);
+        if (!io->status || !io->items || !io->item_of || !io->block_of || !io->batch.copies) {
                 kvd_io_free(io);
                 return -ENOMEM;
         }
+        memcpy(io->items, items, sizeof(*items) * n);
         io->cache = cache;
+        io->xfer = xfer;
+        io->kind = kind;
+        io->durable = durable;
+        io->ns = ns;
+        io->pool = pool ? kvd_peer_pool_ref(pool) : NULL;
+        io->n_items = n;
         io->done_fn = done;
         io->userdata = userdata;
-        io->n_items = n;
-        io->outstanding = 1;
-
-        for (uint32_t i = 0; i < n; i++) {
-                struct kvd_bkey k = { items[i].key_hi, items[i].key_lo, ns->id, items[i].layer };
-                uint32_t id;
-                void *host;
-                int r;
-
-                if (dir == KVD_XFER_IN) {
-                        r = kvd_cache_put_reserve(cache, &k, &id, &host);
-                        if (r == -EINPROGRESS) {
-                                r = kvd_cache_wait_pending(cache, id, pending_resolved, io, i);
-                                if (r == 0)
-                                        io->outstanding++;
-                                io->status[i] = r == 0 ? KVD_ITEM_EXISTS : KVD_ITEM_ERROR;
-                                continue;
-                        }
-                        if (r < 0) {
-                                io->status[i] = r == -EEXIST ? KVD_ITEM_EXISTS : KVD_ITEM_NO_SPACE;
-                                continue;
-                        }
-                } else {
-                        r = kvd_cache_get_pin(cache, &k, &id, &host);
-                        if (r < 0) {
-                                io->status[i] = KVD_ITEM_MISS;
-                                continue;
-                        }
-                }
-                io->batch.copies[n_copies] = (struct kvd_copy){
-                        .host = host, .slot = items[i].slot, .len = (uint32_t)ns->block_bytes,
-                };
-                io->item_of[n_copies] = i;
-                io->block_of[n_copies] = id;
-                n_copies++;
-        }
-
-        if (n_copies > 0) {
-                io->batch.dir = dir;
+        io->outstanding = 1;    /* the submitter's, until the first pass is out */
+        io->first_pass = true;
+        for (uint32_t i = 0; i < n; i++)
+                item_run(io, i);
+        io->first_pass = false;
+        if (io->batch.n > 0) {
+                io->batch.pool = io->pool;
+                io->batch.dir = kind == KVD_IO_PUT ? KVD_XFER_IN : KVD_XFER_OUT;
                 io->batch.prio = KVD_PRIO_DEMAND;
-                io->batch.n = n_copies;
-                io->batch.done = io_complete;
-                io->batch.pool = kvd_peer_pool_ref(pool);
+                io->batch.done = first_pass_done;
                 io->outstanding++;
                 kvd_xfer_submit(xfer, &io->batch);
         }
-        io_put(io);     /* the submitter's: done now if nothing is left */
+        io_put(io);
         return 0;
 }
 
@@ -151,7 +272,9 @@ struct kvd_io *kvd_io_free(struct kvd_io *io)
 {
         if (!io)
                 return NULL;
+        kvd_peer_pool_unref(io->pool);
         free(io->status);
+        free(io->items);
         free(io->item_of);
         free(io->block_of);
         free(io->batch.copies);

@@ -1,13 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Put and Get of a batch of blocks between the cache and a client's device
- * pool: reserves or pins blocks in the cache, hands the copies to the
- * transfer engine, and commits or releases them when the copies are done.
- * The caller (the server) has already validated the items against the
- * namespace and the pool.
+ * Put, Get and Prefetch of a batch of blocks: reserves or pins blocks in the
+ * cache, waits where the cache says to (another Put of the key, a load from
+ * SSD, host room being made), hands the copies to the transfer engine, and
+ * commits or releases blocks when copies end. The caller (the server) has
+ * already validated the items against the namespace and the pool.
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "cache.h"
@@ -29,26 +30,32 @@ enum kvd_item_status {
         KVD_ITEM_ERROR = 4,
 };
 
+enum kvd_io_kind {
+        KVD_IO_PUT,             /* pool slots -> cache */
+        KVD_IO_GET,             /* cache -> pool slots */
+        KVD_IO_PREFETCH,        /* SSD -> host, no client copy; pool unused */
+};
+
 struct kvd_io;
 
-/* Called on the event-loop thread when every item has its outcome (copies
- * done, and Puts of keys another request was storing resolved), possibly
- * from inside kvd_io_submit() when nothing was left to wait for. The callee reads
+/* Called on the event-loop thread once every item has its outcome, possibly
+ * from inside kvd_io_submit() when nothing had to wait. The callee reads
  * kvd_io_status()/kvd_io_done() and frees the request with kvd_io_free(). */
 typedef void (*kvd_io_done_fn)(struct kvd_io *io, void *userdata);
 
 /*
- * Starts a Put (dir KVD_XFER_IN) or Get (KVD_XFER_OUT) of n items of ns
- * through pool (a reference is held until completion). Returns 0 (done will
- * be called exactly once) or -ENOMEM (nothing changed, done not called).
+ * Starts a request of n items of ns. pool (Put/Get) is referenced until the
+ * request is freed. durable (Put): acknowledge each block once it is on SSD
+ * with RWF_DSYNC. Returns 0 (done will be called exactly once) or -ENOMEM
+ * (nothing changed, done not called).
  */
-int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_xfer_dir dir,
-                  const struct kvd_ns *ns, struct kvd_peer_pool *pool,
-                  const struct kvd_item *items, uint32_t n, kvd_io_done_fn done, void *userdata);
+int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_kind kind, bool durable,
+                  const struct kvd_ns *ns, struct kvd_peer_pool *pool, const struct kvd_item *items, uint32_t n,
+                  kvd_io_done_fn done, void *userdata);
 
 /* Per-item enum kvd_item_status, n bytes, owned by io. */
 const uint8_t *kvd_io_status(const struct kvd_io *io);
 uint32_t kvd_io_count(const struct kvd_io *io);
-/* Items stored (Put) or loaded (Get). */
+/* Items stored (Put), loaded (Get) or now in host memory (Prefetch). */
 uint32_t kvd_io_done(const struct kvd_io *io);
 struct kvd_io *kvd_io_free(struct kvd_io *io);

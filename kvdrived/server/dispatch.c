@@ -20,7 +20,7 @@
 struct pending {
         struct kvd_session *ss;
         uint64_t id;
-        bool put;
+        enum kvd_io_kind kind;
 };
 
 static void close_fds(int *fds, unsigned nfds)
@@ -202,12 +202,19 @@ static void transfer_done(struct kvd_io *io, void *userdata)
         tr.status.data = (uint8_t *)kvd_io_status(io);
         tr.status.len = kvd_io_count(io);
         tr.done = kvd_io_done(io);
-        if (p->put) {
+        switch (p->kind) {
+        case KVD_IO_PUT:
                 resp.body_case = KVDRIVE__RESPONSE__BODY_PUT;
                 resp.put = &tr;
-        } else {
+                break;
+        case KVD_IO_GET:
                 resp.body_case = KVDRIVE__RESPONSE__BODY_GET;
                 resp.get = &tr;
+                break;
+        case KVD_IO_PREFETCH:
+                resp.body_case = KVDRIVE__RESPONSE__BODY_PREFETCH;
+                resp.prefetch = &tr;
+                break;
         }
         reply(ss, p->id, &resp);
         ss->inflight--;
@@ -216,16 +223,64 @@ static void transfer_done(struct kvd_io *io, void *userdata)
         free(p);
 }
 
-static void handle_transfer(struct kvd_session *ss, uint64_t id, const Kvdrive__Transfer *m, bool put)
+/* Checks items against ns (and pool when given), then starts the request.
+ * Every check comes before any state changes. */
+static void start_io(struct kvd_session *ss, uint64_t id, enum kvd_io_kind kind, bool durable,
+                     const struct kvd_ns *ns, struct kvd_peer_pool *pool, Kvdrive__BlockRef *const *refs,
+                     size_t n)
 {
-        const struct kvd_ns *ns;
-        struct kvd_peer_pool *pool;
         struct kvd_item *items;
         struct pending *p;
         int r;
 
+        if (!check_items(ss, id, n))
+                return;
+        for (size_t i = 0; i < n; i++) {
+                const Kvdrive__BlockRef *b = refs[i];
+
+                if ((pool && b->slot >= pool->slot_count) || b->layer >= ns->geometry.layers) {
+                        kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_OUT_OF_RANGE,
+                                               "item %zu: slot %u of %u, layer %u of %u", i, b->slot,
+                                               pool ? pool->slot_count : 0, b->layer, ns->geometry.layers);
+                        return;
+                }
+        }
+        if (ss->inflight >= ss->server->cfg->max_inflight_per_client) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_LIMIT,
+                                       "too many requests in flight (max-inflight-per-client %u)",
+                                       ss->server->cfg->max_inflight_per_client);
+                return;
+        }
+        items = malloc(sizeof(*items) * (n ? n : 1));
+        p = malloc(sizeof(*p));
+        if (!items || !p) {
+                free(items);
+                free(p);
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
+                return;
+        }
+        for (size_t i = 0; i < n; i++)
+                items[i] = (struct kvd_item){ refs[i]->key_hi, refs[i]->key_lo, refs[i]->layer, refs[i]->slot };
+        *p = (struct pending){ .ss = kvd_session_ref(ss), .id = id, .kind = kind };
+        ss->inflight++;
+        r = kvd_io_submit(ss->server->cache, ss->server->xfer, kind, durable, ns, pool, items, (uint32_t)n,
+                          transfer_done, p);
+        free(items);
+        if (r < 0) {
+                ss->inflight--;
+                kvd_session_unref(ss);
+                free(p);
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
+        }
+}
+
+static void handle_transfer(struct kvd_session *ss, uint64_t id, const Kvdrive__Transfer *m, bool put)
+{
+        const struct kvd_ns *ns;
+        struct kvd_peer_pool *pool;
+
         ns = session_ns(ss, id, m->ns_id);
-        if (!ns || !check_items(ss, id, m->n_items))
+        if (!ns)
                 return;
         if (m->pool_id >= ss->n_pools) {
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_NO_POOL,
@@ -240,44 +295,21 @@ static void handle_transfer(struct kvd_session *ss, uint64_t id, const Kvdrive__
                                        (unsigned long long)ns->block_bytes);
                 return;
         }
-        for (size_t i = 0; i < m->n_items; i++) {
-                const Kvdrive__BlockRef *b = m->items[i];
+        if (m->durable && (!put || !kvd_cache_has_ssd(ss->server->cache))) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                       put ? "a durable Put needs the SSD tier (ssd-dir, ssd-bytes)"
+                                           : "durable applies to Put only");
+                return;
+        }
+        start_io(ss, id, put ? KVD_IO_PUT : KVD_IO_GET, m->durable, ns, pool, m->items, m->n_items);
+}
 
-                if (b->slot >= pool->slot_count || b->layer >= ns->geometry.layers) {
-                        kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_OUT_OF_RANGE,
-                                               "item %zu: slot %u of %u, layer %u of %u", i, b->slot,
-                                               pool->slot_count, b->layer, ns->geometry.layers);
-                        return;
-                }
-        }
-        if (ss->inflight >= ss->server->cfg->max_inflight_per_client) {
-                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_LIMIT,
-                                       "too many requests in flight (max-inflight-per-client %u)",
-                                       ss->server->cfg->max_inflight_per_client);
-                return;
-        }
-        items = malloc(sizeof(*items) * (m->n_items ? m->n_items : 1));
-        p = malloc(sizeof(*p));
-        if (!items || !p) {
-                free(items);
-                free(p);
-                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
-                return;
-        }
-        for (size_t i = 0; i < m->n_items; i++)
-                items[i] = (struct kvd_item){ m->items[i]->key_hi, m->items[i]->key_lo, m->items[i]->layer,
-                                              m->items[i]->slot };
-        *p = (struct pending){ .ss = kvd_session_ref(ss), .id = id, .put = put };
-        ss->inflight++;
-        r = kvd_io_submit(ss->server->cache, ss->server->xfer, put ? KVD_XFER_IN : KVD_XFER_OUT, ns, pool, items,
-                          (uint32_t)m->n_items, transfer_done, p);
-        free(items);
-        if (r < 0) {
-                ss->inflight--;
-                kvd_session_unref(ss);
-                free(p);
-                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
-        }
+static void handle_prefetch(struct kvd_session *ss, uint64_t id, const Kvdrive__Prefetch *m)
+{
+        const struct kvd_ns *ns = session_ns(ss, id, m->ns_id);
+
+        if (ns)
+                start_io(ss, id, KVD_IO_PREFETCH, false, ns, NULL, m->items, m->n_items);
 }
 
 static void handle_lookup(struct kvd_session *ss, uint64_t id, const Kvdrive__Lookup *m)
@@ -348,8 +380,8 @@ static void handle_stats(struct kvd_session *ss, uint64_t id)
         struct kvd_server *s = ss->server;
         Kvdrive__StatsReply sr = KVDRIVE__STATS_REPLY__INIT;
         Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
-        Kvdrive__TierStats host = KVDRIVE__TIER_STATS__INIT;
-        Kvdrive__TierStats *tiers[1] = { &host };
+        Kvdrive__TierStats host = KVDRIVE__TIER_STATS__INIT, ssd = KVDRIVE__TIER_STATS__INIT;
+        Kvdrive__TierStats *tiers[2] = { &host, &ssd };
         uint32_t n_ns = kvd_cache_ns_count(s->cache);
         Kvdrive__NamespaceStats *nss = calloc(n_ns ? n_ns : 1, sizeof(*nss));
         Kvdrive__NamespaceStats **nsp = calloc(n_ns ? n_ns : 1, sizeof(*nsp));
@@ -368,6 +400,29 @@ static void handle_stats(struct kvd_session *ss, uint64_t id)
         host.hits = cs.hits;
         host.misses = cs.misses;
         host.evictions = cs.evictions;
+        host.dropped = cs.have_ssd ? 0 : cs.dropped;
+        host.condition = (char *)"ok";
+        if (cs.have_ssd) {
+                ssd.name = (char *)"ssd";
+                ssd.capacity_bytes = cs.ssd.capacity_bytes;
+                ssd.used_bytes = cs.ssd.used_bytes;
+                ssd.blocks = cs.ssd.blocks;
+                ssd.hits = cs.ssd_hits;
+                ssd.misses = cs.ssd_misses;
+                ssd.evictions = cs.ssd_evictions;
+                ssd.reads = cs.ssd_reads;
+                ssd.writes = cs.ssd_writes;
+                ssd.read_bytes = cs.ssd_read_bytes;
+                ssd.write_bytes = cs.ssd_write_bytes;
+                ssd.read_errors = cs.ssd_read_errors;
+                ssd.write_errors = cs.ssd_write_errors;
+                ssd.crc_failures = cs.crc_failures;
+                ssd.demotions = cs.demotions;
+                ssd.promotions = cs.promotions;
+                ssd.dropped = cs.dropped;
+                ssd.condition = cs.ssd_condition;
+                ssd.full = cs.ssd_full;
+        }
         for (uint32_t i = 0; i < n_ns; i++) {
                 const struct kvd_ns *ns = kvd_cache_ns(s->cache, i);
 
@@ -390,7 +445,7 @@ static void handle_stats(struct kvd_session *ss, uint64_t id)
         sr.uptime_ms = kvd_now_ms() - s->started_ms;
         sr.clients = s->n_sessions;
         sr.clients_total = s->sessions_total;
-        sr.n_tiers = 1;
+        sr.n_tiers = cs.have_ssd ? 2 : 1;
         sr.tiers = tiers;
         sr.n_namespaces = n_ns;
         sr.namespaces = nsp;
@@ -472,6 +527,9 @@ void kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int *fds
                 break;
         case KVDRIVE__REQUEST__BODY_STATS:
                 handle_stats(ss, req->id);
+                break;
+        case KVDRIVE__REQUEST__BODY_PREFETCH:
+                handle_prefetch(ss, req->id, req->prefetch);
                 break;
         default:
                 kvd_session_send_error(ss, req->id, KVDRIVE__ERROR_CODE__E_UNKNOWN_TYPE,

@@ -12,7 +12,7 @@
 #include "kvdrive.pb-c.h"
 #include "xfer.h"
 
-enum watch_type { WATCH_LISTEN, WATCH_SIGNAL, WATCH_XFER, WATCH_TIMER, WATCH_SESSION };
+enum watch_type { WATCH_LISTEN, WATCH_SIGNAL, WATCH_XFER, WATCH_SSD, WATCH_TIMER, WATCH_SESSION };
 
 struct watch {
         enum watch_type type;
@@ -50,7 +50,7 @@ struct kvd_server {
         struct kvd_cache *cache;
         struct kvd_xfer *xfer;
         int epfd;
-        struct watch sig_w, xfer_w, timer_w;
+        struct watch sig_w, xfer_w, ssd_w, timer_w;
         char last_status[160];  /* last STATUS= sent to the service manager */
         struct watch listeners[8];
         unsigned n_listeners;

@@ -63,9 +63,12 @@ int kvd_server_new(const struct kvd_config *cfg, struct kvd_cache *cache, struct
                 goto err;
         }
         s->xfer_w = (struct watch){ WATCH_XFER, kvd_xfer_fd(xfer) };
+        s->ssd_w = (struct watch){ WATCH_SSD, kvd_cache_ssd_fd(cache) };
         r = watch_add(s, &s->sig_w);
         if (r == 0)
                 r = watch_add(s, &s->xfer_w);
+        if (r == 0 && s->ssd_w.fd >= 0)
+                r = watch_add(s, &s->ssd_w);
         if (r < 0)
                 goto err;
         /* STATUS= for the service manager, at most once a second and only
@@ -224,7 +227,10 @@ int kvd_server_run(struct kvd_server *s)
         struct epoll_event evs[64];
 
         for (;;) {
-                int n = epoll_wait(s->epfd, evs, ARRAY_SIZE(evs), -1);
+                int n;
+
+                kvd_cache_flush(s->cache);
+                n = epoll_wait(s->epfd, evs, ARRAY_SIZE(evs), -1);
 
                 if (n < 0) {
                         if (errno == EINTR)
@@ -246,6 +252,9 @@ int kvd_server_run(struct kvd_server *s)
                                 break;
                         case WATCH_XFER:
                                 kvd_xfer_reap(s->xfer);
+                                break;
+                        case WATCH_SSD:
+                                kvd_cache_ssd_reap(s->cache);
                                 break;
                         case WATCH_TIMER:
                                 if (read(w->fd, &ticks, sizeof(ticks)) == sizeof(ticks))

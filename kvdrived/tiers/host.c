@@ -10,41 +10,17 @@
 
 #include "log.h"
 #include "macro.h"
+#include "slab.h"
 
-#define MAX_CLASSES 64
-#define NONE UINT32_MAX
 #define HUGE_2M (2u << 20)
-
-struct extent {
-        int32_t klass;          /* -1: free */
-        uint32_t used;
-        uint32_t prev, next;    /* partial list of the class, or free stack */
-};
-
-struct size_class {
-        uint32_t bytes;
-        uint32_t pages;         /* bytes / 4 KiB */
-        uint32_t slots;         /* per extent */
-        uint32_t partial;       /* extents with a free slot */
-        uint64_t used;          /* blocks allocated */
-};
 
 struct kvd_host {
         struct kvd_tier tier;
+        struct kvd_slab *slab;
         uint8_t *base;
         uint64_t len;
         void *map;              /* what to munmap */
         uint64_t map_len;
-        uint64_t extent_bytes;
-        uint32_t pages_per_extent;
-        uint32_t words_per_extent;
-        uint32_t n_extents;
-        uint32_t free_extents;  /* stack head */
-        uint32_t n_free_extents;
-        struct extent *extents;
-        uint64_t *bits;         /* free-slot bitmaps, words_per_extent each */
-        struct size_class classes[MAX_CLASSES];
-        int n_classes;
         bool locked, huge;
 };
 
@@ -58,123 +34,24 @@ static const struct kvd_host *to_host_const(const struct kvd_tier *t)
         return container_of(t, const struct kvd_host, tier);
 }
 
-static void partial_push(struct kvd_host *h, struct size_class *c, uint32_t e)
-{
-        h->extents[e].prev = NONE;
-        h->extents[e].next = c->partial;
-        if (c->partial != NONE)
-                h->extents[c->partial].prev = e;
-        c->partial = e;
-}
-
-static void partial_remove(struct kvd_host *h, struct size_class *c, uint32_t e)
-{
-        struct extent *x = &h->extents[e];
-
-        if (x->prev != NONE)
-                h->extents[x->prev].next = x->next;
-        else
-                c->partial = x->next;
-        if (x->next != NONE)
-                h->extents[x->next].prev = x->prev;
-        x->prev = x->next = NONE;
-}
-
 static int host_class_for(struct kvd_tier *t, uint64_t bytes)
 {
-        struct kvd_host *h = to_host(t);
-        uint64_t rounded = ALIGN_UP(bytes, KVD_PAGE);
-
-        if (bytes == 0 || rounded > h->extent_bytes)
-                return -E2BIG;
-        for (int i = 0; i < h->n_classes; i++)
-                if (h->classes[i].bytes == rounded)
-                        return i;
-        if (h->n_classes == MAX_CLASSES)
-                return -ENOSPC;
-        h->classes[h->n_classes] = (struct size_class){
-                .bytes = (uint32_t)rounded,
-                .pages = (uint32_t)(rounded / KVD_PAGE),
-                .slots = (uint32_t)(h->extent_bytes / rounded),
-                .partial = NONE,
-        };
-        return h->n_classes++;
+        return kvd_slab_class_for(to_host(t)->slab, bytes);
 }
 
 static int host_alloc(struct kvd_tier *t, int klass, uint32_t *ret_loc)
 {
-        struct kvd_host *h = to_host(t);
-        struct size_class *c = &h->classes[klass];
-        uint64_t *bits;
-        uint32_t e, slot;
-
-        e = c->partial;
-        if (e == NONE) {
-                if (h->free_extents == NONE)
-                        return -ENOSPC;
-                e = h->free_extents;
-                h->free_extents = h->extents[e].next;
-                h->n_free_extents--;
-                h->extents[e].klass = klass;
-                h->extents[e].used = 0;
-                bits = h->bits + (uint64_t)e * h->words_per_extent;
-                memset(bits, 0, h->words_per_extent * sizeof(uint64_t));
-                for (uint32_t s = 0; s < c->slots; s++)
-                        bits[s / 64] |= UINT64_C(1) << (s % 64);
-                partial_push(h, c, e);
-        }
-        bits = h->bits + (uint64_t)e * h->words_per_extent;
-        for (uint32_t w = 0;; w++) {
-                assert(w < h->words_per_extent);
-                if (bits[w]) {
-                        slot = w * 64 + (uint32_t)__builtin_ctzll(bits[w]);
-                        bits[w] &= bits[w] - 1;
-                        break;
-                }
-        }
-        if (++h->extents[e].used == c->slots)
-                partial_remove(h, c, e);
-        c->used++;
-        *ret_loc = e * h->pages_per_extent + slot * c->pages;
-        return 0;
+        return kvd_slab_alloc(to_host(t)->slab, klass, ret_loc, NULL);
 }
 
 static void host_free(struct kvd_tier *t, uint32_t loc)
 {
-        struct kvd_host *h = to_host(t);
-        uint32_t e = loc / h->pages_per_extent;
-        struct extent *x = &h->extents[e];
-        struct size_class *c;
-        uint32_t slot;
-        uint64_t *bits;
-
-        assert(e < h->n_extents && x->klass >= 0);
-        c = &h->classes[x->klass];
-        slot = (loc % h->pages_per_extent) / c->pages;
-        bits = h->bits + (uint64_t)e * h->words_per_extent;
-        assert(!(bits[slot / 64] & (UINT64_C(1) << (slot % 64))));
-        bits[slot / 64] |= UINT64_C(1) << (slot % 64);
-        if (x->used == c->slots)
-                partial_push(h, c, e);
-        c->used--;
-        if (--x->used == 0) {
-                partial_remove(h, c, e);
-                x->klass = -1;
-                x->next = h->free_extents;
-                h->free_extents = e;
-                h->n_free_extents++;
-        }
+        kvd_slab_release(to_host(t)->slab, loc);
 }
 
 static void host_usage(const struct kvd_tier *t, struct kvd_tier_usage *ret)
 {
-        const struct kvd_host *h = to_host_const(t);
-
-        *ret = (struct kvd_tier_usage){ .capacity_bytes = h->len };
-        for (int i = 0; i < h->n_classes; i++) {
-                ret->used_bytes += h->classes[i].used * h->classes[i].bytes;
-                ret->blocks += h->classes[i].used;
-        }
+        kvd_slab_usage(to_host_const(t)->slab, &ret->capacity_bytes, &ret->used_bytes, &ret->blocks);
 }
 
 static struct kvd_tier *host_destroy(struct kvd_tier *t)
@@ -186,8 +63,7 @@ static struct kvd_tier *host_destroy(struct kvd_tier *t)
         h = to_host(t);
         if (h->map)
                 munmap(h->map, h->map_len);
-        free(h->extents);
-        free(h->bits);
+        kvd_slab_free(h->slab);
         free(h);
         return NULL;
 }
@@ -240,30 +116,13 @@ int kvd_host_new(const struct kvd_config *cfg, struct kvd_host **ret)
         if (!h)
                 return -ENOMEM;
         h->tier.ops = &host_ops;
-        h->extent_bytes = cfg->host_extent_bytes;
-        len = cfg->host_bytes / h->extent_bytes * h->extent_bytes;
+        len = cfg->host_bytes / cfg->host_extent_bytes * cfg->host_extent_bytes;
         h->len = len;
-        h->n_extents = (uint32_t)(len / h->extent_bytes);
-        h->pages_per_extent = (uint32_t)(h->extent_bytes / KVD_PAGE);
-        h->words_per_extent = (h->pages_per_extent + 63) / 64;
-        h->extents = calloc(h->n_extents, sizeof(*h->extents));
-        h->bits = calloc((size_t)h->n_extents * h->words_per_extent, sizeof(uint64_t));
-        if (!h->extents || !h->bits) {
-                r = -ENOMEM;
+        r = kvd_slab_new((uint32_t)(len / cfg->host_extent_bytes), cfg->host_extent_bytes, 0, &h->slab);
+        if (r < 0) {
+                log_error("cannot index a host pool of %" PRIu64 " bytes: %s", len, strerror(-r));
                 goto err_free;
         }
-        if ((uint64_t)h->n_extents * h->pages_per_extent > UINT32_MAX) {
-                log_error("host pool of %" PRIu64 " bytes is too large for 32-bit locations", len);
-                r = -E2BIG;
-                goto err_free;
-        }
-        for (uint32_t e = 0; e < h->n_extents; e++) {
-                h->extents[e] = (struct extent){ .klass = -1, .prev = NONE,
-                                                 .next = e + 1 < h->n_extents ? e + 1 : NONE };
-        }
-        h->free_extents = 0;
-        h->n_free_extents = h->n_extents;
-
         r = map_pool(h, len, cfg->host_hugepages);
         if (r < 0) {
                 log_error("cannot map a host pool of %" PRIu64 " bytes: %s", len, strerror(-r));
@@ -293,7 +152,7 @@ int kvd_host_new(const struct kvd_config *cfg, struct kvd_host **ret)
         if (!h->locked && madvise(h->base, len, MADV_POPULATE_WRITE) < 0)
                 memset(h->base, 0, len); /* kernels before 5.14: fault it in now, not in the data path */
         log_info("host tier: %" PRIu64 " MiB in %u extents of %" PRIu64 " KiB, %s, %s%s", len >> 20,
-                 h->n_extents, h->extent_bytes >> 10, h->huge ? "hugetlb pages" : "4K/THP pages",
+                 kvd_slab_extent_count(h->slab), cfg->host_extent_bytes >> 10, h->huge ? "hugetlb pages" : "4K/THP pages",
                  h->locked ? "locked" : "NOT locked",
                  cfg->host_numa_node >= 0 ? ", NUMA-bound" : "");
         *ret = h;
@@ -316,22 +175,17 @@ void *kvd_host_ptr(const struct kvd_host *h, uint32_t loc)
 
 uint32_t kvd_host_class_bytes(const struct kvd_host *h, int klass)
 {
-        return h->classes[klass].bytes;
+        return kvd_slab_class_bytes(h->slab, klass);
 }
 
 int kvd_host_class_count(const struct kvd_host *h)
 {
-        return h->n_classes;
-}
-
-bool kvd_host_has_free_extent(const struct kvd_host *h)
-{
-        return h->n_free_extents > 0;
+        return kvd_slab_class_count(h->slab);
 }
 
 bool kvd_host_can_alloc(const struct kvd_host *h, int klass)
 {
-        return h->classes[klass].partial != NONE || h->n_free_extents > 0;
+        return kvd_slab_can_alloc(h->slab, klass);
 }
 
 void kvd_host_region(const struct kvd_host *h, void **ret_base, uint64_t *ret_len)

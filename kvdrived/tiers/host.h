@@ -33,9 +33,6 @@ uint32_t kvd_host_class_bytes(const struct kvd_host *h, int klass);
 /* Number of classes in use (ids are 0..n-1). */
 int kvd_host_class_count(const struct kvd_host *h);
 
-/* True if at least one extent is entirely free. */
-bool kvd_host_has_free_extent(const struct kvd_host *h);
-
 /* True if a block of klass can be allocated without eviction. */
 bool kvd_host_can_alloc(const struct kvd_host *h, int klass);
 

@@ -42,8 +42,8 @@ static const struct option_def options[] = {
         { "socket-mode", OPT_MODE, OFF(socket_mode), "0660", 0, 0777, "permissions of the socket file", false },
         { "host-bytes", OPT_SIZE, OFF(host_bytes), "256M", 16u << 20, UINT64_C(1) << 46,
           "size of the host DRAM tier", false },
-        { "host-extent-bytes", OPT_SIZE, OFF(host_extent_bytes), "4M", 64u << 10, 1u << 30,
-          "host pool extent (slab) size, also the largest block", false },
+        { "host-extent-bytes", OPT_SIZE, OFF(host_extent_bytes), "0", 0, 1u << 30,
+          "host pool extent (slab) size, also the largest block (0: 16M, less for pools under 64M)", false },
         { "host-numa-node", OPT_INT, OFF(host_numa_node), "-1", 0, 0,
           "NUMA node of the host pool (-1: no binding)", false },
         { "host-lock", OPT_LOCK, OFF(host_lock), "try", 0, 0,
@@ -52,6 +52,17 @@ static const struct option_def options[] = {
           "back the host pool with huge pages when available", false },
         { "index-blocks", OPT_SIZE, OFF(index_blocks), "0", 0, UINT64_C(1) << 32,
           "initial index capacity in blocks (0: from host-bytes)", false },
+        { "ssd-dir", OPT_STRING, OFF(ssd_dirs), "", 0, 0,
+          "SSD tier directories, comma-separated (one per drive)", false },
+        { "ssd-bytes", OPT_SIZE, OFF(ssd_bytes), "0", 0, UINT64_C(1) << 50,
+          "size of the SSD tier across its directories (0: none)", false },
+        { "ssd-extent-bytes", OPT_SIZE, OFF(ssd_extent_bytes), "16M", 1u << 20, 1u << 30,
+          "SSD extent size (the largest SSD slot)", false },
+        { "ssd-queue-depth", OPT_U32, OFF(ssd_queue_depth), "64", 1, 4096, "SSD I/Os in flight", false },
+        { "ssd-write-through", OPT_BOOL, OFF(ssd_write_through), "false", 0, 0,
+          "write every stored block to SSD at once, and acknowledge Puts once on SSD", false },
+        { "ssd-admit-reads", OPT_U32, OFF(ssd_admit_reads), "0", 0, 255,
+          "demote to SSD only blocks read at least this often (0: all)", false },
         { "workers", OPT_U32, OFF(workers), "2", 1, 64, "transfer worker threads", false },
         { "max-clients", OPT_U32, OFF(max_clients), "256", 1, 65536, "concurrent client sessions", false },
         { "max-namespaces", OPT_U32, OFF(max_namespaces), "64", 1, 4096, "registered namespaces", false },
@@ -303,9 +314,35 @@ int kvd_config_load(struct kvd_config *cfg, int argc, char **argv)
                 fprintf(stderr, "kvdrived: empty socket path\n");
                 return -EINVAL;
         }
+        if (cfg->host_extent_bytes == 0) {
+                /* Large extents waste less at their ends (a 1 MiB block with
+                 * its 4 KiB SSD header fits 15 times in 16 MiB, 3 times in
+                 * 4 MiB); a pool needs a few to hold several block sizes. */
+                uint64_t e = UINT64_C(16) << 20;
+
+                while (e > (UINT64_C(1) << 20) && e * 4 > cfg->host_bytes)
+                        e >>= 1;
+                cfg->host_extent_bytes = e;
+        }
+        if (cfg->host_extent_bytes < (64u << 10)) {
+                fprintf(stderr, "kvdrived: host-extent-bytes must be at least 64K\n");
+                return -EINVAL;
+        }
         if (cfg->host_bytes < cfg->host_extent_bytes * 4) {
                 fprintf(stderr, "kvdrived: host-bytes must hold at least 4 extents of %" PRIu64 " bytes\n",
                         cfg->host_extent_bytes);
+                return -EINVAL;
+        }
+        if (cfg->ssd_bytes && !cfg->ssd_dirs[0]) {
+                fprintf(stderr, "kvdrived: ssd-bytes needs ssd-dir\n");
+                return -EINVAL;
+        }
+        if (cfg->ssd_dirs[0] && !cfg->ssd_bytes) {
+                fprintf(stderr, "kvdrived: ssd-dir needs ssd-bytes\n");
+                return -EINVAL;
+        }
+        if (cfg->ssd_extent_bytes % KVD_PAGE) {
+                fprintf(stderr, "kvdrived: ssd-extent-bytes must be a multiple of 4 KiB\n");
                 return -EINVAL;
         }
         if (cfg->host_extent_bytes % KVD_PAGE) {

@@ -32,6 +32,12 @@ struct kvd_config {
         int host_lock;                  /* enum kvd_lock_mode */
         bool host_hugepages;
         uint64_t index_blocks;          /* initial index capacity hint */
+        char ssd_dirs[1024];            /* comma-separated; empty: no SSD tier */
+        uint64_t ssd_bytes;             /* 0: no SSD tier */
+        uint64_t ssd_extent_bytes;
+        uint32_t ssd_queue_depth;
+        bool ssd_write_through;         /* every Put is written to SSD at once */
+        uint32_t ssd_admit_reads;       /* demote only blocks read this often */
         uint32_t workers;
         uint32_t max_clients;
         uint32_t max_namespaces;

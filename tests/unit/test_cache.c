@@ -55,7 +55,7 @@ START_TEST(host_slabs)
         for (int i = 4; i < 8; i++)
                 if (i != 5)
                         t->ops->free(t, locs[i]);
-        ck_assert(kvd_host_has_free_extent(h));
+        ck_assert(kvd_host_can_alloc(h, b)); /* a free extent for any class */
         ck_assert_int_eq(t->ops->alloc(t, b, &loc), 0);
         ck_assert_uint_eq(kvd_host_class_bytes(h, b), 4096);
         t->ops->usage(t, &u);
@@ -124,7 +124,7 @@ START_TEST(lru_eviction_and_pins)
                 ck_assert_int_eq(kvd_cache_put_reserve(c, &k, &id, &p), 0);
                 memset(p, (int)i, 256 << 10);
                 ck_assert(!kvd_cache_contains(c, &k)); /* pending is not readable */
-                kvd_cache_put_commit(c, id);
+                kvd_cache_put_commit(c, id, false, NULL, NULL, 0);
                 ck_assert(kvd_cache_contains(c, &k));
         }
         {
@@ -136,17 +136,17 @@ START_TEST(lru_eviction_and_pins)
         {
                 struct kvd_bkey k0 = key(ns, 0), k1 = key(ns, 1);
 
-                ck_assert_int_eq(kvd_cache_get_pin(c, &k0, &id, &p), 0);
+                ck_assert_int_eq(kvd_cache_get_pin(c, &k0, false, NULL, NULL, 0, &id, &p), 0);
                 ck_assert_uint_eq(*(uint8_t *)p, 0);
                 kvd_cache_unpin(c, id);
-                ck_assert_int_eq(kvd_cache_get_pin(c, &k1, &pinned, &p), 0);
+                ck_assert_int_eq(kvd_cache_get_pin(c, &k1, false, NULL, NULL, 0, &pinned, &p), 0);
         }
         /* Two new blocks evict the two least recent unpinned: 2 and 3. */
         for (uint64_t i = 100; i < 102; i++) {
                 struct kvd_bkey k = key(ns, i);
 
                 ck_assert_int_eq(kvd_cache_put_reserve(c, &k, &id, &p), 0);
-                kvd_cache_put_commit(c, id);
+                kvd_cache_put_commit(c, id, false, NULL, NULL, 0);
         }
         for (uint64_t i = 0; i < 6; i++) {
                 struct kvd_bkey k = key(ns, i);
@@ -159,7 +159,7 @@ START_TEST(lru_eviction_and_pins)
 
                 ck_assert_int_eq(kvd_cache_delete(c, &k1), 1);
                 ck_assert(!kvd_cache_contains(c, &k1));
-                ck_assert_int_eq(kvd_cache_get_pin(c, &k1, &id, &p), -ENOENT);
+                ck_assert_int_eq(kvd_cache_get_pin(c, &k1, false, NULL, NULL, 0, &id, &p), -ENOENT);
                 kvd_cache_unpin(c, pinned);
                 ck_assert_int_eq(kvd_cache_delete(c, &k1), 0);
         }
@@ -214,13 +214,13 @@ START_TEST(cross_class_eviction)
                 struct kvd_bkey k = key(a, i);
 
                 ck_assert_int_eq(kvd_cache_put_reserve(c, &k, &id, &p), 0);
-                kvd_cache_put_commit(c, id);
+                kvd_cache_put_commit(c, id, false, NULL, NULL, 0);
         }
         {
                 struct kvd_bkey k = key(b, 0);
 
                 ck_assert_int_eq(kvd_cache_put_reserve(c, &k, &id, &p), 0);
-                kvd_cache_put_commit(c, id);
+                kvd_cache_put_commit(c, id, false, NULL, NULL, 0);
                 ck_assert(kvd_cache_contains(c, &k));
         }
         kvd_cache_stats(c, &st);

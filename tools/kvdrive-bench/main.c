@@ -16,6 +16,7 @@
 
 static const struct bench_command commands[] = {
         { "transfer", bench_transfer, "Put/Get bandwidth of N clients against memcpy" },
+        { "ssd", bench_ssd, "Get of SSD-only blocks at several queue depths against fio" },
 };
 
 static void usage(FILE *f)

@@ -199,6 +199,18 @@ static void print_stats(const struct kvc_stats *s)
                        format_bytes(b2, sizeof(b2), t->used_bytes), t->blocks, t->hits,
                        t->misses, t->evictions);
         }
+        for (uint32_t i = 0; i < s->n_tiers; i++) {
+                const struct kvc_tier_stats *t = &s->tiers[i];
+
+                if (strcmp(t->name, "ssd") != 0)
+                        continue;
+                printf("\nssd        %" PRIu64 " reads (%s), %" PRIu64 " writes (%s), %" PRIu64 " demotions, %" PRIu64
+                       " promotions\n", t->reads, format_bytes(b1, sizeof(b1), t->read_bytes), t->writes,
+                       format_bytes(b2, sizeof(b2), t->write_bytes), t->demotions, t->promotions);
+                printf("           %" PRIu64 " crc failures, %" PRIu64 " read / %" PRIu64 " write errors, %" PRIu64
+                       " blocks dropped; condition: %s\n", t->crc_failures, t->read_errors, t->write_errors,
+                       t->dropped, t->condition);
+        }
 
         if (s->n_namespaces == 0)
                 return;
@@ -251,14 +263,33 @@ static json_t *stats_json(const struct kvc_stats *s)
         for (uint32_t i = 0; i < s->n_tiers; i++) {
                 const struct kvc_tier_stats *t = &s->tiers[i];
 
-                if (json_object_set_new(tiers, t->name,
-                                        json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}",
-                                                  "capacity_bytes", ji(t->capacity_bytes),
-                                                  "used_bytes", ji(t->used_bytes),
-                                                  "blocks", ji(t->blocks),
-                                                  "hits", ji(t->hits),
-                                                  "misses", ji(t->misses),
-                                                  "evictions", ji(t->evictions))) < 0)
+                json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}",
+                                      "capacity_bytes", ji(t->capacity_bytes),
+                                      "used_bytes", ji(t->used_bytes),
+                                      "blocks", ji(t->blocks),
+                                      "hits", ji(t->hits),
+                                      "misses", ji(t->misses),
+                                      "evictions", ji(t->evictions));
+
+                /* The SSD tier's own counters (schema 1 additions). */
+                if (o && strcmp(t->name, "ssd") == 0 &&
+                    json_object_update_new(o, json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:s}",
+                                                        "reads", ji(t->reads),
+                                                        "writes", ji(t->writes),
+                                                        "read_bytes", ji(t->read_bytes),
+                                                        "write_bytes", ji(t->write_bytes),
+                                                        "read_errors", ji(t->read_errors),
+                                                        "write_errors", ji(t->write_errors),
+                                                        "crc_failures", ji(t->crc_failures),
+                                                        "demotions", ji(t->demotions),
+                                                        "promotions", ji(t->promotions),
+                                                        "dropped", ji(t->dropped),
+                                                        "full", t->full,
+                                                        "condition", t->condition)) < 0) {
+                        json_decref(o);
+                        goto err_free;
+                }
+                if (json_object_set_new(tiers, t->name, o) < 0)
                         goto err_free;
         }
         for (uint32_t i = 0; i < s->n_namespaces; i++) {

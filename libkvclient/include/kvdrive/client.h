@@ -206,6 +206,32 @@ int kvc_wait(kvc_client *c, uint64_t id, int timeout_ms);
 int kvc_poll(kvc_client *c);
 int kvc_done(const kvc_client *c, uint64_t id);
 
+/* Flags of kvc_put_submit_flags(). */
+enum {
+        /* Reply only once each block is on SSD, written with RWF_DSYNC: it
+         * survives a daemon crash or a power loss. Needs the SSD tier
+         * (-KVC_E_BAD_ARG without it). Items that could not be made durable
+         * report KVC_ITEM_ERROR. */
+        KVC_PUT_DURABLE = 1u << 0,
+};
+
+/* kvc_put_submit() with flags (KVC_PUT_*); -EINVAL for unknown flags. */
+int kvc_put_submit_flags(kvc_client *c, uint32_t ns, const kvc_pool *p,
+                         const struct kvc_block_ref *refs, uint32_t n, unsigned flags,
+                         uint8_t *ret_status, uint64_t *ret_id);
+
+/*
+ * Asks the daemon to bring blocks from SSD into host memory ahead of a Get,
+ * at a lower priority than Gets. refs' slots are ignored. When it completes,
+ * ret_status holds KVC_ITEM_OK (in host memory now), KVC_ITEM_MISS or
+ * KVC_ITEM_NO_SPACE per item; wait for it with kvc_wait() as for a Get (it
+ * returns the number now in host memory), or never: it needs no pool.
+ */
+int kvc_prefetch_submit(kvc_client *c, uint32_t ns, const struct kvc_block_ref *refs, uint32_t n,
+                        uint8_t *ret_status, uint64_t *ret_id);
+int kvc_prefetch(kvc_client *c, uint32_t ns, const struct kvc_block_ref *refs, uint32_t n,
+                 uint8_t *ret_status);
+
 /* Synchronous Put/Get: submit and wait. Same returns as kvc_wait(). */
 int kvc_put(kvc_client *c, uint32_t ns, const kvc_pool *p, const struct kvc_block_ref *refs,
             uint32_t n, uint8_t *ret_status);
@@ -234,6 +260,15 @@ struct kvc_tier_stats {
         uint64_t hits;
         uint64_t misses;
         uint64_t evictions;
+        /* SSD tier (zero for host): */
+        uint64_t reads, writes, read_bytes, write_bytes;
+        uint64_t read_errors, write_errors;
+        uint64_t crc_failures;          /* torn or corrupt slots found, never served */
+        uint64_t demotions;             /* host -> SSD writes */
+        uint64_t promotions;            /* SSD -> host loads */
+        uint64_t dropped;               /* blocks lost to eviction from every tier */
+        int full;                       /* the SSD file system refused more space */
+        char condition[96];             /* "ok" or what is wrong */
 };
 
 struct kvc_ns_stats {

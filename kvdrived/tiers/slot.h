@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * On-disk format of the SSD tier (version 1). Little-endian, as the hosts
+ * we run on. Each SSD file is a run of extents; each extent starts with a
+ * 4 KiB extent header and holds equal slots; each slot is a 4 KiB slot
+ * header followed by the block's payload, padded to 4 KiB. The disk alone
+ * says what it holds: a restarted daemon rebuilds its index from it.
+ *
+ * A slot is valid only if its header's magic, version and header crc are
+ * right, its extent generation equals its extent header's (so slots of an
+ * extent's earlier life, at other slot sizes, never resurface), and — when
+ * read — its payload matches payload_crc. Anything else is a miss.
+ */
+#pragma once
+
+#include <stdint.h>
+
+#define KVD_SLOT_HDR_BYTES   4096u
+#define KVD_EXTENT_HDR_BYTES 4096u
+#define KVD_SLOT_MAGIC       0x534b564bu /* "KVKS" */
+#define KVD_EXTENT_MAGIC     0x454b564bu /* "KVKE" */
+#define KVD_FORMAT_VERSION   1u
+#define KVD_CODEC_NONE       0u
+
+struct kvd_extent_header {
+        uint32_t magic;
+        uint16_t version;
+        uint16_t reserved;
+        uint32_t slot_bytes;            /* slot header + padded payload */
+        uint32_t reserved2;
+        uint64_t generation;            /* bumped each time the extent is (re)assigned */
+        uint32_t crc;                   /* crc32c of the bytes before it */
+};
+
+struct kvd_slot_header {
+        uint32_t magic;
+        uint16_t version;
+        uint16_t codec;                 /* KVD_CODEC_NONE; room for compression */
+        uint64_t generation;            /* global write sequence: the newest copy wins */
+        uint64_t extent_generation;
+        uint64_t key_hi, key_lo;
+        uint32_t layer;
+        uint32_t payload_len;           /* bytes of payload (the block) */
+        uint32_t payload_crc;           /* crc32c of the payload */
+        /* The namespace by identity, not by id: ids are per daemon run. */
+        uint32_t ns_layers, ns_kv_heads, ns_head_dim, ns_dtype, ns_block_tokens;
+        char ns_name[128];
+        uint32_t header_crc;            /* crc32c of the bytes before it */
+};
+
+_Static_assert(sizeof(struct kvd_slot_header) <= KVD_SLOT_HDR_BYTES, "slot header fits its page");

@@ -1,0 +1,761 @@
+/* SPDX-License-Identifier: MIT */
+#include "ssd.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <isa-l/crc.h>
+#include <liburing.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "macro.h"
+#include "slab.h"
+
+#define MAX_DIRS 8
+#define FILE_NAME "kvdrive.ssd"
+#define PAGE KVD_SLAB_PAGE
+
+enum op_kind { OP_READ, OP_WRITE, OP_INVALIDATE };
+
+struct op {
+        struct op *next;
+        enum op_kind kind;
+        enum kvd_ssd_prio prio;
+        bool dsync;
+        uint32_t loc;
+        uint32_t len;           /* payload bytes */
+        void *page;             /* host page: slot header, then payload */
+        unsigned want;          /* bytes the I/O moves */
+        int arena;              /* invalidation's header buffer, else -1 */
+        int result;
+        kvd_ssd_cb cb;
+        void *ctx;
+        struct kvd_slot_header hdr; /* write: header to write; read: expected key in it */
+};
+
+struct ssd_file {
+        int fd;
+        char path[PATH_MAX];
+};
+
+struct kvd_ssd {
+        struct kvd_tier tier;
+        const struct kvd_config *cfg;
+        struct io_uring ring;
+        bool ring_ok;
+        int efd;
+        struct ssd_file files[MAX_DIRS];
+        unsigned n_files;
+        struct kvd_slab *slab;
+        uint64_t extent_bytes;
+        uint32_t n_extents;
+        uint8_t *provisioned;           /* per extent: space allocated in its file */
+        uint64_t *extent_gen;           /* per extent: generation in its header */
+        uint64_t next_gen, next_extent_gen;
+        uint8_t *arena;                 /* qd header buffers of 4 KiB */
+        int *arena_free;
+        unsigned arena_top;
+        void *sync_buf;                 /* 4 KiB, for extent headers */
+        uint8_t *host_base;
+        uint64_t host_len, host_chunk;
+        bool fixed;                     /* buffers registered */
+        struct {
+                struct op *head, *tail;
+        } queue[KVD_SSD_PRIO_COUNT];
+        unsigned qd, inflight, queued;
+        bool unsubmitted;               /* SQEs prepared, not yet submitted */
+        struct kvd_ssd_stats st;
+};
+
+static uint32_t crc32c(const void *p, size_t n, uint32_t seed)
+{
+        return crc32_iscsi((unsigned char *)p, (int)n, seed);
+}
+
+static struct kvd_ssd *to_ssd(struct kvd_tier *t)
+{
+        return container_of(t, struct kvd_ssd, tier);
+}
+
+/* Where location loc lives: extents are striped across the files. */
+static void locate(const struct kvd_ssd *s, uint32_t loc, int *ret_fd, uint64_t *ret_off)
+{
+        uint32_t ppe = kvd_slab_pages_per_extent(s->slab);
+        uint32_t e = loc / ppe;
+
+        *ret_fd = s->files[e % s->n_files].fd;
+        *ret_off = (uint64_t)(e / s->n_files) * s->extent_bytes + (uint64_t)(loc % ppe) * PAGE;
+}
+
+static void extent_locate(const struct kvd_ssd *s, uint32_t e, int *ret_fd, uint64_t *ret_off)
+{
+        locate(s, e * kvd_slab_pages_per_extent(s->slab), ret_fd, ret_off);
+}
+
+/* ---- extents -------------------------------------------------------- */
+
+static int write_extent_header(struct kvd_ssd *s, uint32_t e, uint32_t slot_bytes)
+{
+        struct kvd_extent_header *h = s->sync_buf;
+        uint64_t off;
+        int fd;
+
+        memset(s->sync_buf, 0, PAGE);
+        *h = (struct kvd_extent_header){ .magic = KVD_EXTENT_MAGIC, .version = KVD_FORMAT_VERSION,
+                                         .slot_bytes = slot_bytes, .generation = ++s->next_extent_gen };
+        h->crc = crc32c(h, offsetof(struct kvd_extent_header, crc), ~0u);
+        extent_locate(s, e, &fd, &off);
+        if (pwrite(fd, s->sync_buf, PAGE, (off_t)off) != PAGE)
+                return errno ? -errno : -EIO;
+        s->extent_gen[e] = h->generation;
+        return 0;
+}
+
+/* No more space can be had: take every never-provisioned free extent out
+ * of use, so the allocator evicts instead of asking the file system. */
+static void mark_full(struct kvd_ssd *s, uint32_t e, int err)
+{
+        uint32_t retired = 0;
+
+        for (uint32_t i = 0; i < s->n_extents; i++)
+                if (!s->provisioned[i] && kvd_slab_extent_free(s->slab, i)) {
+                        kvd_slab_retire(s->slab, i);
+                        retired++;
+                }
+        s->st.full = true;
+        snprintf(s->st.condition, sizeof(s->st.condition), "full: %s at %s", strerror(-err),
+                 s->files[e % s->n_files].path);
+        log_warning("SSD tier: cannot allocate extent %u in %s (%s): capacity capped, %u extents unusable; "
+                    "evicting instead", e, s->files[e % s->n_files].path, strerror(-err), retired);
+}
+
+static int ssd_class_for(struct kvd_tier *t, uint64_t bytes)
+{
+        return kvd_slab_class_for(to_ssd(t)->slab, KVD_SLOT_HDR_BYTES + ALIGN_UP(bytes, PAGE));
+}
+
+static int ssd_alloc(struct kvd_tier *t, int klass, uint32_t *ret_loc)
+{
+        struct kvd_ssd *s = to_ssd(t);
+
+        for (;;) {
+                uint32_t loc, e;
+                bool fresh;
+                uint64_t off;
+                int fd, r;
+
+                r = kvd_slab_alloc(s->slab, klass, &loc, &fresh);
+                if (r < 0)
+                        return r;
+                if (!fresh) {
+                        *ret_loc = loc;
+                        return 0;
+                }
+                e = kvd_slab_extent_of(s->slab, loc);
+                extent_locate(s, e, &fd, &off);
+                r = 0;
+                if (!s->provisioned[e] && fallocate(fd, 0, (off_t)off, (off_t)s->extent_bytes) < 0)
+                        r = -errno;
+                if (r == 0) {
+                        s->provisioned[e] = 1;
+                        r = write_extent_header(s, e, kvd_slab_class_bytes(s->slab, klass));
+                }
+                if (r == 0) {
+                        *ret_loc = loc;
+                        return 0;
+                }
+                kvd_slab_release(s->slab, loc);
+                if (r == -ENOSPC || r == -EDQUOT || r == -EFBIG) {
+                        mark_full(s, e, r);
+                        if (kvd_slab_extent_free(s->slab, e))
+                                kvd_slab_retire(s->slab, e);
+                        continue; /* a provisioned free extent may remain */
+                }
+                s->st.write_errors++;
+                snprintf(s->st.condition, sizeof(s->st.condition), "extent write failed: %s", strerror(-r));
+                log_error("SSD tier: cannot prepare extent %u: %s", e, strerror(-r));
+                return r;
+        }
+}
+
+static void ssd_free_loc(struct kvd_tier *t, uint32_t loc)
+{
+        kvd_slab_release(to_ssd(t)->slab, loc);
+}
+
+static void ssd_usage(const struct kvd_tier *t, struct kvd_tier_usage *ret)
+{
+        const struct kvd_ssd *s = container_of(t, const struct kvd_ssd, tier);
+
+        kvd_slab_usage(s->slab, &ret->capacity_bytes, &ret->used_bytes, &ret->blocks);
+}
+
+static struct kvd_tier *ssd_destroy(struct kvd_tier *t)
+{
+        return t ? (kvd_ssd_free(to_ssd(t)), NULL) : NULL;
+}
+
+static const struct kvd_tier_ops ssd_ops = {
+        .name = "ssd",
+        .class_for = ssd_class_for,
+        .alloc = ssd_alloc,
+        .free = ssd_free_loc,
+        .usage = ssd_usage,
+        .destroy = ssd_destroy,
+};
+
+/* ---- I/O ------------------------------------------------------------ */
+
+static int host_buf_index(const struct kvd_ssd *s, const void *p)
+{
+        return 1 + (int)(((const uint8_t *)p - s->host_base) / s->host_chunk);
+}
+
+static void prep(struct kvd_ssd *s, struct io_uring_sqe *sqe, bool write, int fd, void *buf, unsigned len,
+                 uint64_t off, int buf_index)
+{
+        if (s->fixed && write)
+                io_uring_prep_write_fixed(sqe, fd, buf, len, off, buf_index);
+        else if (s->fixed)
+                io_uring_prep_read_fixed(sqe, fd, buf, len, off, buf_index);
+        else if (write)
+                io_uring_prep_write(sqe, fd, buf, len, off);
+        else
+                io_uring_prep_read(sqe, fd, buf, len, off);
+}
+
+/* One SQE per operation: a block's host page carries its slot header in
+ * its first 4 KiB, so header and payload move in one I/O, straight between
+ * the page and the slot. Invalidation writes a zeroed header from the arena. */
+static void submit_op(struct kvd_ssd *s, struct op *o)
+{
+        struct io_uring_sqe *sqe;
+        uint64_t off;
+        void *buf;
+        unsigned len;
+        int fd, index;
+
+        locate(s, o->loc, &fd, &off);
+        o->result = 0;
+        if (o->kind == OP_INVALIDATE) {
+                o->arena = s->arena_free[--s->arena_top];
+                buf = s->arena + (size_t)o->arena * PAGE;
+                memset(buf, 0, PAGE);
+                len = PAGE;
+                index = 0;
+        } else {
+                buf = o->page;
+                len = KVD_SLOT_HDR_BYTES + ALIGN_UP(o->len, PAGE);
+                index = host_buf_index(s, o->page);
+        }
+        if (o->kind == OP_WRITE) {
+                struct kvd_slot_header *h = o->page;
+
+                memset(h, 0, KVD_SLOT_HDR_BYTES);
+                *h = o->hdr;
+                h->magic = KVD_SLOT_MAGIC;
+                h->version = KVD_FORMAT_VERSION;
+                h->codec = KVD_CODEC_NONE;
+                h->generation = ++s->next_gen;
+                h->extent_generation = s->extent_gen[kvd_slab_extent_of(s->slab, o->loc)];
+                h->payload_len = o->len;
+                h->payload_crc = crc32c((uint8_t *)o->page + KVD_SLOT_HDR_BYTES, o->len, ~0u);
+                h->header_crc = crc32c(h, offsetof(struct kvd_slot_header, header_crc), ~0u);
+        }
+        o->want = len;
+        sqe = io_uring_get_sqe(&s->ring);
+        prep(s, sqe, o->kind != OP_READ, fd, buf, len, off, index);
+        if (o->dsync)
+                sqe->rw_flags = RWF_DSYNC;
+        io_uring_sqe_set_data(sqe, o);
+        s->inflight++;
+}
+
+/* Starts queued operations, most urgent first, while there is room. */
+static void pump(struct kvd_ssd *s)
+{
+        bool any = false;
+
+        for (int p = 0; p < KVD_SSD_PRIO_COUNT; p++) {
+                while (s->queue[p].head && s->inflight < s->qd) {
+                        struct op *o = s->queue[p].head;
+
+                        s->queue[p].head = o->next;
+                        if (!s->queue[p].head)
+                                s->queue[p].tail = NULL;
+                        s->queued--;
+                        submit_op(s, o);
+                        any = true;
+                }
+        }
+        s->unsubmitted |= any;
+}
+
+void kvd_ssd_flush(struct kvd_ssd *s)
+{
+        int r;
+
+        if (!s->unsubmitted)
+                return;
+        s->unsubmitted = false;
+        r = io_uring_submit(&s->ring);
+        if (r < 0)
+                log_error("SSD tier: io_uring_submit: %s", strerror(-r));
+}
+
+static void enqueue(struct kvd_ssd *s, struct op *o)
+{
+        o->next = NULL;
+        if (s->queue[o->prio].tail)
+                s->queue[o->prio].tail->next = o;
+        else
+                s->queue[o->prio].head = o;
+        s->queue[o->prio].tail = o;
+        s->queued++;
+        pump(s);
+}
+
+static struct op *new_op(enum op_kind kind, uint32_t loc, void *page, uint32_t len, enum kvd_ssd_prio prio,
+                         kvd_ssd_cb cb, void *ctx)
+{
+        struct op *o = calloc(1, sizeof(*o));
+
+        if (!o)
+                return NULL;
+        o->kind = kind;
+        o->loc = loc;
+        o->page = page;
+        o->len = len;
+        o->prio = prio;
+        o->cb = cb;
+        o->ctx = ctx;
+        o->arena = -1;
+        return o;
+}
+
+void kvd_ssd_write(struct kvd_ssd *s, uint32_t loc, const struct kvd_slot_header *tmpl, void *page,
+                   uint32_t len, bool dsync, enum kvd_ssd_prio prio, kvd_ssd_cb cb, void *ctx)
+{
+        struct op *o = new_op(OP_WRITE, loc, page, len, prio, cb, ctx);
+
+        if (!o) {
+                cb(ctx, -ENOMEM);
+                return;
+        }
+        o->hdr = *tmpl;
+        o->dsync = dsync;
+        enqueue(s, o);
+}
+
+void kvd_ssd_read(struct kvd_ssd *s, uint32_t loc, void *page, uint32_t len, uint64_t key_hi,
+                  uint64_t key_lo, uint32_t layer, enum kvd_ssd_prio prio, kvd_ssd_cb cb, void *ctx)
+{
+        struct op *o = new_op(OP_READ, loc, page, len, prio, cb, ctx);
+
+        if (!o) {
+                cb(ctx, -ENOMEM);
+                return;
+        }
+        o->hdr.key_hi = key_hi;
+        o->hdr.key_lo = key_lo;
+        o->hdr.layer = layer;
+        enqueue(s, o);
+}
+
+void kvd_ssd_discard(struct kvd_ssd *s, uint32_t loc)
+{
+        struct op *o = new_op(OP_INVALIDATE, loc, NULL, 0, KVD_SSD_BACKGROUND, NULL, NULL);
+
+        if (o)
+                enqueue(s, o);
+        else
+                kvd_slab_release(s->slab, loc); /* the header stays: a resurrected block is still a right one */
+}
+
+static bool header_valid(const struct kvd_ssd *s, const struct kvd_slot_header *h, uint32_t loc)
+{
+        return h->magic == KVD_SLOT_MAGIC && h->version == KVD_FORMAT_VERSION &&
+               h->header_crc == crc32c(h, offsetof(struct kvd_slot_header, header_crc), ~0u) &&
+               h->extent_generation == s->extent_gen[kvd_slab_extent_of(s->slab, loc)];
+}
+
+static int verify_read(struct kvd_ssd *s, const struct op *o, const struct kvd_slot_header *h)
+{
+        if (!header_valid(s, h, o->loc) || h->codec != KVD_CODEC_NONE || h->key_hi != o->hdr.key_hi ||
+            h->key_lo != o->hdr.key_lo || h->layer != o->hdr.layer || h->payload_len != o->len ||
+            h->payload_crc != crc32c((const uint8_t *)o->page + KVD_SLOT_HDR_BYTES, o->len, ~0u)) {
+                s->st.crc_failures++;
+                return -EBADMSG;
+        }
+        return 0;
+}
+
+static void finish_op(struct kvd_ssd *s, struct op *o)
+{
+        const struct kvd_slot_header *h = o->page;
+        int r = o->result;
+
+        if (r == 0 && o->kind == OP_READ)
+                r = verify_read(s, o, h);
+        switch (o->kind) {
+        case OP_READ:
+                if (o->result < 0)
+                        s->st.read_errors++;
+                else if (r == 0) {
+                        s->st.reads++;
+                        s->st.read_bytes += o->len;
+                }
+                break;
+        case OP_WRITE:
+                if (r < 0)
+                        s->st.write_errors++;
+                else {
+                        s->st.writes++;
+                        s->st.write_bytes += o->len;
+                }
+                break;
+        case OP_INVALIDATE:
+                break;
+        }
+        if (r < 0 && r != -EBADMSG && o->kind != OP_INVALIDATE)
+                snprintf(s->st.condition, sizeof(s->st.condition), "%s error: %s",
+                         o->kind == OP_READ ? "read" : "write", strerror(-r));
+        if (o->arena >= 0)
+                s->arena_free[s->arena_top++] = o->arena;
+        /* Only now may the slot be reused: a late wipe would hit its new block. */
+        if (o->kind == OP_INVALIDATE)
+                kvd_slab_release(s->slab, o->loc);
+        s->inflight--;
+        if (o->cb)
+                o->cb(o->ctx, r);
+        free(o);
+}
+
+static void process_cqe(struct kvd_ssd *s, const struct io_uring_cqe *cqe)
+{
+        struct op *o = io_uring_cqe_get_data(cqe);
+
+        if (cqe->res < 0)
+                o->result = cqe->res;
+        else if ((unsigned)cqe->res != o->want)
+                o->result = -EIO; /* short: the file was truncated under us */
+        finish_op(s, o);
+}
+
+void kvd_ssd_reap(struct kvd_ssd *s)
+{
+        struct io_uring_cqe *cqe;
+        uint64_t v;
+
+        if (read(s->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+                log_warning("SSD eventfd: %m");
+        while (io_uring_peek_cqe(&s->ring, &cqe) == 0) {
+                process_cqe(s, cqe);
+                io_uring_cqe_seen(&s->ring, cqe);
+        }
+        pump(s);
+}
+
+int kvd_ssd_fd(const struct kvd_ssd *s)
+{
+        return s->efd;
+}
+
+struct kvd_tier *kvd_ssd_tier(struct kvd_ssd *s)
+{
+        return &s->tier;
+}
+
+void kvd_ssd_stats(const struct kvd_ssd *s, struct kvd_ssd_stats *ret)
+{
+        *ret = s->st;
+        kvd_slab_usage(s->slab, &ret->capacity_bytes, &ret->used_bytes, &ret->blocks);
+        ret->inflight = s->inflight;
+        ret->queued = s->queued;
+}
+
+void kvd_ssd_count_crc_failure(struct kvd_ssd *s)
+{
+        s->st.crc_failures++;
+}
+
+/* ---- set-up and recovery -------------------------------------------- */
+
+static int open_dir(struct kvd_ssd *s, const char *dir, uint64_t bytes)
+{
+        struct ssd_file *f = &s->files[s->n_files];
+        struct stat st;
+        int r;
+
+        if (mkdir(dir, 0750) < 0 && errno != EEXIST) {
+                r = -errno;
+                log_error("SSD tier: cannot create %s: %s", dir, strerror(-r));
+                return r;
+        }
+        if ((size_t)snprintf(f->path, sizeof(f->path), "%s/" FILE_NAME, dir) >= sizeof(f->path))
+                return -ENAMETOOLONG;
+        f->fd = open(f->path, O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
+        if (f->fd < 0) {
+                struct statfs sfs;
+
+                r = -errno;
+                if (r == -EINVAL) {
+                        long type = statfs(dir, &sfs) == 0 ? (long)sfs.f_type : 0;
+
+                        log_error("SSD tier: the file system of %s (type 0x%lx) does not support O_DIRECT; "
+                                  "refusing to run the SSD tier through the page cache", dir, type);
+                } else {
+                        log_error("SSD tier: cannot open %s: %s", f->path, strerror(-r));
+                }
+                return r;
+        }
+        if (fstat(f->fd, &st) == 0 && (uint64_t)st.st_size > bytes)
+                log_notice("SSD tier: %s is larger (%" PRIu64 " MiB) than its share of ssd-bytes; the rest is "
+                           "ignored", f->path, (uint64_t)st.st_size >> 20);
+        s->n_files++;
+        return 0;
+}
+
+int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_host *host, struct kvd_ssd **ret)
+{
+        struct io_uring_params p = { 0 };
+        char dirs[sizeof(cfg->ssd_dirs)], *save = NULL;
+        struct kvd_ssd *s;
+        uint64_t per_file;
+        void *base;
+        int r;
+
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->tier.ops = &ssd_ops;
+        s->cfg = cfg;
+        s->efd = -1;
+        s->qd = cfg->ssd_queue_depth;
+        s->extent_bytes = cfg->ssd_extent_bytes;
+        snprintf(s->st.condition, sizeof(s->st.condition), "ok");
+        for (unsigned i = 0; i < MAX_DIRS; i++)
+                s->files[i].fd = -1;
+        memcpy(dirs, cfg->ssd_dirs, sizeof(dirs));
+        for (char *d = strtok_r(dirs, ",", &save); d; d = strtok_r(NULL, ",", &save)) {
+                if (s->n_files == MAX_DIRS) {
+                        log_error("SSD tier: at most %d directories", MAX_DIRS);
+                        r = -E2BIG;
+                        goto err;
+                }
+                r = open_dir(s, d, cfg->ssd_bytes);
+                if (r < 0)
+                        goto err;
+        }
+        if (s->n_files == 0) {
+                log_error("SSD tier: ssd-bytes is set but ssd-dir names no directory");
+                r = -EINVAL;
+                goto err;
+        }
+        per_file = cfg->ssd_bytes / s->n_files / s->extent_bytes;
+        s->n_extents = (uint32_t)(per_file * s->n_files);
+        if (s->n_extents == 0) {
+                log_error("SSD tier: ssd-bytes must hold at least one %" PRIu64 "-byte extent per directory",
+                          s->extent_bytes);
+                r = -EINVAL;
+                goto err;
+        }
+        r = kvd_slab_new(s->n_extents, s->extent_bytes, KVD_EXTENT_HDR_BYTES, &s->slab);
+        if (r < 0)
+                goto err;
+        s->provisioned = calloc(s->n_extents, 1);
+        s->extent_gen = calloc(s->n_extents, sizeof(uint64_t));
+        s->arena_free = calloc(s->qd, sizeof(int));
+        if (!s->provisioned || !s->extent_gen || !s->arena_free ||
+            posix_memalign((void **)&s->arena, PAGE, (size_t)s->qd * PAGE) ||
+            posix_memalign(&s->sync_buf, PAGE, PAGE)) {
+                r = -ENOMEM;
+                goto err;
+        }
+        for (unsigned i = 0; i < s->qd; i++)
+                s->arena_free[s->arena_top++] = (int)i;
+
+        r = io_uring_queue_init_params(s->qd, &s->ring, &p);
+        if (r < 0) {
+                log_error("SSD tier: io_uring_queue_init: %s", strerror(-r));
+                goto err;
+        }
+        s->ring_ok = true;
+        s->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (s->efd < 0 || io_uring_register_eventfd(&s->ring, s->efd) < 0) {
+                r = -errno;
+                goto err;
+        }
+
+        /* Fixed buffers: the header arena, then the host pool in chunks of
+         * whole extents up to 1 GiB (a registered buffer's limit). */
+        kvd_host_region(host, &base, &s->host_len);
+        s->host_base = base;
+        s->host_chunk = (UINT64_C(1) << 30) / cfg->host_extent_bytes * cfg->host_extent_bytes;
+        if (s->host_chunk == 0)
+                s->host_chunk = cfg->host_extent_bytes;
+        {
+                unsigned n = 1 + (unsigned)((s->host_len + s->host_chunk - 1) / s->host_chunk);
+                struct iovec *iov = calloc(n, sizeof(*iov));
+
+                if (!iov) {
+                        r = -ENOMEM;
+                        goto err;
+                }
+                iov[0] = (struct iovec){ s->arena, (size_t)s->qd * PAGE };
+                for (unsigned i = 1; i < n; i++) {
+                        uint64_t o = (uint64_t)(i - 1) * s->host_chunk;
+
+                        iov[i] = (struct iovec){ s->host_base + o, MIN(s->host_chunk, s->host_len - o) };
+                }
+                r = io_uring_register_buffers(&s->ring, iov, n);
+                free(iov);
+                s->fixed = r == 0;
+                if (r < 0)
+                        log_warning("SSD tier: cannot register the host pool as io_uring fixed buffers (%s); "
+                                    "using plain O_DIRECT reads and writes", strerror(-r));
+        }
+        log_info("SSD tier: %" PRIu64 " MiB in %u extents of %" PRIu64 " MiB over %u director%s, queue depth %u%s",
+                 (uint64_t)s->n_extents * s->extent_bytes >> 20, s->n_extents, s->extent_bytes >> 20, s->n_files,
+                 s->n_files == 1 ? "y" : "ies", s->qd, s->fixed ? ", fixed buffers" : "");
+        *ret = s;
+        return 0;
+err:
+        kvd_ssd_free(s);
+        return r;
+}
+
+struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s)
+{
+        if (!s)
+                return NULL;
+        /* Queued operations never started: tell their owners. */
+        for (int p = 0; p < KVD_SSD_PRIO_COUNT; p++)
+                while (s->queue[p].head) {
+                        struct op *o = s->queue[p].head;
+
+                        s->queue[p].head = o->next;
+                        if (o->cb)
+                                o->cb(o->ctx, -ECANCELED);
+                        free(o);
+                }
+        if (s->ring_ok)
+                kvd_ssd_flush(s);
+        while (s->ring_ok && s->inflight > 0) {
+                struct io_uring_cqe *cqe;
+
+                if (io_uring_wait_cqe(&s->ring, &cqe) < 0)
+                        break;
+                process_cqe(s, cqe);
+                io_uring_cqe_seen(&s->ring, cqe);
+        }
+        if (s->ring_ok)
+                io_uring_queue_exit(&s->ring);
+        if (s->efd >= 0)
+                close(s->efd);
+        for (unsigned i = 0; i < s->n_files; i++)
+                close(s->files[i].fd);
+        kvd_slab_free(s->slab);
+        free(s->provisioned);
+        free(s->extent_gen);
+        free(s->arena_free);
+        free(s->arena);
+        free(s->sync_buf);
+        free(s);
+        return NULL;
+}
+
+/* Reads n slot headers of extent e into the arena, in one batch. */
+static int read_headers(struct kvd_ssd *s, const uint32_t *locs, unsigned n)
+{
+        struct io_uring_cqe *cqe;
+        int err = 0;
+
+        for (unsigned i = 0; i < n; i++) {
+                struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+                uint64_t off;
+                int fd;
+
+                locate(s, locs[i], &fd, &off);
+                io_uring_prep_read(sqe, fd, s->arena + (size_t)i * PAGE, PAGE, off);
+                io_uring_sqe_set_data64(sqe, i);
+        }
+        io_uring_submit(&s->ring);
+        for (unsigned i = 0; i < n; i++) {
+                int r = io_uring_wait_cqe(&s->ring, &cqe);
+
+                if (r < 0)
+                        return r;
+                if (cqe->res != PAGE) /* short or failed: that header is unreadable */
+                        memset(s->arena + io_uring_cqe_get_data64(cqe) * PAGE, 0, PAGE);
+                io_uring_cqe_seen(&s->ring, cqe);
+        }
+        return err;
+}
+
+int64_t kvd_ssd_recover(struct kvd_ssd *s, kvd_ssd_recover_fn fn, void *ctx)
+{
+        const struct kvd_extent_header *eh = s->sync_buf;
+        uint32_t *locs = calloc(s->qd, sizeof(uint32_t));
+        int64_t kept = 0;
+        int r = 0;
+
+        if (!locs)
+                return -ENOMEM;
+        for (uint32_t e = 0; e < s->n_extents; e++) {
+                uint32_t ppe = kvd_slab_pages_per_extent(s->slab), slot_pages, n_slots;
+                uint64_t off;
+                ssize_t n;
+                int fd, klass;
+
+                extent_locate(s, e, &fd, &off);
+                n = pread(fd, s->sync_buf, PAGE, (off_t)off);
+                if (n != PAGE)
+                        continue; /* beyond the end of the file: never provisioned */
+                s->provisioned[e] = 1; /* fallocate again later is harmless either way */
+                if (eh->magic != KVD_EXTENT_MAGIC || eh->version != KVD_FORMAT_VERSION ||
+                    eh->crc != crc32c(eh, offsetof(struct kvd_extent_header, crc), ~0u))
+                        continue;
+                s->next_extent_gen = MAX(s->next_extent_gen, eh->generation);
+                s->extent_gen[e] = eh->generation;
+                klass = kvd_slab_class_for(s->slab, eh->slot_bytes - KVD_SLOT_HDR_BYTES);
+                if (klass < 0 || kvd_slab_class_bytes(s->slab, klass) != eh->slot_bytes)
+                        continue;
+                slot_pages = eh->slot_bytes / PAGE;
+                n_slots = (ppe - KVD_EXTENT_HDR_BYTES / PAGE) / slot_pages;
+                for (uint32_t first = 0; first < n_slots; first += s->qd) {
+                        unsigned batch = MIN(s->qd, n_slots - first);
+
+                        for (unsigned i = 0; i < batch; i++)
+                                locs[i] = e * ppe + KVD_EXTENT_HDR_BYTES / PAGE + (first + i) * slot_pages;
+                        r = read_headers(s, locs, batch);
+                        if (r < 0)
+                                goto out;
+                        for (unsigned i = 0; i < batch; i++) {
+                                const struct kvd_slot_header *h = (const void *)(s->arena + (size_t)i * PAGE);
+
+                                if (!header_valid(s, h, locs[i]) ||
+                                    h->payload_len + KVD_SLOT_HDR_BYTES > eh->slot_bytes)
+                                        continue;
+                                s->next_gen = MAX(s->next_gen, h->generation);
+                                if (kvd_slab_claim(s->slab, klass, locs[i]) < 0)
+                                        continue;
+                                if (fn(ctx, h, locs[i], klass))
+                                        kept++;
+                                else
+                                        kvd_slab_release(s->slab, locs[i]);
+                        }
+                }
+        }
+out:
+        free(locs);
+        return r < 0 ? r : kept;
+}

@@ -1,0 +1,96 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * SSD tier: files on one or more directories (one per drive), opened
+ * O_DIRECT, extents striped across them, all I/O through one io_uring
+ * straight from and into host-pool pages (registered as fixed buffers; no
+ * bounce buffer, no page cache). Format: tiers/slot.h.
+ *
+ * Event-loop thread only: submissions, completions (callbacks run from
+ * kvd_ssd_reap()) and the allocator. An operation, once started, belongs to
+ * the tier until its callback runs; its host page must stay put till then.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "host.h"
+#include "slot.h"
+#include "tier.h"
+
+struct kvd_ssd;
+
+enum kvd_ssd_prio {
+        KVD_SSD_DEMAND = 0,     /* a client waits for it */
+        KVD_SSD_PREFETCH = 1,   /* promotion ahead of demand */
+        KVD_SSD_BACKGROUND = 2, /* write-back, invalidation */
+        KVD_SSD_PRIO_COUNT,
+};
+
+struct kvd_ssd_stats {
+        uint64_t capacity_bytes, used_bytes, blocks;
+        uint64_t reads, writes, read_bytes, write_bytes;
+        uint64_t read_errors, write_errors, crc_failures;
+        uint32_t inflight, queued;
+        bool full;              /* a directory refused more space (ENOSPC) */
+        char condition[96];     /* "ok" or what is wrong */
+};
+
+/* result: 0, -EBADMSG (torn or corrupt: bad crc, wrong block), -EIO (short
+ * read: file truncated), or the I/O's -errno. */
+typedef void (*kvd_ssd_cb)(void *ctx, int result);
+
+/* Opens (creating) the files in cfg->ssd_dirs and registers host's pool as
+ * fixed buffers. Fails with a clear message if a directory refuses O_DIRECT. */
+int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_host *host, struct kvd_ssd **ret);
+/* Waits for every operation in flight (their callbacks run), then closes.
+ * Accepts NULL. */
+struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s);
+
+/* eventfd that becomes readable when operations complete. */
+int kvd_ssd_fd(const struct kvd_ssd *s);
+/* Runs the callbacks of completed operations and queues the next ones. */
+void kvd_ssd_reap(struct kvd_ssd *s);
+/* Submits the operations queued since the last flush in one system call;
+ * the event loop calls it before it sleeps. */
+void kvd_ssd_flush(struct kvd_ssd *s);
+
+/* The tier's allocator. A slot of class_for(payload) holds the slot header
+ * and the payload. alloc() provisions a new extent's space (fallocate) and
+ * writes its header; -ENOSPC when the tier or its file system is full. */
+struct kvd_tier *kvd_ssd_tier(struct kvd_ssd *s);
+
+/*
+ * With an SSD tier a host page is laid out as its slot: KVD_SLOT_HDR_BYTES of
+ * slot header, then the payload. So one I/O moves a block, straight between
+ * the page (a registered buffer) and the disk.
+ */
+
+/* Writes page (header built from tmpl — key, layer, namespace identity —
+ * then len payload bytes) to slot loc. dsync: RWF_DSYNC, so the block
+ * survives power loss once cb reports 0. */
+void kvd_ssd_write(struct kvd_ssd *s, uint32_t loc, const struct kvd_slot_header *tmpl, void *page,
+                   uint32_t len, bool dsync, enum kvd_ssd_prio prio, kvd_ssd_cb cb, void *ctx);
+
+/* Reads slot loc into page and checks it is the block (key_hi, key_lo,
+ * layer) of len payload bytes with good crcs. */
+void kvd_ssd_read(struct kvd_ssd *s, uint32_t loc, void *page, uint32_t len, uint64_t key_hi,
+                  uint64_t key_lo, uint32_t layer, enum kvd_ssd_prio prio, kvd_ssd_cb cb, void *ctx);
+
+/* Frees slot loc after zeroing its header in the background, so a deleted
+ * or corrupt block does not come back after a restart. The slot is reused
+ * only once the wipe is done. Replaces the tier's free() for that slot. */
+void kvd_ssd_discard(struct kvd_ssd *s, uint32_t loc);
+
+/* Called for every valid slot found by kvd_ssd_recover(); return true to
+ * keep it (the slot is then claimed), false to free it. */
+typedef bool (*kvd_ssd_recover_fn)(void *ctx, const struct kvd_slot_header *h, uint32_t loc, int klass);
+
+/* Rebuilds the allocator from the disk (start-up, before serving). Returns
+ * the number of slots kept, or -errno. Slots with a bad header are free. */
+int64_t kvd_ssd_recover(struct kvd_ssd *s, kvd_ssd_recover_fn fn, void *ctx);
+
+void kvd_ssd_stats(const struct kvd_ssd *s, struct kvd_ssd_stats *ret);
+/* Counts a payload that failed verification in a caller's check. */
+void kvd_ssd_count_crc_failure(struct kvd_ssd *s);
