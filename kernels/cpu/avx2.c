@@ -1,0 +1,361 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * AVX2 + FMA back end. Compiled without a global -mavx2: every function that
+ * uses AVX2 says so with a target attribute, and dispatch.c only installs
+ * this table on a CPU that has the instructions.
+ *
+ * Rows of K or V are first converted to fp32 in a small buffer on the stack
+ * (F16C for fp16 where the CPU has it, shifts for bf16), then the arithmetic
+ * runs on fp32 rows. The conversion costs one extra pass over L1-resident
+ * data and keeps one copy of every kernel for both dtypes and for CPUs
+ * without F16C.
+ */
+#include <immintrin.h>
+#include <math.h>
+
+#include "kernels-internal.h"
+
+#define AVX2 __attribute__((target("avx2,fma")))
+#define AVX2_F16C __attribute__((target("avx2,fma,f16c")))
+
+/* Rows converted per pass: the buffer is 8 * KVK_MAX_HEAD_DIM floats. */
+#define ROWS 8u
+
+typedef void (*f16_row_fn)(const uint16_t *src, size_t n, float *dst);
+
+/* Masks of the first r lanes: load 8 ints from mask_tab + 8 - r. */
+static const int32_t mask_tab[16] = { -1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0 };
+
+static AVX2 inline __m256i tail_mask(uint32_t r)
+{
+        return _mm256_loadu_si256((const __m256i *)(mask_tab + 8 - r));
+}
+
+static AVX2 inline float hsum(__m256 v)
+{
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        return _mm_cvtss_f32(s);
+}
+
+static AVX2_F16C void f16_row_f16c(const uint16_t *src, size_t n, float *dst)
+{
+        size_t i = 0;
+
+        for (; i + 8 <= n; i += 8)
+                _mm256_storeu_ps(dst + i,
+                                 _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+        for (; i < n; i++)
+                dst[i] = kvk__h2f(src[i]);
+}
+
+static void f16_row_soft(const uint16_t *src, size_t n, float *dst)
+{
+        for (size_t i = 0; i < n; i++)
+                dst[i] = kvk__h2f(src[i]);
+}
+
+static AVX2 void bf16_row(const uint16_t *src, size_t n, float *dst)
+{
+        size_t i = 0;
+
+        for (; i + 8 <= n; i += 8) {
+                __m256i x = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
+
+                _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)));
+        }
+        for (; i < n; i++)
+                dst[i] = kvk__bf2f(src[i]);
+}
+
+static AVX2 inline void to_f32(f16_row_fn f16, enum kvk_dtype dt, const uint16_t *src, size_t n,
+                               float *dst)
+{
+        if (dt == KVK_F16)
+                f16(src, n, dst);
+        else
+                bf16_row(src, n, dst);
+}
+
+static AVX2 inline void summary_impl(f16_row_fn f16, const void *k, uint32_t ntok, uint32_t d,
+                                     enum kvk_dtype dt, float *ret_min, float *ret_max)
+{
+        float tmp[ROWS * KVK_MAX_HEAD_DIM] __attribute__((aligned(32)));
+        const uint16_t *rows = k;
+        __m256i m = tail_mask(d % 8);
+
+        for (uint32_t t0 = 0; t0 < ntok; t0 += ROWS) {
+                uint32_t n = ntok - t0 < ROWS ? ntok - t0 : ROWS;
+                uint32_t i = 0;
+
+                to_f32(f16, dt, rows + (size_t)t0 * d, (size_t)n * d, tmp);
+                if (t0 == 0) {
+                        memcpy(ret_min, tmp, d * sizeof(float));
+                        memcpy(ret_max, tmp, d * sizeof(float));
+                }
+                for (; i + 8 <= d; i += 8) {
+                        __m256 lo = _mm256_loadu_ps(ret_min + i);
+                        __m256 hi = _mm256_loadu_ps(ret_max + i);
+
+                        for (uint32_t t = 0; t < n; t++) {
+                                __m256 x = _mm256_loadu_ps(tmp + t * d + i);
+
+                                lo = _mm256_min_ps(lo, x);
+                                hi = _mm256_max_ps(hi, x);
+                        }
+                        _mm256_storeu_ps(ret_min + i, lo);
+                        _mm256_storeu_ps(ret_max + i, hi);
+                }
+                if (i < d) {
+                        __m256 lo = _mm256_maskload_ps(ret_min + i, m);
+                        __m256 hi = _mm256_maskload_ps(ret_max + i, m);
+
+                        for (uint32_t t = 0; t < n; t++) {
+                                __m256 x = _mm256_maskload_ps(tmp + t * d + i, m);
+
+                                lo = _mm256_min_ps(lo, x);
+                                hi = _mm256_max_ps(hi, x);
+                        }
+                        _mm256_maskstore_ps(ret_min + i, m, lo);
+                        _mm256_maskstore_ps(ret_max + i, m, hi);
+                }
+        }
+}
+
+static AVX2 float avx2_score(const float *q, uint32_t q_heads, uint32_t group, uint32_t d,
+                             const float *summary)
+{
+        __m256i m = tail_mask(d % 8);
+        float best = -INFINITY;
+
+        for (uint32_t h = 0; h < q_heads; h++) {
+                const float *mn = summary + (size_t)(h / group) * 2 * d;
+                const float *mx = mn + d;
+                const float *qh = q + (size_t)h * d;
+                __m256 acc = _mm256_setzero_ps();
+                uint32_t i = 0;
+                float sum;
+
+                for (; i + 8 <= d; i += 8) {
+                        __m256 qv = _mm256_loadu_ps(qh + i);
+                        __m256 a = _mm256_mul_ps(qv, _mm256_loadu_ps(mn + i));
+                        __m256 b = _mm256_mul_ps(qv, _mm256_loadu_ps(mx + i));
+
+                        acc = _mm256_add_ps(acc, _mm256_max_ps(a, b));
+                }
+                if (i < d) {
+                        /* Masked lanes read 0: 0 * 0 adds nothing. */
+                        __m256 qv = _mm256_maskload_ps(qh + i, m);
+                        __m256 a = _mm256_mul_ps(qv, _mm256_maskload_ps(mn + i, m));
+                        __m256 b = _mm256_mul_ps(qv, _mm256_maskload_ps(mx + i, m));
+
+                        acc = _mm256_add_ps(acc, _mm256_max_ps(a, b));
+                }
+                sum = hsum(acc);
+                best = sum > best ? sum : best;
+        }
+        return best;
+}
+
+/* q . k for one query row, two accumulators to hide the FMA latency. */
+static AVX2 inline float dot1(const float *q, const float *k, uint32_t d, __m256i m)
+{
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        uint32_t i = 0;
+
+        for (; i + 16 <= d; i += 16) {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_loadu_ps(k + i + 8), a1);
+        }
+        for (; i + 8 <= d; i += 8)
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), a0);
+        if (i < d)
+                a1 = _mm256_fmadd_ps(_mm256_maskload_ps(q + i, m), _mm256_maskload_ps(k + i, m),
+                                     a1);
+        return hsum(_mm256_add_ps(a0, a1));
+}
+
+/* q[j] . k for four query rows (stride d) sharing one k row. */
+static AVX2 inline void dot4(const float *q, const float *k, uint32_t d, __m256i m, float *ret)
+{
+        const float *q1 = q + d, *q2 = q + 2 * d, *q3 = q + 3 * d;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        uint32_t i = 0;
+
+        for (; i + 8 <= d; i += 8) {
+                __m256 kv = _mm256_loadu_ps(k + i);
+
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), kv, a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + i), kv, a1);
+                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q2 + i), kv, a2);
+                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q3 + i), kv, a3);
+        }
+        if (i < d) {
+                __m256 kv = _mm256_maskload_ps(k + i, m);
+
+                a0 = _mm256_fmadd_ps(_mm256_maskload_ps(q + i, m), kv, a0);
+                a1 = _mm256_fmadd_ps(_mm256_maskload_ps(q1 + i, m), kv, a1);
+                a2 = _mm256_fmadd_ps(_mm256_maskload_ps(q2 + i, m), kv, a2);
+                a3 = _mm256_fmadd_ps(_mm256_maskload_ps(q3 + i, m), kv, a3);
+        }
+        ret[0] = hsum(a0);
+        ret[1] = hsum(a1);
+        ret[2] = hsum(a2);
+        ret[3] = hsum(a3);
+}
+
+static AVX2 inline void logits_impl(f16_row_fn f16, const float *q, uint32_t nh, const void *k,
+                                    uint32_t ntok, uint32_t d, enum kvk_dtype dt, float scale,
+                                    float *ret)
+{
+        float tmp[ROWS * KVK_MAX_HEAD_DIM] __attribute__((aligned(32)));
+        const uint16_t *rows = k;
+        __m256i m = tail_mask(d % 8);
+
+        for (uint32_t t0 = 0; t0 < ntok; t0 += ROWS) {
+                uint32_t n = ntok - t0 < ROWS ? ntok - t0 : ROWS;
+
+                to_f32(f16, dt, rows + (size_t)t0 * d, (size_t)n * d, tmp);
+                for (uint32_t t = 0; t < n; t++) {
+                        const float *kr = tmp + t * d;
+                        float r[KVK_HTILE];
+
+                        if (nh == 4) {
+                                dot4(q, kr, d, m, r);
+                        } else {
+                                for (uint32_t j = 0; j < nh; j++)
+                                        r[j] = dot1(q + (size_t)j * d, kr, d, m);
+                        }
+                        for (uint32_t j = 0; j < nh; j++)
+                                ret[j * KVK_TCHUNK + t0 + t] = r[j] * scale;
+                }
+        }
+}
+
+/* acc[:, i..i+8) += sum_t p[:, t] v[t, i..i+8) for one 8-column slice; full
+ * is a constant after inlining, so the common case has no masked access. */
+static AVX2 inline void accum_slice(float *acc, uint32_t nh, const float *p, const float *v,
+                                    uint32_t n, uint32_t d, uint32_t i, __m256i m, int full)
+{
+        if (nh == 4) {
+                float *r1 = acc + d, *r2 = acc + 2 * d, *r3 = acc + 3 * d;
+                __m256 a0 = full ? _mm256_loadu_ps(acc + i) : _mm256_maskload_ps(acc + i, m);
+                __m256 a1 = full ? _mm256_loadu_ps(r1 + i) : _mm256_maskload_ps(r1 + i, m);
+                __m256 a2 = full ? _mm256_loadu_ps(r2 + i) : _mm256_maskload_ps(r2 + i, m);
+                __m256 a3 = full ? _mm256_loadu_ps(r3 + i) : _mm256_maskload_ps(r3 + i, m);
+
+                for (uint32_t t = 0; t < n; t++) {
+                        const float *vr = v + t * d + i;
+                        __m256 x = full ? _mm256_loadu_ps(vr) : _mm256_maskload_ps(vr, m);
+
+                        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + t), x, a0);
+                        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + KVK_TCHUNK + t), x, a1);
+                        a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + 2 * KVK_TCHUNK + t), x, a2);
+                        a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + 3 * KVK_TCHUNK + t), x, a3);
+                }
+                if (full) {
+                        _mm256_storeu_ps(acc + i, a0);
+                        _mm256_storeu_ps(r1 + i, a1);
+                        _mm256_storeu_ps(r2 + i, a2);
+                        _mm256_storeu_ps(r3 + i, a3);
+                } else {
+                        _mm256_maskstore_ps(acc + i, m, a0);
+                        _mm256_maskstore_ps(r1 + i, m, a1);
+                        _mm256_maskstore_ps(r2 + i, m, a2);
+                        _mm256_maskstore_ps(r3 + i, m, a3);
+                }
+                return;
+        }
+        for (uint32_t j = 0; j < nh; j++) {
+                float *rj = acc + (size_t)j * d;
+                const float *pj = p + j * KVK_TCHUNK;
+                __m256 a = full ? _mm256_loadu_ps(rj + i) : _mm256_maskload_ps(rj + i, m);
+
+                for (uint32_t t = 0; t < n; t++) {
+                        const float *vr = v + t * d + i;
+                        __m256 x = full ? _mm256_loadu_ps(vr) : _mm256_maskload_ps(vr, m);
+
+                        a = _mm256_fmadd_ps(_mm256_broadcast_ss(pj + t), x, a);
+                }
+                if (full)
+                        _mm256_storeu_ps(rj + i, a);
+                else
+                        _mm256_maskstore_ps(rj + i, m, a);
+        }
+}
+
+static AVX2 inline void accum_impl(f16_row_fn f16, float *acc, uint32_t nh, const float *p,
+                                   const void *v, uint32_t ntok, uint32_t d, enum kvk_dtype dt)
+{
+        float tmp[ROWS * KVK_MAX_HEAD_DIM] __attribute__((aligned(32)));
+        const uint16_t *rows = v;
+        __m256i m = tail_mask(d % 8);
+
+        for (uint32_t t0 = 0; t0 < ntok; t0 += ROWS) {
+                uint32_t n = ntok - t0 < ROWS ? ntok - t0 : ROWS;
+                uint32_t i = 0;
+
+                to_f32(f16, dt, rows + (size_t)t0 * d, (size_t)n * d, tmp);
+                for (; i + 8 <= d; i += 8)
+                        accum_slice(acc, nh, p + t0, tmp, n, d, i, m, 1);
+                if (i < d)
+                        accum_slice(acc, nh, p + t0, tmp, n, d, i, m, 0);
+        }
+}
+
+/* The two tables differ only in how they convert fp16 rows. */
+
+static AVX2 void avx2_summary(const void *k, uint32_t ntok, uint32_t d, enum kvk_dtype dt,
+                              float *ret_min, float *ret_max)
+{
+        summary_impl(f16_row_f16c, k, ntok, d, dt, ret_min, ret_max);
+}
+
+static AVX2 void avx2_logits(const float *q, uint32_t nh, const void *k, uint32_t ntok,
+                             uint32_t d, enum kvk_dtype dt, float scale, float *ret)
+{
+        logits_impl(f16_row_f16c, q, nh, k, ntok, d, dt, scale, ret);
+}
+
+static AVX2 void avx2_accum(float *acc, uint32_t nh, const float *p, const void *v,
+                            uint32_t ntok, uint32_t d, enum kvk_dtype dt)
+{
+        accum_impl(f16_row_f16c, acc, nh, p, v, ntok, d, dt);
+}
+
+static AVX2 void soft_summary(const void *k, uint32_t ntok, uint32_t d, enum kvk_dtype dt,
+                              float *ret_min, float *ret_max)
+{
+        summary_impl(f16_row_soft, k, ntok, d, dt, ret_min, ret_max);
+}
+
+static AVX2 void soft_logits(const float *q, uint32_t nh, const void *k, uint32_t ntok,
+                             uint32_t d, enum kvk_dtype dt, float scale, float *ret)
+{
+        logits_impl(f16_row_soft, q, nh, k, ntok, d, dt, scale, ret);
+}
+
+static AVX2 void soft_accum(float *acc, uint32_t nh, const float *p, const void *v,
+                            uint32_t ntok, uint32_t d, enum kvk_dtype dt)
+{
+        accum_impl(f16_row_soft, acc, nh, p, v, ntok, d, dt);
+}
+
+const struct kvk_ops kvk__ops_avx2 = {
+        .name = "avx2",
+        .summary = avx2_summary,
+        .score = avx2_score,
+        .logits = avx2_logits,
+        .accum = avx2_accum,
+};
+
+const struct kvk_ops kvk__ops_avx2_nof16c = {
+        .name = "avx2",
+        .summary = soft_summary,
+        .score = avx2_score,
+        .logits = soft_logits,
+        .accum = soft_accum,
+};

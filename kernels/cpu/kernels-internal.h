@@ -1,0 +1,99 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Private to kernels/cpu: the table each CPU back end (scalar.c, avx2.c)
+ * fills, and the inline scalar conversions they share.
+ *
+ * The drivers (attention.c) own the algorithms: argument checks, the loops
+ * over heads and blocks, the online softmax. A back end only provides the
+ * inner loops over tokens and head_dim, so that both back ends run the same
+ * algorithm and differ only in how fast the arithmetic goes.
+ */
+#pragma once
+
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* Tokens per call of logits()/accum(): the driver keeps one chunk of logits
+ * per query head on its stack. */
+#define KVK_TCHUNK 16u
+
+/* Query heads per call of logits()/accum() (a GQA group is cut in tiles of
+ * at most this many heads, so that a K or V row is read once per tile). */
+#define KVK_HTILE 4u
+
+struct kvk_ops {
+        const char *name;
+
+        /* Element-wise min and max over ntok rows of k (ntok >= 1; rows of d
+         * elements of dt, back to back) into ret_min[d], ret_max[d]. */
+        void (*summary)(const void *k, uint32_t ntok, uint32_t d, enum kvk_dtype dt,
+                        float *ret_min, float *ret_max);
+
+        /* Score of one block (see kernels.h) from its summary. */
+        float (*score)(const float *q, uint32_t q_heads, uint32_t group, uint32_t d,
+                       const float *summary);
+
+        /* ret[j * KVK_TCHUNK + t] = scale * (q[j] . k[t]) for the nh <= KVK_HTILE
+         * query rows q (stride d) and the ntok <= KVK_TCHUNK rows k of dt. */
+        void (*logits)(const float *q, uint32_t nh, const void *k, uint32_t ntok, uint32_t d,
+                       enum kvk_dtype dt, float scale, float *ret);
+
+        /* acc[j][:] += sum_t p[j * KVK_TCHUNK + t] * v[t][:] for the nh rows of
+         * acc (stride d) and the ntok rows v of dt. */
+        void (*accum)(float *acc, uint32_t nh, const float *p, const void *v, uint32_t ntok,
+                      uint32_t d, enum kvk_dtype dt);
+};
+
+extern const struct kvk_ops kvk__ops_scalar;
+/* AVX2 + FMA; fp16 with F16C, or (the second table) without it. */
+extern const struct kvk_ops kvk__ops_avx2;
+extern const struct kvk_ops kvk__ops_avx2_nof16c;
+
+/* The table in use (dispatch.c): chosen once, never NULL. */
+const struct kvk_ops *kvk__ops(void);
+
+static inline uint32_t kvk__f32_bits(float f)
+{
+        uint32_t u;
+
+        memcpy(&u, &f, sizeof(u));
+        return u;
+}
+
+static inline float kvk__bits_f32(uint32_t u)
+{
+        float f;
+
+        memcpy(&f, &u, sizeof(f));
+        return f;
+}
+
+static inline float kvk__h2f(uint16_t h)
+{
+        uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+        uint32_t exp = (h >> 10) & 0x1fu;
+        uint32_t mant = h & 0x3ffu;
+
+        if (exp == 0x1f)        /* inf, NaN: keep the payload */
+                return kvk__bits_f32(sign | 0x7f800000u | (mant << 13));
+        if (exp == 0) {         /* zero, subnormal: mant * 2^-24, exact */
+                float f = (float)mant * 0x1p-24f;
+                return sign ? -f : f;
+        }
+        return kvk__bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+static inline float kvk__bf2f(uint16_t h)
+{
+        return kvk__bits_f32((uint32_t)h << 16);
+}
+
+/* Element i of a row of dt. */
+static inline float kvk__load(const void *row, uint32_t i, enum kvk_dtype dt)
+{
+        uint16_t h = ((const uint16_t *)row)[i];
+
+        return dt == KVK_F16 ? kvk__h2f(h) : kvk__bf2f(h);
+}

@@ -1,0 +1,241 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvk-cuda-selftest: runs every CUDA kernel of kernels-cuda.h on random
+ * blocks and compares it with the CPU kernel of kernels.h (exact for
+ * summaries, top-k and copies; relative L2 error for the rest). Exits 0 when
+ * all agree, 1 when one does not, 77 (skip) without a CUDA device.
+ */
+#include <cuda_runtime_api.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels-cuda.h"
+
+#define SKIP 77
+
+static int failures;
+
+#define CHECK(cond, ...)                                                \
+        do {                                                            \
+                if (!(cond)) {                                          \
+                        fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+                        fprintf(stderr, __VA_ARGS__);                   \
+                        fputc('\n', stderr);                            \
+                        failures++;                                     \
+                }                                                       \
+        } while (0)
+
+#define CUDA_OK(call)                                                   \
+        do {                                                            \
+                cudaError_t e_ = (call);                                \
+                if (e_ != cudaSuccess) {                                \
+                        fprintf(stderr, "%s: %s\n", #call, cudaGetErrorString(e_)); \
+                        exit(1);                                        \
+                }                                                       \
+        } while (0)
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static float frand(void)
+{
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        return (float)(rng >> 40) / (float)(1u << 23) - 1.0f;
+}
+
+static void *dev_copy(const void *src, size_t bytes)
+{
+        void *d;
+
+        CUDA_OK(cudaMalloc(&d, bytes ? bytes : 1));
+        if (bytes)
+                CUDA_OK(cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice));
+        return d;
+}
+
+static void host_copy(void *dst, const void *d, size_t bytes)
+{
+        CUDA_OK(cudaMemcpy(dst, d, bytes, cudaMemcpyDeviceToHost));
+}
+
+static double rel_l2(const float *a, const float *b, size_t n)
+{
+        double num = 0, den = 0;
+
+        for (size_t i = 0; i < n; i++) {
+                num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+                den += (double)b[i] * b[i];
+        }
+        return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void run_shape(const struct kvk_shape *s, uint32_t n)
+{
+        const size_t bb = kvk_block_bytes(s), sf = kvk_summary_floats(s);
+        const size_t nq = (size_t)s->q_heads * s->head_dim;
+        uint16_t *pool = malloc(bb * n);
+        const void **blocks = malloc(n * sizeof(*blocks));
+        void **dblocks = malloc(n * sizeof(*dblocks));
+        uint32_t *valid = malloc(n * sizeof(*valid));
+        float *q = malloc(nq * sizeof(float));
+        float *sum = malloc(n * sf * sizeof(float)), *gsum = malloc(n * sf * sizeof(float));
+        float *sc = malloc(n * sizeof(float)), *gsc = malloc(n * sizeof(float));
+        uint32_t *idx = malloc(n * sizeof(uint32_t)), *gidx = malloc(n * sizeof(uint32_t));
+        float *out = malloc(nq * sizeof(float)), *gout = malloc(nq * sizeof(float));
+        float *lse = malloc(s->q_heads * sizeof(float)), *glse = malloc(s->q_heads * sizeof(float));
+        float *mass = malloc(n * sizeof(float)), *gmass = malloc(n * sizeof(float));
+        uint8_t *back = malloc(bb * n);
+        size_t wsb = kvk_cuda_attention_workspace(s, n);
+        uint8_t *dpool, *dstage;
+        void **dptrs;
+        uint32_t *dvalid, *didx;
+        float *dq, *dsum, *dsc, *dout, *dlse, *dmass;
+        void *dws;
+        int r, k;
+
+        if (!pool || !blocks || !dblocks || !valid || !q || !sum || !gsum || !sc || !gsc || !idx ||
+            !gidx || !out || !gout || !lse || !glse || !mass || !gmass || !back) {
+                fprintf(stderr, "out of memory\n");
+                exit(1);
+        }
+        for (size_t i = 0; i < bb * n / 2; i++)
+                pool[i] = s->dtype == KVK_F16 ? kvk_f32_to_f16(frand()) : kvk_f32_to_bf16(frand());
+        for (size_t i = 0; i < nq; i++)
+                q[i] = frand();
+        dpool = dev_copy(pool, bb * n);
+        for (uint32_t i = 0; i < n; i++) {
+                blocks[i] = (const uint8_t *)pool + i * bb;
+                dblocks[i] = dpool + i * bb;
+                valid[i] = i + 1 == n ? 1 + s->block_tokens / 3 : s->block_tokens;
+        }
+        dptrs = dev_copy(dblocks, n * sizeof(*dblocks));
+        dvalid = dev_copy(valid, n * sizeof(*valid));
+        dq = dev_copy(q, nq * sizeof(float));
+        CUDA_OK(cudaMalloc((void **)&dsum, n * sf * sizeof(float)));
+        CUDA_OK(cudaMalloc((void **)&dsc, n * sizeof(float)));
+        CUDA_OK(cudaMalloc((void **)&didx, n * sizeof(uint32_t)));
+        CUDA_OK(cudaMalloc((void **)&dout, nq * sizeof(float)));
+        CUDA_OK(cudaMalloc((void **)&dlse, s->q_heads * sizeof(float)));
+        CUDA_OK(cudaMalloc((void **)&dmass, n * sizeof(float)));
+        CUDA_OK(cudaMalloc(&dws, wsb));
+        CUDA_OK(cudaMalloc((void **)&dstage, bb * n));
+
+        /* Summaries: min/max of exactly converted values, so exact. */
+        for (uint32_t i = 0; i < n; i++)
+                CHECK(kvk_block_summary(s, blocks[i], valid[i], sum + i * sf) == 0, "summary");
+        CHECK(kvk_cuda_block_summaries(s, (const void *const *)dptrs, dvalid, n, dsum, NULL) == 0,
+              "cuda summaries");
+        host_copy(gsum, dsum, n * sf * sizeof(float));
+        CHECK(memcmp(sum, gsum, n * sf * sizeof(float)) == 0, "summaries differ");
+
+        kvk_block_scores(s, q, sum, n, sc);
+        CHECK(kvk_cuda_block_scores(s, dq, dsum, n, dsc, NULL) == 0, "cuda scores");
+        host_copy(gsc, dsc, n * sizeof(float));
+        CHECK(rel_l2(gsc, sc, n) < 1e-5, "scores rel err %g", rel_l2(gsc, sc, n));
+
+        /* Top-k from the same scores (the CPU ones, uploaded), with ties. */
+        for (uint32_t i = 0; i < n; i++)
+                sc[i] = roundf(sc[i] * 4.0f) / 4.0f;
+        CUDA_OK(cudaMemcpy(dsc, sc, n * sizeof(float), cudaMemcpyHostToDevice));
+        for (uint32_t kk = 0; kk <= n; kk += 1 + n / 7) {
+                uint32_t want = kvk_topk(sc, n, kk, 2, 3, idx);
+
+                k = kvk_cuda_topk(dsc, n, kk, 2, 3, didx, NULL);
+                CHECK(k == (int)want, "topk count %d != %u", k, want);
+                if (k > 0) {
+                        host_copy(gidx, didx, (size_t)k * sizeof(uint32_t));
+                        CHECK(memcmp(idx, gidx, (size_t)k * sizeof(uint32_t)) == 0,
+                              "topk k=%u differs", kk);
+                }
+        }
+
+        r = kvk_decode_attention(s, q, blocks, valid, n, out, lse);
+        CHECK(r == 0, "cpu attention %d", r);
+        kvk_block_attention_mass(s, q, blocks, valid, n, mass);
+        r = kvk_cuda_decode_attention(s, dq, (const void *const *)dptrs, dvalid, n, dws, wsb, dout,
+                                      dlse, dmass, NULL);
+        CHECK(r == 0, "cuda attention %d", r);
+        host_copy(gout, dout, nq * sizeof(float));
+        host_copy(glse, dlse, s->q_heads * sizeof(float));
+        host_copy(gmass, dmass, n * sizeof(float));
+        CHECK(rel_l2(gout, out, nq) < 1e-4, "attention rel err %g", rel_l2(gout, out, nq));
+        CHECK(rel_l2(glse, lse, s->q_heads) < 1e-5, "lse rel err %g",
+              rel_l2(glse, lse, s->q_heads));
+        CHECK(rel_l2(gmass, mass, n) < 1e-4, "mass rel err %g", rel_l2(gmass, mass, n));
+
+        /* Gather the blocks in reverse order, scatter them back in order. */
+        for (uint32_t i = 0; i < n; i++)
+                dblocks[i] = dpool + (size_t)(n - 1 - i) * bb;
+        CUDA_OK(cudaMemcpy(dptrs, dblocks, n * sizeof(*dblocks), cudaMemcpyHostToDevice));
+        CHECK(kvk_cuda_gather(dstage, (const void *const *)dptrs, n, bb, NULL) == 0, "gather");
+        host_copy(back, dstage, bb * n);
+        for (uint32_t i = 0; i < n; i++)
+                CHECK(memcmp(back + i * bb, (uint8_t *)pool + (size_t)(n - 1 - i) * bb, bb) == 0,
+                      "gather block %u", i);
+        CUDA_OK(cudaMemset(dpool, 0, bb * n));
+        CHECK(kvk_cuda_scatter(dptrs, dstage, n, bb, NULL) == 0, "scatter");
+        host_copy(back, dpool, bb * n);
+        CHECK(memcmp(back, pool, bb * n) == 0, "scatter");
+        CUDA_OK(cudaDeviceSynchronize());
+
+        printf("shape kv=%u q=%u d=%u T=%u %s n=%u: %s\n", s->kv_heads, s->q_heads, s->head_dim,
+               s->block_tokens, s->dtype == KVK_F16 ? "f16" : "bf16", n,
+               failures ? "FAILURES" : "ok");
+
+        cudaFree(dstage);
+        cudaFree(dws);
+        cudaFree(dmass);
+        cudaFree(dlse);
+        cudaFree(dout);
+        cudaFree(didx);
+        cudaFree(dsc);
+        cudaFree(dsum);
+        cudaFree(dq);
+        cudaFree(dvalid);
+        cudaFree(dptrs);
+        cudaFree(dpool);
+        free(back);
+        free(gmass);
+        free(mass);
+        free(glse);
+        free(lse);
+        free(gout);
+        free(out);
+        free(gidx);
+        free(idx);
+        free(gsc);
+        free(sc);
+        free(gsum);
+        free(sum);
+        free(q);
+        free(valid);
+        free(dblocks);
+        free(blocks);
+        free(pool);
+}
+
+int main(void)
+{
+        const struct kvk_shape shapes[] = {
+                { .kv_heads = 8, .q_heads = 32, .head_dim = 128, .block_tokens = 16,
+                  .dtype = KVK_F16 },
+                { .kv_heads = 2, .q_heads = 2, .head_dim = 64, .block_tokens = 200,
+                  .dtype = KVK_BF16 },
+                { .kv_heads = 1, .q_heads = 8, .head_dim = 500, .block_tokens = 7,
+                  .dtype = KVK_F16 },
+        };
+        const uint32_t nblocks[] = { 300, 40, 3000 };
+        int ndev = 0;
+
+        if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+                printf("no CUDA device: skipped\n");
+                return SKIP;
+        }
+        for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
+                run_shape(&shapes[i], nblocks[i]);
+        return failures ? 1 : 0;
+}

@@ -1,0 +1,203 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvkernels: CPU kernels of the sparse decode workload (block summaries,
+ * block scores, top-k selection, decode attention, gather/scatter).
+ * CUDA twins of the same kernels are declared in kernels-cuda.h.
+ *
+ * Data layout (fixed; the CUDA twins use the same):
+ *
+ *  - Elements are IEEE fp16 or bf16 (enum kvk_dtype), stored as uint16_t in
+ *    host byte order. Queries, summaries, scores and outputs are fp32.
+ *  - One BLOCK holds one layer, all kv heads, block_tokens tokens: exactly the
+ *    bytes the cache stores. K comes first, then V; each is laid out
+ *    [kv_heads][block_tokens][head_dim] of dtype, so
+ *        block bytes = 2 * kv_heads * block_tokens * head_dim * 2
+ *    and the V of kv head g starts kv_heads * block_tokens * head_dim
+ *    elements after the K of kv head g. A partially filled block (the last
+ *    one of a sequence) has valid_tokens < block_tokens: tokens
+ *    [0, valid_tokens) of every head are valid, the rest is ignored (its
+ *    bytes are never read as numbers, so they may hold anything).
+ *  - The query of one decode step and one layer is fp32 [q_heads][head_dim].
+ *    GQA: q_heads = kv_heads * group; query head h reads kv head h / group.
+ *  - A block SUMMARY (as in Quest) is fp32 [kv_heads][2][head_dim]: for each
+ *    kv head, the element-wise minimum (row 0) then maximum (row 1) of K over
+ *    the block's valid tokens. n summaries are stored back to back.
+ *
+ * Scores: the score of a block is
+ *     max over query heads h of  sum_d max(q[h][d] * min[g][d], q[h][d] * max[g][d])
+ * with g = h / group. It is an upper bound of the raw dot product q_h . k
+ * for every valid token k of the block and every query head h. It is NOT
+ * scaled by 1/sqrt(head_dim): divide by sqrt(head_dim) to bound the attention
+ * logit. Ranking (kvk_topk) does not depend on the scale.
+ *
+ * Attention: logits are q_h . k / sqrt(head_dim), softmax over all valid
+ * tokens of the given blocks, output = softmax . V, accumulated in fp32 with
+ * a running maximum (online softmax), so no logit overflows exp().
+ *
+ * Conventions (STYLE.md): functions that act return 0 (or a count) on success
+ * and -errno on failure (-EINVAL for a bad shape or argument); ret_* outputs
+ * are untouched on failure. The caller owns every buffer; no function
+ * allocates, keeps a pointer past its return, logs, or blocks; the kernels use
+ * up to about 20 KiB of stack. Every function is thread-safe (reentrant)
+ * except kvk_set_backend().
+ *
+ * Back ends: an AVX2+FMA implementation (fp16 loaded with F16C when the CPU
+ * has it) and a portable scalar one, chosen once at run time from CPUID.
+ * KVK_FORCE_SCALAR=1 in the environment forces the scalar one. Both give the
+ * same results up to fp32 rounding (the summation order differs).
+ */
+#ifndef KVK_KERNELS_H
+#define KVK_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Values match the project's dtype numbering (proto Dtype, enum kvc_dtype). */
+enum kvk_dtype {
+        KVK_F16 = 1,
+        KVK_BF16 = 2,
+};
+
+/* Limits of a valid shape (kvk_shape_valid()). */
+#define KVK_MAX_HEAD_DIM 512u
+#define KVK_MAX_KV_HEADS 1024u
+#define KVK_MAX_Q_HEADS 8192u
+#define KVK_MAX_BLOCK_TOKENS 65536u
+
+/* The geometry of one layer's blocks and of the query. Valid when dtype is
+ * known, every count is at least 1 and at most its KVK_MAX_*, and q_heads is
+ * a multiple of kv_heads. */
+struct kvk_shape {
+        uint32_t kv_heads;
+        uint32_t q_heads;
+        uint32_t head_dim;
+        uint32_t block_tokens;
+        enum kvk_dtype dtype;
+};
+
+/* True when s is non-NULL and valid. */
+bool kvk_shape_valid(const struct kvk_shape *s);
+
+/* Bytes of one block of s (K and V), 0 when s is invalid. */
+size_t kvk_block_bytes(const struct kvk_shape *s);
+
+/* Floats of one block summary of s (kv_heads * 2 * head_dim), 0 when s is
+ * invalid. */
+size_t kvk_summary_floats(const struct kvk_shape *s);
+
+/*
+ * Scalar conversions. f16 -> f32 and bf16 -> f32 are exact. f32 -> f16 and
+ * f32 -> bf16 round to nearest, ties to even; values too large become
+ * +-inf, values too small become (signed) subnormals or zero. A NaN stays a
+ * NaN of the same sign and keeps the top bits of its payload (quiet or
+ * signalling), so every f16 and bf16 bit pattern survives a round trip
+ * through f32 unchanged.
+ */
+float kvk_f16_to_f32(uint16_t h);
+uint16_t kvk_f32_to_f16(float f);
+float kvk_bf16_to_f32(uint16_t h);
+uint16_t kvk_f32_to_bf16(float f);
+
+/*
+ * Summary of one block: writes kvk_summary_floats(s) floats to ret_summary
+ * (layout above) from the K of tokens [0, valid_tokens) of block.
+ * Returns 0, or -EINVAL if s is invalid, a pointer is NULL or valid_tokens is
+ * not in [1, block_tokens].
+ */
+int kvk_block_summary(const struct kvk_shape *s, const void *block, uint32_t valid_tokens,
+                      float *ret_summary);
+
+/*
+ * Scores of n_blocks blocks from their summaries (n_blocks summaries back to
+ * back) against the query q (fp32 [q_heads][head_dim]): ret_scores[i] is the
+ * unscaled upper bound defined above. Returns 0, or -EINVAL if s is invalid
+ * or a pointer is NULL (n_blocks == 0 is a no-op).
+ */
+int kvk_block_scores(const struct kvk_shape *s, const float *q, const float *summaries,
+                     uint32_t n_blocks, float *ret_scores);
+
+/*
+ * Top-k block selection. Chooses min(k, n) of the n blocks and writes their
+ * indices to ret_idx (room for min(k, n) entries), sorted ascending. The
+ * first sink_blocks and the last local_blocks blocks are always chosen and
+ * count toward k (if they alone exceed k, sink blocks win, then the most
+ * recent local blocks). The remaining places go to the other blocks with the
+ * highest scores; equal scores prefer the lower index; a NaN score ranks as
+ * -inf. Runs in O(n log k) time and uses no memory but ret_idx.
+ * Returns the number of indices written, min(k, n) (0 when scores or ret_idx
+ * is NULL).
+ */
+uint32_t kvk_topk(const float *scores, uint32_t n, uint32_t k, uint32_t sink_blocks,
+                  uint32_t local_blocks, uint32_t *ret_idx);
+
+/*
+ * Decode attention of one layer and one step over the valid tokens of n_sel
+ * blocks: blocks[i] points to block i (layout above) with valid_tokens[i]
+ * valid tokens (0 is allowed: the block is skipped). The blocks' order does
+ * not matter beyond fp32 rounding. For every query head h:
+ *     ret_out[h][:] = sum_t softmax_t(q_h . k_t / sqrt(head_dim)) v_t
+ *     ret_lse[h]    = log sum_t exp(q_h . k_t / sqrt(head_dim))   (natural log)
+ * ret_out has q_heads * head_dim floats; ret_lse has q_heads floats or is
+ * NULL. Two partial results over disjoint token sets merge exactly with
+ * their lse (out = (e^lse1 out1 + e^lse2 out2) / (e^lse1 + e^lse2)).
+ * Returns 0, or -EINVAL if s is invalid, a pointer is NULL, a valid_tokens[i]
+ * exceeds block_tokens, or there is no valid token at all.
+ */
+int kvk_decode_attention(const struct kvk_shape *s, const float *q, const void *const *blocks,
+                         const uint32_t *valid_tokens, uint32_t n_sel, float *ret_out,
+                         float *ret_lse);
+
+/*
+ * Full (dense) attention: kvk_decode_attention() over all n_blocks blocks of
+ * the sequence, in order. Same arguments, returns and ownership; a separate
+ * name so that harness code says which one it means.
+ */
+int kvk_full_attention(const struct kvk_shape *s, const float *q, const void *const *blocks,
+                       const uint32_t *valid_tokens, uint32_t n_blocks, float *ret_out,
+                       float *ret_lse);
+
+/*
+ * Attention mass of each of n blocks (same arguments as
+ * kvk_decode_attention()): ret_mass[i] = (1 / q_heads) * sum over query
+ * heads h of the share of h's softmax weight (over all valid tokens of the n
+ * blocks) that falls on block i's tokens. The masses sum to 1 (up to
+ * rounding); a block with no valid token gets 0. Used for the
+ * attention-mass recall of a selection (pass all blocks, sum the masses of
+ * the chosen ones) and as the heat reported to the daemon.
+ * Returns 0 or -EINVAL, like kvk_decode_attention().
+ */
+int kvk_block_attention_mass(const struct kvk_shape *s, const float *q,
+                             const void *const *blocks, const uint32_t *valid_tokens,
+                             uint32_t n, float *ret_mass);
+
+/*
+ * Copies n blocks of block_bytes each: gather packs srcs[0..n) back to back
+ * into dst (n * block_bytes bytes, e.g. a staging buffer); scatter unpacks
+ * src into dsts[0..n). Buffers must not overlap. Returns 0, or -EINVAL when
+ * a pointer (one of the n included) is NULL, before copying anything.
+ */
+int kvk_gather(void *dst, const void *const *srcs, uint32_t n, size_t block_bytes);
+int kvk_scatter(void *const *dsts, const void *src, uint32_t n, size_t block_bytes);
+
+/* Name of the back end the kernels use now: "avx2" or "scalar". Static. */
+const char *kvk_backend_name(void);
+
+/*
+ * Test and benchmark hook: switches the back end of the whole process to
+ * "scalar", "avx2" or "auto" (CPUID and KVK_FORCE_SCALAR, as at start-up);
+ * "avx2-nof16c" is the AVX2 back end as it runs on a CPU without F16C (fp16
+ * converted in scalar code; its kvk_backend_name() is "avx2"). Not to be called while another thread runs a kernel. Returns 0, -EINVAL for
+ * an unknown name, or -ENOTSUP when the CPU lacks AVX2 or FMA.
+ */
+int kvk_set_backend(const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
