@@ -129,6 +129,12 @@ out:
          * still in flight (their callbacks need the cache), then the cache. */
         kvd_server_free(server);
         kvd_xfer_free(xfer);
+        if (cache && r == 0) {
+                uint64_t n = kvd_cache_write_back(cache);
+
+                if (n)
+                        log_info("writing %llu blocks back to SSD before stopping", (unsigned long long)n);
+        }
         kvd_cache_free(cache);
         log_info("stopped");
         return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;

@@ -523,7 +523,7 @@ static void write_done(void *ctx, int r)
         if (evict)
                 c->evict_writes--;
         if (r < 0) {
-                log_warning("SSD tier: writing a block failed (%s); it stays in host memory", strerror(-r));
+                log_debug("SSD tier: writing a block failed (%s); it stays in host memory", strerror(-r));
                 free_ssd_copy(c, x->id, false);
         } else {
                 c->demotions++;
@@ -585,6 +585,33 @@ static int start_write(struct kvd_cache *c, uint32_t id, bool durable, bool evic
 static bool admitted(const struct kvd_cache *c, const struct kvd_block *b)
 {
         return b->reads >= c->cfg->ssd_admit_reads;
+}
+
+uint64_t kvd_cache_write_back(struct kvd_cache *c)
+{
+        uint64_t started = 0;
+
+        if (!c->ssd)
+                return 0;
+        for (int k = 0; k < KVD_SLAB_MAX_CLASSES; k++) {
+                uint32_t id = c->lru[k].head;
+
+                while (id != KVD_ID_NONE) {
+                        struct kvd_block *b = blk(c, id);
+                        uint32_t next = b->lru_next, loc;
+
+                        if (b->ssd_loc == KVD_LOC_NONE && admitted(c, b)) {
+                                /* Only free space: evicting one copy to save another gains nothing. */
+                                if (c->ssd_tier->ops->alloc(c->ssd_tier, c->ns[b->ns].ssd_klass, &loc) < 0)
+                                        return started;
+                                c->ssd_tier->ops->free(c->ssd_tier, loc);
+                                if (start_write(c, id, false, false, NULL, NULL, 0) == 0)
+                                        started++;
+                        }
+                        id = next;
+                }
+        }
+        return started;
 }
 
 /* Frees host room for klass: least recently used copies go first; a clean
@@ -755,29 +782,29 @@ int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, bool prefet
                 *ret_host = (uint8_t *)kvd_host_ptr(c->host, b->loc) + c->hdr;
                 return 0;
         }
-        /* On SSD only: stage it in host, then the waiter pins it. */
+        /* On SSD only: stage it in host, then the waiter pins it. Marked
+         * LOADING first, so that making room (which may evict SSD copies
+         * to demote others) cannot take this very block. */
         ns = &c->ns[b->ns];
-        r = make_room(c, ns->klass);
-        if (r < 0)
-                return r;
+        b->flags |= KVD_BLOCK_LOADING;
+        lru_update(c, id, false);
         x = malloc(sizeof(*x));
-        if (!x)
-                return -ENOMEM;
-        r = c->host_tier->ops->alloc(c->host_tier, ns->klass, &loc);
-        if (r < 0) {
-                free(x);
-                return r;
+        r = x ? make_room(c, ns->klass) : -ENOMEM;
+        if (r == 0)
+                r = c->host_tier->ops->alloc(c->host_tier, ns->klass, &loc);
+        if (r == 0) {
+                r = wait_on_block(c, id, fn, ctx, item);
+                if (r < 0)
+                        c->host_tier->ops->free(c->host_tier, loc);
         }
-        r = wait_on_block(c, id, fn, ctx, item);
         if (r < 0) {
-                c->host_tier->ops->free(c->host_tier, loc);
+                b->flags &= ~KVD_BLOCK_LOADING;
+                lru_update(c, id, false);
                 free(x);
                 return r;
         }
         c->misses++;
         b->loc = loc;
-        b->flags |= KVD_BLOCK_LOADING;
-        lru_update(c, id, false);
         *x = (struct ssd_ctx){ .c = c, .id = id, .prefetch = prefetch };
         kvd_ssd_read(c->ssd, b->ssd_loc, kvd_host_ptr(c->host, loc), (uint32_t)ns->block_bytes, b->key_hi,
                      b->key_lo, b->layer, prefetch ? KVD_SSD_PREFETCH : KVD_SSD_DEMAND, load_done, x);

@@ -72,6 +72,11 @@ struct kvd_cache;
 /* Creates the host tier and, when cfg->ssd_bytes, the SSD tier (and rebuilds
  * the index from it). */
 int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret);
+/* Before a clean stop: writes every dirty host block the SSD tier admits to
+ * SSD while it has free space (no eviction), so a restart finds them.
+ * Returns the number of writes started; kvd_cache_free() waits for them. */
+uint64_t kvd_cache_write_back(struct kvd_cache *c);
+
 /* Finishes SSD I/O in flight (callbacks run) and frees. Accepts NULL. */
 struct kvd_cache *kvd_cache_free(struct kvd_cache *c);
 

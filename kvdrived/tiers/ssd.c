@@ -392,6 +392,12 @@ static int verify_read(struct kvd_ssd *s, const struct op *o, const struct kvd_s
         if (!header_valid(s, h, o->loc) || h->codec != KVD_CODEC_NONE || h->key_hi != o->hdr.key_hi ||
             h->key_lo != o->hdr.key_lo || h->layer != o->hdr.layer || h->payload_len != o->len ||
             h->payload_crc != crc32c((const uint8_t *)o->page + KVD_SLOT_HDR_BYTES, o->len, ~0u)) {
+                log_debug("SSD slot %u: magic %x gen %llu/%llu key %llx/%llx want %llx/%llx layer %u/%u len %u/%u",
+                          o->loc, h->magic, (unsigned long long)h->extent_generation,
+                          (unsigned long long)s->extent_gen[kvd_slab_extent_of(s->slab, o->loc)],
+                          (unsigned long long)h->key_lo, (unsigned long long)h->key_hi,
+                          (unsigned long long)o->hdr.key_lo, (unsigned long long)o->hdr.key_hi, h->layer,
+                          o->hdr.layer, h->payload_len, o->len);
                 s->st.crc_failures++;
                 return -EBADMSG;
         }
@@ -637,9 +643,20 @@ struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s)
 {
         if (!s)
                 return NULL;
-        /* Queued operations never started: tell their owners. */
+        /* Every operation queued or in flight runs to its end: a stop
+         * writes dirty blocks back, and their callbacks need the cache. */
+        while (s->ring_ok && (s->inflight > 0 || s->queued > 0)) {
+                struct io_uring_cqe *cqe;
+
+                pump(s);
+                kvd_ssd_flush(s);
+                if (io_uring_wait_cqe(&s->ring, &cqe) < 0)
+                        break;
+                process_cqe(s, cqe);
+                io_uring_cqe_seen(&s->ring, cqe);
+        }
         for (int p = 0; p < KVD_SSD_PRIO_COUNT; p++)
-                while (s->queue[p].head) {
+                while (s->queue[p].head) { /* only if the ring failed */
                         struct op *o = s->queue[p].head;
 
                         s->queue[p].head = o->next;
@@ -647,16 +664,6 @@ struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s)
                                 o->cb(o->ctx, -ECANCELED);
                         free(o);
                 }
-        if (s->ring_ok)
-                kvd_ssd_flush(s);
-        while (s->ring_ok && s->inflight > 0) {
-                struct io_uring_cqe *cqe;
-
-                if (io_uring_wait_cqe(&s->ring, &cqe) < 0)
-                        break;
-                process_cqe(s, cqe);
-                io_uring_cqe_seen(&s->ring, cqe);
-        }
         if (s->ring_ok)
                 io_uring_queue_exit(&s->ring);
         if (s->efd >= 0)
@@ -726,7 +733,7 @@ int64_t kvd_ssd_recover(struct kvd_ssd *s, kvd_ssd_recover_fn fn, void *ctx)
                         continue;
                 s->next_extent_gen = MAX(s->next_extent_gen, eh->generation);
                 s->extent_gen[e] = eh->generation;
-                klass = kvd_slab_class_for(s->slab, eh->slot_bytes - KVD_SLOT_HDR_BYTES);
+                klass = kvd_slab_class_for(s->slab, eh->slot_bytes);
                 if (klass < 0 || kvd_slab_class_bytes(s->slab, klass) != eh->slot_bytes)
                         continue;
                 slot_pages = eh->slot_bytes / PAGE;
@@ -743,8 +750,15 @@ int64_t kvd_ssd_recover(struct kvd_ssd *s, kvd_ssd_recover_fn fn, void *ctx)
                                 const struct kvd_slot_header *h = (const void *)(s->arena + (size_t)i * PAGE);
 
                                 if (!header_valid(s, h, locs[i]) ||
-                                    h->payload_len + KVD_SLOT_HDR_BYTES > eh->slot_bytes)
+                                    h->payload_len + KVD_SLOT_HDR_BYTES > eh->slot_bytes) {
+                                        /* A slot header with its magic but a bad crc was torn or
+                                         * damaged; a good one of another extent generation is
+                                         * just the extent's earlier life. */
+                                        if (h->magic == KVD_SLOT_MAGIC &&
+                                            h->header_crc != crc32c(h, offsetof(struct kvd_slot_header, header_crc), ~0u))
+                                                s->st.crc_failures++;
                                         continue;
+                                }
                                 s->next_gen = MAX(s->next_gen, h->generation);
                                 if (kvd_slab_claim(s->slab, klass, locs[i]) < 0)
                                         continue;

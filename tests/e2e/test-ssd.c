@@ -1,0 +1,469 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * SSD tier end to end: blocks move host <-> SSD and come back byte for
+ * byte; they survive a restart and a SIGKILL (those acknowledged durable);
+ * a corrupt, torn, truncated or deleted slot is never served; space freed
+ * by deletes is reused safely; admission, write-through and prefetch do
+ * what they say.
+ */
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check-main.h"
+#include "slot.h"
+#include "ssd-common.h"
+
+/* 16 MiB host tier: 12 KiB pages (8 KiB block + 4 KiB slot header) -> ~1300
+ * blocks; 64 MiB SSD in 1 MiB extents. */
+#define SSD_ARGS(dir) "--host-bytes", "16M", "--ssd-dir", (dir), "--ssd-bytes", "64M", "--ssd-extent-bytes", "1M"
+
+static struct kvc_key new_seq(void)
+{
+        struct kvc_key seq;
+
+        ck_assert_int_eq(kvc_key_sequence_new(&seq), 0);
+        return seq;
+}
+
+START_TEST(test_demote_and_promote)
+{
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        struct ssd_client sc;
+        struct kvc_key seq = new_seq();
+        struct kvc_tier_stats host, ssd;
+        struct ssd_got got;
+
+        ssd_dir_make(&dir);
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        /* 3000 blocks: more than twice what host memory holds. */
+        ck_assert_int_eq(ssd_put(&sc, &seq, 0, 3000, 0, 1), 3000);
+        got = ssd_get(&sc, &seq, 0, 3000, 1);
+        ck_assert_uint_eq(got.ok, 3000);
+        ck_assert_uint_eq(got.wrong, 0);
+        host = ssd_tier_stats(&sc, "host");
+        ssd = ssd_tier_stats(&sc, "ssd");
+        ck_assert_uint_gt(host.evictions, 0);
+        ck_assert_uint_gt(ssd.demotions, 1000);
+        ck_assert_uint_gt(ssd.promotions, 1000);
+        ck_assert_uint_eq(ssd.hits, ssd.promotions);
+        ck_assert_uint_eq(ssd.dropped, 0);
+        ck_assert_uint_eq(ssd.crc_failures, 0);
+        ck_assert_str_eq(ssd.condition, "ok");
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
+START_TEST(test_restart_serves_blocks)
+{
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        struct ssd_client sc;
+        struct kvc_key seq = new_seq();
+        struct ssd_got got;
+
+        ssd_dir_make(&dir);
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        /* Fits host memory: nothing is on SSD until the clean stop writes it back. */
+        ck_assert_int_eq(ssd_put(&sc, &seq, 0, 500, 0, 2), 500);
+        ck_assert_uint_eq(ssd_tier_stats(&sc, "ssd").writes, 0);
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        ck_assert_uint_eq(ssd_tier_stats(&sc, "ssd").blocks, 500);
+        got = ssd_get(&sc, &seq, 0, 500, 2);
+        ck_assert_uint_eq(got.ok, 500);
+        ck_assert_uint_eq(ssd_tier_stats(&sc, "ssd").promotions, 500);
+        /* Lookup sees recovered blocks too (layer 0 holds blocks 0, 4, ...). */
+        {
+                struct kvc_block_ref r;
+                uint32_t prefix[E2E_LAYERS];
+
+                ssd_ref(&seq, 0, 0, &r);
+                E2E_ASSERT_RC(sc.c, kvc_lookup(sc.c, sc.ns, &r.key, 1, prefix, E2E_LAYERS), 0);
+                ck_assert_uint_eq(prefix[0], 1);
+        }
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
+struct writer_arg {
+        const char *sock;
+        struct kvc_key seq;
+};
+
+/* Puts blocks 1000.. durable and not, forever: killed with its daemon. */
+static int endless_writer(void *arg)
+{
+        struct writer_arg *w = arg;
+        struct ssd_client sc;
+
+        if (e2e_open(w->sock, "writer", SSD_NS, &sc.c, &sc.ns) != 0 ||
+            kvc_pool_create(sc.c, 64, E2E_BLOCK_BYTES, &sc.p) != 0)
+                return 1;
+        sc.slots = 64;
+        for (uint32_t i = 1000; i < 100000; i += 64)
+                if (ssd_put(&sc, &w->seq, i, 64, (i / 64) % 2 ? KVC_PUT_DURABLE : 0, 3) < 0)
+                        return 0; /* the daemon is gone */
+        return 0;
+}
+
+START_TEST(test_sigkill_keeps_durable_blocks)
+{
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        struct ssd_client sc;
+        struct writer_arg w = { .seq = new_seq() };
+        struct ssd_got got;
+        char why[128];
+        pid_t pid;
+        int status;
+
+        ssd_dir_make(&dir);
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        ck_assert_int_eq(ssd_put(&sc, &w.seq, 0, 300, KVC_PUT_DURABLE, 3), 300);
+        ssd_client_close(&sc);
+        /* Kill the daemon while a client is writing durable and plain blocks. */
+        w.sock = d.socket_path;
+        pid = e2e_fork(endless_writer, &w);
+        usleep(300 * 1000);
+        ck_assert_int_eq(kvd_test_daemon_kill(&d, SIGKILL), 0);
+        ck_assert_int_eq(kvd_test_daemon_wait_exit(&d, 10000, &status), 0);
+        ck_assert_int_eq(e2e_wait_child(pid, 20000, why, sizeof(why)), 0);
+        kvd_test_daemon_stop(&d);
+
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        got = ssd_get(&sc, &w.seq, 0, 300, 3);
+        ck_assert_uint_eq(got.ok, 300);         /* every durable acknowledgement holds */
+        got = ssd_get(&sc, &w.seq, 1000, 4000, 3);
+        ck_assert_uint_eq(got.wrong, 0);        /* whatever came back is right */
+        ck_assert_uint_eq(got.other, 0);
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
+/* Stores 50 blocks durably, stops, damages block 7's slot at `delta` from
+ * its header, restarts: block 7 is a miss, counted, its space reclaimed. */
+static void damage_and_restart(long long delta)
+{
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        struct ssd_client sc;
+        struct kvc_key seq = new_seq();
+        struct kvc_block_ref r;
+        struct ssd_got got;
+        struct kvc_tier_stats t;
+        long long off;
+
+        ssd_dir_make(&dir);
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        ck_assert_int_eq(ssd_put(&sc, &seq, 0, 50, KVC_PUT_DURABLE, 4), 50);
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+
+        ssd_ref(&seq, 7, 0, &r);
+        off = ssd_find_slot(dir.file, &r.key, r.layer);
+        ck_assert_int_ge(off, 0);
+        ssd_flip_byte(dir.file, off + delta);
+
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        got = ssd_get(&sc, &seq, 7, 1, 4);
+        ck_assert_uint_eq(got.miss, 1);
+        ck_assert_uint_eq(got.wrong, 0);
+        /* Its slot is given back once its header is wiped (in the background). */
+        for (int i = 0; i < 100 && (t = ssd_tier_stats(&sc, "ssd")).blocks != 49; i++)
+                usleep(50 * 1000);
+        ck_assert_uint_ge(t.crc_failures, 1);
+        ck_assert_uint_eq(t.blocks, 49);
+        got = ssd_get(&sc, &seq, 0, 50, 4);
+        ck_assert_uint_eq(got.ok, 49);
+        ck_assert_uint_eq(got.miss, 1);
+        ck_assert_uint_eq(got.wrong, 0);
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+
+START_TEST(test_flipped_payload_byte)
+{
+        damage_and_restart(KVD_SLOT_HDR_BYTES + 1234);
+}
+END_TEST
+
+START_TEST(test_flipped_header_byte)
+{
+        damage_and_restart(offsetof(struct kvd_slot_header, key_lo) + 3);
+}
+END_TEST
+
+/* Freed slots are reused by blocks of another size; wipes of the old slots'
+ * headers must never land in the new blocks. */
+START_TEST(test_delete_then_reuse)
+{
+        static const struct kvc_geometry big = { E2E_LAYERS, 8, 128, KVC_DTYPE_F16, 16 }; /* 64 KiB */
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        struct ssd_client sc;
+        struct kvc_key seq = new_seq(), keys[64];
+        struct kvc_block_ref refs[64];
+        uint8_t st[64], want[65536];
+        kvc_pool *bp;
+        uint32_t bns;
+
+        ssd_dir_make(&dir);
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        ck_assert_int_eq(ssd_put(&sc, &seq, 0, 2000, KVC_PUT_DURABLE, 5), 2000);
+        for (uint32_t i = 0; i < 2000; i += 64) {
+                for (uint32_t j = 0; j < 64; j++)
+                        kvc_key_private(&seq, i + j, &keys[j]);
+                E2E_ASSERT_RC(sc.c, kvc_delete(sc.c, sc.ns, keys, 64 < 2000 - i ? 64 : 2000 - i, -1) >= 0 ? 0 : -1, 0);
+        }
+        E2E_ASSERT_RC(sc.c, kvc_register_namespace(sc.c, "e2e-ssd-big", &big, &bns, NULL), 0);
+        E2E_ASSERT_RC(sc.c, kvc_pool_create(sc.c, 64, 65536, &bp), 0);
+        for (uint32_t round = 0; round < 8; round++) {
+                for (uint32_t j = 0; j < 64; j++) {
+                        refs[j] = (struct kvc_block_ref){ .layer = j % E2E_LAYERS, .slot = j };
+                        kvc_key_private(&seq, 100000 + round * 64 + j, &refs[j].key);
+                        e2e_fill_block(kvc_pool_slot(bp, j), 65536, &refs[j].key, refs[j].layer, 6);
+                }
+                uint64_t id;
+
+                E2E_ASSERT_RC(sc.c, kvc_put_submit_flags(sc.c, bns, bp, refs, 64, KVC_PUT_DURABLE, st, &id), 0);
+                E2E_ASSERT_RC(sc.c, kvc_wait(sc.c, id, -1), 64);
+        }
+        kvc_pool_free(bp);
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ck_assert_int_eq(e2e_open(d.socket_path, "reader", SSD_NS, &sc.c, &sc.ns), 0);
+        E2E_ASSERT_RC(sc.c, kvc_register_namespace(sc.c, "e2e-ssd-big", &big, &bns, NULL), 0);
+        E2E_ASSERT_RC(sc.c, kvc_pool_create(sc.c, 64, 65536, &bp), 0);
+        for (uint32_t round = 0; round < 8; round++) {
+                for (uint32_t j = 0; j < 64; j++) {
+                        refs[j] = (struct kvc_block_ref){ .layer = j % E2E_LAYERS, .slot = j };
+                        kvc_key_private(&seq, 100000 + round * 64 + j, &refs[j].key);
+                }
+                E2E_ASSERT_RC(sc.c, kvc_get(sc.c, bns, bp, refs, 64, st), 64);
+                for (uint32_t j = 0; j < 64; j++) {
+                        e2e_fill_block(want, sizeof(want), &refs[j].key, refs[j].layer, 6);
+                        ck_assert_msg(memcmp(want, kvc_pool_slot(bp, j), sizeof(want)) == 0, "block %u", j);
+                }
+        }
+        /* The deleted blocks stayed deleted across the restart. */
+        sc.p = NULL;
+        E2E_ASSERT_RC(sc.c, kvc_pool_create(sc.c, 64, E2E_BLOCK_BYTES, &sc.p), 0);
+        sc.slots = 64;
+        ck_assert_uint_eq(ssd_get(&sc, &seq, 0, 2000, 5).miss, 2000);
+        ck_assert_uint_eq(ssd_tier_stats(&sc, "ssd").crc_failures, 0);
+        kvc_pool_free(bp);
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
+START_TEST(test_truncated_file)
+{
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        struct ssd_client sc;
+        struct kvc_key seq = new_seq();
+        struct ssd_got got;
+
+        ssd_dir_make(&dir);
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        ck_assert_int_eq(ssd_put(&sc, &seq, 0, 100, KVC_PUT_DURABLE, 7), 100);
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+        E2E_START(&d, SSD_ARGS(dir.path), );    /* host cold: every block on SSD only */
+        ck_assert_int_eq(truncate(dir.file, 0), 0);
+        ssd_client_open(&sc, d.socket_path, 64);
+        got = ssd_get(&sc, &seq, 0, 100, 7);
+        ck_assert_uint_eq(got.miss, 100);
+        ck_assert_uint_eq(got.wrong, 0);
+        ck_assert_uint_ge(ssd_tier_stats(&sc, "ssd").read_errors, 1);
+        /* It keeps serving, SSD writes included. */
+        ck_assert_int_eq(ssd_put(&sc, &seq, 200, 64, KVC_PUT_DURABLE, 7), 64);
+        ck_assert_uint_eq(ssd_get(&sc, &seq, 200, 64, 7).ok, 64);
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
+START_TEST(test_deleted_file)
+{
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        struct ssd_client sc;
+        struct kvc_key seq = new_seq();
+
+        ssd_dir_make(&dir);
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        ck_assert_int_eq(ssd_put(&sc, &seq, 0, 100, KVC_PUT_DURABLE, 8), 100);
+        ck_assert_int_eq(unlink(dir.file), 0);
+        /* The open file lives on: the daemon keeps serving and demoting. */
+        ck_assert_int_eq(ssd_put(&sc, &seq, 100, 2500, 0, 8), 2500);
+        ck_assert_uint_eq(ssd_get(&sc, &seq, 0, 2600, 8).ok, 2600);
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+        /* A new, empty file: the old blocks are misses, nothing breaks. */
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        ck_assert_uint_eq(ssd_get(&sc, &seq, 0, 100, 8).miss, 100);
+        ck_assert_int_eq(ssd_put(&sc, &seq, 0, 64, KVC_PUT_DURABLE, 8), 64);
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
+START_TEST(test_admission_spares_the_drive)
+{
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        struct ssd_client sc;
+        struct kvc_key seq = new_seq();
+        struct kvc_tier_stats t;
+
+        ssd_dir_make(&dir);
+        E2E_START(&d, SSD_ARGS(dir.path), "--ssd-admit-reads", "1", );
+        ssd_client_open(&sc, d.socket_path, 64);
+        /* Blocks 0-63 are read once: admitted. The rest are never read. */
+        ck_assert_int_eq(ssd_put(&sc, &seq, 0, 64, 0, 9), 64);
+        ck_assert_uint_eq(ssd_get(&sc, &seq, 0, 64, 9).ok, 64);
+        ck_assert_int_eq(ssd_put(&sc, &seq, 64, 3000, 0, 9), 3000);
+        t = ssd_tier_stats(&sc, "ssd");
+        ck_assert_uint_eq(t.demotions, 64);
+        ck_assert_uint_gt(t.dropped, 1000);
+        ck_assert_uint_eq(ssd_get(&sc, &seq, 0, 64, 9).ok, 64);
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
+START_TEST(test_write_through)
+{
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        struct ssd_client sc;
+        struct kvc_key seq = new_seq();
+
+        ssd_dir_make(&dir);
+        E2E_START(&d, SSD_ARGS(dir.path), "--ssd-write-through", );
+        ssd_client_open(&sc, d.socket_path, 64);
+        ck_assert_int_eq(ssd_put(&sc, &seq, 0, 128, 0, 10), 128);
+        /* Acknowledged means on SSD already. */
+        ck_assert_uint_eq(ssd_tier_stats(&sc, "ssd").writes, 128);
+        ssd_client_close(&sc);
+        ck_assert_int_eq(kvd_test_daemon_kill(&d, SIGKILL), 0);
+        kvd_test_daemon_stop(&d);
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        ck_assert_uint_eq(ssd_get(&sc, &seq, 0, 128, 10).ok, 128);
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
+START_TEST(test_prefetch_promotes)
+{
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        struct ssd_client sc;
+        struct kvc_key seq = new_seq();
+        struct kvc_block_ref refs[64];
+        struct kvc_tier_stats h0, s0, h1, s1;
+        uint8_t st[64];
+
+        ssd_dir_make(&dir);
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        ck_assert_int_eq(ssd_put(&sc, &seq, 0, 64, KVC_PUT_DURABLE, 11), 64);
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        for (uint32_t j = 0; j < 64; j++)
+                ssd_ref(&seq, j, 0, &refs[j]);
+        refs[63].key.lo ^= 1; /* one unknown key */
+        E2E_ASSERT_RC(sc.c, kvc_prefetch(sc.c, sc.ns, refs, 64, st), 63);
+        ck_assert_uint_eq(st[0], KVC_ITEM_OK);
+        ck_assert_uint_eq(st[63], KVC_ITEM_MISS);
+        h0 = ssd_tier_stats(&sc, "host");
+        s0 = ssd_tier_stats(&sc, "ssd");
+        ck_assert_uint_eq(s0.promotions, 63);
+        ck_assert_uint_eq(ssd_get(&sc, &seq, 0, 63, 11).ok, 63);
+        h1 = ssd_tier_stats(&sc, "host");
+        s1 = ssd_tier_stats(&sc, "ssd");
+        ck_assert_uint_eq(h1.hits - h0.hits, 63);       /* served from host memory */
+        ck_assert_uint_eq(s1.promotions, s0.promotions);
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
+START_TEST(test_durable_needs_ssd)
+{
+        struct kvd_test_daemon d;
+        struct ssd_client sc;
+        struct kvc_key seq = new_seq();
+
+        E2E_START(&d, );
+        ssd_client_open(&sc, d.socket_path, 64);
+        ck_assert_int_eq(ssd_put(&sc, &seq, 0, 8, KVC_PUT_DURABLE, 12), -KVC_E_BAD_ARG);
+        ck_assert_int_eq(ssd_put(&sc, &seq, 0, 8, 0, 12), 8);
+        ck_assert_uint_eq(ssd_tier_stats(&sc, "ssd").capacity_bytes, 0); /* no such tier */
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+}
+END_TEST
+
+static Suite *ssd_suite(void)
+{
+        Suite *s = suite_create("ssd");
+        TCase *tc = tcase_create("ssd");
+
+        tcase_set_timeout(tc, 120);
+        tcase_add_test(tc, test_demote_and_promote);
+        tcase_add_test(tc, test_restart_serves_blocks);
+        tcase_add_test(tc, test_sigkill_keeps_durable_blocks);
+        tcase_add_test(tc, test_flipped_payload_byte);
+        tcase_add_test(tc, test_flipped_header_byte);
+        tcase_add_test(tc, test_delete_then_reuse);
+        tcase_add_test(tc, test_truncated_file);
+        tcase_add_test(tc, test_deleted_file);
+        tcase_add_test(tc, test_admission_spares_the_drive);
+        tcase_add_test(tc, test_write_through);
+        tcase_add_test(tc, test_prefetch_promotes);
+        tcase_add_test(tc, test_durable_needs_ssd);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+KVD_CHECK_MAIN(ssd_suite)
