@@ -104,7 +104,8 @@ struct writer_arg {
         struct kvc_key seq;
 };
 
-/* Puts blocks 1000.. durable and not, forever: killed with its daemon. */
+/* Puts blocks 1000-3999, durable and not, until its daemon is killed: few
+ * enough that nothing evicts the first 300 from a 128 MiB SSD tier. */
 static int endless_writer(void *arg)
 {
         struct writer_arg *w = arg;
@@ -114,7 +115,7 @@ static int endless_writer(void *arg)
             kvc_pool_create(sc.c, 64, E2E_BLOCK_BYTES, &sc.p) != 0)
                 return 1;
         sc.slots = 64;
-        for (uint32_t i = 1000; i < 100000; i += 64)
+        for (uint32_t i = 1000; i < 4000; i += 64)
                 if (ssd_put(&sc, &w->seq, i, 64, (i / 64) % 2 ? KVC_PUT_DURABLE : 0, 3) < 0)
                         return 0; /* the daemon is gone */
         return 0;
@@ -132,7 +133,7 @@ START_TEST(test_sigkill_keeps_durable_blocks)
         int status;
 
         ssd_dir_make(&dir);
-        E2E_START(&d, SSD_ARGS(dir.path), );
+        E2E_START(&d, SSD_ARGS(dir.path), "--ssd-bytes", "128M", );
         ssd_client_open(&sc, d.socket_path, 64);
         ck_assert_int_eq(ssd_put(&sc, &w.seq, 0, 300, KVC_PUT_DURABLE, 3), 300);
         ssd_client_close(&sc);
@@ -145,11 +146,11 @@ START_TEST(test_sigkill_keeps_durable_blocks)
         ck_assert_int_eq(e2e_wait_child(pid, 20000, why, sizeof(why)), 0);
         kvd_test_daemon_stop(&d);
 
-        E2E_START(&d, SSD_ARGS(dir.path), );
+        E2E_START(&d, SSD_ARGS(dir.path), "--ssd-bytes", "128M", );
         ssd_client_open(&sc, d.socket_path, 64);
         got = ssd_get(&sc, &w.seq, 0, 300, 3);
         ck_assert_uint_eq(got.ok, 300);         /* every durable acknowledgement holds */
-        got = ssd_get(&sc, &w.seq, 1000, 4000, 3);
+        got = ssd_get(&sc, &w.seq, 1000, 3000, 3);
         ck_assert_uint_eq(got.wrong, 0);        /* whatever came back is right */
         ck_assert_uint_eq(got.other, 0);
         ssd_client_close(&sc);
