@@ -17,6 +17,7 @@
 static const struct bench_command commands[] = {
         { "transfer", bench_transfer, "Put/Get bandwidth of N clients against memcpy" },
         { "ssd", bench_ssd, "Get of SSD-only blocks at several queue depths against fio" },
+        { "restart", bench_restart, "time for a daemon to come back with N blocks on SSD" },
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,168 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvdrive-bench restart: how long a daemon takes to come back with N blocks
+ * on its SSD tier. It starts its own kvdrived (a private socket, the given
+ * SSD directory), stores N small blocks durably, stops it, starts it again
+ * and times from exec to the first answered Hello — the index rebuilt from
+ * the slots on disk — then checks every block is there.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "kvdrive/client.h"
+#include "size.h"
+
+#define BATCH 256u
+
+/* 1 kv head x 64 dims x 16 tokens, f16: 4 KiB blocks (8 KiB slots). */
+static const struct kvc_geometry geom = { 1, 1, 64, KVC_DTYPE_F16, 16 };
+
+static pid_t spawn(const char *kvdrived, const char *sock, const char *dir, const char *ssd_bytes)
+{
+        pid_t pid = fork();
+
+        if (pid == 0) {
+                execl(kvdrived, kvdrived, "--foreground", "--socket", sock, "--host-bytes", "64M", "--ssd-dir", dir,
+                      "--ssd-bytes", ssd_bytes, "--log-level", "warning", (char *)NULL);
+                _exit(127);
+        }
+        return pid;
+}
+
+/* Connects as soon as the daemon answers; NULL after 600 s or if it died. */
+static kvc_client *wait_up(pid_t pid, const char *sock)
+{
+        for (int i = 0; i < 600000; i++) {
+                kvc_client *c = NULL;
+                int status;
+
+                if (kvc_connect(sock, "kvdrive-bench restart", &c) == 0)
+                        return c;
+                if (waitpid(pid, &status, WNOHANG) == pid)
+                        return NULL;
+                usleep(1000);
+        }
+        return NULL;
+}
+
+static int stop(pid_t pid)
+{
+        int status;
+
+        kill(pid, SIGTERM);
+        return waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EIO;
+}
+
+int bench_restart(int argc, char **argv)
+{
+        static const struct option opts[] = {
+                { "kvdrived", required_argument, NULL, 'k' }, { "ssd-dir", required_argument, NULL, 'd' },
+                { "blocks", required_argument, NULL, 'n' },   { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        const char *kvdrived = "kvdrived", *dir = NULL;
+        uint64_t n = 200000, t0, t1;
+        char sock[256], ssd_bytes[32];
+        struct kvc_block_ref *refs = NULL;
+        struct kvc_stats *st = NULL;
+        struct kvc_key seq;
+        kvc_client *c = NULL;
+        kvc_pool *pool = NULL;
+        uint32_t ns;
+        pid_t pid;
+        int opt, r, ret = EXIT_FAILURE;
+
+        while ((opt = getopt_long(argc, argv, "k:d:n:h", opts, NULL)) != -1) {
+                switch (opt) {
+                case 'k': kvdrived = optarg; break;
+                case 'd': dir = optarg; break;
+                case 'n':
+                        if (bench_parse_uint(optarg, 1, 100000000, &n) < 0) {
+                                fprintf(stderr, "kvdrive-bench: bad --blocks '%s'\n", optarg);
+                                return BENCH_EXIT_USAGE;
+                        }
+                        break;
+                case 'h':
+                        printf("Usage: kvdrive-bench restart --ssd-dir DIR [--blocks N] [--kvdrived PATH]\n\n"
+                               "Times a restart of kvdrived with N 4 KiB blocks (8 KiB slots) on its SSD tier in DIR\n"
+                               "(a fresh directory: its contents are replaced). Default N: 200000.\n");
+                        return EXIT_SUCCESS;
+                default:
+                        return BENCH_EXIT_USAGE;
+                }
+        }
+        if (!dir) {
+                fprintf(stderr, "kvdrive-bench: restart needs --ssd-dir\n");
+                return BENCH_EXIT_USAGE;
+        }
+        snprintf(sock, sizeof(sock), "%s/bench.sock", dir);
+        /* Room for the blocks and their slot headers, plus extents' slack. */
+        snprintf(ssd_bytes, sizeof(ssd_bytes), "%" PRIu64 "M", (n * 8192 >> 20) * 11 / 10 + 64);
+        refs = calloc(BATCH, sizeof(*refs));
+        if (!refs || kvc_key_sequence_new(&seq) < 0)
+                goto out;
+
+        pid = spawn(kvdrived, sock, dir, ssd_bytes);
+        c = wait_up(pid, sock);
+        if (!c) {
+                fprintf(stderr, "kvdrive-bench: %s did not start\n", kvdrived);
+                goto out;
+        }
+        r = kvc_register_namespace(c, "bench-restart", &geom, &ns, NULL);
+        if (r == 0)
+                r = kvc_pool_create(c, BATCH, 4096, &pool);
+        for (uint64_t i = 0; r >= 0 && i < n; i += BATCH) {
+                uint32_t k = n - i < BATCH ? (uint32_t)(n - i) : BATCH;
+                uint64_t id;
+
+                for (uint32_t j = 0; j < k; j++) {
+                        refs[j] = (struct kvc_block_ref){ .layer = 0, .slot = j };
+                        kvc_key_private(&seq, i + j, &refs[j].key);
+                        memset(kvc_pool_slot(pool, j), (int)(i + j), 4096);
+                }
+                r = kvc_put_submit_flags(c, ns, pool, refs, k, KVC_PUT_DURABLE, NULL, &id);
+                if (r >= 0)
+                        r = kvc_wait(c, id, -1);
+                if (r >= 0 && (uint32_t)r != k)
+                        r = -EIO;
+        }
+        pool = kvc_pool_free(pool);
+        c = kvc_disconnect(c);
+        if (r < 0 || stop(pid) < 0) {
+                fprintf(stderr, "kvdrive-bench: storing %" PRIu64 " blocks failed: %s\n", n, kvc_strerror(r));
+                goto out;
+        }
+
+        t0 = bench_now_ns();
+        pid = spawn(kvdrived, sock, dir, ssd_bytes);
+        c = wait_up(pid, sock);
+        t1 = bench_now_ns();
+        if (!c || kvc_stats_get(c, &st) < 0) {
+                fprintf(stderr, "kvdrive-bench: restart failed\n");
+                goto out;
+        }
+        for (uint32_t i = 0; i < st->n_tiers; i++)
+                if (strcmp(st->tiers[i].name, "ssd") == 0) {
+                        double s = (double)(t1 - t0) / 1e9;
+
+                        printf("restart: %" PRIu64 " blocks stored, %" PRIu64 " recovered, ready in %.3f s "
+                               "= %.2f s per million blocks\n", n, st->tiers[i].blocks, s, s * 1e6 / (double)n);
+                        ret = st->tiers[i].blocks == n ? EXIT_SUCCESS : EXIT_FAILURE;
+                }
+        c = kvc_disconnect(c);
+        stop(pid);
+out:
+        kvc_stats_free(st);
+        kvc_pool_free(pool);
+        kvc_disconnect(c);
+        free(refs);
+        return ret;
+}
