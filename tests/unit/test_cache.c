@@ -7,6 +7,7 @@
 #include "cache.h"
 #include "check-main.h"
 #include "host.h"
+#include "slab.h"
 
 static struct kvd_config cfg;
 
@@ -231,6 +232,51 @@ START_TEST(cross_class_eviction)
 }
 END_TEST
 
+/* Rebuilding from disk claims given slots; retired extents are never used. */
+START_TEST(slab_claim_and_retire)
+{
+        struct kvd_slab *s;
+        uint64_t cap, used, slots;
+        uint32_t loc;
+        bool fresh;
+        int a, b;
+
+        /* 4 extents of 64 KiB with a 4 KiB header: 60 KiB for slots, so 15
+         * slots of 4 KiB (class a) or 3 of 20 KiB (class b). */
+        ck_assert_int_eq(kvd_slab_new(4, 64 << 10, 4096, &s), 0);
+        a = kvd_slab_class_for(s, 4096);
+        b = kvd_slab_class_for(s, 20 << 10);
+        ck_assert_int_eq(kvd_slab_class_for(s, 61 << 10), -E2BIG);
+        /* extent 1 slot 2 of class a: page 16 (extent) + 1 (header) + 2 */
+        ck_assert_int_eq(kvd_slab_claim(s, a, 16 + 1 + 2), 0);
+        ck_assert_int_eq(kvd_slab_claim(s, a, 16 + 1 + 2), -EBUSY);     /* taken */
+        ck_assert_int_eq(kvd_slab_claim(s, b, 16 + 1), -EBUSY);         /* other class */
+        ck_assert_int_eq(kvd_slab_claim(s, b, 32 + 2), -EINVAL);        /* not a slot boundary */
+        ck_assert_int_eq(kvd_slab_claim(s, a, 16), -EINVAL);            /* the header */
+        ck_assert_int_eq(kvd_slab_extent_class(s, 1), a);
+        kvd_slab_retire(s, 3);
+        kvd_slab_usage(s, &cap, &used, &slots);
+        ck_assert_uint_eq(cap, 3 * (64 << 10));
+        ck_assert_uint_eq(slots, 1);
+        /* Class b fills extents 0 and 2 (3 slots each); 3 is retired. */
+        for (int i = 0; i < 6; i++) {
+                ck_assert_int_eq(kvd_slab_alloc(s, b, &loc, &fresh), 0);
+                ck_assert_uint_ne(kvd_slab_extent_of(s, loc), 3);
+                ck_assert_uint_ne(kvd_slab_extent_of(s, loc), 1);
+                ck_assert(fresh == (i % 3 == 0));
+        }
+        ck_assert_int_eq(kvd_slab_alloc(s, b, &loc, &fresh), -ENOSPC);
+        /* Class a still has room in extent 1 (14 free slots). */
+        ck_assert_int_eq(kvd_slab_alloc(s, a, &loc, &fresh), 0);
+        ck_assert_uint_eq(kvd_slab_extent_of(s, loc), 1);
+        ck_assert(!fresh);
+        kvd_slab_release(s, loc);
+        kvd_slab_release(s, 16 + 1 + 2);
+        ck_assert(kvd_slab_extent_free(s, 1));          /* empty: back to the free list */
+        kvd_slab_free(s);
+}
+END_TEST
+
 static Suite *cache_suite(void)
 {
         Suite *s = suite_create("cache");
@@ -242,6 +288,7 @@ static Suite *cache_suite(void)
         tcase_add_test(tc, lru_eviction_and_pins);
         tcase_add_test(tc, everything_pinned_is_no_space);
         tcase_add_test(tc, cross_class_eviction);
+        tcase_add_test(tc, slab_claim_and_retire);
         suite_add_tcase(s, tc);
         return s;
 }
