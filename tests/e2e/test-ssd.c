@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -429,6 +430,39 @@ START_TEST(test_prefetch_promotes)
 }
 END_TEST
 
+/* Two directories (two drives): extents alternate between their files. */
+START_TEST(test_two_directories)
+{
+        struct kvd_test_daemon d;
+        struct ssd_dir a, b;
+        struct ssd_client sc;
+        struct kvc_key seq = new_seq();
+        char dirs[300];
+        struct stat sa, sb;
+
+        ssd_dir_make(&a);
+        ssd_dir_make(&b);
+        snprintf(dirs, sizeof(dirs), "%s,%s", a.path, b.path);
+        E2E_START(&d, SSD_ARGS(dirs), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        ck_assert_int_eq(ssd_put(&sc, &seq, 0, 400, KVC_PUT_DURABLE, 13), 400);
+        ck_assert_int_eq(stat(a.file, &sa), 0);
+        ck_assert_int_eq(stat(b.file, &sb), 0);
+        /* 400 slots of 12 KiB fill several 1 MiB extents: both files grew. */
+        ck_assert_int_ge(sa.st_size, 1 << 20);
+        ck_assert_int_ge(sb.st_size, 1 << 20);
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+        E2E_START(&d, SSD_ARGS(dirs), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        ck_assert_uint_eq(ssd_get(&sc, &seq, 0, 400, 13).ok, 400);
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+        ssd_dir_remove(&a);
+        ssd_dir_remove(&b);
+}
+END_TEST
+
 START_TEST(test_durable_needs_ssd)
 {
         struct kvd_test_daemon d;
@@ -462,6 +496,7 @@ static Suite *ssd_suite(void)
         tcase_add_test(tc, test_admission_spares_the_drive);
         tcase_add_test(tc, test_write_through);
         tcase_add_test(tc, test_prefetch_promotes);
+        tcase_add_test(tc, test_two_directories);
         tcase_add_test(tc, test_durable_needs_ssd);
         suite_add_tcase(s, tc);
         return s;
