@@ -125,9 +125,13 @@ int main(int argc, char **argv)
 out:
         if (ready_fd >= 0)
                 close(ready_fd);
-        /* Order matters: sessions first, then the engine drains the batches
-         * still in flight (their callbacks need the cache), then the cache. */
+        /* Order matters: sessions first; then the cache's waits and SSD I/O
+         * end (their callbacks may still hand copies to the engine); then
+         * the engine drains its batches (their callbacks need the cache);
+         * then dirty blocks go back to SSD and the cache goes. */
         kvd_server_free(server);
+        if (cache)
+                kvd_cache_quiesce(cache);
         kvd_xfer_free(xfer);
         if (cache && r == 0) {
                 uint64_t n = kvd_cache_write_back(cache);

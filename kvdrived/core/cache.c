@@ -56,6 +56,7 @@ struct kvd_cache {
         uint32_t n_waiters, cap_waiters, free_waiter;
         uint32_t space_head, space_tail; /* waiters for host room, FIFO */
         bool waking_space;
+        bool stopping;          /* kvd_cache_quiesce() ran: no new waits */
         uint64_t hits, misses, evictions, puts, gets;
         uint64_t ssd_hits, ssd_misses, ssd_evictions, demotions, promotions, dropped;
 };
@@ -218,8 +219,11 @@ int kvd_cache_wait_pending(struct kvd_cache *c, uint32_t id, kvd_wait_fn fn, voi
 int kvd_cache_wait_space(struct kvd_cache *c, kvd_wait_fn fn, void *ctx, uint32_t item)
 {
         uint32_t w;
-        int r = waiter_new(c, fn, ctx, item, &w);
+        int r;
 
+        if (c->stopping)
+                return -ECANCELED;
+        r = waiter_new(c, fn, ctx, item, &w);
         if (r < 0)
                 return r;
         if (c->space_tail)
@@ -252,6 +256,24 @@ static void wake_space(struct kvd_cache *c)
                         break;  /* it queued itself again: no room yet */
         }
         c->waking_space = false;
+}
+
+void kvd_cache_quiesce(struct kvd_cache *c)
+{
+        c->stopping = true;
+        while (c->space_head) {
+                uint32_t w = c->space_head;
+                struct waiter x = c->waiters[w];
+
+                c->space_head = x.next;
+                if (!c->space_head)
+                        c->space_tail = 0;
+                c->waiters[w].next = c->free_waiter;
+                c->free_waiter = w;
+                x.fn(x.ctx, x.item, false);
+        }
+        if (c->ssd)
+                kvd_ssd_drain(c->ssd);
 }
 
 /* ---- set-up ------------------------------------------------------------- */
@@ -523,7 +545,10 @@ static void write_done(void *ctx, int r)
         if (evict)
                 c->evict_writes--;
         if (r < 0) {
+                /* It stays in host memory; making room drops it next time
+                 * rather than retrying a drive that fails. */
                 log_debug("SSD tier: writing a block failed (%s); it stays in host memory", strerror(-r));
+                b->flags |= KVD_BLOCK_NO_SSD;
                 free_ssd_copy(c, x->id, false);
         } else {
                 c->demotions++;
@@ -584,7 +609,7 @@ static int start_write(struct kvd_cache *c, uint32_t id, bool durable, bool evic
 
 static bool admitted(const struct kvd_cache *c, const struct kvd_block *b)
 {
-        return b->reads >= c->cfg->ssd_admit_reads;
+        return b->reads >= c->cfg->ssd_admit_reads && !(b->flags & KVD_BLOCK_NO_SSD);
 }
 
 uint64_t kvd_cache_write_back(struct kvd_cache *c)

@@ -72,6 +72,12 @@ struct kvd_cache;
 /* Creates the host tier and, when cfg->ssd_bytes, the SSD tier (and rebuilds
  * the index from it). */
 int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret);
+/* First step of a stop, once no session is left: items waiting for host
+ * room give up, later waits are refused, and SSD I/O in flight runs to its
+ * end (its callbacks may still hand copies to the transfer engine, which
+ * must outlive this call). */
+void kvd_cache_quiesce(struct kvd_cache *c);
+
 /* Before a clean stop: writes every dirty host block the SSD tier admits to
  * SSD while it has free space (no eviction), so a restart finds them.
  * Returns the number of writes started; kvd_cache_free() waits for them. */

@@ -31,6 +31,7 @@ enum kvd_block_flags {
         KVD_BLOCK_IN_SLRU = 1u << 4,    /* on its SSD class's LRU list */
         KVD_BLOCK_EVICT = 1u << 5,      /* free the host copy once written */
         KVD_BLOCK_STAGED = 1u << 6,     /* just loaded from SSD: not a host hit */
+        KVD_BLOCK_NO_SSD = 1u << 7,     /* an SSD write of it failed: never demote it */
 };
 
 struct kvd_bkey {

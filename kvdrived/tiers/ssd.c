@@ -639,12 +639,8 @@ err:
         return r;
 }
 
-struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s)
+void kvd_ssd_drain(struct kvd_ssd *s)
 {
-        if (!s)
-                return NULL;
-        /* Every operation queued or in flight runs to its end: a stop
-         * writes dirty blocks back, and their callbacks need the cache. */
         while (s->ring_ok && (s->inflight > 0 || s->queued > 0)) {
                 struct io_uring_cqe *cqe;
 
@@ -655,6 +651,13 @@ struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s)
                 process_cqe(s, cqe);
                 io_uring_cqe_seen(&s->ring, cqe);
         }
+}
+
+struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s)
+{
+        if (!s)
+                return NULL;
+        kvd_ssd_drain(s);
         for (int p = 0; p < KVD_SSD_PRIO_COUNT; p++)
                 while (s->queue[p].head) { /* only if the ring failed */
                         struct op *o = s->queue[p].head;

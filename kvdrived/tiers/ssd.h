@@ -44,8 +44,11 @@ typedef void (*kvd_ssd_cb)(void *ctx, int result);
 /* Opens (creating) the files in cfg->ssd_dirs and registers host's pool as
  * fixed buffers. Fails with a clear message if a directory refuses O_DIRECT. */
 int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_host *host, struct kvd_ssd **ret);
-/* Waits for every operation in flight (their callbacks run), then closes.
- * Accepts NULL. */
+/* Runs every queued and in-flight operation to its end (callbacks run,
+ * and may queue more, which run too). */
+void kvd_ssd_drain(struct kvd_ssd *s);
+
+/* Drains (above), then closes. Accepts NULL. */
 struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s);
 
 /* eventfd that becomes readable when operations complete. */
