@@ -555,6 +555,45 @@ _public_ int kvc_prefetch_submit(kvc_client *c, uint32_t ns, const struct kvc_bl
         return transfer_submit(c, KVDRIVE__REQUEST__BODY_PREFETCH, ns, NULL, refs, n, false, ret_status, ret_id);
 }
 
+_public_ int kvc_report_scores(kvc_client *c, uint32_t ns, const struct kvc_block_score *scores, uint32_t n)
+{
+        Kvdrive__Scores m = KVDRIVE__SCORES__INIT;
+        Kvdrive__Request req = KVDRIVE__REQUEST__INIT;
+        Kvdrive__BlockScore *items;
+        Kvdrive__BlockScore **ptrs;
+        int err;
+
+        if (!c || (!scores && n > 0))
+                return -EINVAL;
+        if (n > c->max_items)
+                return -E2BIG;
+        items = calloc(n ? n : 1, sizeof(*items));
+        ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+        if (!items || !ptrs) {
+                free(items);
+                free(ptrs);
+                return -ENOMEM;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+                kvdrive__block_score__init(&items[i]);
+                items[i].key_hi = scores[i].key.hi;
+                items[i].key_lo = scores[i].key.lo;
+                items[i].layer = scores[i].layer;
+                items[i].mass = scores[i].mass;
+                ptrs[i] = &items[i];
+        }
+        m.ns_id = ns;
+        m.n_items = n;
+        m.items = ptrs;
+        req.body_case = KVDRIVE__REQUEST__BODY_SCORES;
+        req.scores = &m;
+        /* No pending entry: the reply matches nothing and is dropped. */
+        err = send_request(c, &req, -1);
+        free(ptrs);
+        free(items);
+        return err;
+}
+
 _public_ int kvc_prefetch(kvc_client *c, uint32_t ns, const struct kvc_block_ref *refs, uint32_t n,
                           uint8_t *ret_status)
 {
@@ -780,6 +819,9 @@ static int stats_from_wire(const Kvdrive__StatsReply *w, struct kvc_stats **ret)
         s->clients_total = w->clients_total;
         s->workers = w->workers;
         copy_str(s->device_backends, sizeof(s->device_backends), w->device_backends);
+        copy_str(s->eviction, sizeof(s->eviction), w->eviction);
+        s->speculative_promotions = w->speculative_promotions;
+        s->scores = w->scores;
         s->bytes_in = w->bytes_in;
         s->bytes_out = w->bytes_out;
         s->puts = w->puts;

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -15,6 +16,12 @@
 
 /* Demotions started to make host room, at most, before a Put waits. */
 #define MAX_EVICT_WRITES 64
+/* Heat eviction looks at this many of the least recent entries. */
+#define HEAT_SAMPLE 16
+/* Heat a Get adds, against attention mass reported in [0, 1] per step. */
+#define DEMAND_HEAT 0.05f
+/* Speculative next-layer loads in flight, at most. */
+#define MAX_SPEC_LOADS 16
 
 struct lru {
         uint32_t head, tail;    /* head: least recently used */
@@ -35,7 +42,7 @@ struct ssd_ctx {
         kvd_wait_fn fn;         /* durable Put waiting for the write, or NULL */
         void *fn_ctx;
         uint32_t item;
-        bool prefetch;
+        bool speculative;       /* a next-layer guess: counted in spec_inflight */
 };
 
 struct kvd_cache {
@@ -59,11 +66,40 @@ struct kvd_cache {
         bool stopping;          /* kvd_cache_quiesce() ran: no new waits */
         uint64_t hits, misses, evictions, puts, gets;
         uint64_t ssd_hits, ssd_misses, ssd_evictions, demotions, promotions, dropped;
+        uint64_t spec_promotions, scores;
+        uint32_t spec_inflight; /* speculative loads in flight */
+        struct timespec t0;     /* the heat clock starts here */
 };
 
 static struct kvd_block *blk(const struct kvd_cache *c, uint32_t id)
 {
         return kvd_index_block(c->index, id);
+}
+
+/* ---- heat --------------------------------------------------------------- */
+
+static uint32_t clock_ms(const struct kvd_cache *c)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint32_t)((ts.tv_sec - c->t0.tv_sec) * 1000 + (ts.tv_nsec - c->t0.tv_nsec) / 1000000);
+}
+
+/* A block's heat now: its decayed attention mass plus demand. */
+static float heat_now(const struct kvd_cache *c, const struct kvd_block *b, uint32_t now)
+{
+        float age = (float)(now - b->heat_ms) / (float)c->cfg->heat_half_life_ms;
+
+        return b->heat == 0.0f ? 0.0f : b->heat * exp2f(-age);
+}
+
+static void heat_add(struct kvd_cache *c, struct kvd_block *b, float mass)
+{
+        uint32_t now = clock_ms(c);
+
+        b->heat = heat_now(c, b, now) + mass;
+        b->heat_ms = now;
 }
 
 /* ---- LRU lists ---------------------------------------------------------- */
@@ -290,6 +326,7 @@ int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret)
         if (!c)
                 return -ENOMEM;
         c->cfg = cfg;
+        clock_gettime(CLOCK_MONOTONIC, &c->t0);
         /* With an SSD tier, host pages are laid out like SSD slots (header,
          * then payload), so one I/O moves a block: see tiers/ssd.h. */
         c->hdr = cfg->ssd_bytes ? KVD_SLOT_HDR_BYTES : 0;
@@ -493,21 +530,47 @@ static void settle(struct kvd_cache *c, uint32_t id)
 
 /* ---- SSD writes (demotion, write-through, durable Puts) ------------------ */
 
-/* The least recently used entry of klass's list, else of the other classes
- * in turn; KVD_ID_NONE if every list is empty. */
-static uint32_t pick_victim(const struct lru *lists, int klass, int *rr)
+/* The entry to evict from klass's list (else from the other classes in
+ * turn; KVD_ID_NONE if every list is empty): with LRU eviction its least
+ * recent entry; with heat eviction the coldest of its HEAT_SAMPLE least
+ * recent ones, so that blocks attention keeps using stay even when others
+ * were touched later (sampling, as Redis approximates LFU). */
+static uint32_t pick_victim(const struct kvd_cache *c, const struct lru *lists, int klass, int *rr, bool ssd)
 {
-        if (lists[klass].head != KVD_ID_NONE)
-                return lists[klass].head;
-        for (int i = 0; i < KVD_SLAB_MAX_CLASSES; i++) {
-                int k = (*rr + i) % KVD_SLAB_MAX_CLASSES;
+        uint32_t id = KVD_ID_NONE, best, now;
+        float best_heat;
 
-                if (lists[k].head != KVD_ID_NONE) {
-                        *rr = (k + 1) % KVD_SLAB_MAX_CLASSES;
-                        return lists[k].head;
+        if (lists[klass].head != KVD_ID_NONE) {
+                id = lists[klass].head;
+        } else {
+                for (int i = 0; i < KVD_SLAB_MAX_CLASSES; i++) {
+                        int k = (*rr + i) % KVD_SLAB_MAX_CLASSES;
+
+                        if (lists[k].head != KVD_ID_NONE) {
+                                *rr = (k + 1) % KVD_SLAB_MAX_CLASSES;
+                                id = lists[k].head;
+                                break;
+                        }
                 }
         }
-        return KVD_ID_NONE;
+        if (id == KVD_ID_NONE || c->cfg->eviction == KVD_EVICT_LRU)
+                return id;
+        now = clock_ms(c);
+        best = id;
+        best_heat = heat_now(c, blk(c, id), now);
+        for (int n = 1; n < HEAT_SAMPLE; n++) {
+                float h;
+
+                id = *link_next(blk(c, id), ssd);
+                if (id == KVD_ID_NONE)
+                        break;
+                h = heat_now(c, blk(c, id), now);
+                if (h < best_heat) {
+                        best = id;
+                        best_heat = h;
+                }
+        }
+        return best;
 }
 
 /* An SSD slot of klass, evicting least recently used SSD copies: a block
@@ -521,7 +584,7 @@ static int ssd_alloc_slot(struct kvd_cache *c, int klass, uint32_t *ret_loc)
 
                 if (r != -ENOSPC)
                         return r;
-                victim = pick_victim(c->ssd_lru, klass, &c->ssd_evict_rr);
+                victim = pick_victim(c, c->ssd_lru, klass, &c->ssd_evict_rr, true);
                 if (victim == KVD_ID_NONE)
                         return -ENOSPC;
                 c->ssd_evictions++;
@@ -645,7 +708,7 @@ uint64_t kvd_cache_write_back(struct kvd_cache *c)
 static int make_room(struct kvd_cache *c, int klass)
 {
         while (!kvd_host_can_alloc(c->host, klass)) {
-                uint32_t victim = pick_victim(c->lru, klass, &c->evict_rr);
+                uint32_t victim = pick_victim(c, c->lru, klass, &c->evict_rr, false);
                 struct kvd_block *b;
 
                 if (victim == KVD_ID_NONE)
@@ -748,6 +811,8 @@ static void load_done(void *ctx, int r)
         uint32_t waiters = take_block_waiters(c, x->id);
 
         b->flags &= ~KVD_BLOCK_LOADING;
+        if (x->speculative)
+                c->spec_inflight--;
         if (r == 0) {
                 c->promotions++;
                 c->ssd_hits++;
@@ -775,13 +840,76 @@ static void load_done(void *ctx, int r)
         wake_space(c);
 }
 
+/*
+ * Stages SSD-only block id into a host page: reads it at prio, with fn (if
+ * any) waiting for it. may_evict: make room by eviction (a client asked);
+ * else only free host memory is used (a guess must not push out what is
+ * in use). 0 when the read was started, else -errno and nothing changed.
+ */
+static int start_load(struct kvd_cache *c, uint32_t id, enum kvd_ssd_prio prio, bool may_evict, kvd_wait_fn fn,
+                      void *ctx, uint32_t item)
+{
+        struct kvd_block *b = blk(c, id);
+        const struct kvd_ns *ns = &c->ns[b->ns];
+        struct ssd_ctx *x;
+        uint32_t loc;
+        int r;
+
+        /* LOADING first, so that making room (which may evict SSD copies to
+         * demote others) cannot take this very block. */
+        b->flags |= KVD_BLOCK_LOADING;
+        lru_update(c, id, false);
+        x = malloc(sizeof(*x));
+        r = !x ? -ENOMEM : may_evict ? make_room(c, ns->klass) : kvd_host_can_alloc(c->host, ns->klass) ? 0 : -ENOSPC;
+        if (r == 0)
+                r = c->host_tier->ops->alloc(c->host_tier, ns->klass, &loc);
+        if (r == 0 && fn) {
+                r = wait_on_block(c, id, fn, ctx, item);
+                if (r < 0)
+                        c->host_tier->ops->free(c->host_tier, loc);
+        }
+        if (r < 0) {
+                b->flags &= ~KVD_BLOCK_LOADING;
+                lru_update(c, id, false);
+                free(x);
+                return r;
+        }
+        b->loc = loc;
+        *x = (struct ssd_ctx){ .c = c, .id = id, .speculative = prio == KVD_SSD_SPECULATIVE };
+        if (x->speculative)
+                c->spec_inflight++;
+        kvd_ssd_read(c->ssd, b->ssd_loc, kvd_host_ptr(c->host, loc), (uint32_t)ns->block_bytes, b->key_hi,
+                     b->key_lo, b->layer, prio, load_done, x);
+        return 0;
+}
+
+/* Layer l's block was just asked for: layer l+1's block of the same key is
+ * likely next. If it is on SSD only, stage it into free host memory. */
+static void promote_next_layer(struct kvd_cache *c, const struct kvd_block *b)
+{
+        struct kvd_bkey k = { b->key_hi, b->key_lo, b->ns, b->layer + 1 };
+        const struct kvd_block *n;
+        uint32_t id;
+
+        if (!c->ssd || !c->cfg->promote_next_layer || c->spec_inflight >= MAX_SPEC_LOADS ||
+            k.layer >= c->ns[b->ns].geometry.layers)
+                return;
+        id = kvd_index_find(c->index, &k);
+        if (id == KVD_ID_NONE)
+                return;
+        n = blk(c, id);
+        if (n->state != KVD_BLOCK_READY || n->loc != KVD_LOC_NONE || n->ssd_loc == KVD_LOC_NONE ||
+            (n->flags & (KVD_BLOCK_LOADING | KVD_BLOCK_DOOMED | KVD_BLOCK_WRITING)))
+                return;
+        if (start_load(c, id, KVD_SSD_SPECULATIVE, false, NULL, NULL, 0) == 0)
+                c->spec_promotions++;
+}
+
 int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, bool prefetch, kvd_wait_fn fn,
                       void *ctx, uint32_t item, uint32_t *ret_id, void **ret_host)
 {
-        uint32_t id = kvd_index_find(c->index, k), loc;
-        const struct kvd_ns *ns;
+        uint32_t id = kvd_index_find(c->index, k);
         struct kvd_block *b;
-        struct ssd_ctx *x;
         int r;
 
         if (id == KVD_ID_NONE || (b = blk(c, id))->state != KVD_BLOCK_READY || (b->flags & KVD_BLOCK_DOOMED)) {
@@ -802,38 +930,32 @@ int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, bool prefet
                         b->flags &= ~KVD_BLOCK_STAGED; /* counted as an SSD hit */
                 else
                         c->hits++;
+                heat_add(c, b, DEMAND_HEAT);
                 lru_update(c, id, true);
+                promote_next_layer(c, b);
                 *ret_id = id;
                 *ret_host = (uint8_t *)kvd_host_ptr(c->host, b->loc) + c->hdr;
                 return 0;
         }
-        /* On SSD only: stage it in host, then the waiter pins it. Marked
-         * LOADING first, so that making room (which may evict SSD copies
-         * to demote others) cannot take this very block. */
-        ns = &c->ns[b->ns];
-        b->flags |= KVD_BLOCK_LOADING;
-        lru_update(c, id, false);
-        x = malloc(sizeof(*x));
-        r = x ? make_room(c, ns->klass) : -ENOMEM;
-        if (r == 0)
-                r = c->host_tier->ops->alloc(c->host_tier, ns->klass, &loc);
-        if (r == 0) {
-                r = wait_on_block(c, id, fn, ctx, item);
-                if (r < 0)
-                        c->host_tier->ops->free(c->host_tier, loc);
-        }
-        if (r < 0) {
-                b->flags &= ~KVD_BLOCK_LOADING;
-                lru_update(c, id, false);
-                free(x);
+        /* On SSD only: stage it in host, then the waiter pins it. */
+        r = start_load(c, id, prefetch ? KVD_SSD_PREFETCH : KVD_SSD_DEMAND, true, fn, ctx, item);
+        if (r < 0)
                 return r;
-        }
         c->misses++;
-        b->loc = loc;
-        *x = (struct ssd_ctx){ .c = c, .id = id, .prefetch = prefetch };
-        kvd_ssd_read(c->ssd, b->ssd_loc, kvd_host_ptr(c->host, loc), (uint32_t)ns->block_bytes, b->key_hi,
-                     b->key_lo, b->layer, prefetch ? KVD_SSD_PREFETCH : KVD_SSD_DEMAND, load_done, x);
+        promote_next_layer(c, b);
         return -EINPROGRESS;
+}
+
+int kvd_cache_score(struct kvd_cache *c, const struct kvd_bkey *k, float mass)
+{
+        uint32_t id = kvd_index_find(c->index, k);
+        struct kvd_block *b;
+
+        if (id == KVD_ID_NONE || (b = blk(c, id))->state != KVD_BLOCK_READY || !(mass >= 0.0f && mass <= 1.0f))
+                return 0;
+        heat_add(c, b, mass);
+        c->scores++;
+        return 1;
 }
 
 void kvd_cache_unpin(struct kvd_cache *c, uint32_t id)
@@ -928,6 +1050,8 @@ void kvd_cache_stats(const struct kvd_cache *c, struct kvd_cache_stats *ret)
                 .have_ssd = c->ssd != NULL,
                 .ssd_hits = c->ssd_hits, .ssd_misses = c->ssd_misses, .ssd_evictions = c->ssd_evictions,
                 .demotions = c->demotions, .promotions = c->promotions, .dropped = c->dropped,
+                .spec_promotions = c->spec_promotions, .scores = c->scores,
+                .eviction = c->cfg->eviction == KVD_EVICT_LRU ? "lru" : "heat",
         };
         c->host_tier->ops->usage(c->host_tier, &ret->host);
         if (c->ssd) {

@@ -62,6 +62,8 @@ struct kvd_cache_stats {
         uint64_t ssd_read_errors, ssd_write_errors, crc_failures;
         bool ssd_full;
         char ssd_condition[96];
+        uint64_t spec_promotions, scores;
+        const char *eviction;   /* "heat" or "lru" */
 };
 
 /* Called once: ok = the awaited event happened (try again), !ok = give up. */
@@ -138,6 +140,10 @@ int kvd_cache_wait_pending(struct kvd_cache *c, uint32_t id, kvd_wait_fn fn, voi
 int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, bool prefetch, kvd_wait_fn fn,
                       void *ctx, uint32_t item, uint32_t *ret_id, void **ret_host);
 void kvd_cache_unpin(struct kvd_cache *c, uint32_t id);
+
+/* Adds attention mass (in [0, 1]) a client measured on block k to its heat.
+ * 1 if k is cached, 0 if not (or mass is out of range). */
+int kvd_cache_score(struct kvd_cache *c, const struct kvd_bkey *k, float mass);
 
 /* Registers fn for when host room may have been made. 0 or -ENOMEM. */
 int kvd_cache_wait_space(struct kvd_cache *c, kvd_wait_fn fn, void *ctx, uint32_t item);

@@ -57,6 +57,8 @@ struct kvd_block {
         uint8_t ssd_klass;
         uint8_t reads;          /* saturating: SSD admission */
         uint8_t pad[3];
+        float heat;             /* attention mass + demand, decayed to heat_ms */
+        uint32_t heat_ms;       /* cache clock of the last update */
 };
 
 struct kvd_index;

@@ -312,6 +312,34 @@ static void handle_prefetch(struct kvd_session *ss, uint64_t id, const Kvdrive__
                 start_io(ss, id, KVD_IO_PREFETCH, false, ns, NULL, m->items, m->n_items);
 }
 
+static void handle_scores(struct kvd_session *ss, uint64_t id, const Kvdrive__Scores *m)
+{
+        Kvdrive__ScoresReply sr = KVDRIVE__SCORES_REPLY__INIT;
+        Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
+        const struct kvd_ns *ns = session_ns(ss, id, m->ns_id);
+
+        if (!ns || !check_items(ss, id, m->n_items))
+                return;
+        for (size_t i = 0; i < m->n_items; i++) {
+                const Kvdrive__BlockScore *b = m->items[i];
+
+                if (b->layer >= ns->geometry.layers || !(b->mass >= 0.0f && b->mass <= 1.0f)) {
+                        kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_OUT_OF_RANGE,
+                                               "item %zu: layer %u of %u, mass %g (must be in [0, 1])", i, b->layer,
+                                               ns->geometry.layers, (double)b->mass);
+                        return;
+                }
+        }
+        for (size_t i = 0; i < m->n_items; i++) {
+                struct kvd_bkey k = { m->items[i]->key_hi, m->items[i]->key_lo, ns->id, m->items[i]->layer };
+
+                sr.applied += (uint32_t)kvd_cache_score(ss->server->cache, &k, m->items[i]->mass);
+        }
+        resp.body_case = KVDRIVE__RESPONSE__BODY_SCORES;
+        resp.scores = &sr;
+        reply(ss, id, &resp);
+}
+
 static void handle_lookup(struct kvd_session *ss, uint64_t id, const Kvdrive__Lookup *m)
 {
         Kvdrive__LookupReply lr = KVDRIVE__LOOKUP_REPLY__INIT;
@@ -461,6 +489,9 @@ static void handle_stats(struct kvd_session *ss, uint64_t id)
         sr.errors = s->errors;
         sr.workers = s->cfg->workers;
         sr.device_backends = (char *)"memfd";
+        sr.eviction = (char *)cs.eviction;
+        sr.speculative_promotions = cs.spec_promotions;
+        sr.scores = cs.scores;
         resp.body_case = KVDRIVE__RESPONSE__BODY_STATS;
         resp.stats = &sr;
         reply(ss, id, &resp);
@@ -530,6 +561,9 @@ void kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int *fds
                 break;
         case KVDRIVE__REQUEST__BODY_PREFETCH:
                 handle_prefetch(ss, req->id, req->prefetch);
+                break;
+        case KVDRIVE__REQUEST__BODY_SCORES:
+                handle_scores(ss, req->id, req->scores);
                 break;
         default:
                 kvd_session_send_error(ss, req->id, KVDRIVE__ERROR_CODE__E_UNKNOWN_TYPE,

@@ -23,8 +23,9 @@ struct kvd_ssd;
 
 enum kvd_ssd_prio {
         KVD_SSD_DEMAND = 0,     /* a client waits for it */
-        KVD_SSD_PREFETCH = 1,   /* promotion ahead of demand */
-        KVD_SSD_BACKGROUND = 2, /* write-back, invalidation */
+        KVD_SSD_PREFETCH = 1,   /* promotion a client asked for */
+        KVD_SSD_SPECULATIVE = 2, /* promotion the daemon guessed (next layer) */
+        KVD_SSD_BACKGROUND = 3, /* write-back, invalidation */
         KVD_SSD_PRIO_COUNT,
 };
 

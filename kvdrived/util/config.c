@@ -17,7 +17,7 @@
 #include "macro.h"
 #include "size.h"
 
-enum opt_type { OPT_STRING, OPT_SIZE, OPT_U32, OPT_INT, OPT_BOOL, OPT_MODE, OPT_LOCK, OPT_LEVEL };
+enum opt_type { OPT_STRING, OPT_SIZE, OPT_U32, OPT_INT, OPT_BOOL, OPT_MODE, OPT_LOCK, OPT_LEVEL, OPT_EVICT };
 
 struct option_def {
         const char *name;
@@ -63,6 +63,12 @@ static const struct option_def options[] = {
           "write every stored block to SSD at once, and acknowledge Puts once on SSD", false },
         { "ssd-admit-reads", OPT_U32, OFF(ssd_admit_reads), "0", 0, 255,
           "demote to SSD only blocks read at least this often (0: all)", false },
+        { "eviction", OPT_EVICT, OFF(eviction), "heat", 0, 0,
+          "which block leaves a full tier: heat (decayed attention + demand) or lru", false },
+        { "heat-half-life-ms", OPT_U32, OFF(heat_half_life_ms), "10000", 10, 86400000,
+          "half-life of a block's heat", false },
+        { "promote-next-layer", OPT_BOOL, OFF(promote_next_layer), "true", 0, 0,
+          "when a block is read, stage the next layer's block from SSD into free host memory", false },
         { "workers", OPT_U32, OFF(workers), "2", 1, 64, "transfer worker threads", false },
         { "max-clients", OPT_U32, OFF(max_clients), "256", 1, 65536, "concurrent client sessions", false },
         { "max-namespaces", OPT_U32, OFF(max_namespaces), "64", 1, 4096, "registered namespaces", false },
@@ -126,6 +132,14 @@ static int set_option(struct kvd_config *cfg, const struct option_def *o, const 
                         *(int *)field = KVD_LOCK_REQUIRED;
                 else if (strcmp(value, "off") == 0)
                         *(int *)field = KVD_LOCK_OFF;
+                else
+                        return -EINVAL;
+                return 0;
+        case OPT_EVICT:
+                if (strcmp(value, "heat") == 0)
+                        *(int *)field = KVD_EVICT_HEAT;
+                else if (strcmp(value, "lru") == 0)
+                        *(int *)field = KVD_EVICT_LRU;
                 else
                         return -EINVAL;
                 return 0;

@@ -14,6 +14,11 @@
 
 #include "size.h"
 
+enum kvd_eviction {
+        KVD_EVICT_HEAT,         /* the coldest of the least recent few */
+        KVD_EVICT_LRU,          /* the least recent (baseline) */
+};
+
 enum kvd_lock_mode {
         KVD_LOCK_TRY,           /* mlock; on failure warn and go on unpinned */
         KVD_LOCK_REQUIRED,      /* mlock or refuse to start */
@@ -38,6 +43,9 @@ struct kvd_config {
         uint32_t ssd_queue_depth;
         bool ssd_write_through;         /* every Put is written to SSD at once */
         uint32_t ssd_admit_reads;       /* demote only blocks read this often */
+        int eviction;                   /* enum kvd_eviction */
+        uint32_t heat_half_life_ms;
+        bool promote_next_layer;        /* stage layer l+1 from SSD when l is read */
         uint32_t workers;
         uint32_t max_clients;
         uint32_t max_namespaces;

@@ -232,6 +232,58 @@ START_TEST(cross_class_eviction)
 }
 END_TEST
 
+/* With heat eviction, a block attention keeps using outlives colder blocks
+ * touched after it; with LRU eviction it is the first to go. */
+static bool hot_block_survives(const char *eviction)
+{
+        const char *argv[] = { "kvdrived", "--host-bytes=16M", "--host-extent-bytes=1M", "--host-lock=off",
+                               "--host-hugepages=false", eviction };
+        struct kvd_geometry g = { 1, 8, 128, 1, 64 }; /* 256 KiB: 64 fit */
+        struct kvd_config hc;
+        struct kvd_cache *c;
+        uint32_t ns, id;
+        bool created, survived;
+        void *p;
+
+        ck_assert_int_eq(kvd_config_load(&hc, 6, (char **)argv), 0);
+        ck_assert_int_eq(kvd_cache_new(&hc, &c), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, &ns, &created), 0);
+        for (uint64_t i = 0; i < 64; i++) {
+                struct kvd_bkey k = key(ns, i);
+
+                ck_assert_int_eq(kvd_cache_put_reserve(c, &k, &id, &p), 0);
+                ck_assert_int_eq(kvd_cache_put_commit(c, id, false, NULL, NULL, 0), 0);
+        }
+        {
+                struct kvd_bkey hot = key(ns, 0), nope = key(ns, 999);
+
+                ck_assert_int_eq(kvd_cache_score(c, &hot, 0.9f), 1);
+                ck_assert_int_eq(kvd_cache_score(c, &nope, 0.9f), 0);  /* not cached */
+                ck_assert_int_eq(kvd_cache_score(c, &hot, 1.5f), 0);   /* out of range */
+        }
+        /* Four new blocks evict four: the least recent is block 0. */
+        for (uint64_t i = 100; i < 104; i++) {
+                struct kvd_bkey k = key(ns, i);
+
+                ck_assert_int_eq(kvd_cache_put_reserve(c, &k, &id, &p), 0);
+                kvd_cache_put_commit(c, id, false, NULL, NULL, 0);
+        }
+        {
+                struct kvd_bkey hot = key(ns, 0);
+
+                survived = kvd_cache_contains(c, &hot);
+        }
+        kvd_cache_free(c);
+        return survived;
+}
+
+START_TEST(heat_eviction)
+{
+        ck_assert(hot_block_survives("--eviction=heat"));
+        ck_assert(!hot_block_survives("--eviction=lru"));
+}
+END_TEST
+
 /* Rebuilding from disk claims given slots; retired extents are never used. */
 START_TEST(slab_claim_and_retire)
 {
@@ -289,6 +341,7 @@ static Suite *cache_suite(void)
         tcase_add_test(tc, everything_pinned_is_no_space);
         tcase_add_test(tc, cross_class_eviction);
         tcase_add_test(tc, slab_claim_and_retire);
+        tcase_add_test(tc, heat_eviction);
         suite_add_tcase(s, tc);
         return s;
 }

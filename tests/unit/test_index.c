@@ -88,7 +88,7 @@ START_TEST(model_check)
                 }
         }
         ck_assert_uint_ge(kvd_index_capacity(idx) * 3, kvd_index_count(idx) * 4);
-        ck_assert_uint_le(kvd_index_bytes_per_block(), 72);
+        ck_assert_uint_le(kvd_index_bytes_per_block(), 80);
         kvd_index_free(idx);
         free(keys);
         free(ids);

@@ -180,6 +180,8 @@ static void print_stats(const struct kvc_stats *s)
                s->workers, *s->device_backends ? s->device_backends : "(none)");
         printf("clients    %" PRIu32 " connected, %" PRIu64 " total\n", s->clients,
                s->clients_total);
+        printf("placement  eviction by %s, %" PRIu64 " block scores, %" PRIu64 " next-layer promotions\n",
+               s->eviction, s->scores, s->speculative_promotions);
         printf("requests   %" PRIu64 " total, %" PRIu64 " errors\n", s->requests, s->errors);
         printf("transfer   in %s (%" PRIu64 " blocks put), out %s (%" PRIu64 " blocks got)\n",
                format_bytes(b1, sizeof(b1), s->bytes_in), s->puts,
@@ -317,6 +319,7 @@ static json_t *stats_json(const struct kvc_stats *s)
                          " s:{s:I, s:I, s:I, s:I},"
                          " s:{s:I, s:I},"
                          " s:{s:I, s:I, s:I, s:I},"
+                         " s:{s:s, s:I, s:I},"
                          " s:o}",
                          "schema", STATS_JSON_SCHEMA,
                          "daemon",
@@ -342,6 +345,10 @@ static json_t *stats_json(const struct kvc_stats *s)
                          "entries", ji(s->index_entries),
                          "bytes", ji(s->index_bytes),
                          "bytes_per_block", (json_int_t)s->index_bytes_per_block,
+                         "placement",
+                         "eviction", s->eviction,
+                         "speculative_promotions", ji(s->speculative_promotions),
+                         "scores", ji(s->scores),
                          "namespaces", nss);
 
 err_free:

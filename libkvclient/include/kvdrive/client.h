@@ -232,6 +232,22 @@ int kvc_prefetch_submit(kvc_client *c, uint32_t ns, const struct kvc_block_ref *
 int kvc_prefetch(kvc_client *c, uint32_t ns, const struct kvc_block_ref *refs, uint32_t n,
                  uint8_t *ret_status);
 
+/* Attention a client measured on a block it used in one step. */
+struct kvc_block_score {
+        struct kvc_key key;
+        uint32_t layer;
+        float mass;             /* share of the step's attention weight, in [0, 1] */
+};
+
+/*
+ * Reports block scores to the daemon, which keeps blocks that attention
+ * keeps using close to the GPU (host memory over SSD). Fire and forget:
+ * returns once sent (0 or -errno); the daemon's reply is dropped, and an
+ * error it reports (unknown namespace, layer or mass out of range) shows
+ * in kvc_last_error().
+ */
+int kvc_report_scores(kvc_client *c, uint32_t ns, const struct kvc_block_score *scores, uint32_t n);
+
 /* Synchronous Put/Get: submit and wait. Same returns as kvc_wait(). */
 int kvc_put(kvc_client *c, uint32_t ns, const kvc_pool *p, const struct kvc_block_ref *refs,
             uint32_t n, uint8_t *ret_status);
@@ -287,6 +303,9 @@ struct kvc_stats {
         uint64_t clients_total;
         uint32_t workers;
         char device_backends[64];
+        char eviction[16];              /* "heat" or "lru" */
+        uint64_t speculative_promotions; /* next-layer blocks staged from SSD unasked */
+        uint64_t scores;                /* block scores applied */
         uint64_t bytes_in;              /* client pools -> daemon */
         uint64_t bytes_out;             /* daemon -> client pools */
         uint64_t puts;
