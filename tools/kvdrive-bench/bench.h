@@ -18,6 +18,9 @@ struct bench_command {
 int bench_transfer(int argc, char **argv);
 int bench_ssd(int argc, char **argv);
 int bench_restart(int argc, char **argv);
+int bench_gen(int argc, char **argv);
+int bench_decode(int argc, char **argv);
+int bench_report(int argc, char **argv);
 
 /* Comma-separated sizes into a new array (free()), count in *ret_n. */
 int bench_parse_sizes(const char *s, uint64_t **ret, size_t *ret_n);

@@ -1,0 +1,271 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvdrive-bench decode against a live daemon with an SSD tier, on a tiny
+ * trace written here (docs/trace-format.md): each policy runs and reports
+ * sane JSON (full: exact), and a bad trace is refused with its problem
+ * named.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check-main.h"
+#include "ssd-common.h"
+
+/* 2 layers, 2 kv heads x 32 dims, 4 query heads, 16-token blocks (4 KiB);
+ * 312 tokens: a 304-token prompt (19 blocks) and 8 decode steps. */
+#define T_LAYERS 2u
+#define T_KV     2u
+#define T_Q      4u
+#define T_DIM    32u
+#define T_TOKENS 312u
+#define T_STEPS  8u
+#define RUN_TIMEOUT_MS 60000
+
+static const char *bench_path(void)
+{
+        const char *p = getenv("KVDRIVE_BENCH");
+
+        ck_assert_msg(p && *p, "$KVDRIVE_BENCH is not set (run the tests with meson test)");
+        return p;
+}
+
+/* An fp16 bit pattern of magnitude in [0.25, 2) and random sign. */
+static uint16_t rand_f16(uint64_t *st)
+{
+        uint64_t r = e2e_splitmix(st);
+
+        return (uint16_t)(((r & 1) << 15) | ((13 + (r >> 1) % 3) << 10) | ((r >> 8) & 0x3ff));
+}
+
+static void write_array(const char *dir, const char *name, size_t n, uint64_t seed)
+{
+        uint16_t *a = malloc(n * sizeof(*a));
+        char path[256];
+
+        ck_assert_ptr_nonnull(a);
+        for (size_t i = 0; i < n; i++)
+                a[i] = rand_f16(&seed);
+        snprintf(path, sizeof(path), "%s/%s", dir, name);
+        ck_assert_int_eq(e2e_write_file(path, a, n * sizeof(*a)), 0);
+        free(a);
+}
+
+/* Writes the tiny trace into dir (created); without q.bin if !with_q. */
+static void write_trace(const char *dir, bool with_q)
+{
+        size_t kv = (size_t)T_LAYERS * T_KV * T_TOKENS * T_DIM, q = (size_t)T_STEPS * T_LAYERS * T_Q * T_DIM;
+        char path[256], meta[256];
+        int n;
+
+        ck_assert(mkdir(dir, 0755) == 0 || errno == EEXIST);
+        n = snprintf(meta, sizeof(meta),
+                     "{\"layers\": %u, \"kv_heads\": %u, \"q_heads\": %u, \"head_dim\": %u, \"tokens\": %u, "
+                     "\"steps\": %u, \"dtype\": \"f16\"}\n",
+                     T_LAYERS, T_KV, T_Q, T_DIM, T_TOKENS, T_STEPS);
+        snprintf(path, sizeof(path), "%s/meta.json", dir);
+        ck_assert_int_eq(e2e_write_file(path, meta, (size_t)n), 0);
+        write_array(dir, "k.bin", kv, 1);
+        write_array(dir, "v.bin", kv, 2);
+        if (with_q)
+                write_array(dir, "q.bin", q, 3);
+}
+
+/* Runs kvdrive-bench with args; its stdout and stderr are returned
+ * (malloc'd, NUL-terminated) and its wait status. */
+static int run_bench(const char *tmp, const char *const *args, char **ret_out, char **ret_err)
+{
+        const char *argv[32];
+        char out_path[256], err_path[256], why[96];
+        size_t n = 0;
+        struct stat st;
+        pid_t pid;
+        int status;
+
+        argv[n++] = bench_path();
+        for (size_t i = 0; args[i] && n + 1 < 32; i++)
+                argv[n++] = args[i];
+        argv[n] = NULL;
+        snprintf(out_path, sizeof(out_path), "%s/stdout", tmp);
+        snprintf(err_path, sizeof(err_path), "%s/stderr", tmp);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+                int e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+
+                if (o < 0 || e < 0 || dup2(o, STDOUT_FILENO) < 0 || dup2(e, STDERR_FILENO) < 0)
+                        _exit(127);
+                execv(argv[0], (char *const *)argv);
+                _exit(127);
+        }
+        status = e2e_wait_child(pid, RUN_TIMEOUT_MS, why, sizeof(why));
+        ck_assert_msg(status != -ETIMEDOUT, "kvdrive-bench %s: %s", args[0], why);
+        for (int i = 0; i < 2; i++) {
+                const char *p = i ? err_path : out_path;
+                char **ret = i ? ret_err : ret_out;
+                char *buf;
+
+                ck_assert_int_eq(stat(p, &st), 0);
+                buf = calloc(1, (size_t)st.st_size + 1);
+                ck_assert_ptr_nonnull(buf);
+                ck_assert_int_eq(e2e_read_file(p, buf, (size_t)st.st_size), 0);
+                *ret = buf;
+        }
+        return status;
+}
+
+static double jget(json_t *root, const char *a, const char *b)
+{
+        json_t *v = json_object_get(json_object_get(root, a), b);
+
+        ck_assert_msg(v && json_is_number(v), "no number %s.%s in the JSON", a, b);
+        return json_number_value(v);
+}
+
+static void run_policy(const char *sock, const char *tmp, const char *trace, const char *policy)
+{
+        const char *args[] = { "decode", "--socket", sock, "--policy", policy, "--trace", trace, "--accuracy-every",
+                               "1", "--compute-us", "50", "--json", NULL };
+        char *out, *err;
+        json_error_t jerr;
+        json_t *root;
+        double mass, tps, werr;
+        int st = run_bench(tmp, args, &out, &err);
+
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "decode --policy %s: status 0x%x; stderr:\n%s", policy,
+                      (unsigned)st, err);
+        root = json_loads(out, 0, &jerr);
+        ck_assert_msg(root, "decode --policy %s printed no JSON (line %d: %s): %s", policy, jerr.line, jerr.text, out);
+        mass = jget(root, "accuracy", "mass_recall_mean");
+        werr = jget(root, "accuracy", "rel_l2_error_max");
+        tps = jget(root, "throughput", "tokens_per_s");
+        ck_assert_double_eq(jget(root, "accuracy", "samples"), T_STEPS * T_LAYERS);
+        ck_assert_double_eq(jget(root, "throughput", "tokens"), T_STEPS);
+        ck_assert_msg(tps > 0, "%s: tokens/s %g", policy, tps);
+        if (strcmp(policy, "full") == 0) {
+                ck_assert_msg(fabs(mass - 1.0) <= 1e-6, "full: mass recall %.9f, not 1", mass);
+                ck_assert_msg(werr < 1e-3, "full: relative L2 error %g", werr);
+                ck_assert_double_eq_tol(jget(root, "accuracy", "topk_recall_mean"), 1.0, 1e-9);
+        } else {
+                ck_assert_msg(mass > 0 && mass <= 1.0, "%s: mass recall %g not in (0, 1]", policy, mass);
+                ck_assert_msg(jget(root, "bytes", "host_to_device") > 0, "%s: nothing was fetched", policy);
+        }
+        json_decref(root);
+        free(out);
+        free(err);
+}
+
+START_TEST(test_policies)
+{
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        char trace[200];
+
+        ssd_dir_make(&dir);
+        snprintf(trace, sizeof(trace), "%s/trace", dir.path);
+        write_trace(trace, true);
+        E2E_START(&d, "--ssd-dir", dir.path, "--ssd-bytes", "64M", );
+        run_policy(d.socket_path, dir.path, trace, "full");
+        run_policy(d.socket_path, dir.path, trace, "sparse");
+        run_policy(d.socket_path, dir.path, trace, "lru");
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
+START_TEST(test_two_clients_batch)
+{
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        char trace[200], *out, *err;
+        const char *args[] = { "decode", "--socket", NULL, "--policy", "sparse", "--trace", trace, "--clients", "2",
+                               "--seqs", "2", "--json", NULL };
+        int st;
+
+        ssd_dir_make(&dir);
+        snprintf(trace, sizeof(trace), "%s/trace", dir.path);
+        write_trace(trace, true);
+        E2E_START(&d, "--ssd-dir", dir.path, "--ssd-bytes", "64M", );
+        args[2] = d.socket_path;
+        st = run_bench(dir.path, args, &out, &err);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status 0x%x; stderr:\n%s", (unsigned)st, err);
+        ck_assert_ptr_nonnull(strstr(out, "\"tokens\": 32"));   /* 2 clients x 2 seqs x 8 steps */
+        free(out);
+        free(err);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
+START_TEST(test_bad_trace)
+{
+        struct ssd_dir dir;
+        char trace[200], *out, *err;
+        const char *args[] = { "decode", "--socket", "/nonexistent/kvd.sock", "--trace", trace, "--json", NULL };
+        int st;
+
+        ssd_dir_make(&dir);
+        snprintf(trace, sizeof(trace), "%s/trace", dir.path);
+        write_trace(trace, false);
+        st = run_bench(dir.path, args, &out, &err);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "decode took a trace without q.bin (status 0x%x)",
+                      (unsigned)st);
+        ck_assert_msg(strstr(err, "q.bin") != NULL, "the error does not name q.bin: %s", err);
+        ck_assert_str_eq(out, "");
+        free(out);
+        free(err);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
+START_TEST(test_namespace_conflict)
+{
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        struct kvc_geometry other = { T_LAYERS, T_KV, T_DIM, KVC_DTYPE_F16, 32 };
+        kvc_client *c = NULL;
+        char trace[200], *out, *err;
+        const char *args[] = { "decode", "--socket", NULL, "--trace", trace, "--namespace", "e2e-decode-taken", NULL };
+        uint32_t ns;
+        int st;
+
+        ssd_dir_make(&dir);
+        snprintf(trace, sizeof(trace), "%s/trace", dir.path);
+        write_trace(trace, true);
+        E2E_START(&d);
+        E2E_ASSERT_RC(c, kvc_connect(d.socket_path, "e2e", &c), 0);
+        E2E_ASSERT_RC(c, kvc_register_namespace(c, "e2e-decode-taken", &other, &ns, NULL), 0);
+        args[2] = d.socket_path;
+        st = run_bench(dir.path, args, &out, &err);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "decode joined a namespace of another geometry");
+        ck_assert_msg(strstr(err, "e2e-decode-taken") && strstr(err, "geometry"), "unclear error: %s", err);
+        free(out);
+        free(err);
+        kvc_disconnect(c);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
+static Suite *decode_suite(void)
+{
+        Suite *s = suite_create("decode");
+        TCase *tc = tcase_create("decode");
+
+        tcase_set_timeout(tc, 3 * E2E_TCASE_TIMEOUT);
+        tcase_add_test(tc, test_policies);
+        tcase_add_test(tc, test_two_clients_batch);
+        tcase_add_test(tc, test_bad_trace);
+        tcase_add_test(tc, test_namespace_conflict);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+KVD_CHECK_MAIN(decode_suite)

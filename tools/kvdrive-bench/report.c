@@ -1,0 +1,852 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvdrive-bench report: a sweep of `kvdrive-bench decode` (context length,
+ * device budget, clients; the three policies) against a running daemon with
+ * an SSD tier, written as results.md (with the commands), results.csv and
+ * gnuplot PNGs into --out.
+ *
+ * Each trace is made by `kvdrive-bench gen` and each measurement by
+ * `kvdrive-bench decode --json`, both run as child processes of this very
+ * executable (/proc/self/exe), so that every row is one command anyone can
+ * run again; their stderr passes through.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <kvdrive/client.h>
+
+#include "bench.h"
+
+#define MAX_RUNS 64
+#define MAX_CTX 8
+#define MAX_ARGS 40
+#define CMD_MAX 1024
+
+static const char *const policies[] = { "full", "sparse", "lru" };
+#define N_POL 3
+
+struct report_opts {
+        const char *socket;
+        const char *out;
+        const char *traces;             /* NULL: a temporary directory */
+        bool quick, keep, plot_only;
+};
+
+/* One sweep: which contexts, budgets, clients, and how long each run is. */
+struct sweep {
+        uint32_t ctx[MAX_CTX];
+        size_t n_ctx;
+        uint32_t budget_ctx;            /* context of the budget sweep */
+        double budgets[4];              /* [0] is the main one */
+        size_t n_budgets;
+        uint32_t clients_ctx;           /* context of the clients sweep */
+        uint32_t clients;               /* > 1 */
+        uint32_t steps, acc_every, layers;
+};
+
+struct run_row {
+        uint32_t ctx, clients;
+        const char *policy;
+        double budget;
+        bool in_ctx, in_budget, in_clients;
+        char cmd[CMD_MAX];
+        bool ok;
+        /* from the JSON */
+        double tps, p50, p99, mass, mass_min, topk, err, err_max;
+        double dev_hit, pref_hit, host_hit;
+        double h2d_per_tok, ssd2h_per_tok, io_wait, attn, select, compute, mean;
+        uint32_t slots, kmax;
+};
+
+static void usage(FILE *f)
+{
+        fprintf(f,
+                "Usage: kvdrive-bench report [options]\n\n"
+                "Runs a sweep of `kvdrive-bench decode` (context length, device budget, clients; the\n"
+                "policies full, sparse and lru) and writes results.md (tables and the exact commands),\n"
+                "results.csv and PNG plots (gnuplot) into --out.\n\n"
+                "It needs a running kvdrived with an SSD tier and a host tier smaller than the KV, e.g.\n"
+                "  kvdrived --foreground --socket S --host-bytes 128M --ssd-dir D --ssd-bytes 4G\n"
+                "(the full sweep's largest run, 128K tokens x 4 layers, keeps 2 GiB of KV on SSD).\n\n"
+                "  -s, --socket PATH   daemon socket (default: $KVDRIVE_SOCKET or the system one)\n"
+                "  -o, --out DIR       output directory [docs/bench/decode]\n"
+                "  -q, --quick         the quick sweep (about 5-10 minutes on 2 cores): contexts 16K-128K,\n"
+                "                      32 steps; the default is the full sweep (64 steps, more points)\n"
+                "  -t, --traces DIR    where the traces go (kept, and reused when present); default: a\n"
+                "                      temporary directory, removed at the end\n"
+                "  -p, --plot-only     redraw the plots from --out's results.csv (same --quick), run nothing\n"
+                "  -h, --help          this help\n");
+}
+
+static void sweep_init(struct sweep *s, bool quick)
+{
+        static const uint32_t ctx[] = { 16384, 32768, 65536, 131072 };
+
+        memset(s, 0, sizeof(*s));
+        memcpy(s->ctx, ctx, sizeof(ctx));
+        s->n_ctx = 4;
+        s->budgets[0] = 0.10;
+        s->budgets[1] = 0.05;
+        s->budgets[2] = 0.20;
+        s->n_budgets = 3;
+        s->budget_ctx = 32768;
+        s->clients_ctx = 32768;
+        s->clients = 2;
+        s->layers = 4;
+        s->steps = quick ? 32 : 64;
+        s->acc_every = quick ? 8 : 4;
+        if (!quick) {
+                s->budget_ctx = 65536;
+                s->clients_ctx = 65536;
+        }
+}
+
+/* Appends the planned runs of s to rows (deduplicated). */
+static size_t plan_rows(const struct sweep *s, struct run_row *rows)
+{
+        size_t n = 0;
+
+        for (size_t c = 0; c < s->n_ctx; c++) {
+                for (int p = 0; p < N_POL; p++) {
+                        for (size_t b = 0; b < s->n_budgets; b++) {
+                                for (uint32_t cl = 1; cl <= s->clients; cl++) {
+                                        bool in_ctx = b == 0 && cl == 1;
+                                        bool in_budget = s->ctx[c] == s->budget_ctx && cl == 1 &&
+                                                         (strcmp(policies[p], "full") != 0 || b == 0);
+                                        bool in_clients = s->ctx[c] == s->clients_ctx && b == 0;
+
+                                        if (!in_ctx && !in_budget && !in_clients)
+                                                continue;
+                                        if (n == MAX_RUNS)
+                                                return n;
+                                        rows[n] = (struct run_row){
+                                                .ctx = s->ctx[c], .clients = cl, .policy = policies[p],
+                                                .budget = s->budgets[b], .in_ctx = in_ctx, .in_budget = in_budget,
+                                                .in_clients = in_clients,
+                                        };
+                                        n++;
+                                }
+                        }
+                }
+        }
+        return n;
+}
+
+/* Joins argv into one shell-safe enough line (our arguments hold no quotes
+ * or spaces but paths, which are quoted when they need it). */
+static void join_cmd(char *buf, size_t size, const char *const *argv)
+{
+        size_t len = 0;
+
+        buf[0] = '\0';
+        for (size_t i = 0; argv[i] && len + 1 < size; i++) {
+                bool quote = strpbrk(argv[i], " \t'\"$") != NULL;
+                int w = snprintf(buf + len, size - len, "%s%s%s%s", i ? " " : "", quote ? "'" : "",
+                                 i == 0 ? "kvdrive-bench" : argv[i], quote ? "'" : "");
+
+                if (w < 0)
+                        break;
+                len += (size_t)w;
+        }
+}
+
+/*
+ * Runs this executable with argv (argv[0] is ignored: /proc/self/exe),
+ * stdout captured into *ret_out (malloc'd) unless ret_out is NULL (then it
+ * goes to our stderr). Returns the exit status, or -errno.
+ */
+static int run_self(const char *const *argv, char **ret_out)
+{
+        int fds[2] = { -1, -1 }, st = 0;
+        char *out = NULL;
+        size_t len = 0, cap = 0;
+        pid_t pid;
+
+        if (ret_out && pipe2(fds, O_CLOEXEC) < 0)
+                return -errno;
+        fflush(NULL);
+        pid = fork();
+        if (pid < 0) {
+                int e = -errno;
+
+                if (ret_out) {
+                        close(fds[0]);
+                        close(fds[1]);
+                }
+                return e;
+        }
+        if (pid == 0) {
+                if (dup2(ret_out ? fds[1] : STDERR_FILENO, STDOUT_FILENO) < 0)
+                        _exit(127);
+                execv("/proc/self/exe", (char *const *)argv);
+                fprintf(stderr, "kvdrive-bench report: exec /proc/self/exe: %s\n", strerror(errno));
+                _exit(127);
+        }
+        if (ret_out) {
+                close(fds[1]);
+                for (;;) {
+                        ssize_t r;
+
+                        if (len + 4096 > cap) {
+                                char *n = realloc(out, cap = cap ? cap * 2 : 65536);
+
+                                if (!n)
+                                        break;
+                                out = n;
+                        }
+                        r = read(fds[0], out + len, cap - len - 1);
+                        if (r < 0 && errno == EINTR)
+                                continue;
+                        if (r <= 0)
+                                break;
+                        len += (size_t)r;
+                }
+                close(fds[0]);
+                if (out)
+                        out[len] = '\0';
+        }
+        while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+                ;
+        if (ret_out)
+                *ret_out = out;
+        else
+                free(out);
+        return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+/* The number at a dotted path of root, NAN if absent or null. */
+static double jnum(json_t *root, const char *path)
+{
+        char buf[128], *save = NULL;
+        json_t *v = root;
+
+        snprintf(buf, sizeof(buf), "%s", path);
+        for (char *t = strtok_r(buf, ".", &save); t && v; t = strtok_r(NULL, ".", &save))
+                v = json_object_get(v, t);
+        return v && json_is_number(v) ? json_number_value(v) : NAN;
+}
+
+static int parse_row(struct run_row *r, const char *out)
+{
+        json_error_t jerr;
+        json_t *root = json_loads(out, 0, &jerr);
+        double tokens;
+
+        if (!root) {
+                fprintf(stderr, "kvdrive-bench report: decode printed no JSON (line %d: %s)\n", jerr.line, jerr.text);
+                return -EINVAL;
+        }
+        tokens = jnum(root, "throughput.tokens");
+        r->tps = jnum(root, "throughput.tokens_per_s");
+        r->p50 = jnum(root, "throughput.step_ms_p50");
+        r->p99 = jnum(root, "throughput.step_ms_p99");
+        r->mass = jnum(root, "accuracy.mass_recall_mean");
+        r->mass_min = jnum(root, "accuracy.mass_recall_min");
+        r->topk = jnum(root, "accuracy.topk_recall_mean");
+        r->err = jnum(root, "accuracy.rel_l2_error_mean");
+        r->err_max = jnum(root, "accuracy.rel_l2_error_max");
+        r->dev_hit = jnum(root, "hit_rates.device_cache");
+        r->pref_hit = jnum(root, "hit_rates.prefetch");
+        r->host_hit = jnum(root, "hit_rates.host_tier");
+        r->h2d_per_tok = jnum(root, "bytes.host_to_device") / tokens / 1048576.0;
+        r->ssd2h_per_tok = jnum(root, "bytes.ssd_to_host") / tokens / 1048576.0;
+        r->io_wait = jnum(root, "time_ms_per_step.io_wait");
+        r->attn = jnum(root, "time_ms_per_step.attention");
+        r->select = jnum(root, "time_ms_per_step.select");
+        r->compute = jnum(root, "time_ms_per_step.compute");
+        r->mean = jnum(root, "throughput.step_ms_mean");
+        r->slots = (uint32_t)jnum(root, "config.device_slots_per_seq");
+        r->kmax = (uint32_t)jnum(root, "config.topk_blocks_max");
+        json_decref(root);
+        r->ok = true;
+        return 0;
+}
+
+static int mkdir_p(const char *path)
+{
+        char buf[512];
+
+        snprintf(buf, sizeof(buf), "%s", path);
+        for (char *p = buf + 1; *p; p++) {
+                if (*p != '/')
+                        continue;
+                *p = '\0';
+                if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+                        return -errno;
+                *p = '/';
+        }
+        if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+                return -errno;
+        return 0;
+}
+
+static int rm_one(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+        return remove(path);
+}
+
+/* v with prec digits after the point (g: significant digits), "-" if not finite. */
+static const char *fmt(char *buf, size_t size, int prec, bool g, double v)
+{
+        if (!isfinite(v))
+                snprintf(buf, size, "-");
+        else if (g)
+                snprintf(buf, size, "%.*g", prec, v);
+        else
+                snprintf(buf, size, "%.*f", prec, v);
+        return buf;
+}
+
+static const char *ctx_name(char *buf, size_t size, uint32_t ctx)
+{
+        snprintf(buf, size, "%uK", ctx / 1024);
+        return buf;
+}
+
+static void write_csv(FILE *f, const struct run_row *rows, size_t n)
+{
+        fprintf(f, "context_tokens,policy,budget,clients,device_slots_per_seq,topk_blocks_max,tokens_per_s,"
+                   "step_ms_p50,step_ms_p99,host_to_device_mib_per_token,ssd_to_host_mib_per_token,"
+                   "device_cache_hit_rate,prefetch_hit_rate,host_tier_hit_rate,mass_recall_mean,mass_recall_min,"
+                   "topk_recall_mean,rel_l2_error_mean,rel_l2_error_max,io_wait_ms_per_step,attention_ms_per_step,"
+                   "select_ms_per_step,compute_ms_per_step,step_ms_mean\n");
+        for (size_t i = 0; i < n; i++) {
+                const struct run_row *r = &rows[i];
+
+                if (!r->ok)
+                        continue;
+                fprintf(f, "%u,%s,%.3f,%u,%u,%u,%.3f,%.3f,%.3f,%.4f,%.4f,%.4f,%.4f,%.4f,%.5f,%.5f,%.5f,%.3g,%.3g,%.3f,"
+                           "%.3f,%.3f,%.3f,%.3f\n",
+                        r->ctx, r->policy, r->budget, r->clients, r->slots, r->kmax, r->tps, r->p50, r->p99,
+                        r->h2d_per_tok, r->ssd2h_per_tok, r->dev_hit, r->pref_hit, r->host_hit, r->mass, r->mass_min,
+                        r->topk, r->err, r->err_max, r->io_wait, r->attn, r->select, r->compute, r->mean);
+        }
+}
+
+static void md_header_row(FILE *f)
+{
+        fprintf(f, "| context | policy | budget | clients | slots/seq | tokens/s | step p50 ms | step p99 ms | "
+                   "host→dev MiB/token | SSD→host MiB/token | dev-cache / prefetch hit | host-tier hit | mass recall "
+                   "(min) | top-k recall | rel. L2 error (max) |\n"
+                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+}
+
+static void md_row(FILE *f, const struct run_row *r)
+{
+        char a[32], b[32], c[32], d[32], e[32], g[32], h[32], i[32], j[32], k[32], l[32], m[32], cn[16];
+        double hit = isfinite(r->dev_hit) ? r->dev_hit : r->pref_hit;
+
+        if (!r->ok) {
+                fprintf(f, "| %s | %s | %.0f%% | %u | failed |||||||||||\n", ctx_name(cn, sizeof(cn), r->ctx), r->policy,
+                        r->budget * 100, r->clients);
+                return;
+        }
+        fprintf(f, "| %s | %s | %.0f%% | %u | %u | %s | %s | %s | %s | %s | %s | %s | %s (%s) | %s | %s (%s) |\n",
+                ctx_name(cn, sizeof(cn), r->ctx), r->policy, r->budget * 100, r->clients, r->slots,
+                fmt(a, sizeof(a), 1, false, r->tps), fmt(b, sizeof(b), 1, false, r->p50), fmt(c, sizeof(c), 1, false, r->p99),
+                fmt(d, sizeof(d), 2, false, r->h2d_per_tok), fmt(e, sizeof(e), 2, false, r->ssd2h_per_tok),
+                fmt(g, sizeof(g), 3, false, hit), fmt(h, sizeof(h), 3, false, r->host_hit),
+                fmt(i, sizeof(i), 4, false, r->mass), fmt(j, sizeof(j), 3, false, r->mass_min),
+                fmt(k, sizeof(k), 3, false, r->topk), fmt(l, sizeof(l), 2, true, r->err),
+                fmt(m, sizeof(m), 2, true, r->err_max));
+}
+
+/* Runs a gnuplot script; 0 or -1. */
+static int gnuplot(const char *script)
+{
+        FILE *p = popen("gnuplot", "w");
+
+        if (!p)
+                return -1;
+        fputs(script, p);
+        return pclose(p) == 0 ? 0 : -1;
+}
+
+static const char *terminal(void)
+{
+        static const char *t;
+
+        if (!t)
+                t = system("gnuplot -e 'set terminal pngcairo' >/dev/null 2>&1") == 0 ? "pngcairo size 900,560 font ',11'"
+                                                                                     : "png size 900,560";
+        return t;
+}
+
+/* tokens/s vs context per policy (1 client, the main budget), log-log. */
+static int plot_tps(const char *out, const struct run_row *rows, size_t n, double budget)
+{
+        char *script = NULL;
+        size_t size = 0;
+        FILE *f = open_memstream(&script, &size);
+        int r;
+
+        if (!f)
+                return -1;
+        fprintf(f, "set terminal %s\nset output '%s/tokens_per_s_vs_context.png'\n", terminal(), out);
+        fprintf(f, "set title 'Decode throughput vs context (budget %.0f%%, 1 client, 4 layers, SSD tier)'\n"
+                   "set xlabel 'context (tokens)'\nset ylabel 'tokens/s (log scale)'\nset logscale xy\n"
+                   "set xtics (\"16K\" 16384, \"32K\" 32768, \"64K\" 65536, \"128K\" 131072, \"256K\" 262144)\n"
+                   "set xrange [12000:180000]\nset grid\n"
+                   "set key top right\nset pointsize 1.3\n",
+                budget * 100);
+        for (int p = 0; p < N_POL; p++) {
+                fprintf(f, "$%s << EOD\n", policies[p]);
+                for (size_t i = 0; i < n; i++)
+                        if (rows[i].ok && rows[i].in_ctx && strcmp(rows[i].policy, policies[p]) == 0)
+                                fprintf(f, "%u %.4f\n", rows[i].ctx, rows[i].tps);
+                fprintf(f, "EOD\n");
+        }
+        fprintf(f, "plot $full with linespoints lw 2 title 'full (FlexGen-style)', "
+                   "$sparse with linespoints lw 2 title 'sparse (InfiniGen-style)', "
+                   "$lru with linespoints lw 2 title 'lru'\n");
+        fclose(f);
+        r = gnuplot(script);
+        free(script);
+        return r;
+}
+
+/* Mass recall (and top-k recall) vs budget per policy, at the budget context. */
+static int plot_recall(const char *out, const struct run_row *rows, size_t n, uint32_t ctx)
+{
+        char *script = NULL;
+        size_t size = 0;
+        FILE *f = open_memstream(&script, &size);
+        int r;
+
+        if (!f)
+                return -1;
+        fprintf(f, "set terminal %s\nset output '%s/mass_recall_vs_budget.png'\n", terminal(), out);
+        fprintf(f, "set title 'Accuracy vs device budget (top-k = budget; context %uK, 1 client; sparse and lru "
+                   "select alike)'\n"
+                   "set xlabel 'budget (%% of the KV blocks; top-k fraction per layer)'\n"
+                   "set ylabel 'recall'\nset yrange [0:1.05]\nset xrange [0:25]\nset grid\nset key bottom right\n"
+                   "set pointsize 1.3\n",
+                ctx / 1024);
+        for (int p = 0; p < N_POL; p++) {
+                fprintf(f, "$%s << EOD\n", policies[p]);
+                for (size_t i = 0; i < n; i++)
+                        if (rows[i].ok && rows[i].in_budget && strcmp(rows[i].policy, policies[p]) == 0)
+                                fprintf(f, "%.2f %.5f %.5f\n", rows[i].budget * 100, rows[i].mass, rows[i].topk);
+                if (strcmp(policies[p], "full") == 0)   /* exact at any budget */
+                        fprintf(f, "0.5 1 1\n25 1 1\n");
+                fprintf(f, "EOD\n");
+        }
+        /* sparse and lru select the same top-k (their difference is what
+         * moves, not what is attended): drawn so that both show. */
+        fprintf(f, "plot $full using 1:2 with lines lw 2 dt 2 lc rgb '#9400d3' title 'full: mass recall (exact, any budget)', "
+                   "$sparse using 1:2 with linespoints lw 3 pt 7 ps 2 lc rgb '#009e73' title 'sparse: mass recall', "
+                   "$lru using 1:2 with linespoints lw 2 dt 2 pt 5 lc rgb '#0072b2' title 'lru: mass recall', "
+                   "$sparse using 1:3 with linespoints lw 3 pt 6 ps 2 lc rgb '#d55e00' title 'sparse: top-k block recall', "
+                   "$lru using 1:3 with linespoints lw 2 dt 2 pt 4 lc rgb '#e69f00' title 'lru: top-k block recall'\n");
+        fclose(f);
+        r = gnuplot(script);
+        free(script);
+        return r;
+}
+
+/* Bytes host -> device per token vs context. */
+static int plot_bytes(const char *out, const struct run_row *rows, size_t n, double budget)
+{
+        char *script = NULL;
+        size_t size = 0;
+        FILE *f = open_memstream(&script, &size);
+        int r;
+
+        if (!f)
+                return -1;
+        fprintf(f, "set terminal %s\nset output '%s/bytes_per_token_vs_context.png'\n", terminal(), out);
+        fprintf(f, "set title 'Data moved per decoded token (budget %.0f%%, 1 client)'\n"
+                   "set xlabel 'context (tokens)'\nset ylabel 'MiB per token (log scale)'\nset logscale xy\n"
+                   "set xtics (\"16K\" 16384, \"32K\" 32768, \"64K\" 65536, \"128K\" 131072, \"256K\" 262144)\n"
+                   "set xrange [12000:180000]\nset grid\n"
+                   "set key top left\nset pointsize 1.3\n",
+                budget * 100);
+        for (int p = 0; p < N_POL; p++) {
+                fprintf(f, "$%s << EOD\n", policies[p]);
+                for (size_t i = 0; i < n; i++)
+                        if (rows[i].ok && rows[i].in_ctx && strcmp(rows[i].policy, policies[p]) == 0)
+                                fprintf(f, "%u %.5f %.5f\n", rows[i].ctx, rows[i].h2d_per_tok > 0 ? rows[i].h2d_per_tok : 1e-3,
+                                        rows[i].ssd2h_per_tok > 0 ? rows[i].ssd2h_per_tok : 1e-3);
+                fprintf(f, "EOD\n");
+        }
+        fprintf(f, "plot $full using 1:2 with linespoints lw 2 pt 7 title 'full: host->device', "
+                   "$sparse using 1:2 with linespoints lw 2 pt 5 title 'sparse: host->device', "
+                   "$lru using 1:2 with linespoints lw 2 pt 9 title 'lru: host->device', "
+                   "$full using 1:3 with linespoints lw 1 dt 2 pt 6 title 'full: SSD->host', "
+                   "$sparse using 1:3 with linespoints lw 1 dt 2 pt 4 title 'sparse: SSD->host', "
+                   "$lru using 1:3 with linespoints lw 1 dt 2 pt 8 title 'lru: SSD->host'\n");
+        fclose(f);
+        r = gnuplot(script);
+        free(script);
+        return r;
+}
+
+/* The 1-minute load average: the machine may be shared. */
+static void loadavg(char *buf, size_t size)
+{
+        FILE *f = fopen("/proc/loadavg", "r");
+
+        snprintf(buf, size, "?");
+        if (f) {
+                if (fscanf(f, "%15s", buf) != 1)
+                        snprintf(buf, size, "?");
+                fclose(f);
+        }
+}
+
+struct daemon_info {
+        struct kvc_tier_stats host, ssd;
+        char eviction[16];
+        char load_start[16], load_end[16];
+};
+
+static void write_md(FILE *f, const struct report_opts *o, const struct sweep *s, const struct run_row *rows, size_t n,
+                     const char *report_cmd, char gen_cmds[][CMD_MAX], const struct daemon_info *di, double wall_s)
+{
+        const struct kvc_tier_stats *host = &di->host, *ssd = &di->ssd;
+        struct utsname u;
+        char date[32], cn[16];
+        time_t now = time(NULL);
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+        strftime(date, sizeof(date), "%Y-%m-%d %H:%M", localtime(&now));
+        uname(&u);
+        fprintf(f, "# Decode benchmark results (%s sweep)\n\n", o->quick ? "quick" : "full");
+        fprintf(f, "Written by `kvdrive-bench report` on %s in %.0f s; what the workload is, what each policy does "
+                   "and how to read these numbers: [README.md](README.md).\n\n",
+                date, wall_s);
+        fprintf(f, "Machine: %ld CPUs, Linux %s (%s); 1-minute load average %s at the start, %s at the end "
+                   "(other work shares this machine). Daemon: host tier %" PRIu64 " MiB, SSD tier %" PRIu64
+                   " MiB, eviction `%s`. Trace: `kvdrive-bench gen` defaults, %u layers, 8 kv heads x 128 dims, 32 "
+                   "query heads, fp16, 16-token blocks (64 KiB); %u decode steps; accuracy sampled every %u steps; "
+                   "`--compute-us 200`, sink 1 and local 2 blocks (the decode defaults).\n\n",
+                cpus, u.release, u.machine, di->load_start, di->load_end, host->capacity_bytes >> 20,
+                ssd->capacity_bytes >> 20, di->eviction[0] ? di->eviction : "?", s->layers, s->steps, s->acc_every);
+        fprintf(f, "## Commands\n\n```sh\n# the daemon (release build)\n"
+                   "kvdrived --foreground --socket SOCK --host-bytes %" PRIu64 "M --ssd-dir /tmp/kvd-decode-ssd "
+                   "--ssd-bytes %" PRIu64 "M\n# this report\n%s\n# the traces\n",
+                host->capacity_bytes >> 20, ssd->capacity_bytes >> 20, report_cmd);
+        for (size_t c = 0; c < s->n_ctx; c++)
+                fprintf(f, "%s\n", gen_cmds[c]);
+        fprintf(f, "# the runs, one per row below\n");
+        for (size_t i = 0; i < n; i++)
+                fprintf(f, "%s\n", rows[i].cmd);
+        fprintf(f, "```\n\n");
+
+        fprintf(f, "## Throughput and accuracy vs context (budget %.0f%%, 1 client)\n\n", s->budgets[0] * 100);
+        md_header_row(f);
+        for (size_t i = 0; i < n; i++)
+                if (rows[i].in_ctx)
+                        md_row(f, &rows[i]);
+        fprintf(f, "\nWhere a step's time goes (ms per step, the same runs; each client's own time, so \"other\" is "
+                   "appending, bookkeeping and time lost to the other processes on 2 cores):\n\n"
+                   "| context | policy | step mean | select (score + top-k) | I/O wait | attention | compute | other |\n"
+                   "|---|---|---|---|---|---|---|---|\n");
+        for (size_t i = 0; i < n; i++) {
+                const struct run_row *r = &rows[i];
+
+                if (r->in_ctx && r->ok)
+                        fprintf(f, "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", ctx_name(cn, sizeof(cn), r->ctx),
+                                r->policy, r->mean, r->select, r->io_wait, r->attn, r->compute,
+                                r->mean - r->select - r->io_wait - r->attn - r->compute);
+        }
+        fprintf(f, "\n![tokens/s vs context](tokens_per_s_vs_context.png)\n\n"
+                   "![bytes per token vs context](bytes_per_token_vs_context.png)\n\n");
+        fprintf(f, "## Accuracy vs device budget (context %s, 1 client; top-k fraction = budget)\n\n",
+                ctx_name(cn, sizeof(cn), s->budget_ctx));
+        md_header_row(f);
+        for (size_t i = 0; i < n; i++)
+                if (rows[i].in_budget)
+                        md_row(f, &rows[i]);
+        fprintf(f, "\n![mass recall vs budget](mass_recall_vs_budget.png)\n\n");
+        fprintf(f, "## Clients (context %s, budget %.0f%%): all clients' tokens together\n\n",
+                ctx_name(cn, sizeof(cn), s->clients_ctx), s->budgets[0] * 100);
+        md_header_row(f);
+        for (size_t i = 0; i < n; i++)
+                if (rows[i].in_clients)
+                        md_row(f, &rows[i]);
+        fprintf(f, "\nColumns: *slots/seq* is the device slots one sequence uses (full: the streaming ring plus "
+                   "tails); *host→dev* counts every block Got into device slots (sparse: prefetched ones too), "
+                   "*SSD→host* the daemon's SSD read bytes during decode; *dev-cache / prefetch hit* is lru's "
+                   "device-cache hit rate or sparse's share of the real top-k that the prefetch brought; "
+                   "*host-tier hit* the daemon's host hits / (hits + misses) during decode; accuracy is against full "
+                   "attention over the trace (mass recall: share of the softmax weight on the attended blocks, tail "
+                   "included; top-k recall: overlap with the exact top-k by mass; error: ||out - ref|| / ||ref||).\n");
+}
+
+static int parse(int argc, char **argv, struct report_opts *o)
+{
+        static const struct option opts[] = {
+                { "socket", required_argument, NULL, 's' }, { "out", required_argument, NULL, 'o' },
+                { "quick", no_argument, NULL, 'q' },        { "traces", required_argument, NULL, 't' },
+                { "plot-only", no_argument, NULL, 'p' },    { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        int c;
+
+        o->out = "docs/bench/decode";
+        while ((c = getopt_long(argc, argv, "s:o:qt:ph", opts, NULL)) != -1) {
+                switch (c) {
+                case 's': o->socket = optarg; break;
+                case 'o': o->out = optarg; break;
+                case 'q': o->quick = true; break;
+                case 'p': o->plot_only = true; break;
+                case 't': o->traces = optarg; o->keep = true; break;
+                case 'h': usage(stdout); return 1;
+                default: usage(stderr); return -EINVAL;
+                }
+        }
+        if (optind < argc) {
+                fprintf(stderr, "kvdrive-bench report: unexpected argument '%s'\n", argv[optind]);
+                return -EINVAL;
+        }
+        return 0;
+}
+
+static int plot_all(const char *out, const struct run_row *rows, size_t n, const struct sweep *s)
+{
+        if (plot_tps(out, rows, n, s->budgets[0]) < 0 || plot_recall(out, rows, n, s->budget_ctx) < 0 ||
+            plot_bytes(out, rows, n, s->budgets[0]) < 0) {
+                fprintf(stderr, "kvdrive-bench report: gnuplot failed: the plots are missing\n");
+                return -1;
+        }
+        return 0;
+}
+
+/* --plot-only: fills the planned rows' numbers from results.csv. */
+static int read_csv(const char *out, struct run_row *rows, size_t n)
+{
+        char path[600], line[1024], pol[16];
+        FILE *f;
+        int got = 0;
+
+        snprintf(path, sizeof(path), "%s/results.csv", out);
+        f = fopen(path, "r");
+        if (!f) {
+                fprintf(stderr, "kvdrive-bench report: %s: %s\n", path, strerror(errno));
+                return -1;
+        }
+        while (fgets(line, sizeof(line), f)) {
+                struct run_row r = { 0 };
+
+                if (sscanf(line, "%u,%15[^,],%lf,%u,%u,%u,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf", &r.ctx,
+                           pol, &r.budget, &r.clients, &r.slots, &r.kmax, &r.tps, &r.p50, &r.p99, &r.h2d_per_tok,
+                           &r.ssd2h_per_tok, &r.dev_hit, &r.pref_hit, &r.host_hit, &r.mass, &r.mass_min, &r.topk, &r.err,
+                           &r.err_max) != 19)
+                        continue;
+                for (size_t i = 0; i < n; i++) {
+                        struct run_row *w = &rows[i];
+
+                        if (w->ctx == r.ctx && strcmp(w->policy, pol) == 0 && fabs(w->budget - r.budget) < 1e-6 &&
+                            w->clients == r.clients) {
+                                r.policy = w->policy;
+                                r.in_ctx = w->in_ctx;
+                                r.in_budget = w->in_budget;
+                                r.in_clients = w->in_clients;
+                                r.ok = true;
+                                *w = r;
+                                got++;
+                        }
+                }
+        }
+        fclose(f);
+        return got ? 0 : -1;
+}
+
+/* Host and SSD tiers of the daemon; -ENOENT without an SSD tier. */
+static int daemon_tiers(const char *socket, struct daemon_info *di)
+{
+        struct kvc_tier_stats *host = &di->host, *ssd = &di->ssd;
+        kvc_client *c = NULL;
+        struct kvc_stats *s = NULL;
+        int r = kvc_connect(socket, "kvdrive-bench report", &c), found = 0;
+
+        if (r < 0) {
+                fprintf(stderr, "kvdrive-bench report: cannot reach kvdrived: %s\n", kvc_strerror(r));
+                return r;
+        }
+        r = kvc_stats_get(c, &s);
+        if (r == 0) {
+                snprintf(di->eviction, sizeof(di->eviction), "%s", s->eviction);
+                for (uint32_t i = 0; i < s->n_tiers; i++) {
+                        if (strcmp(s->tiers[i].name, "host") == 0) {
+                                *host = s->tiers[i];
+                                found |= 1;
+                        }
+                        if (strcmp(s->tiers[i].name, "ssd") == 0) {
+                                *ssd = s->tiers[i];
+                                found |= 2;
+                        }
+                }
+                r = found == 3 ? 0 : -ENOENT;
+                if (r < 0)
+                        fprintf(stderr, "kvdrive-bench report: the daemon runs no SSD tier: start it with --ssd-dir "
+                                "and --ssd-bytes (see --help)\n");
+        } else {
+                fprintf(stderr, "kvdrive-bench report: stats: %s\n", kvc_strerror(r));
+        }
+        kvc_stats_free(s);
+        kvc_disconnect(c);
+        return r;
+}
+
+int bench_report(int argc, char **argv)
+{
+        struct report_opts o = { 0 };
+        struct sweep s;
+        struct run_row rows[MAX_RUNS];
+        struct daemon_info di = { 0 };
+        char tdir[256] = "", report_cmd[CMD_MAX], gen_cmds[MAX_CTX][CMD_MAX], path[600];
+        const char *rargv[MAX_ARGS];
+        uint64_t t0 = bench_now_ns();
+        size_t n, nargs = 0;
+        int r, ret = EXIT_FAILURE;
+        FILE *f;
+
+        r = parse(argc, argv, &o);
+        if (r != 0)
+                return r > 0 ? EXIT_SUCCESS : BENCH_EXIT_USAGE;
+        if (o.plot_only) {
+                sweep_init(&s, o.quick);
+                n = plan_rows(&s, rows);
+                return read_csv(o.out, rows, n) == 0 && plot_all(o.out, rows, n, &s) == 0 ? EXIT_SUCCESS
+                                                                                          : EXIT_FAILURE;
+        }
+        if (daemon_tiers(o.socket, &di) < 0)
+                return EXIT_FAILURE;
+        loadavg(di.load_start, sizeof(di.load_start));
+        sweep_init(&s, o.quick);
+        n = plan_rows(&s, rows);
+        if (mkdir_p(o.out) < 0) {
+                fprintf(stderr, "kvdrive-bench report: cannot create %s: %s\n", o.out, strerror(errno));
+                return EXIT_FAILURE;
+        }
+        if (o.traces) {
+                snprintf(tdir, sizeof(tdir), "%s", o.traces);
+                if (mkdir_p(tdir) < 0) {
+                        fprintf(stderr, "kvdrive-bench report: cannot create %s: %s\n", tdir, strerror(errno));
+                        return EXIT_FAILURE;
+                }
+        } else {
+                const char *tmp = getenv("TMPDIR");
+
+                snprintf(tdir, sizeof(tdir), "%s/kvdrive-bench-report-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+                if (!mkdtemp(tdir)) {
+                        fprintf(stderr, "kvdrive-bench report: mkdtemp: %s\n", strerror(errno));
+                        return EXIT_FAILURE;
+                }
+        }
+        /* This command as it was given, for the Markdown. */
+        rargv[nargs++] = "kvdrive-bench";
+        rargv[nargs++] = "report";
+        for (int i = 1; i < argc && nargs + 1 < MAX_ARGS; i++)
+                rargv[nargs++] = argv[i];
+        rargv[nargs] = NULL;
+        join_cmd(report_cmd, sizeof(report_cmd), rargv);
+
+        for (size_t c = 0; c < s.n_ctx; c++) {
+                char dir[300], tokens[16], steps[16], meta[320];
+                const char *gargv[] = { "kvdrive-bench", "gen", "--out", dir, "--tokens", tokens, "--steps", steps, NULL };
+                struct stat st;
+
+                snprintf(dir, sizeof(dir), "%s/ctx%u-steps%u", tdir, s.ctx[c], s.steps);
+                snprintf(tokens, sizeof(tokens), "%u", s.ctx[c] + s.steps);
+                snprintf(steps, sizeof(steps), "%u", s.steps);
+                snprintf(meta, sizeof(meta), "%s/meta.json", dir);
+                join_cmd(gen_cmds[c], sizeof(gen_cmds[c]), gargv);
+                if (stat(meta, &st) == 0) {
+                        fprintf(stderr, "kvdrive-bench report: reusing the trace in %s\n", dir);
+                } else {
+                        fprintf(stderr, "kvdrive-bench report: generating %s\n", dir);
+                        r = run_self(gargv, NULL);
+                        if (r != 0) {
+                                fprintf(stderr, "kvdrive-bench report: gen failed (status %d)\n", r);
+                                goto out;
+                        }
+                }
+                for (size_t i = 0; i < n; i++) {
+                        struct run_row *row = &rows[i];
+                        char budget[16], clients[16], acc[16], *out = NULL;
+                        const char *dargv[MAX_ARGS];
+                        size_t k = 0;
+                        uint64_t t1 = bench_now_ns();
+
+                        if (row->ctx != s.ctx[c])
+                                continue;
+                        snprintf(budget, sizeof(budget), "%.2f", row->budget);
+                        snprintf(clients, sizeof(clients), "%u", row->clients);
+                        snprintf(acc, sizeof(acc), "%u", s.acc_every);
+                        dargv[k++] = "kvdrive-bench";
+                        dargv[k++] = "decode";
+                        if (o.socket) {
+                                dargv[k++] = "--socket";
+                                dargv[k++] = o.socket;
+                        }
+                        dargv[k++] = "--policy";
+                        dargv[k++] = row->policy;
+                        dargv[k++] = "--trace";
+                        dargv[k++] = dir;
+                        dargv[k++] = "--budget";
+                        dargv[k++] = budget;
+                        dargv[k++] = "--clients";
+                        dargv[k++] = clients;
+                        dargv[k++] = "--accuracy-every";
+                        dargv[k++] = acc;
+                        dargv[k++] = "--json";
+                        dargv[k] = NULL;
+                        join_cmd(row->cmd, sizeof(row->cmd), dargv);
+                        fprintf(stderr, "kvdrive-bench report: [%zu/%zu] %s\n", i + 1, n, row->cmd);
+                        r = run_self(dargv, &out);
+                        if (r != 0 || !out || parse_row(row, out) < 0) {
+                                fprintf(stderr, "kvdrive-bench report: that run failed (status %d)\n", r);
+                                free(out);
+                                goto out;
+                        }
+                        free(out);
+                        fprintf(stderr, "kvdrive-bench report:   %.1f tokens/s, mass recall %.4f, error %.2g (%.0f s)\n",
+                                row->tps, row->mass, row->err, (double)(bench_now_ns() - t1) / 1e9);
+                }
+                if (!o.keep)
+                        nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        }
+
+        snprintf(path, sizeof(path), "%s/results.csv", o.out);
+        f = fopen(path, "w");
+        if (!f) {
+                fprintf(stderr, "kvdrive-bench report: %s: %s\n", path, strerror(errno));
+                goto out;
+        }
+        write_csv(f, rows, n);
+        fclose(f);
+        plot_all(o.out, rows, n, &s);
+        snprintf(path, sizeof(path), "%s/results.md", o.out);
+        f = fopen(path, "w");
+        if (!f) {
+                fprintf(stderr, "kvdrive-bench report: %s: %s\n", path, strerror(errno));
+                goto out;
+        }
+        loadavg(di.load_end, sizeof(di.load_end));
+        write_md(f, &o, &s, rows, n, report_cmd, gen_cmds, &di, (double)(bench_now_ns() - t0) / 1e9);
+        fclose(f);
+        fprintf(stderr, "kvdrive-bench report: wrote %s/results.md, results.csv and the plots\n", o.out);
+        ret = EXIT_SUCCESS;
+out:
+        if (!o.keep && tdir[0])
+                nftw(tdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        return ret;
+}
