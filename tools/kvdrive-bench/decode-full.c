@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvdrive-bench decode, policy full (FlexGen-style, exact): every stored
+ * block of the layer is streamed through a ring of device slots each step,
+ * and the partial attentions merge exactly (decode.c's header comment).
+ */
+#include <math.h>
+#include <stdbool.h>
+#include <string.h>
+
+#include <kvdrive/client.h>
+
+#include "decode.h"
+
+/* Streams the n stored blocks of layer l through the ring, attending each
+ * batch as it lands, then the tail. */
+int full_layer(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n, uint32_t tail_valid, bool rec,
+               uint32_t t)
+{
+        const struct run *run = cl->run;
+        uint32_t batch = run->o.batch, depth = run->o.depth, chunks = (n + batch - 1) / batch, sub = 0, done = 0;
+
+        for (uint32_t h = 0; h < run->m->q_heads; h++)
+                cl->acc_lse[h] = -INFINITY;
+        memset(cl->acc, 0, sizeof(double) * run->qd);
+        while (done < chunks) {
+                while (sub < chunks && sub - done < depth) {
+                        uint32_t w = sub % depth, first = sub * batch, cnt = n - first < batch ? n - first : batch;
+
+                        for (uint32_t j = 0; j < cnt; j++) {
+                                cl->refs[j] = (struct kvc_block_ref){ .layer = l, .slot = w * batch + j };
+                                kvc_key_private(&sq->id, first + j, &cl->refs[j].key);
+                                cl->blkid[j] = first + j;
+                        }
+                        if (group_submit(cl, &cl->ring[w], false, cl->refs, cl->blkid, cnt, 1) < 0)
+                                return -1;
+                        cl->res.got_blocks += cnt;
+                        sub++;
+                }
+                {
+                        uint32_t w = done % depth, first = done * batch, cnt = n - first < batch ? n - first : batch;
+
+                        if (group_wait(cl, &cl->ring[w], false) < 0)
+                                return -1;
+                        for (uint32_t j = 0; j < cnt; j++) {
+                                cl->ptrs[j] = slot_ptr(cl, w * batch + j);
+                                cl->valid[j] = run->T;
+                        }
+                        if (attend(cl, cnt, cl->part, cl->plse) < 0)
+                                return -1;
+                        merge(cl->acc, cl->acc_lse, cl->part, cl->plse, run->m->q_heads, run->m->head_dim);
+                        done++;
+                }
+        }
+        cl->ptrs[0] = slot_ptr(cl, sq->tail0 + l);
+        cl->valid[0] = tail_valid;
+        if (attend(cl, 1, cl->part, cl->plse) < 0)
+                return -1;
+        merge(cl->acc, cl->acc_lse, cl->part, cl->plse, run->m->q_heads, run->m->head_dim);
+        for (size_t i = 0; i < run->qd; i++)
+                cl->out[i] = (float)cl->acc[i];
+        if (rec)
+                record(cl, t, l, NULL, n, true, cl->out);
+        return 0;
+}

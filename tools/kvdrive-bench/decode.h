@@ -1,0 +1,217 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvdrive-bench decode: what the files of the subcommand share (private to
+ * it). decode.c parses the options, plans the run, forks the clients and
+ * prints the results; decode-client.c is the body of a client process;
+ * decode-step.c the per-step loop and what the policies share (request
+ * groups, block selection, attention); decode-full.c, decode-sparse.c and
+ * decode-lru.c one policy each; decode-accuracy.c the accuracy records and
+ * their measurement. decode.c's header comment describes the design.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <kvdrive/client.h>
+
+#include "kernels.h"
+#include "trace.h"
+
+#define MAX_GROUP 64u           /* requests of one group (a fetch of one layer) */
+#define MAX_DEPTH 32u
+#define NONE UINT32_MAX
+
+enum policy { POL_FULL, POL_SPARSE, POL_LRU };
+
+/* How sparse predicts layer l+1's query at layer l. */
+enum predict { PRED_MAPPED, PRED_RAW };
+
+struct decode_opts {
+        const char *socket;
+        const char *trace_dir;          /* NULL: generate one */
+        const char *ns_name;            /* NULL: from the geometry */
+        enum policy policy;
+        enum predict predict;
+        uint32_t clients, seqs;
+        double budget, topk;            /* topk 0: = budget */
+        uint32_t sink, local, block_tokens, compute_us;
+        uint32_t steps;                 /* 0: all of the trace's */
+        uint32_t acc_every;             /* 0: no accuracy */
+        uint32_t batch, depth;
+        /* the generated trace */
+        uint32_t gen_tokens, gen_layers, gen_steps;
+        uint64_t seed;
+        bool json;
+};
+
+/* Everything fixed before the fork. */
+struct run {
+        struct decode_opts o;
+        struct kvb_trace *tr;
+        const struct kvb_trace_meta *m;
+        char gen_dir[256];              /* the generated trace, "" if none */
+        char ns_name[128];
+        struct kvc_geometry g;
+        struct kvk_shape shape;
+        uint32_t T, layers, prompt, steps;
+        uint32_t max_blocks;            /* blocks of a layer at the end */
+        uint32_t kmax;                  /* largest top-k of a layer */
+        double topk;
+        uint64_t block_bytes;
+        size_t sum_floats, qd;          /* floats of a summary, of a query */
+        uint32_t budget_slots;          /* --budget of a sequence */
+        uint32_t policy_slots;          /* slots a sequence's policy uses */
+        uint32_t ring_slots;            /* full: the shared ring */
+        uint32_t pool_slots;            /* of a client */
+        uint32_t group_reqs;            /* requests of one fetch of one sequence */
+        uint32_t acc_records;           /* per client */
+        float *xmap;                    /* sparse, mapped: [layers-1][kv_heads][D][D] */
+};
+
+/* ---- child -> parent messages --------------------------------------- */
+
+enum { MSG_READY = 1, MSG_DONE = 2, MSG_RESULT = 3 };
+
+struct child_result {
+        uint32_t type;
+        uint32_t n_lat;                 /* RESULT: step latencies that follow (uint64 ns) */
+        uint64_t prefill_ns;
+        uint64_t start_ns, end_ns;      /* decode phase */
+        uint64_t tokens, steps;
+        uint64_t got_blocks;            /* Gets into device slots during decode */
+        uint64_t put_blocks;            /* decode appends */
+        uint64_t prefill_blocks;
+        uint64_t dev_hits, dev_misses;  /* lru: cache; sparse: prefetch */
+        uint64_t select_ns, wait_ns, attn_ns, compute_ns;
+        uint64_t acc_samples, topk_samples;
+        double mass_sum, mass_min, topk_sum, err_sum, err_max;
+};
+
+/* ---- a client ----------------------------------------------------------- */
+
+/* Requests of one fetch, waited together. */
+struct group {
+        uint64_t id[MAX_GROUP];
+        uint32_t first[MAX_GROUP], count[MAX_GROUP];
+        uint32_t n_req;
+        uint32_t *blk;                  /* block of each item (for messages) */
+        uint8_t *status;                /* cap items */
+        uint32_t cap, layer;
+};
+
+struct lru_ent {
+        uint32_t layer, block;          /* NONE: empty */
+        uint32_t prev, next;
+};
+
+struct seqstate {
+        struct kvc_key id;
+        uint32_t slot0;                 /* its policy slots */
+        uint32_t tail0;                 /* its tail slots, one per layer */
+        uint64_t *put_id;               /* [layers]: the tail's Put in flight, 0 none */
+        uint8_t *put_st;
+        uint32_t *sel, nsel;            /* the layer's selection (stored blocks) */
+        uint32_t *sel_slot;
+        struct group demand;
+        /* sparse */
+        uint32_t *bank[2];              /* block held by each slot of a bank */
+        struct group pref[2];
+        bool pref_live[2];
+        uint32_t *pred;
+        /* lru */
+        uint32_t *map;                  /* [layers][max_blocks] -> cache slot, NONE */
+        struct lru_ent *ent;
+        uint32_t head, tail;            /* most / least recently used */
+        /* membership scratch */
+        uint32_t *stamp, *where, epoch;
+};
+
+struct acc_rec {
+        uint32_t step, layer, nsel;
+        uint32_t *sel;
+        float *out;
+};
+
+struct client {
+        const struct run *run;
+        unsigned idx;
+        int up, down;
+        kvc_client *c;
+        uint32_t ns, max_items;
+        kvc_pool *pool;
+        float *summ;                    /* [layers][max_blocks][sum_floats] */
+        float *scores, *q, *q0, *out, *part, *plse;
+        double *acc, *acc_lse;          /* full: the merged result so far */
+        const void **ptrs;
+        uint32_t *valid;
+        struct kvc_block_ref *refs;
+        uint32_t *blkid, *sel2;         /* scratch */
+        struct seqstate *seqs;
+        struct group ring[MAX_DEPTH];   /* full */
+        struct acc_rec *recs;
+        uint32_t n_recs;
+        uint32_t *rec_sel;
+        float *rec_out;
+        uint64_t *lat;
+        struct child_result res;
+};
+
+/*
+ * Unless said otherwise, a function below that returns int returns 0, or
+ * -1 once it has printed why (child_fail()). A client owns what it points
+ * to, run aside (client_main() frees it).
+ */
+
+/* ---- decode-client.c ------------------------------------------------- */
+
+/* Print "client N: " and the message to stderr; return -1. daemon_fail()
+ * adds kvc_strerror(err) and the daemon's last error. */
+__attribute__((format(printf, 2, 3)))
+int child_fail(const struct client *cl, const char *fmt, ...);
+int daemon_fail(const struct client *cl, const char *what, int err);
+
+/* The body of one client process (cl: run, idx, up, down set; the rest
+ * zero). Returns its exit status. */
+int client_main(struct client *cl);
+
+/* ---- decode-step.c --------------------------------------------------- */
+
+void copy_tokens(const struct run *run, uint32_t l, uint32_t b, uint32_t from, uint32_t to, void *dst);
+void load_query(const struct run *run, uint32_t step, uint32_t l, float *dst);
+uint32_t k_of(const struct run *run, uint32_t n);
+
+/* group_init: 0 or -ENOMEM; group_free undoes it. */
+int group_init(struct group *g, uint32_t cap);
+void group_free(struct group *g);
+int group_submit(struct client *cl, struct group *g, bool put, const struct kvc_block_ref *refs,
+                 const uint32_t *blk, uint32_t n, uint32_t max_req);
+int group_wait(struct client *cl, struct group *g, bool put);
+
+void *slot_ptr(const struct client *cl, uint32_t slot);
+float *summary_of(const struct client *cl, uint32_t l, uint32_t b);
+/* Returns the number of blocks written to ret. */
+uint32_t select_blocks(struct client *cl, uint32_t l, const float *q, uint32_t n, uint32_t *ret);
+void merge(double *acc, double *lse, const float *part, const float *plse, uint32_t heads, uint32_t dim);
+int attend(struct client *cl, uint32_t n, float *out, float *lse);
+
+/* Step t of every sequence of the client, layer by layer. */
+int decode_step(struct client *cl, uint32_t t);
+
+/* ---- the policies: decode-full.c, decode-sparse.c, decode-lru.c ------- */
+
+int full_layer(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n, uint32_t tail_valid, bool rec,
+               uint32_t t);
+/* calibrate: 0, -ENOMEM or -EDOM; fills run->xmap (run_free() frees it). */
+int calibrate(struct run *run);
+int sparse_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t t, uint64_t gl, uint32_t n);
+int lru_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n);
+
+/* ---- decode-accuracy.c ----------------------------------------------- */
+
+/* Keeps step t's selection and output of layer l (sel ignored when all:
+ * blocks 0..nsel-1) while cl->recs has room. */
+void record(struct client *cl, uint32_t t, uint32_t l, const uint32_t *sel, uint32_t nsel, bool all,
+            const float *out);
+int accuracy(struct client *cl);
