@@ -175,6 +175,18 @@ START_TEST(test_policies)
         run_policy(d.socket_path, dir.path, trace, "full");
         run_policy(d.socket_path, dir.path, trace, "sparse");
         run_policy(d.socket_path, dir.path, trace, "lru");
+        run_policy(d.socket_path, dir.path, trace, "kvdrive");
+        {
+                /* kvdrive reported the blocks it used to the daemon. */
+                struct kvc_stats *st = NULL;
+                kvc_client *c = NULL;
+
+                ck_assert_int_eq(kvc_connect(d.socket_path, "probe", &c), 0);
+                ck_assert_int_eq(kvc_stats_get(c, &st), 0);
+                ck_assert_uint_gt(st->scores, 0);
+                kvc_stats_free(st);
+                kvc_disconnect(c);
+        }
         E2E_STOP(&d);
         ssd_dir_remove(&dir);
 }

@@ -101,6 +101,7 @@ static int client_alloc(struct client *cl)
 
         cl->summ = calloc((size_t)run->layers * mb * run->sum_floats, sizeof(float));
         cl->scores = calloc(mb + 1, sizeof(float));
+        cl->scores_out = calloc(kmax ? kmax : 1, sizeof(*cl->scores_out));
         cl->q = calloc(run->qd, sizeof(float));
         cl->q0 = calloc(run->qd, sizeof(float));
         cl->out = calloc(run->qd, sizeof(float));
@@ -118,7 +119,7 @@ static int client_alloc(struct client *cl)
         cl->rec_sel = calloc((size_t)(run->acc_records ? run->acc_records : 1) * mb, sizeof(uint32_t));
         cl->rec_out = calloc((size_t)(run->acc_records ? run->acc_records : 1) * run->qd, sizeof(float));
         cl->lat = calloc(run->steps, sizeof(*cl->lat));
-        if (!cl->summ || !cl->scores || !cl->q || !cl->q0 || !cl->out || !cl->part || !cl->acc || !cl->acc_lse || !cl->plse ||
+        if (!cl->summ || !cl->scores || !cl->scores_out || !cl->q || !cl->q0 || !cl->out || !cl->part || !cl->acc || !cl->acc_lse || !cl->plse ||
             !cl->ptrs || !cl->valid || !cl->refs || !cl->blkid || !cl->sel2 || !cl->seqs || !cl->recs ||
             !cl->rec_sel || !cl->rec_out || !cl->lat)
                 return -ENOMEM;
@@ -152,8 +153,21 @@ static int client_alloc(struct client *cl)
                         if (!sq->pred)
                                 return -ENOMEM;
                 }
-                if (run->o.policy == POL_LRU) {
-                        uint32_t cap = run->policy_slots;
+                if (run->o.policy == POL_KVDRIVE) {
+                        sq->pred = calloc(kmax, sizeof(uint32_t));
+                        sq->bank[0] = malloc(sizeof(uint32_t) * kmax);
+                        sq->ent_score = calloc(run->policy_slots, sizeof(float));
+                        sq->ent_step = calloc(run->policy_slots, sizeof(uint32_t));
+                        sq->ent_stamp = calloc(run->policy_slots, sizeof(uint32_t));
+                        if (!sq->pred || !sq->bank[0] || !sq->ent_score || !sq->ent_step || !sq->ent_stamp ||
+                            group_init(&sq->pref[0], kmax) < 0)
+                                return -ENOMEM;
+                        for (uint32_t j = 0; j < kmax; j++)
+                                sq->bank[0][j] = NONE;
+                }
+                if (run->o.policy == POL_LRU || run->o.policy == POL_KVDRIVE) {
+                        /* kvdrive: the last top-k slots are its prefetch bank */
+                        uint32_t cap = run->policy_slots - (run->o.policy == POL_KVDRIVE ? kmax : 0);
 
                         sq->map = malloc(sizeof(uint32_t) * run->layers * mb);
                         sq->ent = calloc(cap, sizeof(*sq->ent));
@@ -191,12 +205,16 @@ static void client_free(struct client *cl)
                 }
                 free(sq->map);
                 free(sq->ent);
+                free(sq->ent_score);
+                free(sq->ent_step);
+                free(sq->ent_stamp);
         }
         for (uint32_t d = 0; d < MAX_DEPTH; d++)
                 group_free(&cl->ring[d]);
         free(cl->seqs);
         free(cl->summ);
         free(cl->scores);
+        free(cl->scores_out);
         free(cl->q);
         free(cl->q0);
         free(cl->out);

@@ -131,7 +131,7 @@ out:
 }
 
 /* dst = the speculative query of layer l+1 from layer l's query q. */
-static void map_query(const struct run *run, uint32_t l, const float *q, float *dst)
+void map_query(const struct run *run, uint32_t l, const float *q, float *dst)
 {
         const struct kvb_trace_meta *m = run->m;
         uint32_t d = m->head_dim, group = m->q_heads / m->kv_heads;

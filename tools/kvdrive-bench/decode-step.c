@@ -330,10 +330,12 @@ int decode_step(struct client *cl, uint32_t t)
                         break;
                 case POL_SPARSE:
                 case POL_LRU:
+                case POL_KVDRIVE:
                         /* Every sequence's fetches go out before anyone waits. */
                         for (uint32_t s = 0; s < seqs; s++) {
-                                int r = run->o.policy == POL_SPARSE ? sparse_prepare(cl, &cl->seqs[s], l, t, gl, n)
-                                                                    : lru_prepare(cl, &cl->seqs[s], l, n);
+                                int r = run->o.policy == POL_SPARSE  ? sparse_prepare(cl, &cl->seqs[s], l, t, gl, n)
+                                        : run->o.policy == POL_KVDRIVE ? kvdrive_prepare(cl, &cl->seqs[s], l, t, n)
+                                                                       : lru_prepare(cl, &cl->seqs[s], l, n);
 
                                 if (r < 0)
                                         return -1;

@@ -86,7 +86,7 @@
  * max-inflight-per-client (64). */
 #define MAX_INFLIGHT 56u
 
-static const char *const policy_names[] = { "full", "sparse", "lru" };
+static const char *const policy_names[] = { "full", "sparse", "lru", "kvdrive" };
 static const char *const predict_names[] = { "mapped", "raw" };
 
 static void usage(FILE *f)
@@ -102,7 +102,8 @@ static void usage(FILE *f)
                 "  -s, --socket PATH        daemon socket (default: $KVDRIVE_SOCKET or the system one)\n"
                 "  -p, --policy NAME        full (FlexGen-style, every block every step), sparse\n"
                 "                           (InfiniGen-style, next layer's top-k prefetched), lru\n"
-                "                           (top-k through an LRU device cache) [full]\n"
+                "                           (top-k through an LRU device cache), kvdrive (lru's cache\n"
+                "                           plus the next layer's predicted misses prefetched) [full]\n"
                 "  -t, --trace DIR          decode trace (docs/trace-format.md); default: generate one\n"
                 "                           with `kvdrive-bench gen`'s defaults into a temporary dir\n"
                 "      --tokens N           generated trace: context (prompt) tokens [32768]\n"
@@ -272,7 +273,7 @@ static void print_results(const struct run *run, const struct totals *tt, const 
                         "daemon_bytes_out", s1->ok && s2->ok ? json_integer((json_int_t)(s2->bytes_out - s1->bytes_out))
                                                              : json_null()));
                 json_object_set_new(root, "hit_rates", json_pack("{s:o, s:o, s:o}",
-                        "device_cache", jnum(o->policy == POL_LRU ? dev : NAN),
+                        "device_cache", jnum(o->policy == POL_LRU || o->policy == POL_KVDRIVE ? dev : NAN),
                         "prefetch", jnum(o->policy == POL_SPARSE ? dev : NAN), "host_tier", jnum(host)));
                 json_object_set_new(root, "accuracy", json_pack("{s:I, s:o, s:o, s:o, s:o, s:o}",
                         "samples", (json_int_t)tt->acc, "mass_recall_mean", jnum(mass),
@@ -538,10 +539,12 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                 case O_NS: o->ns_name = optarg; break;
                 case 'j': o->json = true; break;
                 case 'p':
-                        for (c = 0; c < 3 && strcmp(optarg, policy_names[c]) != 0; c++)
+                        for (c = 0; c < (int)(sizeof(policy_names) / sizeof(policy_names[0])) &&
+                                    strcmp(optarg, policy_names[c]) != 0;
+                             c++)
                                 ;
-                        if (c == 3) {
-                                fprintf(stderr, "kvdrive-bench decode: unknown --policy '%s' (full, sparse, lru)\n", optarg);
+                        if (c == (int)(sizeof(policy_names) / sizeof(policy_names[0]))) {
+                                fprintf(stderr, "kvdrive-bench decode: unknown --policy '%s' (full, sparse, lru, kvdrive)\n", optarg);
                                 return -EINVAL;
                         }
                         o->policy = (enum policy)c;
@@ -658,6 +661,11 @@ static int plan(struct run *run)
                         fprintf(stderr, "kvdrive-bench decode: note: sparse needs %u slots (2 x top-k), above the "
                                 "budget's %u\n", run->policy_slots, run->budget_slots);
                 break;
+        case POL_KVDRIVE:
+                /* lru's cache of the budget, plus a bank of top-k slots for
+                 * the next layer's prefetch (counted in the budget when it fits) */
+                run->policy_slots = (run->budget_slots > 2 * run->kmax ? run->budget_slots : 2 * run->kmax);
+                break;
         case POL_LRU:
                 run->policy_slots = run->budget_slots > run->kmax ? run->budget_slots : run->kmax;
                 if (run->kmax > run->budget_slots)
@@ -728,7 +736,8 @@ int bench_decode(int argc, char **argv)
         run.m = &run.tr->meta;
         if (plan(&run) < 0 || preflight(&run, &s0) < 0)
                 goto out;
-        if (run.o.policy == POL_SPARSE && run.o.predict == PRED_MAPPED && run.layers > 1) {
+        if ((run.o.policy == POL_SPARSE || run.o.policy == POL_KVDRIVE) && run.o.predict == PRED_MAPPED &&
+            run.layers > 1) {
                 r = calibrate(&run);
                 if (r < 0) {
                         fprintf(stderr, "kvdrive-bench decode: fitting the layer-to-layer maps: %s\n", strerror(-r));

@@ -23,7 +23,7 @@
 #define MAX_DEPTH 32u
 #define NONE UINT32_MAX
 
-enum policy { POL_FULL, POL_SPARSE, POL_LRU };
+enum policy { POL_FULL, POL_SPARSE, POL_LRU, POL_KVDRIVE };
 
 /* How sparse predicts layer l+1's query at layer l. */
 enum predict { PRED_MAPPED, PRED_RAW };
@@ -119,6 +119,9 @@ struct seqstate {
         uint32_t *bank[2];              /* block held by each slot of a bank */
         struct group pref[2];
         bool pref_live[2];
+        uint32_t bank_layer;            /* kvdrive: the layer bank[0] holds */
+        float *ent_score;               /* kvdrive: per cache entry, see decode-kvdrive.c */
+        uint32_t *ent_step, *ent_stamp, ent_epoch;
         uint32_t *pred;
         /* lru */
         uint32_t *map;                  /* [layers][max_blocks] -> cache slot, NONE */
@@ -143,6 +146,7 @@ struct client {
         kvc_pool *pool;
         float *summ;                    /* [layers][max_blocks][sum_floats] */
         float *scores, *q, *q0, *out, *part, *plse;
+        struct kvc_block_score *scores_out; /* kvdrive: [kmax] reported per layer */
         double *acc, *acc_lse;          /* full: the merged result so far */
         const void **ptrs;
         uint32_t *valid;
@@ -207,6 +211,10 @@ int full_layer(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n, u
 int calibrate(struct run *run);
 int sparse_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t t, uint64_t gl, uint32_t n);
 int lru_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n);
+/* Layer l's query mapped into layer l+1's key space (decode-sparse.c). */
+void map_query(const struct run *run, uint32_t l, const float *q, float *dst);
+/* decode-kvdrive.c: the cache of lru plus next-layer prefetch of misses. */
+int kvdrive_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t t, uint32_t n);
 
 /* ---- decode-accuracy.c ----------------------------------------------- */
 

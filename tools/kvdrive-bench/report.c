@@ -37,8 +37,8 @@
 #define MAX_ARGS 40
 #define CMD_MAX 1024
 
-static const char *const policies[] = { "full", "sparse", "lru" };
-#define N_POL 3
+static const char *const policies[] = { "full", "sparse", "lru", "kvdrive" };
+#define N_POL 4
 
 struct report_opts {
         const char *socket;
@@ -413,7 +413,8 @@ static int plot_tps(const char *out, const struct run_row *rows, size_t n, doubl
         }
         fprintf(f, "plot $full with linespoints lw 2 title 'full (FlexGen-style)', "
                    "$sparse with linespoints lw 2 title 'sparse (InfiniGen-style)', "
-                   "$lru with linespoints lw 2 title 'lru'\n");
+                   "$lru with linespoints lw 2 title 'lru', "
+                   "$kvdrive with linespoints lw 2 title 'kvdrive (first cut)'\n");
         fclose(f);
         r = gnuplot(script);
         free(script);
@@ -489,7 +490,9 @@ static int plot_bytes(const char *out, const struct run_row *rows, size_t n, dou
                    "$lru using 1:2 with linespoints lw 2 pt 9 title 'lru: host->device', "
                    "$full using 1:3 with linespoints lw 1 dt 2 pt 6 title 'full: SSD->host', "
                    "$sparse using 1:3 with linespoints lw 1 dt 2 pt 4 title 'sparse: SSD->host', "
-                   "$lru using 1:3 with linespoints lw 1 dt 2 pt 8 title 'lru: SSD->host'\n");
+                   "$lru using 1:3 with linespoints lw 1 dt 2 pt 8 title 'lru: SSD->host', "
+                   "$kvdrive using 1:2 with linespoints lw 2 pt 11 title 'kvdrive: host->device', "
+                   "$kvdrive using 1:3 with linespoints lw 1 dt 2 pt 10 title 'kvdrive: SSD->host'\n");
         fclose(f);
         r = gnuplot(script);
         free(script);
