@@ -154,20 +154,17 @@ static int client_alloc(struct client *cl)
                                 return -ENOMEM;
                 }
                 if (run->o.policy == POL_KVDRIVE) {
+                        struct kvc_residency_opts ro = {
+                                .size = sizeof(ro), .slots = run->policy_slots, .layers = run->layers,
+                                .half_life_steps = 0.5f,
+                        };
+
                         sq->pred = calloc(kmax, sizeof(uint32_t));
-                        sq->bank[0] = malloc(sizeof(uint32_t) * kmax);
-                        sq->ent_score = calloc(run->policy_slots, sizeof(float));
-                        sq->ent_step = calloc(run->policy_slots, sizeof(uint32_t));
-                        sq->ent_stamp = calloc(run->policy_slots, sizeof(uint32_t));
-                        if (!sq->pred || !sq->bank[0] || !sq->ent_score || !sq->ent_step || !sq->ent_stamp ||
-                            group_init(&sq->pref[0], kmax) < 0)
+                        if (!sq->pred || group_init(&sq->pref[0], kmax) < 0 || kvc_residency_new(&ro, &sq->res) < 0)
                                 return -ENOMEM;
-                        for (uint32_t j = 0; j < kmax; j++)
-                                sq->bank[0][j] = NONE;
                 }
-                if (run->o.policy == POL_LRU || run->o.policy == POL_KVDRIVE) {
-                        /* kvdrive: the last top-k slots are its prefetch bank */
-                        uint32_t cap = run->policy_slots - (run->o.policy == POL_KVDRIVE ? kmax : 0);
+                if (run->o.policy == POL_LRU) {
+                        uint32_t cap = run->policy_slots;
 
                         sq->map = malloc(sizeof(uint32_t) * run->layers * mb);
                         sq->ent = calloc(cap, sizeof(*sq->ent));
@@ -205,9 +202,7 @@ static void client_free(struct client *cl)
                 }
                 free(sq->map);
                 free(sq->ent);
-                free(sq->ent_score);
-                free(sq->ent_step);
-                free(sq->ent_stamp);
+                sq->res = kvc_residency_free(sq->res);
         }
         for (uint32_t d = 0; d < MAX_DEPTH; d++)
                 group_free(&cl->ring[d]);

@@ -662,9 +662,9 @@ static int plan(struct run *run)
                                 "budget's %u\n", run->policy_slots, run->budget_slots);
                 break;
         case POL_KVDRIVE:
-                /* lru's cache of the budget, plus a bank of top-k slots for
-                 * the next layer's prefetch (counted in the budget when it fits) */
-                run->policy_slots = (run->budget_slots > 2 * run->kmax ? run->budget_slots : 2 * run->kmax);
+                /* one cache of the budget: this layer's top-k and the next
+                 * one's prediction must fit at once */
+                run->policy_slots = run->budget_slots > 2 * run->kmax ? run->budget_slots : 2 * run->kmax;
                 break;
         case POL_LRU:
                 run->policy_slots = run->budget_slots > run->kmax ? run->budget_slots : run->kmax;

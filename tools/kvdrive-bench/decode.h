@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include <kvdrive/client.h>
+#include <kvdrive/sparse.h>
 
 #include "kernels.h"
 #include "trace.h"
@@ -119,9 +120,7 @@ struct seqstate {
         uint32_t *bank[2];              /* block held by each slot of a bank */
         struct group pref[2];
         bool pref_live[2];
-        uint32_t bank_layer;            /* kvdrive: the layer bank[0] holds */
-        float *ent_score;               /* kvdrive: per cache entry, see decode-kvdrive.c */
-        uint32_t *ent_step, *ent_stamp, ent_epoch;
+        struct kvc_residency *res;      /* kvdrive: which block in which slot */
         uint32_t *pred;
         /* lru */
         uint32_t *map;                  /* [layers][max_blocks] -> cache slot, NONE */
