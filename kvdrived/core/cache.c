@@ -573,16 +573,16 @@ static uint32_t pick_victim(const struct kvd_cache *c, const struct lru *lists, 
         return best;
 }
 
-/* An SSD slot of klass, evicting least recently used SSD copies: a block
- * that still has its host copy just becomes dirty again; one that has not
- * is gone (counted). */
-static int ssd_alloc_slot(struct kvd_cache *c, int klass, uint32_t *ret_loc)
+/* An SSD slot of klass; with may_evict, evicting the coldest SSD copies: a
+ * block that still has its host copy just becomes dirty again; one that has
+ * not is gone (counted). */
+static int ssd_alloc_slot(struct kvd_cache *c, int klass, bool may_evict, uint32_t *ret_loc)
 {
         for (;;) {
                 int r = c->ssd_tier->ops->alloc(c->ssd_tier, klass, ret_loc);
                 uint32_t victim;
 
-                if (r != -ENOSPC)
+                if (r != -ENOSPC || !may_evict)
                         return r;
                 victim = pick_victim(c, c->ssd_lru, klass, &c->ssd_evict_rr, true);
                 if (victim == KVD_ID_NONE)
@@ -627,11 +627,11 @@ static void write_done(void *ctx, int r)
         wake_space(c);
 }
 
-/* Writes block id's host copy to a new SSD slot. evict: free the host copy
- * once written (demotion). Returns 0 (write_done will run, and fn with it),
- * or -errno when no write was started. */
-static int start_write(struct kvd_cache *c, uint32_t id, bool durable, bool evict, kvd_wait_fn fn, void *ctx,
-                       uint32_t item)
+/* Writes block id's host copy to a new SSD slot (may_evict: making room for
+ * it on SSD). evict: free the host copy once written (demotion). Returns 0
+ * (write_done will run, and fn with it), or -errno when no write started. */
+static int start_write(struct kvd_cache *c, uint32_t id, bool durable, bool evict, bool may_evict, kvd_wait_fn fn,
+                       void *ctx, uint32_t item)
 {
         struct kvd_block *b = blk(c, id);
         const struct kvd_ns *ns = &c->ns[b->ns];
@@ -644,7 +644,7 @@ static int start_write(struct kvd_cache *c, uint32_t id, bool durable, bool evic
         x = malloc(sizeof(*x));
         if (!x)
                 return -ENOMEM;
-        r = ssd_alloc_slot(c, ns->ssd_klass, &loc);
+        r = ssd_alloc_slot(c, ns->ssd_klass, may_evict, &loc);
         if (r < 0) {
                 free(x);
                 return r;
@@ -686,15 +686,13 @@ uint64_t kvd_cache_write_back(struct kvd_cache *c)
 
                 while (id != KVD_ID_NONE) {
                         struct kvd_block *b = blk(c, id);
-                        uint32_t next = b->lru_next, loc;
+                        uint32_t next = b->lru_next;
 
                         if (b->ssd_loc == KVD_LOC_NONE && admitted(c, b)) {
                                 /* Only free space: evicting one copy to save another gains nothing. */
-                                if (c->ssd_tier->ops->alloc(c->ssd_tier, c->ns[b->ns].ssd_klass, &loc) < 0)
+                                if (start_write(c, id, false, false, false, NULL, NULL, 0) < 0)
                                         return started;
-                                c->ssd_tier->ops->free(c->ssd_tier, loc);
-                                if (start_write(c, id, false, false, NULL, NULL, 0) == 0)
-                                        started++;
+                                started++;
                         }
                         id = next;
                 }
@@ -722,7 +720,7 @@ static int make_room(struct kvd_cache *c, int klass)
                 if (c->ssd && admitted(c, b)) {
                         if (c->evict_writes >= MAX_EVICT_WRITES)
                                 return -EAGAIN;
-                        if (start_write(c, victim, false, true, NULL, NULL, 0) == 0)
+                        if (start_write(c, victim, false, true, true, NULL, NULL, 0) == 0)
                                 continue;
                 }
                 drop(c, victim, false);
@@ -783,7 +781,7 @@ int kvd_cache_put_commit(struct kvd_cache *c, uint32_t id, bool durable, kvd_wai
         c->puts++;
         lru_update(c, id, true);
         if (c->ssd && (durable || c->cfg->ssd_write_through)) {
-                r = start_write(c, id, durable, false, fn, ctx, item);
+                r = start_write(c, id, durable, false, true, fn, ctx, item);
                 r = r == 0 ? 1 : r;
         }
         wake(c, waiters, true);
@@ -978,14 +976,6 @@ bool kvd_cache_contains(const struct kvd_cache *c, const struct kvd_bkey *k)
 
         return id != KVD_ID_NONE && blk(c, id)->state == KVD_BLOCK_READY &&
                !(blk(c, id)->flags & KVD_BLOCK_DOOMED);
-}
-
-bool kvd_cache_in_host(const struct kvd_cache *c, const struct kvd_bkey *k)
-{
-        uint32_t id = kvd_index_find(c->index, k);
-
-        return kvd_cache_contains(c, k) && blk(c, id)->loc != KVD_LOC_NONE &&
-               !(blk(c, id)->flags & KVD_BLOCK_LOADING);
 }
 
 int kvd_cache_delete(struct kvd_cache *c, const struct kvd_bkey *k)

@@ -150,8 +150,6 @@ int kvd_cache_wait_space(struct kvd_cache *c, kvd_wait_fn fn, void *ctx, uint32_
 
 /* True if k is READY in some tier (no hit/miss counted, no recency change). */
 bool kvd_cache_contains(const struct kvd_cache *c, const struct kvd_bkey *k);
-/* True if k has a host copy. */
-bool kvd_cache_in_host(const struct kvd_cache *c, const struct kvd_bkey *k);
 
 /* Deletes a READY block from every tier (one in use goes when released).
  * 1 if deleted or doomed, 0 if absent or still being stored. */

@@ -8,6 +8,7 @@
 #include <xxhash.h>
 
 #include "macro.h"
+#include "tier.h"
 
 #define CHUNK_SHIFT 16
 #define CHUNK_BLOCKS (1u << CHUNK_SHIFT)
@@ -177,7 +178,7 @@ int kvd_index_insert(struct kvd_index *idx, const struct kvd_bkey *k, uint32_t *
         b = kvd_index_block(idx, id);
         *b = (struct kvd_block){
                 .key_hi = k->hi, .key_lo = k->lo, .ns = (uint16_t)k->ns, .layer = k->layer,
-                .lru_prev = KVD_ID_NONE, .lru_next = KVD_ID_NONE, .loc = UINT32_MAX, .ssd_loc = UINT32_MAX,
+                .lru_prev = KVD_ID_NONE, .lru_next = KVD_ID_NONE, .loc = KVD_LOC_NONE, .ssd_loc = KVD_LOC_NONE,
         };
         place(idx->table, idx->mask, hash_key(k), id);
         idx->count++;

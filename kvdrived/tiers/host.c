@@ -178,11 +178,6 @@ uint32_t kvd_host_class_bytes(const struct kvd_host *h, int klass)
         return kvd_slab_class_bytes(h->slab, klass);
 }
 
-int kvd_host_class_count(const struct kvd_host *h)
-{
-        return kvd_slab_class_count(h->slab);
-}
-
 bool kvd_host_can_alloc(const struct kvd_host *h, int klass)
 {
         return kvd_slab_can_alloc(h->slab, klass);
@@ -194,12 +189,3 @@ void kvd_host_region(const struct kvd_host *h, void **ret_base, uint64_t *ret_le
         *ret_len = h->len;
 }
 
-bool kvd_host_locked(const struct kvd_host *h)
-{
-        return h->locked;
-}
-
-bool kvd_host_hugepages(const struct kvd_host *h)
-{
-        return h->huge;
-}

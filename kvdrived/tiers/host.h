@@ -30,13 +30,8 @@ void *kvd_host_ptr(const struct kvd_host *h, uint32_t loc);
 /* Page size of a class. */
 uint32_t kvd_host_class_bytes(const struct kvd_host *h, int klass);
 
-/* Number of classes in use (ids are 0..n-1). */
-int kvd_host_class_count(const struct kvd_host *h);
-
 /* True if a block of klass can be allocated without eviction. */
 bool kvd_host_can_alloc(const struct kvd_host *h, int klass);
 
 /* Base and length of the whole pool (for io_uring buffer registration). */
 void kvd_host_region(const struct kvd_host *h, void **ret_base, uint64_t *ret_len);
-bool kvd_host_locked(const struct kvd_host *h);
-bool kvd_host_hugepages(const struct kvd_host *h);

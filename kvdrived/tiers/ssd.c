@@ -488,11 +488,6 @@ void kvd_ssd_stats(const struct kvd_ssd *s, struct kvd_ssd_stats *ret)
         ret->queued = s->queued;
 }
 
-void kvd_ssd_count_crc_failure(struct kvd_ssd *s)
-{
-        s->st.crc_failures++;
-}
-
 /* ---- set-up and recovery -------------------------------------------- */
 
 static int open_dir(struct kvd_ssd *s, const char *dir, uint64_t bytes)
@@ -687,7 +682,6 @@ struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s)
 static int read_headers(struct kvd_ssd *s, const uint32_t *locs, unsigned n)
 {
         struct io_uring_cqe *cqe;
-        int err = 0;
 
         for (unsigned i = 0; i < n; i++) {
                 struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
@@ -708,7 +702,7 @@ static int read_headers(struct kvd_ssd *s, const uint32_t *locs, unsigned n)
                         memset(s->arena + io_uring_cqe_get_data64(cqe) * PAGE, 0, PAGE);
                 io_uring_cqe_seen(&s->ring, cqe);
         }
-        return err;
+        return 0;
 }
 
 int64_t kvd_ssd_recover(struct kvd_ssd *s, kvd_ssd_recover_fn fn, void *ctx)

@@ -96,5 +96,3 @@ typedef bool (*kvd_ssd_recover_fn)(void *ctx, const struct kvd_slot_header *h, u
 int64_t kvd_ssd_recover(struct kvd_ssd *s, kvd_ssd_recover_fn fn, void *ctx);
 
 void kvd_ssd_stats(const struct kvd_ssd *s, struct kvd_ssd_stats *ret);
-/* Counts a payload that failed verification in a caller's check. */
-void kvd_ssd_count_crc_failure(struct kvd_ssd *s);
