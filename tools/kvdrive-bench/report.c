@@ -367,16 +367,6 @@ static void md_row(FILE *f, const struct run_row *r)
 }
 
 /* Runs a gnuplot script; 0 or -1. */
-static int gnuplot(const char *script)
-{
-        FILE *p = popen("gnuplot", "w");
-
-        if (!p)
-                return -1;
-        fputs(script, p);
-        return pclose(p) == 0 ? 0 : -1;
-}
-
 static const char *terminal(void)
 {
         static const char *t;
@@ -387,17 +377,30 @@ static const char *terminal(void)
         return t;
 }
 
+/* A gnuplot process drawing into out/png: the caller writes the rest of
+ * the script to it and ends with plot_close() (0 or -1). */
+static FILE *plot_open(const char *out, const char *png)
+{
+        FILE *f = popen("gnuplot", "w");
+
+        if (f)
+                fprintf(f, "set terminal %s\nset output '%s/%s'\n", terminal(), out, png);
+        return f;
+}
+
+static int plot_close(FILE *f)
+{
+        return pclose(f) == 0 ? 0 : -1;
+}
+
+
 /* tokens/s vs context per policy (1 client, the main budget), log-log. */
 static int plot_tps(const char *out, const struct run_row *rows, size_t n, double budget)
 {
-        char *script = NULL;
-        size_t size = 0;
-        FILE *f = open_memstream(&script, &size);
-        int r;
+        FILE *f = plot_open(out, "tokens_per_s_vs_context.png");
 
         if (!f)
                 return -1;
-        fprintf(f, "set terminal %s\nset output '%s/tokens_per_s_vs_context.png'\n", terminal(), out);
         fprintf(f, "set title 'Decode throughput vs context (budget %.0f%%, 1 client, 4 layers, SSD tier)'\n"
                    "set xlabel 'context (tokens)'\nset ylabel 'tokens/s (log scale)'\nset logscale xy\n"
                    "set xtics (\"16K\" 16384, \"32K\" 32768, \"64K\" 65536, \"128K\" 131072, \"256K\" 262144)\n"
@@ -415,23 +418,16 @@ static int plot_tps(const char *out, const struct run_row *rows, size_t n, doubl
                    "$sparse with linespoints lw 2 title 'sparse (InfiniGen-style)', "
                    "$lru with linespoints lw 2 title 'lru', "
                    "$kvdrive with linespoints lw 2 title 'kvdrive (first cut)'\n");
-        fclose(f);
-        r = gnuplot(script);
-        free(script);
-        return r;
+        return plot_close(f);
 }
 
 /* Mass recall (and top-k recall) vs budget per policy, at the budget context. */
 static int plot_recall(const char *out, const struct run_row *rows, size_t n, uint32_t ctx)
 {
-        char *script = NULL;
-        size_t size = 0;
-        FILE *f = open_memstream(&script, &size);
-        int r;
+        FILE *f = plot_open(out, "mass_recall_vs_budget.png");
 
         if (!f)
                 return -1;
-        fprintf(f, "set terminal %s\nset output '%s/mass_recall_vs_budget.png'\n", terminal(), out);
         fprintf(f, "set title 'Accuracy vs device budget (top-k = budget; context %uK, 1 client; sparse and lru "
                    "select alike)'\n"
                    "set xlabel 'budget (%% of the KV blocks; top-k fraction per layer)'\n"
@@ -454,23 +450,16 @@ static int plot_recall(const char *out, const struct run_row *rows, size_t n, ui
                    "$lru using 1:2 with linespoints lw 2 dt 2 pt 5 lc rgb '#0072b2' title 'lru: mass recall', "
                    "$sparse using 1:3 with linespoints lw 3 pt 6 ps 2 lc rgb '#d55e00' title 'sparse: top-k block recall', "
                    "$lru using 1:3 with linespoints lw 2 dt 2 pt 4 lc rgb '#e69f00' title 'lru: top-k block recall'\n");
-        fclose(f);
-        r = gnuplot(script);
-        free(script);
-        return r;
+        return plot_close(f);
 }
 
 /* Bytes host -> device per token vs context. */
 static int plot_bytes(const char *out, const struct run_row *rows, size_t n, double budget)
 {
-        char *script = NULL;
-        size_t size = 0;
-        FILE *f = open_memstream(&script, &size);
-        int r;
+        FILE *f = plot_open(out, "bytes_per_token_vs_context.png");
 
         if (!f)
                 return -1;
-        fprintf(f, "set terminal %s\nset output '%s/bytes_per_token_vs_context.png'\n", terminal(), out);
         fprintf(f, "set title 'Data moved per decoded token (budget %.0f%%, 1 client)'\n"
                    "set xlabel 'context (tokens)'\nset ylabel 'MiB per token (log scale)'\nset logscale xy\n"
                    "set xtics (\"16K\" 16384, \"32K\" 32768, \"64K\" 65536, \"128K\" 131072, \"256K\" 262144)\n"
@@ -493,10 +482,7 @@ static int plot_bytes(const char *out, const struct run_row *rows, size_t n, dou
                    "$lru using 1:3 with linespoints lw 1 dt 2 pt 8 title 'lru: SSD->host', "
                    "$kvdrive using 1:2 with linespoints lw 2 pt 11 title 'kvdrive: host->device', "
                    "$kvdrive using 1:3 with linespoints lw 1 dt 2 pt 10 title 'kvdrive: SSD->host'\n");
-        fclose(f);
-        r = gnuplot(script);
-        free(script);
-        return r;
+        return plot_close(f);
 }
 
 /* The 1-minute load average: the machine may be shared. */
