@@ -68,6 +68,7 @@ static const char *const daemon_errors[] = {
         [KVC_E_BAD_ARG - KVC_E_BASE] = "Invalid argument",
         [KVC_E_NO_SPACE - KVC_E_BASE] = "No space in the cache",
         [KVC_E_INTERNAL - KVC_E_BASE] = "Internal daemon error",
+        [KVC_E_UNSUPPORTED - KVC_E_BASE] = "Not supported by this daemon or host",
 };
 
 _public_ const char *kvc_strerror(int err)
@@ -832,6 +833,9 @@ static int stats_from_wire(const Kvdrive__StatsReply *w, struct kvc_stats **ret)
         s->index_entries = w->index_entries;
         s->index_bytes = w->index_bytes;
         s->index_bytes_per_block = w->index_bytes_per_block;
+        copy_str(s->cuda, sizeof(s->cuda), w->cuda);
+        s->pools_memfd = w->pools_memfd;
+        s->pools_cuda = w->pools_cuda;
         /* Counts are bounded by the frame size, far below UINT32_MAX. */
         s->n_tiers = (uint32_t)w->n_tiers;
         for (size_t i = 0; i < w->n_tiers; i++) {

@@ -40,7 +40,8 @@ enum {
         KVC_E_BAD_ARG = KVC_E_BASE + 13,
         KVC_E_NO_SPACE = KVC_E_BASE + 14,
         KVC_E_INTERNAL = KVC_E_BASE + 15,
-        KVC_E_MAX = KVC_E_BASE + 16,
+        KVC_E_UNSUPPORTED = KVC_E_BASE + 16,
+        KVC_E_MAX = KVC_E_BASE + 17,
 };
 
 /* Returns a static description of err (a negative return of this library,
@@ -320,6 +321,11 @@ struct kvc_stats {
         struct kvc_tier_stats *tiers;
         uint32_t n_namespaces;
         struct kvc_ns_stats *namespaces;
+        /* Added with the CUDA backend (the library allocates this struct,
+         * so fields only ever go at the end). */
+        char cuda[128];                 /* "not loaded", "unavailable: ...", "ready: ..." */
+        uint32_t pools_memfd;           /* pools of connected clients, per backend */
+        uint32_t pools_cuda;
 };
 
 /* Fetches the daemon's statistics; free with kvc_stats_free(). */
