@@ -14,6 +14,7 @@
 
 #include "cache.h"
 #include "config.h"
+#include "device.h"
 #include "kvd-build.h"
 #include "log.h"
 #include "server.h"
@@ -71,6 +72,9 @@ int main(int argc, char **argv)
         struct kvd_config cfg;
         struct kvd_cache *cache = NULL;
         struct kvd_xfer *xfer = NULL;
+        struct kvd_cuda *cuda = NULL;
+        uint64_t host_len, extent;
+        void *host_base;
         struct kvd_server *server = NULL;
         int ready_fd = -1, r;
         sigset_t mask;
@@ -102,12 +106,20 @@ int main(int argc, char **argv)
                 log_error("cannot set up the cache: %s", strerror(-r));
                 goto out;
         }
+        /* Remembers the module path only: CUDA loads with the first CUDA
+         * pool, so hosts without it never touch it. */
+        kvd_cache_host_region(cache, &host_base, &host_len, &extent);
+        r = kvd_cuda_new(cfg.cuda_module, host_base, host_len, extent, cfg.host_numa_node, &cuda);
+        if (r < 0) {
+                log_error("cannot set up the CUDA loader: %s", strerror(-r));
+                goto out;
+        }
         r = kvd_xfer_new(cfg.workers, &xfer);
         if (r < 0) {
                 log_error("cannot start %u transfer workers: %s", cfg.workers, strerror(-r));
                 goto out;
         }
-        r = kvd_server_new(&cfg, cache, xfer, &server);
+        r = kvd_server_new(&cfg, cache, xfer, cuda, &server);
         if (r == 0)
                 r = kvd_server_listen(server);
         if (r < 0) {
@@ -133,6 +145,8 @@ out:
         if (cache)
                 kvd_cache_quiesce(cache);
         kvd_xfer_free(xfer);
+        /* No pool is open and no copy runs now: unpin the host pool. */
+        kvd_cuda_free(cuda);
         if (cache && r == 0) {
                 uint64_t n = kvd_cache_write_back(cache);
 

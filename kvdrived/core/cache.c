@@ -406,6 +406,13 @@ bool kvd_cache_has_ssd(const struct kvd_cache *c)
         return c->ssd != NULL;
 }
 
+void kvd_cache_host_region(const struct kvd_cache *c, void **ret_base, uint64_t *ret_len,
+                           uint64_t *ret_extent_bytes)
+{
+        kvd_host_region(c->host, ret_base, ret_len);
+        *ret_extent_bytes = c->cfg->host_extent_bytes;
+}
+
 /* ---- namespaces --------------------------------------------------------- */
 
 int kvd_geometry_block_bytes(const struct kvd_geometry *g, uint64_t *ret)

@@ -95,6 +95,11 @@ void kvd_cache_ssd_reap(struct kvd_cache *c);
 void kvd_cache_flush(struct kvd_cache *c);
 bool kvd_cache_has_ssd(const struct kvd_cache *c);
 
+/* The host tier's memory (for the CUDA backend to page-lock) and its extent
+ * size (no host page crosses a multiple of it). */
+void kvd_cache_host_region(const struct kvd_cache *c, void **ret_base, uint64_t *ret_len,
+                           uint64_t *ret_extent_bytes);
+
 /* Block size of g: 2 * kv_heads * head_dim * block_tokens * dtype size.
  * -EINVAL for a zero field or an unknown dtype, -EOVERFLOW past 4 GiB. */
 int kvd_geometry_block_bytes(const struct kvd_geometry *g, uint64_t *ret);

@@ -85,7 +85,8 @@ int kvd_memfd_pool_open(int fd, uint32_t slot_count, uint64_t slot_bytes,
                 return -ENOMEM;
         }
         m->pool = (struct kvd_peer_pool){ .ops = &memfd_ops, .refs = 1,
-                                          .slot_count = slot_count, .slot_bytes = slot_bytes };
+                                          .slot_count = slot_count, .slot_bytes = slot_bytes,
+                                          .backend = KVD_BACKEND_MEMFD };
         m->base = base;
         m->len = need;
         *ret = &m->pool;

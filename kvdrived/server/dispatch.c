@@ -110,6 +110,189 @@ static void handle_register_ns(struct kvd_session *ss, uint64_t id, const Kvdriv
         reply(ss, id, &resp);
 }
 
+/* Allocations and per-layer events one CUDA pool may bring (a frame of
+ * max-frame bytes could not carry many more). */
+#define CUDA_MAX_ALLOCS 4096u
+#define CUDA_MAX_EVENTS 65536u
+
+static bool bus_id_ok(const char *id)
+{
+        size_t n = strlen(id);
+
+        if (n >= KVD_CUDA_BUS_ID_MAX)
+                return false;
+        return strspn(id, "0123456789abcdefABCDEF:.") == n;
+}
+
+/*
+ * Checks everything of a CUDA RegisterPool that needs no GPU and builds
+ * *spec (its arrays malloc'd into *ret_allocs, *ret_events: the caller
+ * frees them). Returns false after replying an error.
+ */
+static bool cuda_spec(struct kvd_session *ss, uint64_t id, const Kvdrive__RegisterPool *m, unsigned nfds,
+                      struct kvd_cuda_pool_spec *spec, struct kvd_cuda_alloc **ret_allocs,
+                      uint8_t (**ret_events)[KVD_CUDA_HANDLE_BYTES])
+{
+        struct kvd_cuda_alloc *allocs = NULL;
+        uint8_t (*events)[KVD_CUDA_HANDLE_BYTES] = NULL;
+        const char *bus = m->cuda_pci_bus_id ? m->cuda_pci_bus_id : "";
+        uint64_t slots = 0;
+
+        if (nfds != 0) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                       "a CUDA pool takes no fd (got %u)", nfds);
+                return false;
+        }
+        if (m->n_cuda_allocations == 0 || m->n_cuda_allocations > CUDA_MAX_ALLOCS) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                       "a CUDA pool needs 1-%u allocations (got %zu)", CUDA_MAX_ALLOCS,
+                                       m->n_cuda_allocations);
+                return false;
+        }
+        if (m->n_cuda_event_handles > CUDA_MAX_EVENTS) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                       "%zu event handles over %u", m->n_cuda_event_handles, CUDA_MAX_EVENTS);
+                return false;
+        }
+        if (*bus ? !bus_id_ok(bus) : m->cuda_device < 0) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                       "CUDA device: bad PCI bus id '%.40s' or ordinal %d (want \"0000:17:00.0\" "
+                                       "or an ordinal >= 0)", bus, (int)m->cuda_device);
+                return false;
+        }
+        for (size_t i = 0; i < m->n_cuda_allocations; i++) {
+                const Kvdrive__CudaAllocation *a = m->cuda_allocations[i];
+                uint64_t span;
+
+                if (a->ipc_mem_handle.len != KVD_CUDA_HANDLE_BYTES) {
+                        kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                               "allocation %zu: IPC handle of %zu bytes (must be %u)", i,
+                                               a->ipc_mem_handle.len, KVD_CUDA_HANDLE_BYTES);
+                        return false;
+                }
+                if (a->slot_count == 0 || __builtin_mul_overflow((uint64_t)a->slot_count, m->slot_bytes, &span) ||
+                    span > UINT64_MAX - a->offset) {
+                        kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                               "allocation %zu: %u slots at offset %llu (slots must be non-zero, "
+                                               "offset + slots * slot_bytes must fit in 64 bits)",
+                                               i, a->slot_count, (unsigned long long)a->offset);
+                        return false;
+                }
+                slots += a->slot_count;
+        }
+        if (slots != m->slot_count) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                       "allocations hold %llu slots in all, slot_count says %u",
+                                       (unsigned long long)slots, m->slot_count);
+                return false;
+        }
+        for (size_t i = 0; i < m->n_cuda_event_handles; i++)
+                if (m->cuda_event_handles[i].len != KVD_CUDA_HANDLE_BYTES) {
+                        kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                               "event handle %zu: %zu bytes (must be %u)", i,
+                                               m->cuda_event_handles[i].len, KVD_CUDA_HANDLE_BYTES);
+                        return false;
+                }
+        if (!ss->server->cuda) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_UNSUPPORTED,
+                                       "this daemon has no CUDA backend");
+                return false;
+        }
+        allocs = calloc(m->n_cuda_allocations, sizeof(*allocs));
+        events = calloc(m->n_cuda_event_handles ? m->n_cuda_event_handles : 1, sizeof(*events));
+        if (!allocs || !events) {
+                free(allocs);
+                free(events);
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
+                return false;
+        }
+        for (size_t i = 0; i < m->n_cuda_allocations; i++) {
+                const Kvdrive__CudaAllocation *a = m->cuda_allocations[i];
+
+                memcpy(allocs[i].handle, a->ipc_mem_handle.data, KVD_CUDA_HANDLE_BYTES);
+                allocs[i].slot_count = a->slot_count;
+                allocs[i].offset = a->offset;
+        }
+        for (size_t i = 0; i < m->n_cuda_event_handles; i++)
+                memcpy(events[i], m->cuda_event_handles[i].data, KVD_CUDA_HANDLE_BYTES);
+        *spec = (struct kvd_cuda_pool_spec){
+                .device = m->cuda_device,
+                .pci_bus_id = bus,
+                .allocs = allocs,
+                .n_allocs = (uint32_t)m->n_cuda_allocations,
+                .slot_count = m->slot_count,
+                .slot_bytes = m->slot_bytes,
+                .events = (const uint8_t (*)[KVD_CUDA_HANDLE_BYTES])events,
+                .n_events = (uint32_t)m->n_cuda_event_handles,
+        };
+        *ret_allocs = allocs;
+        *ret_events = events;
+        return true;
+}
+
+static Kvdrive__ErrorCode cuda_error_code(int r)
+{
+        switch (r) {
+        case -ENOENT:
+        case -ENODEV:
+        case -ENOTSUP:
+                return KVDRIVE__ERROR_CODE__E_UNSUPPORTED;
+        case -EINVAL:
+        case -EMSGSIZE:
+                return KVDRIVE__ERROR_CODE__E_BAD_ARG;
+        default:
+                return KVDRIVE__ERROR_CODE__E_INTERNAL;
+        }
+}
+
+/* Opens the CUDA pool m describes, or replies an error and returns NULL. */
+static struct kvd_peer_pool *open_cuda_pool(struct kvd_session *ss, uint64_t id, const Kvdrive__RegisterPool *m,
+                                            unsigned nfds)
+{
+        struct kvd_cuda_pool_spec spec;
+        struct kvd_cuda_alloc *allocs;
+        uint8_t (*events)[KVD_CUDA_HANDLE_BYTES];
+        struct kvd_peer_pool *pool = NULL;
+        char why[256] = "";
+        int r;
+
+        if (!cuda_spec(ss, id, m, nfds, &spec, &allocs, &events))
+                return NULL;
+        r = kvd_cuda_pool_open(ss->server->cuda, &spec, &pool, why, sizeof(why));
+        free(allocs);
+        free(events);
+        if (r < 0) {
+                kvd_session_send_error(ss, id, cuda_error_code(r), "%s", why);
+                return NULL;
+        }
+        return pool;
+}
+
+static struct kvd_peer_pool *open_memfd_pool(struct kvd_session *ss, uint64_t id, const Kvdrive__RegisterPool *m,
+                                             int *fds, unsigned nfds)
+{
+        struct kvd_peer_pool *pool = NULL;
+        const char *why = NULL;
+        int r;
+
+        if (m->n_cuda_allocations || m->n_cuda_event_handles || (m->cuda_pci_bus_id && *m->cuda_pci_bus_id)) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                       "cuda_* fields need backend CUDA");
+                return NULL;
+        }
+        if (nfds != 1) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                       "RegisterPool needs exactly one memfd passed with SCM_RIGHTS (got %u)", nfds);
+                return NULL;
+        }
+        r = kvd_memfd_pool_open(fds[0], m->slot_count, m->slot_bytes, &pool, &why);
+        if (r < 0) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG, "%s: %s", why, strerror(-r));
+                return NULL;
+        }
+        return pool;
+}
+
 static void handle_register_pool(struct kvd_session *ss, uint64_t id, const Kvdrive__RegisterPool *m,
                                  int *fds, unsigned nfds)
 {
@@ -117,18 +300,11 @@ static void handle_register_pool(struct kvd_session *ss, uint64_t id, const Kvdr
         Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
         const struct kvd_config *cfg = ss->server->cfg;
         struct kvd_peer_pool *pool, **pools;
-        const char *why = NULL;
         uint64_t bytes;
-        int r;
 
-        if (m->backend != KVDRIVE__BACKEND__BACKEND_MEMFD) {
+        if (m->backend != KVDRIVE__BACKEND__BACKEND_MEMFD && m->backend != KVDRIVE__BACKEND__BACKEND_CUDA) {
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
                                        "backend %d is not available in this daemon", (int)m->backend);
-                return;
-        }
-        if (nfds != 1) {
-                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
-                                       "RegisterPool needs exactly one memfd passed with SCM_RIGHTS (got %u)", nfds);
                 return;
         }
         if (ss->n_pools >= cfg->max_pools_per_client) {
@@ -147,23 +323,24 @@ static void handle_register_pool(struct kvd_session *ss, uint64_t id, const Kvdr
                                        (unsigned long long)cfg->max_pool_bytes_per_client);
                 return;
         }
-        r = kvd_memfd_pool_open(fds[0], m->slot_count, m->slot_bytes, &pool, &why);
-        if (r < 0) {
-                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG, "%s: %s", why, strerror(-r));
-                return;
-        }
         pools = realloc(ss->pools, sizeof(*pools) * (ss->n_pools + 1));
         if (!pools) {
-                kvd_peer_pool_unref(pool);
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
                 return;
         }
         ss->pools = pools;
+        if (m->backend == KVDRIVE__BACKEND__BACKEND_CUDA)
+                pool = open_cuda_pool(ss, id, m, nfds);
+        else
+                pool = open_memfd_pool(ss, id, m, fds, nfds);
+        if (!pool)
+                return;
         ss->pools[ss->n_pools] = pool;
         rr.pool_id = ss->n_pools++;
         ss->pool_bytes += bytes;
-        log_info("session %llu: pool %u: %u slots of %llu bytes (memfd)", (unsigned long long)ss->id, rr.pool_id,
-                 m->slot_count, (unsigned long long)m->slot_bytes);
+        ss->server->pools[pool->backend]++;
+        log_info("session %llu: pool %u: %u slots of %llu bytes (%s)", (unsigned long long)ss->id, rr.pool_id,
+                 m->slot_count, (unsigned long long)m->slot_bytes, pool->ops->name);
         resp.body_case = KVDRIVE__RESPONSE__BODY_REGISTER_POOL;
         resp.register_pool = &rr;
         reply(ss, id, &resp);
@@ -488,7 +665,10 @@ static void handle_stats(struct kvd_session *ss, uint64_t id)
         sr.requests = s->requests;
         sr.errors = s->errors;
         sr.workers = s->cfg->workers;
-        sr.device_backends = (char *)"memfd";
+        sr.device_backends = (char *)(kvd_cuda_ready(s->cuda) ? "memfd,cuda" : "memfd");
+        sr.cuda = (char *)kvd_cuda_status(s->cuda);
+        sr.pools_memfd = s->pools[KVD_BACKEND_MEMFD];
+        sr.pools_cuda = s->pools[KVD_BACKEND_CUDA];
         sr.eviction = (char *)cs.eviction;
         sr.speculative_promotions = cs.spec_promotions;
         sr.scores = cs.scores;

@@ -49,6 +49,8 @@ struct kvd_server {
         const struct kvd_config *cfg;
         struct kvd_cache *cache;
         struct kvd_xfer *xfer;
+        struct kvd_cuda *cuda;  /* NULL: CUDA pools refused */
+        uint32_t pools[2];      /* of connected sessions, per enum kvd_backend */
         int epfd;
         struct watch sig_w, xfer_w, ssd_w, timer_w;
         char last_status[160];  /* last STATUS= sent to the service manager */

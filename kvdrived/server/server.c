@@ -30,7 +30,7 @@ static int watch_add(struct kvd_server *s, struct watch *w)
 }
 
 int kvd_server_new(const struct kvd_config *cfg, struct kvd_cache *cache, struct kvd_xfer *xfer,
-                   struct kvd_server **ret)
+                   struct kvd_cuda *cuda, struct kvd_server **ret)
 {
         struct kvd_server *s;
         sigset_t mask;
@@ -42,6 +42,7 @@ int kvd_server_new(const struct kvd_config *cfg, struct kvd_cache *cache, struct
         s->cfg = cfg;
         s->cache = cache;
         s->xfer = xfer;
+        s->cuda = cuda;
         s->sig_w.fd = -1;
         s->timer_w.fd = -1;
         s->started_ms = kvd_now_ms();

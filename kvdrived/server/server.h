@@ -8,12 +8,15 @@
 
 #include "cache.h"
 #include "config.h"
+#include "device.h"
 #include "xfer.h"
 
 struct kvd_server;
 
+/* cuda (may be NULL: CUDA pools refused) is the caller's, and must outlive
+ * the transfer engine (device.h). */
 int kvd_server_new(const struct kvd_config *cfg, struct kvd_cache *cache, struct kvd_xfer *xfer,
-                   struct kvd_server **ret);
+                   struct kvd_cuda *cuda, struct kvd_server **ret);
 
 /* Takes the sockets systemd passed (sd_listen_fds), else binds cfg->socket.
  * Refuses to take over a socket path another daemon is serving. */

@@ -147,9 +147,12 @@ void kvd_session_close(struct kvd_session *ss, const char *why)
         if (ss->next)
                 ss->next->prev = ss->prev;
         s->n_sessions--;
-        /* Pools stay mapped while transfers in flight hold them. */
-        for (uint32_t i = 0; i < ss->n_pools; i++)
+        /* Pools stay mapped while transfers in flight hold them; the last
+         * reference closes them (for CUDA: cudaIpcCloseMemHandle). */
+        for (uint32_t i = 0; i < ss->n_pools; i++) {
+                s->pools[ss->pools[i]->backend]--;
                 ss->pools[i] = kvd_peer_pool_unref(ss->pools[i]);
+        }
         ss->n_pools = 0;
         /* Events already returned by epoll may still point at ss: the
          * server's reference is dropped after this loop turn. */

@@ -81,6 +81,9 @@ static const struct option_def options[] = {
         { "max-frame", OPT_SIZE, OFF(max_frame), "128K", 4096, KVD_FRAME_MAX_LIMIT,
           "largest protocol frame", false },
         { "max-items", OPT_U32, OFF(max_items), "2048", 1, 65536, "items per Put/Get/Lookup/Delete", false },
+        { "cuda-module", OPT_STRING, OFF(cuda_module), KVD_CUDA_MODULE_DEFAULT, 0, 0,
+          "the CUDA backend module, loaded with the first CUDA pool (default: $KVDRIVE_CUDA_MODULE, "
+          "else the installed one)", false },
         { "max-outq-bytes", OPT_SIZE, OFF(max_outq_bytes), "4M", 64u << 10, 1u << 30,
           "replies queued for a client that does not read before it is dropped", false },
 };
@@ -273,6 +276,13 @@ int kvd_config_load(struct kvd_config *cfg, int argc, char **argv)
         if (r < 0) {
                 fprintf(stderr, "kvdrived: default socket path too long\n");
                 return r;
+        }
+        /* The build tree's module for tests and development; the file and
+         * the command line still win. */
+        if (getenv("KVDRIVE_CUDA_MODULE") &&
+            set_option(cfg, find_option("cuda-module"), getenv("KVDRIVE_CUDA_MODULE")) < 0) {
+                fprintf(stderr, "kvdrived: $KVDRIVE_CUDA_MODULE too long\n");
+                return -ENAMETOOLONG;
         }
 
         /* First pass: only --config, --help, --version, so the file is read

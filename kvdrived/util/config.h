@@ -55,6 +55,7 @@ struct kvd_config {
         uint32_t max_frame;
         uint32_t max_items;
         uint64_t max_outq_bytes;        /* replies queued for a slow client */
+        char cuda_module[256];          /* path of kvdrive-cuda.so */
 };
 
 /* Fills cfg from defaults, the config file and argv. Returns 0, 1 when the
