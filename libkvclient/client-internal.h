@@ -7,12 +7,19 @@
 
 #define _public_ __attribute__((visibility("default")))
 
+struct kvc_pool_dev {
+        uint8_t *slot0;         /* device pointer of the allocation's first slot */
+        uint32_t first_slot;
+};
+
 struct kvc_pool {
-        void *base;             /* MAP_SHARED mapping of the memfd */
+        void *base;             /* MAP_SHARED mapping of the memfd; MAP_FAILED for CUDA */
         size_t map_bytes;       /* slot_count * slot_bytes rounded up to a page */
         uint32_t id;
         uint32_t slot_count;
         uint64_t slot_bytes;
+        struct kvc_pool_dev *dev; /* CUDA pools: one per allocation, else NULL */
+        uint32_t n_dev;
 };
 
 /*

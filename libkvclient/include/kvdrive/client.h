@@ -148,11 +148,55 @@ int kvc_register_namespace(kvc_client *c, const char *name, const struct kvc_geo
  */
 int kvc_pool_create(kvc_client *c, uint32_t slot_count, uint64_t slot_bytes, kvc_pool **ret);
 
+/* Bytes of a cudaIpcMemHandle_t and of a cudaIpcEventHandle_t. */
+#define KVC_CUDA_IPC_HANDLE_BYTES 64
+
+/* One cudaMalloc allocation of a CUDA pool. Slots of allocation i follow
+ * those of allocation i - 1 (e.g. one allocation per layer). */
+struct kvc_cuda_alloc {
+        /* cudaIpcGetMemHandle(dev_ptr), as bytes: kvdrive/client-cuda.h
+         * fills it for callers that include the CUDA headers. */
+        unsigned char ipc_handle[KVC_CUDA_IPC_HANDLE_BYTES];
+        void *dev_ptr;          /* the allocation's base, as cudaMalloc gave it */
+        uint64_t offset;        /* of slot 0 from dev_ptr */
+        uint32_t slot_count;    /* > 0 */
+};
+
+struct kvc_cuda_pool_opts {
+        size_t size;            /* sizeof(struct kvc_cuda_pool_opts) */
+        int device;             /* the GPU's CUDA ordinal in this process */
+        /* Its PCI bus id ("0000:17:00.0", cudaDeviceGetPCIBusId); when set,
+         * the daemon uses it rather than the ordinal, which depends on each
+         * process's CUDA_VISIBLE_DEVICES. */
+        char pci_bus_id[32];
+        /* Optional: cudaIpcEventHandle_t of one event per layer (created
+         * with cudaEventInterprocess | cudaEventDisableTiming), for layer
+         * readiness the client's stream can wait on. Copied by the call. */
+        const unsigned char (*event_handles)[KVC_CUDA_IPC_HANDLE_BYTES];
+        uint32_t n_event_handles;
+};
+
+/*
+ * Registers a pool of GPU memory the caller allocated: n_allocs allocations
+ * holding slot_bytes-sized slots, sum of their slot_count in all. The daemon
+ * opens each IPC handle, copies with the GPU's copy engines straight into
+ * and out of the slots, and closes the handles when the session ends (or
+ * the client dies). The caller keeps the allocations alive until then and
+ * frees them itself; kvc_pool_free() frees only the kvc_pool.
+ * libkvclient itself does not depend on CUDA: the handles come as bytes.
+ * Returns 0, -EINVAL (bad arguments), -KVC_E_UNSUPPORTED (the daemon has no
+ * CUDA backend or sees no GPU), -KVC_E_BAD_ARG (a handle the daemon cannot
+ * open, slots beyond an allocation; kvc_last_error() says which), -errno.
+ */
+int kvc_pool_register_cuda(kvc_client *c, const struct kvc_cuda_alloc *allocs, uint32_t n_allocs,
+                           uint64_t slot_bytes, const struct kvc_cuda_pool_opts *opts, kvc_pool **ret);
+
 /* Unmaps and frees a pool (the daemon drops its mapping when the session
  * ends). Returns NULL. */
 kvc_pool *kvc_pool_free(kvc_pool *p);
 
-/* Address of slot i of p (NULL if out of range), its id, and its shape. */
+/* Address of slot i of p (NULL if out of range): host memory for a memfd
+ * pool, a device pointer for a CUDA pool. Its id, and its shape. */
 void *kvc_pool_slot(const kvc_pool *p, uint32_t slot);
 uint32_t kvc_pool_id(const kvc_pool *p);
 uint32_t kvc_pool_slot_count(const kvc_pool *p);
