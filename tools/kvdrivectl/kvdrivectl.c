@@ -157,6 +157,8 @@ static int cmd_status(struct ctl *ctl)
         printf("clients:   %" PRIu32 " connected, %" PRIu64 " since start\n", s->clients,
                s->clients_total);
         printf("backends:  %s\n", *s->device_backends ? s->device_backends : "(none)");
+        printf("cuda:      %s\n", *s->cuda ? s->cuda : "(not reported)");
+        printf("pools:     %" PRIu32 " memfd, %" PRIu32 " cuda\n", s->pools_memfd, s->pools_cuda);
         for (uint32_t i = 0; i < s->n_tiers; i++) {
                 const struct kvc_tier_stats *t = &s->tiers[i];
                 double pct = t->capacity_bytes
@@ -180,6 +182,8 @@ static void print_stats(const struct kvc_stats *s)
                s->workers, *s->device_backends ? s->device_backends : "(none)");
         printf("clients    %" PRIu32 " connected, %" PRIu64 " total\n", s->clients,
                s->clients_total);
+        printf("cuda       %s; pools %" PRIu32 " memfd, %" PRIu32 " cuda\n", *s->cuda ? s->cuda : "(not reported)",
+               s->pools_memfd, s->pools_cuda);
         printf("placement  eviction by %s, %" PRIu64 " block scores, %" PRIu64 " next-layer promotions\n",
                s->eviction, s->scores, s->speculative_promotions);
         printf("requests   %" PRIu64 " total, %" PRIu64 " errors\n", s->requests, s->errors);
@@ -313,7 +317,7 @@ static json_t *stats_json(const struct kvc_stats *s)
         /* "o" hands tiers, nss and the backends array to the result, also
          * when json_pack fails. */
         return json_pack("{s:i,"
-                         " s:{s:s, s:I, s:I, s:I, s:o},"
+                         " s:{s:s, s:I, s:I, s:I, s:o, s:s, s:{s:I, s:I}},"
                          " s:{s:I, s:I},"
                          " s:o,"
                          " s:{s:I, s:I, s:I, s:I},"
@@ -328,6 +332,8 @@ static json_t *stats_json(const struct kvc_stats *s)
                          "uptime_ms", ji(s->uptime_ms),
                          "workers", (json_int_t)s->workers,
                          "device_backends", backends_json(s->device_backends),
+                         "cuda", s->cuda,
+                         "pools", "memfd", (json_int_t)s->pools_memfd, "cuda", (json_int_t)s->pools_cuda,
                          "clients",
                          "connected", (json_int_t)s->clients,
                          "total", ji(s->clients_total),
