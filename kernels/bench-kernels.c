@@ -7,6 +7,14 @@
  *
  * Defaults: 256 blocks of 16 tokens (4096 tokens), f16, 1 s per back end, in
  * a Llama-3-8B layer shape (8 kv heads, 32 query heads, head_dim 128).
+ *
+ *   kvk-bench scores [n_blocks [reps [kv_heads q_heads head_dim]]]
+ *
+ * times kvk_block_scores() over n_blocks summaries (default 4096 blocks,
+ * 15 reps, 8/32/128) on each back end and prints the median, minimum and
+ * maximum ms per call and the GB/s of summaries read at the median. The
+ * summaries (8 KiB per block at the default shape, 32 MiB for 4096) come from
+ * random blocks, the query is uniform in [-1, 1) (both signs, a few zeros).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -15,6 +23,8 @@
 #include <time.h>
 
 #include "kernels.h"
+
+#define MAX_REPS 101
 
 static double now(void)
 {
@@ -66,6 +76,120 @@ static int bench(const char *backend, const struct kvk_shape *s, const float *q,
         return 0;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+        double x = *(const double *)a, y = *(const double *)b;
+
+        return x < y ? -1 : x > y;
+}
+
+static int bench_scores_one(const char *backend, const struct kvk_shape *s, const float *q,
+                            const float *sum, uint32_t n, int reps, float *sc)
+{
+        size_t bytes = kvk_summary_floats(s) * sizeof(float) * n;
+        double t[MAX_REPS], t0, med;
+        int r;
+
+        r = kvk_set_backend(backend);
+        if (r < 0) {
+                printf("%-7s unavailable (%s)\n", backend, strerror(-r));
+                return 0;
+        }
+        r = kvk_block_scores(s, q, sum, n, sc);         /* warm up */
+        if (r < 0)
+                return r;
+        for (int i = 0; i < reps; i++) {
+                t0 = now();
+                r = kvk_block_scores(s, q, sum, n, sc);
+                t[i] = now() - t0;
+                if (r < 0)
+                        return r;
+        }
+        qsort(t, (size_t)reps, sizeof(t[0]), cmp_double);
+        med = t[reps / 2];
+        printf("%-7s median %7.3f ms/call (min %7.3f, max %7.3f)  %6.2f GB/s  %6.1f ns/block"
+               "  (%d reps)\n",
+               kvk_backend_name(), med * 1e3, t[0] * 1e3, t[reps - 1] * 1e3,
+               (double)bytes / med / 1e9, med / n * 1e9, reps);
+        return 0;
+}
+
+/* kvk-bench scores [n_blocks [reps [kv_heads q_heads head_dim]]] */
+static int bench_scores(int argc, char **argv)
+{
+        struct kvk_shape s = {
+                .kv_heads = 8, .q_heads = 32, .head_dim = 128, .block_tokens = 16,
+                .dtype = KVK_F16,
+        };
+        uint32_t n = argc > 2 ? (uint32_t)strtoul(argv[2], NULL, 10) : 4096;
+        int reps = argc > 3 ? atoi(argv[3]) : 15;
+        uint64_t st = 7;
+        size_t bb, sf, nq;
+        uint16_t *blk = NULL;
+        float *sum = NULL, *q = NULL, *sc = NULL;
+        int r = -ENOMEM;
+
+        if (argc > 6) {
+                s.kv_heads = (uint32_t)strtoul(argv[4], NULL, 10);
+                s.q_heads = (uint32_t)strtoul(argv[5], NULL, 10);
+                s.head_dim = (uint32_t)strtoul(argv[6], NULL, 10);
+        }
+        bb = kvk_block_bytes(&s);
+        sf = kvk_summary_floats(&s);
+        if (!bb || n == 0 || reps < 1 || reps > MAX_REPS) {
+                fprintf(stderr, "usage: kvk-bench scores [n_blocks [reps (1-%d) "
+                        "[kv_heads q_heads head_dim]]]\n", MAX_REPS);
+                return 2;
+        }
+        nq = (size_t)s.q_heads * s.head_dim;
+        blk = malloc(bb);
+        sum = malloc(sf * n * sizeof(*sum));
+        q = malloc(nq * sizeof(*q));
+        sc = malloc(n * sizeof(*sc));
+        if (!blk || !sum || !q || !sc)
+                goto out;
+        /* A few random blocks, their summaries jittered per block so that no
+         * two summaries are equal (each block's bytes are read from memory). */
+        for (size_t i = 0; i < bb / 2; i++)
+                blk[i] = kvk_f32_to_f16(frand(&st));
+        r = kvk_block_summary(&s, blk, s.block_tokens, sum);
+        if (r < 0)
+                goto out;
+        for (uint32_t b = 1; b < n; b++)
+                for (size_t i = 0; i < sf; i++)
+                        sum[b * sf + i] = sum[i] + 0.01f * frand(&st);
+        for (uint32_t b = 0; b < n; b++)
+                for (size_t i = 0; i < sf / 2; i++) {   /* keep min <= max */
+                        float *mn = sum + b * sf + (i / s.head_dim) * 2 * s.head_dim +
+                                    i % s.head_dim;
+
+                        if (mn[0] > mn[s.head_dim]) {
+                                float t = mn[0];
+
+                                mn[0] = mn[s.head_dim];
+                                mn[s.head_dim] = t;
+                        }
+                }
+        for (size_t i = 0; i < nq; i++)
+                q[i] = i % 17 == 3 ? 0.0f : frand(&st);
+
+        printf("kvk_block_scores: %u blocks, kv_heads %u, q_heads %u, head_dim %u, "
+               "%.1f MiB of summaries per call\n",
+               n, s.kv_heads, s.q_heads, s.head_dim,
+               (double)(sf * n * sizeof(float)) / (1 << 20));
+        r = bench_scores_one("scalar", &s, q, sum, n, reps, sc);
+        if (r == 0)
+                r = bench_scores_one("avx2", &s, q, sum, n, reps, sc);
+out:
+        if (r < 0)
+                fprintf(stderr, "kvk-bench: %s\n", strerror(-r));
+        free(sc);
+        free(q);
+        free(sum);
+        free(blk);
+        return r < 0 ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
         struct kvk_shape s = {
@@ -82,13 +206,16 @@ int main(int argc, char **argv)
         float *q = NULL, *out = NULL;
         int r = -ENOMEM;
 
+        if (argc > 1 && strcmp(argv[1], "scores") == 0)
+                return bench_scores(argc, argv);
         if (argc > 2)
                 s.block_tokens = (uint32_t)strtoul(argv[2], NULL, 10);
         if (argc > 3 && strcmp(argv[3], "bf16") == 0)
                 s.dtype = KVK_BF16;
         bb = kvk_block_bytes(&s);
         if (!bb || n == 0) {
-                fprintf(stderr, "usage: kvk-bench [n_blocks [block_tokens [f16|bf16 [seconds]]]]\n");
+                fprintf(stderr, "usage: kvk-bench [n_blocks [block_tokens [f16|bf16 [seconds]]]]\n"
+                        "       kvk-bench scores [n_blocks [reps [kv_heads q_heads head_dim]]]\n");
                 return 2;
         }
         nq = (size_t)s.q_heads * s.head_dim;

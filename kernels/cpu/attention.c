@@ -72,9 +72,9 @@ int kvk_block_scores(const struct kvk_shape *s, const float *q, const float *sum
         if (!kvk_shape_valid(s) || !q || !summaries || !ret_scores)
                 return -EINVAL;
 
-        for (uint32_t b = 0; b < n_blocks; b++)
-                ret_scores[b] = ops->score(q, s->q_heads, s->q_heads / s->kv_heads, s->head_dim,
-                                           summaries + b * stride);
+        if (n_blocks > 0)
+                ops->scores(q, s->q_heads, s->q_heads / s->kv_heads, s->head_dim, summaries,
+                            stride, n_blocks, ret_scores);
         return 0;
 }
 

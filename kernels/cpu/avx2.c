@@ -124,39 +124,142 @@ static AVX2 inline void summary_impl(f16_row_fn f16, const void *k, uint32_t nto
         }
 }
 
-static AVX2 float avx2_score(const float *q, uint32_t q_heads, uint32_t group, uint32_t d,
-                             const float *summary)
+/* The definition for one head (mul, mul, max, add): the fallback when the
+ * split form gives NaN. */
+static AVX2 float score_head(const float *qh, const float *mn, const float *mx, uint32_t d,
+                             __m256i m)
 {
-        __m256i m = tail_mask(d % 8);
-        float best = -INFINITY;
+        __m256 acc = _mm256_setzero_ps();
+        uint32_t i = 0;
 
-        for (uint32_t h = 0; h < q_heads; h++) {
-                const float *mn = summary + (size_t)(h / group) * 2 * d;
-                const float *mx = mn + d;
-                const float *qh = q + (size_t)h * d;
-                __m256 acc = _mm256_setzero_ps();
-                uint32_t i = 0;
-                float sum;
+        for (; i + 8 <= d; i += 8) {
+                __m256 qv = _mm256_loadu_ps(qh + i);
+                __m256 a = _mm256_mul_ps(qv, _mm256_loadu_ps(mn + i));
+                __m256 b = _mm256_mul_ps(qv, _mm256_loadu_ps(mx + i));
 
-                for (; i + 8 <= d; i += 8) {
-                        __m256 qv = _mm256_loadu_ps(qh + i);
-                        __m256 a = _mm256_mul_ps(qv, _mm256_loadu_ps(mn + i));
-                        __m256 b = _mm256_mul_ps(qv, _mm256_loadu_ps(mx + i));
-
-                        acc = _mm256_add_ps(acc, _mm256_max_ps(a, b));
-                }
-                if (i < d) {
-                        /* Masked lanes read 0: 0 * 0 adds nothing. */
-                        __m256 qv = _mm256_maskload_ps(qh + i, m);
-                        __m256 a = _mm256_mul_ps(qv, _mm256_maskload_ps(mn + i, m));
-                        __m256 b = _mm256_mul_ps(qv, _mm256_maskload_ps(mx + i, m));
-
-                        acc = _mm256_add_ps(acc, _mm256_max_ps(a, b));
-                }
-                sum = hsum(acc);
-                best = sum > best ? sum : best;
+                acc = _mm256_add_ps(acc, _mm256_max_ps(a, b));
         }
-        return best;
+        if (i < d) {
+                /* Masked lanes read 0: 0 * 0 adds nothing. */
+                __m256 qv = _mm256_maskload_ps(qh + i, m);
+                __m256 a = _mm256_mul_ps(qv, _mm256_maskload_ps(mn + i, m));
+                __m256 b = _mm256_mul_ps(qv, _mm256_maskload_ps(mx + i, m));
+
+                acc = _mm256_add_ps(acc, _mm256_max_ps(a, b));
+        }
+        return hsum(acc);
+}
+
+/* The four horizontal sums of v0..v3, in lanes 0..3. */
+static AVX2 inline __m128 hsum4(__m256 v0, __m256 v1, __m256 v2, __m256 v3)
+{
+        __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(v0, v1), _mm256_hadd_ps(v2, v3));
+
+        return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+/*
+ * Sums of K <= 4 query heads (rows of q, stride d) of one kv head over one
+ * block, in lanes 0..K-1 of the result (the other lanes -inf). Since
+ * mn <= mx, max(q mn, q mx) = min(q, 0) mn + max(q, 0) mx: per 8 columns and
+ * head, one query load, a min and a max, two FMAs into separate accumulators
+ * (negative and positive parts, which also hides the FMA latency); each row
+ * of the summary is loaded once for the K heads. min/max take 0 as their
+ * first operand so that a NaN (and -0) query element passes through to both.
+ * K is a constant after inlining.
+ */
+static AVX2 inline __attribute__((always_inline)) __m128
+sums_k(const uint32_t K, const float *q, const float *mn, const float *mx, uint32_t d,
+       __m256i m)
+{
+        const __m256 z = _mm256_setzero_ps();
+        __m256 an[4], ap[4];
+        uint32_t i = 0;
+
+        for (uint32_t t = 0; t < 4; t++)
+                an[t] = ap[t] = z;
+        for (; i + 8 <= d; i += 8) {
+                __m256 n0 = _mm256_loadu_ps(mn + i), x0 = _mm256_loadu_ps(mx + i);
+
+                for (uint32_t t = 0; t < K; t++) {
+                        __m256 qv = _mm256_loadu_ps(q + t * d + i);
+
+                        an[t] = _mm256_fmadd_ps(_mm256_min_ps(z, qv), n0, an[t]);
+                        ap[t] = _mm256_fmadd_ps(_mm256_max_ps(z, qv), x0, ap[t]);
+                }
+        }
+        if (i < d) {
+                /* Masked lanes read 0: 0 * 0 adds nothing. */
+                __m256 n0 = _mm256_maskload_ps(mn + i, m), x0 = _mm256_maskload_ps(mx + i, m);
+
+                for (uint32_t t = 0; t < K; t++) {
+                        __m256 qv = _mm256_maskload_ps(q + t * d + i, m);
+
+                        an[t] = _mm256_fmadd_ps(_mm256_min_ps(z, qv), n0, an[t]);
+                        ap[t] = _mm256_fmadd_ps(_mm256_max_ps(z, qv), x0, ap[t]);
+                }
+        }
+        __m128 v = hsum4(_mm256_add_ps(an[0], ap[0]), _mm256_add_ps(an[1], ap[1]),
+                         _mm256_add_ps(an[2], ap[2]), _mm256_add_ps(an[3], ap[3]));
+
+        if (K < 4) {
+                static const int32_t keep[8] = { -1, -1, -1, 0, 0, 0, 0, 0 };
+                __m128 lanes = _mm_loadu_ps((const float *)(keep + 3 - K));
+
+                v = _mm_blendv_ps(_mm_set1_ps(-INFINITY), v, lanes);
+        }
+        return v;
+}
+
+/* Blocks ahead whose summary rows are prefetched (1-4 measure the same). */
+#define PF_BLOCKS 2
+
+static AVX2 void avx2_scores(const float *q, uint32_t q_heads, uint32_t group, uint32_t d,
+                             const float *summaries, size_t stride, uint32_t n, float *ret)
+{
+        const __m256i m = tail_mask(d % 8);
+
+        for (uint32_t b = 0; b < n; b++) {
+                const float *sb = summaries + b * stride;
+                __m128 best = _mm_set1_ps(-INFINITY);
+
+                for (uint32_t h = 0; h < q_heads;) {
+                        const uint32_t g = h / group, end = (g + 1) * group;
+                        const uint32_t k = end - h < 4 ? end - h : 4;
+                        const float *mn = sb + (size_t)g * 2 * d, *mx = mn + d;
+                        const float *qh = q + (size_t)h * d;
+                        __m128 v;
+
+                        if (h % group == 0 && b + PF_BLOCKS < n) {
+                                const char *pf = (const char *)(mn + PF_BLOCKS * stride);
+
+                                for (uint32_t o = 0; o < 2 * d * sizeof(float); o += 64)
+                                        _mm_prefetch(pf + o, _MM_HINT_T0);
+                        }
+
+                        switch (k) {
+                        case 4: v = sums_k(4, qh, mn, mx, d, m); break;
+                        case 3: v = sums_k(3, qh, mn, mx, d, m); break;
+                        case 2: v = sums_k(2, qh, mn, mx, d, m); break;
+                        default: v = sums_k(1, qh, mn, mx, d, m); break;
+                        }
+                        if (__builtin_expect(_mm_movemask_ps(_mm_cmpunord_ps(v, v)) != 0, 0)) {
+                                float x[4];
+
+                                _mm_storeu_ps(x, v);
+                                for (uint32_t t = 0; t < k; t++)
+                                        if (isnan(x[t]))
+                                                x[t] = score_head(qh + (size_t)t * d, mn, mx, d,
+                                                                  m);
+                                v = _mm_loadu_ps(x);
+                        }
+                        best = _mm_max_ps(v, best);     /* a NaN lane keeps best */
+                        h += k;
+                }
+                best = _mm_max_ps(best, _mm_movehl_ps(best, best));
+                best = _mm_max_ss(best, _mm_movehdup_ps(best));
+                ret[b] = _mm_cvtss_f32(best);
+        }
 }
 
 /* q . k for one query row, two accumulators to hide the FMA latency. */
@@ -347,7 +450,7 @@ static AVX2 void soft_accum(float *acc, uint32_t nh, const float *p, const void 
 const struct kvk_ops kvk__ops_avx2 = {
         .name = "avx2",
         .summary = avx2_summary,
-        .score = avx2_score,
+        .scores = avx2_scores,
         .logits = avx2_logits,
         .accum = avx2_accum,
 };
@@ -355,7 +458,7 @@ const struct kvk_ops kvk__ops_avx2 = {
 const struct kvk_ops kvk__ops_avx2_nof16c = {
         .name = "avx2",
         .summary = soft_summary,
-        .score = avx2_score,
+        .scores = avx2_scores,
         .logits = soft_logits,
         .accum = soft_accum,
 };

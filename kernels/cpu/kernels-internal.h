@@ -31,9 +31,16 @@ struct kvk_ops {
         void (*summary)(const void *k, uint32_t ntok, uint32_t d, enum kvk_dtype dt,
                         float *ret_min, float *ret_max);
 
-        /* Score of one block (see kernels.h) from its summary. */
-        float (*score)(const float *q, uint32_t q_heads, uint32_t group, uint32_t d,
-                       const float *summary);
+        /* Scores of n blocks (kernels.h): ret[b] from the summary at
+         * summaries + b * stride, for the query q (q_heads rows of d, GQA
+         * group). The back end owns the loops over blocks and heads: it may
+         * split q by sign (since mn <= mx, max(q mn, q mx) = max(q, 0) mx +
+         * min(q, 0) mn, one of the two products being +-0) and score several
+         * heads of a kv head per load of the summary. Wherever that form gives
+         * a NaN sum (an infinite summary times a zero), the head is scored
+         * by the definition instead; a NaN head sum is skipped by the max. */
+        void (*scores)(const float *q, uint32_t q_heads, uint32_t group, uint32_t d,
+                       const float *summaries, size_t stride, uint32_t n, float *ret);
 
         /* ret[j * KVK_TCHUNK + t] = scale * (q[j] . k[t]) for the nh <= KVK_HTILE
          * query rows q (stride d) and the ntok <= KVK_TCHUNK rows k of dt. */

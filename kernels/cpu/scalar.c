@@ -26,22 +26,80 @@ static void scalar_summary(const void *k, uint32_t ntok, uint32_t d, enum kvk_dt
         }
 }
 
-static float scalar_score(const float *q, uint32_t q_heads, uint32_t group, uint32_t d,
-                          const float *summary)
+/* The definition for one head: the fallback when the split form gives NaN. */
+static float score_head(const float *qh, const float *mn, const float *mx, uint32_t d)
 {
-        float best = -INFINITY;
+        float sum = 0.0f;
 
-        for (uint32_t h = 0; h < q_heads; h++) {
-                const float *mn = summary + (size_t)(h / group) * 2 * d;
-                const float *mx = mn + d;
-                const float *qh = q + (size_t)h * d;
-                float sum = 0.0f;
+        for (uint32_t i = 0; i < d; i++)
+                sum += fmaxf(qh[i] * mn[i], qh[i] * mx[i]);
+        return sum;
+}
 
-                for (uint32_t i = 0; i < d; i++)
-                        sum += fmaxf(qh[i] * mn[i], qh[i] * mx[i]);
-                best = fmaxf(best, sum);
+/*
+ * Heads h0 .. h0 + nh - 1 over n blocks, from q (row h0 of the query) split
+ * by sign into qp, qn (stride d); where first, ret[b] is written, else it
+ * keeps the larger of itself and the tile's maximum.
+ * Up to 4 heads of one kv head share each load of mn[i], mx[i]. Per head the
+ * order of the additions is the definition's and each term is rounded once
+ * (qp mx + qn mn, one of the two products +-0), so the sums are bit for bit
+ * those of score_head() wherever they are not NaN.
+ */
+static void scores_tile(const float *q, const float *qp, const float *qn, uint32_t h0,
+                        uint32_t nh, uint32_t group, uint32_t d, const float *summaries,
+                        size_t stride, uint32_t n, int first, float *ret)
+{
+        for (uint32_t b = 0; b < n; b++) {
+                const float *sb = summaries + b * stride;
+                float best = first ? -INFINITY : ret[b];
+
+                for (uint32_t j0 = 0; j0 < nh;) {
+                        const uint32_t g = (h0 + j0) / group;
+                        const uint32_t end = (g + 1) * group - h0;      /* next kv head */
+                        const uint32_t m = end - j0 < 4 ? end - j0 : 4;
+                        const uint32_t k = nh - j0 < m ? nh - j0 : m;
+                        const float *mn = sb + (size_t)g * 2 * d, *mx = mn + d;
+                        float sum[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+
+                        for (uint32_t i = 0; i < d; i++) {
+                                for (uint32_t t = 0; t < k; t++) {
+                                        sum[t] += qp[(j0 + t) * d + i] * mx[i];
+                                        sum[t] += qn[(j0 + t) * d + i] * mn[i];
+                                }
+                        }
+                        for (uint32_t t = 0; t < k; t++) {
+                                float x = sum[t];
+
+                                if (isnan(x))
+                                        x = score_head(q + (size_t)(j0 + t) * d, mn, mx, d);
+                                best = fmaxf(best, x);
+                        }
+                        j0 += k;
+                }
+                ret[b] = best;
         }
-        return best;
+}
+
+/* Query floats split by sign per tile of heads: 2 x 8 KiB of stack. */
+#define QSPLIT 2048u
+
+static void scalar_scores(const float *q, uint32_t q_heads, uint32_t group, uint32_t d,
+                          const float *summaries, size_t stride, uint32_t n, float *ret)
+{
+        const uint32_t tile = QSPLIT / d;       /* >= 4 heads (d <= 512) */
+        float qp[QSPLIT], qn[QSPLIT];
+
+        for (uint32_t h0 = 0; h0 < q_heads; h0 += tile) {
+                const uint32_t nh = q_heads - h0 < tile ? q_heads - h0 : tile;
+                const float *qt = q + (size_t)h0 * d;
+
+                /* A NaN goes to both halves (its sum is NaN, then redone). */
+                for (uint32_t i = 0; i < nh * d; i++) {
+                        qp[i] = qt[i] < 0.0f ? 0.0f : qt[i];
+                        qn[i] = qt[i] > 0.0f ? 0.0f : qt[i];
+                }
+                scores_tile(qt, qp, qn, h0, nh, group, d, summaries, stride, n, h0 == 0, ret);
+        }
 }
 
 /* A row of dt as fp32 (converted once, used by every head of the tile). */
@@ -91,7 +149,7 @@ static void scalar_accum(float *acc, uint32_t nh, const float *p, const void *v,
 const struct kvk_ops kvk__ops_scalar = {
         .name = "scalar",
         .summary = scalar_summary,
-        .score = scalar_score,
+        .scores = scalar_scores,
         .logits = scalar_logits,
         .accum = scalar_accum,
 };

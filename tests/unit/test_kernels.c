@@ -385,6 +385,92 @@ START_TEST(summary_matches_reference)
 }
 END_TEST
 
+/* Scores from random summaries (min <= max) against queries of mixed signs
+ * with exact zeros and -0, on shapes with head_dim tails (not a multiple of 8
+ * or 16), group 1 and groups that are not a multiple of 4; an infinite
+ * summary column under a query of the sign that does not pick it. */
+START_TEST(scores_mixed_signs_and_edge_shapes)
+{
+        static const struct kvk_shape es[] = {
+                { .kv_heads = 8, .q_heads = 32, .head_dim = 128, .block_tokens = 16, .dtype = KVK_F16 },
+                { .kv_heads = 3, .q_heads = 3, .head_dim = 13, .block_tokens = 1, .dtype = KVK_F16 },
+                { .kv_heads = 2, .q_heads = 10, .head_dim = 9, .block_tokens = 1, .dtype = KVK_F16 },
+                { .kv_heads = 1, .q_heads = 7, .head_dim = 17, .block_tokens = 1, .dtype = KVK_F16 },
+                { .kv_heads = 4, .q_heads = 12, .head_dim = 1, .block_tokens = 1, .dtype = KVK_F16 },
+                { .kv_heads = 2, .q_heads = 16, .head_dim = 24, .block_tokens = 1, .dtype = KVK_F16 },
+                { .kv_heads = 1, .q_heads = 9, .head_dim = 512, .block_tokens = 1, .dtype = KVK_F16 },
+        };
+        if (!use_backend(_i))
+                return;
+        rng_seed(17);
+        for (size_t si = 0; si < sizeof(es) / sizeof(es[0]); si++) {
+                const struct kvk_shape *s = &es[si];
+                const uint32_t n = 37, d = s->head_dim, group = s->q_heads / s->kv_heads;
+                const size_t sf = kvk_summary_floats(s);
+                float *sum = xmalloc(n * sf * sizeof(float));
+                float *sc = xmalloc(n * sizeof(float));
+                float *q = make_query(s, 1.0);
+
+                for (size_t i = 0; i < (size_t)s->q_heads * d; i++) {
+                        uint32_t r = rnd32() % 8;
+
+                        if (r == 0)
+                                q[i] = 0.0f;
+                        else if (r == 1)
+                                q[i] = -0.0f;
+                }
+                for (uint32_t b = 0; b < n; b++)
+                        for (uint32_t g = 0; g < s->kv_heads; g++)
+                                for (uint32_t i = 0; i < d; i++) {
+                                        float *mn = sum + b * sf + (size_t)g * 2 * d + i;
+                                        float x = (float)(3.0 * urand()), y = (float)urand();
+
+                                        /* Some all-positive and all-negative columns. */
+                                        if (i % 5 == 1)
+                                                x = fabsf(x) + 0.5f;
+                                        else if (i % 5 == 2)
+                                                x = -fabsf(x) - 0.5f;
+                                        mn[0] = x;
+                                        mn[d] = x + fabsf(y) * (b % 3 == 0 ? 0.0f : 1.0f);
+                                }
+                /* Block 1: min -inf (max +inf) in column 0 of every kv head,
+                 * where every query head is positive (negative): finite. */
+                for (uint32_t h = 0; h < s->q_heads; h++)
+                        q[(size_t)h * d] = 0.75f;
+                for (uint32_t g = 0; g < s->kv_heads; g++)
+                        sum[sf + (size_t)g * 2 * d] = -INFINITY;
+                ck_assert_int_eq(kvk_block_scores(s, q, sum, n, sc), 0);
+
+                for (uint32_t b = 0; b < n; b++) {
+                        const float *sb = sum + b * sf;
+                        double want = -INFINITY, mag = 0;
+
+                        for (uint32_t h = 0; h < s->q_heads; h++) {
+                                const float *mn = sb + (size_t)(h / group) * 2 * d;
+                                const float *mx = mn + d;
+                                double acc = 0, accmag = 0;
+
+                                for (uint32_t i = 0; i < d; i++) {
+                                        double qd = q[h * d + i];
+
+                                        acc += qd > 0 ? qd * mx[i] : qd < 0 ? qd * mn[i] : 0.0;
+                                        if (qd != 0)
+                                                accmag += fabs(qd) *
+                                                          fmax(fabs(mn[i]), fabs(mx[i]));
+                                }
+                                want = fmax(want, acc);
+                                mag = fmax(mag, accmag);
+                        }
+                        EXPECT_MSG(isfinite(sc[b]) && fabs(sc[b] - want) <= 1e-5 * mag,
+                                   "shape %zu block %u: %g vs %g", si, b, (double)sc[b], want);
+                }
+                free(q);
+                free(sc);
+                free(sum);
+        }
+}
+END_TEST
+
 START_TEST(scores_match_reference_and_bound_every_token)
 {
         if (!use_backend(_i))
@@ -986,6 +1072,7 @@ static Suite *kernels_suite(void)
         tcase_set_timeout(tc, 120);
         tcase_add_loop_test(tc, summary_matches_reference, 0, N_BACKENDS);
         tcase_add_loop_test(tc, scores_match_reference_and_bound_every_token, 0, N_BACKENDS);
+        tcase_add_loop_test(tc, scores_mixed_signs_and_edge_shapes, 0, N_BACKENDS);
         tcase_add_loop_test(tc, attention_matches_reference, 0, N_BACKENDS);
         tcase_add_loop_test(tc, attention_large_logits_stay_finite, 0, N_BACKENDS);
         tcase_add_loop_test(tc, attention_one_token_and_empty_blocks, 0, N_BACKENDS);
