@@ -43,6 +43,8 @@ struct kvc_client {
         uint64_t next_id;
         uint32_t max_frame;
         uint32_t max_items;
+        uint32_t compute_us;            /* kvc_set_compute_hint() */
+        uint32_t prefetch_depth;        /* the scheduler's latest answer */
         char *daemon_version;
         uint8_t *sbuf;                  /* max_frame: one packed request */
         uint8_t *rbuf;                  /* max_frame + header: one received frame */
@@ -145,6 +147,8 @@ static int transfer_result(kvc_client *c, const struct pending *p, const Kvdrive
                                                      : r->prefetch;
         if (!t || t->status.len != p->n || t->done > p->n)
                 return -EBADMSG;
+        if (t->prefetch_depth)
+                c->prefetch_depth = t->prefetch_depth;
         if (p->ret_status && p->n > 0)
                 memcpy(p->ret_status, t->status.data, p->n);
         return (int)t->done;
@@ -510,10 +514,12 @@ static int transfer_submit(kvc_client *c, Kvdrive__Request__BodyCase body, uint3
                 t.n_items = n;
                 t.items = ptrs;
                 t.durable = durable;
-                if (body == KVDRIVE__REQUEST__BODY_PUT)
+                if (body == KVDRIVE__REQUEST__BODY_PUT) {
                         req.put = &t;
-                else
+                } else {
+                        t.compute_us = c->compute_us;
                         req.get = &t;
+                }
         }
         err = send_request(c, &req, -1);
         if (err < 0)
@@ -593,6 +599,19 @@ _public_ int kvc_report_scores(kvc_client *c, uint32_t ns, const struct kvc_bloc
         free(ptrs);
         free(items);
         return err;
+}
+
+_public_ int kvc_set_compute_hint(kvc_client *c, uint32_t compute_us)
+{
+        if (!c)
+                return -EINVAL;
+        c->compute_us = compute_us;
+        return 0;
+}
+
+_public_ uint32_t kvc_prefetch_depth(const kvc_client *c)
+{
+        return c ? c->prefetch_depth : 0;
 }
 
 _public_ int kvc_prefetch(kvc_client *c, uint32_t ns, const struct kvc_block_ref *refs, uint32_t n,
@@ -836,6 +855,13 @@ static int stats_from_wire(const Kvdrive__StatsReply *w, struct kvc_stats **ret)
         copy_str(s->cuda, sizeof(s->cuda), w->cuda);
         s->pools_memfd = w->pools_memfd;
         s->pools_cuda = w->pools_cuda;
+        s->sched_device_bytes_per_s = w->sched_device_bytes_per_s;
+        s->sched_ssd_bytes_per_s = w->sched_ssd_bytes_per_s;
+        s->sched_host_hit_rate = w->sched_host_hit_rate;
+        s->sched_active_clients = w->sched_active_clients;
+        s->sched_compute_us = w->sched_compute_us;
+        s->sched_prefetch_depth = w->sched_prefetch_depth;
+        s->sched_decisions = w->sched_decisions;
         /* Counts are bounded by the frame size, far below UINT32_MAX. */
         s->n_tiers = (uint32_t)w->n_tiers;
         for (size_t i = 0; i < w->n_tiers; i++) {

@@ -1059,6 +1059,7 @@ void kvd_cache_stats(const struct kvd_cache *c, struct kvd_cache_stats *ret)
                 ret->ssd_reads = ss.reads;
                 ret->ssd_writes = ss.writes;
                 ret->ssd_read_bytes = ss.read_bytes;
+                ret->ssd_busy_ns = ss.busy_ns;
                 ret->ssd_write_bytes = ss.write_bytes;
                 ret->ssd_read_errors = ss.read_errors;
                 ret->ssd_write_errors = ss.write_errors;

@@ -21,7 +21,11 @@ struct pending {
         struct kvd_session *ss;
         uint64_t id;
         enum kvd_io_kind kind;
+        uint32_t prefetch_depth;        /* the scheduler's answer, if asked */
 };
+
+/* A client that sent its compute time within this window prefetches now. */
+#define SCHED_ACTIVE_MS 1000
 
 static void close_fds(int *fds, unsigned nfds)
 {
@@ -379,6 +383,7 @@ static void transfer_done(struct kvd_io *io, void *userdata)
         tr.status.data = (uint8_t *)kvd_io_status(io);
         tr.status.len = kvd_io_count(io);
         tr.done = kvd_io_done(io);
+        tr.prefetch_depth = p->prefetch_depth;
         switch (p->kind) {
         case KVD_IO_PUT:
                 resp.body_case = KVDRIVE__RESPONSE__BODY_PUT;
@@ -404,7 +409,7 @@ static void transfer_done(struct kvd_io *io, void *userdata)
  * Every check comes before any state changes. */
 static void start_io(struct kvd_session *ss, uint64_t id, enum kvd_io_kind kind, bool durable,
                      const struct kvd_ns *ns, struct kvd_peer_pool *pool, Kvdrive__BlockRef *const *refs,
-                     size_t n)
+                     size_t n, uint32_t prefetch_depth)
 {
         struct kvd_item *items;
         struct pending *p;
@@ -438,7 +443,7 @@ static void start_io(struct kvd_session *ss, uint64_t id, enum kvd_io_kind kind,
         }
         for (size_t i = 0; i < n; i++)
                 items[i] = (struct kvd_item){ refs[i]->key_hi, refs[i]->key_lo, refs[i]->layer, refs[i]->slot };
-        *p = (struct pending){ .ss = kvd_session_ref(ss), .id = id, .kind = kind };
+        *p = (struct pending){ .ss = kvd_session_ref(ss), .id = id, .kind = kind, .prefetch_depth = prefetch_depth };
         ss->inflight++;
         r = kvd_io_submit(ss->server->cache, ss->server->xfer, kind, durable, ns, pool, items, (uint32_t)n,
                           transfer_done, p);
@@ -449,6 +454,45 @@ static void start_io(struct kvd_session *ss, uint64_t id, enum kvd_io_kind kind,
                 free(p);
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
         }
+}
+
+/* Feeds the scheduler the links' counters, at most once per window, and
+ * counts the clients that prefetch now and their mean compute time. */
+static void sched_refresh(struct kvd_server *s)
+{
+        struct kvd_sched_sample now = { .now_ns = kvd_now_ms() * 1000000ull };
+        struct kvd_cache_stats cs;
+        uint64_t sum = 0;
+        uint32_t active = 0;
+
+        if (s->sched.primed && now.now_ns - s->sched.last.now_ns < KVD_SCHED_MIN_WINDOW_NS)
+                return;
+        kvd_cache_stats(s->cache, &cs);
+        now.dev_bytes = kvd_xfer_bytes(s->xfer, KVD_XFER_OUT);
+        now.dev_busy_ns = kvd_xfer_busy_ns(s->xfer, KVD_XFER_OUT);
+        now.ssd_bytes = cs.ssd_read_bytes;
+        now.ssd_busy_ns = cs.ssd_busy_ns;
+        now.host_hits = cs.hits;
+        now.host_misses = cs.misses;
+        (void)kvd_sched_update(&s->sched, &now);
+        for (struct kvd_session *x = s->sessions; x; x = x->next)
+                if (!x->closed && x->sched_ms && kvd_now_ms() - x->sched_ms < SCHED_ACTIVE_MS) {
+                        active++;
+                        sum += x->compute_us;
+                }
+        s->sched.active = active;
+        s->sched.compute_us = active ? (uint32_t)(sum / active) : 0;
+}
+
+/* A Get told us the client's compute time per layer: its prefetch depth. */
+static uint32_t sched_ask(struct kvd_session *ss, uint32_t compute_us, uint64_t block_bytes)
+{
+        struct kvd_server *s = ss->server;
+
+        ss->sched_ms = kvd_now_ms();
+        ss->compute_us = compute_us;
+        sched_refresh(s);
+        return kvd_sched_depth(&s->sched, compute_us, block_bytes, s->sched.active ? s->sched.active : 1);
 }
 
 static void handle_transfer(struct kvd_session *ss, uint64_t id, const Kvdrive__Transfer *m, bool put)
@@ -478,7 +522,8 @@ static void handle_transfer(struct kvd_session *ss, uint64_t id, const Kvdrive__
                                            : "durable applies to Put only");
                 return;
         }
-        start_io(ss, id, put ? KVD_IO_PUT : KVD_IO_GET, m->durable, ns, pool, m->items, m->n_items);
+        start_io(ss, id, put ? KVD_IO_PUT : KVD_IO_GET, m->durable, ns, pool, m->items, m->n_items,
+                 !put && m->compute_us ? sched_ask(ss, m->compute_us, ns->block_bytes) : 0);
 }
 
 static void handle_prefetch(struct kvd_session *ss, uint64_t id, const Kvdrive__Prefetch *m)
@@ -486,7 +531,7 @@ static void handle_prefetch(struct kvd_session *ss, uint64_t id, const Kvdrive__
         const struct kvd_ns *ns = session_ns(ss, id, m->ns_id);
 
         if (ns)
-                start_io(ss, id, KVD_IO_PREFETCH, false, ns, NULL, m->items, m->n_items);
+                start_io(ss, id, KVD_IO_PREFETCH, false, ns, NULL, m->items, m->n_items, 0);
 }
 
 static void handle_scores(struct kvd_session *ss, uint64_t id, const Kvdrive__Scores *m)
@@ -672,6 +717,14 @@ static void handle_stats(struct kvd_session *ss, uint64_t id)
         sr.eviction = (char *)cs.eviction;
         sr.speculative_promotions = cs.spec_promotions;
         sr.scores = cs.scores;
+        sched_refresh(s);
+        sr.sched_device_bytes_per_s = (uint64_t)s->sched.dev_rate;
+        sr.sched_ssd_bytes_per_s = (uint64_t)s->sched.ssd_rate;
+        sr.sched_host_hit_rate = s->sched.host_hit;
+        sr.sched_active_clients = s->sched.active;
+        sr.sched_compute_us = s->sched.compute_us;
+        sr.sched_prefetch_depth = s->sched.last_depth;
+        sr.sched_decisions = s->sched.decisions;
         resp.body_case = KVDRIVE__RESPONSE__BODY_STATS;
         resp.stats = &sr;
         reply(ss, id, &resp);

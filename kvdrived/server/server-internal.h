@@ -10,6 +10,7 @@
 #include "config.h"
 #include "device.h"
 #include "kvdrive.pb-c.h"
+#include "scheduler.h"
 #include "xfer.h"
 
 enum watch_type { WATCH_LISTEN, WATCH_SIGNAL, WATCH_XFER, WATCH_SSD, WATCH_TIMER, WATCH_SESSION };
@@ -39,6 +40,8 @@ struct kvd_session {
         uint32_t n_pools;
         uint64_t pool_bytes;
         uint32_t inflight;
+        uint64_t sched_ms;      /* last Get with a compute time, kvd_now_ms() */
+        uint32_t compute_us;    /* that compute time per layer */
         struct outmsg *outq_head, *outq_tail;
         uint64_t outq_bytes;
         bool want_write;
@@ -64,6 +67,7 @@ struct kvd_server {
         uint64_t next_session_id;
         uint64_t requests, errors;
         uint64_t started_ms;
+        struct kvd_sched sched;
         uint8_t *rxbuf;
         size_t rxcap;
 };

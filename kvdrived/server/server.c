@@ -46,6 +46,7 @@ int kvd_server_new(const struct kvd_config *cfg, struct kvd_cache *cache, struct
         s->sig_w.fd = -1;
         s->timer_w.fd = -1;
         s->started_ms = kvd_now_ms();
+        kvd_sched_init(&s->sched);
         /* One byte more than the largest legal frame: MSG_TRUNC reports the
          * real size of anything longer. */
         s->rxcap = cfg->max_frame + KVD_FRAME_HDR + 1;

@@ -13,6 +13,7 @@
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -71,9 +72,18 @@ struct kvd_ssd {
                 struct op *head, *tail;
         } queue[KVD_SSD_PRIO_COUNT];
         unsigned qd, inflight, queued;
+        uint64_t busy_since_ns;         /* inflight went above 0 */
         bool unsubmitted;               /* SQEs prepared, not yet submitted */
         struct kvd_ssd_stats st;
 };
+
+static uint64_t now_ns(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 static uint32_t crc32c(const void *p, size_t n, uint32_t seed)
 {
@@ -276,7 +286,8 @@ static void submit_op(struct kvd_ssd *s, struct op *o)
         if (o->dsync)
                 sqe->rw_flags = RWF_DSYNC;
         io_uring_sqe_set_data(sqe, o);
-        s->inflight++;
+        if (s->inflight++ == 0)
+                s->busy_since_ns = now_ns();
 }
 
 /* Starts queued operations, most urgent first, while there is room. */
@@ -439,7 +450,8 @@ static void finish_op(struct kvd_ssd *s, struct op *o)
         /* Only now may the slot be reused: a late wipe would hit its new block. */
         if (o->kind == OP_INVALIDATE)
                 kvd_slab_release(s->slab, o->loc);
-        s->inflight--;
+        if (--s->inflight == 0)
+                s->st.busy_ns += now_ns() - s->busy_since_ns;
         if (o->cb)
                 o->cb(o->ctx, r);
         free(o);

@@ -34,6 +34,7 @@ struct kvd_ssd_stats {
         uint64_t reads, writes, read_bytes, write_bytes;
         uint64_t read_errors, write_errors, crc_failures;
         uint32_t inflight, queued;
+        uint64_t busy_ns;       /* time with I/O in flight (as the loop saw it) */
         bool full;              /* a directory refused more space (ENOSPC) */
         char condition[96];     /* "ok" or what is wrong */
 };

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -25,6 +26,7 @@ struct kvd_xfer {
         unsigned n_workers;
         pthread_t *workers;
         atomic_uint_fast64_t bytes[2];
+        atomic_uint_fast64_t busy_ns[2];        /* summed over workers, successful copies */
 };
 
 static void queue_push(struct queue *q, struct kvd_xfer_batch *b)
@@ -63,6 +65,14 @@ static struct kvd_xfer_batch *claim_locked(struct kvd_xfer *x, unsigned *ret_i)
         return NULL;
 }
 
+static uint64_t now_ns(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 static void complete(struct kvd_xfer *x, struct kvd_xfer_batch *b)
 {
         uint64_t one = 1;
@@ -96,10 +106,14 @@ static void *worker_main(void *arg)
                 struct kvd_copy *c = &b->copies[i];
                 const struct kvd_device_ops *ops = b->pool->ops;
 
+                uint64_t t0 = now_ns();
+
                 c->result = b->dir == KVD_XFER_IN ? ops->copy_in(b->pool, c->slot, c->host, c->len)
                                                   : ops->copy_out(b->pool, c->slot, c->host, c->len);
-                if (c->result == 0)
+                if (c->result == 0) {
                         atomic_fetch_add(&x->bytes[b->dir], c->len);
+                        atomic_fetch_add(&x->busy_ns[b->dir], now_ns() - t0);
+                }
                 if (atomic_fetch_sub(&b->remaining, 1) == 1)
                         complete(x, b);
                 pthread_mutex_lock(&x->lock);
@@ -216,4 +230,9 @@ unsigned kvd_xfer_reap(struct kvd_xfer *x)
 uint64_t kvd_xfer_bytes(const struct kvd_xfer *x, enum kvd_xfer_dir dir)
 {
         return atomic_load(&((struct kvd_xfer *)x)->bytes[dir]);
+}
+
+uint64_t kvd_xfer_busy_ns(const struct kvd_xfer *x, enum kvd_xfer_dir dir)
+{
+        return atomic_load(&((struct kvd_xfer *)x)->busy_ns[dir]);
 }

@@ -66,5 +66,7 @@ void kvd_xfer_submit(struct kvd_xfer *x, struct kvd_xfer_batch *b);
  * Returns how many completed. */
 unsigned kvd_xfer_reap(struct kvd_xfer *x);
 
-/* Bytes copied so far per direction (for stats). */
+/* Bytes copied so far per direction (for stats), and the time workers spent
+ * copying them (summed over workers: bytes / busy is one worker's rate). */
 uint64_t kvd_xfer_bytes(const struct kvd_xfer *x, enum kvd_xfer_dir dir);
+uint64_t kvd_xfer_busy_ns(const struct kvd_xfer *x, enum kvd_xfer_dir dir);

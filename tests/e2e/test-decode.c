@@ -216,6 +216,68 @@ START_TEST(test_two_clients_batch)
 }
 END_TEST
 
+static json_t *run_json(const char *tmp, const char **args)
+{
+        char *out, *err;
+        json_error_t jerr;
+        json_t *root;
+        int st = run_bench(tmp, args, &out, &err);
+
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "decode --policy %s: status 0x%x; stderr:\n%s", args[4],
+                      (unsigned)st, err);
+        root = json_loads(out, 0, &jerr);
+        ck_assert_msg(root, "decode --policy %s printed no JSON (line %d: %s): %s", args[4], jerr.line, jerr.text, out);
+        free(out);
+        free(err);
+        return root;
+}
+
+/* The kvdrive policy with two client processes of two sequences each:
+ * every token decoded, the same blocks chosen as lru (so the same recall),
+ * the split attention (hits while the misses land, then the misses) equal
+ * to lru's single pass, and the daemon's scheduler and heat fed. */
+START_TEST(test_kvdrive_two_clients)
+{
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        char trace[200];
+        const char *args[] = { "decode", "--socket", NULL, "--policy", "lru", "--trace", trace, "--clients", "2",
+                               "--seqs", "2", "--accuracy-every", "1", "--compute-us", "50", "--json", NULL };
+        struct kvc_stats *st = NULL;
+        kvc_client *c = NULL;
+        json_t *lru, *kvd;
+
+        ssd_dir_make(&dir);
+        snprintf(trace, sizeof(trace), "%s/trace", dir.path);
+        write_trace(trace, true);
+        E2E_START(&d, "--ssd-dir", dir.path, "--ssd-bytes", "64M", );
+        args[2] = d.socket_path;
+        lru = run_json(dir.path, args);
+        args[4] = "kvdrive";
+        kvd = run_json(dir.path, args);
+        ck_assert_double_eq(jget(kvd, "throughput", "tokens"), 2 * 2 * T_STEPS);
+        ck_assert_double_eq(jget(kvd, "accuracy", "samples"), 2 * T_STEPS * T_LAYERS);
+        ck_assert_double_eq_tol(jget(kvd, "accuracy", "mass_recall_mean"), jget(lru, "accuracy", "mass_recall_mean"),
+                                1e-9);
+        ck_assert_double_eq_tol(jget(kvd, "accuracy", "rel_l2_error_mean"), jget(lru, "accuracy", "rel_l2_error_mean"),
+                                1e-5);
+        ck_assert_msg(jget(kvd, "bytes", "host_to_device") > 0, "kvdrive fetched nothing");
+        ck_assert_msg(jget(kvd, "daemon", "staged_blocks") >= 0, "no staged_blocks");
+        json_decref(lru);
+        json_decref(kvd);
+
+        ck_assert_int_eq(kvc_connect(d.socket_path, "probe", &c), 0);
+        ck_assert_int_eq(kvc_stats_get(c, &st), 0);
+        ck_assert_uint_gt(st->scores, 0);               /* heat reports arrived */
+        ck_assert_uint_gt(st->sched_decisions, 0);      /* every Get asked the scheduler */
+        ck_assert_uint_gt(st->sched_device_bytes_per_s, 0);
+        kvc_stats_free(st);
+        kvc_disconnect(c);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
 START_TEST(test_bad_trace)
 {
         struct ssd_dir dir;
@@ -274,6 +336,7 @@ static Suite *decode_suite(void)
         tcase_set_timeout(tc, 3 * E2E_TCASE_TIMEOUT);
         tcase_add_test(tc, test_policies);
         tcase_add_test(tc, test_two_clients_batch);
+        tcase_add_test(tc, test_kvdrive_two_clients);
         tcase_add_test(tc, test_bad_trace);
         tcase_add_test(tc, test_namespace_conflict);
         suite_add_tcase(s, tc);

@@ -156,11 +156,16 @@ static int client_alloc(struct client *cl)
                 if (run->o.policy == POL_KVDRIVE) {
                         struct kvc_residency_opts ro = {
                                 .size = sizeof(ro), .slots = run->policy_slots, .layers = run->layers,
-                                .half_life_steps = 0.5f,
+                                /* in layers (decode-kvdrive.c's clock): recency first, as
+                                 * the cache holds about the working set; a block that keeps
+                                 * being chosen outlasts one chosen once */
+                                .half_life_steps = 1.0f,
                         };
 
-                        sq->pred = calloc(kmax, sizeof(uint32_t));
-                        if (!sq->pred || group_init(&sq->pref[0], kmax) < 0 || kvc_residency_new(&ro, &sq->res) < 0)
+                        sq->sel_miss = calloc(kmax, 1);
+                        sq->stage_id = calloc(run->layers, sizeof(*sq->stage_id));
+                        sq->stage_st = calloc((size_t)run->layers * kmax, 1);
+                        if (!sq->sel_miss || !sq->stage_id || !sq->stage_st || kvc_residency_new(&ro, &sq->res) < 0)
                                 return -ENOMEM;
                 }
                 if (run->o.policy == POL_LRU) {
@@ -203,6 +208,9 @@ static void client_free(struct client *cl)
                 free(sq->map);
                 free(sq->ent);
                 sq->res = kvc_residency_free(sq->res);
+                free(sq->sel_miss);
+                free(sq->stage_id);
+                free(sq->stage_st);
         }
         for (uint32_t d = 0; d < MAX_DEPTH; d++)
                 group_free(&cl->ring[d]);

@@ -1,42 +1,107 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * kvdrive-bench decode, policy kvdrive (first cut, issue 5), built on the
- * public residency manager of libkvclient (kvdrive/sparse.h): the device
- * pool's budget is one cache where blocks stay by decayed attention score
- * (blocks that keep winning stay), and while layer l computes, the blocks
- * predicted for layer l+1 that are not resident are already on their way
- * into it. A guess enters with score 0, so a wrong one is the first to go;
- * the manager pins what the current layer reads, so neither a prefetch nor
- * a miss can take it. Every layer reports the blocks it used to the daemon
- * (kvc_report_scores), whose heat keeps them in host memory over SSD.
+ * kvdrive-bench decode, policy kvdrive (issue 5), on the public residency
+ * manager of libkvclient (kvdrive/sparse.h) and the daemon's scheduler:
  *
- * Left for the full policy: the attention mass itself as the score,
- * per-layer completions through shared memory instead of one reply per
- * request, and an adaptive prefetch depth.
+ *  - the device budget is one cache where blocks stay by decayed attention
+ *    score (blocks that keep winning stay; the current layer's are pinned);
+ *  - overlap: a layer's misses are fetched while it attends the blocks that
+ *    were already resident (most of them: consecutive steps choose mostly
+ *    the same blocks), and the two partial attentions merge exactly through
+ *    their log-sum-exp, so the misses cost I/O wait only when they take
+ *    longer than attention over the hits;
+ *  - prediction: the blocks ranked just below the top-k this step are the
+ *    likeliest newcomers next step (queries drift); they are staged from SSD
+ *    into the daemon's host memory (a Prefetch, SSD -> host only: no device
+ *    slot and no client copy is spent on a guess), so that next step's miss
+ *    is a host-memory copy instead of an SSD read. How many: the depth the
+ *    daemon's adaptive scheduler gives for this client's measured compute
+ *    time per layer (kvc_set_compute_hint()), at most --stage of top-k;
+ *  - every layer reports the blocks it used to the daemon (heat).
  */
 #include <errno.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <kvdrive/client.h>
 #include <kvdrive/sparse.h>
 
+#include "bench.h"
 #include "decode.h"
+
+/* The compute time per layer the daemon is told: the client's mean time per
+ * layer spent on anything but waiting for I/O. */
+static void tell_compute(struct client *cl)
+{
+        uint64_t busy = cl->res.select_ns + cl->res.attn_ns + cl->res.compute_ns;
+
+        if (cl->layers_done > 0)
+                (void)kvc_set_compute_hint(cl->c, (uint32_t)(busy / cl->layers_done / 1000) + 1);
+        cl->layers_done++;
+}
+
+/* Stages into host memory the best-ranked blocks of layer l that this step
+ * did not choose and that are not in the device cache. cl->scores still
+ * holds this layer's scores. */
+static int stage_next(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n)
+{
+        const struct run *run = cl->run;
+        uint32_t want = kvc_prefetch_depth(cl->c), cap = (uint32_t)(run->o.stage * sq->nsel), m = 0, c;
+        uint64_t *id = &sq->stage_id[l];
+        int r;
+
+        if (want == 0 || want > cap)
+                want = cap;
+        if (want == 0 || n <= sq->nsel)
+                return 0;
+        if (*id) {
+                /* Last step's staging of this layer: long done, or the SSD is
+                 * behind and another guess would only queue behind it. */
+                r = kvc_poll(cl->c);
+                if (r < 0)
+                        return daemon_fail(cl, "poll", r);
+                if (!kvc_done(cl->c, *id))
+                        return 0;
+                r = kvc_wait(cl->c, *id, 0);
+                if (r < 0)
+                        return daemon_fail(cl, "stage", r);
+                *id = 0;
+        }
+        for (uint32_t i = 0; i < sq->nsel; i++)
+                cl->scores[sq->sel[i]] = -INFINITY;
+        c = kvk_topk(cl->scores, n, want, 0, 0, cl->sel2);
+        for (uint32_t j = 0; j < c; j++) {
+                struct kvc_key key;
+
+                if (cl->scores[cl->sel2[j]] == -INFINITY)
+                        continue;
+                kvc_key_private(&sq->id, cl->sel2[j], &key);
+                if (kvc_residency_lookup(sq->res, &key, l) >= 0)
+                        continue;
+                cl->refs[m++] = (struct kvc_block_ref){ key, l, 0 };
+        }
+        cl->res.staged_blocks += m;
+        if (m == 0)
+                return 0;
+        r = kvc_prefetch_submit(cl->c, cl->ns, cl->refs, m, sq->stage_st + (size_t)l * run->kmax, id);
+        return r < 0 ? daemon_fail(cl, "stage submit", r) : 0;
+}
 
 int kvdrive_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t t, uint32_t n)
 {
         const struct run *run = cl->run;
+        /* The manager's clock ticks once per layer: a block another layer
+         * read two layers ago is fresher than one this layer read last step. */
+        uint32_t tick = t * run->layers + l;
         struct kvc_block_score *sc = cl->scores_out;
         uint32_t m = 0, hits = 0;
         bool miss;
         int slot;
 
-        /* The prefetch issued at the previous layer lands first. */
-        if (sq->pref_live[0]) {
-                if (group_wait(cl, &sq->pref[0], false) < 0)
-                        return -1;
-                sq->pref_live[0] = false;
-        }
+        if (sq == &cl->seqs[0])
+                tell_compute(cl);
         if (kvc_residency_begin_layer(sq->res) < 0)
                 return -1;
         sq->nsel = select_blocks(cl, l, cl->q, n, sq->sel);
@@ -48,58 +113,66 @@ int kvdrive_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t
                 (void)kvc_residency_pin(sq->res, &sc[i].key, l);
         }
         for (uint32_t i = 0; i < sq->nsel; i++) {
-                slot = kvc_residency_acquire(sq->res, &sc[i].key, l, t, &miss);
+                slot = kvc_residency_acquire(sq->res, &sc[i].key, l, tick, &miss);
                 if (slot < 0)
                         return child_fail(cl, "residency: %s", kvc_strerror(slot));
-                (void)kvc_residency_score(sq->res, &sc[i].key, l, sc[i].mass, t);
+                (void)kvc_residency_score(sq->res, &sc[i].key, l, sc[i].mass, tick);
+                sq->sel_slot[i] = sq->slot0 + (uint32_t)slot;
+                sq->sel_miss[i] = miss;
                 if (miss) {
                         cl->refs[m] = (struct kvc_block_ref){ sc[i].key, l, sq->slot0 + (uint32_t)slot };
                         cl->blkid[m++] = sq->sel[i];
                 } else {
                         hits++;
                 }
-                sq->sel_slot[i] = sq->slot0 + (uint32_t)slot;
         }
         cl->res.dev_hits += hits;
         cl->res.dev_misses += m;
         cl->res.got_blocks += m;
         if (group_submit(cl, &sq->demand, false, cl->refs, cl->blkid, m, run->group_reqs) < 0)
                 return -1;
-        (void)kvc_report_scores(cl->c, cl->ns, sc, sq->nsel); /* a hint: losing one costs nothing */
+        if (run->o.report_scores)
+                (void)kvc_report_scores(cl->c, cl->ns, sc, sq->nsel); /* a hint: losing one costs nothing */
+        return stage_next(cl, sq, l, n);
+}
 
-        /* Predict the next layer (or layer 0 of the next step) and fetch what
-         * is not resident while this layer computes. */
-        if (l + 1 < run->layers || t + 1 < run->steps) {
-                uint32_t nl = (l + 1) % run->layers, np, mp = 0;
-                uint32_t n2 = (run->prompt + (l + 1 < run->layers ? t : t + 1)) / run->T;
-                const float *q = cl->q;
+/* Attention over the hits and the tail while the misses land, then over the
+ * misses; the two partial results merge exactly. */
+int kvdrive_attend(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t tail_valid, bool rec, uint32_t t)
+{
+        const struct run *run = cl->run;
+        uint32_t heads = run->m->q_heads, dim = run->m->head_dim, k = 0;
 
-                if (l + 1 == run->layers) {
-                        load_query(run, t, 0, cl->q0);
-                        q = cl->q0;
-                } else if (run->xmap) {
-                        map_query(run, l, cl->q, cl->q0);
-                        q = cl->q0;
+        for (uint32_t i = 0; i < sq->nsel; i++)
+                if (!sq->sel_miss[i]) {
+                        cl->ptrs[k] = slot_ptr(cl, sq->sel_slot[i]);
+                        cl->valid[k++] = run->T;
                 }
-                np = select_blocks(cl, nl, q, n2, sq->pred);
-                for (uint32_t j = 0; j < np; j++) {
-                        struct kvc_key key;
+        cl->ptrs[k] = slot_ptr(cl, sq->tail0 + l);
+        cl->valid[k++] = tail_valid;
+        if (attend(cl, k, cl->part, cl->plse) < 0)
+                return -1;
+        for (uint32_t h = 0; h < heads; h++)
+                cl->acc_lse[h] = -INFINITY;
+        memset(cl->acc, 0, sizeof(double) * run->qd);
+        merge(cl->acc, cl->acc_lse, cl->part, cl->plse, heads, dim);
 
-                        kvc_key_private(&sq->id, sq->pred[j], &key);
-                        slot = kvc_residency_acquire(sq->res, &key, nl, t, &miss);
-                        if (slot == -EBUSY)
-                                break;          /* everything pinned: the rest on demand */
-                        if (slot < 0)
-                                return child_fail(cl, "residency: %s", kvc_strerror(slot));
-                        if (!miss)
-                                continue;
-                        cl->refs[mp] = (struct kvc_block_ref){ key, nl, sq->slot0 + (uint32_t)slot };
-                        sq->pred[mp++] = sq->pred[j];
+        if (group_wait(cl, &sq->demand, false) < 0)
+                return -1;
+        k = 0;
+        for (uint32_t i = 0; i < sq->nsel; i++)
+                if (sq->sel_miss[i]) {
+                        cl->ptrs[k] = slot_ptr(cl, sq->sel_slot[i]);
+                        cl->valid[k++] = run->T;
                 }
-                if (group_submit(cl, &sq->pref[0], false, cl->refs, sq->pred, mp, run->group_reqs) < 0)
+        if (k > 0) {
+                if (attend(cl, k, cl->part, cl->plse) < 0)
                         return -1;
-                sq->pref_live[0] = mp > 0;
-                cl->res.got_blocks += mp;
+                merge(cl->acc, cl->acc_lse, cl->part, cl->plse, heads, dim);
         }
+        for (size_t i = 0; i < run->qd; i++)
+                cl->out[i] = (float)cl->acc[i];
+        if (rec)
+                record(cl, t, l, sq->sel, sq->nsel, false, cl->out);
         return 0;
 }

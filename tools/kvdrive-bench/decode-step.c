@@ -340,9 +340,14 @@ int decode_step(struct client *cl, uint32_t t)
                                 if (r < 0)
                                         return -1;
                         }
-                        for (uint32_t s = 0; s < seqs; s++)
-                                if (attend_selected(cl, &cl->seqs[s], l, tail_valid, rec && s == 0, t) < 0)
+                        for (uint32_t s = 0; s < seqs; s++) {
+                                int r = run->o.policy == POL_KVDRIVE
+                                                ? kvdrive_attend(cl, &cl->seqs[s], l, tail_valid, rec && s == 0, t)
+                                                : attend_selected(cl, &cl->seqs[s], l, tail_valid, rec && s == 0, t);
+
+                                if (r < 0)
                                         return -1;
+                        }
                         break;
                 }
                 if (filled)

@@ -102,8 +102,9 @@ static void usage(FILE *f)
                 "  -s, --socket PATH        daemon socket (default: $KVDRIVE_SOCKET or the system one)\n"
                 "  -p, --policy NAME        full (FlexGen-style, every block every step), sparse\n"
                 "                           (InfiniGen-style, next layer's top-k prefetched), lru\n"
-                "                           (top-k through an LRU device cache), kvdrive (lru's cache\n"
-                "                           plus the next layer's predicted misses prefetched) [full]\n"
+                "                           (top-k through an LRU device cache), kvdrive (a device cache\n"
+                "                           by attention score, misses fetched while the hits are\n"
+                "                           attended, likely newcomers staged SSD -> host) [full]\n"
                 "  -t, --trace DIR          decode trace (docs/trace-format.md); default: generate one\n"
                 "                           with `kvdrive-bench gen`'s defaults into a temporary dir\n"
                 "      --tokens N           generated trace: context (prompt) tokens [32768]\n"
@@ -118,6 +119,10 @@ static void usage(FILE *f)
                 "      --predict HOW        sparse: layer l+1's speculative query is layer l's query\n"
                 "                           mapped into layer l+1's key space by a least-squares fit\n"
                 "                           over the prompt's keys (mapped), or as it is (raw) [mapped]\n"
+                "      --stage F            kvdrive: stage into the daemon's host memory the blocks\n"
+                "                           ranked just below the top-k, up to F x top-k per layer\n"
+                "                           (the scheduler's depth decides within that; 0: off) [0.25]\n"
+                "      --no-scores          kvdrive: do not report attention scores to the daemon\n"
                 "      --sink-blocks N      first blocks always attended [1]\n"
                 "      --local-blocks N     most recent stored blocks always attended [2]\n"
                 "      --block-tokens T     tokens per block [16]\n"
@@ -209,7 +214,7 @@ static json_t *jnum(double v)
 }
 
 struct totals {
-        uint64_t tokens, steps, got, put, prefill_blocks, hits, misses, sel_ns, wait_ns, attn_ns, compute_ns;
+        uint64_t tokens, steps, got, put, prefill_blocks, hits, misses, staged, sel_ns, wait_ns, attn_ns, compute_ns;
         uint64_t start, end, prefill_ns, acc, topk_n;
         double mass_sum, mass_min, topk_sum, err_sum, err_max;
         double *lat;
@@ -279,12 +284,13 @@ static void print_results(const struct run *run, const struct totals *tt, const 
                         "samples", (json_int_t)tt->acc, "mass_recall_mean", jnum(mass),
                         "mass_recall_min", jnum(tt->acc ? tt->mass_min : NAN), "topk_recall_mean", jnum(topk),
                         "rel_l2_error_mean", jnum(err), "rel_l2_error_max", jnum(tt->acc ? tt->err_max : NAN)));
-                json_object_set_new(root, "daemon", json_pack("{s:b, s:s, s:I, s:I, s:I, s:I, s:I}",
+                json_object_set_new(root, "daemon", json_pack("{s:b, s:s, s:I, s:I, s:I, s:I, s:I, s:I}",
                         "ssd_tier", s2->ssd, "eviction", s2->eviction,
                         "host_capacity_bytes", (json_int_t)s2->host.capacity_bytes,
                         "ssd_capacity_bytes", (json_int_t)s2->ssd_t.capacity_bytes,
                         "ssd_promotions", (json_int_t)(s2->ssd_t.promotions - s1->ssd_t.promotions),
                         "speculative_promotions", (json_int_t)(s2->spec_promotions - s1->spec_promotions),
+                        "staged_blocks", (json_int_t)tt->staged,
                         "ssd_demotions", (json_int_t)(s2->ssd_t.demotions - s1->ssd_t.demotions)));
                 json_dumpf(root, stdout, JSON_INDENT(2) | JSON_REAL_PRECISION(8));
                 putchar('\n');
@@ -311,6 +317,10 @@ static void print_results(const struct run *run, const struct totals *tt, const 
         else
                 printf("  %-26s %s %.3f  host tier %.3f\n", "hit rates",
                        o->policy == POL_SPARSE ? "prefetch" : "device cache", dev, host);
+        if (o->policy == POL_KVDRIVE)
+                printf("  %-26s %.1f MiB staged SSD -> host ahead of demand (%.1f blocks per layer)\n", "prediction",
+                       (double)(tt->staged * bb) / 1048576.0,
+                       tt->steps ? (double)tt->staged / ((double)tt->steps * run->layers) : 0.0);
         printf("  %-26s mass recall %.4f (min %.4f)  top-k recall %.4f  rel L2 error %.3g (max %.3g)  [%" PRIu64
                " samples]\n", "accuracy", mass, tt->acc ? tt->mass_min : NAN, topk, err, tt->acc ? tt->err_max : NAN,
                tt->acc);
@@ -418,6 +428,7 @@ static int run_clients(struct run *run, struct totals *tt, struct snap *s1, stru
                 tt->prefill_blocks += m.prefill_blocks;
                 tt->hits += m.dev_hits;
                 tt->misses += m.dev_misses;
+                tt->staged += m.staged_blocks;
                 tt->sel_ns += m.select_ns;
                 tt->wait_ns += m.wait_ns;
                 tt->attn_ns += m.attn_ns;
@@ -476,7 +487,7 @@ static int parse_frac(const char *s, double *ret)
 static int parse(int argc, char **argv, struct decode_opts *o)
 {
         enum { O_SINK = 256, O_LOCAL, O_BT, O_CUS, O_STEPS, O_ACC, O_BATCH, O_DEPTH, O_TOKENS, O_LAYERS, O_GSTEPS,
-               O_SEED, O_NS, O_PRED };
+               O_SEED, O_NS, O_PRED, O_STAGE, O_NOSCORES };
         static const struct option opts[] = {
                 { "socket", required_argument, NULL, 's' },        { "policy", required_argument, NULL, 'p' },
                 { "trace", required_argument, NULL, 't' },         { "clients", required_argument, NULL, 'c' },
@@ -488,7 +499,8 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                 { "depth", required_argument, NULL, O_DEPTH },     { "tokens", required_argument, NULL, O_TOKENS },
                 { "layers", required_argument, NULL, O_LAYERS },   { "gen-steps", required_argument, NULL, O_GSTEPS },
                 { "seed", required_argument, NULL, O_SEED },       { "namespace", required_argument, NULL, O_NS },
-                { "predict", required_argument, NULL, O_PRED },
+                { "predict", required_argument, NULL, O_PRED },    { "stage", required_argument, NULL, O_STAGE },
+                { "no-scores", no_argument, NULL, O_NOSCORES },
                 { "json", no_argument, NULL, 'j' },                { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -514,6 +526,7 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                 .policy = POL_FULL, .clients = 1, .seqs = 1, .budget = 0.1, .sink = 1, .local = 2,
                 .block_tokens = 16, .compute_us = 200, .acc_every = 4, .batch = 32, .depth = 8,
                 .gen_tokens = 32768, .gen_layers = 4, .gen_steps = 64, .seed = 1,
+                .stage = 0.25, .report_scores = true,
         };
         while ((c = getopt_long(argc, argv, "s:p:t:c:n:b:k:jh", opts, NULL)) != -1) {
                 bool done = false;
@@ -538,6 +551,18 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                 case 't': o->trace_dir = optarg; break;
                 case O_NS: o->ns_name = optarg; break;
                 case 'j': o->json = true; break;
+                case O_NOSCORES: o->report_scores = false; break;
+                case O_STAGE: {
+                        char *end;
+
+                        errno = 0;
+                        o->stage = strtod(optarg, &end);
+                        if (errno || end == optarg || *end || !(o->stage >= 0 && o->stage <= 4)) {
+                                fprintf(stderr, "kvdrive-bench decode: bad --stage '%s' (0 to 4)\n", optarg);
+                                return -EINVAL;
+                        }
+                        break;
+                }
                 case 'p':
                         for (c = 0; c < (int)(sizeof(policy_names) / sizeof(policy_names[0])) &&
                                     strcmp(optarg, policy_names[c]) != 0;
@@ -662,10 +687,6 @@ static int plan(struct run *run)
                                 "budget's %u\n", run->policy_slots, run->budget_slots);
                 break;
         case POL_KVDRIVE:
-                /* one cache of the budget: this layer's top-k and the next
-                 * one's prediction must fit at once */
-                run->policy_slots = run->budget_slots > 2 * run->kmax ? run->budget_slots : 2 * run->kmax;
-                break;
         case POL_LRU:
                 run->policy_slots = run->budget_slots > run->kmax ? run->budget_slots : run->kmax;
                 if (run->kmax > run->budget_slots)
@@ -736,7 +757,7 @@ int bench_decode(int argc, char **argv)
         run.m = &run.tr->meta;
         if (plan(&run) < 0 || preflight(&run, &s0) < 0)
                 goto out;
-        if ((run.o.policy == POL_SPARSE || run.o.policy == POL_KVDRIVE) && run.o.predict == PRED_MAPPED &&
+        if (run.o.policy == POL_SPARSE && run.o.predict == PRED_MAPPED &&
             run.layers > 1) {
                 r = calibrate(&run);
                 if (r < 0) {

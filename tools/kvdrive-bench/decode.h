@@ -40,6 +40,8 @@ struct decode_opts {
         uint32_t sink, local, block_tokens, compute_us;
         uint32_t steps;                 /* 0: all of the trace's */
         uint32_t acc_every;             /* 0: no accuracy */
+        double stage;                   /* kvdrive: staged blocks per layer, at most this x top-k */
+        bool report_scores;             /* kvdrive: report attention scores to the daemon */
         uint32_t batch, depth;
         /* the generated trace */
         uint32_t gen_tokens, gen_layers, gen_steps;
@@ -85,6 +87,7 @@ struct child_result {
         uint64_t put_blocks;            /* decode appends */
         uint64_t prefill_blocks;
         uint64_t dev_hits, dev_misses;  /* lru: cache; sparse: prefetch */
+        uint64_t staged_blocks;         /* kvdrive: blocks staged SSD -> host ahead of demand */
         uint64_t select_ns, wait_ns, attn_ns, compute_ns;
         uint64_t acc_samples, topk_samples;
         double mass_sum, mass_min, topk_sum, err_sum, err_max;
@@ -121,6 +124,9 @@ struct seqstate {
         struct group pref[2];
         bool pref_live[2];
         struct kvc_residency *res;      /* kvdrive: which block in which slot */
+        uint8_t *sel_miss;              /* kvdrive: per selected block, fetched this step */
+        uint64_t *stage_id;             /* kvdrive: [layers] staging Prefetch in flight, 0 none */
+        uint8_t *stage_st;              /* kvdrive: [layers][kmax] its item statuses */
         uint32_t *pred;
         /* lru */
         uint32_t *map;                  /* [layers][max_blocks] -> cache slot, NONE */
@@ -158,6 +164,7 @@ struct client {
         uint32_t *rec_sel;
         float *rec_out;
         uint64_t *lat;
+        uint64_t layers_done;           /* kvdrive: layers begun (for the compute hint) */
         struct child_result res;
 };
 
@@ -214,6 +221,7 @@ int lru_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n);
 void map_query(const struct run *run, uint32_t l, const float *q, float *dst);
 /* decode-kvdrive.c: the cache of lru plus next-layer prefetch of misses. */
 int kvdrive_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t t, uint32_t n);
+int kvdrive_attend(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t tail_valid, bool rec, uint32_t t);
 
 /* ---- decode-accuracy.c ----------------------------------------------- */
 

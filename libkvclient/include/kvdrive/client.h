@@ -293,6 +293,19 @@ struct kvc_block_score {
  */
 int kvc_report_scores(kvc_client *c, uint32_t ns, const struct kvc_block_score *scores, uint32_t n);
 
+/*
+ * The adaptive prefetch scheduler. A pipelined decoder tells the daemon how
+ * long one layer computes (compute_us, 0: stop telling); every later Get
+ * carries it, and its reply brings the daemon's answer: how many blocks per
+ * layer this client can prefetch and still have them land behind that
+ * compute, at the rates the daemon measures on its links and shared among
+ * the clients prefetching at the same time. kvc_set_compute_hint() returns 0
+ * or -EINVAL; kvc_prefetch_depth() returns the latest answer, 0 before the
+ * first.
+ */
+int kvc_set_compute_hint(kvc_client *c, uint32_t compute_us);
+uint32_t kvc_prefetch_depth(const kvc_client *c);
+
 /* Synchronous Put/Get: submit and wait. Same returns as kvc_wait(). */
 int kvc_put(kvc_client *c, uint32_t ns, const kvc_pool *p, const struct kvc_block_ref *refs,
             uint32_t n, uint8_t *ret_status);
@@ -370,6 +383,14 @@ struct kvc_stats {
         char cuda[128];                 /* "not loaded", "unavailable: ...", "ready: ..." */
         uint32_t pools_memfd;           /* pools of connected clients, per backend */
         uint32_t pools_cuda;
+        /* The adaptive prefetch scheduler (kvc_set_compute_hint()). */
+        uint64_t sched_device_bytes_per_s;      /* host -> client pools, while busy */
+        uint64_t sched_ssd_bytes_per_s;         /* SSD reads, while busy */
+        double sched_host_hit_rate;             /* recent Gets served from host */
+        uint32_t sched_active_clients;          /* clients prefetching now */
+        uint32_t sched_compute_us;              /* their mean compute per layer */
+        uint32_t sched_prefetch_depth;          /* the last depth given */
+        uint64_t sched_decisions;               /* depths given */
 };
 
 /* Fetches the daemon's statistics; free with kvc_stats_free(). */

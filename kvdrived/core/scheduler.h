@@ -1,0 +1,63 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The adaptive prefetch scheduler: from the links' measured rates and a
+ * client's compute time per layer, how many blocks that client can prefetch
+ * per layer and still have them land before the layer that needs them.
+ *
+ * Pure bookkeeping, no I/O and no clock of its own: the caller feeds it
+ * cumulative counters (kvd_sched_sample) now and then, and asks for a depth
+ * when a client sends its compute time. Rates are per link "while busy"
+ * (bytes moved / time the link had work), so an idle daemon does not look
+ * slow; each window's rate enters an exponential average.
+ *
+ * A block that a client prefetches costs one host -> device copy, plus one
+ * SSD read when it is not in host memory:
+ *     ns_per_block = B / dev_rate + (1 - host_hit) * B / ssd_rate
+ *     depth        = compute_ns / ns_per_block / active_clients
+ * (clients that prefetch at the same time share the links).
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Cumulative counters at one moment. */
+struct kvd_sched_sample {
+        uint64_t now_ns;
+        uint64_t dev_bytes, dev_busy_ns;        /* host <-> client pool copies */
+        uint64_t ssd_bytes, ssd_busy_ns;        /* SSD reads */
+        uint64_t host_hits, host_misses;        /* Gets served from host / not */
+};
+
+struct kvd_sched {
+        struct kvd_sched_sample last;
+        double dev_rate, ssd_rate;      /* bytes/s, 0: not measured yet */
+        double host_hit;                /* in [0, 1] */
+        uint32_t active;                /* clients that asked recently */
+        uint32_t compute_us;            /* their mean compute per layer */
+        uint32_t last_depth;
+        uint64_t decisions;
+        bool primed;
+};
+
+/* Rates assumed until measured: a memcpy-class device link, an NVMe-class
+ * SSD, half the Gets from host. */
+#define KVD_SCHED_DEFAULT_DEV_RATE 4e9
+#define KVD_SCHED_DEFAULT_SSD_RATE 1e9
+#define KVD_SCHED_DEFAULT_HOST_HIT 0.5
+/* Windows shorter than this are merged into the next one. */
+#define KVD_SCHED_MIN_WINDOW_NS 100000000ull
+/* Largest depth given. */
+#define KVD_SCHED_MAX_DEPTH 4096u
+
+void kvd_sched_init(struct kvd_sched *s);
+
+/* Folds the counters since the last accepted sample into the averages.
+ * Returns 1 when a window closed, 0 when it was too short (nothing changes),
+ * -EINVAL when a counter went backwards (the sample is dropped). */
+int kvd_sched_update(struct kvd_sched *s, const struct kvd_sched_sample *now);
+
+/* The depth for a client whose layers compute for compute_us, with blocks
+ * of block_bytes, active_clients (>= 1) prefetching: also recorded as the
+ * last decision. 0 when compute_us or block_bytes is 0. */
+uint32_t kvd_sched_depth(struct kvd_sched *s, uint32_t compute_us, uint64_t block_bytes, uint32_t active_clients);

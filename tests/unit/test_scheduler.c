@@ -1,0 +1,115 @@
+/* SPDX-License-Identifier: MIT */
+/* The adaptive prefetch scheduler: rates from counters, depth from rates. */
+#include <check.h>
+#include <errno.h>
+
+#include "check-main.h"
+#include "scheduler.h"
+
+#define MS 1000000ull
+#define KIB64 65536ull
+
+static struct kvd_sched_sample at(uint64_t ms, uint64_t dev_b, uint64_t dev_ms, uint64_t ssd_b, uint64_t ssd_ms,
+                                  uint64_t hits, uint64_t misses)
+{
+        return (struct kvd_sched_sample){ ms * MS, dev_b, dev_ms * MS, ssd_b, ssd_ms * MS, hits, misses };
+}
+
+START_TEST(rates_while_busy)
+{
+        struct kvd_sched s;
+        struct kvd_sched_sample a = at(0, 0, 0, 0, 0, 0, 0);
+        struct kvd_sched_sample b = at(1000, 4000000000ull, 500, 1000000000ull, 1000, 30, 10);
+
+        kvd_sched_init(&s);
+        ck_assert_int_eq(kvd_sched_update(&s, &a), 0);  /* primes */
+        ck_assert_int_eq(kvd_sched_update(&s, &b), 1);
+        /* 4 GB in 0.5 s of copying: 8 GB/s, whatever the wall time. */
+        ck_assert_double_eq_tol(s.dev_rate, 8e9, 1);
+        ck_assert_double_eq_tol(s.ssd_rate, 1e9, 1);
+        ck_assert_double_eq_tol(s.host_hit, 0.75, 1e-9);
+}
+END_TEST
+
+START_TEST(idle_links_keep_their_rate)
+{
+        struct kvd_sched s;
+        struct kvd_sched_sample a = at(0, 0, 0, 0, 0, 0, 0), b = at(1000, 8000, 1, 2000, 2, 1, 1);
+        struct kvd_sched_sample c = at(2000, 8000, 1, 2000, 2, 1, 1);
+        double dev, ssd;
+
+        kvd_sched_init(&s);
+        kvd_sched_update(&s, &a);
+        kvd_sched_update(&s, &b);
+        dev = s.dev_rate;
+        ssd = s.ssd_rate;
+        ck_assert_int_eq(kvd_sched_update(&s, &c), 1);
+        ck_assert_double_eq(s.dev_rate, dev);
+        ck_assert_double_eq(s.ssd_rate, ssd);
+        ck_assert_double_eq_tol(s.host_hit, 0.5, 1e-9);
+}
+END_TEST
+
+START_TEST(short_window_and_backwards_counters)
+{
+        struct kvd_sched s;
+        struct kvd_sched_sample a = at(0, 0, 0, 0, 0, 0, 0), b = at(50, 1000, 1, 0, 0, 0, 0);
+        struct kvd_sched_sample c = at(500, 2000, 2, 0, 0, 0, 0), back = at(900, 10, 2, 0, 0, 0, 0);
+
+        kvd_sched_init(&s);
+        kvd_sched_update(&s, &a);
+        ck_assert_int_eq(kvd_sched_update(&s, &b), 0);          /* 50 ms: merged into the next */
+        ck_assert_double_eq(s.dev_rate, 0);
+        ck_assert_int_eq(kvd_sched_update(&s, &c), 1);
+        ck_assert_double_eq_tol(s.dev_rate, 1e6, 1e-3);         /* 2000 B over 2 ms of copying */
+        ck_assert_int_eq(kvd_sched_update(&s, &back), -EINVAL);
+        ck_assert_double_eq_tol(s.dev_rate, 1e6, 1e-3);
+}
+END_TEST
+
+START_TEST(depth_from_rates)
+{
+        struct kvd_sched s;
+
+        kvd_sched_init(&s);
+        s.dev_rate = 6.5536e9;          /* 10 us per 64 KiB block */
+        s.ssd_rate = 1.31072e9;         /* 50 us per block */
+        s.host_hit = 0.6;               /* 10 + 0.4 * 50 = 30 us per block */
+        ck_assert_uint_eq(kvd_sched_depth(&s, 3000, KIB64, 1), 100);
+        ck_assert_uint_eq(kvd_sched_depth(&s, 3000, KIB64, 2), 50);  /* two clients share the links */
+        ck_assert_uint_eq(s.last_depth, 50);
+        ck_assert_uint_eq(s.decisions, 2);
+        ck_assert_uint_eq(kvd_sched_depth(&s, 20, KIB64, 1), 0);     /* compute shorter than one block */
+        ck_assert_uint_eq(kvd_sched_depth(&s, 0, KIB64, 1), 0);
+        ck_assert_uint_eq(kvd_sched_depth(&s, 1000000000u, KIB64, 1), KVD_SCHED_MAX_DEPTH);
+        s.host_hit = 1.0;               /* all from host: only the device link counts */
+        ck_assert_uint_eq(kvd_sched_depth(&s, 3000, KIB64, 1), 300);
+}
+END_TEST
+
+START_TEST(depth_before_measuring)
+{
+        struct kvd_sched s;
+        double per_block = KIB64 / KVD_SCHED_DEFAULT_DEV_RATE +
+                           (1 - KVD_SCHED_DEFAULT_HOST_HIT) * KIB64 / KVD_SCHED_DEFAULT_SSD_RATE;
+
+        kvd_sched_init(&s);
+        ck_assert_uint_eq(kvd_sched_depth(&s, 10000, KIB64, 1), (uint32_t)(10000e-6 / per_block));
+}
+END_TEST
+
+static Suite *scheduler_suite(void)
+{
+        Suite *s = suite_create("scheduler");
+        TCase *tc = tcase_create("core");
+
+        tcase_add_test(tc, rates_while_busy);
+        tcase_add_test(tc, idle_links_keep_their_rate);
+        tcase_add_test(tc, short_window_and_backwards_counters);
+        tcase_add_test(tc, depth_from_rates);
+        tcase_add_test(tc, depth_before_measuring);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+KVD_CHECK_MAIN(scheduler_suite)
