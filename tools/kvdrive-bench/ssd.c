@@ -295,7 +295,7 @@ static int run_size(kvc_client *c, const struct ssd_opts *o, uint64_t size, uint
          * spell of a shared disk hits both sides alike. */
         for (uint32_t rep = 0; rep < o->repeat; rep++) {
                 for (size_t d = 0; d < o->n_depths; d++) {
-                        struct kvc_tier_stats h0, h1, s0, s1;
+                        struct kvc_tier_stats h0 = { 0 }, h1 = { 0 }, s0 = { 0 }, s1 = { 0 };
                         struct ssd_row *row = &rows[d];
                         uint32_t depth = (uint32_t)o->depths[d], batch, range = rep * (uint32_t)o->n_depths + (uint32_t)d;
                         double secs, fio = -1;
@@ -420,7 +420,7 @@ int bench_ssd(int argc, char **argv)
 {
         struct ssd_opts o = { 0 };
         struct ssd_row rows[MAX_DEPTHS];
-        struct kvc_tier_stats host, ssd;
+        struct kvc_tier_stats host = { 0 }, ssd = { 0 };
         json_t *jrows = NULL;
         kvc_client *c = NULL;
         int r, ret = EXIT_FAILURE;
