@@ -33,6 +33,7 @@ struct pending {
         Kvdrive__Response__BodyCase kind;       /* PUT, GET or PREFETCH */
         uint32_t n;
         uint8_t *ret_status;                    /* n bytes or NULL, the caller's */
+        bool asked;                             /* a Get that carried a compute time */
         bool done;
         int result;                             /* once done: items done or -error */
 };
@@ -44,7 +45,7 @@ struct kvc_client {
         uint32_t max_frame;
         uint32_t max_items;
         uint32_t compute_us;            /* kvc_set_compute_hint() */
-        uint32_t prefetch_depth;        /* the scheduler's latest answer */
+        int prefetch_depth;             /* the scheduler's latest answer, -ENODATA: none yet */
         char *daemon_version;
         uint8_t *sbuf;                  /* max_frame: one packed request */
         uint8_t *rbuf;                  /* max_frame + header: one received frame */
@@ -147,8 +148,8 @@ static int transfer_result(kvc_client *c, const struct pending *p, const Kvdrive
                                                      : r->prefetch;
         if (!t || t->status.len != p->n || t->done > p->n)
                 return -EBADMSG;
-        if (t->prefetch_depth)
-                c->prefetch_depth = t->prefetch_depth;
+        if (p->asked)
+                c->prefetch_depth = t->prefetch_depth > INT_MAX ? INT_MAX : (int)t->prefetch_depth;
         if (p->ret_status && p->n > 0)
                 memcpy(p->ret_status, t->status.data, p->n);
         return (int)t->done;
@@ -371,6 +372,7 @@ _public_ int kvc_connect(const char *path, const char *name, kvc_client **ret)
                 return -ENOMEM;
         c->fd = -1;
         c->next_id = 1;
+        c->prefetch_depth = -ENODATA;
         err = set_max_frame(c, KVD_FRAME_MAX_DEFAULT);
         if (err < 0)
                 goto err_free_client;
@@ -530,6 +532,7 @@ static int transfer_submit(kvc_client *c, Kvdrive__Request__BodyCase body, uint3
                 .kind = (Kvdrive__Response__BodyCase)body,
                 .n = n,
                 .ret_status = ret_status,
+                .asked = body == KVDRIVE__REQUEST__BODY_GET && c->compute_us > 0,
         };
         if (ret_id)
                 *ret_id = req.id;
@@ -609,9 +612,9 @@ _public_ int kvc_set_compute_hint(kvc_client *c, uint32_t compute_us)
         return 0;
 }
 
-_public_ uint32_t kvc_prefetch_depth(const kvc_client *c)
+_public_ int kvc_prefetch_depth(const kvc_client *c)
 {
-        return c ? c->prefetch_depth : 0;
+        return c ? c->prefetch_depth : -EINVAL;
 }
 
 _public_ int kvc_prefetch(kvc_client *c, uint32_t ns, const struct kvc_block_ref *refs, uint32_t n,
@@ -862,6 +865,8 @@ static int stats_from_wire(const Kvdrive__StatsReply *w, struct kvc_stats **ret)
         s->sched_compute_us = w->sched_compute_us;
         s->sched_prefetch_depth = w->sched_prefetch_depth;
         s->sched_decisions = w->sched_decisions;
+        s->sched_device_busy = w->sched_device_busy;
+        s->sched_ssd_busy = w->sched_ssd_busy;
         /* Counts are bounded by the frame size, far below UINT32_MAX. */
         s->n_tiers = (uint32_t)w->n_tiers;
         for (size_t i = 0; i < w->n_tiers; i++) {

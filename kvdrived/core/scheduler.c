@@ -19,10 +19,16 @@ static double ewma(double old, double now)
         return old > 0 ? (1 - EWMA_NEW) * old + EWMA_NEW * now : now;
 }
 
+static double ewma_util(double old, double now)
+{
+        now = now > 1.0 ? 1.0 : now;
+        return (1 - EWMA_NEW) * old + EWMA_NEW * now;
+}
+
 int kvd_sched_update(struct kvd_sched *s, const struct kvd_sched_sample *now)
 {
         const struct kvd_sched_sample *o = &s->last;
-        uint64_t hits, misses;
+        uint64_t hits, misses, wall;
 
         if (!s->primed) {
                 s->last = *now;
@@ -35,7 +41,11 @@ int kvd_sched_update(struct kvd_sched *s, const struct kvd_sched_sample *now)
                 return -EINVAL;
         if (now->now_ns - o->now_ns < KVD_SCHED_MIN_WINDOW_NS)
                 return 0;
-        /* A link counts only for windows it was busy in: no work, no news. */
+        wall = now->now_ns - o->now_ns;
+        s->dev_util = ewma_util(s->dev_util, (double)(now->dev_busy_ns - o->dev_busy_ns) /
+                                                     ((double)wall * (now->dev_lanes ? now->dev_lanes : 1)));
+        s->ssd_util = ewma_util(s->ssd_util, (double)(now->ssd_busy_ns - o->ssd_busy_ns) / (double)wall);
+        /* A link's rate counts only for windows it was busy in: no work, no news. */
         if (now->dev_busy_ns > o->dev_busy_ns && now->dev_bytes > o->dev_bytes)
                 s->dev_rate = ewma(s->dev_rate, (double)(now->dev_bytes - o->dev_bytes) * 1e9 /
                                                         (double)(now->dev_busy_ns - o->dev_busy_ns));
@@ -61,6 +71,8 @@ uint32_t kvd_sched_depth(struct kvd_sched *s, uint32_t compute_us, uint64_t bloc
                 return 0;
         if (active_clients == 0)
                 active_clients = 1;
+        dev *= fmax(1.0 - s->dev_util, KVD_SCHED_MIN_SPARE);
+        ssd *= fmax(1.0 - s->ssd_util, KVD_SCHED_MIN_SPARE);
         per_block = (double)block_bytes / dev + (1.0 - hit) * (double)block_bytes / ssd;
         depth = floor((double)compute_us * 1e-6 / per_block / active_clients + 1e-9);
         s->last_depth = depth >= KVD_SCHED_MAX_DEPTH ? KVD_SCHED_MAX_DEPTH : (uint32_t)depth;

@@ -11,10 +11,14 @@
  * slow; each window's rate enters an exponential average.
  *
  * A block that a client prefetches costs one host -> device copy, plus one
- * SSD read when it is not in host memory:
- *     ns_per_block = B / dev_rate + (1 - host_hit) * B / ssd_rate
+ * SSD read when it is not in host memory, and a prefetch may only use what
+ * demand leaves of each link (its measured busy share, "util"):
+ *     ns_per_block = B / (dev_rate (1 - dev_util))
+ *                    + (1 - host_hit) B / (ssd_rate (1 - ssd_util))
  *     depth        = compute_ns / ns_per_block / active_clients
- * (clients that prefetch at the same time share the links).
+ * (clients that prefetch at the same time share the links). A link busy
+ * all the time leaves no room: depth falls towards 0 instead of queueing
+ * guesses in front of demand.
  */
 #pragma once
 
@@ -24,7 +28,8 @@
 /* Cumulative counters at one moment. */
 struct kvd_sched_sample {
         uint64_t now_ns;
-        uint64_t dev_bytes, dev_busy_ns;        /* host <-> client pool copies */
+        uint64_t dev_bytes, dev_busy_ns;        /* host <-> client pool copies (busy: summed over workers) */
+        uint32_t dev_lanes;                     /* workers copying in parallel */
         uint64_t ssd_bytes, ssd_busy_ns;        /* SSD reads */
         uint64_t host_hits, host_misses;        /* Gets served from host / not */
 };
@@ -32,6 +37,7 @@ struct kvd_sched_sample {
 struct kvd_sched {
         struct kvd_sched_sample last;
         double dev_rate, ssd_rate;      /* bytes/s, 0: not measured yet */
+        double dev_util, ssd_util;      /* busy share of wall time, [0, 1] */
         double host_hit;                /* in [0, 1] */
         uint32_t active;                /* clients that asked recently */
         uint32_t compute_us;            /* their mean compute per layer */
@@ -47,6 +53,9 @@ struct kvd_sched {
 #define KVD_SCHED_DEFAULT_HOST_HIT 0.5
 /* Windows shorter than this are merged into the next one. */
 #define KVD_SCHED_MIN_WINDOW_NS 100000000ull
+/* Least spare share of a link counted (a link never looks fully closed:
+ * the averages lag). */
+#define KVD_SCHED_MIN_SPARE 0.02
 /* Largest depth given. */
 #define KVD_SCHED_MAX_DEPTH 4096u
 

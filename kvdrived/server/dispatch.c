@@ -470,6 +470,7 @@ static void sched_refresh(struct kvd_server *s)
         kvd_cache_stats(s->cache, &cs);
         now.dev_bytes = kvd_xfer_bytes(s->xfer, KVD_XFER_OUT);
         now.dev_busy_ns = kvd_xfer_busy_ns(s->xfer, KVD_XFER_OUT);
+        now.dev_lanes = s->cfg->workers;
         now.ssd_bytes = cs.ssd_read_bytes;
         now.ssd_busy_ns = cs.ssd_busy_ns;
         now.host_hits = cs.hits;
@@ -725,6 +726,8 @@ static void handle_stats(struct kvd_session *ss, uint64_t id)
         sr.sched_compute_us = s->sched.compute_us;
         sr.sched_prefetch_depth = s->sched.last_depth;
         sr.sched_decisions = s->sched.decisions;
+        sr.sched_device_busy = s->sched.dev_util;
+        sr.sched_ssd_busy = s->sched.ssd_util;
         resp.body_case = KVDRIVE__RESPONSE__BODY_STATS;
         resp.stats = &sr;
         reply(ss, id, &resp);

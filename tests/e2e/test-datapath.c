@@ -4,6 +4,7 @@
  * byte in another process on another connection; misses leave slots alone;
  * a re-Put of a stored key copies nothing.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -285,6 +286,56 @@ START_TEST(test_reput_exists)
 }
 END_TEST
 
+/* A Get that carries the client's compute time per layer is answered with
+ * a prefetch depth; without one, nothing is asked and the last answer stays. */
+START_TEST(test_compute_hint_depth)
+{
+        struct kvd_test_daemon d;
+        struct kvc_key keys[NBLK];
+        struct kvc_block_ref ref;
+        struct kvc_stats *st = NULL;
+        kvc_client *c = NULL;
+        kvc_pool *p = NULL;
+        uint64_t seed;
+        uint32_t ns;
+        uint8_t s1;
+        int deep, shallow;
+
+        E2E_START(&d);
+        ck_assert_int_eq(e2e_random(&seed, sizeof(seed)), 0);
+        ck_assert_int_eq(chain_keys(seed, keys), NBLK);
+        ck_assert_int_eq(e2e_open(d.socket_path, "hint", NS_NAME, &c, &ns), 0);
+        E2E_ASSERT_RC(c, kvc_pool_create(c, 2, E2E_BLOCK_BYTES, &p), 0);
+        ref = (struct kvc_block_ref){ .key = keys[0], .layer = 0, .slot = 0 };
+        E2E_ASSERT_RC(c, kvc_put(c, ns, p, &ref, 1, &s1), 1);
+        ck_assert_int_eq(kvc_prefetch_depth(c), -ENODATA);
+        E2E_ASSERT_RC(c, kvc_get(c, ns, p, &ref, 1, &s1), 1);
+        ck_assert_int_eq(kvc_prefetch_depth(c), -ENODATA);      /* not asked */
+
+        ck_assert_int_eq(kvc_set_compute_hint(c, 1000000), 0); /* 1 s of compute per layer */
+        E2E_ASSERT_RC(c, kvc_get(c, ns, p, &ref, 1, &s1), 1);
+        deep = kvc_prefetch_depth(c);
+        ck_assert_int_gt(deep, 0);
+        ck_assert_int_eq(kvc_set_compute_hint(c, 1), 0);       /* 1 us: not a block's worth */
+        E2E_ASSERT_RC(c, kvc_get(c, ns, p, &ref, 1, &s1), 1);
+        shallow = kvc_prefetch_depth(c);
+        ck_assert_int_eq(shallow, 0);
+        ck_assert_int_eq(kvc_set_compute_hint(c, 0), 0);
+        E2E_ASSERT_RC(c, kvc_get(c, ns, p, &ref, 1, &s1), 1);
+        ck_assert_int_eq(kvc_prefetch_depth(c), shallow);
+        ck_assert_int_eq(kvc_set_compute_hint(NULL, 1), -EINVAL);
+
+        E2E_ASSERT_RC(c, kvc_stats_get(c, &st), 0);
+        ck_assert_uint_eq(st->sched_decisions, 2);
+        ck_assert_uint_eq(st->sched_prefetch_depth, 0);
+        ck_assert_uint_eq(st->sched_active_clients, 1);
+        kvc_stats_free(st);
+        kvc_pool_free(p);
+        kvc_disconnect(c);
+        E2E_STOP(&d);
+}
+END_TEST
+
 static Suite *datapath_suite(void)
 {
         Suite *s = suite_create("e2e-datapath");
@@ -294,6 +345,7 @@ static Suite *datapath_suite(void)
         tcase_add_test(tc, test_put_get_across_processes);
         tcase_add_test(tc, test_get_missing_is_miss);
         tcase_add_test(tc, test_reput_exists);
+        tcase_add_test(tc, test_compute_hint_depth);
         suite_add_tcase(s, tc);
         return s;
 }

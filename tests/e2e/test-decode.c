@@ -262,7 +262,7 @@ START_TEST(test_kvdrive_two_clients)
         ck_assert_double_eq_tol(jget(kvd, "accuracy", "rel_l2_error_mean"), jget(lru, "accuracy", "rel_l2_error_mean"),
                                 1e-5);
         ck_assert_msg(jget(kvd, "bytes", "host_to_device") > 0, "kvdrive fetched nothing");
-        ck_assert_msg(jget(kvd, "daemon", "staged_blocks") >= 0, "no staged_blocks");
+        ck_assert_msg(jget(kvd, "pipeline", "staged_blocks") >= 0, "no staged_blocks");
         json_decref(lru);
         json_decref(kvd);
 

@@ -12,7 +12,9 @@
 static struct kvd_sched_sample at(uint64_t ms, uint64_t dev_b, uint64_t dev_ms, uint64_t ssd_b, uint64_t ssd_ms,
                                   uint64_t hits, uint64_t misses)
 {
-        return (struct kvd_sched_sample){ ms * MS, dev_b, dev_ms * MS, ssd_b, ssd_ms * MS, hits, misses };
+        return (struct kvd_sched_sample){ .now_ns = ms * MS, .dev_bytes = dev_b, .dev_busy_ns = dev_ms * MS,
+                                          .dev_lanes = 1, .ssd_bytes = ssd_b, .ssd_busy_ns = ssd_ms * MS,
+                                          .host_hits = hits, .host_misses = misses };
 }
 
 START_TEST(rates_while_busy)
@@ -28,6 +30,32 @@ START_TEST(rates_while_busy)
         ck_assert_double_eq_tol(s.dev_rate, 8e9, 1);
         ck_assert_double_eq_tol(s.ssd_rate, 1e9, 1);
         ck_assert_double_eq_tol(s.host_hit, 0.75, 1e-9);
+        /* busy 0.5 s and 1 s of a 1 s window: the first average moves by 1/4 */
+        ck_assert_double_eq_tol(s.dev_util, 0.25 * 0.5, 1e-9);
+        ck_assert_double_eq_tol(s.ssd_util, 0.25 * 1.0, 1e-9);
+}
+END_TEST
+
+START_TEST(busy_links_leave_less_room)
+{
+        struct kvd_sched s;
+        uint32_t idle, busy, full;
+
+        kvd_sched_init(&s);
+        s.dev_rate = 6.5536e9;
+        s.ssd_rate = 1.31072e9;
+        s.host_hit = 0.6;
+        idle = kvd_sched_depth(&s, 3000, KIB64, 1);
+        s.ssd_util = 0.5;               /* SSD part of a block: 20 us -> 40 us */
+        busy = kvd_sched_depth(&s, 3000, KIB64, 1);
+        ck_assert_uint_eq(idle, 100);
+        ck_assert_uint_eq(busy, 60);    /* 3000 / (10 + 40) */
+        s.ssd_util = 1.0;               /* saturated: only the floor of spare room */
+        full = kvd_sched_depth(&s, 3000, KIB64, 1);
+        ck_assert_uint_lt(full, 5);
+        s.ssd_util = 0;
+        s.dev_util = 0.75;              /* device part: 10 us -> 40 us */
+        ck_assert_uint_eq(kvd_sched_depth(&s, 3000, KIB64, 1), 50);
 }
 END_TEST
 
@@ -107,6 +135,7 @@ static Suite *scheduler_suite(void)
         tcase_add_test(tc, idle_links_keep_their_rate);
         tcase_add_test(tc, short_window_and_backwards_counters);
         tcase_add_test(tc, depth_from_rates);
+        tcase_add_test(tc, busy_links_leave_less_room);
         tcase_add_test(tc, depth_before_measuring);
         suite_add_tcase(s, tc);
         return s;

@@ -48,12 +48,12 @@ static void tell_compute(struct client *cl)
 static int stage_next(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n)
 {
         const struct run *run = cl->run;
-        uint32_t want = kvc_prefetch_depth(cl->c), cap = (uint32_t)(run->o.stage * sq->nsel), m = 0, c;
+        uint32_t cap = (uint32_t)(run->o.stage * sq->nsel), want = cap, m = 0, c;
         uint64_t *id = &sq->stage_id[l];
-        int r;
+        int r = kvc_prefetch_depth(cl->c);
 
-        if (want == 0 || want > cap)
-                want = cap;
+        if (r >= 0 && (uint32_t)r < cap)
+                want = (uint32_t)r;     /* before the first answer: the cap */
         if (want == 0 || n <= sq->nsel)
                 return 0;
         if (*id) {
@@ -157,6 +157,14 @@ int kvdrive_attend(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t 
         memset(cl->acc, 0, sizeof(double) * run->qd);
         merge(cl->acc, cl->acc_lse, cl->part, cl->plse, heads, dim);
 
+        if (sq->demand.n_req > 0) {
+                bool landed = kvc_poll(cl->c) >= 0;
+
+                for (uint32_t i = 0; i < sq->demand.n_req && landed; i++)
+                        landed = kvc_done(cl->c, sq->demand.id[i]) == 1;
+                cl->res.miss_layers++;
+                cl->res.hidden_layers += landed;
+        }
         if (group_wait(cl, &sq->demand, false) < 0)
                 return -1;
         k = 0;

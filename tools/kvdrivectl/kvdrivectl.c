@@ -186,10 +186,10 @@ static void print_stats(const struct kvc_stats *s)
                s->pools_memfd, s->pools_cuda);
         printf("placement  eviction by %s, %" PRIu64 " block scores, %" PRIu64 " next-layer promotions\n",
                s->eviction, s->scores, s->speculative_promotions);
-        printf("scheduler  device %s/s, SSD %s/s, host hits %.2f; %" PRIu32 " clients prefetching, %" PRIu32
-               " us compute per layer -> depth %" PRIu32 " (%" PRIu64 " decisions)\n",
-               format_bytes(b1, sizeof(b1), s->sched_device_bytes_per_s),
-               format_bytes(b2, sizeof(b2), s->sched_ssd_bytes_per_s), s->sched_host_hit_rate,
+        printf("scheduler  device %s/s (busy %.2f), SSD %s/s (busy %.2f), host hits %.2f; %" PRIu32
+               " clients prefetching, %" PRIu32 " us compute per layer -> depth %" PRIu32 " (%" PRIu64 " decisions)\n",
+               format_bytes(b1, sizeof(b1), s->sched_device_bytes_per_s), s->sched_device_busy,
+               format_bytes(b2, sizeof(b2), s->sched_ssd_bytes_per_s), s->sched_ssd_busy, s->sched_host_hit_rate,
                s->sched_active_clients, s->sched_compute_us, s->sched_prefetch_depth, s->sched_decisions);
         printf("requests   %" PRIu64 " total, %" PRIu64 " errors\n", s->requests, s->errors);
         printf("transfer   in %s (%" PRIu64 " blocks put), out %s (%" PRIu64 " blocks got)\n",
@@ -329,7 +329,7 @@ static json_t *stats_json(const struct kvc_stats *s)
                          " s:{s:I, s:I},"
                          " s:{s:I, s:I, s:I, s:I},"
                          " s:{s:s, s:I, s:I},"
-                         " s:{s:I, s:I, s:f, s:I, s:I, s:I, s:I},"
+                         " s:{s:I, s:I, s:f, s:f, s:f, s:I, s:I, s:I, s:I},"
                          " s:o}",
                          "schema", STATS_JSON_SCHEMA,
                          "daemon",
@@ -364,6 +364,8 @@ static json_t *stats_json(const struct kvc_stats *s)
                          "scheduler",
                          "device_bytes_per_s", ji(s->sched_device_bytes_per_s),
                          "ssd_bytes_per_s", ji(s->sched_ssd_bytes_per_s),
+                         "device_busy", s->sched_device_busy,
+                         "ssd_busy", s->sched_ssd_busy,
                          "host_hit_rate", s->sched_host_hit_rate,
                          "active_clients", (json_int_t)s->sched_active_clients,
                          "compute_us", (json_int_t)s->sched_compute_us,

@@ -299,12 +299,13 @@ int kvc_report_scores(kvc_client *c, uint32_t ns, const struct kvc_block_score *
  * carries it, and its reply brings the daemon's answer: how many blocks per
  * layer this client can prefetch and still have them land behind that
  * compute, at the rates the daemon measures on its links and shared among
- * the clients prefetching at the same time. kvc_set_compute_hint() returns 0
- * or -EINVAL; kvc_prefetch_depth() returns the latest answer, 0 before the
- * first.
+ * the clients prefetching at the same time (0: the links have no room to
+ * spare now). kvc_set_compute_hint() returns 0 or -EINVAL;
+ * kvc_prefetch_depth() returns the latest answer (>= 0), -ENODATA before the
+ * first, -EINVAL if c is NULL.
  */
 int kvc_set_compute_hint(kvc_client *c, uint32_t compute_us);
-uint32_t kvc_prefetch_depth(const kvc_client *c);
+int kvc_prefetch_depth(const kvc_client *c);
 
 /* Synchronous Put/Get: submit and wait. Same returns as kvc_wait(). */
 int kvc_put(kvc_client *c, uint32_t ns, const kvc_pool *p, const struct kvc_block_ref *refs,
@@ -391,6 +392,8 @@ struct kvc_stats {
         uint32_t sched_compute_us;              /* their mean compute per layer */
         uint32_t sched_prefetch_depth;          /* the last depth given */
         uint64_t sched_decisions;               /* depths given */
+        double sched_device_busy;               /* busy share of the device link, [0, 1] */
+        double sched_ssd_busy;                  /* busy share of the SSD, [0, 1] */
 };
 
 /* Fetches the daemon's statistics; free with kvc_stats_free(). */
