@@ -8,6 +8,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "counters.h"
 #include "log.h"
 #include "macro.h"
 
@@ -98,8 +99,15 @@ static void *worker_main(void *arg)
 
                 c->result = b->dir == KVD_XFER_IN ? ops->copy_in(b->pool, c->slot, c->host, c->len)
                                                   : ops->copy_out(b->pool, c->slot, c->host, c->len);
-                if (c->result == 0)
+                if (c->result == 0) {
                         atomic_fetch_add(&x->bytes[b->dir], c->len);
+                        /* The release orders the copy before the count the
+                         * client acquires: its bytes are there once seen. */
+                        if (c->done_ctr) {
+                                atomic_fetch_add_explicit(c->done_ctr, 1, memory_order_release);
+                                kvd_counter_signal(c->done_ctr);
+                        }
+                }
                 if (atomic_fetch_sub(&b->remaining, 1) == 1)
                         complete(x, b);
                 pthread_mutex_lock(&x->lock);
