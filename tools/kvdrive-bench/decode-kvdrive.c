@@ -53,7 +53,7 @@ int kvdrive_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t
                         return child_fail(cl, "residency: %s", kvc_strerror(slot));
                 (void)kvc_residency_score(sq->res, &sc[i].key, l, sc[i].mass, t);
                 if (miss) {
-                        cl->refs[m] = (struct kvc_block_ref){ sc[i].key, l, sq->slot0 + (uint32_t)slot };
+                        cl->refs[m] = (struct kvc_block_ref){ sc[i].key, l, sq->slot0 + (uint32_t)slot, 0 };
                         cl->blkid[m++] = sq->sel[i];
                 } else {
                         hits++;
@@ -93,7 +93,7 @@ int kvdrive_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t
                                 return child_fail(cl, "residency: %s", kvc_strerror(slot));
                         if (!miss)
                                 continue;
-                        cl->refs[mp] = (struct kvc_block_ref){ key, nl, sq->slot0 + (uint32_t)slot };
+                        cl->refs[mp] = (struct kvc_block_ref){ key, nl, sq->slot0 + (uint32_t)slot, 0 };
                         sq->pred[mp++] = sq->pred[j];
                 }
                 if (group_submit(cl, &sq->pref[0], false, cl->refs, sq->pred, mp, run->group_reqs) < 0)
