@@ -502,6 +502,7 @@ static int transfer_submit(kvc_client *c, Kvdrive__Request__BodyCase body, uint3
                 items[i].key_lo = refs[i].key.lo;
                 items[i].layer = refs[i].layer;
                 items[i].slot = refs[i].slot;
+                items[i].counter = refs[i].counter;
                 ptrs[i] = &items[i];
         }
         req.body_case = body;

@@ -26,6 +26,7 @@ struct kvd_io {
         bool first_pass;
         const struct kvd_ns *ns;
         struct kvd_peer_pool *pool;
+        struct kvd_counters *counters;  /* NULL when no item counts */
         struct kvd_item *items;
         uint32_t n_items;
         uint8_t *status;
@@ -45,10 +46,23 @@ static void io_put(struct kvd_io *io)
                 io->done_fn(io, io->userdata);
 }
 
-static void set_ok(struct kvd_io *io, uint32_t i)
+static void set_status(struct kvd_io *io, uint32_t i, enum kvd_item_status st)
 {
-        io->status[i] = KVD_ITEM_OK;
-        io->done++;
+        io->status[i] = (uint8_t)st;
+        if (st == KVD_ITEM_OK)
+                io->done++;
+}
+
+/* Item i has its final status: record it and count it on its counter. Every
+ * outcome goes through here once, except a Get's successful copy, which the
+ * transfer worker counted (add_copy). */
+static void finish(struct kvd_io *io, uint32_t i, enum kvd_item_status st)
+{
+        uint32_t ctr = io->items[i].counter;
+
+        set_status(io, i, st);
+        if (ctr)
+                kvd_counters_bump(io->counters, ctr, st == KVD_ITEM_OK || st == KVD_ITEM_EXISTS);
 }
 
 /* A durable (or write-through) Put's SSD write ended. */
@@ -56,10 +70,7 @@ static void durable_done(void *ctx, uint32_t i, bool ok)
 {
         struct kvd_io *io = ctx;
 
-        if (ok)
-                set_ok(io, i);
-        else
-                io->status[i] = KVD_ITEM_ERROR;
+        finish(io, i, ok ? KVD_ITEM_OK : KVD_ITEM_ERROR);
         io_put(io);
 }
 
@@ -69,7 +80,7 @@ static void pending_done(void *ctx, uint32_t i, bool ok)
 {
         struct kvd_io *io = ctx;
 
-        io->status[i] = ok ? KVD_ITEM_EXISTS : KVD_ITEM_ERROR;
+        finish(io, i, ok ? KVD_ITEM_EXISTS : KVD_ITEM_ERROR);
         io_put(io);
 }
 
@@ -81,7 +92,7 @@ static void retry(void *ctx, uint32_t i, bool ok)
         if (ok)
                 item_run(io, i);
         else
-                io->status[i] = io->kind == KVD_IO_PUT ? KVD_ITEM_ERROR : KVD_ITEM_MISS;
+                finish(io, i, io->kind == KVD_IO_PUT ? KVD_ITEM_ERROR : KVD_ITEM_MISS);
         io_put(io);
 }
 
@@ -93,9 +104,9 @@ static void copy_done(struct kvd_io *io, uint32_t i, uint32_t id, int result)
         if (io->kind == KVD_IO_GET) {
                 kvd_cache_unpin(io->cache, id);
                 if (result == 0)
-                        set_ok(io, i);
+                        set_status(io, i, KVD_ITEM_OK); /* the worker counted it */
                 else
-                        io->status[i] = KVD_ITEM_ERROR;
+                        finish(io, i, KVD_ITEM_ERROR);
                 return;
         }
         /* Put. Committed even if the client has gone: the bytes were whole
@@ -103,16 +114,16 @@ static void copy_done(struct kvd_io *io, uint32_t i, uint32_t id, int result)
          * promised them. */
         if (result < 0) {
                 kvd_cache_put_abort(io->cache, id);
-                io->status[i] = KVD_ITEM_ERROR;
+                finish(io, i, KVD_ITEM_ERROR);
                 return;
         }
         r = kvd_cache_put_commit(io->cache, id, io->durable, durable_done, io, i);
         if (r == 1)
                 io->outstanding++;
         else if (r == 0 || !io->durable)
-                set_ok(io, i); /* write-through that could not start: stored in host all the same */
+                finish(io, i, KVD_ITEM_OK); /* write-through that could not start: stored in host all the same */
         else
-                io->status[i] = KVD_ITEM_ERROR; /* durable asked, cannot be had */
+                finish(io, i, KVD_ITEM_ERROR); /* durable asked, cannot be had */
 }
 
 static void first_pass_done(struct kvd_xfer_batch *b)
@@ -138,6 +149,11 @@ static void add_copy(struct kvd_io *io, uint32_t i, uint32_t id, void *host)
 {
         struct kvd_copy c = { .host = host, .slot = io->items[i].slot, .len = (uint32_t)io->ns->block_bytes };
         struct late_copy *l;
+
+        /* A Get's item is finished by its copy: the worker counts it at
+         * once, so a waiting client need not wait for the event loop. */
+        if (io->kind == KVD_IO_GET && io->items[i].counter)
+                c.done_ctr = kvd_counters_done_word(io->counters, io->items[i].counter);
 
         if (io->first_pass) {
                 io->batch.copies[io->batch.n] = c;
@@ -187,7 +203,7 @@ static void item_run(struct kvd_io *io, uint32_t i)
         case 0:
                 if (io->kind == KVD_IO_PREFETCH) {
                         kvd_cache_unpin(io->cache, id);
-                        set_ok(io, i);
+                        finish(io, i, KVD_ITEM_OK);
                 } else {
                         add_copy(io, i, id, host);
                 }
@@ -196,20 +212,20 @@ static void item_run(struct kvd_io *io, uint32_t i)
                 io->outstanding++;
                 break;
         case -EEXIST:
-                io->status[i] = KVD_ITEM_EXISTS;
+                finish(io, i, KVD_ITEM_EXISTS);
                 break;
         case -ENOENT:
-                io->status[i] = KVD_ITEM_MISS;
+                finish(io, i, KVD_ITEM_MISS);
                 break;
         default:
-                io->status[i] = KVD_ITEM_NO_SPACE;
+                finish(io, i, KVD_ITEM_NO_SPACE);
                 break;
         }
 }
 
 int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_kind kind, bool durable,
-                  const struct kvd_ns *ns, struct kvd_peer_pool *pool, const struct kvd_item *items, uint32_t n,
-                  kvd_io_done_fn done, void *userdata)
+                  const struct kvd_ns *ns, struct kvd_peer_pool *pool, struct kvd_counters *counters,
+                  const struct kvd_item *items, uint32_t n, kvd_io_done_fn done, void *userdata)
 {
         size_t m = n ? n : 1;
         struct kvd_io *io;
@@ -233,6 +249,7 @@ int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_ki
         io->durable = durable;
         io->ns = ns;
         io->pool = pool ? kvd_peer_pool_ref(pool) : NULL;
+        io->counters = counters ? kvd_counters_ref(counters) : NULL;
         io->n_items = n;
         io->done_fn = done;
         io->userdata = userdata;
@@ -273,6 +290,7 @@ struct kvd_io *kvd_io_free(struct kvd_io *io)
         if (!io)
                 return NULL;
         kvd_peer_pool_unref(io->pool);
+        kvd_counters_unref(io->counters);
         free(io->status);
         free(io->items);
         free(io->item_of);

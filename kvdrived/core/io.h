@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "cache.h"
+#include "counters.h"
 #include "device.h"
 #include "xfer.h"
 
@@ -19,6 +20,7 @@ struct kvd_item {
         uint64_t key_hi, key_lo;
         uint32_t layer;
         uint32_t slot;
+        uint32_t counter;       /* 0, or i + 1: count the item on counter i */
 };
 
 /* Item outcomes; the values are the wire's ItemStatus. */
@@ -44,14 +46,18 @@ struct kvd_io;
 typedef void (*kvd_io_done_fn)(struct kvd_io *io, void *userdata);
 
 /*
- * Starts a request of n items of ns. pool (Put/Get) is referenced until the
- * request is freed. durable (Put): acknowledge each block once it is on SSD
- * with RWF_DSYNC. Returns 0 (done will be called exactly once) or -ENOMEM
- * (nothing changed, done not called).
+ * Starts a request of n items of ns. pool (Put/Get) and counters are
+ * referenced until the request is freed. durable (Put): acknowledge each
+ * block once it is on SSD with RWF_DSYNC. counters must be given when an
+ * item names a counter, and every item's counter be 0..counters->count (the
+ * caller checked): each such item is counted exactly once when its status
+ * is final — a Get's successful copy by the transfer worker right after it,
+ * every other outcome here on the event-loop thread. Returns 0 (done will
+ * be called exactly once) or -ENOMEM (nothing changed, done not called).
  */
 int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_kind kind, bool durable,
-                  const struct kvd_ns *ns, struct kvd_peer_pool *pool, const struct kvd_item *items, uint32_t n,
-                  kvd_io_done_fn done, void *userdata);
+                  const struct kvd_ns *ns, struct kvd_peer_pool *pool, struct kvd_counters *counters,
+                  const struct kvd_item *items, uint32_t n, kvd_io_done_fn done, void *userdata);
 
 /* Per-item enum kvd_item_status, n bytes, owned by io. */
 const uint8_t *kvd_io_status(const struct kvd_io *io);

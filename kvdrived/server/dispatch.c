@@ -350,6 +350,42 @@ static void handle_register_pool(struct kvd_session *ss, uint64_t id, const Kvdr
         reply(ss, id, &resp);
 }
 
+static void handle_register_counters(struct kvd_session *ss, uint64_t id, const Kvdrive__RegisterCounters *m,
+                                     int *fds, unsigned nfds)
+{
+        Kvdrive__RegisterCountersReply rr = KVDRIVE__REGISTER_COUNTERS_REPLY__INIT;
+        Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
+        struct kvd_counters *k = NULL;
+        const char *why = NULL;
+        int r;
+
+        if (m->count == 0 || m->count > KVD_COUNTERS_MAX) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                       "RegisterCounters: count %u, must be 1-%u", m->count, KVD_COUNTERS_MAX);
+                return;
+        }
+        if (nfds != 1) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                       "RegisterCounters needs exactly one memfd passed with SCM_RIGHTS (got %u)",
+                                       nfds);
+                return;
+        }
+        r = kvd_counters_open(fds[0], m->count, &k, &why);
+        if (r < 0) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG, "%s: %s", why, strerror(-r));
+                return;
+        }
+        /* Requests in flight keep counting on the page they started with:
+         * they hold references to it. */
+        kvd_counters_unref(ss->counters);
+        ss->counters = k;
+        log_debug("session %llu: counter page of %u counters", (unsigned long long)ss->id, m->count);
+        rr.count = m->count;
+        resp.body_case = KVDRIVE__RESPONSE__BODY_REGISTER_COUNTERS;
+        resp.register_counters = &rr;
+        reply(ss, id, &resp);
+}
+
 /* The namespace, if this session registered it; else replies an error. */
 static const struct kvd_ns *session_ns(struct kvd_session *ss, uint64_t id, uint32_t ns_id)
 {
@@ -411,6 +447,7 @@ static void start_io(struct kvd_session *ss, uint64_t id, enum kvd_io_kind kind,
                      const struct kvd_ns *ns, struct kvd_peer_pool *pool, Kvdrive__BlockRef *const *refs,
                      size_t n, uint32_t prefetch_depth)
 {
+        struct kvd_counters *counters = NULL;
         struct kvd_item *items;
         struct pending *p;
         int r;
@@ -426,6 +463,21 @@ static void start_io(struct kvd_session *ss, uint64_t id, enum kvd_io_kind kind,
                                                pool ? pool->slot_count : 0, b->layer, ns->geometry.layers);
                         return;
                 }
+                if (b->counter == 0)
+                        continue;
+                if (!ss->counters) {
+                        kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                               "item %zu: counter %u, but no counter page is registered "
+                                               "(RegisterCounters)", i, b->counter);
+                        return;
+                }
+                if (b->counter > ss->counters->count) {
+                        kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_OUT_OF_RANGE,
+                                               "item %zu: counter %u of %u (0: none, 1-%u: counter index + 1)",
+                                               i, b->counter, ss->counters->count, ss->counters->count);
+                        return;
+                }
+                counters = ss->counters;
         }
         if (ss->inflight >= ss->server->cfg->max_inflight_per_client) {
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_LIMIT,
@@ -442,11 +494,12 @@ static void start_io(struct kvd_session *ss, uint64_t id, enum kvd_io_kind kind,
                 return;
         }
         for (size_t i = 0; i < n; i++)
-                items[i] = (struct kvd_item){ refs[i]->key_hi, refs[i]->key_lo, refs[i]->layer, refs[i]->slot };
+                items[i] = (struct kvd_item){ refs[i]->key_hi, refs[i]->key_lo, refs[i]->layer, refs[i]->slot,
+                                              refs[i]->counter };
         *p = (struct pending){ .ss = kvd_session_ref(ss), .id = id, .kind = kind, .prefetch_depth = prefetch_depth };
         ss->inflight++;
-        r = kvd_io_submit(ss->server->cache, ss->server->xfer, kind, durable, ns, pool, items, (uint32_t)n,
-                          transfer_done, p);
+        r = kvd_io_submit(ss->server->cache, ss->server->xfer, kind, durable, ns, pool, counters, items,
+                          (uint32_t)n, transfer_done, p);
         free(items);
         if (r < 0) {
                 ss->inflight--;
@@ -800,6 +853,9 @@ void kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int *fds
                 break;
         case KVDRIVE__REQUEST__BODY_SCORES:
                 handle_scores(ss, req->id, req->scores);
+                break;
+        case KVDRIVE__REQUEST__BODY_REGISTER_COUNTERS:
+                handle_register_counters(ss, req->id, req->register_counters, fds, nfds);
                 break;
         default:
                 kvd_session_send_error(ss, req->id, KVDRIVE__ERROR_CODE__E_UNKNOWN_TYPE,

@@ -8,6 +8,7 @@
 
 #include "cache.h"
 #include "config.h"
+#include "counters.h"
 #include "device.h"
 #include "kvdrive.pb-c.h"
 #include "scheduler.h"
@@ -39,6 +40,9 @@ struct kvd_session {
         struct kvd_peer_pool **pools;
         uint32_t n_pools;
         uint64_t pool_bytes;
+        /* The counter page (RegisterCounters), NULL if none; requests in
+         * flight that count hold their own references. */
+        struct kvd_counters *counters;
         uint32_t inflight;
         uint64_t sched_ms;      /* last Get with a compute time, kvd_now_ms() */
         uint32_t compute_us;    /* that compute time per layer */

@@ -37,6 +37,7 @@ static void session_free(struct kvd_session *ss)
         }
         for (uint32_t i = 0; i < ss->n_pools; i++)
                 kvd_peer_pool_unref(ss->pools[i]);
+        kvd_counters_unref(ss->counters);
         free(ss->pools);
         free(ss->ns_joined);
         free(ss);
@@ -154,6 +155,8 @@ void kvd_session_close(struct kvd_session *ss, const char *why)
                 ss->pools[i] = kvd_peer_pool_unref(ss->pools[i]);
         }
         ss->n_pools = 0;
+        /* Likewise the counter page: unmapped once no request counts on it. */
+        ss->counters = kvd_counters_unref(ss->counters);
         /* Events already returned by epoll may still point at ss: the
          * server's reference is dropped after this loop turn. */
         ss->prev = NULL;

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "counters.h"
 #include "log.h"
 #include "macro.h"
 
@@ -113,6 +114,12 @@ static void *worker_main(void *arg)
                 if (c->result == 0) {
                         atomic_fetch_add(&x->bytes[b->dir], c->len);
                         atomic_fetch_add(&x->busy_ns[b->dir], now_ns() - t0);
+                        /* The release orders the copy before the count the
+                         * client acquires: its bytes are there once seen. */
+                        if (c->done_ctr) {
+                                atomic_fetch_add_explicit(c->done_ctr, 1, memory_order_release);
+                                kvd_counter_signal(c->done_ctr);
+                        }
                 }
                 if (atomic_fetch_sub(&b->remaining, 1) == 1)
                         complete(x, b);

@@ -33,6 +33,10 @@ struct kvd_copy {
         uint32_t slot;
         uint32_t len;
         int result;             /* set by the worker: 0 or -errno */
+        /* Optional: a client counter word (counters.h) the worker bumps,
+         * and wakes, right after a successful copy, before the batch
+         * completes: set only where that copy finishes the item. */
+        _Atomic uint32_t *done_ctr;
 };
 
 struct kvd_xfer_batch {

@@ -47,9 +47,8 @@ void ssd_client_close(struct ssd_client *sc)
 
 void ssd_ref(const struct kvc_key *seq, uint32_t i, uint32_t slot, struct kvc_block_ref *ret)
 {
+        *ret = (struct kvc_block_ref){ .layer = i % E2E_LAYERS, .slot = slot };
         kvc_key_private(seq, i, &ret->key);
-        ret->layer = i % E2E_LAYERS;
-        ret->slot = slot;
 }
 
 int ssd_put(struct ssd_client *sc, const struct kvc_key *seq, uint32_t first, uint32_t n, unsigned flags,

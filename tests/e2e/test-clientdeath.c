@@ -64,6 +64,7 @@ static void keep_blocks(struct kvd_test_daemon *d, struct death *t)
  * other bytes, which must not replace the keeper's). */
 static void die_ref(const struct death *t, uint32_t j, struct kvc_block_ref *ref)
 {
+        *ref = (struct kvc_block_ref){ .slot = j };
         if (j % 8 == 0) {
                 ref->key = t->keep_keys[(j / 8) % KEEP];
                 ref->layer = ((j / 8) % KEEP) % E2E_LAYERS;
@@ -71,7 +72,6 @@ static void die_ref(const struct death *t, uint32_t j, struct kvc_block_ref *ref
                 kvc_key_private(&t->seq, j, &ref->key);
                 ref->layer = j % E2E_LAYERS;
         }
-        ref->slot = j;
 }
 
 static int dying_client(void *arg)

@@ -34,9 +34,7 @@ static int chain_keys(uint64_t seed, struct kvc_key *keys)
 static void item_ref(const struct kvc_key *keys, uint32_t i, uint32_t slot,
                      struct kvc_block_ref *ref)
 {
-        ref->key = keys[i / E2E_LAYERS];
-        ref->layer = i % E2E_LAYERS;
-        ref->slot = slot;
+        *ref = (struct kvc_block_ref){ .key = keys[i / E2E_LAYERS], .layer = i % E2E_LAYERS, .slot = slot };
 }
 
 /* Process A: random blocks into its pool, Put them, record what it wrote. */

@@ -37,9 +37,8 @@ static int put_or_check(const struct death *t, const char *name, bool put)
         if (gpu_pool(c, 1, KEEP, E2E_BLOCK_BYTES, &base, &p))
                 return 1;
         for (uint32_t i = 0; i < KEEP; i++) {
+                refs[i] = (struct kvc_block_ref){ .layer = i % E2E_LAYERS, .slot = i };
                 kvc_key_private(&t->seq, i, &refs[i].key);
-                refs[i].layer = i % E2E_LAYERS;
-                refs[i].slot = i;
                 e2e_fill_block(want, E2E_BLOCK_BYTES, &refs[i].key, refs[i].layer, SALT);
                 if (put)
                         CHILD_CUDA(cudaMemcpy(kvc_pool_slot(p, i), want, E2E_BLOCK_BYTES, cudaMemcpyHostToDevice));

@@ -22,9 +22,8 @@ struct rt {
 
 static void ref_of(const struct rt *t, uint32_t i, uint32_t slot, struct kvc_block_ref *ret)
 {
+        *ret = (struct kvc_block_ref){ .layer = i % E2E_LAYERS, .slot = slot };
         kvc_key_private(&t->seq, i, &ret->key);
-        ret->layer = i % E2E_LAYERS;
-        ret->slot = slot;
 }
 
 static uint32_t batch_of(kvc_client *c)

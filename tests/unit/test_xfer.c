@@ -83,8 +83,8 @@ START_TEST(round_trip)
         n_done = 0;
         for (int i = 0; i < SLOTS; i++) {
                 /* reversed: slot i lands at host block SLOTS-1-i */
-                cin[i] = (struct kvd_copy){ host + (size_t)(SLOTS - 1 - i) * BYTES, (uint32_t)i, BYTES, -1 };
-                cout[i] = (struct kvd_copy){ host + (size_t)(SLOTS - 1 - i) * BYTES, (uint32_t)i, BYTES, -1 };
+                cin[i] = (struct kvd_copy){ host + (size_t)(SLOTS - 1 - i) * BYTES, (uint32_t)i, BYTES, -1, NULL };
+                cout[i] = (struct kvd_copy){ host + (size_t)(SLOTS - 1 - i) * BYTES, (uint32_t)i, BYTES, -1, NULL };
         }
         in = (struct kvd_xfer_batch){ .pool = pool, .dir = KVD_XFER_IN, .copies = cin, .n = SLOTS,
                                       .done = count_done };

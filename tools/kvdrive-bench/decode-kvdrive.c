@@ -80,7 +80,7 @@ static int stage_next(struct client *cl, struct seqstate *sq, uint32_t l, uint32
                 kvc_key_private(&sq->id, cl->sel2[j], &key);
                 if (kvc_residency_lookup(sq->res, &key, l) >= 0)
                         continue;
-                cl->refs[m++] = (struct kvc_block_ref){ key, l, 0 };
+                cl->refs[m++] = (struct kvc_block_ref){ .key = key, .layer = l };
         }
         cl->res.staged_blocks += m;
         if (m == 0)
@@ -120,7 +120,7 @@ int kvdrive_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t
                 sq->sel_slot[i] = sq->slot0 + (uint32_t)slot;
                 sq->sel_miss[i] = miss;
                 if (miss) {
-                        cl->refs[m] = (struct kvc_block_ref){ sc[i].key, l, sq->slot0 + (uint32_t)slot };
+                        cl->refs[m] = (struct kvc_block_ref){ sc[i].key, l, sq->slot0 + (uint32_t)slot, 0 };
                         cl->blkid[m++] = sq->sel[i];
                 } else {
                         hits++;

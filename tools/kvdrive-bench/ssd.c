@@ -167,7 +167,7 @@ static int store(kvc_client *c, uint32_t ns, kvc_pool *pool, const struct kvc_ke
 
                 for (uint32_t j = 0; j < k; j++) {
                         fill(kvc_pool_slot(pool, j), size, seed + first + j);
-                        refs[j] = (struct kvc_block_ref){ keys[first + j], 0, j };
+                        refs[j] = (struct kvc_block_ref){ keys[first + j], 0, j, 0 };
                 }
                 r = kvc_put_submit_flags(c, ns, pool, refs, k, KVC_PUT_DURABLE, st, &id);
                 if (r >= 0)
@@ -231,7 +231,7 @@ static double read_range(kvc_client *c, uint32_t ns, kvc_pool *pool, const struc
                         count[w] = n - next < batch ? n - next : batch;
                         start[w] = first + next;
                         for (uint32_t j = 0; j < count[w]; j++)
-                                refs[j] = (struct kvc_block_ref){ keys[first + next + j], 0, w * batch + j };
+                                refs[j] = (struct kvc_block_ref){ keys[first + next + j], 0, w * batch + j, 0 };
                         next += count[w];
                         r = kvc_get_submit(c, ns, pool, refs, count[w], st + w * batch, &ids[w]);
                         if (r < 0) {

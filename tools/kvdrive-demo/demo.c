@@ -105,7 +105,7 @@ static int run_client(const char *who, uint32_t question, bool writer)
 
                 /* Load what is cached, compute ("prefill") and store the rest. */
                 for (uint32_t i = 0; i < cached; i++)
-                        refs[i] = (struct kvc_block_ref){ keys[i], l, i };
+                        refs[i] = (struct kvc_block_ref){ keys[i], l, i, 0 };
                 if (cached) {
                         r = kvc_get(c, ns, pool, refs, cached, status);
                         if (r < 0) {
@@ -126,7 +126,7 @@ static int run_client(const char *who, uint32_t question, bool writer)
                 }
                 for (uint32_t i = cached; i < (uint32_t)n; i++) {
                         fill_block(kvc_pool_slot(pool, i), block_bytes, &keys[i], l);
-                        refs[i - cached] = (struct kvc_block_ref){ keys[i], l, i };
+                        refs[i - cached] = (struct kvc_block_ref){ keys[i], l, i, 0 };
                 }
                 if ((uint32_t)n > cached) {
                         r = kvc_put(c, ns, pool, refs, (uint32_t)n - cached, status);

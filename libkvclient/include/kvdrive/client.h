@@ -203,11 +203,14 @@ uint32_t kvc_pool_slot_count(const kvc_pool *p);
 uint64_t kvc_pool_slot_bytes(const kvc_pool *p);
 
 /* One block of a Put or Get: its key and layer, and the pool slot it is
- * copied from (Put) or into (Get). */
+ * copied from (Put) or into (Get). counter: 0 for none, or i + 1 to count
+ * the item on counter i of the client's counter page (kvc_counters_create)
+ * when it finishes; zero-initialise refs to leave it unused. */
 struct kvc_block_ref {
         struct kvc_key key;
         uint32_t layer;
         uint32_t slot;
+        uint32_t counter;       /* added with the counters: keep it last */
 };
 
 /* Per-item outcome of a Put/Get (one byte per item). */
@@ -326,6 +329,58 @@ int kvc_lookup(kvc_client *c, uint32_t ns, const struct kvc_key *keys, uint32_t 
  * blocks deleted. */
 int kvc_delete(kvc_client *c, uint32_t ns, const struct kvc_key *keys, uint32_t n,
                int32_t layer);
+
+/* ---- Per-layer completion counters ----------------------------------
+ * A page of n counters shared with the daemon (a sealed memfd mapped by
+ * both), so that one Get covering several layers can be waited on layer by
+ * layer with no message per layer: give each item of layer l counter l + 1
+ * (kvc_block_ref.counter), submit the Get, then kvc_counter_wait() on each
+ * layer's counter for its item count before using that layer's slots. The
+ * request still completes with its one reply (kvc_wait()) once all its
+ * items are done; reap it as usual.
+ *
+ * The daemon adds 1 to done[i] when an item counted on i finishes, whatever
+ * its status (for a Get's loaded block: right after its bytes are in the
+ * slot), and before that 1 to failed[i] if the status is not
+ * KVC_ITEM_OK/KVC_ITEM_EXISTS; it wakes kvc_counter_wait() callers on done[i]
+ * in any process that maps the page. Counters start at 0 and wrap modulo
+ * 2^32: compare them as kvc_counter_wait() does, by (int32_t)(done - target).
+ */
+#define KVC_COUNTERS_MAX 4096
+
+typedef struct kvc_counters kvc_counters;
+
+/*
+ * Creates a page of n counters (1..KVC_COUNTERS_MAX) and registers it with
+ * the daemon for c's session. A session has one counter page: registering
+ * another replaces it (requests already in flight keep counting on the old
+ * one, which then stops moving). Returns 0, -EINVAL, -KVC_E_BAD_ARG (the
+ * daemon refused the page; kvc_last_error() says why), -errno. The caller
+ * frees the page with kvc_counters_free(), before or after c; the daemon
+ * keeps its own mapping until the session ends or the page is replaced.
+ */
+int kvc_counters_create(kvc_client *c, uint32_t n, kvc_counters **ret);
+
+/* Unmaps and frees the page. Returns NULL; accepts NULL. */
+kvc_counters *kvc_counters_free(kvc_counters *k);
+
+/* Items finished on counter i since the page was created (acquire load:
+ * once seen, a counted Get item's bytes are in its slot), modulo 2^32; 0 if
+ * i is out of range. */
+uint32_t kvc_counter_done(const kvc_counters *k, uint32_t i);
+
+/* Of those, items that did not end KVC_ITEM_OK/KVC_ITEM_EXISTS. The daemon
+ * counts a failure before its done: read done first, then failed. */
+uint32_t kvc_counter_failed(const kvc_counters *k, uint32_t i);
+
+/*
+ * Waits until counter i reaches target ((int32_t)(done - target) >= 0):
+ * spins briefly, then sleeps on the shared word (futex) until the daemon
+ * wakes it. timeout_ms: -1 forever, 0 just look. Returns 0, -ETIMEDOUT, or
+ * -EINVAL (k NULL, i out of range). Safe from any thread or process that
+ * maps the page (e.g. after fork()); reads only the page.
+ */
+int kvc_counter_wait(const kvc_counters *k, uint32_t i, uint32_t target, int timeout_ms);
 
 struct kvc_tier_stats {
         char name[16];
