@@ -15,6 +15,16 @@
  * maximum ms per call and the GB/s of summaries read at the median. The
  * summaries (8 KiB per block at the default shape, 32 MiB for 4096) come from
  * random blocks, the query is uniform in [-1, 1) (both signs, a few zeros).
+ *
+ *   kvk-bench attn [n_blocks [reps [kv_heads q_heads head_dim [block_tokens]]]]
+ *
+ * times kvk_decode_attention() over n_blocks selected blocks (default 410,
+ * 21 reps, 8/32/128, 16 tokens, f16: 64 KiB per block, 25.6 MiB per call) on
+ * each back end and prints the median, minimum and maximum ms per call and
+ * the GB/s of K/V read at the median, and the median thread CPU time per
+ * call (lower than the wall time when other processes share the core). The selected blocks are every other
+ * block of a pool twice that size, in a shuffled order (a selection is
+ * scattered), so that the hardware prefetcher does not see one stream.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -114,6 +124,125 @@ static int bench_scores_one(const char *backend, const struct kvk_shape *s, cons
         return 0;
 }
 
+/* CPU time of the calling thread: on a shared machine, wall time also counts
+ * the time other processes held the core. */
+static double cpu_now(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+        return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int bench_attn_one(const char *backend, const struct kvk_shape *s, const float *q,
+                          const void *const *blocks, const uint32_t *valid, uint32_t n, int reps,
+                          float *out, float *lse)
+{
+        size_t bytes = kvk_block_bytes(s) * n;
+        double t[MAX_REPS], c[MAX_REPS], t0, c0, med;
+        int r;
+
+        r = kvk_set_backend(backend);
+        if (r < 0) {
+                printf("%-7s unavailable (%s)\n", backend, strerror(-r));
+                return 0;
+        }
+        r = kvk_decode_attention(s, q, blocks, valid, n, out, lse);      /* warm up */
+        if (r < 0)
+                return r;
+        for (int i = 0; i < reps; i++) {
+                t0 = now();
+                c0 = cpu_now();
+                r = kvk_decode_attention(s, q, blocks, valid, n, out, lse);
+                c[i] = cpu_now() - c0;
+                t[i] = now() - t0;
+                if (r < 0)
+                        return r;
+        }
+        qsort(t, (size_t)reps, sizeof(t[0]), cmp_double);
+        qsort(c, (size_t)reps, sizeof(c[0]), cmp_double);
+        med = t[reps / 2];
+        printf("%-7s median %7.3f ms/call (min %7.3f, max %7.3f)  %6.2f GB/s  %6.2f us/block"
+               "  cpu median %7.3f ms  (%d reps)\n",
+               kvk_backend_name(), med * 1e3, t[0] * 1e3, t[reps - 1] * 1e3,
+               (double)bytes / med / 1e9, med / n * 1e6, c[reps / 2] * 1e3, reps);
+        return 0;
+}
+
+/* kvk-bench attn [n_blocks [reps [kv_heads q_heads head_dim [block_tokens]]]] */
+static int bench_attn(int argc, char **argv)
+{
+        struct kvk_shape s = {
+                .kv_heads = 8, .q_heads = 32, .head_dim = 128, .block_tokens = 16,
+                .dtype = KVK_F16,
+        };
+        uint32_t n = argc > 2 ? (uint32_t)strtoul(argv[2], NULL, 10) : 410;
+        int reps = argc > 3 ? atoi(argv[3]) : 21;
+        uint64_t st = 11;
+        size_t bb, nq;
+        uint16_t *pool = NULL;
+        const void **blocks = NULL;
+        uint32_t *valid = NULL;
+        float *q = NULL, *out = NULL, *lse = NULL;
+        int r = -ENOMEM;
+
+        if (argc > 6) {
+                s.kv_heads = (uint32_t)strtoul(argv[4], NULL, 10);
+                s.q_heads = (uint32_t)strtoul(argv[5], NULL, 10);
+                s.head_dim = (uint32_t)strtoul(argv[6], NULL, 10);
+        }
+        if (argc > 7)
+                s.block_tokens = (uint32_t)strtoul(argv[7], NULL, 10);
+        bb = kvk_block_bytes(&s);
+        if (!bb || n == 0 || reps < 1 || reps > MAX_REPS) {
+                fprintf(stderr, "usage: kvk-bench attn [n_blocks [reps (1-%d) "
+                        "[kv_heads q_heads head_dim [block_tokens]]]]\n", MAX_REPS);
+                return 2;
+        }
+        nq = (size_t)s.q_heads * s.head_dim;
+        pool = malloc(bb * 2 * n);
+        blocks = calloc(n, sizeof(*blocks));
+        valid = calloc(n, sizeof(*valid));
+        q = malloc(nq * sizeof(*q));
+        out = malloc(nq * sizeof(*out));
+        lse = malloc(s.q_heads * sizeof(*lse));
+        if (!pool || !blocks || !valid || !q || !out || !lse)
+                goto out;
+        for (size_t i = 0; i < bb / 2 * 2 * n; i++)
+                pool[i] = kvk_f32_to_f16(frand(&st));
+        for (uint32_t i = 0; i < n; i++) {
+                blocks[i] = (const uint8_t *)pool + (size_t)(2 * i) * bb;
+                valid[i] = s.block_tokens;
+        }
+        for (uint32_t i = n - 1; i > 0; i--) {          /* Fisher-Yates */
+                uint32_t j = rnd(&st) % (i + 1);
+                const void *x = blocks[i];
+
+                blocks[i] = blocks[j];
+                blocks[j] = x;
+        }
+        for (size_t i = 0; i < nq; i++)
+                q[i] = frand(&st);
+
+        printf("kvk_decode_attention: %u blocks x %u tokens, kv_heads %u, q_heads %u, "
+               "head_dim %u, f16, %.1f MiB of K/V per call\n",
+               n, s.block_tokens, s.kv_heads, s.q_heads, s.head_dim,
+               (double)(bb * n) / (1 << 20));
+        r = bench_attn_one("scalar", &s, q, blocks, valid, n, reps, out, lse);
+        if (r == 0)
+                r = bench_attn_one("avx2", &s, q, blocks, valid, n, reps, out, lse);
+out:
+        if (r < 0)
+                fprintf(stderr, "kvk-bench: %s\n", strerror(-r));
+        free(lse);
+        free(out);
+        free(q);
+        free(valid);
+        free(blocks);
+        free(pool);
+        return r < 0 ? 1 : 0;
+}
+
 /* kvk-bench scores [n_blocks [reps [kv_heads q_heads head_dim]]] */
 static int bench_scores(int argc, char **argv)
 {
@@ -208,6 +337,8 @@ int main(int argc, char **argv)
 
         if (argc > 1 && strcmp(argv[1], "scores") == 0)
                 return bench_scores(argc, argv);
+        if (argc > 1 && strcmp(argv[1], "attn") == 0)
+                return bench_attn(argc, argv);
         if (argc > 2)
                 s.block_tokens = (uint32_t)strtoul(argv[2], NULL, 10);
         if (argc > 3 && strcmp(argv[3], "bf16") == 0)
@@ -215,7 +346,9 @@ int main(int argc, char **argv)
         bb = kvk_block_bytes(&s);
         if (!bb || n == 0) {
                 fprintf(stderr, "usage: kvk-bench [n_blocks [block_tokens [f16|bf16 [seconds]]]]\n"
-                        "       kvk-bench scores [n_blocks [reps [kv_heads q_heads head_dim]]]\n");
+                        "       kvk-bench scores [n_blocks [reps [kv_heads q_heads head_dim]]]\n"
+                        "       kvk-bench attn [n_blocks [reps [kv_heads q_heads head_dim "
+                        "[block_tokens]]]]\n");
                 return 2;
         }
         nq = (size_t)s.q_heads * s.head_dim;

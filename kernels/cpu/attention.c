@@ -158,6 +158,25 @@ static void tile_prefetch(const struct tile *t, const void *block, uint32_t vali
         }
 }
 
+/* Folds the valid tokens of one block into the running state; with a fused
+ * back end, the next block's rows (next, next_valid; NULL: none) are
+ * prefetched along the way. */
+static void tile_fold_block(struct tile *t, const void *block, uint32_t valid,
+                            const void *next, uint32_t next_valid)
+{
+        const struct kvk_shape *s = t->s;
+        const uint16_t *k = (const uint16_t *)block + t->g * head_elems(s);
+        const uint16_t *pk = next ? (const uint16_t *)next + t->g * head_elems(s) : k;
+
+        if (!next)
+                next_valid = 0;
+        if (valid > 0)
+                t->ops->fold(t->q, t->nh, k, k + kv_elems(s), valid, s->head_dim, s->dtype,
+                             t->scale, t->m, t->l, t->acc, pk, pk + kv_elems(s), next_valid);
+        else if (next)
+                tile_prefetch(t, next, next_valid, true);
+}
+
 /* Folds the valid tokens of one block into the running state. */
 static void tile_add_block(struct tile *t, const void *block, uint32_t valid)
 {
@@ -227,6 +246,70 @@ static uint32_t tile_heads(uint32_t left)
         return left >= KVK_HTILE ? KVK_HTILE : 1;
 }
 
+/* Tiles folded block by block (fused back ends): the state of up to this
+ * many tiles lives on the stack. */
+#define BAND_TILES 64u
+
+/* Blocks ahead whose rows are prefetched (1-3 measured the same). */
+#define PF_AHEAD 1u
+
+static void finish_tile(const struct tile *t, uint32_t h0, float *acc, float *ret_lse)
+{
+        for (uint32_t j = 0; j < t->nh; j++) {
+                float inv = 1.0f / t->l[j];
+                float *aj = acc + (size_t)j * t->s->head_dim;
+
+                for (uint32_t i = 0; i < t->s->head_dim; i++)
+                        aj[i] *= inv;
+                if (ret_lse)
+                        ret_lse[h0 + j] = t->m[j] + logf(t->l[j]);
+        }
+}
+
+/*
+ * With a fused back end: bands of up to BAND_TILES tiles (all heads at the
+ * usual shapes), and in a band the blocks in the outer loop, so that each
+ * block (K then V of all kv heads, contiguous) is read as a whole while the
+ * next one is prefetched, kv head by kv head, along the way. Reading one kv
+ * head of every block before the next kv head (the loop order below) ran
+ * 1.3-1.6x slower from DRAM: the same bytes, in 4 KiB pieces 64 KiB apart.
+ */
+static void attention_by_block(const struct kvk_ops *ops, const struct kvk_shape *s,
+                               const float *q, const void *const *blocks,
+                               const uint32_t *valid_tokens, uint32_t n_sel, float *ret_out,
+                               float *ret_lse)
+{
+        const uint32_t group = s->q_heads / s->kv_heads;
+        struct tile tl[BAND_TILES];
+        uint32_t th0[BAND_TILES];
+
+        for (uint32_t h = 0; h < s->q_heads;) {
+                uint32_t nt = 0;
+
+                for (; nt < BAND_TILES && h < s->q_heads; nt++) {
+                        const uint32_t nh = tile_heads((h / group + 1) * group - h);
+
+                        th0[nt] = h;
+                        tile_init(&tl[nt], ops, s, q, h, nh, ret_out + (size_t)h * s->head_dim);
+                        h += nh;
+                }
+                for (uint32_t b = 0; b < n_sel; b++) {
+                        const bool last = b + PF_AHEAD >= n_sel;
+
+                        for (uint32_t i = 0; i < nt; i++) {
+                                /* The first tile of a kv head prefetches its rows. */
+                                const bool pf = !last && (i == 0 || tl[i].g != tl[i - 1].g);
+
+                                tile_fold_block(&tl[i], blocks[b], valid_tokens[b],
+                                                pf ? blocks[b + PF_AHEAD] : NULL,
+                                                pf ? valid_tokens[b + PF_AHEAD] : 0);
+                        }
+                }
+                for (uint32_t i = 0; i < nt; i++)
+                        finish_tile(&tl[i], th0[i], tl[i].acc, ret_lse);
+        }
+}
+
 int kvk_decode_attention(const struct kvk_shape *s, const float *q, const void *const *blocks,
                          const uint32_t *valid_tokens, uint32_t n_sel, float *ret_out,
                          float *ret_lse)
@@ -238,6 +321,10 @@ int kvk_decode_attention(const struct kvk_shape *s, const float *q, const void *
         r = check_blocks(s, q, blocks, valid_tokens, n_sel, ret_out);
         if (r < 0)
                 return r;
+        if (ops->fold) {
+                attention_by_block(ops, s, q, blocks, valid_tokens, n_sel, ret_out, ret_lse);
+                return 0;
+        }
 
         for (uint32_t g = 0; g < s->kv_heads; g++) {
                 for (uint32_t h0 = g * group, nh; h0 < (g + 1) * group; h0 += nh) {
@@ -251,15 +338,7 @@ int kvk_decode_attention(const struct kvk_shape *s, const float *q, const void *
                                         tile_prefetch(&t, blocks[b + 1], valid_tokens[b + 1], true);
                                 tile_add_block(&t, blocks[b], valid_tokens[b]);
                         }
-                        for (uint32_t j = 0; j < nh; j++) {
-                                float inv = 1.0f / t.l[j];
-                                float *aj = acc + (size_t)j * s->head_dim;
-
-                                for (uint32_t i = 0; i < s->head_dim; i++)
-                                        aj[i] *= inv;
-                                if (ret_lse)
-                                        ret_lse[h0 + j] = t.m[j] + logf(t.l[j]);
-                        }
+                        finish_tile(&t, h0, acc, ret_lse);
                 }
         }
         return 0;

@@ -8,7 +8,8 @@
  * (F16C for fp16 where the CPU has it, shifts for bf16), then the arithmetic
  * runs on fp32 rows. The conversion costs one extra pass over L1-resident
  * data and keeps one copy of every kernel for both dtypes and for CPUs
- * without F16C.
+ * without F16C. The decode attention's fused loop (fold, F16C table only)
+ * is the exception: it converts straight from the block, once per element.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -409,6 +410,348 @@ static AVX2 inline void accum_impl(f16_row_fn f16, float *acc, uint32_t nh, cons
         }
 }
 
+/*
+ * Fused decode attention (the fold op): per chunk of up to KVK_TCHUNK tokens,
+ * the logits of NH query heads, the online-softmax update and P.V, without
+ * a conversion buffer. Each K and V element is loaded and converted to fp32
+ * once (F16C or a shift, straight from the block) and used by all NH heads:
+ *
+ *  - logits: 8 accumulators, NH heads x TT = 8 / NH tokens, one FMA per head
+ *    and token per 8 columns; the 8 sums are reduced together (one vector of
+ *    logits, lane u * NH + j = token u, head j), so the chunk's logits are
+ *    token-major: lg[t * NH + j];
+ *  - softmax: max, exp and sum on those vectors (exp8(), a polynomial), m
+ *    and l kept in the same lane layout;
+ *  - P.V: 8 accumulators, NH heads x SL = 8 / NH slices of 8 columns, one V
+ *    row slice converted per token for all NH heads.
+ *
+ * NH and DT are constants after inlining (fold_nh() instantiates them).
+ */
+#define AI __attribute__((always_inline)) inline
+
+/* 8 elements of DT as fp32. */
+static AVX2_F16C AI __m256 ld8(const uint32_t DT, const uint16_t *p)
+{
+        __m128i x = _mm_loadu_si128((const __m128i *)p);
+
+        if (DT == KVK_F16)
+                return _mm256_cvtph_ps(x);
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(x), 16));
+}
+
+/* The first r (1..7) elements, the other lanes +0; reads only those r. */
+static AVX2_F16C AI __m256 ld_tail(const uint32_t DT, const uint16_t *p, uint32_t r)
+{
+        uint16_t b[8] = { 0 };
+
+        memcpy(b, p, r * sizeof(uint16_t));
+        return ld8(DT, b);
+}
+
+/*
+ * e^x in 8 lanes: x = n ln2 + r with |r| <= ln2 / 2, e^r by the polynomial
+ * of Cephes' expf (about 1 ulp), times 2^n. Below -87.33 (-inf included)
+ * the result is +0 (e^x < 2^-126 there); a NaN stays a NaN. Inputs here are
+ * logit - max <= 0.
+ */
+static AVX2 AI __m256 exp8(__m256 x)
+{
+        const __m256 lo = _mm256_set1_ps(-87.33654f), hi = _mm256_set1_ps(88.3762626647949f);
+        const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+        __m256 n, r, p;
+        __m256i e;
+
+        x = _mm256_max_ps(lo, _mm256_min_ps(hi, x));   /* NaN passes: 2nd operand */
+        n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+        r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+        p = _mm256_set1_ps(1.9875691500e-4f);
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+        p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+        p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+        e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+                              23);
+        return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+/* Lane i = the horizontal sum of a[i]. */
+static AVX2 AI __m256 hsum8(const __m256 *a)
+{
+        __m256 x = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        __m256 y = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+
+        return _mm256_add_ps(_mm256_permute2f128_ps(x, y, 0x20),
+                             _mm256_permute2f128_ps(x, y, 0x31));
+}
+
+/* Every lane gets the max (add: the sum) over the lanes of its head (lanes
+ * j, j + NH, j + 2 NH, ...). */
+static AVX2 AI __m256 fold_lanes(const uint32_t NH, __m256 v, const int add)
+{
+        __m256 w = _mm256_permute2f128_ps(v, v, 1);
+
+        v = add ? _mm256_add_ps(v, w) : _mm256_max_ps(v, w);
+        if (NH <= 2) {
+                w = _mm256_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2));
+                v = add ? _mm256_add_ps(v, w) : _mm256_max_ps(v, w);
+        }
+        if (NH == 1) {
+                w = _mm256_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1));
+                v = add ? _mm256_add_ps(v, w) : _mm256_max_ps(v, w);
+        }
+        return v;
+}
+
+/* Logits of tokens t0 .. t0 + TT - 1 of the chunk k (nt valid rows), scaled,
+ * lane u * NH + j; lanes of tokens >= nt are -inf (their K is not read: they
+ * reuse the last valid row). r = d % 8, m its lane mask. */
+static AVX2_F16C AI __m256 logits8(const uint32_t NH, const uint32_t DT, const float *q,
+                                   const uint16_t *k, uint32_t t0, uint32_t nt, uint32_t d,
+                                   uint32_t r, __m256i m, __m256 scale)
+{
+        const uint32_t TT = 8 / NH;
+        const uint16_t *kr[8];
+        __m256 a[8];
+        uint32_t i = 0;
+
+        for (uint32_t u = 0; u < TT; u++)
+                kr[u] = k + (size_t)(t0 + u < nt ? t0 + u : nt - 1) * d;
+        for (uint32_t x = 0; x < 8; x++)
+                a[x] = _mm256_setzero_ps();
+        for (; i + 8 <= d; i += 8) {
+                __m256 kx[8];
+
+                for (uint32_t u = 0; u < TT; u++)
+                        kx[u] = ld8(DT, kr[u] + i);
+                for (uint32_t j = 0; j < NH; j++) {
+                        __m256 qv = _mm256_loadu_ps(q + (size_t)j * d + i);
+
+                        for (uint32_t u = 0; u < TT; u++)
+                                a[u * NH + j] = _mm256_fmadd_ps(qv, kx[u], a[u * NH + j]);
+                }
+        }
+        if (r) {
+                __m256 kx[8];
+
+                for (uint32_t u = 0; u < TT; u++)
+                        kx[u] = ld_tail(DT, kr[u] + i, r);
+                for (uint32_t j = 0; j < NH; j++) {
+                        __m256 qv = _mm256_maskload_ps(q + (size_t)j * d + i, m);
+
+                        for (uint32_t u = 0; u < TT; u++)
+                                a[u * NH + j] = _mm256_fmadd_ps(qv, kx[u], a[u * NH + j]);
+                }
+        }
+        __m256 s = _mm256_mul_ps(hsum8(a), scale);
+        if (t0 + TT > nt) {
+                static const int32_t tok[3][8] = {
+                        { 0, 1, 2, 3, 4, 5, 6, 7 },     /* NH 1 */
+                        { 0, 0, 1, 1, 2, 2, 3, 3 },     /* NH 2 */
+                        { 0, 0, 0, 0, 1, 1, 1, 1 },     /* NH 4 */
+                };
+                __m256i tk = _mm256_loadu_si256((const __m256i *)tok[NH == 1 ? 0 : NH == 2 ? 1 : 2]);
+                __m256i ok = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(nt - t0)), tk);
+
+                s = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), s, _mm256_castsi256_ps(ok));
+        }
+        return s;
+}
+
+/* acc[j][i .. i + 8 SL) += sum_{t < nt} p[t * NH + j] v[t][i .. i + 8 SL) for
+ * the NH heads; r != 0: one masked slice of r columns (SL is then 1). */
+static AVX2_F16C AI void pv_slices(const uint32_t NH, const uint32_t SL, const uint32_t DT,
+                                   float *acc, const float *p, const uint16_t *v, uint32_t nt,
+                                   uint32_t d, uint32_t i, uint32_t r, __m256i m)
+{
+        __m256 a[8];
+
+        for (uint32_t j = 0; j < NH; j++)
+                for (uint32_t s = 0; s < SL; s++) {
+                        float *at = acc + (size_t)j * d + i + 8 * s;
+
+                        a[j * SL + s] = r ? _mm256_maskload_ps(at, m) : _mm256_loadu_ps(at);
+                }
+        for (uint32_t t = 0; t < nt; t++) {
+                const uint16_t *vr = v + (size_t)t * d + i;
+                __m256 pj[4];
+
+                for (uint32_t j = 0; j < NH; j++)
+                        pj[j] = _mm256_broadcast_ss(p + t * NH + j);
+                for (uint32_t s = 0; s < SL; s++) {
+                        __m256 x = r ? ld_tail(DT, vr, r) : ld8(DT, vr + 8 * s);
+
+                        for (uint32_t j = 0; j < NH; j++)
+                                a[j * SL + s] = _mm256_fmadd_ps(pj[j], x, a[j * SL + s]);
+                }
+        }
+        for (uint32_t j = 0; j < NH; j++)
+                for (uint32_t s = 0; s < SL; s++) {
+                        float *at = acc + (size_t)j * d + i + 8 * s;
+
+                        if (r)
+                                _mm256_maskstore_ps(at, m, a[j * SL + s]);
+                        else
+                                _mm256_storeu_ps(at, a[j * SL + s]);
+                }
+}
+
+/* Asks for rows [a, b) of the next block's K and V (b <= pn). */
+static inline void pf_rows(const uint16_t *pk, const uint16_t *pv, uint32_t a, uint32_t b,
+                           uint32_t d)
+{
+        const char *ck = (const char *)(pk + (size_t)a * d), *cv = (const char *)(pv + (size_t)a * d);
+        const size_t bytes = (size_t)(b - a) * d * sizeof(uint16_t);
+
+        for (size_t o = 0; o < bytes; o += 64) {
+                _mm_prefetch(ck + o, _MM_HINT_T0);
+                _mm_prefetch(cv + o, _MM_HINT_T0);
+        }
+}
+
+static AVX2_F16C AI void fold_nh(const uint32_t NH, const uint32_t DT, const float *q,
+                                 const uint16_t *k, const uint16_t *v, uint32_t ntok,
+                                 uint32_t d, float scale, float *m_io, float *l_io, float *acc,
+                                 const uint16_t *pk, const uint16_t *pv, uint32_t pn)
+{
+        const uint32_t TT = 8 / NH, SL = 8 / NH, r = d % 8;
+        const __m256i msk = tail_mask(r);
+        const __m256 sc = _mm256_set1_ps(scale);
+        float lg[KVK_TCHUNK * KVK_HTILE] __attribute__((aligned(32)));
+        float tmp[8] __attribute__((aligned(32)));
+        __m256 m, l;
+
+        for (uint32_t x = 0; x < 8; x++)
+                tmp[x] = m_io[x % NH];
+        m = _mm256_load_ps(tmp);
+        for (uint32_t x = 0; x < 8; x++)
+                tmp[x] = l_io[x % NH];
+        l = _mm256_load_ps(tmp);
+
+        for (uint32_t c0 = 0; c0 < ntok; c0 += KVK_TCHUNK) {
+                const uint32_t nt = ntok - c0 < KVK_TCHUNK ? ntok - c0 : KVK_TCHUNK;
+                const uint32_t nv = (nt + TT - 1) / TT;
+                const uint16_t *kc = k + (size_t)c0 * d, *vc = v + (size_t)c0 * d;
+                __m256 bm = _mm256_set1_ps(-INFINITY), ps = _mm256_setzero_ps(), grow;
+                uint32_t i = 0;
+
+                for (uint32_t x = 0; x < nv; x++) {
+                        __m256 s = logits8(NH, DT, q, kc, x * TT, nt, d, r, msk, sc);
+                        /* The next block's rows of these tokens: the prefetches
+                         * spread over the compute, not one burst that would
+                         * fill the miss buffers and stall the loads. */
+                        const uint32_t pa = c0 + x * TT, pb = pa + TT;
+
+                        if (pa < pn)
+                                pf_rows(pk, pv, pa, pb < pn ? pb : pn, d);
+
+                        _mm256_store_ps(lg + 8 * x, s);
+                        bm = _mm256_max_ps(s, bm);
+                }
+                bm = fold_lanes(NH, bm, 0);
+                /* A new maximum: rescale what was summed so far (as the
+                 * driver does; from m = -inf the factor is 0 on zeros). */
+                grow = _mm256_cmp_ps(bm, m, _CMP_GT_OQ);
+                if (_mm256_movemask_ps(grow)) {
+                        __m256 c = _mm256_blendv_ps(_mm256_set1_ps(1.0f),
+                                                    exp8(_mm256_sub_ps(m, bm)), grow);
+
+                        l = _mm256_mul_ps(l, c);
+                        m = _mm256_blendv_ps(m, bm, grow);
+                        _mm256_store_ps(tmp, c);
+                        for (uint32_t j = 0; j < NH; j++) {
+                                const __m256 cj = _mm256_set1_ps(tmp[j]);
+                                float *aj = acc + (size_t)j * d;
+                                uint32_t x = 0;
+
+                                if (tmp[j] == 1.0f)
+                                        continue;
+                                for (; x + 8 <= d; x += 8)
+                                        _mm256_storeu_ps(aj + x,
+                                                         _mm256_mul_ps(_mm256_loadu_ps(aj + x), cj));
+                                if (r)
+                                        _mm256_maskstore_ps(aj + x, msk,
+                                                            _mm256_mul_ps(_mm256_maskload_ps(aj + x, msk),
+                                                                          cj));
+                        }
+                }
+                for (uint32_t x = 0; x < nv; x++) {
+                        __m256 p = exp8(_mm256_sub_ps(_mm256_load_ps(lg + 8 * x), m));
+
+                        _mm256_store_ps(lg + 8 * x, p);
+                        ps = _mm256_add_ps(ps, p);
+                }
+                l = _mm256_add_ps(l, fold_lanes(NH, ps, 1));
+
+                for (; i + 8 * SL <= d; i += 8 * SL)
+                        pv_slices(NH, SL, DT, acc, lg, vc, nt, d, i, 0, msk);
+                for (; i + 8 <= d; i += 8)
+                        pv_slices(NH, 1, DT, acc, lg, vc, nt, d, i, 0, msk);
+                if (r)
+                        pv_slices(NH, 1, DT, acc, lg, vc, nt, d, i, r, msk);
+        }
+
+        if (pn > ntok)
+                pf_rows(pk, pv, ntok, pn, d);   /* the next block has more rows */
+        _mm256_store_ps(tmp, m);
+        for (uint32_t j = 0; j < NH; j++)
+                m_io[j] = tmp[j];
+        _mm256_store_ps(tmp, l);
+        for (uint32_t j = 0; j < NH; j++)
+                l_io[j] = tmp[j];
+}
+
+#define FOLD_NH(name, NH, DT)                                                                  \
+        static AVX2_F16C __attribute__((noinline)) void name(                                  \
+                const float *q, const uint16_t *k, const uint16_t *v, uint32_t ntok,           \
+                uint32_t d, float scale, float *m, float *l, float *acc, const uint16_t *pk,   \
+                const uint16_t *pv, uint32_t pn)                                               \
+        {                                                                                      \
+                fold_nh(NH, DT, q, k, v, ntok, d, scale, m, l, acc, pk, pv, pn);               \
+        }
+
+FOLD_NH(fold4_f16, 4, KVK_F16)
+FOLD_NH(fold2_f16, 2, KVK_F16)
+FOLD_NH(fold1_f16, 1, KVK_F16)
+FOLD_NH(fold4_bf16, 4, KVK_BF16)
+FOLD_NH(fold2_bf16, 2, KVK_BF16)
+FOLD_NH(fold1_bf16, 1, KVK_BF16)
+
+/* Tiles of 4, 2 or 1 heads (a tile of 3 is cut in 2 + 1). */
+static AVX2_F16C void avx2_fold(const float *q, uint32_t nh, const void *k, const void *v,
+                                uint32_t ntok, uint32_t d, enum kvk_dtype dt, float scale,
+                                float *m, float *l, float *acc, const void *pk, const void *pv,
+                                uint32_t pn)
+{
+        for (uint32_t j = 0, w; j < nh; j += w) {
+                const float *qj = q + (size_t)j * d;
+                float *aj = acc + (size_t)j * d;
+
+                w = nh - j >= 4 ? 4 : nh - j >= 2 ? 2 : 1;
+                if (j > 0)
+                        pn = 0;         /* asked for by the first */
+                if (dt == KVK_F16) {
+                        if (w == 4)
+                                fold4_f16(qj, k, v, ntok, d, scale, m + j, l + j, aj, pk, pv, pn);
+                        else if (w == 2)
+                                fold2_f16(qj, k, v, ntok, d, scale, m + j, l + j, aj, pk, pv, pn);
+                        else
+                                fold1_f16(qj, k, v, ntok, d, scale, m + j, l + j, aj, pk, pv, pn);
+                } else {
+                        if (w == 4)
+                                fold4_bf16(qj, k, v, ntok, d, scale, m + j, l + j, aj, pk, pv, pn);
+                        else if (w == 2)
+                                fold2_bf16(qj, k, v, ntok, d, scale, m + j, l + j, aj, pk, pv, pn);
+                        else
+                                fold1_bf16(qj, k, v, ntok, d, scale, m + j, l + j, aj, pk, pv, pn);
+                }
+        }
+}
+
 /* The two tables differ only in how they convert fp16 rows. */
 
 static AVX2 void avx2_summary(const void *k, uint32_t ntok, uint32_t d, enum kvk_dtype dt,
@@ -453,6 +796,7 @@ const struct kvk_ops kvk__ops_avx2 = {
         .scores = avx2_scores,
         .logits = avx2_logits,
         .accum = avx2_accum,
+        .fold = avx2_fold,
 };
 
 const struct kvk_ops kvk__ops_avx2_nof16c = {

@@ -51,6 +51,21 @@ struct kvk_ops {
          * acc (stride d) and the ntok rows v of dt. */
         void (*accum)(float *acc, uint32_t nh, const float *p, const void *v, uint32_t ntok,
                       uint32_t d, enum kvk_dtype dt);
+
+        /* Optional (NULL: the driver calls logits() and accum() and runs the
+         * online softmax itself). Folds ntok >= 1 tokens of one block (K rows
+         * k, V rows v: ntok rows of d elements of dt each) into the running
+         * softmax state of nh <= KVK_HTILE query heads (rows of q, stride d):
+         * per head j, m[j] the maximum logit so far (-inf before the first
+         * token), l[j] the sum of exp(logit - m[j]), acc[j][:] (stride d) the
+         * sum of exp(logit - m[j]) v. The driver's algorithm, fused: logit =
+         * scale * (q . k), the maximum raised once per KVK_TCHUNK tokens.
+         * pk, pv: the K and V rows of the block that comes next (pn rows of d;
+         * pn = 0: none), prefetched a few rows at a time while this one
+         * computes. */
+        void (*fold)(const float *q, uint32_t nh, const void *k, const void *v, uint32_t ntok,
+                     uint32_t d, enum kvk_dtype dt, float scale, float *m, float *l,
+                     float *acc, const void *pk, const void *pv, uint32_t pn);
 };
 
 extern const struct kvk_ops kvk__ops_scalar;

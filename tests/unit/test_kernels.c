@@ -710,6 +710,68 @@ START_TEST(attention_matches_reference)
 }
 END_TEST
 
+/* Shapes for the AVX2 fused attention's edges: head_dim not a multiple of 8
+ * or 16 (masked tails), groups 1, 2, 3, 7 and 8 (tiles of 4, 2, 1 heads),
+ * blocks of more than 16 tokens (chunks, a last chunk of one token), both
+ * dtypes. */
+static const struct kvk_shape edge_shapes[] = {
+        { .kv_heads = 2, .q_heads = 16, .head_dim = 20, .block_tokens = 16, .dtype = KVK_F16 },
+        { .kv_heads = 3, .q_heads = 3, .head_dim = 13, .block_tokens = 16, .dtype = KVK_BF16 },
+        { .kv_heads = 1, .q_heads = 8, .head_dim = 72, .block_tokens = 33, .dtype = KVK_F16 },
+        { .kv_heads = 2, .q_heads = 6, .head_dim = 9, .block_tokens = 5, .dtype = KVK_F16 },
+        { .kv_heads = 1, .q_heads = 2, .head_dim = 136, .block_tokens = 16, .dtype = KVK_BF16 },
+        { .kv_heads = 2, .q_heads = 14, .head_dim = 128, .block_tokens = 16, .dtype = KVK_F16 },
+        { .kv_heads = 4, .q_heads = 4, .head_dim = 1, .block_tokens = 3, .dtype = KVK_F16 },
+};
+
+START_TEST(attention_edge_shapes)
+{
+        static const uint32_t ns[] = { 1, 2, 9 };
+
+        if (!use_backend(_i))
+                return;
+        rng_seed(17);
+        for (size_t si = 0; si < sizeof(edge_shapes) / sizeof(edge_shapes[0]); si++) {
+                const struct kvk_shape *s = &edge_shapes[si];
+
+                /* n_sel 1, 2, 9, the last block partly valid (check_attention). */
+                for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++) {
+                        check_attention(s, ns[ni], 1.0, 1.0, 1e-4);
+                        check_attention(s, ns[ni], 4.0, 2.0, 1e-4);
+                }
+
+                /* Every block with a random number of valid tokens, 0 included. */
+                const uint32_t n = 7;
+                const size_t nq = (size_t)s->q_heads * s->head_dim;
+                const void *ptr[7];
+                uint32_t valid[7];
+                uint16_t *pool = make_blocks(s, n, 1.5, ptr);
+                float *q = make_query(s, 2.0);
+                float *out = xmalloc(nq * sizeof(float)), *lse = xmalloc(s->q_heads * sizeof(float));
+                double *rout = xmalloc(nq * sizeof(double));
+                double *rlse = xmalloc(s->q_heads * sizeof(double));
+                double err;
+
+                for (uint32_t b = 0; b < n; b++)
+                        valid[b] = rnd32() % (s->block_tokens + 1);
+                valid[3] = 1 + rnd32() % s->block_tokens;
+                ck_assert_int_eq(kvk_decode_attention(s, q, ptr, valid, n, out, lse), 0);
+                ref_attention(s, q, ptr, valid, n, rout, rlse, NULL);
+                err = rel_l2(out, rout, nq);
+                ck_assert_msg(err < 1e-4, "shape %zu: random valid counts rel L2 %g", si, err);
+                for (uint32_t h = 0; h < s->q_heads; h++)
+                        EXPECT_MSG(fabs(lse[h] - rlse[h]) <= 1e-5 * fmax(1.0, fabs(rlse[h])),
+                                   "shape %zu: lse[%u] %g vs %g", si, h, (double)lse[h], rlse[h]);
+                free(rlse);
+                free(rout);
+                free(lse);
+                free(out);
+                free(q);
+                free(pool);
+        }
+}
+END_TEST
+
 START_TEST(attention_large_logits_stay_finite)
 {
         /* Logits in the thousands: exp() would overflow without the running max. */
@@ -1075,6 +1137,7 @@ static Suite *kernels_suite(void)
         tcase_add_loop_test(tc, scores_mixed_signs_and_edge_shapes, 0, N_BACKENDS);
         tcase_add_loop_test(tc, attention_matches_reference, 0, N_BACKENDS);
         tcase_add_loop_test(tc, attention_large_logits_stay_finite, 0, N_BACKENDS);
+        tcase_add_loop_test(tc, attention_edge_shapes, 0, N_BACKENDS);
         tcase_add_loop_test(tc, attention_one_token_and_empty_blocks, 0, N_BACKENDS);
         tcase_add_test(tc, backends_agree);
         suite_add_tcase(s, tc);
