@@ -165,7 +165,9 @@ static int client_alloc(struct client *cl)
                         sq->sel_miss = calloc(kmax, 1);
                         sq->stage_id = calloc(run->layers, sizeof(*sq->stage_id));
                         sq->stage_st = calloc((size_t)run->layers * kmax, 1);
-                        if (!sq->sel_miss || !sq->stage_id || !sq->stage_st || kvc_residency_new(&ro, &sq->res) < 0)
+                        sq->ctr_target = calloc(run->layers, sizeof(*sq->ctr_target));
+                        if (!sq->sel_miss || !sq->stage_id || !sq->stage_st || !sq->ctr_target ||
+                            kvc_residency_new(&ro, &sq->res) < 0)
                                 return -ENOMEM;
                 }
                 if (run->o.policy == POL_LRU) {
@@ -211,6 +213,7 @@ static void client_free(struct client *cl)
                 free(sq->sel_miss);
                 free(sq->stage_id);
                 free(sq->stage_st);
+                free(sq->ctr_target);
         }
         for (uint32_t d = 0; d < MAX_DEPTH; d++)
                 group_free(&cl->ring[d]);
@@ -235,6 +238,7 @@ static void client_free(struct client *cl)
         free(cl->rec_out);
         free(cl->lat);
         cl->pool = kvc_pool_free(cl->pool);
+        cl->ctr = kvc_counters_free(cl->ctr);
         cl->c = kvc_disconnect(cl->c);
 }
 
@@ -262,6 +266,11 @@ static int client_setup(struct client *cl)
         r = kvc_pool_create(cl->c, run->pool_slots, run->block_bytes, &cl->pool);
         if (r < 0)
                 return daemon_fail(cl, "create the device pool", r);
+        if (run->o.policy == POL_KVDRIVE) {
+                r = kvc_counters_create(cl->c, run->o.seqs * run->layers, &cl->ctr);
+                if (r < 0)
+                        return daemon_fail(cl, "create the completion counters", r);
+        }
         for (uint32_t s = 0; s < run->o.seqs; s++) {
                 r = kvc_key_sequence_new(&cl->seqs[s].id);
                 if (r < 0)

@@ -17,7 +17,11 @@
  *    is a host-memory copy instead of an SSD read. How many: the depth the
  *    daemon's adaptive scheduler gives for this client's measured compute
  *    time per layer (kvc_set_compute_hint()), at most --stage of top-k;
- *  - every layer reports the blocks it used to the daemon (heat).
+ *  - every layer reports the blocks it used to the daemon (heat);
+ *  - completion through shared memory: each miss counts on its (sequence,
+ *    layer) counter of the client's counter page, and the layer waits on the
+ *    counter, not on the reply message (read later, when the group is next
+ *    used).
  */
 #include <errno.h>
 #include <math.h>
@@ -89,9 +93,15 @@ static int stage_next(struct client *cl, struct seqstate *sq, uint32_t l, uint32
         return r < 0 ? daemon_fail(cl, "stage submit", r) : 0;
 }
 
+static uint32_t counter_of(const struct client *cl, const struct seqstate *sq, uint32_t l)
+{
+        return (uint32_t)(sq - cl->seqs) * cl->run->layers + l;
+}
+
 int kvdrive_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t t, uint32_t n)
 {
         const struct run *run = cl->run;
+        uint32_t ctr = counter_of(cl, sq, l);
         /* The manager's clock ticks once per layer: a block another layer
          * read two layers ago is fresher than one this layer read last step. */
         uint32_t tick = t * run->layers + l;
@@ -102,6 +112,12 @@ int kvdrive_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t
 
         if (sq == &cl->seqs[0])
                 tell_compute(cl);
+        if (sq->demand_unreaped) {
+                /* The last Gets' replies: their items all counted already. */
+                if (group_wait(cl, &sq->demand, false) < 0)
+                        return -1;
+                sq->demand_unreaped = false;
+        }
         if (kvc_residency_begin_layer(sq->res) < 0)
                 return -1;
         sq->nsel = select_blocks(cl, l, cl->q, n, sq->sel);
@@ -120,7 +136,8 @@ int kvdrive_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t
                 sq->sel_slot[i] = sq->slot0 + (uint32_t)slot;
                 sq->sel_miss[i] = miss;
                 if (miss) {
-                        cl->refs[m] = (struct kvc_block_ref){ sc[i].key, l, sq->slot0 + (uint32_t)slot, 0 };
+                        cl->refs[m] = (struct kvc_block_ref){ .key = sc[i].key, .layer = l,
+                                                              .slot = sq->slot0 + (uint32_t)slot, .counter = ctr + 1 };
                         cl->blkid[m++] = sq->sel[i];
                 } else {
                         hits++;
@@ -131,6 +148,7 @@ int kvdrive_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t
         cl->res.got_blocks += m;
         if (group_submit(cl, &sq->demand, false, cl->refs, cl->blkid, m, run->group_reqs) < 0)
                 return -1;
+        sq->ctr_target[l] += m;
         if (run->o.report_scores)
                 (void)kvc_report_scores(cl->c, cl->ns, sc, sq->nsel); /* a hint: losing one costs nothing */
         return stage_next(cl, sq, l, n);
@@ -158,15 +176,24 @@ int kvdrive_attend(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t 
         merge(cl->acc, cl->acc_lse, cl->part, cl->plse, heads, dim);
 
         if (sq->demand.n_req > 0) {
-                bool landed = kvc_poll(cl->c) >= 0;
+                uint32_t ctr = counter_of(cl, sq, l);
+                uint64_t t0 = bench_now_ns();
+                int r;
 
-                for (uint32_t i = 0; i < sq->demand.n_req && landed; i++)
-                        landed = kvc_done(cl->c, sq->demand.id[i]) == 1;
                 cl->res.miss_layers++;
-                cl->res.hidden_layers += landed;
+                cl->res.hidden_layers += kvc_counter_wait(cl->ctr, ctr, sq->ctr_target[l], 0) == 0;
+                r = kvc_counter_wait(cl->ctr, ctr, sq->ctr_target[l], WAIT_MS);
+                cl->res.wait_ns += bench_now_ns() - t0;
+                if (r < 0)
+                        return daemon_fail(cl, "wait for the layer's misses", r);
+                sq->demand_unreaped = true;
+                if (kvc_counter_failed(cl->ctr, ctr) != 0) {
+                        /* A miss failed: the reply says which and why. */
+                        if (group_wait(cl, &sq->demand, false) < 0)
+                                return -1;
+                        sq->demand_unreaped = false;
+                }
         }
-        if (group_wait(cl, &sq->demand, false) < 0)
-                return -1;
         k = 0;
         for (uint32_t i = 0; i < sq->nsel; i++)
                 if (sq->sel_miss[i]) {

@@ -18,7 +18,6 @@
 #include "kernels.h"
 #include "trace.h"
 
-#define WAIT_MS 300000
 #define SPIN_NS 60000ull        /* the last part of --compute-us is spun, not slept */
 
 /* ---- trace geometry -------------------------------------------------- */

@@ -23,6 +23,7 @@
 #define MAX_GROUP 64u           /* requests of one group (a fetch of one layer) */
 #define MAX_DEPTH 32u
 #define NONE UINT32_MAX
+#define WAIT_MS 300000         /* longest wait for the daemon */
 
 enum policy { POL_FULL, POL_SPARSE, POL_LRU, POL_KVDRIVE };
 
@@ -129,6 +130,8 @@ struct seqstate {
         uint8_t *sel_miss;              /* kvdrive: per selected block, fetched this step */
         uint64_t *stage_id;             /* kvdrive: [layers] staging Prefetch in flight, 0 none */
         uint8_t *stage_st;              /* kvdrive: [layers][kmax] its item statuses */
+        uint32_t *ctr_target;           /* kvdrive: [layers] misses counted so far per layer */
+        bool demand_unreaped;           /* kvdrive: the last Gets landed (counters), replies not read */
         uint32_t *pred;
         /* lru */
         uint32_t *map;                  /* [layers][max_blocks] -> cache slot, NONE */
@@ -167,6 +170,7 @@ struct client {
         float *rec_out;
         uint64_t *lat;
         uint64_t layers_done;           /* kvdrive: layers begun (for the compute hint) */
+        kvc_counters *ctr;              /* kvdrive: per (sequence, layer) completion counters */
         struct child_result res;
 };
 
