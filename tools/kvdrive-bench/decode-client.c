@@ -163,10 +163,11 @@ static int client_alloc(struct client *cl)
                         };
 
                         sq->sel_miss = calloc(kmax, 1);
-                        sq->stage_id = calloc(run->layers, sizeof(*sq->stage_id));
-                        sq->stage_st = calloc((size_t)run->layers * kmax, 1);
+                        sq->stage_id = calloc(2 * run->layers, sizeof(*sq->stage_id));
+                        sq->stage_st = calloc((size_t)2 * run->layers * kmax, 1);
+                        sq->pred = calloc(kmax, sizeof(uint32_t));
                         sq->ctr_target = calloc(run->layers, sizeof(*sq->ctr_target));
-                        if (!sq->sel_miss || !sq->stage_id || !sq->stage_st || !sq->ctr_target ||
+                        if (!sq->sel_miss || !sq->stage_id || !sq->stage_st || !sq->ctr_target || !sq->pred ||
                             kvc_residency_new(&ro, &sq->res) < 0)
                                 return -ENOMEM;
                 }

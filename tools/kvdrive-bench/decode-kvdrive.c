@@ -46,23 +46,32 @@ static void tell_compute(struct client *cl)
         cl->layers_done++;
 }
 
-/* Stages into host memory the best-ranked blocks of layer l that this step
- * did not choose and that are not in the device cache. cl->scores still
- * holds this layer's scores. */
-static int stage_next(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n)
+/* How many blocks a staging may take: the scheduler's depth, at most cap
+ * (the cap alone before the first answer). */
+static uint32_t stage_want(const struct client *cl, uint32_t cap)
+{
+        int d = kvc_prefetch_depth(cl->c);
+
+        return d >= 0 && (uint32_t)d < cap ? (uint32_t)d : cap;
+}
+
+/*
+ * Stages into the daemon's host memory the candidates of layer l whose
+ * scores are in cl->scores: the best want of them that are not chosen
+ * (cl->scores[b] = -inf) and not in the device cache. which: 0 for the
+ * next step's guesses, 1 for the next layer's; one staging of each kind per
+ * layer is in flight at a time (a new one waits for the SSD to catch up).
+ */
+static int stage(struct client *cl, struct seqstate *sq, uint32_t which, uint32_t l, uint32_t n, uint32_t want)
 {
         const struct run *run = cl->run;
-        uint32_t cap = (uint32_t)(run->o.stage * sq->nsel), want = cap, m = 0, c;
-        uint64_t *id = &sq->stage_id[l];
-        int r = kvc_prefetch_depth(cl->c);
+        uint64_t *id = &sq->stage_id[which * run->layers + l];
+        uint32_t m = 0, c;
+        int r;
 
-        if (r >= 0 && (uint32_t)r < cap)
-                want = (uint32_t)r;     /* before the first answer: the cap */
-        if (want == 0 || n <= sq->nsel)
+        if (want == 0)
                 return 0;
         if (*id) {
-                /* Last step's staging of this layer: long done, or the SSD is
-                 * behind and another guess would only queue behind it. */
                 r = kvc_poll(cl->c);
                 if (r < 0)
                         return daemon_fail(cl, "poll", r);
@@ -73,8 +82,6 @@ static int stage_next(struct client *cl, struct seqstate *sq, uint32_t l, uint32
                         return daemon_fail(cl, "stage", r);
                 *id = 0;
         }
-        for (uint32_t i = 0; i < sq->nsel; i++)
-                cl->scores[sq->sel[i]] = -INFINITY;
         c = kvk_topk(cl->scores, n, want, 0, 0, cl->sel2);
         for (uint32_t j = 0; j < c; j++) {
                 struct kvc_key key;
@@ -89,8 +96,44 @@ static int stage_next(struct client *cl, struct seqstate *sq, uint32_t l, uint32
         cl->res.staged_blocks += m;
         if (m == 0)
                 return 0;
-        r = kvc_prefetch_submit(cl->c, cl->ns, cl->refs, m, sq->stage_st + (size_t)l * run->kmax, id);
+        r = kvc_prefetch_submit(cl->c, cl->ns, cl->refs, m,
+                                sq->stage_st + (size_t)(which * run->layers + l) * run->kmax, id);
         return r < 0 ? daemon_fail(cl, "stage submit", r) : 0;
+}
+
+/* Next step: the blocks of layer l ranked just below this step's top-k. */
+static int stage_next_step(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n)
+{
+        if (n <= sq->nsel)
+                return 0;
+        for (uint32_t i = 0; i < sq->nsel; i++)
+                cl->scores[sq->sel[i]] = -INFINITY;
+        return stage(cl, sq, 0, l, n, stage_want(cl, (uint32_t)(cl->run->o.stage * sq->nsel)));
+}
+
+/* Next layer: layer l+1's top-k as layer l's query, mapped into layer l+1's
+ * key space, predicts it (sparse's prediction), scored now. */
+static int stage_next_layer(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n)
+{
+        const struct run *run = cl->run;
+        const float *q = cl->q;
+        uint32_t np;
+
+        if (l + 1 >= run->layers)
+                return 0;
+        if (run->xmap) {
+                map_query(run, l, cl->q, cl->q0);
+                q = cl->q0;
+        }
+        np = select_blocks(cl, l + 1, q, n, sq->pred);
+        /* Only the predicted top-k are candidates, best score first. */
+        for (uint32_t j = 0, b = 0; b < n; b++) {
+                if (j < np && sq->pred[j] == b)
+                        j++;
+                else
+                        cl->scores[b] = -INFINITY;
+        }
+        return stage(cl, sq, 1, l + 1, n, stage_want(cl, (uint32_t)(run->o.stage_layer * np)));
 }
 
 static uint32_t counter_of(const struct client *cl, const struct seqstate *sq, uint32_t l)
@@ -151,7 +194,9 @@ int kvdrive_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t
         sq->ctr_target[l] += m;
         if (run->o.report_scores)
                 (void)kvc_report_scores(cl->c, cl->ns, sc, sq->nsel); /* a hint: losing one costs nothing */
-        return stage_next(cl, sq, l, n);
+        if (stage_next_step(cl, sq, l, n) < 0)
+                return -1;
+        return run->o.stage_layer > 0 ? stage_next_layer(cl, sq, l, n) : 0;
 }
 
 /* Attention over the hits and the tail while the misses land, then over the

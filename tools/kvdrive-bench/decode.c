@@ -122,6 +122,8 @@ static void usage(FILE *f)
                 "      --stage F            kvdrive: stage into the daemon's host memory the blocks\n"
                 "                           ranked just below the top-k, up to F x top-k per layer\n"
                 "                           (the scheduler's depth decides within that; 0: off) [0.25]\n"
+                "      --stage-layer F      kvdrive: at layer l, stage layer l+1's predicted top-k\n"
+                "                           (--predict) that is not resident, up to F x top-k [0]\n"
                 "      --no-scores          kvdrive: do not report attention scores to the daemon\n"
                 "      --sink-blocks N      first blocks always attended [1]\n"
                 "      --local-blocks N     most recent stored blocks always attended [2]\n"
@@ -494,7 +496,7 @@ static int parse_frac(const char *s, double *ret)
 static int parse(int argc, char **argv, struct decode_opts *o)
 {
         enum { O_SINK = 256, O_LOCAL, O_BT, O_CUS, O_STEPS, O_ACC, O_BATCH, O_DEPTH, O_TOKENS, O_LAYERS, O_GSTEPS,
-               O_SEED, O_NS, O_PRED, O_STAGE, O_NOSCORES };
+               O_SEED, O_NS, O_PRED, O_STAGE, O_STAGE_LAYER, O_NOSCORES };
         static const struct option opts[] = {
                 { "socket", required_argument, NULL, 's' },        { "policy", required_argument, NULL, 'p' },
                 { "trace", required_argument, NULL, 't' },         { "clients", required_argument, NULL, 'c' },
@@ -507,7 +509,7 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                 { "layers", required_argument, NULL, O_LAYERS },   { "gen-steps", required_argument, NULL, O_GSTEPS },
                 { "seed", required_argument, NULL, O_SEED },       { "namespace", required_argument, NULL, O_NS },
                 { "predict", required_argument, NULL, O_PRED },    { "stage", required_argument, NULL, O_STAGE },
-                { "no-scores", no_argument, NULL, O_NOSCORES },
+                { "no-scores", no_argument, NULL, O_NOSCORES }, { "stage-layer", required_argument, NULL, O_STAGE_LAYER },
                 { "json", no_argument, NULL, 'j' },                { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -559,13 +561,16 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                 case O_NS: o->ns_name = optarg; break;
                 case 'j': o->json = true; break;
                 case O_NOSCORES: o->report_scores = false; break;
-                case O_STAGE: {
+                case O_STAGE:
+                case O_STAGE_LAYER: {
+                        double *dst = c == O_STAGE ? &o->stage : &o->stage_layer;
                         char *end;
 
                         errno = 0;
-                        o->stage = strtod(optarg, &end);
-                        if (errno || end == optarg || *end || !(o->stage >= 0 && o->stage <= 4)) {
-                                fprintf(stderr, "kvdrive-bench decode: bad --stage '%s' (0 to 4)\n", optarg);
+                        *dst = strtod(optarg, &end);
+                        if (errno || end == optarg || *end || !(*dst >= 0 && *dst <= 4)) {
+                                fprintf(stderr, "kvdrive-bench decode: bad --%s '%s' (0 to 4)\n",
+                                        c == O_STAGE ? "stage" : "stage-layer", optarg);
                                 return -EINVAL;
                         }
                         break;
@@ -764,7 +769,8 @@ int bench_decode(int argc, char **argv)
         run.m = &run.tr->meta;
         if (plan(&run) < 0 || preflight(&run, &s0) < 0)
                 goto out;
-        if (run.o.policy == POL_SPARSE && run.o.predict == PRED_MAPPED &&
+        if ((run.o.policy == POL_SPARSE || (run.o.policy == POL_KVDRIVE && run.o.stage_layer > 0)) &&
+            run.o.predict == PRED_MAPPED &&
             run.layers > 1) {
                 r = calibrate(&run);
                 if (r < 0) {

@@ -41,7 +41,8 @@ struct decode_opts {
         uint32_t sink, local, block_tokens, compute_us;
         uint32_t steps;                 /* 0: all of the trace's */
         uint32_t acc_every;             /* 0: no accuracy */
-        double stage;                   /* kvdrive: staged blocks per layer, at most this x top-k */
+        double stage;                   /* kvdrive: next-step guesses staged per layer, at most this x top-k */
+        double stage_layer;             /* kvdrive: next-layer predictions staged, at most this x top-k */
         bool report_scores;             /* kvdrive: report attention scores to the daemon */
         uint32_t batch, depth;
         /* the generated trace */
@@ -128,8 +129,8 @@ struct seqstate {
         bool pref_live[2];
         struct kvc_residency *res;      /* kvdrive: which block in which slot */
         uint8_t *sel_miss;              /* kvdrive: per selected block, fetched this step */
-        uint64_t *stage_id;             /* kvdrive: [layers] staging Prefetch in flight, 0 none */
-        uint8_t *stage_st;              /* kvdrive: [layers][kmax] its item statuses */
+        uint64_t *stage_id;             /* kvdrive: [2][layers] staging Prefetch in flight, 0 none */
+        uint8_t *stage_st;              /* kvdrive: [2][layers][kmax] its item statuses */
         uint32_t *ctr_target;           /* kvdrive: [layers] misses counted so far per layer */
         bool demand_unreaped;           /* kvdrive: the last Gets landed (counters), replies not read */
         uint32_t *pred;
