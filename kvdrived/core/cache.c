@@ -716,8 +716,16 @@ static int make_room(struct kvd_cache *c, int klass)
                 uint32_t victim = pick_victim(c, c->lru, klass, &c->evict_rr, false);
                 struct kvd_block *b;
 
-                if (victim == KVD_ID_NONE)
-                        return c->evict_writes > 0 ? -EAGAIN : -ENOSPC;
+                if (victim == KVD_ID_NONE) {
+                        struct kvd_tier_usage u;
+
+                        /* Nothing evictable: every page is pinned by a copy in
+                         * flight, loading from SSD, or being demoted. All of
+                         * those end on their own and wake the space waiters:
+                         * wait for them. Only an empty tier is out of room. */
+                        c->host_tier->ops->usage(c->host_tier, &u);
+                        return c->evict_writes > 0 || u.blocks > 0 ? -EAGAIN : -ENOSPC;
+                }
                 b = blk(c, victim);
                 if (b->ssd_loc != KVD_LOC_NONE) {
                         free_host_copy(c, victim);

@@ -62,6 +62,50 @@ START_TEST(test_demote_and_promote)
 }
 END_TEST
 
+/* More Get items in flight than host memory has pages: the ones that find
+ * every page busy (pinned by copies, loading from SSD) wait for a page
+ * instead of failing with "no space" — found by the decode sweep at 128K
+ * with two clients. Every block arrives, byte for byte. */
+START_TEST(test_gets_beyond_host_pages_wait)
+{
+        enum { N = 2000, PER = 500 };   /* host holds ~1300 blocks */
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        struct ssd_client sc;
+        struct kvc_key seq = new_seq();
+        struct kvc_block_ref *refs = calloc(N, sizeof(*refs));
+        uint8_t *st = malloc(N), *want = malloc(E2E_BLOCK_BYTES);
+        uint64_t ids[N / PER];
+
+        ck_assert_ptr_nonnull(refs);
+        ck_assert_ptr_nonnull(st);
+        ck_assert_ptr_nonnull(want);
+        ssd_dir_make(&dir);
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ssd_client_open(&sc, d.socket_path, N);
+        /* durable: every block clean on SSD, so no demotion is in flight to wait on */
+        ck_assert_int_eq(ssd_put(&sc, &seq, 0, 3000, KVC_PUT_DURABLE, 7), 3000);
+        memset(st, 0xff, N);
+        for (uint32_t i = 0; i < N; i++)
+                ssd_ref(&seq, i, i, &refs[i]);
+        for (uint32_t r = 0; r < N / PER; r++)
+                E2E_ASSERT_RC(sc.c, kvc_get_submit(sc.c, sc.ns, sc.p, refs + r * PER, PER, st + r * PER, &ids[r]), 0);
+        for (uint32_t r = 0; r < N / PER; r++)
+                E2E_ASSERT_RC(sc.c, kvc_wait(sc.c, ids[r], 60000), PER);
+        for (uint32_t i = 0; i < N; i++) {
+                ck_assert_msg(st[i] == KVC_ITEM_OK, "item %u: status %u", i, st[i]);
+                e2e_fill_block(want, E2E_BLOCK_BYTES, &refs[i].key, refs[i].layer, 7);
+                ck_assert_msg(memcmp(kvc_pool_slot(sc.p, i), want, E2E_BLOCK_BYTES) == 0, "item %u: wrong bytes", i);
+        }
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+        free(refs);
+        free(st);
+        free(want);
+}
+END_TEST
+
 START_TEST(test_restart_serves_blocks)
 {
         struct kvd_test_daemon d;
@@ -595,6 +639,7 @@ static Suite *ssd_suite(void)
 
         tcase_set_timeout(tc, 120);
         tcase_add_test(tc, test_demote_and_promote);
+        tcase_add_test(tc, test_gets_beyond_host_pages_wait);
         tcase_add_test(tc, test_restart_serves_blocks);
         tcase_add_test(tc, test_sigkill_keeps_durable_blocks);
         tcase_add_test(tc, test_flipped_payload_byte);

@@ -122,6 +122,16 @@ int accuracy(struct client *cl)
                         }
                         cl->res.acc_samples++;
                         cl->res.mass_sum += mr;
+                        /* The best any choice of as many blocks could keep (the
+                         * same forced sink and local blocks, the rest by mass). */
+                        {
+                                uint32_t k = n > 0 && r->nsel > 0 ? kvk_topk(mass, n, r->nsel, run->o.sink,
+                                                                             run->o.local, cl->blkid)
+                                                                  : 0;
+
+                                cl->blkid[k] = n;
+                                cl->res.oracle_sum += kvb_mass_recall(mass, n + 1, cl->blkid, k + 1);
+                        }
                         if (mr < cl->res.mass_min)
                                 cl->res.mass_min = mr;
                         cl->res.err_sum += err;

@@ -95,6 +95,7 @@ struct child_result {
         uint64_t select_ns, wait_ns, attn_ns, compute_ns;
         uint64_t acc_samples, topk_samples;
         double mass_sum, mass_min, topk_sum, err_sum, err_max;
+        double oracle_sum;              /* mass recall of the best selection of the same size */
 };
 
 /* ---- a client ----------------------------------------------------------- */

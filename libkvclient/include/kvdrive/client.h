@@ -218,7 +218,7 @@ enum kvc_item_status {
         KVC_ITEM_OK = 0,        /* Put: stored; Get: loaded into the slot */
         KVC_ITEM_EXISTS = 1,    /* Put: already cached, nothing copied */
         KVC_ITEM_MISS = 2,      /* Get: not cached; the slot is untouched */
-        KVC_ITEM_NO_SPACE = 3,  /* Put: no room in the cache */
+        KVC_ITEM_NO_SPACE = 3,  /* no room: the host tier cannot hold the block */
         KVC_ITEM_ERROR = 4,     /* the copy failed (device error); nothing stored or loaded */
 };
 
