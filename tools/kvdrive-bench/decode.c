@@ -121,7 +121,7 @@ static void usage(FILE *f)
                 "                           over the prompt's keys (mapped), or as it is (raw) [mapped]\n"
                 "      --stage F            kvdrive: stage into the daemon's host memory the blocks\n"
                 "                           ranked just below the top-k, up to F x top-k per layer\n"
-                "                           (the scheduler's depth decides within that; 0: off) [0.25]\n"
+                "                           (the scheduler's depth decides within that; 0: off) [0]\n"
                 "      --stage-layer F      kvdrive: at layer l, stage layer l+1's predicted top-k\n"
                 "                           (--predict) that is not resident, up to F x top-k [0]\n"
                 "      --no-scores          kvdrive: do not report attention scores to the daemon\n"
@@ -538,7 +538,7 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                 .policy = POL_FULL, .clients = 1, .seqs = 1, .budget = 0.1, .sink = 1, .local = 2,
                 .block_tokens = 16, .compute_us = 200, .acc_every = 4, .batch = 32, .depth = 8,
                 .gen_tokens = 32768, .gen_layers = 4, .gen_steps = 64, .seed = 1,
-                .stage = 0.25, .report_scores = true,
+                .stage = 0, .report_scores = true,
         };
         while ((c = getopt_long(argc, argv, "s:p:t:c:n:b:k:jh", opts, NULL)) != -1) {
                 bool done = false;
