@@ -16,7 +16,10 @@
  *    slot and no client copy is spent on a guess), so that next step's miss
  *    is a host-memory copy instead of an SSD read. How many: the depth the
  *    daemon's adaptive scheduler gives for this client's measured compute
- *    time per layer (kvc_set_compute_hint()), at most --stage of top-k;
+ *    time per layer (kvc_set_compute_hint()), at most --stage of top-k
+ *    (default 0: on the 2-core machines here it costs more daemon CPU and
+ *    SSD reads than it saves; docs/bench/decode/README.md). --stage-layer
+ *    adds layer l+1's predicted top-k, scored at layer l;
  *  - every layer reports the blocks it used to the daemon (heat);
  *  - completion through shared memory: each miss counts on its (sequence,
  *    layer) counter of the client's counter page, and the layer waits on the

@@ -405,7 +405,8 @@ static void md_row(FILE *f, const struct run_row *r)
         else
                 fmt(tps, sizeof(tps), 1, false, r->tps);
         fprintf(f, "| %s | %s | %.0f%% | %u | %u | %s | %s | %s | %s | %s | %s | %s | %s (%s) | %s | %s (%s) |\n",
-                ctx_name(cn, sizeof(cn), r->ctx), r->policy, r->budget * 100, r->clients, r->slots, tps, fmt(b, sizeof(b), 1, false, r->p50), fmt(c, sizeof(c), 1, false, r->p99),
+                ctx_name(cn, sizeof(cn), r->ctx), r->policy, r->budget * 100, r->clients, r->slots, tps,
+                fmt(b, sizeof(b), 1, false, r->p50), fmt(c, sizeof(c), 1, false, r->p99),
                 fmt(d, sizeof(d), 2, false, r->h2d_per_tok), fmt(e, sizeof(e), 2, false, r->ssd2h_per_tok),
                 fmt(g, sizeof(g), 3, false, hit), fmt(h, sizeof(h), 3, false, r->host_hit),
                 fmt(i, sizeof(i), 4, false, r->mass), fmt(j, sizeof(j), 3, false, r->mass_min),
@@ -910,50 +911,52 @@ int bench_report(int argc, char **argv)
                                 max_reps = rows[i].reps;
                 /* Repeats go round the policies, so that a slow spell of this
                  * shared machine hits them alike. */
-                for (uint32_t rep = 0; rep < max_reps; rep++)
-                for (size_t i = 0; i < n; i++) {
-                        struct run_row *row = &runs[(size_t)rep * n + i];
-                        char budget[16], clients[16], acc[16], *out = NULL;
-                        const char *dargv[MAX_ARGS];
-                        size_t k = 0;
-                        uint64_t t1 = bench_now_ns();
+                for (uint32_t rep = 0; rep < max_reps; rep++) {
+                        for (size_t i = 0; i < n; i++) {
+                                struct run_row *row = &runs[(size_t)rep * n + i];
+                                char budget[16], clients[16], acc[16], *out = NULL;
+                                const char *dargv[MAX_ARGS];
+                                size_t k = 0;
+                                uint64_t t1 = bench_now_ns();
 
-                        if (rows[i].ctx != s.ctx[c] || rep >= rows[i].reps)
-                                continue;
-                        *row = rows[i];
-                        snprintf(budget, sizeof(budget), "%.2f", row->budget);
-                        snprintf(clients, sizeof(clients), "%u", row->clients);
-                        snprintf(acc, sizeof(acc), "%u", s.acc_every);
-                        dargv[k++] = "kvdrive-bench";
-                        dargv[k++] = "decode";
-                        if (o.socket) {
-                                dargv[k++] = "--socket";
-                                dargv[k++] = o.socket;
-                        }
-                        dargv[k++] = "--policy";
-                        dargv[k++] = row->policy;
-                        dargv[k++] = "--trace";
-                        dargv[k++] = dir;
-                        dargv[k++] = "--budget";
-                        dargv[k++] = budget;
-                        dargv[k++] = "--clients";
-                        dargv[k++] = clients;
-                        dargv[k++] = "--accuracy-every";
-                        dargv[k++] = acc;
-                        dargv[k++] = "--json";
-                        dargv[k] = NULL;
-                        join_cmd(row->cmd, sizeof(row->cmd), dargv);
-                        fprintf(stderr, "kvdrive-bench report: [%zu/%zu, run %u/%u] %s\n", i + 1, n, rep + 1,
-                                rows[i].reps, row->cmd);
-                        r = run_self(dargv, &out);
-                        if (r != 0 || !out || parse_row(row, out) < 0) {
-                                fprintf(stderr, "kvdrive-bench report: that run failed (status %d)\n", r);
+                                if (rows[i].ctx != s.ctx[c] || rep >= rows[i].reps)
+                                        continue;
+                                *row = rows[i];
+                                snprintf(budget, sizeof(budget), "%.2f", row->budget);
+                                snprintf(clients, sizeof(clients), "%u", row->clients);
+                                snprintf(acc, sizeof(acc), "%u", s.acc_every);
+                                dargv[k++] = "kvdrive-bench";
+                                dargv[k++] = "decode";
+                                if (o.socket) {
+                                        dargv[k++] = "--socket";
+                                        dargv[k++] = o.socket;
+                                }
+                                dargv[k++] = "--policy";
+                                dargv[k++] = row->policy;
+                                dargv[k++] = "--trace";
+                                dargv[k++] = dir;
+                                dargv[k++] = "--budget";
+                                dargv[k++] = budget;
+                                dargv[k++] = "--clients";
+                                dargv[k++] = clients;
+                                dargv[k++] = "--accuracy-every";
+                                dargv[k++] = acc;
+                                dargv[k++] = "--json";
+                                dargv[k] = NULL;
+                                join_cmd(row->cmd, sizeof(row->cmd), dargv);
+                                fprintf(stderr, "kvdrive-bench report: [%zu/%zu, run %u/%u] %s\n", i + 1, n, rep + 1,
+                                        rows[i].reps, row->cmd);
+                                r = run_self(dargv, &out);
+                                if (r != 0 || !out || parse_row(row, out) < 0) {
+                                        fprintf(stderr, "kvdrive-bench report: that run failed (status %d)\n", r);
+                                        free(out);
+                                        goto out;
+                                }
                                 free(out);
-                                goto out;
+                                fprintf(stderr, "kvdrive-bench report:   %.1f tokens/s, mass recall %.4f, error %.2g "
+                                        "(%.0f s)\n", row->tps, row->mass, row->err,
+                                        (double)(bench_now_ns() - t1) / 1e9);
                         }
-                        free(out);
-                        fprintf(stderr, "kvdrive-bench report:   %.1f tokens/s, mass recall %.4f, error %.2g (%.0f s)\n",
-                                row->tps, row->mass, row->err, (double)(bench_now_ns() - t1) / 1e9);
                 }
                 for (size_t i = 0; i < n; i++)
                         if (rows[i].ctx == s.ctx[c])
