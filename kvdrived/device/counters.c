@@ -1,47 +1,30 @@
 /* SPDX-License-Identifier: MIT */
 #include "counters.h"
+#include "device.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <stdlib.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 int kvd_counters_open(int fd, uint32_t count, struct kvd_counters **ret, const char **ret_why)
 {
         struct kvd_counters *k;
-        struct stat st;
         size_t need;
-        int seals;
         void *base;
+        int r;
 
         if (count == 0 || count > KVD_COUNTERS_MAX) {
                 *ret_why = "counter count must be 1-4096";
                 return -EINVAL;
         }
-        need = (size_t)count * 2 * sizeof(uint32_t);
-        seals = fcntl(fd, F_GET_SEALS);
-        if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
-                *ret_why = "counter page fd must be a memfd sealed with F_SEAL_SHRINK";
-                return -EINVAL;
-        }
-        if (fstat(fd, &st) < 0) {
-                *ret_why = "cannot stat counter page fd";
-                return -errno;
-        }
-        if ((uint64_t)st.st_size < need) {
-                *ret_why = "counter page memfd is smaller than 2 * count * 4 bytes";
-                return -EMSGSIZE;
-        }
-        base = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-        if (base == MAP_FAILED) {
-                *ret_why = "cannot map counter page memfd (sealed against writes?)";
-                return -errno;
-        }
+        need = (size_t)count * 2 * sizeof(uint32_t);   /* done[count], failed[count] */
+        r = kvd_memfd_map(fd, need, &base, ret_why);
+        if (r < 0)
+                return r;
         k = calloc(1, sizeof(*k));
         if (!k) {
                 munmap(base, need);

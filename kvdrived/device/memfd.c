@@ -46,38 +46,49 @@ static const struct kvd_device_ops memfd_ops = {
         .close = memfd_close,
 };
 
+int kvd_memfd_map(int fd, uint64_t need, void **ret_base, const char **ret_why)
+{
+        struct stat st;
+        int seals = fcntl(fd, F_GET_SEALS);
+        void *base;
+
+        if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
+                *ret_why = "the fd must be a memfd sealed with F_SEAL_SHRINK";
+                return -EINVAL;
+        }
+        if (fstat(fd, &st) < 0) {
+                *ret_why = "cannot stat the memfd";
+                return -errno;
+        }
+        if ((uint64_t)st.st_size < need || need > SIZE_MAX) {
+                *ret_why = "the memfd is smaller than what it must hold";
+                return -EMSGSIZE;
+        }
+        base = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+        if (base == MAP_FAILED) {
+                *ret_why = "cannot map the memfd (sealed against writes?)";
+                return -errno;
+        }
+        *ret_base = base;
+        return 0;
+}
+
 int kvd_memfd_pool_open(int fd, uint32_t slot_count, uint64_t slot_bytes,
                         struct kvd_peer_pool **ret, const char **ret_why)
 {
         struct memfd_pool *m;
-        struct stat st;
         uint64_t need;
-        int seals;
         void *base;
+        int r;
 
         if (slot_count == 0 || slot_bytes == 0 || slot_bytes > (UINT64_MAX / slot_count)) {
                 *ret_why = "slot count and slot size must be non-zero";
                 return -EINVAL;
         }
         need = (uint64_t)slot_count * slot_bytes;
-        seals = fcntl(fd, F_GET_SEALS);
-        if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
-                *ret_why = "pool fd must be a memfd sealed with F_SEAL_SHRINK";
-                return -EINVAL;
-        }
-        if (fstat(fd, &st) < 0) {
-                *ret_why = "cannot stat pool fd";
-                return -errno;
-        }
-        if ((uint64_t)st.st_size < need) {
-                *ret_why = "pool memfd is smaller than slot_count * slot_bytes";
-                return -EMSGSIZE;
-        }
-        base = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-        if (base == MAP_FAILED) {
-                *ret_why = "cannot map pool memfd";
-                return -errno;
-        }
+        r = kvd_memfd_map(fd, need, &base, ret_why);
+        if (r < 0)
+                return r;
         m = calloc(1, sizeof(*m));
         if (!m) {
                 munmap(base, need);

@@ -291,7 +291,7 @@ static struct kvd_peer_pool *open_memfd_pool(struct kvd_session *ss, uint64_t id
         }
         r = kvd_memfd_pool_open(fds[0], m->slot_count, m->slot_bytes, &pool, &why);
         if (r < 0) {
-                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG, "%s: %s", why, strerror(-r));
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG, "pool: %s: %s", why, strerror(-r));
                 return NULL;
         }
         return pool;
@@ -372,7 +372,8 @@ static void handle_register_counters(struct kvd_session *ss, uint64_t id, const 
         }
         r = kvd_counters_open(fds[0], m->count, &k, &why);
         if (r < 0) {
-                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG, "%s: %s", why, strerror(-r));
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG, "counter page: %s: %s", why,
+                                       strerror(-r));
                 return;
         }
         /* Requests in flight keep counting on the page they started with:
