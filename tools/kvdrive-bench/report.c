@@ -442,6 +442,12 @@ static int plot_close(FILE *f)
 }
 
 
+/* The log-log context axis of the plots against context. */
+#define CTX_AXIS                                                                                        \
+        "set xlabel 'context (tokens)'\nset logscale xy\nset grid\nset pointsize 1.3\n"                  \
+        "set xtics (\"16K\" 16384, \"32K\" 32768, \"64K\" 65536, \"128K\" 131072, \"256K\" 262144)\n" \
+        "set xrange [12000:180000]\n"
+
 /* tokens/s vs context per policy (1 client, the main budget), log-log. */
 static int plot_tps(const char *out, const struct run_row *rows, size_t n, double budget)
 {
@@ -450,10 +456,7 @@ static int plot_tps(const char *out, const struct run_row *rows, size_t n, doubl
         if (!f)
                 return -1;
         fprintf(f, "set title 'Decode throughput vs context (budget %.0f%%, 1 client, 4 layers, SSD tier)'\n"
-                   "set xlabel 'context (tokens)'\nset ylabel 'tokens/s (log scale)'\nset logscale xy\n"
-                   "set xtics (\"16K\" 16384, \"32K\" 32768, \"64K\" 65536, \"128K\" 131072, \"256K\" 262144)\n"
-                   "set xrange [12000:180000]\nset grid\n"
-                   "set key top right\nset pointsize 1.3\n",
+                   CTX_AXIS "set ylabel 'tokens/s (log scale)'\nset key top right\n",
                 budget * 100);
         for (int p = 0; p < N_POL; p++) {
                 fprintf(f, "$%s << EOD\n", policies[p]);
@@ -465,7 +468,7 @@ static int plot_tps(const char *out, const struct run_row *rows, size_t n, doubl
         fprintf(f, "plot $full with linespoints lw 2 title 'full (FlexGen-style)', "
                    "$sparse with linespoints lw 2 title 'sparse (InfiniGen-style)', "
                    "$lru with linespoints lw 2 title 'lru', "
-                   "$kvdrive with linespoints lw 2 title 'kvdrive (first cut)'\n");
+                   "$kvdrive with linespoints lw 2 title 'kvdrive'\n");
         return plot_close(f);
 }
 
@@ -476,8 +479,8 @@ static int plot_recall(const char *out, const struct run_row *rows, size_t n, ui
 
         if (!f)
                 return -1;
-        fprintf(f, "set title 'Accuracy vs device budget (top-k = budget; context %uK, 1 client; sparse and lru "
-                   "select alike)'\n"
+        fprintf(f, "set title 'Accuracy vs device budget (top-k = budget; context %uK, 1 client; sparse, lru and "
+                   "kvdrive select alike)'\n"
                    "set xlabel 'budget (%% of the KV blocks; top-k fraction per layer)'\n"
                    "set ylabel 'recall'\nset yrange [0:1.05]\nset xrange [0:25]\nset grid\nset key bottom right\n"
                    "set pointsize 1.3\n",
@@ -509,10 +512,7 @@ static int plot_bytes(const char *out, const struct run_row *rows, size_t n, dou
         if (!f)
                 return -1;
         fprintf(f, "set title 'Data moved per decoded token (budget %.0f%%, 1 client)'\n"
-                   "set xlabel 'context (tokens)'\nset ylabel 'MiB per token (log scale)'\nset logscale xy\n"
-                   "set xtics (\"16K\" 16384, \"32K\" 32768, \"64K\" 65536, \"128K\" 131072, \"256K\" 262144)\n"
-                   "set xrange [12000:180000]\nset grid\n"
-                   "set key top left\nset pointsize 1.3\n",
+                   CTX_AXIS "set ylabel 'MiB per token (log scale)'\nset key top left\n",
                 budget * 100);
         for (int p = 0; p < N_POL; p++) {
                 fprintf(f, "$%s << EOD\n", policies[p]);
