@@ -11,7 +11,6 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -42,18 +41,6 @@
 #define NEEDLE_BOOST 1.5
 /* The local logit falls by this much over `window` tokens. */
 #define WINDOW_DROP 2.0
-
-__attribute__((format(printf, 4, 5))) static int fail(char *err, size_t errlen, int r, const char *fmt, ...)
-{
-        va_list ap;
-
-        if (err && errlen > 0) {
-                va_start(ap, fmt);
-                vsnprintf(err, errlen, fmt, ap);
-                va_end(ap);
-        }
-        return r;
-}
 
 /* ---- random numbers ------------------------------------------------------ */
 
@@ -212,41 +199,42 @@ int kvb_gen_check(const struct kvb_gen_opts *o, char *err, size_t errlen)
         if (r < 0)
                 return r;
         if (m->head_dim > KVK_MAX_HEAD_DIM || m->kv_heads > KVK_MAX_KV_HEADS || m->q_heads > KVK_MAX_Q_HEADS)
-                return fail(err, errlen, -EINVAL,
+                return kvb_fail(err, errlen, -EINVAL,
                             "gen: the kernels take at most head_dim %u, kv_heads %u, q_heads %u", KVK_MAX_HEAD_DIM,
                             KVK_MAX_KV_HEADS, KVK_MAX_Q_HEADS);
         if (o->seed > INT64_MAX)
-                return fail(err, errlen, -EINVAL, "gen: --seed must be at most %" PRId64, INT64_MAX);
+                return kvb_fail(err, errlen, -EINVAL, "gen: --seed must be at most %" PRId64, INT64_MAX);
         prompt = m->tokens - m->steps;
         if (o->sinks > prompt)
-                return fail(err, errlen, -EINVAL, "gen: --sinks %" PRIu32 " exceeds the prompt (%" PRIu32 " tokens)",
+                return kvb_fail(err, errlen, -EINVAL,
+                                "gen: --sinks %" PRIu32 " exceeds the prompt (%" PRIu32 " tokens)",
                             o->sinks, prompt);
         if (o->topics > 65535)
-                return fail(err, errlen, -EINVAL, "gen: --topics must be at most 65535");
+                return kvb_fail(err, errlen, -EINVAL, "gen: --topics must be at most 65535");
         if (o->topics > 0 && o->topic_span == 0)
-                return fail(err, errlen, -EINVAL, "gen: --topic-span must be at least 1");
+                return kvb_fail(err, errlen, -EINVAL, "gen: --topic-span must be at least 1");
         if (o->needles > 0) {
                 ns = needle_steps(o);
                 if (o->needle_len == 0)
-                        return fail(err, errlen, -EINVAL, "gen: --needle-len must be at least 1");
+                        return kvb_fail(err, errlen, -EINVAL, "gen: --needle-len must be at least 1");
                 lo = o->sinks;
                 hi = prompt > o->window ? prompt - o->window : 0;
                 if (hi <= lo || (uint64_t)o->needles * o->needle_len > hi - lo)
-                        return fail(err, errlen, -EINVAL,
+                        return kvb_fail(err, errlen, -EINVAL,
                                     "gen: %" PRIu32 " needles of %" PRIu32 " tokens do not fit between the sinks and "
                                     "the local window of the prompt (%" PRIu32 " tokens)",
                                     o->needles, o->needle_len, hi > lo ? hi - lo : 0);
                 if ((uint64_t)o->needles * ns > m->steps)
-                        return fail(err, errlen, -EINVAL,
+                        return kvb_fail(err, errlen, -EINVAL,
                                     "gen: %" PRIu32 " needles of %" PRIu32 " steps do not fit in %" PRIu32 " steps",
                                     o->needles, ns, m->steps);
         }
         if (!(o->drift >= 0 && o->drift <= 10))
-                return fail(err, errlen, -EINVAL, "gen: --drift must be in [0, 10]");
+                return kvb_fail(err, errlen, -EINVAL, "gen: --drift must be in [0, 10]");
         if (!(o->layer_corr >= 0 && o->layer_corr <= 1))
-                return fail(err, errlen, -EINVAL, "gen: --layer-corr must be in [0, 1]");
+                return kvb_fail(err, errlen, -EINVAL, "gen: --layer-corr must be in [0, 1]");
         if (!(o->scale > 0 && o->scale <= 1000))
-                return fail(err, errlen, -EINVAL, "gen: --scale must be in (0, 1000]");
+                return kvb_fail(err, errlen, -EINVAL, "gen: --scale must be in (0, 1000]");
         return 0;
 }
 
@@ -547,7 +535,7 @@ static int gen_kv(struct gen *g, struct kvb_trace_writer *w, char *err, size_t e
         ks = alloc_n(slab, sizeof(*ks));
         vs = alloc_n(slab, sizeof(*vs));
         if (!ks || !vs) {
-                r = fail(err, errlen, -ENOMEM, "gen: out of memory");
+                r = kvb_fail(err, errlen, -ENOMEM, "gen: out of memory");
                 goto out_free;
         }
         for (uint32_t h = 0; h < g->kv_heads; h++) {
@@ -598,7 +586,7 @@ static int gen_queries(struct gen *g, struct kvb_trace_writer *w, char *err, siz
         c = alloc_n(d, sizeof(*c));
         f = alloc_n(d, sizeof(*f));
         if (!qs || !prev || !c || !f) {
-                r = fail(err, errlen, -ENOMEM, "gen: out of memory");
+                r = kvb_fail(err, errlen, -ENOMEM, "gen: out of memory");
                 goto out_free;
         }
         for (uint32_t qh = 0; qh < g->q_heads; qh++) {
@@ -714,7 +702,7 @@ int kvb_gen(const struct kvb_gen_opts *o, const char *dir, char *err, size_t err
         int r;
 
         if (!o || !dir)
-                return fail(err, errlen, -EINVAL, "gen: no options or directory");
+                return kvb_fail(err, errlen, -EINVAL, "gen: no options or directory");
         r = kvb_gen_check(o, err, errlen);
         if (r < 0)
                 return r;
@@ -739,7 +727,7 @@ int kvb_gen(const struct kvb_gen_opts *o, const char *dir, char *err, size_t err
         g.noise = alloc_n(d, sizeof(float));
         if (!g.needles || !g.kind || !g.what || !g.sink || !g.topic || !g.needle || !g.local || !g.local_tail ||
             !g.perm || !g.sign || !g.tmp || !g.noise) {
-                r = fail(err, errlen, -ENOMEM, "gen: out of memory");
+                r = kvb_fail(err, errlen, -ENOMEM, "gen: out of memory");
                 goto out;
         }
         r = kvb_gen_needles(o, g.needles, err, errlen);
@@ -750,7 +738,7 @@ int kvb_gen(const struct kvb_gen_opts *o, const char *dir, char *err, size_t err
         gen_dicts(&g);
         extra = gen_json(&g);
         if (!extra) {
-                r = fail(err, errlen, -ENOMEM, "gen: out of memory");
+                r = kvb_fail(err, errlen, -ENOMEM, "gen: out of memory");
                 goto out;
         }
         r = kvb_trace_writer_open(dir, &o->shape, &w, err, errlen);

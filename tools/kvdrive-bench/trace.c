@@ -27,7 +27,7 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "traces are little-end
 
 static const char *const array_names[] = { "k.bin", "v.bin", "q.bin" };
 
-__attribute__((format(printf, 4, 5))) static int fail(char *err, size_t errlen, int r, const char *fmt, ...)
+__attribute__((format(printf, 4, 5))) int kvb_fail(char *err, size_t errlen, int r, const char *fmt, ...)
 {
         va_list ap;
 
@@ -65,27 +65,27 @@ int kvb_trace_meta_check(const struct kvb_trace_meta *m, size_t *ret_kv_elems, s
 
         for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++)
                 if (counts[i].v == 0)
-                        return fail(err, errlen, -EINVAL, "meta.json: \"%s\" must be at least 1, got 0",
+                        return kvb_fail(err, errlen, -EINVAL, "meta.json: \"%s\" must be at least 1, got 0",
                                     counts[i].key);
         if (m->q_heads % m->kv_heads != 0)
-                return fail(err, errlen, -EINVAL,
+                return kvb_fail(err, errlen, -EINVAL,
                             "meta.json: q_heads (%" PRIu32 ") is not a multiple of kv_heads (%" PRIu32
                             "): GQA needs q_heads = kv_heads * group",
                             m->q_heads, m->kv_heads);
         if (m->steps >= m->tokens)
-                return fail(err, errlen, -EINVAL,
+                return kvb_fail(err, errlen, -EINVAL,
                             "meta.json: steps (%" PRIu32 ") must be less than tokens (%" PRIu32
                             "): tokens counts the prompt (at least 1) plus the decode steps",
                             m->steps, m->tokens);
         /* Bytes, not only elements, must fit: the files are mapped whole. */
         if (!mul_size(&kv, m->layers) || !mul_size(&kv, m->kv_heads) || !mul_size(&kv, m->tokens) ||
             !mul_size(&kv, m->head_dim) || kv > SIZE_MAX / sizeof(uint16_t))
-                return fail(err, errlen, -EINVAL,
+                return kvb_fail(err, errlen, -EINVAL,
                             "meta.json: k.bin and v.bin would exceed SIZE_MAX bytes "
                             "(layers * kv_heads * tokens * head_dim * 2 overflows)");
         if (!mul_size(&q, m->steps) || !mul_size(&q, m->layers) || !mul_size(&q, m->q_heads) ||
             !mul_size(&q, m->head_dim) || q > SIZE_MAX / sizeof(uint16_t))
-                return fail(err, errlen, -EINVAL,
+                return kvb_fail(err, errlen, -EINVAL,
                             "meta.json: q.bin would exceed SIZE_MAX bytes "
                             "(steps * layers * q_heads * head_dim * 2 overflows)");
         if (ret_kv_elems)
@@ -125,16 +125,17 @@ static int meta_u32(const json_t *root, const char *key, uint32_t *ret, char *er
         json_int_t v;
 
         if (!j)
-                return fail(err, errlen, -EINVAL, "meta.json: missing key \"%s\"", key);
+                return kvb_fail(err, errlen, -EINVAL, "meta.json: missing key \"%s\"", key);
         if (!json_is_integer(j))
-                return fail(err, errlen, -EINVAL, "meta.json: \"%s\" must be a positive integer, not %s", key,
+                return kvb_fail(err, errlen, -EINVAL, "meta.json: \"%s\" must be a positive integer, not %s", key,
                             json_type_name(j));
         v = json_integer_value(j);
         if (v <= 0)
-                return fail(err, errlen, -EINVAL, "meta.json: \"%s\" must be a positive integer, got %" JSON_INTEGER_FORMAT,
+                return kvb_fail(err, errlen, -EINVAL,
+                                "meta.json: \"%s\" must be a positive integer, got %" JSON_INTEGER_FORMAT,
                             key, v);
         if ((unsigned long long)v > UINT32_MAX)
-                return fail(err, errlen, -EINVAL,
+                return kvb_fail(err, errlen, -EINVAL,
                             "meta.json: \"%s\" = %" JSON_INTEGER_FORMAT " is too large (at most %" PRIu32 ")", key, v,
                             UINT32_MAX);
         *ret = (uint32_t)v;
@@ -148,7 +149,7 @@ static int meta_parse(const json_t *root, struct kvb_trace_meta *ret, char *err,
         int r;
 
         if (!json_is_object(root))
-                return fail(err, errlen, -EINVAL, "meta.json: must hold a JSON object, not %s",
+                return kvb_fail(err, errlen, -EINVAL, "meta.json: must hold a JSON object, not %s",
                             json_type_name(root));
         if ((r = meta_u32(root, "layers", &m.layers, err, errlen)) < 0 ||
             (r = meta_u32(root, "kv_heads", &m.kv_heads, err, errlen)) < 0 ||
@@ -159,12 +160,12 @@ static int meta_parse(const json_t *root, struct kvb_trace_meta *ret, char *err,
                 return r;
         dtype = json_object_get(root, "dtype");
         if (!dtype)
-                return fail(err, errlen, -EINVAL, "meta.json: missing key \"dtype\" (must be \"f16\")");
+                return kvb_fail(err, errlen, -EINVAL, "meta.json: missing key \"dtype\" (must be \"f16\")");
         if (!json_is_string(dtype))
-                return fail(err, errlen, -EINVAL, "meta.json: \"dtype\" must be the string \"f16\", not %s",
+                return kvb_fail(err, errlen, -EINVAL, "meta.json: \"dtype\" must be the string \"f16\", not %s",
                             json_type_name(dtype));
         if (strcmp(json_string_value(dtype), "f16") != 0)
-                return fail(err, errlen, -EINVAL, "meta.json: dtype \"%s\" is not supported (only \"f16\")",
+                return kvb_fail(err, errlen, -EINVAL, "meta.json: dtype \"%s\" is not supported (only \"f16\")",
                             json_string_value(dtype));
         r = kvb_trace_meta_check(&m, NULL, NULL, err, errlen);
         if (r < 0)
@@ -182,28 +183,28 @@ static int meta_load(const char *dir, struct kvb_trace_meta *ret, char *err, siz
         int fd, r;
 
         if (path_join(path, sizeof(path), dir, "meta.json") < 0)
-                return fail(err, errlen, -ENAMETOOLONG, "meta.json: path too long: %s/meta.json", dir);
+                return kvb_fail(err, errlen, -ENAMETOOLONG, "meta.json: path too long: %s/meta.json", dir);
         fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
                 r = -errno;
-                return fail(err, errlen, r, "meta.json: cannot open %s: %s", path, strerror(-r));
+                return kvb_fail(err, errlen, r, "meta.json: cannot open %s: %s", path, strerror(-r));
         }
         if (fstat(fd, &st) < 0) {
-                r = fail(err, errlen, -errno, "meta.json: cannot stat %s: %s", path, strerror(errno));
+                r = kvb_fail(err, errlen, -errno, "meta.json: cannot stat %s: %s", path, strerror(errno));
                 goto out_close;
         }
         if (!S_ISREG(st.st_mode)) {
-                r = fail(err, errlen, -EINVAL, "meta.json: %s is not a regular file", path);
+                r = kvb_fail(err, errlen, -EINVAL, "meta.json: %s is not a regular file", path);
                 goto out_close;
         }
         if (st.st_size > META_MAX_BYTES) {
-                r = fail(err, errlen, -EINVAL, "meta.json: %s is %jd bytes, more than a meta.json may be (%u)",
+                r = kvb_fail(err, errlen, -EINVAL, "meta.json: %s is %jd bytes, more than a meta.json may be (%u)",
                          path, (intmax_t)st.st_size, META_MAX_BYTES);
                 goto out_close;
         }
         root = json_loadfd(fd, JSON_REJECT_DUPLICATES, &jerr);
         if (!root) {
-                r = fail(err, errlen, -EINVAL, "meta.json: not valid JSON: %s (line %d, column %d)", jerr.text,
+                r = kvb_fail(err, errlen, -EINVAL, "meta.json: not valid JSON: %s (line %d, column %d)", jerr.text,
                          jerr.line, jerr.column);
                 goto out_close;
         }
@@ -226,29 +227,29 @@ static int map_array(const char *dir, enum kvb_trace_array a, size_t elems, cons
         int fd, r;
 
         if (path_join(path, sizeof(path), dir, name) < 0)
-                return fail(err, errlen, -ENAMETOOLONG, "%s: path too long: %s/%s", name, dir, name);
+                return kvb_fail(err, errlen, -ENAMETOOLONG, "%s: path too long: %s/%s", name, dir, name);
         fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
                 r = -errno;
-                return fail(err, errlen, r, "%s: cannot open %s: %s", name, path, strerror(-r));
+                return kvb_fail(err, errlen, r, "%s: cannot open %s: %s", name, path, strerror(-r));
         }
         if (fstat(fd, &st) < 0) {
-                r = fail(err, errlen, -errno, "%s: cannot stat %s: %s", name, path, strerror(errno));
+                r = kvb_fail(err, errlen, -errno, "%s: cannot stat %s: %s", name, path, strerror(errno));
                 goto out_close;
         }
         if (!S_ISREG(st.st_mode)) {
-                r = fail(err, errlen, -EINVAL, "%s: %s is not a regular file", name, path);
+                r = kvb_fail(err, errlen, -EINVAL, "%s: %s is not a regular file", name, path);
                 goto out_close;
         }
         if ((uintmax_t)st.st_size != want) {
-                r = fail(err, errlen, -EINVAL,
+                r = kvb_fail(err, errlen, -EINVAL,
                          "%s: file is too %s: %jd bytes, but meta.json implies %zu (%s * 2 bytes)", name,
                          (uintmax_t)st.st_size < want ? "short" : "long", (intmax_t)st.st_size, want, formula);
                 goto out_close;
         }
         p = mmap(NULL, want, PROT_READ, MAP_PRIVATE, fd, 0);
         if (p == MAP_FAILED) {
-                r = fail(err, errlen, -errno, "%s: cannot map %zu bytes of %s: %s", name, want, path,
+                r = kvb_fail(err, errlen, -errno, "%s: cannot map %zu bytes of %s: %s", name, want, path,
                          strerror(errno));
                 goto out_close;
         }
@@ -300,7 +301,7 @@ static int scan_array(const struct kvb_trace_meta *m, enum kvb_trace_array a, co
                 uint32_t qh = (uint32_t)(row % m->q_heads), l = (uint32_t)(row / m->q_heads % m->layers);
                 uint32_t step = (uint32_t)(row / m->q_heads / m->layers);
 
-                return fail(err, errlen, -EINVAL,
+                return kvb_fail(err, errlen, -EINVAL,
                             "%s: element %zu (byte offset %zu: step %" PRIu32 ", layer %" PRIu32 ", q head %" PRIu32
                             ", dim %" PRIu32 ") is %s (0x%04x)",
                             array_names[a], i, i * 2, step, l, qh, d, what, p[i]);
@@ -309,7 +310,7 @@ static int scan_array(const struct kvb_trace_meta *m, enum kvb_trace_array a, co
                 uint32_t t = (uint32_t)(row % m->tokens), h = (uint32_t)(row / m->tokens % m->kv_heads);
                 uint32_t l = (uint32_t)(row / m->tokens / m->kv_heads);
 
-                return fail(err, errlen, -EINVAL,
+                return kvb_fail(err, errlen, -EINVAL,
                             "%s: element %zu (byte offset %zu: layer %" PRIu32 ", kv head %" PRIu32
                             ", token %" PRIu32 ", dim %" PRIu32 ") is %s (0x%04x)",
                             array_names[a], i, i * 2, l, h, t, d, what, p[i]);
@@ -325,10 +326,10 @@ int kvb_trace_open(const char *dir, struct kvb_trace **ret, char *err, size_t er
         int r;
 
         if (!dir || !ret)
-                return fail(err, errlen, -EINVAL, "trace: no directory given");
+                return kvb_fail(err, errlen, -EINVAL, "trace: no directory given");
         t = calloc(1, sizeof(*t));
         if (!t)
-                return fail(err, errlen, -ENOMEM, "trace: out of memory");
+                return kvb_fail(err, errlen, -ENOMEM, "trace: out of memory");
         r = meta_load(dir, &t->meta, err, errlen);
         if (r < 0)
                 goto err_free;
@@ -393,11 +394,11 @@ static int make_dir(const char *dir, char *err, size_t errlen)
         if (mkdir(dir, 0777) == 0)
                 return 0;
         if (errno != EEXIST)
-                return fail(err, errlen, -errno, "trace: cannot create directory %s: %s", dir, strerror(errno));
+                return kvb_fail(err, errlen, -errno, "trace: cannot create directory %s: %s", dir, strerror(errno));
         if (stat(dir, &st) < 0)
-                return fail(err, errlen, -errno, "trace: cannot stat %s: %s", dir, strerror(errno));
+                return kvb_fail(err, errlen, -errno, "trace: cannot stat %s: %s", dir, strerror(errno));
         if (!S_ISDIR(st.st_mode))
-                return fail(err, errlen, -ENOTDIR, "trace: %s exists and is not a directory", dir);
+                return kvb_fail(err, errlen, -ENOTDIR, "trace: %s exists and is not a directory", dir);
         return 0;
 }
 
@@ -410,20 +411,20 @@ int kvb_trace_writer_open(const char *dir, const struct kvb_trace_meta *m, struc
         int r;
 
         if (!dir || !m || !ret)
-                return fail(err, errlen, -EINVAL, "trace: no directory or meta given");
+                return kvb_fail(err, errlen, -EINVAL, "trace: no directory or meta given");
         r = kvb_trace_meta_check(m, &kv_elems, &q_elems, err, errlen);
         if (r < 0)
                 return r;
         w = calloc(1, sizeof(*w));
         if (!w)
-                return fail(err, errlen, -ENOMEM, "trace: out of memory");
+                return kvb_fail(err, errlen, -ENOMEM, "trace: out of memory");
         w->fd[0] = w->fd[1] = w->fd[2] = -1;
         w->meta = *m;
         w->elems[KVB_TRACE_K] = w->elems[KVB_TRACE_V] = kv_elems;
         w->elems[KVB_TRACE_Q] = q_elems;
         w->dir = strdup(dir);
         if (!w->dir) {
-                r = fail(err, errlen, -ENOMEM, "trace: out of memory");
+                r = kvb_fail(err, errlen, -ENOMEM, "trace: out of memory");
                 goto err_free;
         }
         r = make_dir(dir, err, errlen);
@@ -431,21 +432,21 @@ int kvb_trace_writer_open(const char *dir, const struct kvb_trace_meta *m, struc
                 goto err_free;
         /* No meta.json until finish: a trace cut short must not open. */
         if (path_join(path, sizeof(path), dir, "meta.json") < 0) {
-                r = fail(err, errlen, -ENAMETOOLONG, "trace: path too long: %s/meta.json", dir);
+                r = kvb_fail(err, errlen, -ENAMETOOLONG, "trace: path too long: %s/meta.json", dir);
                 goto err_free;
         }
         if (unlink(path) < 0 && errno != ENOENT) {
-                r = fail(err, errlen, -errno, "meta.json: cannot remove the old %s: %s", path, strerror(errno));
+                r = kvb_fail(err, errlen, -errno, "meta.json: cannot remove the old %s: %s", path, strerror(errno));
                 goto err_free;
         }
         for (int a = 0; a < 3; a++) {
                 if (path_join(path, sizeof(path), dir, array_names[a]) < 0) {
-                        r = fail(err, errlen, -ENAMETOOLONG, "trace: path too long: %s/%s", dir, array_names[a]);
+                        r = kvb_fail(err, errlen, -ENAMETOOLONG, "trace: path too long: %s/%s", dir, array_names[a]);
                         goto err_free;
                 }
                 w->fd[a] = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
                 if (w->fd[a] < 0) {
-                        r = fail(err, errlen, -errno, "%s: cannot create %s: %s", array_names[a], path,
+                        r = kvb_fail(err, errlen, -errno, "%s: cannot create %s: %s", array_names[a], path,
                                  strerror(errno));
                         goto err_free;
                 }
@@ -465,11 +466,11 @@ int kvb_trace_writer_put(struct kvb_trace_writer *w, enum kvb_trace_array a, siz
         off_t pos;
 
         if (!w || (unsigned)a > KVB_TRACE_Q || (!data && n > 0))
-                return fail(err, errlen, -EINVAL, "trace: bad writer arguments");
+                return kvb_fail(err, errlen, -EINVAL, "trace: bad writer arguments");
         if (w->fd[a] < 0)
-                return fail(err, errlen, -EBADF, "%s: already closed", array_names[a]);
+                return kvb_fail(err, errlen, -EBADF, "%s: already closed", array_names[a]);
         if (off > w->elems[a] || n > w->elems[a] - off)
-                return fail(err, errlen, -EINVAL, "%s: elements [%zu, %zu) are past its end (%zu elements)",
+                return kvb_fail(err, errlen, -EINVAL, "%s: elements [%zu, %zu) are past its end (%zu elements)",
                             array_names[a], off, off + n, w->elems[a]);
         pos = (off_t)(off * sizeof(uint16_t));
         while (left > 0) {
@@ -478,9 +479,9 @@ int kvb_trace_writer_put(struct kvb_trace_writer *w, enum kvb_trace_array a, siz
                 if (k < 0 && errno == EINTR)
                         continue;
                 if (k < 0)
-                        return fail(err, errlen, -errno, "%s: write failed: %s", array_names[a], strerror(errno));
+                        return kvb_fail(err, errlen, -errno, "%s: write failed: %s", array_names[a], strerror(errno));
                 if (k == 0)
-                        return fail(err, errlen, -EIO, "%s: write wrote nothing", array_names[a]);
+                        return kvb_fail(err, errlen, -EIO, "%s: write wrote nothing", array_names[a]);
                 p += k;
                 pos += k;
                 left -= (size_t)k;
@@ -517,12 +518,12 @@ int kvb_trace_writer_finish(struct kvb_trace_writer *w, struct json_t *extra, ch
         int r = 0;
 
         if (!w)
-                return fail(err, errlen, -EINVAL, "trace: no writer");
+                return kvb_fail(err, errlen, -EINVAL, "trace: no writer");
         if (extra && !json_is_object(extra))
-                return fail(err, errlen, -EINVAL, "meta.json: extra keys must be a JSON object");
+                return kvb_fail(err, errlen, -EINVAL, "meta.json: extra keys must be a JSON object");
         for (int a = 0; a < 3; a++) {
                 if (w->fd[a] >= 0 && w->put[a] != w->elems[a])
-                        return fail(err, errlen, -EINVAL, "%s: %zu elements written, %zu expected", array_names[a],
+                        return kvb_fail(err, errlen, -EINVAL, "%s: %zu elements written, %zu expected", array_names[a],
                                     w->put[a], w->elems[a]);
         }
         for (int a = 0; a < 3; a++) {
@@ -533,26 +534,26 @@ int kvb_trace_writer_finish(struct kvb_trace_writer *w, struct json_t *extra, ch
                 w->fd[a] = -1;
                 /* close() reports the write errors of some file systems (NFS). */
                 if (close(fd) < 0 && r == 0)
-                        r = fail(err, errlen, -errno, "%s: close failed: %s", array_names[a], strerror(errno));
+                        r = kvb_fail(err, errlen, -errno, "%s: close failed: %s", array_names[a], strerror(errno));
         }
         if (r < 0)
                 return r;
         if (path_join(path, sizeof(path), w->dir, "meta.json") < 0 ||
             path_join(tmp, sizeof(tmp), w->dir, ".meta.json.tmp") < 0)
-                return fail(err, errlen, -ENAMETOOLONG, "trace: path too long: %s/meta.json", w->dir);
+                return kvb_fail(err, errlen, -ENAMETOOLONG, "trace: path too long: %s/meta.json", w->dir);
         o = meta_json(&w->meta, extra);
         if (!o)
-                return fail(err, errlen, -ENOMEM, "meta.json: out of memory");
+                return kvb_fail(err, errlen, -ENOMEM, "meta.json: out of memory");
         /* Written aside and renamed: meta.json is whole or absent. */
         errno = 0;
         if (json_dump_file(o, tmp, JSON_INDENT(2)) < 0) {
-                r = fail(err, errlen, errno > 0 ? -errno : -EIO, "meta.json: cannot write %s: %s", tmp,
+                r = kvb_fail(err, errlen, errno > 0 ? -errno : -EIO, "meta.json: cannot write %s: %s", tmp,
                          errno > 0 ? strerror(errno) : "I/O error");
                 unlink(tmp);
                 goto out_decref;
         }
         if (rename(tmp, path) < 0) {
-                r = fail(err, errlen, -errno, "meta.json: cannot rename %s to %s: %s", tmp, path, strerror(errno));
+                r = kvb_fail(err, errlen, -errno, "meta.json: cannot rename %s to %s: %s", tmp, path, strerror(errno));
                 unlink(tmp);
                 goto out_decref;
         }
@@ -570,7 +571,7 @@ int kvb_trace_write(const char *dir, const struct kvb_trace_meta *m, const uint1
         int r;
 
         if (!m || !k || !v || !q)
-                return fail(err, errlen, -EINVAL, "trace: missing meta or array");
+                return kvb_fail(err, errlen, -EINVAL, "trace: missing meta or array");
         r = kvb_trace_meta_check(m, &kv_elems, &q_elems, err, errlen);
         if (r < 0)
                 return r;

@@ -41,6 +41,10 @@ struct kvb_trace {
  * the problem (file, key, offset) into err. The caller closes *ret.
  */
 int kvb_trace_open(const char *dir, struct kvb_trace **ret, char *err, size_t errlen);
+
+/* Writes the message into err (errlen bytes, if any) and returns r: the
+ * error convention of the trace reader, writer and generator. */
+__attribute__((format(printf, 4, 5))) int kvb_fail(char *err, size_t errlen, int r, const char *fmt, ...);
 struct kvb_trace *kvb_trace_close(struct kvb_trace *t);
 
 /* Writes a trace (meta.json, k.bin, v.bin, q.bin) into dir (created if
