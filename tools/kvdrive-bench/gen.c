@@ -200,15 +200,15 @@ int kvb_gen_check(const struct kvb_gen_opts *o, char *err, size_t errlen)
                 return r;
         if (m->head_dim > KVK_MAX_HEAD_DIM || m->kv_heads > KVK_MAX_KV_HEADS || m->q_heads > KVK_MAX_Q_HEADS)
                 return kvb_fail(err, errlen, -EINVAL,
-                            "gen: the kernels take at most head_dim %u, kv_heads %u, q_heads %u", KVK_MAX_HEAD_DIM,
-                            KVK_MAX_KV_HEADS, KVK_MAX_Q_HEADS);
+                                "gen: the kernels take at most head_dim %u, kv_heads %u, q_heads %u", KVK_MAX_HEAD_DIM,
+                                KVK_MAX_KV_HEADS, KVK_MAX_Q_HEADS);
         if (o->seed > INT64_MAX)
                 return kvb_fail(err, errlen, -EINVAL, "gen: --seed must be at most %" PRId64, INT64_MAX);
         prompt = m->tokens - m->steps;
         if (o->sinks > prompt)
                 return kvb_fail(err, errlen, -EINVAL,
                                 "gen: --sinks %" PRIu32 " exceeds the prompt (%" PRIu32 " tokens)",
-                            o->sinks, prompt);
+                                o->sinks, prompt);
         if (o->topics > 65535)
                 return kvb_fail(err, errlen, -EINVAL, "gen: --topics must be at most 65535");
         if (o->topics > 0 && o->topic_span == 0)
@@ -221,13 +221,13 @@ int kvb_gen_check(const struct kvb_gen_opts *o, char *err, size_t errlen)
                 hi = prompt > o->window ? prompt - o->window : 0;
                 if (hi <= lo || (uint64_t)o->needles * o->needle_len > hi - lo)
                         return kvb_fail(err, errlen, -EINVAL,
-                                    "gen: %" PRIu32 " needles of %" PRIu32 " tokens do not fit between the sinks and "
-                                    "the local window of the prompt (%" PRIu32 " tokens)",
-                                    o->needles, o->needle_len, hi > lo ? hi - lo : 0);
+                                        "gen: %" PRIu32 " needles of %" PRIu32 " tokens do not fit between "
+                                        "the sinks and the local window of the prompt (%" PRIu32 " tokens)",
+                                        o->needles, o->needle_len, hi > lo ? hi - lo : 0);
                 if ((uint64_t)o->needles * ns > m->steps)
                         return kvb_fail(err, errlen, -EINVAL,
-                                    "gen: %" PRIu32 " needles of %" PRIu32 " steps do not fit in %" PRIu32 " steps",
-                                    o->needles, ns, m->steps);
+                                        "gen: %" PRIu32 " needles of %" PRIu32 " steps do not fit in %" PRIu32 " steps",
+                                        o->needles, ns, m->steps);
         }
         if (!(o->drift >= 0 && o->drift <= 10))
                 return kvb_fail(err, errlen, -EINVAL, "gen: --drift must be in [0, 10]");

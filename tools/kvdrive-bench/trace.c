@@ -66,28 +66,28 @@ int kvb_trace_meta_check(const struct kvb_trace_meta *m, size_t *ret_kv_elems, s
         for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++)
                 if (counts[i].v == 0)
                         return kvb_fail(err, errlen, -EINVAL, "meta.json: \"%s\" must be at least 1, got 0",
-                                    counts[i].key);
+                                        counts[i].key);
         if (m->q_heads % m->kv_heads != 0)
                 return kvb_fail(err, errlen, -EINVAL,
-                            "meta.json: q_heads (%" PRIu32 ") is not a multiple of kv_heads (%" PRIu32
-                            "): GQA needs q_heads = kv_heads * group",
-                            m->q_heads, m->kv_heads);
+                                "meta.json: q_heads (%" PRIu32 ") is not a multiple of kv_heads (%" PRIu32
+                                "): GQA needs q_heads = kv_heads * group",
+                                m->q_heads, m->kv_heads);
         if (m->steps >= m->tokens)
                 return kvb_fail(err, errlen, -EINVAL,
-                            "meta.json: steps (%" PRIu32 ") must be less than tokens (%" PRIu32
-                            "): tokens counts the prompt (at least 1) plus the decode steps",
-                            m->steps, m->tokens);
+                                "meta.json: steps (%" PRIu32 ") must be less than tokens (%" PRIu32
+                                "): tokens counts the prompt (at least 1) plus the decode steps",
+                                m->steps, m->tokens);
         /* Bytes, not only elements, must fit: the files are mapped whole. */
         if (!mul_size(&kv, m->layers) || !mul_size(&kv, m->kv_heads) || !mul_size(&kv, m->tokens) ||
             !mul_size(&kv, m->head_dim) || kv > SIZE_MAX / sizeof(uint16_t))
                 return kvb_fail(err, errlen, -EINVAL,
-                            "meta.json: k.bin and v.bin would exceed SIZE_MAX bytes "
-                            "(layers * kv_heads * tokens * head_dim * 2 overflows)");
+                                "meta.json: k.bin and v.bin would exceed SIZE_MAX bytes "
+                                "(layers * kv_heads * tokens * head_dim * 2 overflows)");
         if (!mul_size(&q, m->steps) || !mul_size(&q, m->layers) || !mul_size(&q, m->q_heads) ||
             !mul_size(&q, m->head_dim) || q > SIZE_MAX / sizeof(uint16_t))
                 return kvb_fail(err, errlen, -EINVAL,
-                            "meta.json: q.bin would exceed SIZE_MAX bytes "
-                            "(steps * layers * q_heads * head_dim * 2 overflows)");
+                                "meta.json: q.bin would exceed SIZE_MAX bytes "
+                                "(steps * layers * q_heads * head_dim * 2 overflows)");
         if (ret_kv_elems)
                 *ret_kv_elems = kv;
         if (ret_q_elems)
@@ -128,16 +128,16 @@ static int meta_u32(const json_t *root, const char *key, uint32_t *ret, char *er
                 return kvb_fail(err, errlen, -EINVAL, "meta.json: missing key \"%s\"", key);
         if (!json_is_integer(j))
                 return kvb_fail(err, errlen, -EINVAL, "meta.json: \"%s\" must be a positive integer, not %s", key,
-                            json_type_name(j));
+                                json_type_name(j));
         v = json_integer_value(j);
         if (v <= 0)
                 return kvb_fail(err, errlen, -EINVAL,
                                 "meta.json: \"%s\" must be a positive integer, got %" JSON_INTEGER_FORMAT,
-                            key, v);
+                                key, v);
         if ((unsigned long long)v > UINT32_MAX)
                 return kvb_fail(err, errlen, -EINVAL,
-                            "meta.json: \"%s\" = %" JSON_INTEGER_FORMAT " is too large (at most %" PRIu32 ")", key, v,
-                            UINT32_MAX);
+                                "meta.json: \"%s\" = %" JSON_INTEGER_FORMAT " is too large (at most %" PRIu32 ")",
+                                key, v, UINT32_MAX);
         *ret = (uint32_t)v;
         return 0;
 }
@@ -150,7 +150,7 @@ static int meta_parse(const json_t *root, struct kvb_trace_meta *ret, char *err,
 
         if (!json_is_object(root))
                 return kvb_fail(err, errlen, -EINVAL, "meta.json: must hold a JSON object, not %s",
-                            json_type_name(root));
+                                json_type_name(root));
         if ((r = meta_u32(root, "layers", &m.layers, err, errlen)) < 0 ||
             (r = meta_u32(root, "kv_heads", &m.kv_heads, err, errlen)) < 0 ||
             (r = meta_u32(root, "q_heads", &m.q_heads, err, errlen)) < 0 ||
@@ -163,10 +163,10 @@ static int meta_parse(const json_t *root, struct kvb_trace_meta *ret, char *err,
                 return kvb_fail(err, errlen, -EINVAL, "meta.json: missing key \"dtype\" (must be \"f16\")");
         if (!json_is_string(dtype))
                 return kvb_fail(err, errlen, -EINVAL, "meta.json: \"dtype\" must be the string \"f16\", not %s",
-                            json_type_name(dtype));
+                                json_type_name(dtype));
         if (strcmp(json_string_value(dtype), "f16") != 0)
                 return kvb_fail(err, errlen, -EINVAL, "meta.json: dtype \"%s\" is not supported (only \"f16\")",
-                            json_string_value(dtype));
+                                json_string_value(dtype));
         r = kvb_trace_meta_check(&m, NULL, NULL, err, errlen);
         if (r < 0)
                 return r;
@@ -199,13 +199,13 @@ static int meta_load(const char *dir, struct kvb_trace_meta *ret, char *err, siz
         }
         if (st.st_size > META_MAX_BYTES) {
                 r = kvb_fail(err, errlen, -EINVAL, "meta.json: %s is %jd bytes, more than a meta.json may be (%u)",
-                         path, (intmax_t)st.st_size, META_MAX_BYTES);
+                             path, (intmax_t)st.st_size, META_MAX_BYTES);
                 goto out_close;
         }
         root = json_loadfd(fd, JSON_REJECT_DUPLICATES, &jerr);
         if (!root) {
                 r = kvb_fail(err, errlen, -EINVAL, "meta.json: not valid JSON: %s (line %d, column %d)", jerr.text,
-                         jerr.line, jerr.column);
+                             jerr.line, jerr.column);
                 goto out_close;
         }
         r = meta_parse(root, ret, err, errlen);
@@ -243,14 +243,14 @@ static int map_array(const char *dir, enum kvb_trace_array a, size_t elems, cons
         }
         if ((uintmax_t)st.st_size != want) {
                 r = kvb_fail(err, errlen, -EINVAL,
-                         "%s: file is too %s: %jd bytes, but meta.json implies %zu (%s * 2 bytes)", name,
-                         (uintmax_t)st.st_size < want ? "short" : "long", (intmax_t)st.st_size, want, formula);
+                             "%s: file is too %s: %jd bytes, but meta.json implies %zu (%s * 2 bytes)", name,
+                             (uintmax_t)st.st_size < want ? "short" : "long", (intmax_t)st.st_size, want, formula);
                 goto out_close;
         }
         p = mmap(NULL, want, PROT_READ, MAP_PRIVATE, fd, 0);
         if (p == MAP_FAILED) {
                 r = kvb_fail(err, errlen, -errno, "%s: cannot map %zu bytes of %s: %s", name, want, path,
-                         strerror(errno));
+                             strerror(errno));
                 goto out_close;
         }
         *ret = p;
@@ -302,18 +302,18 @@ static int scan_array(const struct kvb_trace_meta *m, enum kvb_trace_array a, co
                 uint32_t step = (uint32_t)(row / m->q_heads / m->layers);
 
                 return kvb_fail(err, errlen, -EINVAL,
-                            "%s: element %zu (byte offset %zu: step %" PRIu32 ", layer %" PRIu32 ", q head %" PRIu32
-                            ", dim %" PRIu32 ") is %s (0x%04x)",
-                            array_names[a], i, i * 2, step, l, qh, d, what, p[i]);
+                                "%s: element %zu (byte offset %zu: step %" PRIu32 ", layer %" PRIu32 ", q head %" PRIu32
+                                ", dim %" PRIu32 ") is %s (0x%04x)",
+                                array_names[a], i, i * 2, step, l, qh, d, what, p[i]);
         }
         {
                 uint32_t t = (uint32_t)(row % m->tokens), h = (uint32_t)(row / m->tokens % m->kv_heads);
                 uint32_t l = (uint32_t)(row / m->tokens / m->kv_heads);
 
                 return kvb_fail(err, errlen, -EINVAL,
-                            "%s: element %zu (byte offset %zu: layer %" PRIu32 ", kv head %" PRIu32
-                            ", token %" PRIu32 ", dim %" PRIu32 ") is %s (0x%04x)",
-                            array_names[a], i, i * 2, l, h, t, d, what, p[i]);
+                                "%s: element %zu (byte offset %zu: layer %" PRIu32 ", kv head %" PRIu32
+                                ", token %" PRIu32 ", dim %" PRIu32 ") is %s (0x%04x)",
+                                array_names[a], i, i * 2, l, h, t, d, what, p[i]);
         }
 }
 
@@ -447,7 +447,7 @@ int kvb_trace_writer_open(const char *dir, const struct kvb_trace_meta *m, struc
                 w->fd[a] = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
                 if (w->fd[a] < 0) {
                         r = kvb_fail(err, errlen, -errno, "%s: cannot create %s: %s", array_names[a], path,
-                                 strerror(errno));
+                                     strerror(errno));
                         goto err_free;
                 }
         }
@@ -471,7 +471,7 @@ int kvb_trace_writer_put(struct kvb_trace_writer *w, enum kvb_trace_array a, siz
                 return kvb_fail(err, errlen, -EBADF, "%s: already closed", array_names[a]);
         if (off > w->elems[a] || n > w->elems[a] - off)
                 return kvb_fail(err, errlen, -EINVAL, "%s: elements [%zu, %zu) are past its end (%zu elements)",
-                            array_names[a], off, off + n, w->elems[a]);
+                                array_names[a], off, off + n, w->elems[a]);
         pos = (off_t)(off * sizeof(uint16_t));
         while (left > 0) {
                 ssize_t k = pwrite(w->fd[a], p, left, pos);
@@ -524,7 +524,7 @@ int kvb_trace_writer_finish(struct kvb_trace_writer *w, struct json_t *extra, ch
         for (int a = 0; a < 3; a++) {
                 if (w->fd[a] >= 0 && w->put[a] != w->elems[a])
                         return kvb_fail(err, errlen, -EINVAL, "%s: %zu elements written, %zu expected", array_names[a],
-                                    w->put[a], w->elems[a]);
+                                        w->put[a], w->elems[a]);
         }
         for (int a = 0; a < 3; a++) {
                 int fd = w->fd[a];
@@ -548,7 +548,7 @@ int kvb_trace_writer_finish(struct kvb_trace_writer *w, struct json_t *extra, ch
         errno = 0;
         if (json_dump_file(o, tmp, JSON_INDENT(2)) < 0) {
                 r = kvb_fail(err, errlen, errno > 0 ? -errno : -EIO, "meta.json: cannot write %s: %s", tmp,
-                         errno > 0 ? strerror(errno) : "I/O error");
+                             errno > 0 ? strerror(errno) : "I/O error");
                 unlink(tmp);
                 goto out_decref;
         }
