@@ -93,37 +93,6 @@ static int cmp_double(const void *a, const void *b)
         return x < y ? -1 : x > y;
 }
 
-static int bench_scores_one(const char *backend, const struct kvk_shape *s, const float *q,
-                            const float *sum, uint32_t n, int reps, float *sc)
-{
-        size_t bytes = kvk_summary_floats(s) * sizeof(float) * n;
-        double t[MAX_REPS], t0, med;
-        int r;
-
-        r = kvk_set_backend(backend);
-        if (r < 0) {
-                printf("%-7s unavailable (%s)\n", backend, strerror(-r));
-                return 0;
-        }
-        r = kvk_block_scores(s, q, sum, n, sc);         /* warm up */
-        if (r < 0)
-                return r;
-        for (int i = 0; i < reps; i++) {
-                t0 = now();
-                r = kvk_block_scores(s, q, sum, n, sc);
-                t[i] = now() - t0;
-                if (r < 0)
-                        return r;
-        }
-        qsort(t, (size_t)reps, sizeof(t[0]), cmp_double);
-        med = t[reps / 2];
-        printf("%-7s median %7.3f ms/call (min %7.3f, max %7.3f)  %6.2f GB/s  %6.1f ns/block"
-               "  (%d reps)\n",
-               kvk_backend_name(), med * 1e3, t[0] * 1e3, t[reps - 1] * 1e3,
-               (double)bytes / med / 1e9, med / n * 1e9, reps);
-        return 0;
-}
-
 /* CPU time of the calling thread: on a shared machine, wall time also counts
  * the time other processes held the core. */
 static double cpu_now(void)
@@ -134,26 +103,32 @@ static double cpu_now(void)
         return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int bench_attn_one(const char *backend, const struct kvk_shape *s, const float *q,
-                          const void *const *blocks, const uint32_t *valid, uint32_t n, int reps,
-                          float *out, float *lse)
-{
-        size_t bytes = kvk_block_bytes(s) * n;
-        double t[MAX_REPS], c[MAX_REPS], t0, c0, med;
-        int r;
+/* One kernel call of a benchmark: 0 or -errno. */
+typedef int (*call_fn)(const void *arg);
 
-        r = kvk_set_backend(backend);
+/*
+ * Times reps calls of call(arg) on backend after one warm-up call and prints
+ * the median, min and max wall time, GB/s of bytes per call, the time per
+ * unit (n units of unit_scale seconds, e.g. 1e-9 "ns/block") and the median
+ * thread CPU time. 0 (also when the backend is unavailable: said) or -errno.
+ */
+static int time_reps(const char *backend, call_fn call, const void *arg, int reps, size_t bytes, uint32_t n,
+                     double unit_scale, const char *unit)
+{
+        double t[MAX_REPS], c[MAX_REPS], t0, c0, med;
+        int r = kvk_set_backend(backend);
+
         if (r < 0) {
                 printf("%-7s unavailable (%s)\n", backend, strerror(-r));
                 return 0;
         }
-        r = kvk_decode_attention(s, q, blocks, valid, n, out, lse);      /* warm up */
+        r = call(arg);                                  /* warm up */
         if (r < 0)
                 return r;
         for (int i = 0; i < reps; i++) {
                 t0 = now();
                 c0 = cpu_now();
-                r = kvk_decode_attention(s, q, blocks, valid, n, out, lse);
+                r = call(arg);
                 c[i] = cpu_now() - c0;
                 t[i] = now() - t0;
                 if (r < 0)
@@ -162,11 +137,41 @@ static int bench_attn_one(const char *backend, const struct kvk_shape *s, const 
         qsort(t, (size_t)reps, sizeof(t[0]), cmp_double);
         qsort(c, (size_t)reps, sizeof(c[0]), cmp_double);
         med = t[reps / 2];
-        printf("%-7s median %7.3f ms/call (min %7.3f, max %7.3f)  %6.2f GB/s  %6.2f us/block"
+        printf("%-7s median %7.3f ms/call (min %7.3f, max %7.3f)  %6.2f GB/s  %6.2f %s"
                "  cpu median %7.3f ms  (%d reps)\n",
                kvk_backend_name(), med * 1e3, t[0] * 1e3, t[reps - 1] * 1e3,
-               (double)bytes / med / 1e9, med / n * 1e6, c[reps / 2] * 1e3, reps);
+               (double)bytes / med / 1e9, med / n / unit_scale, unit, c[reps / 2] * 1e3, reps);
         return 0;
+}
+
+struct scores_arg {
+        const struct kvk_shape *s;
+        const float *q, *sum;
+        uint32_t n;
+        float *sc;
+};
+
+static int call_scores(const void *arg)
+{
+        const struct scores_arg *a = arg;
+
+        return kvk_block_scores(a->s, a->q, a->sum, a->n, a->sc);
+}
+
+struct attn_arg {
+        const struct kvk_shape *s;
+        const float *q;
+        const void *const *blocks;
+        const uint32_t *valid;
+        uint32_t n;
+        float *out, *lse;
+};
+
+static int call_attn(const void *arg)
+{
+        const struct attn_arg *a = arg;
+
+        return kvk_decode_attention(a->s, a->q, a->blocks, a->valid, a->n, a->out, a->lse);
 }
 
 /* kvk-bench attn [n_blocks [reps [kv_heads q_heads head_dim [block_tokens]]]] */
@@ -228,9 +233,13 @@ static int bench_attn(int argc, char **argv)
                "head_dim %u, f16, %.1f MiB of K/V per call\n",
                n, s.block_tokens, s.kv_heads, s.q_heads, s.head_dim,
                (double)(bb * n) / (1 << 20));
-        r = bench_attn_one("scalar", &s, q, blocks, valid, n, reps, out, lse);
-        if (r == 0)
-                r = bench_attn_one("avx2", &s, q, blocks, valid, n, reps, out, lse);
+        {
+                struct attn_arg a = { &s, q, blocks, valid, n, out, lse };
+
+                r = time_reps("scalar", call_attn, &a, reps, bb * n, n, 1e-6, "us/block");
+                if (r == 0)
+                        r = time_reps("avx2", call_attn, &a, reps, bb * n, n, 1e-6, "us/block");
+        }
 out:
         if (r < 0)
                 fprintf(stderr, "kvk-bench: %s\n", strerror(-r));
@@ -306,9 +315,14 @@ static int bench_scores(int argc, char **argv)
                "%.1f MiB of summaries per call\n",
                n, s.kv_heads, s.q_heads, s.head_dim,
                (double)(sf * n * sizeof(float)) / (1 << 20));
-        r = bench_scores_one("scalar", &s, q, sum, n, reps, sc);
-        if (r == 0)
-                r = bench_scores_one("avx2", &s, q, sum, n, reps, sc);
+        {
+                struct scores_arg a = { &s, q, sum, n, sc };
+                size_t bytes = sf * sizeof(float) * n;
+
+                r = time_reps("scalar", call_scores, &a, reps, bytes, n, 1e-9, "ns/block");
+                if (r == 0)
+                        r = time_reps("avx2", call_scores, &a, reps, bytes, n, 1e-9, "ns/block");
+        }
 out:
         if (r < 0)
                 fprintf(stderr, "kvk-bench: %s\n", strerror(-r));
