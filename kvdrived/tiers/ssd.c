@@ -498,6 +498,10 @@ void kvd_ssd_stats(const struct kvd_ssd *s, struct kvd_ssd_stats *ret)
         kvd_slab_usage(s->slab, &ret->capacity_bytes, &ret->used_bytes, &ret->blocks);
         ret->inflight = s->inflight;
         ret->queued = s->queued;
+        /* The busy period still open counts too: under sustained load the
+         * SSD may never go idle, and the scheduler would see no busy time. */
+        if (s->inflight > 0)
+                ret->busy_ns += now_ns() - s->busy_since_ns;
 }
 
 /* ---- set-up and recovery -------------------------------------------- */
