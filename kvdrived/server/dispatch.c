@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "frame.h"
 #include "io.h"
 #include "kvd-build.h"
@@ -514,7 +515,7 @@ static void start_io(struct kvd_session *ss, uint64_t id, enum kvd_io_kind kind,
  * counts the clients that prefetch now and their mean compute time. */
 static void sched_refresh(struct kvd_server *s)
 {
-        struct kvd_sched_sample now = { .now_ns = kvd_now_ms() * 1000000ull };
+        struct kvd_sched_sample now = { .now_ns = kvd_now_ns() };
         struct kvd_cache_stats cs;
         uint64_t sum = 0;
         uint32_t active = 0;

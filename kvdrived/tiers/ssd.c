@@ -13,9 +13,9 @@
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
 #include "macro.h"
 #include "slab.h"
@@ -76,14 +76,6 @@ struct kvd_ssd {
         bool unsubmitted;               /* SQEs prepared, not yet submitted */
         struct kvd_ssd_stats st;
 };
-
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static uint32_t crc32c(const void *p, size_t n, uint32_t seed)
 {
@@ -287,7 +279,7 @@ static void submit_op(struct kvd_ssd *s, struct op *o)
                 sqe->rw_flags = RWF_DSYNC;
         io_uring_sqe_set_data(sqe, o);
         if (s->inflight++ == 0)
-                s->busy_since_ns = now_ns();
+                s->busy_since_ns = kvd_now_ns();
 }
 
 /* Starts queued operations, most urgent first, while there is room. */
@@ -451,7 +443,7 @@ static void finish_op(struct kvd_ssd *s, struct op *o)
         if (o->kind == OP_INVALIDATE)
                 kvd_slab_release(s->slab, o->loc);
         if (--s->inflight == 0)
-                s->st.busy_ns += now_ns() - s->busy_since_ns;
+                s->st.busy_ns += kvd_now_ns() - s->busy_since_ns;
         if (o->cb)
                 o->cb(o->ctx, r);
         free(o);
@@ -501,7 +493,7 @@ void kvd_ssd_stats(const struct kvd_ssd *s, struct kvd_ssd_stats *ret)
         /* The busy period still open counts too: under sustained load the
          * SSD may never go idle, and the scheduler would see no busy time. */
         if (s->inflight > 0)
-                ret->busy_ns += now_ns() - s->busy_since_ns;
+                ret->busy_ns += kvd_now_ns() - s->busy_since_ns;
 }
 
 /* ---- set-up and recovery -------------------------------------------- */

@@ -6,10 +6,10 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "counters.h"
+#include "clock.h"
 #include "log.h"
 #include "macro.h"
 
@@ -66,14 +66,6 @@ static struct kvd_xfer_batch *claim_locked(struct kvd_xfer *x, unsigned *ret_i)
         return NULL;
 }
 
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void complete(struct kvd_xfer *x, struct kvd_xfer_batch *b)
 {
         uint64_t one = 1;
@@ -107,13 +99,13 @@ static void *worker_main(void *arg)
                 struct kvd_copy *c = &b->copies[i];
                 const struct kvd_device_ops *ops = b->pool->ops;
 
-                uint64_t t0 = now_ns();
+                uint64_t t0 = kvd_now_ns();
 
                 c->result = b->dir == KVD_XFER_IN ? ops->copy_in(b->pool, c->slot, c->host, c->len)
                                                   : ops->copy_out(b->pool, c->slot, c->host, c->len);
                 if (c->result == 0) {
                         atomic_fetch_add(&x->bytes[b->dir], c->len);
-                        atomic_fetch_add(&x->busy_ns[b->dir], now_ns() - t0);
+                        atomic_fetch_add(&x->busy_ns[b->dir], kvd_now_ns() - t0);
                         /* The release orders the copy before the count the
                          * client acquires: its bytes are there once seen. */
                         if (c->done_ctr) {
