@@ -268,8 +268,22 @@ START_TEST(test_kvdrive_two_clients)
         ck_assert_msg(jget(kvd, "pipeline", "hidden_layers") <= jget(kvd, "pipeline", "miss_layers"),
                       "more layers hidden than had misses");
         ck_assert_double_eq(jget(kvd, "pipeline", "staged_blocks"), 0);
-        json_decref(lru);
         json_decref(kvd);
+
+        /* With both kinds of staging on: guesses go to the daemon's host
+         * memory, never change what is attended. */
+        {
+                const char *sargs[] = { "decode", "--socket", d.socket_path, "--policy", "kvdrive", "--trace", trace,
+                                        "--clients", "2", "--seqs", "2", "--accuracy-every", "1", "--compute-us", "50",
+                                        "--stage", "1", "--stage-layer", "1", "--json", NULL };
+
+                kvd = run_json(dir.path, sargs);
+                ck_assert_msg(jget(kvd, "pipeline", "staged_blocks") > 0, "nothing was staged");
+                ck_assert_double_eq_tol(jget(kvd, "accuracy", "rel_l2_error_mean"),
+                                        jget(lru, "accuracy", "rel_l2_error_mean"), 1e-5);
+                json_decref(kvd);
+        }
+        json_decref(lru);
 
         ck_assert_int_eq(kvc_connect(d.socket_path, "probe", &c), 0);
         ck_assert_int_eq(kvc_stats_get(c, &st), 0);
