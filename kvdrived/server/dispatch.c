@@ -10,7 +10,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "clock.h"
 #include "frame.h"
 #include "io.h"
 #include "kvd-build.h"
@@ -24,9 +23,6 @@ struct pending {
         enum kvd_io_kind kind;
         uint32_t prefetch_depth;        /* the scheduler's answer, if asked */
 };
-
-/* A client that sent its compute time within this window prefetches now. */
-#define SCHED_ACTIVE_MS 1000
 
 static void close_fds(int *fds, unsigned nfds)
 {
@@ -511,46 +507,6 @@ static void start_io(struct kvd_session *ss, uint64_t id, enum kvd_io_kind kind,
         }
 }
 
-/* Feeds the scheduler the links' counters, at most once per window, and
- * counts the clients that prefetch now and their mean compute time. */
-static void sched_refresh(struct kvd_server *s)
-{
-        struct kvd_sched_sample now = { .now_ns = kvd_now_ns() };
-        struct kvd_cache_stats cs;
-        uint64_t sum = 0;
-        uint32_t active = 0;
-
-        if (s->sched.primed && now.now_ns - s->sched.last.now_ns < KVD_SCHED_MIN_WINDOW_NS)
-                return;
-        kvd_cache_stats(s->cache, &cs);
-        now.dev_bytes = kvd_xfer_bytes(s->xfer, KVD_XFER_OUT);
-        now.dev_busy_ns = kvd_xfer_busy_ns(s->xfer, KVD_XFER_OUT);
-        now.dev_lanes = s->cfg->workers;
-        now.ssd_bytes = cs.ssd_read_bytes;
-        now.ssd_busy_ns = cs.ssd_busy_ns;
-        now.host_hits = cs.hits;
-        now.host_misses = cs.misses;
-        (void)kvd_sched_update(&s->sched, &now);
-        for (struct kvd_session *x = s->sessions; x; x = x->next)
-                if (!x->closed && x->sched_ms && kvd_now_ms() - x->sched_ms < SCHED_ACTIVE_MS) {
-                        active++;
-                        sum += x->compute_us;
-                }
-        s->sched.active = active;
-        s->sched.compute_us = active ? (uint32_t)(sum / active) : 0;
-}
-
-/* A Get told us the client's compute time per layer: its prefetch depth. */
-static uint32_t sched_ask(struct kvd_session *ss, uint32_t compute_us, uint64_t block_bytes)
-{
-        struct kvd_server *s = ss->server;
-
-        ss->sched_ms = kvd_now_ms();
-        ss->compute_us = compute_us;
-        sched_refresh(s);
-        return kvd_sched_depth(&s->sched, compute_us, block_bytes, s->sched.active ? s->sched.active : 1);
-}
-
 static void handle_transfer(struct kvd_session *ss, uint64_t id, const Kvdrive__Transfer *m, bool put)
 {
         const struct kvd_ns *ns;
@@ -579,7 +535,7 @@ static void handle_transfer(struct kvd_session *ss, uint64_t id, const Kvdrive__
                 return;
         }
         start_io(ss, id, put ? KVD_IO_PUT : KVD_IO_GET, m->durable, ns, pool, m->items, m->n_items,
-                 !put && m->compute_us ? sched_ask(ss, m->compute_us, ns->block_bytes) : 0);
+                 !put && m->compute_us ? kvd_sched_ask(ss, m->compute_us, ns->block_bytes) : 0);
 }
 
 static void handle_prefetch(struct kvd_session *ss, uint64_t id, const Kvdrive__Prefetch *m)
@@ -773,7 +729,7 @@ static void handle_stats(struct kvd_session *ss, uint64_t id)
         sr.eviction = (char *)cs.eviction;
         sr.speculative_promotions = cs.spec_promotions;
         sr.scores = cs.scores;
-        sched_refresh(s);
+        kvd_sched_refresh(s);
         sr.sched_device_bytes_per_s = (uint64_t)s->sched.dev_rate;
         sr.sched_ssd_bytes_per_s = (uint64_t)s->sched.ssd_rate;
         sr.sched_host_hit_rate = s->sched.host_hit;

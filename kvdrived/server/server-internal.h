@@ -95,3 +95,11 @@ void kvd_session_send_error(struct kvd_session *ss, uint64_t id, Kvdrive__ErrorC
 void kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int *fds, unsigned nfds);
 
 uint64_t kvd_now_ms(void);
+
+/* server.c: the adaptive prefetch scheduler fed from the server's counters
+ * (core/scheduler.h does the arithmetic). kvd_sched_refresh() folds the
+ * links' counters in at most once per window and counts the clients that
+ * asked within the last second; kvd_sched_ask() records a Get's compute time
+ * for its session and returns its prefetch depth. */
+void kvd_sched_refresh(struct kvd_server *s);
+uint32_t kvd_sched_ask(struct kvd_session *ss, uint32_t compute_us, uint64_t block_bytes);
