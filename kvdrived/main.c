@@ -154,6 +154,7 @@ out:
                         log_info("writing %llu blocks back to SSD before stopping", (unsigned long long)n);
         }
         kvd_cache_free(cache);
+        kvd_config_free(&cfg);
         log_info("stopped");
         return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -72,6 +72,8 @@ static const char *const daemon_errors[] = {
         [KVC_E_NO_SPACE - KVC_E_BASE] = "No space in the cache",
         [KVC_E_INTERNAL - KVC_E_BASE] = "Internal daemon error",
         [KVC_E_UNSUPPORTED - KVC_E_BASE] = "Not supported by this daemon or host",
+        [KVC_E_QUOTA - KVC_E_BASE] = "Quota exceeded",
+        [KVC_E_DENIED - KVC_E_BASE] = "Not allowed on this namespace",
 };
 
 _public_ const char *kvc_strerror(int err)
@@ -446,7 +448,8 @@ _public_ int kvc_register_namespace(kvc_client *c, const char *name, const struc
         geo.head_dim = g->head_dim;
         geo.dtype = (Kvdrive__Dtype)g->dtype;
         geo.block_tokens = g->block_tokens;
-        rn.name = (char *)name;
+        rn.name.data = (uint8_t *)name;
+        rn.name.len = strlen(name);
         rn.geometry = &geo;
         req.body_case = KVDRIVE__REQUEST__BODY_REGISTER_NAMESPACE;
         req.register_namespace = &rn;
@@ -819,6 +822,29 @@ out_free_keys:
         return err;
 }
 
+_public_ int kvc_drop_namespace(kvc_client *c, uint32_t ns, uint64_t *ret_deleted)
+{
+        Kvdrive__DropNamespace dn = KVDRIVE__DROP_NAMESPACE__INIT;
+        Kvdrive__Request req = KVDRIVE__REQUEST__INIT;
+        Kvdrive__Response *resp = NULL;
+        int err;
+
+        if (!c)
+                return -EINVAL;
+        dn.ns_id = ns;
+        req.body_case = KVDRIVE__REQUEST__BODY_DROP_NAMESPACE;
+        req.drop_namespace = &dn;
+        err = kvc__call(c, &req, -1, KVDRIVE__RESPONSE__BODY_DROP_NAMESPACE, &resp);
+        if (err < 0)
+                return err;
+        if (!resp->drop_namespace)
+                err = -EBADMSG;
+        else if (ret_deleted)
+                *ret_deleted = resp->drop_namespace->deleted;
+        kvdrive__response__free_unpacked(resp, NULL);
+        return err;
+}
+
 static void copy_str(char *dst, size_t size, const char *src)
 {
         snprintf(dst, size, "%s", src ? src : "");
@@ -832,7 +858,8 @@ static int stats_from_wire(const Kvdrive__StatsReply *w, struct kvc_stats **ret)
                 return -ENOMEM;
         s->tiers = calloc(w->n_tiers ? w->n_tiers : 1, sizeof(*s->tiers));
         s->namespaces = calloc(w->n_namespaces ? w->n_namespaces : 1, sizeof(*s->namespaces));
-        if (!s->tiers || !s->namespaces) {
+        s->tenants = calloc(w->n_tenants ? w->n_tenants : 1, sizeof(*s->tenants));
+        if (!s->tiers || !s->namespaces || !s->tenants) {
                 kvc_stats_free(s);
                 return -ENOMEM;
         }
@@ -910,6 +937,23 @@ static int stats_from_wire(const Kvdrive__StatsReply *w, struct kvc_stats **ret)
                 }
                 o->block_bytes = n->block_bytes;
                 o->blocks = n->blocks;
+                o->owner = n->owner;
+                o->rights = n->rights;
+                o->dropped = n->dropped;
+        }
+        s->peer_uid = w->peer_uid;
+        s->peer_admin = w->peer_admin;
+        s->n_tenants = (uint32_t)w->n_tenants;
+        for (size_t i = 0; i < w->n_tenants; i++) {
+                const Kvdrive__TenantStats *t = w->tenants[i];
+
+                s->tenants[i] = (struct kvc_tenant_stats){
+                        .uid = t->uid, .host_bytes = t->host_bytes, .ssd_bytes = t->ssd_bytes,
+                        .pool_bytes = t->pool_bytes, .namespaces = t->namespaces,
+                        .quota_host_bytes = t->quota_host_bytes, .quota_ssd_bytes = t->quota_ssd_bytes,
+                        .quota_pool_bytes = t->quota_pool_bytes, .quota_namespaces = t->quota_namespaces,
+                        .quota_evictions = t->quota_evictions, .quota_refusals = t->quota_refusals,
+                };
         }
         *ret = s;
         return 0;
@@ -940,6 +984,7 @@ _public_ struct kvc_stats *kvc_stats_free(struct kvc_stats *s)
                 return NULL;
         free(s->tiers);
         free(s->namespaces);
+        free(s->tenants);
         free(s);
         return NULL;
 }

@@ -6,13 +6,11 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "host.h"
+#include "cache-internal.h"
+#include "clock.h"
 #include "log.h"
 #include "macro.h"
-#include "slab.h"
-#include "ssd.h"
 
 /* Demotions started to make host room, at most, before a Put waits. */
 #define MAX_EVICT_WRITES 64
@@ -22,18 +20,8 @@
 #define DEMAND_HEAT 0.05f
 /* Speculative next-layer loads in flight, at most. */
 #define MAX_SPEC_LOADS 16
-
-struct lru {
-        uint32_t head, tail;    /* head: least recently used */
-};
-
-/* A request item waiting for an event (see cache.h). */
-struct waiter {
-        kvd_wait_fn fn;
-        void *ctx;
-        uint32_t item;
-        uint32_t next;          /* waiter index, 0: end */
-};
+/* Half-lives a heat may be scaled up by before it is re-based (float range). */
+#define HEAT_RESCALE_MAX 60.0f
 
 /* Context of an SSD write or read of one block. */
 struct ssd_ctx {
@@ -45,32 +33,6 @@ struct ssd_ctx {
         bool speculative;       /* a next-layer guess: counted in spec_inflight */
 };
 
-struct kvd_cache {
-        const struct kvd_config *cfg;
-        struct kvd_host *host;
-        struct kvd_tier *host_tier;
-        struct kvd_ssd *ssd;    /* NULL without an SSD tier */
-        uint32_t hdr;           /* bytes of slot header heading each host page */
-        struct kvd_tier *ssd_tier;
-        struct kvd_index *index;
-        struct kvd_ns *ns;      /* cfg->max_namespaces */
-        uint32_t n_ns;
-        struct lru lru[KVD_SLAB_MAX_CLASSES];     /* host copies that may go */
-        struct lru ssd_lru[KVD_SLAB_MAX_CLASSES]; /* SSD copies that may go */
-        int evict_rr, ssd_evict_rr;
-        uint32_t evict_writes;  /* demotions in flight that free host room */
-        struct waiter *waiters; /* [0] unused */
-        uint32_t n_waiters, cap_waiters, free_waiter;
-        uint32_t space_head, space_tail; /* waiters for host room, FIFO */
-        bool waking_space;
-        bool stopping;          /* kvd_cache_quiesce() ran: no new waits */
-        uint64_t hits, misses, evictions, puts, gets;
-        uint64_t ssd_hits, ssd_misses, ssd_evictions, demotions, promotions, dropped;
-        uint64_t spec_promotions, scores;
-        uint32_t spec_inflight; /* speculative loads in flight */
-        struct timespec t0;     /* the heat clock starts here */
-};
-
 static struct kvd_block *blk(const struct kvd_cache *c, uint32_t id)
 {
         return kvd_index_block(c->index, id);
@@ -80,10 +42,7 @@ static struct kvd_block *blk(const struct kvd_cache *c, uint32_t id)
 
 static uint32_t clock_ms(const struct kvd_cache *c)
 {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint32_t)((ts.tv_sec - c->t0.tv_sec) * 1000 + (ts.tv_nsec - c->t0.tv_nsec) / 1000000);
+        return (uint32_t)((kvd_now_ns() - c->t0_ns) / 1000000);
 }
 
 /* A block's heat now: its decayed attention mass plus demand. */
@@ -94,11 +53,31 @@ static float heat_now(const struct kvd_cache *c, const struct kvd_block *b, uint
         return b->heat == 0.0f ? 0.0f : b->heat * exp2f(-age);
 }
 
+/*
+ * heat_ms doubles as the time of the block's last use (see touch()), which
+ * orders the lists of different tenants against each other, so a score
+ * must not move it: the mass is scaled up to the block's time base instead
+ * (exact: decay is a factor), unless that would leave float's range.
+ */
 static void heat_add(struct kvd_cache *c, struct kvd_block *b, float mass)
 {
         uint32_t now = clock_ms(c);
+        float age = (float)(now - b->heat_ms) / (float)c->cfg->heat_half_life_ms;
 
-        b->heat = heat_now(c, b, now) + mass;
+        if (age <= HEAT_RESCALE_MAX) {
+                b->heat += mass * exp2f(age);
+        } else {
+                b->heat = heat_now(c, b, now) + mass;
+                b->heat_ms = now;
+        }
+}
+
+/* The block was used: its heat re-based to now, which stamps the use. */
+static void touch_block(struct kvd_cache *c, struct kvd_block *b)
+{
+        uint32_t now = clock_ms(c);
+
+        b->heat = heat_now(c, b, now);
         b->heat_ms = now;
 }
 
@@ -144,6 +123,11 @@ static void lru_push(struct kvd_cache *c, struct lru *l, uint32_t id, bool ssd)
         l->tail = id;
 }
 
+static struct kvd_tenant *owner_of(const struct kvd_cache *c, const struct kvd_block *b)
+{
+        return c->ns[b->ns].tenant;
+}
+
 static bool host_evictable(const struct kvd_block *b)
 {
         return b->state == KVD_BLOCK_READY && b->loc != KVD_LOC_NONE && b->pins == 0 &&
@@ -161,25 +145,28 @@ static bool ssd_evictable(const struct kvd_block *b)
 static void lru_update(struct kvd_cache *c, uint32_t id, bool touch)
 {
         struct kvd_block *b = blk(c, id);
+        struct kvd_tenant *t = owner_of(c, b);
         bool in_h = b->flags & KVD_BLOCK_IN_HLRU, want_h = host_evictable(b);
         bool in_s = b->flags & KVD_BLOCK_IN_SLRU, want_s = ssd_evictable(b);
 
+        if (touch)
+                touch_block(c, b);
         if (in_h && (!want_h || touch)) {
-                lru_unlink(c, &c->lru[b->klass], id, false);
+                lru_unlink(c, &t->lru[b->klass], id, false);
                 b->flags &= ~KVD_BLOCK_IN_HLRU;
                 in_h = false;
         }
         if (want_h && !in_h) {
-                lru_push(c, &c->lru[b->klass], id, false);
+                lru_push(c, &t->lru[b->klass], id, false);
                 b->flags |= KVD_BLOCK_IN_HLRU;
         }
         if (in_s && (!want_s || touch)) {
-                lru_unlink(c, &c->ssd_lru[b->ssd_klass], id, true);
+                lru_unlink(c, &t->ssd_lru[b->ssd_klass], id, true);
                 b->flags &= ~KVD_BLOCK_IN_SLRU;
                 in_s = false;
         }
         if (want_s && !in_s) {
-                lru_push(c, &c->ssd_lru[b->ssd_klass], id, true);
+                lru_push(c, &t->ssd_lru[b->ssd_klass], id, true);
                 b->flags |= KVD_BLOCK_IN_SLRU;
         }
 }
@@ -204,7 +191,7 @@ static int waiter_new(struct kvd_cache *c, kvd_wait_fn fn, void *ctx, uint32_t i
                 }
                 w = ++c->n_waiters;
         }
-        c->waiters[w] = (struct waiter){ fn, ctx, item, 0 };
+        c->waiters[w] = (struct waiter){ .fn = fn, .ctx = ctx, .item = item };
         *ret = w;
         return 0;
 }
@@ -252,7 +239,7 @@ int kvd_cache_wait_pending(struct kvd_cache *c, uint32_t id, kvd_wait_fn fn, voi
         return wait_on_block(c, id, fn, ctx, item);
 }
 
-int kvd_cache_wait_space(struct kvd_cache *c, kvd_wait_fn fn, void *ctx, uint32_t item)
+int kvd_cache_wait_space(struct kvd_cache *c, int why, kvd_wait_fn fn, void *ctx, uint32_t item)
 {
         uint32_t w;
         int r;
@@ -262,34 +249,43 @@ int kvd_cache_wait_space(struct kvd_cache *c, kvd_wait_fn fn, void *ctx, uint32_
         r = waiter_new(c, fn, ctx, item, &w);
         if (r < 0)
                 return r;
+        c->waiters[w].quota = why == -EXFULL;
         if (c->space_tail)
                 c->waiters[c->space_tail].next = w;
         else
                 c->space_head = w;
         c->space_tail = w;
+        c->space_waiting++;
         return 0;
 }
 
-/* Host room may have been made: let the waiters try again, oldest first,
- * until one has to wait again (the rest would too). */
+/*
+ * Host room may have been made: let the waiters try again, oldest first.
+ * One that has to wait for the tier again stops the round (the rest would
+ * too); one that waits for its owner's quota does not (the next may belong
+ * to someone else). Each waiter is tried at most once per round.
+ */
 static void wake_space(struct kvd_cache *c)
 {
+        uint32_t round;
+
         if (c->waking_space)
                 return; /* a retry freed room: the loop below goes on anyway */
         c->waking_space = true;
-        while (c->space_head) {
+        for (round = c->space_waiting; round > 0 && c->space_head; round--) {
                 uint32_t w = c->space_head, tail_before;
                 struct waiter x = c->waiters[w];
 
                 c->space_head = x.next;
                 if (!c->space_head)
                         c->space_tail = 0;
+                c->space_waiting--;
                 c->waiters[w].next = c->free_waiter;
                 c->free_waiter = w;
                 tail_before = c->space_tail;
                 x.fn(x.ctx, x.item, true);
-                if (c->space_tail != tail_before)
-                        break;  /* it queued itself again: no room yet */
+                if (c->space_tail != tail_before && !c->waiters[c->space_tail].quota)
+                        break;  /* it queued itself again: no room in the tier yet */
         }
         c->waking_space = false;
 }
@@ -304,6 +300,7 @@ void kvd_cache_quiesce(struct kvd_cache *c)
                 c->space_head = x.next;
                 if (!c->space_head)
                         c->space_tail = 0;
+                c->space_waiting--;
                 c->waiters[w].next = c->free_waiter;
                 c->free_waiter = w;
                 x.fn(x.ctx, x.item, false);
@@ -315,6 +312,7 @@ void kvd_cache_quiesce(struct kvd_cache *c)
 /* ---- set-up ------------------------------------------------------------- */
 
 static bool recover_slot(void *ctx, const struct kvd_slot_header *h, uint32_t loc, int klass);
+static void report_skipped(const struct kvd_cache *c);
 
 int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret)
 {
@@ -326,7 +324,7 @@ int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret)
         if (!c)
                 return -ENOMEM;
         c->cfg = cfg;
-        clock_gettime(CLOCK_MONOTONIC, &c->t0);
+        c->t0_ns = kvd_now_ns();
         /* With an SSD tier, host pages are laid out like SSD slots (header,
          * then payload), so one I/O moves a block: see tiers/ssd.h. */
         c->hdr = cfg->ssd_bytes ? KVD_SLOT_HDR_BYTES : 0;
@@ -362,6 +360,7 @@ int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret)
                 }
                 log_info("SSD tier: recovered %" PRId64 " blocks in %u namespaces in %.3f s", kept, c->n_ns,
                          (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+                report_skipped(c);
         }
         *ret = c;
         return 0;
@@ -379,6 +378,9 @@ struct kvd_cache *kvd_cache_free(struct kvd_cache *c)
         free(c->waiters);
         if (c->host_tier)
                 c->host_tier->ops->destroy(c->host_tier);
+        for (uint32_t i = 0; i < c->n_tenants; i++)
+                free(c->tenants[i]);
+        free(c->tenants);
         free(c->ns);
         free(c);
         return NULL;
@@ -413,82 +415,29 @@ void kvd_cache_host_region(const struct kvd_cache *c, void **ret_base, uint64_t 
         *ret_extent_bytes = c->cfg->host_extent_bytes;
 }
 
-/* ---- namespaces --------------------------------------------------------- */
-
-int kvd_geometry_block_bytes(const struct kvd_geometry *g, uint64_t *ret)
-{
-        static const uint32_t dtype_size[] = { [1] = 2, [2] = 2, [3] = 4, [4] = 1 };
-        uint64_t b;
-
-        if (!g->layers || !g->kv_heads || !g->head_dim || !g->block_tokens ||
-            g->dtype >= ARRAY_SIZE(dtype_size) || !dtype_size[g->dtype])
-                return -EINVAL;
-        b = 2ull * g->kv_heads * g->head_dim;
-        if (b > UINT32_MAX || b * g->block_tokens > UINT32_MAX ||
-            b * g->block_tokens * dtype_size[g->dtype] > UINT32_MAX)
-                return -EOVERFLOW;
-        *ret = b * g->block_tokens * dtype_size[g->dtype];
-        return 0;
-}
-
-int kvd_cache_ns_register(struct kvd_cache *c, const char *name, const struct kvd_geometry *g,
-                          uint32_t *ret_id, bool *ret_created)
-{
-        int r, klass, ssd_klass = -1;
-        uint64_t bytes;
-        struct kvd_ns *ns;
-
-        if (!name || !*name || strlen(name) >= KVD_NS_NAME_MAX)
-                return -EINVAL;
-        r = kvd_geometry_block_bytes(g, &bytes);
-        if (r < 0 || g->layers > 65536)
-                return -EINVAL;
-        for (uint32_t i = 0; i < c->n_ns; i++) {
-                if (strcmp(c->ns[i].name, name) != 0)
-                        continue;
-                if (memcmp(&c->ns[i].geometry, g, sizeof(*g)) != 0)
-                        return -EEXIST;
-                *ret_id = c->ns[i].id;
-                *ret_created = false;
-                return 0;
-        }
-        if (c->n_ns == c->cfg->max_namespaces)
-                return -ENOSPC;
-        klass = c->host_tier->ops->class_for(c->host_tier, bytes + c->hdr);
-        if (klass >= 0 && c->ssd_tier)
-                ssd_klass = c->ssd_tier->ops->class_for(c->ssd_tier, bytes);
-        if (klass < 0 || ssd_klass < -1)
-                return (klass == -E2BIG || ssd_klass == -E2BIG) ? -E2BIG : -ENOSPC;
-        ns = &c->ns[c->n_ns];
-        *ns = (struct kvd_ns){ .id = c->n_ns, .geometry = *g, .block_bytes = bytes, .klass = klass,
-                               .ssd_klass = ssd_klass };
-        memcpy(ns->name, name, strlen(name) + 1);
-        c->n_ns++;
-        log_info("namespace %u '%s': %u layers, %u kv heads, head dim %u, dtype %u, %u tokens/block, "
-                 "%" PRIu64 " bytes/block", ns->id, ns->name, g->layers, g->kv_heads, g->head_dim, g->dtype,
-                 g->block_tokens, bytes);
-        *ret_id = ns->id;
-        *ret_created = true;
-        return 0;
-}
-
-const struct kvd_ns *kvd_cache_ns(const struct kvd_cache *c, uint32_t id)
-{
-        return id < c->n_ns ? &c->ns[id] : NULL;
-}
-
-uint32_t kvd_cache_ns_count(const struct kvd_cache *c)
-{
-        return c->n_ns;
-}
-
 /* ---- dropping copies ---------------------------------------------------- */
+
+/* Host pages and SSD slots are charged to the block's owner. */
+static int host_alloc(struct kvd_cache *c, const struct kvd_ns *ns, uint32_t *ret_loc)
+{
+        int r = c->host_tier->ops->alloc(c->host_tier, ns->klass, ret_loc);
+
+        if (r == 0)
+                ns->tenant->st.host_bytes += ns->host_charge;
+        return r;
+}
+
+static void host_release(struct kvd_cache *c, const struct kvd_ns *ns, uint32_t loc)
+{
+        c->host_tier->ops->free(c->host_tier, loc);
+        ns->tenant->st.host_bytes -= ns->host_charge;
+}
 
 static void free_host_copy(struct kvd_cache *c, uint32_t id)
 {
         struct kvd_block *b = blk(c, id);
 
-        c->host_tier->ops->free(c->host_tier, b->loc);
+        host_release(c, &c->ns[b->ns], b->loc);
         b->loc = KVD_LOC_NONE;
         b->flags &= ~KVD_BLOCK_EVICT;
         lru_update(c, id, false);
@@ -497,7 +446,9 @@ static void free_host_copy(struct kvd_cache *c, uint32_t id)
 static void free_ssd_copy(struct kvd_cache *c, uint32_t id, bool invalidate)
 {
         struct kvd_block *b = blk(c, id);
+        const struct kvd_ns *ns = &c->ns[b->ns];
 
+        ns->tenant->st.ssd_bytes -= ns->ssd_charge;
         if (invalidate)
                 kvd_ssd_discard(c->ssd, b->ssd_loc);
         else
@@ -511,6 +462,7 @@ static void free_ssd_copy(struct kvd_cache *c, uint32_t id, bool invalidate)
 static void drop(struct kvd_cache *c, uint32_t id, bool invalidate)
 {
         struct kvd_block *b = blk(c, id);
+        uint32_t ns;
 
         assert(!(b->flags & (KVD_BLOCK_LOADING | KVD_BLOCK_WRITING)) && b->pins == 0);
         if (b->loc != KVD_LOC_NONE)
@@ -520,7 +472,9 @@ static void drop(struct kvd_cache *c, uint32_t id, bool invalidate)
         lru_update(c, id, false);
         if (b->state == KVD_BLOCK_READY)
                 c->ns[b->ns].blocks--;
+        ns = b->ns;
         kvd_index_remove(c->index, id);
+        kvd_ns_record_removed(c, ns);
 }
 
 /* A block no request uses any more: finish a pending delete. */
@@ -537,29 +491,60 @@ static void settle(struct kvd_cache *c, uint32_t id)
 
 /* ---- SSD writes (demotion, write-through, durable Puts) ------------------ */
 
-/* The entry to evict from klass's list (else from the other classes in
- * turn; KVD_ID_NONE if every list is empty): with LRU eviction its least
- * recent entry; with heat eviction the coldest of its HEAT_SAMPLE least
- * recent ones, so that blocks attention keeps using stay even when others
- * were touched later (sampling, as Redis approximates LFU). */
-static uint32_t pick_victim(const struct kvd_cache *c, const struct lru *lists, int klass, int *rr, bool ssd)
+/* The list of the tenant whose class-klass list starts with the least
+ * recently used block of the tier (lists are in use order and every use
+ * stamps heat_ms), or NULL if every tenant's list of klass is empty. */
+static struct lru *oldest_list(const struct kvd_cache *c, int klass, bool ssd)
 {
-        uint32_t id = KVD_ID_NONE, best, now;
-        float best_heat;
+        struct lru *best = NULL;
+        uint32_t best_ms = 0;
 
-        if (lists[klass].head != KVD_ID_NONE) {
-                id = lists[klass].head;
-        } else {
-                for (int i = 0; i < KVD_SLAB_MAX_CLASSES; i++) {
-                        int k = (*rr + i) % KVD_SLAB_MAX_CLASSES;
+        for (uint32_t i = 0; i < c->n_tenants; i++) {
+                struct lru *l = ssd ? &c->tenants[i]->ssd_lru[klass] : &c->tenants[i]->lru[klass];
+                uint32_t ms;
 
-                        if (lists[k].head != KVD_ID_NONE) {
-                                *rr = (k + 1) % KVD_SLAB_MAX_CLASSES;
-                                id = lists[k].head;
-                                break;
-                        }
+                if (l->head == KVD_ID_NONE)
+                        continue;
+                ms = blk(c, l->head)->heat_ms;
+                if (!best || (int32_t)(ms - best_ms) < 0) {
+                        best = l;
+                        best_ms = ms;
                 }
         }
+        return best;
+}
+
+/* The least recently used copy of tenant t (any class) in its tier, or
+ * NULL if t has none that may go. */
+static struct lru *tenant_oldest_list(const struct kvd_cache *c, struct kvd_tenant *t, bool ssd)
+{
+        struct lru *best = NULL;
+        uint32_t best_ms = 0;
+
+        for (int k = 0; k < KVD_SLAB_MAX_CLASSES; k++) {
+                struct lru *l = ssd ? &t->ssd_lru[k] : &t->lru[k];
+                uint32_t ms;
+
+                if (l->head == KVD_ID_NONE)
+                        continue;
+                ms = blk(c, l->head)->heat_ms;
+                if (!best || (int32_t)(ms - best_ms) < 0) {
+                        best = l;
+                        best_ms = ms;
+                }
+        }
+        return best;
+}
+
+/* The entry of list l to evict: with LRU eviction its least recent entry;
+ * with heat eviction the coldest of its HEAT_SAMPLE least recent ones, so
+ * that blocks attention keeps using stay even when others were touched
+ * later (sampling, as Redis approximates LFU). */
+static uint32_t pick_in(const struct kvd_cache *c, const struct lru *l, bool ssd)
+{
+        uint32_t id = l->head, best, now;
+        float best_heat;
+
         if (id == KVD_ID_NONE || c->cfg->eviction == KVD_EVICT_LRU)
                 return id;
         now = clock_ms(c);
@@ -580,28 +565,79 @@ static uint32_t pick_victim(const struct kvd_cache *c, const struct lru *lists, 
         return best;
 }
 
-/* An SSD slot of klass; with may_evict, evicting the coldest SSD copies: a
- * block that still has its host copy just becomes dirty again; one that has
- * not is gone (counted). */
-static int ssd_alloc_slot(struct kvd_cache *c, int klass, bool may_evict, uint32_t *ret_loc)
+/* The block to evict for room in class klass of a tier: from klass's
+ * lists first, else from the other classes in turn; KVD_ID_NONE if there
+ * is nothing that may go. */
+static uint32_t pick_victim(const struct kvd_cache *c, int klass, int *rr, bool ssd)
 {
+        struct lru *l = oldest_list(c, klass, ssd);
+
+        for (int i = 0; !l && i < KVD_SLAB_MAX_CLASSES; i++) {
+                int k = (*rr + i) % KVD_SLAB_MAX_CLASSES;
+
+                l = oldest_list(c, k, ssd);
+                if (l)
+                        *rr = (k + 1) % KVD_SLAB_MAX_CLASSES;
+        }
+        return l ? pick_in(c, l, ssd) : KVD_ID_NONE;
+}
+
+/* The block of tenant t to evict to keep t within its quota, or
+ * KVD_ID_NONE. */
+static uint32_t pick_own_victim(const struct kvd_cache *c, struct kvd_tenant *t, bool ssd)
+{
+        struct lru *l = tenant_oldest_list(c, t, ssd);
+
+        return l ? pick_in(c, l, ssd) : KVD_ID_NONE;
+}
+
+/* Evicts SSD copy victim: a block that still has its host copy just
+ * becomes dirty again; one that has not is gone (counted). */
+static void evict_ssd_copy(struct kvd_cache *c, uint32_t victim)
+{
+        c->ssd_evictions++;
+        if (blk(c, victim)->loc != KVD_LOC_NONE) {
+                free_ssd_copy(c, victim, false);
+        } else {
+                drop(c, victim, false);
+                c->dropped++;
+        }
+}
+
+/* An SSD slot for a block of ns, charged to its owner. With may_evict,
+ * evicting: first the owner's own coldest SSD copies while it is over its
+ * SSD quota, then the tier's coldest while the tier is full. -EDQUOT when
+ * the owner's quota cannot take it, -ENOSPC when the tier cannot. */
+static int ssd_alloc_slot(struct kvd_cache *c, const struct kvd_ns *ns, bool may_evict, uint32_t *ret_loc)
+{
+        struct kvd_tenant *t = ns->tenant;
+        int r;
+
+        while (t->st.ssd_bytes + ns->ssd_charge > t->st.quota.ssd_bytes) {
+                uint32_t victim = may_evict && ns->ssd_charge <= t->st.quota.ssd_bytes
+                                          ? pick_own_victim(c, t, true) : KVD_ID_NONE;
+
+                if (victim == KVD_ID_NONE) {
+                        t->st.quota_refusals++;
+                        return -EDQUOT;
+                }
+                t->st.quota_evictions++;
+                evict_ssd_copy(c, victim);
+        }
         for (;;) {
-                int r = c->ssd_tier->ops->alloc(c->ssd_tier, klass, ret_loc);
                 uint32_t victim;
 
+                r = c->ssd_tier->ops->alloc(c->ssd_tier, ns->ssd_klass, ret_loc);
                 if (r != -ENOSPC || !may_evict)
-                        return r;
-                victim = pick_victim(c, c->ssd_lru, klass, &c->ssd_evict_rr, true);
+                        break;
+                victim = pick_victim(c, ns->ssd_klass, &c->ssd_evict_rr, true);
                 if (victim == KVD_ID_NONE)
                         return -ENOSPC;
-                c->ssd_evictions++;
-                if (blk(c, victim)->loc != KVD_LOC_NONE) {
-                        free_ssd_copy(c, victim, false);
-                } else {
-                        drop(c, victim, false);
-                        c->dropped++;
-                }
+                evict_ssd_copy(c, victim);
         }
+        if (r == 0)
+                t->st.ssd_bytes += ns->ssd_charge;
+        return r;
 }
 
 static void write_done(void *ctx, int r)
@@ -612,8 +648,10 @@ static void write_done(void *ctx, int r)
         bool evict = b->flags & KVD_BLOCK_EVICT;
 
         b->flags &= ~(KVD_BLOCK_WRITING | KVD_BLOCK_EVICT);
-        if (evict)
+        if (evict) {
                 c->evict_writes--;
+                owner_of(c, b)->host_leaving -= c->ns[b->ns].host_charge;
+        }
         if (r < 0) {
                 /* It stays in host memory; making room drops it next time
                  * rather than retrying a drive that fails. */
@@ -651,7 +689,7 @@ static int start_write(struct kvd_cache *c, uint32_t id, bool durable, bool evic
         x = malloc(sizeof(*x));
         if (!x)
                 return -ENOMEM;
-        r = ssd_alloc_slot(c, ns->ssd_klass, may_evict, &loc);
+        r = ssd_alloc_slot(c, ns, may_evict, &loc);
         if (r < 0) {
                 free(x);
                 return r;
@@ -660,8 +698,10 @@ static int start_write(struct kvd_cache *c, uint32_t id, bool durable, bool evic
         b->ssd_loc = loc;
         b->ssd_klass = (uint8_t)ns->ssd_klass;
         b->flags |= KVD_BLOCK_WRITING | (evict ? KVD_BLOCK_EVICT : 0);
-        if (evict)
+        if (evict) {
                 c->evict_writes++;
+                ns->tenant->host_leaving += ns->host_charge;
+        }
         lru_update(c, id, false);
         tmpl.key_hi = b->key_hi;
         tmpl.key_lo = b->key_lo;
@@ -672,6 +712,7 @@ static int start_write(struct kvd_cache *c, uint32_t id, bool durable, bool evic
         tmpl.ns_dtype = ns->geometry.dtype;
         tmpl.ns_block_tokens = ns->geometry.block_tokens;
         memcpy(tmpl.ns_name, ns->name, sizeof(tmpl.ns_name));
+        tmpl.ns_owner = ns->owner;
         kvd_ssd_write(c->ssd, loc, &tmpl, kvd_host_ptr(c->host, b->loc), (uint32_t)ns->block_bytes, durable,
                       durable || fn ? KVD_SSD_DEMAND : KVD_SSD_BACKGROUND, write_done, x);
         return 0;
@@ -688,33 +729,84 @@ uint64_t kvd_cache_write_back(struct kvd_cache *c)
 
         if (!c->ssd)
                 return 0;
-        for (int k = 0; k < KVD_SLAB_MAX_CLASSES; k++) {
-                uint32_t id = c->lru[k].head;
+        for (uint32_t t = 0; t < c->n_tenants; t++)
+                for (int k = 0; k < KVD_SLAB_MAX_CLASSES; k++) {
+                        uint32_t id = c->tenants[t]->lru[k].head;
 
-                while (id != KVD_ID_NONE) {
-                        struct kvd_block *b = blk(c, id);
-                        uint32_t next = b->lru_next;
+                        while (id != KVD_ID_NONE) {
+                                struct kvd_block *b = blk(c, id);
+                                uint32_t next = b->lru_next;
 
-                        if (b->ssd_loc == KVD_LOC_NONE && admitted(c, b)) {
-                                /* Only free space: evicting one copy to save another gains nothing. */
-                                if (start_write(c, id, false, false, false, NULL, NULL, 0) < 0)
-                                        return started;
-                                started++;
+                                /* Only free space (evicting one copy to save another gains
+                                 * nothing); a tenant at its SSD quota is skipped. */
+                                if (b->ssd_loc == KVD_LOC_NONE && admitted(c, b)) {
+                                        int r = start_write(c, id, false, false, false, NULL, NULL, 0);
+
+                                        if (r == -ENOSPC)
+                                                return started;
+                                        started += r == 0;
+                                }
+                                id = next;
                         }
-                        id = next;
                 }
-        }
         return started;
 }
 
-/* Frees host room for klass: least recently used copies go first; a clean
- * one is dropped at once, a dirty one admitted to SSD is demoted (room comes
- * when the write ends: -EAGAIN), any other is dropped (counted). */
-static int make_room(struct kvd_cache *c, int klass)
+/* Evicts host copy victim: a clean one is dropped at once, a dirty one
+ * admitted to SSD is demoted (room comes when the write ends: -EAGAIN if
+ * too many demotions are in flight already), any other is dropped
+ * (counted). 0 when the copy is gone or going. */
+static int evict_host_copy(struct kvd_cache *c, uint32_t victim)
 {
-        while (!kvd_host_can_alloc(c->host, klass)) {
-                uint32_t victim = pick_victim(c, c->lru, klass, &c->evict_rr, false);
-                struct kvd_block *b;
+        struct kvd_block *b = blk(c, victim);
+
+        if (b->ssd_loc != KVD_LOC_NONE) {
+                free_host_copy(c, victim);
+                c->evictions++;
+                return 0;
+        }
+        if (c->ssd && admitted(c, b)) {
+                if (c->evict_writes >= MAX_EVICT_WRITES)
+                        return -EAGAIN;
+                if (start_write(c, victim, false, true, true, NULL, NULL, 0) == 0)
+                        return 0;
+        }
+        drop(c, victim, false);
+        c->evictions++;
+        c->dropped++;
+        return 0;
+}
+
+/*
+ * Frees host room for a block of ns. First its owner's quota: while the
+ * block would take the owner over it, the owner's own least recently used
+ * copies go (never anybody else's); -EXFULL when all its copies are in use
+ * (they are released soon: wait), -EDQUOT when the block is larger than the
+ * quota. Then the tier: its least recently used copies go, whoever owns
+ * them; -EAGAIN when every page is pinned or demotions are in flight (wait),
+ * -ENOSPC when the tier is empty and still has no room.
+ */
+static int make_room(struct kvd_cache *c, const struct kvd_ns *ns)
+{
+        struct kvd_tenant *t = ns->tenant;
+        int r;
+
+        if (ns->host_charge > t->st.quota.host_bytes) {
+                t->st.quota_refusals++;
+                return -EDQUOT;
+        }
+        while (t->st.host_bytes - t->host_leaving + ns->host_charge > t->st.quota.host_bytes) {
+                uint32_t victim = pick_own_victim(c, t, false);
+
+                if (victim == KVD_ID_NONE)
+                        return -EXFULL;
+                r = evict_host_copy(c, victim);
+                if (r < 0)
+                        return -EXFULL;
+                t->st.quota_evictions++;
+        }
+        while (!kvd_host_can_alloc(c->host, ns->klass)) {
+                uint32_t victim = pick_victim(c, ns->klass, &c->evict_rr, false);
 
                 if (victim == KVD_ID_NONE) {
                         struct kvd_tier_usage u;
@@ -726,21 +818,9 @@ static int make_room(struct kvd_cache *c, int klass)
                         c->host_tier->ops->usage(c->host_tier, &u);
                         return c->evict_writes > 0 || u.blocks > 0 ? -EAGAIN : -ENOSPC;
                 }
-                b = blk(c, victim);
-                if (b->ssd_loc != KVD_LOC_NONE) {
-                        free_host_copy(c, victim);
-                        c->evictions++;
-                        continue;
-                }
-                if (c->ssd && admitted(c, b)) {
-                        if (c->evict_writes >= MAX_EVICT_WRITES)
-                                return -EAGAIN;
-                        if (start_write(c, victim, false, true, true, NULL, NULL, 0) == 0)
-                                continue;
-                }
-                drop(c, victim, false);
-                c->evictions++;
-                c->dropped++;
+                r = evict_host_copy(c, victim);
+                if (r < 0)
+                        return r;
         }
         return 0;
 }
@@ -762,17 +842,18 @@ int kvd_cache_put_reserve(struct kvd_cache *c, const struct kvd_bkey *k, uint32_
                 *ret_id = id;
                 return -EINPROGRESS;
         }
-        r = make_room(c, ns->klass);
+        r = make_room(c, ns);
         if (r < 0)
                 return r;
-        r = c->host_tier->ops->alloc(c->host_tier, ns->klass, &loc);
+        r = host_alloc(c, ns, &loc);
         if (r < 0)
                 return r;
         r = kvd_index_insert(c->index, k, &id);
         if (r < 0) {
-                c->host_tier->ops->free(c->host_tier, loc);
+                host_release(c, ns, loc);
                 return r;
         }
+        kvd_ns_record_added(c, k->ns);
         b = blk(c, id);
         b->state = KVD_BLOCK_PENDING;
         b->klass = (uint8_t)ns->klass;
@@ -800,6 +881,11 @@ int kvd_cache_put_commit(struct kvd_cache *c, uint32_t id, bool durable, kvd_wai
                 r = r == 0 ? 1 : r;
         }
         wake(c, waiters, true);
+        /* A Put that raced a drop of its namespace: stored, then deleted. */
+        if (c->ns[b->ns].dropped)
+                kvd_cache_delete_id(c, id);
+        /* It may go now: room for Puts waiting on its owner's quota. */
+        wake_space(c);
         return r;
 }
 
@@ -873,13 +959,19 @@ static int start_load(struct kvd_cache *c, uint32_t id, enum kvd_ssd_prio prio, 
         b->flags |= KVD_BLOCK_LOADING;
         lru_update(c, id, false);
         x = malloc(sizeof(*x));
-        r = !x ? -ENOMEM : may_evict ? make_room(c, ns->klass) : kvd_host_can_alloc(c->host, ns->klass) ? 0 : -ENOSPC;
+        if (!x)
+                r = -ENOMEM;
+        else if (may_evict)
+                r = make_room(c, ns);
+        else
+                r = kvd_host_can_alloc(c->host, ns->klass) &&
+                    ns->tenant->st.host_bytes + ns->host_charge <= ns->tenant->st.quota.host_bytes ? 0 : -ENOSPC;
         if (r == 0)
-                r = c->host_tier->ops->alloc(c->host_tier, ns->klass, &loc);
+                r = host_alloc(c, ns, &loc);
         if (r == 0 && fn) {
                 r = wait_on_block(c, id, fn, ctx, item);
                 if (r < 0)
-                        c->host_tier->ops->free(c->host_tier, loc);
+                        host_release(c, ns, loc);
         }
         if (r < 0) {
                 b->flags &= ~KVD_BLOCK_LOADING;
@@ -996,11 +1088,14 @@ bool kvd_cache_contains(const struct kvd_cache *c, const struct kvd_bkey *k)
 int kvd_cache_delete(struct kvd_cache *c, const struct kvd_bkey *k)
 {
         uint32_t id = kvd_index_find(c->index, k);
-        struct kvd_block *b;
 
-        if (id == KVD_ID_NONE)
-                return 0;
-        b = blk(c, id);
+        return id == KVD_ID_NONE ? 0 : kvd_cache_delete_id(c, id);
+}
+
+int kvd_cache_delete_id(struct kvd_cache *c, uint32_t id)
+{
+        struct kvd_block *b = blk(c, id);
+
         if (b->state != KVD_BLOCK_READY || (b->flags & KVD_BLOCK_DOOMED))
                 return 0;
         if (b->pins > 0 || (b->flags & (KVD_BLOCK_LOADING | KVD_BLOCK_WRITING))) {
@@ -1013,6 +1108,12 @@ int kvd_cache_delete(struct kvd_cache *c, const struct kvd_bkey *k)
         return 1;
 }
 
+/*
+ * A valid slot found at start-up: its block goes back into the index, in
+ * the namespace of its owner (created as it would be by a client, so that
+ * recovery never takes the table or an owner past a limit: a block that
+ * would is left out, and its slot is reused).
+ */
 static bool recover_slot(void *ctx, const struct kvd_slot_header *h, uint32_t loc, int klass)
 {
         struct kvd_cache *c = ctx;
@@ -1020,27 +1121,55 @@ static bool recover_slot(void *ctx, const struct kvd_slot_header *h, uint32_t lo
         char name[KVD_NS_NAME_MAX];
         struct kvd_bkey k;
         struct kvd_block *b;
+        struct kvd_ns *ns;
         bool created;
-        uint32_t ns, id;
+        uint32_t ns_id, id;
+        int r;
 
         memcpy(name, h->ns_name, sizeof(name));
         name[sizeof(name) - 1] = '\0';
-        if (kvd_cache_ns_register(c, name, &g, &ns, &created) < 0 || c->ns[ns].ssd_klass != klass ||
-            c->ns[ns].block_bytes != h->payload_len || h->layer >= g.layers)
+        r = kvd_cache_ns_register(c, name, &g, h->ns_owner, true, &ns_id, &created);
+        if (r == -EDQUOT || r == -ENOSPC) {
+                c->recover_skipped_ns++;
                 return false;
-        k = (struct kvd_bkey){ h->key_hi, h->key_lo, ns, h->layer };
+        }
+        if (r < 0)
+                return false;
+        ns = &c->ns[ns_id];
+        if (ns->ssd_klass != klass || ns->block_bytes != h->payload_len || h->layer >= g.layers)
+                goto skip;
+        if (ns->tenant->st.ssd_bytes + ns->ssd_charge > ns->tenant->st.quota.ssd_bytes) {
+                c->recover_skipped_quota++;
+                goto skip;
+        }
+        k = (struct kvd_bkey){ h->key_hi, h->key_lo, ns_id, h->layer };
         /* A second copy of a key (left by a crash between writing a new copy
          * and freeing an old one) holds the same bytes: keep the first. */
         if (kvd_index_insert(c->index, &k, &id) < 0)
-                return false;
+                goto skip;
+        kvd_ns_record_added(c, ns_id);
+        ns->tenant->st.ssd_bytes += ns->ssd_charge;
         b = blk(c, id);
         b->state = KVD_BLOCK_READY;
-        b->klass = (uint8_t)c->ns[ns].klass;
+        b->klass = (uint8_t)ns->klass;
         b->ssd_klass = (uint8_t)klass;
         b->ssd_loc = loc;
-        c->ns[ns].blocks++;
+        ns->blocks++;
         lru_update(c, id, false);
         return true;
+skip:
+        kvd_ns_settle(c, ns_id); /* one just created for this block goes again */
+        return false;
+}
+
+static void report_skipped(const struct kvd_cache *c)
+{
+        if (c->recover_skipped_ns)
+                log_warning("SSD tier: %" PRIu64 " blocks left out: their namespaces would pass max-namespaces (%u) "
+                            "or their owner's quota-namespaces", c->recover_skipped_ns, c->cfg->max_namespaces);
+        if (c->recover_skipped_quota)
+                log_warning("SSD tier: %" PRIu64 " blocks left out: their owners' SSD quota is full",
+                            c->recover_skipped_quota);
 }
 
 void kvd_cache_stats(const struct kvd_cache *c, struct kvd_cache_stats *ret)

@@ -21,11 +21,15 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "access.h"
 #include "config.h"
 #include "index.h"
 #include "tier.h"
 
 #define KVD_NS_NAME_MAX 128
+/* The deepest model has 126 layers; a cap bounds the work of one request
+ * (a Lookup or Delete visits every layer of every key). */
+#define KVD_NS_MAX_LAYERS 1024
 
 struct kvd_ssd;
 struct kvd_host;
@@ -38,6 +42,13 @@ struct kvd_geometry {
         uint32_t block_tokens;
 };
 
+struct kvd_tenant;
+
+/*
+ * A namespace, known by (owner, name). It lives while a session has joined
+ * it, a request uses it, or a block of it exists (kvd_cache_ns_hold() and
+ * the index count those); then it goes and its id may be reused.
+ */
 struct kvd_ns {
         uint32_t id;
         char name[KVD_NS_NAME_MAX];
@@ -45,7 +56,25 @@ struct kvd_ns {
         uint64_t block_bytes;
         int klass;              /* host size class */
         int ssd_klass;          /* SSD size class, -1 without SSD */
+        uint32_t host_charge;   /* host bytes a block costs its owner's quota */
+        uint32_t ssd_charge;    /* SSD bytes likewise */
         uint64_t blocks;        /* READY blocks */
+        uint32_t owner;         /* the uid that owns it */
+        bool in_use;            /* this table entry is a namespace */
+        bool dropped;           /* kvd_cache_ns_drop(): going, its blocks with it */
+        uint32_t refs;          /* sessions joined + requests in flight */
+        uint64_t records;       /* index records of it, in any state */
+        struct kvd_tenant *tenant; /* its owner's usage and quota */
+};
+
+/* One uid's usage against its quota. */
+struct kvd_tenant_stats {
+        uint32_t uid;
+        struct kvd_quota quota;
+        uint64_t host_bytes, ssd_bytes, pool_bytes;
+        uint32_t namespaces;
+        uint64_t quota_evictions;       /* own blocks pushed out to stay within quota */
+        uint64_t quota_refusals;        /* items and registrations refused for quota */
 };
 
 struct kvd_cache_stats {
@@ -101,26 +130,62 @@ bool kvd_cache_has_ssd(const struct kvd_cache *c);
 void kvd_cache_host_region(const struct kvd_cache *c, void **ret_base, uint64_t *ret_len,
                            uint64_t *ret_extent_bytes);
 
+/* A namespace name: 1 to KVD_NS_NAME_MAX - 1 bytes of printable ASCII
+ * (no NUL, no control characters: names go into logs and JSON). */
+bool kvd_ns_name_valid(const char *name, size_t len);
+
 /* Block size of g: 2 * kv_heads * head_dim * block_tokens * dtype size.
  * -EINVAL for a zero field or an unknown dtype, -EOVERFLOW past 4 GiB. */
 int kvd_geometry_block_bytes(const struct kvd_geometry *g, uint64_t *ret);
 
 /*
- * Registers name with geometry g, or joins it if it exists with the same
- * geometry (*ret_created = false). -EINVAL bad geometry or name, -EEXIST
- * name exists with another geometry, -E2BIG block larger than an extent,
- * -ENOSPC too many namespaces. Nothing changes on error.
+ * Finds namespace (owner, name) and checks it has geometry g, or creates
+ * it when create is set. *ret_created tells which. -EINVAL bad geometry or
+ * name, -EEXIST it exists with another geometry, -ENOENT it does not exist
+ * (and !create), -EDQUOT owner at its namespace quota, -ENOSPC the table is
+ * full (max-namespaces), -E2BIG block larger than an extent, -ENOMEM.
+ * Nothing changes on error. The caller holds it (kvd_cache_ns_hold()) to
+ * keep it: a namespace nobody holds and with no blocks goes.
  */
-int kvd_cache_ns_register(struct kvd_cache *c, const char *name, const struct kvd_geometry *g,
-                          uint32_t *ret_id, bool *ret_created);
+int kvd_cache_ns_register(struct kvd_cache *c, const char *name, const struct kvd_geometry *g, uint32_t owner,
+                          bool create, uint32_t *ret_id, bool *ret_created);
+/* The namespace at id, NULL if that table entry is free. */
 const struct kvd_ns *kvd_cache_ns(const struct kvd_cache *c, uint32_t id);
+/* Size of the namespace table (ids are below it); namespaces in use. */
+uint32_t kvd_cache_ns_slots(const struct kvd_cache *c);
 uint32_t kvd_cache_ns_count(const struct kvd_cache *c);
+/* A session joined, or a request started on, namespace id; and its end. */
+void kvd_cache_ns_hold(struct kvd_cache *c, uint32_t id);
+void kvd_cache_ns_release(struct kvd_cache *c, uint32_t id);
+
+/*
+ * Drops namespace id: it is no longer found by name, new requests on it
+ * fail, and its blocks go, in slices: call kvd_cache_ns_purge() until it
+ * returns true (each call looks at up to budget index records from
+ * *cursor, 0 to start, and adds the blocks it deleted to *deleted). Blocks in use go once released. The namespace
+ * itself goes once nobody holds it and its last block is gone.
+ */
+void kvd_cache_ns_drop(struct kvd_cache *c, uint32_t id);
+bool kvd_cache_ns_purge(struct kvd_cache *c, uint32_t id, uint64_t *cursor, uint32_t budget, uint64_t *deleted);
+
+/* Charges bytes of device pools to uid's quota: 0, or -EDQUOT (nothing
+ * charged) when it would go over; -ENOMEM. Uncharge gives them back. */
+int kvd_cache_pool_charge(struct kvd_cache *c, uint32_t uid, uint64_t bytes);
+void kvd_cache_pool_uncharge(struct kvd_cache *c, uint32_t uid, uint64_t bytes);
+
+/* Usage of uid (zeros and its quota if it has none). */
+void kvd_cache_tenant(const struct kvd_cache *c, uint32_t uid, struct kvd_tenant_stats *ret);
+/* Tenants with any usage, in no order: up to max into ret; returns how
+ * many there are. */
+uint32_t kvd_cache_tenants(const struct kvd_cache *c, struct kvd_tenant_stats *ret, uint32_t max);
 
 /*
  * Starts storing k: 0 with a PENDING block and its host page to fill;
  * -EEXIST cached; -EINPROGRESS another Put is storing it (*ret_id set; wait
- * with kvd_cache_wait_pending()); -EAGAIN host room is being made (wait with
- * kvd_cache_wait_space()); -ENOSPC nothing can be evicted; -ENOMEM.
+ * with kvd_cache_wait_pending()); -EAGAIN host room is being made, or
+ * -EXFULL the owner's host quota is full of blocks in use (wait with
+ * kvd_cache_wait_space()); -EDQUOT a block does not fit the owner's quota;
+ * -ENOSPC nothing can be evicted; -ENOMEM.
  */
 int kvd_cache_put_reserve(struct kvd_cache *c, const struct kvd_bkey *k, uint32_t *ret_id,
                           void **ret_host);
@@ -139,8 +204,9 @@ int kvd_cache_wait_pending(struct kvd_cache *c, uint32_t id, kvd_wait_fn fn, voi
 /*
  * Starts loading k for a client: 0 with the block pinned in host and
  * *ret_host its bytes; -EINPROGRESS it is being read from SSD (fn registered:
- * called when it is in host, then call get_pin again); -EAGAIN host room is
- * being made (wait_space); -ENOENT miss; -ENOSPC no host room; -ENOMEM.
+ * called when it is in host, then call get_pin again); -EAGAIN / -EXFULL
+ * host room is being made (wait_space); -ENOENT miss; -ENOSPC no host room;
+ * -EDQUOT over the owner's quota; -ENOMEM.
  * prefetch: reads from SSD at the lower priority.
  */
 int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, bool prefetch, kvd_wait_fn fn,
@@ -151,8 +217,10 @@ void kvd_cache_unpin(struct kvd_cache *c, uint32_t id);
  * 1 if k is cached, 0 if not (or mass is out of range). */
 int kvd_cache_score(struct kvd_cache *c, const struct kvd_bkey *k, float mass);
 
-/* Registers fn for when host room may have been made. 0 or -ENOMEM. */
-int kvd_cache_wait_space(struct kvd_cache *c, kvd_wait_fn fn, void *ctx, uint32_t item);
+/* Registers fn for when host room may have been made: why is the -EAGAIN
+ * (the tier) or -EXFULL (the owner's quota) that sent the caller here.
+ * 0, -ECANCELED (stopping) or -ENOMEM. */
+int kvd_cache_wait_space(struct kvd_cache *c, int why, kvd_wait_fn fn, void *ctx, uint32_t item);
 
 /* True if k is READY in some tier (no hit/miss counted, no recency change). */
 bool kvd_cache_contains(const struct kvd_cache *c, const struct kvd_bkey *k);

@@ -217,6 +217,11 @@ void kvd_index_remove(struct kvd_index *idx, uint32_t id)
         idx->free_head = id;
 }
 
+uint32_t kvd_index_id_end(const struct kvd_index *idx)
+{
+        return idx->next_fresh;
+}
+
 uint64_t kvd_index_count(const struct kvd_index *idx)
 {
         return idx->count;

@@ -79,6 +79,10 @@ void kvd_index_remove(struct kvd_index *idx, uint32_t id);
 
 struct kvd_block *kvd_index_block(const struct kvd_index *idx, uint32_t id);
 
+/* Every id in use is below this (ids start at 1): for walking all records;
+ * a record with state KVD_BLOCK_FREE is not in use. */
+uint32_t kvd_index_id_end(const struct kvd_index *idx);
+
 uint64_t kvd_index_count(const struct kvd_index *idx);
 uint64_t kvd_index_capacity(const struct kvd_index *idx);
 /* All metadata bytes held (records allocated + table). */

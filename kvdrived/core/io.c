@@ -196,8 +196,8 @@ static void item_run(struct kvd_io *io, uint32_t i)
         } else {
                 r = kvd_cache_get_pin(io->cache, &k, io->kind == KVD_IO_PREFETCH, retry, io, i, &id, &host);
         }
-        if (r == -EAGAIN)
-                r = kvd_cache_wait_space(io->cache, retry, io, i) == 0 ? -EINPROGRESS : -ENOMEM;
+        if (r == -EAGAIN || r == -EXFULL)
+                r = kvd_cache_wait_space(io->cache, r, retry, io, i) == 0 ? -EINPROGRESS : -ENOMEM;
 
         switch (r) {
         case 0:
@@ -216,6 +216,9 @@ static void item_run(struct kvd_io *io, uint32_t i)
                 break;
         case -ENOENT:
                 finish(io, i, KVD_ITEM_MISS);
+                break;
+        case -EDQUOT:
+                finish(io, i, KVD_ITEM_QUOTA);
                 break;
         default:
                 finish(io, i, KVD_ITEM_NO_SPACE);
@@ -248,6 +251,7 @@ int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_ki
         io->kind = kind;
         io->durable = durable;
         io->ns = ns;
+        kvd_cache_ns_hold(cache, ns->id);
         io->pool = pool ? kvd_peer_pool_ref(pool) : NULL;
         io->counters = counters ? kvd_counters_ref(counters) : NULL;
         io->n_items = n;
@@ -289,6 +293,8 @@ struct kvd_io *kvd_io_free(struct kvd_io *io)
 {
         if (!io)
                 return NULL;
+        if (io->ns)
+                kvd_cache_ns_release(io->cache, io->ns->id);
         kvd_peer_pool_unref(io->pool);
         kvd_counters_unref(io->counters);
         free(io->status);

@@ -30,6 +30,7 @@ enum kvd_item_status {
         KVD_ITEM_MISS = 2,
         KVD_ITEM_NO_SPACE = 3,
         KVD_ITEM_ERROR = 4,
+        KVD_ITEM_QUOTA = 5,     /* the block does not fit its owner's quota */
 };
 
 enum kvd_io_kind {
@@ -46,8 +47,8 @@ struct kvd_io;
 typedef void (*kvd_io_done_fn)(struct kvd_io *io, void *userdata);
 
 /*
- * Starts a request of n items of ns. pool (Put/Get) and counters are
- * referenced until the request is freed. durable (Put): acknowledge each
+ * Starts a request of n items of ns. ns (kvd_cache_ns_hold()), pool
+ * (Put/Get) and counters are held until the request is freed. durable (Put): acknowledge each
  * block once it is on SSD with RWF_DSYNC. counters must be given when an
  * item names a counter, and every item's counter be 0..counters->count (the
  * caller checked): each such item is counted exactly once when its status

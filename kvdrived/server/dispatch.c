@@ -63,49 +63,108 @@ static void handle_hello(struct kvd_session *ss, uint64_t id, const Kvdrive__Hel
         reply(ss, id, &resp);
 }
 
+static const char *right_name(unsigned need)
+{
+        return need & KVD_RIGHT_OWNER ? "manage" : need & KVD_RIGHT_WRITE ? "write to" : "read";
+}
+
+/*
+ * Which namespace a peer means by name: its own, unless the config shares
+ * a namespace of that name of another owner with it (then that one, with
+ * the rights the share gives). Only the owner and writers may create one:
+ * a reader could otherwise fix a shared namespace's geometry.
+ */
+static void resolve_ns(const struct kvd_session *ss, const char *name, uint32_t *ret_owner, unsigned *ret_rights)
+{
+        const struct kvd_share *sh = kvd_access_share(ss->server->cfg->access, name);
+        unsigned rights;
+
+        if (sh && kvd_share_owner(sh) != ss->peer.uid) {
+                rights = kvd_access_rights(sh, kvd_share_owner(sh), &ss->peer);
+                if (rights) {
+                        *ret_owner = (uint32_t)kvd_share_owner(sh);
+                        *ret_rights = rights;
+                        return;
+                }
+        }
+        *ret_owner = (uint32_t)ss->peer.uid;
+        *ret_rights = KVD_RIGHT_READ | KVD_RIGHT_WRITE | KVD_RIGHT_OWNER;
+}
+
 static void handle_register_ns(struct kvd_session *ss, uint64_t id, const Kvdrive__RegisterNamespace *m)
 {
         Kvdrive__RegisterNamespaceReply rr = KVDRIVE__REGISTER_NAMESPACE_REPLY__INIT;
         Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
+        struct kvd_cache *cache = ss->server->cache;
         struct kvd_geometry g = { 0 };
-        uint32_t ns_id;
+        char name[KVD_NS_NAME_MAX];
+        struct kvd_tenant_stats ts;
+        uint32_t ns_id, owner;
+        unsigned rights;
         bool created;
         int r;
 
+        if (!kvd_ns_name_valid((const char *)m->name.data, m->name.len)) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                       "namespace name of %zu bytes: must be 1-%d bytes of printable ASCII "
+                                       "(no NUL, no control characters)", m->name.len, KVD_NS_NAME_MAX - 1);
+                return;
+        }
+        memcpy(name, m->name.data, m->name.len);
+        name[m->name.len] = '\0';
         if (!m->geometry) {
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_GEOMETRY, "namespace has no geometry");
                 return;
         }
         g = (struct kvd_geometry){ m->geometry->layers, m->geometry->kv_heads, m->geometry->head_dim,
                                    (uint32_t)m->geometry->dtype, m->geometry->block_tokens };
-        r = kvd_cache_ns_register(ss->server->cache, m->name, &g, &ns_id, &created);
+        resolve_ns(ss, name, &owner, &rights);
+        r = kvd_cache_ns_register(cache, name, &g, owner, rights & KVD_RIGHT_WRITE, &ns_id, &created);
         switch (r) {
         case 0:
                 break;
         case -EEXIST:
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_NS_CONFLICT,
-                                       "namespace '%s' exists with a different geometry", m->name);
+                                       "namespace '%s' exists with a different geometry", name);
+                return;
+        case -ENOENT:
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_NO_NAMESPACE,
+                                       "namespace '%s' of uid %u does not exist yet, and its readers cannot "
+                                       "create it (its owner or a writer can)", name, owner);
                 return;
         case -E2BIG:
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_GEOMETRY,
                                        "block larger than the host extent (%llu bytes)",
                                        (unsigned long long)ss->server->cfg->host_extent_bytes);
                 return;
+        case -EDQUOT:
+                kvd_cache_tenant(cache, owner, &ts);
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_QUOTA,
+                                       "uid %u owns %u namespaces, its quota (quota-namespaces or [quota]) is %u",
+                                       owner, ts.namespaces, ts.quota.namespaces);
+                return;
         case -ENOSPC:
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_LIMIT,
-                                       "too many namespaces (max-namespaces %u)", ss->server->cfg->max_namespaces);
+                                       "the namespace table is full (max-namespaces %u)",
+                                       ss->server->cfg->max_namespaces);
+                return;
+        case -ENOMEM:
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
                 return;
         default:
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_GEOMETRY,
-                                       "invalid namespace: name must be 1-%d bytes, every geometry field "
-                                       "non-zero, layers <= 65536, dtype 1-4, block < 4 GiB",
-                                       KVD_NS_NAME_MAX - 1);
+                                       "invalid namespace: every geometry field non-zero, layers <= %u, "
+                                       "dtype 1-4, block < 4 GiB", KVD_NS_MAX_LAYERS);
                 return;
         }
-        ss->ns_joined[ns_id] = 1;
+        if (!ss->ns_rights[ns_id])
+                kvd_cache_ns_hold(cache, ns_id);
+        ss->ns_rights[ns_id] = (uint8_t)(KVD_NS_JOINED | rights);
         rr.ns_id = ns_id;
-        rr.block_bytes = kvd_cache_ns(ss->server->cache, ns_id)->block_bytes;
+        rr.block_bytes = kvd_cache_ns(cache, ns_id)->block_bytes;
         rr.created = created;
+        rr.owner = owner;
+        rr.rights = rights;
         resp.body_case = KVDRIVE__RESPONSE__BODY_REGISTER_NAMESPACE;
         resp.register_namespace = &rr;
         reply(ss, id, &resp);
@@ -302,6 +361,7 @@ static void handle_register_pool(struct kvd_session *ss, uint64_t id, const Kvdr
         const struct kvd_config *cfg = ss->server->cfg;
         struct kvd_peer_pool *pool, **pools;
         uint64_t bytes;
+        int r;
 
         if (m->backend != KVDRIVE__BACKEND__BACKEND_MEMFD && m->backend != KVDRIVE__BACKEND__BACKEND_CUDA) {
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
@@ -330,12 +390,29 @@ static void handle_register_pool(struct kvd_session *ss, uint64_t id, const Kvdr
                 return;
         }
         ss->pools = pools;
+        r = kvd_cache_pool_charge(ss->server->cache, ss->peer.uid, bytes);
+        if (r < 0) {
+                struct kvd_tenant_stats ts;
+
+                kvd_cache_tenant(ss->server->cache, ss->peer.uid, &ts);
+                if (r == -EDQUOT)
+                        kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_QUOTA,
+                                               "uid %u has %llu bytes of pools; %llu more would pass its quota "
+                                               "(quota-pool-bytes or [quota]) of %llu", (unsigned)ss->peer.uid,
+                                               (unsigned long long)ts.pool_bytes, (unsigned long long)bytes,
+                                               (unsigned long long)ts.quota.pool_bytes);
+                else
+                        kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
+                return;
+        }
         if (m->backend == KVDRIVE__BACKEND__BACKEND_CUDA)
                 pool = open_cuda_pool(ss, id, m, nfds);
         else
                 pool = open_memfd_pool(ss, id, m, fds, nfds);
-        if (!pool)
+        if (!pool) {
+                kvd_cache_pool_uncharge(ss->server->cache, ss->peer.uid, bytes);
                 return;
+        }
         ss->pools[ss->n_pools] = pool;
         rr.pool_id = ss->n_pools++;
         ss->pool_bytes += bytes;
@@ -384,17 +461,41 @@ static void handle_register_counters(struct kvd_session *ss, uint64_t id, const 
         reply(ss, id, &resp);
 }
 
-/* The namespace, if this session registered it; else replies an error. */
-static const struct kvd_ns *session_ns(struct kvd_session *ss, uint64_t id, uint32_t ns_id)
+/* The namespace, if this session registered it and may do what need
+ * says to it; else replies an error. */
+static const struct kvd_ns *session_ns(struct kvd_session *ss, uint64_t id, uint32_t ns_id, unsigned need)
 {
         const struct kvd_ns *ns = kvd_cache_ns(ss->server->cache, ns_id);
 
-        if (!ns || !ss->ns_joined[ns_id]) {
+        if (!ns || ns_id >= ss->server->cfg->max_namespaces || !ss->ns_rights[ns_id]) {
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_NO_NAMESPACE,
                                        "namespace %u is not registered by this client", ns_id);
                 return NULL;
         }
+        if (ns->dropped) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_NO_NAMESPACE,
+                                       "namespace %u '%s' was dropped", ns_id, ns->name);
+                return NULL;
+        }
+        if (!(ss->ns_rights[ns_id] & need)) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_DENIED,
+                                       "uid %u may not %s namespace '%s' of uid %u", (unsigned)ss->peer.uid,
+                                       right_name(need), ns->name, ns->owner);
+                return NULL;
+        }
         return ns;
+}
+
+/* Requests that may stay in flight: within the client's limit. */
+static bool check_inflight(struct kvd_session *ss, uint64_t id)
+{
+        if (ss->inflight >= ss->server->cfg->max_inflight_per_client) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_LIMIT,
+                                       "too many requests in flight (max-inflight-per-client %u)",
+                                       ss->server->cfg->max_inflight_per_client);
+                return false;
+        }
+        return true;
 }
 
 static bool check_items(struct kvd_session *ss, uint64_t id, size_t n)
@@ -477,12 +578,8 @@ static void start_io(struct kvd_session *ss, uint64_t id, enum kvd_io_kind kind,
                 }
                 counters = ss->counters;
         }
-        if (ss->inflight >= ss->server->cfg->max_inflight_per_client) {
-                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_LIMIT,
-                                       "too many requests in flight (max-inflight-per-client %u)",
-                                       ss->server->cfg->max_inflight_per_client);
+        if (!check_inflight(ss, id))
                 return;
-        }
         items = malloc(sizeof(*items) * (n ? n : 1));
         p = malloc(sizeof(*p));
         if (!items || !p) {
@@ -512,7 +609,7 @@ static void handle_transfer(struct kvd_session *ss, uint64_t id, const Kvdrive__
         const struct kvd_ns *ns;
         struct kvd_peer_pool *pool;
 
-        ns = session_ns(ss, id, m->ns_id);
+        ns = session_ns(ss, id, m->ns_id, put ? KVD_RIGHT_WRITE : KVD_RIGHT_READ);
         if (!ns)
                 return;
         if (m->pool_id >= ss->n_pools) {
@@ -540,7 +637,7 @@ static void handle_transfer(struct kvd_session *ss, uint64_t id, const Kvdrive__
 
 static void handle_prefetch(struct kvd_session *ss, uint64_t id, const Kvdrive__Prefetch *m)
 {
-        const struct kvd_ns *ns = session_ns(ss, id, m->ns_id);
+        const struct kvd_ns *ns = session_ns(ss, id, m->ns_id, KVD_RIGHT_READ);
 
         if (ns)
                 start_io(ss, id, KVD_IO_PREFETCH, false, ns, NULL, m->items, m->n_items, 0);
@@ -550,7 +647,7 @@ static void handle_scores(struct kvd_session *ss, uint64_t id, const Kvdrive__Sc
 {
         Kvdrive__ScoresReply sr = KVDRIVE__SCORES_REPLY__INIT;
         Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
-        const struct kvd_ns *ns = session_ns(ss, id, m->ns_id);
+        const struct kvd_ns *ns = session_ns(ss, id, m->ns_id, KVD_RIGHT_READ);
 
         if (!ns || !check_items(ss, id, m->n_items))
                 return;
@@ -574,67 +671,243 @@ static void handle_scores(struct kvd_session *ss, uint64_t id, const Kvdrive__Sc
         reply(ss, id, &resp);
 }
 
-static void handle_lookup(struct kvd_session *ss, uint64_t id, const Kvdrive__Lookup *m)
+/* ---- Lookup, Delete, DropNamespace: done in slices ---------------------- */
+
+/* What p may do on ns under the config's shares (0: it may not see it). */
+static unsigned peer_rights(const struct kvd_session *ss, const struct kvd_ns *ns)
 {
-        Kvdrive__LookupReply lr = KVDRIVE__LOOKUP_REPLY__INIT;
-        Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
-        const struct kvd_ns *ns;
-        uint32_t *prefix;
-
-        ns = session_ns(ss, id, m->ns_id);
-        if (!ns || !check_items(ss, id, m->n_keys))
-                return;
-        prefix = calloc(ns->geometry.layers, sizeof(*prefix));
-        if (!prefix) {
-                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
-                return;
-        }
-        for (uint32_t l = 0; l < ns->geometry.layers; l++) {
-                uint32_t k = 0;
-
-                while (k < m->n_keys) {
-                        struct kvd_bkey key = { m->keys[k]->hi, m->keys[k]->lo, ns->id, l };
-
-                        if (!kvd_cache_contains(ss->server->cache, &key))
-                                break;
-                        k++;
-                }
-                prefix[l] = k;
-        }
-        lr.prefix = prefix;
-        lr.n_prefix = ns->geometry.layers;
-        resp.body_case = KVDRIVE__RESPONSE__BODY_LOOKUP;
-        resp.lookup = &lr;
-        reply(ss, id, &resp);
-        free(prefix);
+        return kvd_access_rights(kvd_access_share(ss->server->cfg->access, ns->name), ns->owner, &ss->peer);
 }
 
-static void handle_delete(struct kvd_session *ss, uint64_t id, const Kvdrive__Delete *m)
+struct key_task {
+        struct kvd_task task;
+        uint64_t id;            /* the request's */
+        uint32_t ns;            /* held for the task's life */
+        uint32_t layers;
+        uint32_t n_keys;
+        uint64_t (*keys)[2];    /* hi, lo */
+        uint32_t first, last;   /* Delete: the layers */
+        uint32_t layer, k;      /* where the next slice starts */
+        uint32_t *prefix;       /* Lookup: the answer, per layer */
+        uint64_t deleted;       /* Delete, DropNamespace */
+        uint64_t cursor;        /* DropNamespace: the next index record */
+};
+
+static void key_task_free(struct kvd_task *t)
 {
+        struct key_task *kt = container_of(t, struct key_task, task);
+
+        kvd_cache_ns_release(t->ss->server->cache, kt->ns);
+        free(kt->keys);
+        free(kt->prefix);
+        free(kt);
+}
+
+/* A task for request id on ns with a copy of its n keys (the request's
+ * buffers are freed when the handler returns). NULL after replying. */
+static struct key_task *key_task_new(struct kvd_session *ss, uint64_t id, const struct kvd_ns *ns,
+                                     Kvdrive__Key *const *keys, size_t n, bool (*step)(struct kvd_task *, uint32_t))
+{
+        struct key_task *kt = calloc(1, sizeof(*kt));
+
+        if (kt)
+                kt->keys = malloc(sizeof(*kt->keys) * (n ? n : 1));
+        if (!kt || !kt->keys) {
+                free(kt);
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
+                return NULL;
+        }
+        for (size_t i = 0; i < n; i++) {
+                kt->keys[i][0] = keys[i]->hi;
+                kt->keys[i][1] = keys[i]->lo;
+        }
+        kt->task = (struct kvd_task){ .ss = ss, .step = step, .free = key_task_free };
+        kt->id = id;
+        kt->ns = ns->id;
+        kt->layers = ns->geometry.layers;
+        kt->n_keys = (uint32_t)n;
+        kvd_cache_ns_hold(ss->server->cache, ns->id);
+        return kt;
+}
+
+/* Runs kt's first slice now; queues the rest. Returns the units done now. */
+static uint32_t key_task_start(struct kvd_session *ss, struct key_task *kt)
+{
+        if (kt->task.step(&kt->task, KVD_TASK_SLICE))
+                kt->task.free(&kt->task);
+        else
+                kvd_task_queue(ss, &kt->task);
+        return KVD_TASK_SLICE;
+}
+
+static bool lookup_step(struct kvd_task *t, uint32_t budget)
+{
+        struct key_task *kt = container_of(t, struct key_task, task);
+        struct kvd_cache *cache = t->ss->server->cache;
+        Kvdrive__LookupReply lr = KVDRIVE__LOOKUP_REPLY__INIT;
+        Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
+
+        while (kt->layer < kt->layers && budget-- > 0) {
+                if (kt->k < kt->n_keys) {
+                        struct kvd_bkey key = { kt->keys[kt->k][0], kt->keys[kt->k][1], kt->ns, kt->layer };
+
+                        if (kvd_cache_contains(cache, &key) && ++kt->k < kt->n_keys)
+                                continue;
+                }
+                kt->prefix[kt->layer++] = kt->k; /* keys[0..k) are cached at this layer */
+                kt->k = 0;
+        }
+        if (kt->layer < kt->layers)
+                return false;
+        lr.prefix = kt->prefix;
+        lr.n_prefix = kt->layers;
+        resp.body_case = KVDRIVE__RESPONSE__BODY_LOOKUP;
+        resp.lookup = &lr;
+        reply(t->ss, kt->id, &resp);
+        return true;
+}
+
+static bool delete_step(struct kvd_task *t, uint32_t budget)
+{
+        struct key_task *kt = container_of(t, struct key_task, task);
+        struct kvd_cache *cache = t->ss->server->cache;
         Kvdrive__DeleteReply dr = KVDRIVE__DELETE_REPLY__INIT;
         Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
-        const struct kvd_ns *ns;
-        uint32_t first, last;
 
-        ns = session_ns(ss, id, m->ns_id);
+        if (kt->layer < kt->first)
+                kt->layer = kt->first;
+        while (kt->k < kt->n_keys && budget-- > 0) {
+                struct kvd_bkey key = { kt->keys[kt->k][0], kt->keys[kt->k][1], kt->ns, kt->layer };
+
+                kt->deleted += (uint32_t)kvd_cache_delete(cache, &key);
+                if (kt->layer++ == kt->last) {
+                        kt->layer = kt->first;
+                        kt->k++;
+                }
+        }
+        if (kt->k < kt->n_keys)
+                return false;
+        dr.deleted = (uint32_t)kt->deleted;
+        resp.body_case = KVDRIVE__RESPONSE__BODY_DELETE;
+        resp.delete_ = &dr;
+        reply(t->ss, kt->id, &resp);
+        return true;
+}
+
+/* Work beyond one slice stays in flight: within the client's limit. */
+static bool check_work(struct kvd_session *ss, uint64_t id, uint64_t units)
+{
+        return units <= KVD_TASK_SLICE || check_inflight(ss, id);
+}
+
+static uint32_t handle_lookup(struct kvd_session *ss, uint64_t id, const Kvdrive__Lookup *m)
+{
+        const struct kvd_ns *ns;
+        struct key_task *kt;
+
+        ns = session_ns(ss, id, m->ns_id, KVD_RIGHT_READ);
+        if (!ns || !check_items(ss, id, m->n_keys) ||
+            !check_work(ss, id, (uint64_t)m->n_keys * ns->geometry.layers))
+                return 0;
+        kt = key_task_new(ss, id, ns, m->keys, m->n_keys, lookup_step);
+        if (!kt)
+                return 0;
+        kt->prefix = calloc(kt->layers, sizeof(*kt->prefix));
+        if (!kt->prefix) {
+                kt->task.free(&kt->task);
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
+                return 0;
+        }
+        return key_task_start(ss, kt);
+}
+
+static uint32_t handle_delete(struct kvd_session *ss, uint64_t id, const Kvdrive__Delete *m)
+{
+        const struct kvd_ns *ns;
+        struct key_task *kt;
+
+        ns = session_ns(ss, id, m->ns_id, KVD_RIGHT_WRITE);
         if (!ns || !check_items(ss, id, m->n_keys))
-                return;
+                return 0;
         if (!m->all_layers && m->layer >= ns->geometry.layers) {
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_OUT_OF_RANGE, "layer %u of %u", m->layer,
                                        ns->geometry.layers);
-                return;
+                return 0;
         }
-        first = m->all_layers ? 0 : m->layer;
-        last = m->all_layers ? ns->geometry.layers - 1 : m->layer;
-        for (size_t k = 0; k < m->n_keys; k++)
-                for (uint32_t l = first; l <= last; l++) {
-                        struct kvd_bkey key = { m->keys[k]->hi, m->keys[k]->lo, ns->id, l };
+        if (!check_work(ss, id, (uint64_t)m->n_keys * (m->all_layers ? ns->geometry.layers : 1)))
+                return 0;
+        kt = key_task_new(ss, id, ns, m->keys, m->n_keys, delete_step);
+        if (!kt)
+                return 0;
+        kt->first = m->all_layers ? 0 : m->layer;
+        kt->last = m->all_layers ? ns->geometry.layers - 1 : m->layer;
+        return key_task_start(ss, kt);
+}
 
-                        dr.deleted += (uint32_t)kvd_cache_delete(ss->server->cache, &key);
-                }
-        resp.body_case = KVDRIVE__RESPONSE__BODY_DELETE;
-        resp.delete_ = &dr;
-        reply(ss, id, &resp);
+static bool drop_step(struct kvd_task *t, uint32_t budget)
+{
+        struct key_task *kt = container_of(t, struct key_task, task);
+        Kvdrive__DropNamespaceReply dr = KVDRIVE__DROP_NAMESPACE_REPLY__INIT;
+        Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
+
+        /* Index records are cheaper to look at than probes: more a slice. */
+        if (!kvd_cache_ns_purge(t->ss->server->cache, kt->ns, &kt->cursor, budget * 8, &kt->deleted))
+                return false;
+        dr.deleted = kt->deleted;
+        resp.body_case = KVDRIVE__RESPONSE__BODY_DROP_NAMESPACE;
+        resp.drop_namespace = &dr;
+        reply(t->ss, kt->id, &resp);
+        return true;
+}
+
+static uint32_t handle_drop_ns(struct kvd_session *ss, uint64_t id, const Kvdrive__DropNamespace *m)
+{
+        const struct kvd_ns *ns = kvd_cache_ns(ss->server->cache, m->ns_id);
+        unsigned rights = ns ? peer_rights(ss, ns) : 0;
+        struct key_task *kt;
+
+        if (!ns || (!rights && !ss->peer.admin)) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_NO_NAMESPACE, "no namespace %u", m->ns_id);
+                return 0;
+        }
+        if (!(rights & KVD_RIGHT_OWNER) && !ss->peer.admin) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_DENIED,
+                                       "uid %u may not drop namespace '%s' of uid %u (its owner or an admin may)",
+                                       (unsigned)ss->peer.uid, ns->name, ns->owner);
+                return 0;
+        }
+        if (!check_inflight(ss, id))
+                return 0;
+        kt = key_task_new(ss, id, ns, NULL, 0, drop_step);
+        if (!kt)
+                return 0;
+        log_notice("session %llu (uid %u): dropping namespace %u '%s' of uid %u", (unsigned long long)ss->id,
+                   (unsigned)ss->peer.uid, ns->id, ns->name, ns->owner);
+        kvd_cache_ns_drop(ss->server->cache, ns->id);
+        return key_task_start(ss, kt);
+}
+
+/* No cap travels as 0. */
+static uint64_t cap_wire(uint64_t v)
+{
+        return v == UINT64_MAX ? 0 : v;
+}
+
+static void tenant_to_wire(const struct kvd_tenant_stats *t, Kvdrive__TenantStats *w, Kvdrive__TenantStats **ret)
+{
+        kvdrive__tenant_stats__init(w);
+        w->uid = t->uid;
+        w->host_bytes = t->host_bytes;
+        w->ssd_bytes = t->ssd_bytes;
+        w->pool_bytes = t->pool_bytes;
+        w->namespaces = t->namespaces;
+        w->quota_host_bytes = cap_wire(t->quota.host_bytes);
+        w->quota_ssd_bytes = cap_wire(t->quota.ssd_bytes);
+        w->quota_pool_bytes = cap_wire(t->quota.pool_bytes);
+        w->quota_namespaces = t->quota.namespaces == UINT32_MAX ? 0 : t->quota.namespaces;
+        w->quota_evictions = t->quota_evictions;
+        w->quota_refusals = t->quota_refusals;
+        *ret = w;
 }
 
 static void handle_stats(struct kvd_session *ss, uint64_t id)
@@ -644,13 +917,17 @@ static void handle_stats(struct kvd_session *ss, uint64_t id)
         Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
         Kvdrive__TierStats host = KVDRIVE__TIER_STATS__INIT, ssd = KVDRIVE__TIER_STATS__INIT;
         Kvdrive__TierStats *tiers[2] = { &host, &ssd };
-        uint32_t n_ns = kvd_cache_ns_count(s->cache);
+        uint32_t n_ns = kvd_cache_ns_count(s->cache), n_shown = 0;
+        uint32_t n_ten = ss->peer.admin ? kvd_cache_tenants(s->cache, NULL, 0) : 1;
         Kvdrive__NamespaceStats *nss = calloc(n_ns ? n_ns : 1, sizeof(*nss));
         Kvdrive__NamespaceStats **nsp = calloc(n_ns ? n_ns : 1, sizeof(*nsp));
         Kvdrive__Geometry *geo = calloc(n_ns ? n_ns : 1, sizeof(*geo));
+        struct kvd_tenant_stats *ts = calloc(n_ten ? n_ten : 1, sizeof(*ts));
+        Kvdrive__TenantStats *tw = calloc(n_ten ? n_ten : 1, sizeof(*tw));
+        Kvdrive__TenantStats **twp = calloc(n_ten ? n_ten : 1, sizeof(*twp));
         struct kvd_cache_stats cs;
 
-        if (!nss || !nsp || !geo) {
+        if (!nss || !nsp || !geo || !ts || !tw || !twp) {
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
                 goto out;
         }
@@ -685,9 +962,17 @@ static void handle_stats(struct kvd_session *ss, uint64_t id)
                 ssd.condition = cs.ssd_condition;
                 ssd.full = cs.ssd_full;
         }
-        for (uint32_t i = 0; i < n_ns; i++) {
-                const struct kvd_ns *ns = kvd_cache_ns(s->cache, i);
+        /* A peer sees the namespaces it may use; an admin sees all. */
+        for (uint32_t k = 0; k < kvd_cache_ns_slots(s->cache) && n_shown < n_ns; k++) {
+                const struct kvd_ns *ns = kvd_cache_ns(s->cache, k);
+                uint32_t i = n_shown;
+                unsigned rights;
 
+                if (!ns)
+                        continue;
+                rights = peer_rights(ss, ns);
+                if (!rights && !ss->peer.admin)
+                        continue;
                 kvdrive__namespace_stats__init(&nss[i]);
                 kvdrive__geometry__init(&geo[i]);
                 geo[i].layers = ns->geometry.layers;
@@ -700,8 +985,19 @@ static void handle_stats(struct kvd_session *ss, uint64_t id)
                 nss[i].geometry = &geo[i];
                 nss[i].block_bytes = ns->block_bytes;
                 nss[i].blocks = ns->blocks;
+                nss[i].owner = ns->owner;
+                nss[i].rights = rights;
+                nss[i].dropped = ns->dropped;
                 nsp[i] = &nss[i];
+                n_shown++;
         }
+        /* Likewise the tenants: its own usage, or everyone's. */
+        if (ss->peer.admin)
+                n_ten = kvd_cache_tenants(s->cache, ts, n_ten);
+        else
+                kvd_cache_tenant(s->cache, (uint32_t)ss->peer.uid, &ts[0]);
+        for (uint32_t i = 0; i < n_ten; i++)
+                tenant_to_wire(&ts[i], &tw[i], &twp[i]);
         sr.daemon_version = (char *)KVD_VERSION;
         sr.pid = (uint32_t)getpid();
         sr.uptime_ms = kvd_now_ms() - s->started_ms;
@@ -709,8 +1005,12 @@ static void handle_stats(struct kvd_session *ss, uint64_t id)
         sr.clients_total = s->sessions_total;
         sr.n_tiers = cs.have_ssd ? 2 : 1;
         sr.tiers = tiers;
-        sr.n_namespaces = n_ns;
+        sr.n_namespaces = n_shown;
         sr.namespaces = nsp;
+        sr.n_tenants = n_ten;
+        sr.tenants = twp;
+        sr.peer_uid = (uint32_t)ss->peer.uid;
+        sr.peer_admin = ss->peer.admin;
         sr.bytes_in = kvd_xfer_bytes(s->xfer, KVD_XFER_IN);
         sr.bytes_out = kvd_xfer_bytes(s->xfer, KVD_XFER_OUT);
         sr.puts = cs.puts;
@@ -746,13 +1046,17 @@ out:
         free(nss);
         free(nsp);
         free(geo);
+        free(ts);
+        free(tw);
+        free(twp);
 }
 
-void kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int *fds, unsigned nfds)
+uint32_t kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int *fds, unsigned nfds)
 {
         const struct kvd_config *cfg = ss->server->cfg;
         const uint8_t *payload;
         Kvdrive__Request *req;
+        uint32_t work = 1;
         size_t len;
         int r;
 
@@ -769,13 +1073,13 @@ void kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int *fds
                 else
                         kvd_session_send_error(ss, 0, KVDRIVE__ERROR_CODE__E_MALFORMED,
                                                "not a KVDrive frame (bad magic or short header)");
-                return;
+                return work;
         }
         req = kvdrive__request__unpack(NULL, len, payload);
         if (!req) {
                 close_fds(fds, nfds);
                 kvd_session_send_error(ss, 0, KVDRIVE__ERROR_CODE__E_MALFORMED, "cannot decode the request");
-                return;
+                return work;
         }
         if (!ss->hello && req->body_case != KVDRIVE__REQUEST__BODY_HELLO) {
                 kvd_session_send_error(ss, req->id, KVDRIVE__ERROR_CODE__E_NO_HELLO, "send Hello first");
@@ -793,24 +1097,31 @@ void kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int *fds
                 break;
         case KVDRIVE__REQUEST__BODY_PUT:
                 handle_transfer(ss, req->id, req->put, true);
+                work += (uint32_t)req->put->n_items;
                 break;
         case KVDRIVE__REQUEST__BODY_GET:
                 handle_transfer(ss, req->id, req->get, false);
+                work += (uint32_t)req->get->n_items;
                 break;
         case KVDRIVE__REQUEST__BODY_LOOKUP:
-                handle_lookup(ss, req->id, req->lookup);
+                work += handle_lookup(ss, req->id, req->lookup);
                 break;
         case KVDRIVE__REQUEST__BODY_DELETE:
-                handle_delete(ss, req->id, req->delete_);
+                work += handle_delete(ss, req->id, req->delete_);
+                break;
+        case KVDRIVE__REQUEST__BODY_DROP_NAMESPACE:
+                work += handle_drop_ns(ss, req->id, req->drop_namespace);
                 break;
         case KVDRIVE__REQUEST__BODY_STATS:
                 handle_stats(ss, req->id);
                 break;
         case KVDRIVE__REQUEST__BODY_PREFETCH:
                 handle_prefetch(ss, req->id, req->prefetch);
+                work += (uint32_t)req->prefetch->n_items;
                 break;
         case KVDRIVE__REQUEST__BODY_SCORES:
                 handle_scores(ss, req->id, req->scores);
+                work += (uint32_t)req->scores->n_items;
                 break;
         case KVDRIVE__REQUEST__BODY_REGISTER_COUNTERS:
                 handle_register_counters(ss, req->id, req->register_counters, fds, nfds);
@@ -823,4 +1134,5 @@ void kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int *fds
 out:
         close_fds(fds, nfds);
         kvdrive__request__free_unpacked(req, NULL);
+        return work;
 }

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "access.h"
 #include "cache.h"
 #include "config.h"
 #include "counters.h"
@@ -21,6 +22,25 @@ struct watch {
         int fd;
 };
 
+/*
+ * Work of one request done in slices, so that no request holds the loop
+ * for long (a Lookup or Delete visits keys x layers, a drop every index
+ * record). step() does at most budget units and returns true once the
+ * request is finished and answered; free() then releases it. A session's
+ * tasks run in order, one slice per turn of the loop, the sessions with
+ * tasks taking turns; a task outlives a closed session (its reply is then
+ * dropped), so a drop always finishes.
+ */
+struct kvd_task {
+        struct kvd_task *next;
+        struct kvd_session *ss;         /* referenced */
+        bool (*step)(struct kvd_task *t, uint32_t budget);
+        void (*free)(struct kvd_task *t);
+};
+
+/* Units (index probes) per slice. */
+#define KVD_TASK_SLICE 2048u
+
 struct outmsg {
         struct outmsg *next;
         size_t len;
@@ -35,17 +55,22 @@ struct kvd_session {
         bool hello;
         uint64_t id;
         struct ucred cred;
+        struct kvd_peer peer;   /* who it is, for access checks */
         char name[64];
-        uint8_t *ns_joined;     /* one byte per namespace id */
+        /* Per namespace id: 0 not joined, else KVD_NS_JOINED | enum kvd_right. */
+        uint8_t *ns_rights;
         struct kvd_peer_pool **pools;
         uint32_t n_pools;
-        uint64_t pool_bytes;
+        uint64_t pool_bytes;    /* charged to the peer's uid (kvd_cache_pool_charge) */
         /* The counter page (RegisterCounters), NULL if none; requests in
          * flight that count hold their own references. */
         struct kvd_counters *counters;
         uint32_t inflight;
         uint64_t sched_ms;      /* last Get with a compute time, kvd_now_ms() */
         uint32_t compute_us;    /* that compute time per layer */
+        struct kvd_task *tasks_head, *tasks_tail; /* in order */
+        struct kvd_session *task_next;  /* in the server's queue of sessions with tasks */
+        bool task_queued;
         struct outmsg *outq_head, *outq_tail;
         uint64_t outq_bytes;
         bool want_write;
@@ -72,6 +97,8 @@ struct kvd_server {
         uint64_t requests, errors;
         uint64_t started_ms;
         struct kvd_sched sched;
+        /* Sessions with tasks, FIFO through task_next: the next to run first. */
+        struct kvd_session *task_first, *task_last;
         uint8_t *rxbuf;
         size_t rxcap;
 };
@@ -90,9 +117,18 @@ void kvd_session_send(struct kvd_session *ss, const Kvdrive__Response *resp);
 void kvd_session_send_error(struct kvd_session *ss, uint64_t id, Kvdrive__ErrorCode code,
                             const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
+#define KVD_NS_JOINED 0x80u
+
 /* dispatch.c: handles one received frame (buf, n as kvd_frame_recv gave;
- * fds are owned by the dispatcher from here on). */
-void kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int *fds, unsigned nfds);
+ * fds are owned by the dispatcher from here on). Returns the units of work
+ * (items, index probes) it did at once, for the session's read budget. */
+uint32_t kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int *fds, unsigned nfds);
+
+/* server.c: queues t behind ss's other tasks (ss->inflight counts it until
+ * it is freed). */
+void kvd_task_queue(struct kvd_session *ss, struct kvd_task *t);
+/* Runs one slice of each session's first task; true if tasks remain. */
+bool kvd_tasks_run(struct kvd_server *s);
 
 uint64_t kvd_now_ms(void);
 

@@ -225,6 +225,65 @@ static void notify_status(struct kvd_server *s)
         sd_notifyf(0, "STATUS=%s", line);
 }
 
+/* ---- tasks: requests done in slices ------------------------------------- */
+
+static void session_queue_push(struct kvd_server *s, struct kvd_session *ss)
+{
+        ss->task_next = NULL;
+        ss->task_queued = true;
+        if (s->task_last)
+                s->task_last->task_next = ss;
+        else
+                s->task_first = ss;
+        s->task_last = ss;
+}
+
+void kvd_task_queue(struct kvd_session *ss, struct kvd_task *t)
+{
+        t->next = NULL;
+        t->ss = kvd_session_ref(ss);
+        ss->inflight++;
+        if (ss->tasks_tail)
+                ss->tasks_tail->next = t;
+        else
+                ss->tasks_head = t;
+        ss->tasks_tail = t;
+        if (!ss->task_queued)
+                session_queue_push(ss->server, kvd_session_ref(ss));
+}
+
+bool kvd_tasks_run(struct kvd_server *s)
+{
+        struct kvd_session *last = s->task_last;
+
+        /* One slice per session that had tasks when the turn began. */
+        while (s->task_first) {
+                struct kvd_session *ss = s->task_first;
+                struct kvd_task *t = ss->tasks_head;
+                bool end = ss == last;
+
+                s->task_first = ss->task_next;
+                if (!s->task_first)
+                        s->task_last = NULL;
+                ss->task_queued = false;
+                if (t->step(t, KVD_TASK_SLICE)) {
+                        ss->tasks_head = t->next;
+                        if (!ss->tasks_head)
+                                ss->tasks_tail = NULL;
+                        ss->inflight--;
+                        t->free(t);
+                        kvd_session_unref(ss); /* the task's */
+                }
+                if (ss->tasks_head)
+                        session_queue_push(s, ss); /* keeps the queue's reference */
+                else
+                        kvd_session_unref(ss);
+                if (end)
+                        break;
+        }
+        return s->task_first != NULL;
+}
+
 int kvd_server_run(struct kvd_server *s)
 {
         struct epoll_event evs[64];
@@ -232,8 +291,10 @@ int kvd_server_run(struct kvd_server *s)
         for (;;) {
                 int n;
 
+                bool busy = kvd_tasks_run(s);
+
                 kvd_cache_flush(s->cache);
-                n = epoll_wait(s->epfd, evs, ARRAY_SIZE(evs), -1);
+                n = epoll_wait(s->epfd, evs, ARRAY_SIZE(evs), busy ? 0 : -1);
 
                 if (n < 0) {
                         if (errno == EINTR)
@@ -301,6 +362,10 @@ struct kvd_server *kvd_server_free(struct kvd_server *s)
                 return NULL;
         while (s->sessions)
                 kvd_session_close(s->sessions, "daemon stopping");
+        /* Tasks left (a drop still deleting) run to their end: the cache
+         * must not be left with a half-dropped namespace. */
+        while (kvd_tasks_run(s))
+                ;
         kvd_session_bury(s);
         for (unsigned i = 0; i < s->n_listeners; i++)
                 close(s->listeners[i].fd);

@@ -14,8 +14,10 @@
 #include "macro.h"
 #include "server-internal.h"
 
-/* Messages handled per wakeup before other clients get their turn. */
+/* Messages, and units of work (items, index probes) they did, handled per
+ * wakeup before other clients get their turn. */
 #define READ_BUDGET 64
+#define READ_WORK_BUDGET 4096
 
 uint64_t kvd_now_ms(void)
 {
@@ -36,7 +38,8 @@ static void session_free(struct kvd_session *ss)
                 kvd_peer_pool_unref(ss->pools[i]);
         kvd_counters_unref(ss->counters);
         free(ss->pools);
-        free(ss->ns_joined);
+        free(ss->ns_rights);
+        free((void *)ss->peer.groups);
         free(ss);
 }
 
@@ -68,6 +71,35 @@ static void update_events(struct kvd_session *ss)
                 log_warning("session %llu: epoll_ctl: %m", (unsigned long long)ss->id);
 }
 
+/* Who the peer is: its uid and groups as the kernel saw them at connect
+ * (SO_PEERCRED, SO_PEERGROUPS), and whether it administers the daemon. */
+static int peer_init(struct kvd_peer *p, int fd, const struct ucred *cred, const struct kvd_config *cfg)
+{
+        socklen_t len = 64 * sizeof(gid_t);
+        gid_t *groups = NULL;
+
+        *p = (struct kvd_peer){ .uid = cred->uid, .gid = cred->gid };
+        for (;;) {
+                gid_t *g = realloc(groups, len ? len : sizeof(gid_t));
+
+                if (!g) {
+                        free(groups);
+                        return -ENOMEM;
+                }
+                groups = g;
+                if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0)
+                        break;
+                if (errno != ERANGE) {
+                        len = 0; /* none known: primary group only */
+                        break;
+                }
+        }
+        p->groups = groups;
+        p->n_groups = (uint32_t)(len / sizeof(gid_t));
+        p->admin = cred->uid == 0 || (cred->uid != (uid_t)-1 && kvd_peer_in_group(p, cfg->admin_gid));
+        return 0;
+}
+
 int kvd_session_accept(struct kvd_server *s, int listen_fd)
 {
         struct kvd_session *ss;
@@ -96,8 +128,8 @@ int kvd_session_accept(struct kvd_server *s, int listen_fd)
         ss = calloc(1, sizeof(*ss));
         if (!ss)
                 goto err_close;
-        ss->ns_joined = calloc(s->cfg->max_namespaces, 1);
-        if (!ss->ns_joined)
+        ss->ns_rights = calloc(s->cfg->max_namespaces, 1);
+        if (!ss->ns_rights)
                 goto err_free;
         ss->w = (struct watch){ WATCH_SESSION, fd };
         ss->server = s;
@@ -105,6 +137,8 @@ int kvd_session_accept(struct kvd_server *s, int listen_fd)
         ss->id = ++s->next_session_id;
         if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &ss->cred, &len) < 0)
                 ss->cred = (struct ucred){ .pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1 };
+        if (peer_init(&ss->peer, fd, &ss->cred, s->cfg) < 0)
+                goto err_free;
         ev = (struct epoll_event){ .events = EPOLLIN, .data.ptr = &ss->w };
         if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
                 goto err_free;
@@ -119,7 +153,8 @@ int kvd_session_accept(struct kvd_server *s, int listen_fd)
         return 1;
 
 err_free:
-        free(ss->ns_joined);
+        free(ss->ns_rights);
+        free((void *)ss->peer.groups);
         free(ss);
 err_close:
         close(fd);
@@ -154,6 +189,16 @@ void kvd_session_close(struct kvd_session *ss, const char *why)
         ss->n_pools = 0;
         /* Likewise the counter page: unmapped once no request counts on it. */
         ss->counters = kvd_counters_unref(ss->counters);
+        /* Its namespaces may go now (requests in flight hold their own). */
+        for (uint32_t i = 0; i < s->cfg->max_namespaces; i++)
+                if (ss->ns_rights[i]) {
+                        ss->ns_rights[i] = 0;
+                        kvd_cache_ns_release(s->cache, i);
+                }
+        if (ss->pool_bytes) {
+                kvd_cache_pool_uncharge(s->cache, ss->peer.uid, ss->pool_bytes);
+                ss->pool_bytes = 0;
+        }
         /* Events already returned by epoll may still point at ss: the
          * server's reference is dropped after this loop turn. */
         ss->prev = NULL;
@@ -175,6 +220,8 @@ void kvd_session_readable(struct kvd_session *ss)
 {
         struct kvd_server *s = ss->server;
 
+        uint32_t work = 0;
+
         kvd_session_ref(ss);
         for (int budget = READ_BUDGET; budget > 0 && !ss->closed; budget--) {
                 int fds[KVD_FRAME_MAX_FDS];
@@ -194,7 +241,11 @@ void kvd_session_readable(struct kvd_session *ss)
                         kvd_session_close(ss, "client disconnected");
                         break;
                 }
-                kvd_dispatch(ss, s->rxbuf, (size_t)n, fds, nfds);
+                /* A message's work counts against the turn's budget too:
+                 * 64 requests of max-items each would hold the loop. */
+                work += kvd_dispatch(ss, s->rxbuf, (size_t)n, fds, nfds);
+                if (work >= READ_WORK_BUDGET)
+                        break;
         }
         kvd_session_unref(ss);
 }

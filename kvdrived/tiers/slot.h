@@ -19,7 +19,7 @@
 #define KVD_EXTENT_HDR_BYTES 4096u
 #define KVD_SLOT_MAGIC       0x534b564bu /* "KVKS" */
 #define KVD_EXTENT_MAGIC     0x454b564bu /* "KVKE" */
-#define KVD_FORMAT_VERSION   1u
+#define KVD_FORMAT_VERSION   2u /* 2: the slot header names its namespace's owner */
 #define KVD_CODEC_NONE       0u
 
 struct kvd_extent_header {
@@ -45,6 +45,7 @@ struct kvd_slot_header {
         /* The namespace by identity, not by id: ids are per daemon run. */
         uint32_t ns_layers, ns_kv_heads, ns_head_dim, ns_dtype, ns_block_tokens;
         char ns_name[128];
+        uint32_t ns_owner;              /* uid owning the namespace (v2) */
         uint32_t header_crc;            /* crc32c of the bytes before it */
 };
 

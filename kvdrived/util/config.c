@@ -17,6 +17,8 @@
 #include "macro.h"
 #include "size.h"
 
+static int config_load(struct kvd_config *cfg, int argc, char **argv);
+
 enum opt_type { OPT_STRING, OPT_SIZE, OPT_U32, OPT_INT, OPT_BOOL, OPT_MODE, OPT_LOCK, OPT_LEVEL, OPT_EVICT };
 
 struct option_def {
@@ -86,6 +88,16 @@ static const struct option_def options[] = {
           "else the installed one)", false },
         { "max-outq-bytes", OPT_SIZE, OFF(max_outq_bytes), "4M", 64u << 10, 1u << 30,
           "replies queued for a client that does not read before it is dropped", false },
+        { "admin-group", OPT_STRING, OFF(admin_group), "root", 0, 0,
+          "group whose members (and uid 0) see and manage every namespace", false },
+        { "quota-host-bytes", OPT_SIZE, OFF(quota.host_bytes), "0", 0, UINT64_C(1) << 50,
+          "host tier bytes one uid's namespaces may hold (0: no cap; [quota USER] sections override)", false },
+        { "quota-ssd-bytes", OPT_SIZE, OFF(quota.ssd_bytes), "0", 0, UINT64_C(1) << 50,
+          "SSD tier bytes one uid's namespaces may hold (0: no cap)", false },
+        { "quota-pool-bytes", OPT_SIZE, OFF(quota.pool_bytes), "0", 0, UINT64_C(1) << 50,
+          "device pool bytes one uid's clients may register together (0: no cap)", false },
+        { "quota-namespaces", OPT_U32, OFF(quota.namespaces), "16", 0, 4096,
+          "namespaces one uid may own (0: no cap)", false },
 };
 
 static int parse_bool(const char *s, bool *ret)
@@ -218,10 +230,19 @@ static int config_ini_line(void *user, const char *section, const char *name, co
 {
         struct ini_ctx *ctx = user;
         const struct option_def *o;
+        char err[256];
+        int r;
 
         if (strcmp(section, "kvdrived") != 0) {
-                fprintf(stderr, "kvdrived: %s: unknown section [%s]\n", ctx->path, section);
-                ctx->error = -EINVAL;
+                r = kvd_access_ini(ctx->cfg->access, section, name, value, err, sizeof(err));
+                if (r > 0)
+                        return 1;
+                if (r == 0)
+                        fprintf(stderr, "kvdrived: %s: unknown section [%s] (kvdrived, namespace PATTERN, "
+                                "quota USER)\n", ctx->path, section);
+                else
+                        fprintf(stderr, "kvdrived: %s: %s\n", ctx->path, r == -ENOMEM ? "out of memory" : err);
+                ctx->error = r < 0 ? r : -EINVAL;
                 return 0;
         }
         o = find_option(name);
@@ -255,13 +276,70 @@ void kvd_config_help(FILE *f)
                    "same names in a [kvdrived] section; the command line wins.\n");
 }
 
+void kvd_config_free(struct kvd_config *cfg)
+{
+        cfg->access = kvd_access_free(cfg->access);
+}
+
+void kvd_config_quota(const struct kvd_config *cfg, uid_t uid, struct kvd_quota *ret)
+{
+        kvd_access_quota(cfg->access, uid, &cfg->quota, ret);
+}
+
+/* A 0 in the config is "no cap". */
+static void uncap(uint64_t *v)
+{
+        if (*v == 0)
+                *v = UINT64_MAX;
+}
+
+static int config_finish(struct kvd_config *cfg);
+
 int kvd_config_load(struct kvd_config *cfg, int argc, char **argv)
+{
+        int r = 0;
+
+        memset(cfg, 0, sizeof(*cfg));
+        if (kvd_access_new(&cfg->access) < 0) {
+                fprintf(stderr, "kvdrived: out of memory\n");
+                return -ENOMEM;
+        }
+        r = config_load(cfg, argc, argv);
+        if (r == 0)
+                r = config_finish(cfg);
+        if (r != 0)
+                kvd_config_free(cfg);
+        return r;
+}
+
+static int config_finish(struct kvd_config *cfg)
+{
+        char err[256];
+        int r;
+
+        r = kvd_access_check(cfg->access, err, sizeof(err));
+        if (r < 0) {
+                fprintf(stderr, "kvdrived: %s: %s\n", cfg->config_file[0] ? cfg->config_file : "config", err);
+                return r;
+        }
+        if (kvd_resolve_group(cfg->admin_group, &cfg->admin_gid) < 0) {
+                fprintf(stderr, "kvdrived: admin-group: unknown group '%s'\n", cfg->admin_group);
+                return -EINVAL;
+        }
+        uncap(&cfg->quota.host_bytes);
+        uncap(&cfg->quota.ssd_bytes);
+        uncap(&cfg->quota.pool_bytes);
+        if (cfg->quota.namespaces == 0)
+                cfg->quota.namespaces = UINT32_MAX;
+        return 0;
+}
+
+static int config_load(struct kvd_config *cfg, int argc, char **argv)
 {
         struct option longopts[ARRAY_SIZE(options) + 3];
         const char *config_path = NULL;
         int r, c, idx;
 
-        memset(cfg, 0, sizeof(*cfg));
         for (size_t i = 0; i < ARRAY_SIZE(options); i++) {
                 if (options[i].def && set_option(cfg, &options[i], options[i].def) < 0)
                         abort(); /* a bad embedded default is a build bug */

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <sys/un.h>
 
+#include "access.h"
 #include "size.h"
 
 enum kvd_eviction {
@@ -56,12 +57,24 @@ struct kvd_config {
         uint32_t max_items;
         uint64_t max_outq_bytes;        /* replies queued for a slow client */
         char cuda_module[256];          /* path of kvdrive-cuda.so */
+        char admin_group[64];           /* its members (and uid 0) manage everything */
+        gid_t admin_gid;                /* admin_group resolved */
+        struct kvd_quota quota;         /* per uid, unless a [quota] section says otherwise */
+        /* [namespace] and [quota] sections of the config file; owned. */
+        struct kvd_access *access;
 };
 
 /* Fills cfg from defaults, the config file and argv. Returns 0, 1 when the
  * program should exit successfully (--help, --version), or -errno after
- * printing a clear message on stderr. */
+ * printing a clear message on stderr. Free a cfg loaded (0) with
+ * kvd_config_free(); otherwise nothing needs freeing. */
 int kvd_config_load(struct kvd_config *cfg, int argc, char **argv);
+
+/* Frees what cfg owns (the access rules). */
+void kvd_config_free(struct kvd_config *cfg);
+
+/* The quota of uid under cfg. */
+void kvd_config_quota(const struct kvd_config *cfg, uid_t uid, struct kvd_quota *ret);
 
 /* Prints the options table as --help text. */
 void kvd_config_help(FILE *f);

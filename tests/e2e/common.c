@@ -2,6 +2,7 @@
 #include "common.h"
 
 #include <errno.h>
+#include <grp.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -139,6 +140,28 @@ pid_t e2e_fork(int (*fn)(void *), void *arg)
         if (pid == 0) {
                 /* Never outlive the test, whatever Check's fork mode. */
                 prctl(PR_SET_PDEATHSIG, SIGKILL);
+                _exit(fn(arg));
+        }
+        return pid;
+}
+
+pid_t e2e_fork_as(uid_t uid, gid_t gid, const gid_t *groups, size_t n, int (*fn)(void *), void *arg)
+{
+        pid_t pid;
+
+        fflush(NULL);
+        pid = fork();
+        if (pid == 0) {
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                if (setgroups(n, groups) < 0 || setgid(gid) < 0 || setuid(uid) < 0) {
+                        fprintf(stderr, "[child %d] cannot become uid %u gid %u: %m\n", (int)getpid(),
+                                (unsigned)uid, (unsigned)gid);
+                        _exit(1);
+                }
+                /* setuid() made us non-dumpable; the sanitizers' leak check
+                 * needs to ptrace its own process. */
+                prctl(PR_SET_DUMPABLE, 1);
+                prctl(PR_SET_PDEATHSIG, SIGKILL); /* cleared by setuid() */
                 _exit(fn(arg));
         }
         return pid;

@@ -86,6 +86,10 @@ int e2e_read_file(const char *path, void *buf, size_t n);
 /* Forks; the child runs fn(arg) and _exits with its return value. */
 pid_t e2e_fork(int (*fn)(void *), void *arg);
 
+/* As e2e_fork(), but the child first becomes uid/gid with the n
+ * supplementary groups (root only; the child exits 1 if it cannot). */
+pid_t e2e_fork_as(uid_t uid, gid_t gid, const gid_t *groups, size_t n, int (*fn)(void *), void *arg);
+
 /*
  * Waits up to timeout_ms for child pid (SIGKILLs it after) and describes
  * how it ended in why. Returns its raw wait status, or -ETIMEDOUT.

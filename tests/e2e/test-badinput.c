@@ -20,6 +20,7 @@
 #define SLOTS   16u     /* the main pool; slots NACK.. are scratch */
 
 #define E(code) KVDRIVE__ERROR_CODE__E_##code
+#define KVD_TEST_NAME_LONG 127  /* the longest namespace name */
 
 struct bi {
         struct kvd_test_daemon d;
@@ -71,8 +72,8 @@ static Kvdrive__Response *recv_one(int fd)
         return r;
 }
 
-static Kvdrive__Response *reg_ns(int fd, uint64_t id, const char *name,
-                                 const struct kvc_geometry *g)
+static Kvdrive__Response *reg_ns_bytes(int fd, uint64_t id, const char *name, size_t len,
+                                       const struct kvc_geometry *g)
 {
         Kvdrive__Geometry geo = KVDRIVE__GEOMETRY__INIT;
         Kvdrive__RegisterNamespace rn = KVDRIVE__REGISTER_NAMESPACE__INIT;
@@ -83,12 +84,18 @@ static Kvdrive__Response *reg_ns(int fd, uint64_t id, const char *name,
         geo.head_dim = g->head_dim;
         geo.dtype = (Kvdrive__Dtype)g->dtype;
         geo.block_tokens = g->block_tokens;
-        rn.name = (char *)name;
+        rn.name.data = (uint8_t *)name;
+        rn.name.len = len;
         rn.geometry = &geo;
         req.id = id;
         req.body_case = KVDRIVE__REQUEST__BODY_REGISTER_NAMESPACE;
         req.register_namespace = &rn;
         return call(fd, &req, -1);
+}
+
+static Kvdrive__Response *reg_ns(int fd, uint64_t id, const char *name, const struct kvc_geometry *g)
+{
+        return reg_ns_bytes(fd, id, name, strlen(name), g);
 }
 
 static Kvdrive__Response *reg_pool(int fd, uint64_t id, uint32_t slot_count, uint64_t slot_bytes,
@@ -901,6 +908,7 @@ START_TEST(test_invalid_geometry)
                 { "invalid dtype", 4, 2, 64, 0, 16 },
                 { "unknown dtype", 4, 2, 64, 77, 16 },
                 { "zero block_tokens", 4, 2, 64, KVC_DTYPE_F16, 0 },
+                { "more layers than any model (a Lookup visits them all)", 1025, 2, 64, KVC_DTYPE_F16, 16 },
         };
         Kvdrive__Response *r;
         struct bi t;
@@ -920,6 +928,41 @@ START_TEST(test_invalid_geometry)
         }
         /* None of them created the namespace: a valid geometry creates it now. */
         register_ns_ok(&t, t.fd, "e2e-bad-geometry", true);
+        bi_verify_and_teardown(&t, t.fd);
+}
+END_TEST
+
+/* A name with a NUL inside is refused, not cut short to the namespace its
+ * prefix names; so are control characters and names too long or empty. */
+START_TEST(test_bad_namespace_name)
+{
+        static const struct { const char *what; const char *name; size_t len; } bad[] = {
+                { "embedded NUL", NS_NAME "\0-evil", sizeof(NS_NAME "\0-evil") - 1 },
+                { "empty", "", 0 },
+                { "newline", "e2e\nmodel", 9 },
+                { "escape", "e2e\x1b[2Jmodel", 13 },
+        };
+        char longname[KVD_TEST_NAME_LONG + 1];
+        Kvdrive__Response *r;
+        struct bi t;
+
+        bi_setup(&t);
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                char b[256];
+
+                r = reg_ns_bytes(t.fd, 201 + i, bad[i].name, bad[i].len, &e2e_geom);
+                ck_assert_msg(kvd_test_error_code(r) == E(BAD_ARG) && r->id == 201 + i,
+                              "%s: got %s, want E_BAD_ARG", bad[i].what, kvd_test_response_str(r, b, sizeof(b)));
+                done(r);
+        }
+        memset(longname, 'n', sizeof(longname));
+        r = reg_ns_bytes(t.fd, 210, longname, sizeof(longname), &e2e_geom);
+        ASSERT_ERR(r, E(BAD_ARG), 210);
+        done(r);
+        /* 127 bytes is the longest name. */
+        r = reg_ns_bytes(t.fd, 211, longname, sizeof(longname) - 1, &e2e_geom);
+        ASSERT_BODY(r, REGISTER_NAMESPACE);
+        done(r);
         bi_verify_and_teardown(&t, t.fd);
 }
 END_TEST
@@ -1071,6 +1114,7 @@ static Suite *badinput_suite(void)
         tcase_add_test(session, test_pool_slots_too_small);
         tcase_add_test(session, test_namespace_conflict);
         tcase_add_test(session, test_invalid_geometry);
+        tcase_add_test(session, test_bad_namespace_name);
         tcase_add_test(session, test_register_pool_without_fd);
         tcase_add_test(session, test_register_pool_unsealed);
         tcase_add_test(session, test_register_pool_too_small);

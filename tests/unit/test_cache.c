@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cache.h"
 #include "check-main.h"
@@ -17,6 +18,11 @@ static void setup(void)
                                "--host-hugepages=false", "--max-namespaces=4" };
 
         ck_assert_int_eq(kvd_config_load(&cfg, 6, (char **)argv), 0);
+}
+
+static void teardown(void)
+{
+        kvd_config_free(&cfg);
 }
 
 START_TEST(host_slabs)
@@ -78,31 +84,31 @@ START_TEST(namespaces)
         bool created;
 
         ck_assert_int_eq(kvd_cache_new(&cfg, &c), 0);
-        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, &id, &created), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, 0, true, &id, &created), 0);
         ck_assert(created);
         ck_assert_uint_eq(kvd_cache_ns(c, id)->block_bytes, 2 * 2 * 64 * 16 * 2);
-        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, &id2, &created), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, 0, true, &id2, &created), 0);
         ck_assert(!created);
         ck_assert_uint_eq(id, id2);
         g2.head_dim = 128;
-        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g2, &id2, &created), -EEXIST);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g2, 0, true, &id2, &created), -EEXIST);
         g2 = g;
         g2.dtype = 9;
-        ck_assert_int_eq(kvd_cache_ns_register(c, "x", &g2, &id2, &created), -EINVAL);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "x", &g2, 0, true, &id2, &created), -EINVAL);
         g2 = g;
         g2.layers = 0;
-        ck_assert_int_eq(kvd_cache_ns_register(c, "x", &g2, &id2, &created), -EINVAL);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "x", &g2, 0, true, &id2, &created), -EINVAL);
         g2 = g;
         g2.block_tokens = 4096; /* 2 MiB block > 1 MiB extent */
-        ck_assert_int_eq(kvd_cache_ns_register(c, "x", &g2, &id2, &created), -E2BIG);
-        ck_assert_int_eq(kvd_cache_ns_register(c, "", &g, &id2, &created), -EINVAL);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "x", &g2, 0, true, &id2, &created), -E2BIG);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "", &g, 0, true, &id2, &created), -EINVAL);
         ck_assert_uint_eq(kvd_cache_ns_count(c), 1); /* errors changed nothing */
         for (int i = 0; i < 3; i++) {
                 char name[8] = { 'n', (char)('0' + i), 0 };
 
-                ck_assert_int_eq(kvd_cache_ns_register(c, name, &g, &id2, &created), 0);
+                ck_assert_int_eq(kvd_cache_ns_register(c, name, &g, 0, true, &id2, &created), 0);
         }
-        ck_assert_int_eq(kvd_cache_ns_register(c, "full", &g, &id2, &created), -ENOSPC);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "full", &g, 0, true, &id2, &created), -ENOSPC);
         kvd_cache_free(c);
 }
 END_TEST
@@ -118,7 +124,7 @@ START_TEST(lru_eviction_and_pins)
         void *p;
 
         ck_assert_int_eq(kvd_cache_new(&cfg, &c), 0);
-        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, &ns, &created), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, 0, true, &ns, &created), 0);
         for (uint64_t i = 0; i < 64; i++) {
                 struct kvd_bkey k = key(ns, i);
 
@@ -186,7 +192,7 @@ START_TEST(everything_pinned_waits)
         void *p;
 
         ck_assert_int_eq(kvd_cache_new(&cfg, &c), 0);
-        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, &ns, &created), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, 0, true, &ns, &created), 0);
         for (uint64_t i = 0; i < 64; i++) {
                 struct kvd_bkey ki = key(ns, i);
 
@@ -215,8 +221,8 @@ START_TEST(cross_class_eviction)
         void *p;
 
         ck_assert_int_eq(kvd_cache_new(&cfg, &c), 0);
-        ck_assert_int_eq(kvd_cache_ns_register(c, "big", &big, &a, &created), 0);
-        ck_assert_int_eq(kvd_cache_ns_register(c, "small", &small, &b, &created), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "big", &big, 0, true, &a, &created), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "small", &small, 0, true, &b, &created), 0);
         for (uint64_t i = 0; i < 64; i++) {
                 struct kvd_bkey k = key(a, i);
 
@@ -253,7 +259,7 @@ static bool hot_block_survives(const char *eviction)
 
         ck_assert_int_eq(kvd_config_load(&hc, 6, (char **)argv), 0);
         ck_assert_int_eq(kvd_cache_new(&hc, &c), 0);
-        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, &ns, &created), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, 0, true, &ns, &created), 0);
         for (uint64_t i = 0; i < 64; i++) {
                 struct kvd_bkey k = key(ns, i);
 
@@ -280,8 +286,116 @@ static bool hot_block_survives(const char *eviction)
                 survived = kvd_cache_contains(c, &hot);
         }
         kvd_cache_free(c);
+        kvd_config_free(&hc);
         return survived;
 }
+
+static void put_one(struct kvd_cache *c, uint32_t ns, uint64_t i)
+{
+        struct kvd_bkey k = key(ns, i);
+        uint32_t id;
+        void *p;
+
+        ck_assert_int_eq(kvd_cache_put_reserve(c, &k, &id, &p), 0);
+        ck_assert_int_eq(kvd_cache_put_commit(c, id, false, NULL, NULL, 0), 0);
+}
+
+/* A uid over its host quota evicts its own least recent blocks, never
+ * another uid's, though the tier has room for both. */
+START_TEST(quota_evicts_own)
+{
+        char path[] = "/tmp/kvd-quota-XXXXXX";
+        int fd = mkstemp(path);
+        const char *argv[] = { "kvdrived", "--host-bytes=16M", "--host-extent-bytes=1M", "--host-lock=off",
+                               "--host-hugepages=false", "--config", path };
+        struct kvd_geometry g = { 1, 8, 128, 1, 64 }; /* 256 KiB */
+        struct kvd_tenant_stats ts;
+        struct kvd_config qc;
+        struct kvd_cache *c;
+        uint32_t a, b;
+        bool created;
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_gt(write(fd, "[quota 7]\nhost-bytes = 1M\n", 26), 0);
+        close(fd);
+        ck_assert_int_eq(kvd_config_load(&qc, 7, (char **)argv), 0);
+        unlink(path);
+        ck_assert_int_eq(kvd_cache_new(&qc, &c), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "a", &g, 0, true, &a, &created), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "b", &g, 7, true, &b, &created), 0);
+        for (uint64_t i = 0; i < 32; i++)
+                put_one(c, a, i);
+        for (uint64_t i = 0; i < 40; i++)
+                put_one(c, b, i);
+        kvd_cache_tenant(c, 7, &ts);
+        ck_assert_uint_eq(ts.host_bytes, 1u << 20);
+        ck_assert_uint_eq(ts.quota_evictions, 36);
+        for (uint64_t i = 0; i < 32; i++) {
+                struct kvd_bkey k = key(a, i);
+
+                ck_assert(kvd_cache_contains(c, &k));
+        }
+        for (uint64_t i = 0; i < 40; i++) {
+                struct kvd_bkey k = key(b, i);
+
+                ck_assert(kvd_cache_contains(c, &k) == (i >= 36));
+        }
+        kvd_cache_tenant(c, 0, &ts);
+        ck_assert_uint_eq(ts.host_bytes, 32u << 18);
+        ck_assert_uint_eq(ts.quota_evictions, 0);
+        kvd_cache_free(c);
+        kvd_config_free(&qc);
+}
+END_TEST
+
+/* A namespace lives while held or while it has a block; a dropped one
+ * loses its blocks in slices and then goes, its id free for reuse. */
+START_TEST(namespace_lifecycle)
+{
+        struct kvd_geometry g = { 4, 2, 64, 1, 16 };
+        struct kvd_cache *c;
+        uint64_t cursor = 0, deleted = 0;
+        uint32_t id, id2;
+        bool created;
+        int slices = 0;
+
+        ck_assert_int_eq(kvd_cache_new(&cfg, &c), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, 0, true, &id, &created), 0);
+        kvd_cache_ns_hold(c, id);
+        kvd_cache_ns_release(c, id);
+        ck_assert_ptr_null(kvd_cache_ns(c, id)); /* no blocks, nobody: gone */
+        /* Same name, other owner: another namespace. */
+        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, 0, true, &id, &created), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, 5, false, &id2, &created), -ENOENT);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, 5, true, &id2, &created), 0);
+        ck_assert(created && id2 != id);
+        kvd_cache_ns_hold(c, id);
+        put_one(c, id, 1);
+        kvd_cache_ns_release(c, id);
+        ck_assert_ptr_nonnull(kvd_cache_ns(c, id)); /* its block keeps it */
+        {
+                struct kvd_bkey k = key(id, 1);
+
+                ck_assert_int_eq(kvd_cache_delete(c, &k), 1);
+        }
+        ck_assert_ptr_null(kvd_cache_ns(c, id));
+        /* Drop: in slices of 10 records, 200 blocks. */
+        ck_assert_int_eq(kvd_cache_ns_register(c, "d", &g, 0, true, &id, &created), 0);
+        kvd_cache_ns_hold(c, id);
+        for (uint64_t i = 0; i < 200; i++)
+                put_one(c, id, i);
+        kvd_cache_ns_drop(c, id);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "d", &g, 0, false, &id2, &created), -ENOENT);
+        while (!kvd_cache_ns_purge(c, id, &cursor, 10, &deleted))
+                slices++;
+        ck_assert_int_ge(slices, 19);
+        ck_assert_uint_eq(deleted, 200);
+        ck_assert_uint_eq(kvd_cache_ns(c, id)->blocks, 0);
+        kvd_cache_ns_release(c, id);
+        ck_assert_ptr_null(kvd_cache_ns(c, id));
+        kvd_cache_free(c);
+}
+END_TEST
 
 START_TEST(heat_eviction)
 {
@@ -340,7 +454,7 @@ static Suite *cache_suite(void)
         Suite *s = suite_create("cache");
         TCase *tc = tcase_create("cache");
 
-        tcase_add_checked_fixture(tc, setup, NULL);
+        tcase_add_checked_fixture(tc, setup, teardown);
         tcase_add_test(tc, host_slabs);
         tcase_add_test(tc, namespaces);
         tcase_add_test(tc, lru_eviction_and_pins);
@@ -348,6 +462,8 @@ static Suite *cache_suite(void)
         tcase_add_test(tc, cross_class_eviction);
         tcase_add_test(tc, slab_claim_and_retire);
         tcase_add_test(tc, heat_eviction);
+        tcase_add_test(tc, quota_evicts_own);
+        tcase_add_test(tc, namespace_lifecycle);
         suite_add_tcase(s, tc);
         return s;
 }

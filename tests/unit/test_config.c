@@ -56,6 +56,9 @@ START_TEST(defaults)
         ck_assert_uint_eq(cfg.max_frame, 128u << 10);
         ck_assert(!cfg.foreground);
         ck_assert_int_eq(cfg.host_lock, KVD_LOCK_TRY);
+        ck_assert_uint_eq(cfg.quota.host_bytes, UINT64_MAX); /* 0: no cap */
+        ck_assert_uint_eq(cfg.quota.namespaces, 16);
+        kvd_config_free(&cfg);
 }
 END_TEST
 
@@ -80,6 +83,7 @@ START_TEST(file_then_command_line)
         ck_assert_int_eq(cfg.host_lock, KVD_LOCK_OFF);
         ck_assert_str_eq(cfg.socket, "/tmp/from-file");
         ck_assert(cfg.foreground);
+        kvd_config_free(&cfg);
         unlink(path);
 }
 END_TEST
@@ -130,6 +134,82 @@ START_TEST(bad_input)
 }
 END_TEST
 
+static int load_file(struct kvd_config *cfg, const char *text)
+{
+        char path[] = "/tmp/kvd-config-XXXXXX";
+        int fd = mkstemp(path), r;
+        FILE *f;
+
+        ck_assert_int_ge(fd, 0);
+        f = fdopen(fd, "w");
+        fputs(text, f);
+        fclose(f);
+        {
+                const char *a[] = { "--config", path };
+
+                r = load(cfg, a, 2);
+        }
+        unlink(path);
+        return r;
+}
+
+static struct kvd_peer peer(uid_t uid, gid_t gid, const gid_t *groups, uint32_t n)
+{
+        return (struct kvd_peer){ .uid = uid, .gid = gid, .groups = groups, .n_groups = n };
+}
+
+/* [namespace PATTERN] shares one owner's namespaces; [quota USER] caps. */
+START_TEST(access_sections)
+{
+        static const gid_t g42[] = { 42 };
+        struct kvd_config cfg;
+        const struct kvd_share *sh;
+        struct kvd_quota q;
+        struct kvd_peer p;
+
+        ck_assert_int_eq(load_file(&cfg, "[kvdrived]\nquota-host-bytes = 2G\n"
+                                         "[namespace llama-*]\nowner = 1000\nreaders = 1001, @42\nwriters = 1002\n"
+                                         "[namespace open]\nowner = root\nreaders = *\n"
+                                         "[quota 1001]\nhost-bytes = 1G\nnamespaces = 3\n"), 0);
+        sh = kvd_access_share(cfg.access, "llama-3-8b");
+        ck_assert_ptr_nonnull(sh);
+        ck_assert_uint_eq(kvd_share_owner(sh), 1000);
+        ck_assert_ptr_null(kvd_access_share(cfg.access, "mistral"));
+        p = peer(1000, 1000, NULL, 0);
+        ck_assert_uint_eq(kvd_access_rights(sh, 1000, &p), KVD_RIGHT_READ | KVD_RIGHT_WRITE | KVD_RIGHT_OWNER);
+        p = peer(1001, 1001, NULL, 0);
+        ck_assert_uint_eq(kvd_access_rights(sh, 1000, &p), KVD_RIGHT_READ);
+        ck_assert_uint_eq(kvd_access_rights(sh, 2000, &p), 0); /* the share is of uid 1000's namespace only */
+        p = peer(1002, 1002, NULL, 0);
+        ck_assert_uint_eq(kvd_access_rights(sh, 1000, &p), KVD_RIGHT_READ | KVD_RIGHT_WRITE);
+        p = peer(3000, 3000, g42, 1);
+        ck_assert_uint_eq(kvd_access_rights(sh, 1000, &p), KVD_RIGHT_READ);
+        p = peer(3000, 42, NULL, 0);
+        ck_assert_uint_eq(kvd_access_rights(sh, 1000, &p), KVD_RIGHT_READ);
+        p = peer(3000, 3000, NULL, 0);
+        ck_assert_uint_eq(kvd_access_rights(sh, 1000, &p), 0);
+        ck_assert_uint_eq(kvd_access_rights(NULL, 1000, &p), 0); /* private */
+        ck_assert_uint_eq(kvd_access_rights(kvd_access_share(cfg.access, "open"), 0, &p), KVD_RIGHT_READ);
+        kvd_config_quota(&cfg, 1001, &q);
+        ck_assert_uint_eq(q.host_bytes, UINT64_C(1) << 30);
+        ck_assert_uint_eq(q.namespaces, 3);
+        ck_assert_uint_eq(q.ssd_bytes, UINT64_MAX);
+        kvd_config_quota(&cfg, 1002, &q);
+        ck_assert_uint_eq(q.host_bytes, UINT64_C(2) << 30);
+        ck_assert_uint_eq(q.namespaces, 16);
+        kvd_config_free(&cfg);
+
+        /* Bad sections: each a clear error. */
+        ck_assert_int_lt(load_file(&cfg, "[namespace x]\nreaders = *\n"), 0);             /* no owner */
+        ck_assert_int_lt(load_file(&cfg, "[namespace x]\nowner = no-such-user-kvd\n"), 0);
+        ck_assert_int_lt(load_file(&cfg, "[namespace x]\nowner = 0\nreaders = @no-such-group-kvd\n"), 0);
+        ck_assert_int_lt(load_file(&cfg, "[namespace x]\nowner = 0\nreadres = *\n"), 0); /* typo */
+        ck_assert_int_lt(load_file(&cfg, "[quota 5]\nhost-bytes = lots\n"), 0);
+        ck_assert_int_lt(load_file(&cfg, "[quota 5]\nssd = 1G\n"), 0);
+        ck_assert_int_lt(load_file(&cfg, "[kvdrived]\nadmin-group = no-such-group-kvd\n"), 0);
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
         Suite *s = suite_create("config");
@@ -139,6 +219,7 @@ static Suite *config_suite(void)
         tcase_add_test(tc, defaults);
         tcase_add_test(tc, file_then_command_line);
         tcase_add_test(tc, bad_input);
+        tcase_add_test(tc, access_sections);
         suite_add_tcase(s, tc);
         return s;
 }

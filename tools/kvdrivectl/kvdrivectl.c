@@ -4,6 +4,7 @@
  *
  *   kvdrivectl [--socket PATH] status
  *   kvdrivectl [--socket PATH] stats [--json]
+ *   kvdrivectl [--socket PATH] drop-namespace NAME|ID [--owner UID]
  *
  * Exit status: 0 success, 1 the daemon is unreachable or failed the
  * request, 2 usage error. The --json layout is a stable interface,
@@ -28,6 +29,9 @@
 struct ctl {
         const char *socket;     /* NULL: the library's default */
         bool json;
+        const char *owner;      /* drop-namespace --owner */
+        char **args;            /* the command's arguments */
+        int n_args;
 };
 
 struct command {
@@ -38,10 +42,13 @@ struct command {
 
 static int cmd_status(struct ctl *ctl);
 static int cmd_stats(struct ctl *ctl);
+static int cmd_drop_namespace(struct ctl *ctl);
 
 static const struct command commands[] = {
         { "status", cmd_status, "is the daemon up; version, clients, tier fill" },
         { "stats", cmd_stats, "all counters (--json: one JSON object, docs/stats-json.md)" },
+        { "drop-namespace", cmd_drop_namespace,
+          "NAME|ID [--owner UID]: delete a namespace and all its blocks (its owner or an admin)" },
 };
 
 static void usage(FILE *f)
@@ -53,12 +60,14 @@ static void usage(FILE *f)
                 "  -s, --socket PATH  daemon socket (default: $KVDRIVE_SOCKET, else the\n"
                 "                     system or per-user socket)\n"
                 "  -j, --json         stats: print one JSON object\n"
+                "  -o, --owner UID    drop-namespace: the owner of NAME (default: yours,\n"
+                "                     else the only one you can see)\n"
                 "  -h, --help         this help\n"
                 "  -V, --version      print the version\n"
                 "\n"
                 "Commands:\n");
         for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-                fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].help);
+                fprintf(f, "  %-15s %s\n", commands[i].name, commands[i].help);
         fprintf(f, "\nExit status: 0 ok, 1 daemon unreachable or request failed, 2 usage.\n");
 }
 
@@ -143,6 +152,14 @@ static const char *dtype_name(uint32_t dtype)
         return "unknown";
 }
 
+/* "rwo" for the caller's rights, "admin" for none (seen as an admin). */
+static const char *rights_name(uint32_t r)
+{
+        static const char *const names[] = { "admin", "r", "w", "rw", "o", "ro", "wo", "rwo" };
+
+        return names[r & 7];
+}
+
 static int cmd_status(struct ctl *ctl)
 {
         struct kvc_stats *s = NULL;
@@ -223,19 +240,39 @@ static void print_stats(const struct kvc_stats *s)
                        t->dropped, t->condition);
         }
 
+        printf("\n%-8s %12s %12s %12s %12s %10s %10s   (%s)\n", "UID", "HOST", "SSD", "POOLS", "NAMESPACES",
+               "EVICTED", "REFUSED", s->peer_admin ? "every uid: you administer this daemon" : "yours only");
+        for (uint32_t i = 0; i < s->n_tenants; i++) {
+                const struct kvc_tenant_stats *t = &s->tenants[i];
+                char q1[32], q2[32], q3[32], h[80], d[80], p[80], n[32];
+
+                snprintf(h, sizeof(h), "%s/%s", format_bytes(b1, sizeof(b1), t->host_bytes),
+                         t->quota_host_bytes ? format_bytes(q1, sizeof(q1), t->quota_host_bytes) : "-");
+                snprintf(d, sizeof(d), "%s/%s", format_bytes(b2, sizeof(b2), t->ssd_bytes),
+                         t->quota_ssd_bytes ? format_bytes(q2, sizeof(q2), t->quota_ssd_bytes) : "-");
+                snprintf(p, sizeof(p), "%s/%s", format_bytes(b3, sizeof(b3), t->pool_bytes),
+                         t->quota_pool_bytes ? format_bytes(q3, sizeof(q3), t->quota_pool_bytes) : "-");
+                if (t->quota_namespaces)
+                        snprintf(n, sizeof(n), "%" PRIu32 "/%" PRIu32, t->namespaces, t->quota_namespaces);
+                else
+                        snprintf(n, sizeof(n), "%" PRIu32 "/-", t->namespaces);
+                printf("%-8" PRIu32 " %12s %12s %12s %12s %10" PRIu64 " %10" PRIu64 "\n", t->uid, h, d, p, n,
+                       t->quota_evictions, t->quota_refusals);
+        }
+
         if (s->n_namespaces == 0)
                 return;
-        printf("\n%-24s %5s %6s %8s %8s %5s %12s %11s %10s\n", "NAMESPACE", "ID", "LAYERS",
-               "KV_HEADS", "HEAD_DIM", "DTYPE", "BLOCK_TOKENS", "BLOCK_BYTES", "BLOCKS");
+        printf("\n%-24s %5s %6s %6s %6s %8s %8s %5s %12s %11s %10s\n", "NAMESPACE", "ID", "OWNER", "ACCESS",
+               "LAYERS", "KV_HEADS", "HEAD_DIM", "DTYPE", "BLOCK_TOKENS", "BLOCK_BYTES", "BLOCKS");
         for (uint32_t i = 0; i < s->n_namespaces; i++) {
                 const struct kvc_ns_stats *n = &s->namespaces[i];
 
-                printf("%-24s %5" PRIu32 " %6" PRIu32 " %8" PRIu32 " %8" PRIu32 " %5s %12" PRIu32
-                       " %11s %10" PRIu64 "\n",
-                       n->name, n->id, n->geometry.layers, n->geometry.kv_heads,
+                printf("%-24s %5" PRIu32 " %6" PRIu32 " %6s %6" PRIu32 " %8" PRIu32 " %8" PRIu32 " %5s %12" PRIu32
+                       " %11s %10" PRIu64 "%s\n",
+                       n->name, n->id, n->owner, rights_name(n->rights), n->geometry.layers, n->geometry.kv_heads,
                        n->geometry.head_dim, dtype_name(n->geometry.dtype),
                        n->geometry.block_tokens, format_bytes(b1, sizeof(b1), n->block_bytes),
-                       n->blocks);
+                       n->blocks, n->dropped ? " (dropping)" : "");
         }
 }
 
@@ -267,9 +304,9 @@ static json_t *backends_json(const char *list)
 
 static json_t *stats_json(const struct kvc_stats *s)
 {
-        json_t *tiers = json_object(), *nss = json_array();
+        json_t *tiers = json_object(), *nss = json_array(), *tns = json_array();
 
-        if (!tiers || !nss)
+        if (!tiers || !nss || !tns)
                 goto err_free;
         for (uint32_t i = 0; i < s->n_tiers; i++) {
                 const struct kvc_tier_stats *t = &s->tiers[i];
@@ -307,7 +344,8 @@ static json_t *stats_json(const struct kvc_stats *s)
                 const struct kvc_ns_stats *n = &s->namespaces[i];
 
                 if (json_array_append_new(
-                            nss, json_pack("{s:I, s:s, s:I, s:I, s:I, s:s, s:I, s:I, s:I}",
+                            nss, json_pack("{s:I, s:s, s:I, s:I, s:I, s:s, s:I, s:I, s:I, s:I, s:{s:b, s:b, s:b},"
+                                           " s:b}",
                                            "id", (json_int_t)n->id,
                                            "name", n->name,
                                            "layers", (json_int_t)n->geometry.layers,
@@ -316,11 +354,36 @@ static json_t *stats_json(const struct kvc_stats *s)
                                            "dtype", dtype_name(n->geometry.dtype),
                                            "block_tokens", (json_int_t)n->geometry.block_tokens,
                                            "block_bytes", ji(n->block_bytes),
-                                           "blocks", ji(n->blocks))) < 0)
+                                           "blocks", ji(n->blocks),
+                                           "owner", (json_int_t)n->owner,
+                                           "access",
+                                           "read", (int)(n->rights & KVC_RIGHT_READ) != 0,
+                                           "write", (int)(n->rights & KVC_RIGHT_WRITE) != 0,
+                                           "owner", (int)(n->rights & KVC_RIGHT_OWNER) != 0,
+                                           "dropped", n->dropped)) < 0)
                         goto err_free;
         }
-        /* "o" hands tiers, nss and the backends array to the result, also
-         * when json_pack fails. */
+        for (uint32_t i = 0; i < s->n_tenants; i++) {
+                const struct kvc_tenant_stats *t = &s->tenants[i];
+
+                if (json_array_append_new(
+                            tns, json_pack("{s:I, s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I, s:I}",
+                                           "uid", (json_int_t)t->uid,
+                                           "host_bytes", ji(t->host_bytes),
+                                           "ssd_bytes", ji(t->ssd_bytes),
+                                           "pool_bytes", ji(t->pool_bytes),
+                                           "namespaces", (json_int_t)t->namespaces,
+                                           "quota",
+                                           "host_bytes", ji(t->quota_host_bytes),
+                                           "ssd_bytes", ji(t->quota_ssd_bytes),
+                                           "pool_bytes", ji(t->quota_pool_bytes),
+                                           "namespaces", (json_int_t)t->quota_namespaces,
+                                           "quota_evictions", ji(t->quota_evictions),
+                                           "quota_refusals", ji(t->quota_refusals))) < 0)
+                        goto err_free;
+        }
+        /* "o" hands tiers, nss, tns and the backends array to the result,
+         * also when json_pack fails. */
         return json_pack("{s:i,"
                          " s:{s:s, s:I, s:I, s:I, s:o, s:s, s:{s:I, s:I}},"
                          " s:{s:I, s:I},"
@@ -330,7 +393,7 @@ static json_t *stats_json(const struct kvc_stats *s)
                          " s:{s:I, s:I, s:I, s:I},"
                          " s:{s:s, s:I, s:I},"
                          " s:{s:I, s:I, s:f, s:f, s:f, s:I, s:I, s:I, s:I},"
-                         " s:o}",
+                         " s:o, s:{s:I, s:b}, s:o}",
                          "schema", STATS_JSON_SCHEMA,
                          "daemon",
                          "version", s->daemon_version,
@@ -371,11 +434,14 @@ static json_t *stats_json(const struct kvc_stats *s)
                          "compute_us", (json_int_t)s->sched_compute_us,
                          "prefetch_depth", (json_int_t)s->sched_prefetch_depth,
                          "decisions", ji(s->sched_decisions),
-                         "namespaces", nss);
+                         "namespaces", nss,
+                         "peer", "uid", (json_int_t)s->peer_uid, "admin", s->peer_admin,
+                         "tenants", tns);
 
 err_free:
         json_decref(tiers);
         json_decref(nss);
+        json_decref(tns);
         return NULL;
 }
 
@@ -402,11 +468,92 @@ out_free_stats:
         return ret;
 }
 
+/* The namespace drop-namespace means: an id, or a name (of --owner, else
+ * the caller's own, else the only one of that name the caller sees). */
+static int find_namespace(const struct ctl *ctl, const struct kvc_stats *s, const char *what, uint32_t *ret)
+{
+        const struct kvc_ns_stats *found = NULL;
+        unsigned matches = 0;
+        char *end;
+        unsigned long v;
+
+        errno = 0;
+        v = strtoul(what, &end, 10);
+        if (!errno && *what && !*end) {
+                for (uint32_t i = 0; i < s->n_namespaces; i++)
+                        if (s->namespaces[i].id == v) {
+                                *ret = (uint32_t)v;
+                                return 0;
+                        }
+                fprintf(stderr, "kvdrivectl: no namespace with id %lu (that you can see)\n", v);
+                return -ENOENT;
+        }
+        for (uint32_t i = 0; i < s->n_namespaces; i++) {
+                const struct kvc_ns_stats *n = &s->namespaces[i];
+
+                if (strcmp(n->name, what) != 0 || n->dropped)
+                        continue;
+                if (ctl->owner ? strtoul(ctl->owner, NULL, 10) == n->owner : n->owner == s->peer_uid) {
+                        *ret = n->id;
+                        return 0;
+                }
+                found = n;
+                matches++;
+        }
+        if (!ctl->owner && matches == 1) {
+                *ret = found->id;
+                return 0;
+        }
+        if (matches > 1)
+                fprintf(stderr, "kvdrivectl: %u namespaces are named '%s': say whose with --owner UID, or give "
+                        "its id (kvdrivectl stats)\n", matches, what);
+        else
+                fprintf(stderr, "kvdrivectl: no namespace '%s'%s%s (that you can see)\n", what,
+                        ctl->owner ? " of uid " : "", ctl->owner ? ctl->owner : "");
+        return -ENOENT;
+}
+
+static int cmd_drop_namespace(struct ctl *ctl)
+{
+        struct kvc_stats *s = NULL;
+        kvc_client *c = NULL;
+        uint64_t deleted = 0;
+        uint32_t ns;
+        int err, ret = EXIT_FAILURE;
+
+        if (ctl->n_args != 1) {
+                fprintf(stderr, "kvdrivectl: drop-namespace takes one NAME or ID\n");
+                return EXIT_USAGE;
+        }
+        if (connect_daemon(ctl, &c) < 0)
+                return EXIT_FAILURE;
+        err = kvc_stats_get(c, &s);
+        if (err < 0) {
+                fprintf(stderr, "kvdrivectl: stats request failed: %s\n", kvc_strerror(err));
+                goto out;
+        }
+        if (find_namespace(ctl, s, ctl->args[0], &ns) < 0)
+                goto out;
+        err = kvc_drop_namespace(c, ns, &deleted);
+        if (err < 0) {
+                fprintf(stderr, "kvdrivectl: cannot drop namespace %" PRIu32 ": %s%s%s\n", ns, kvc_strerror(err),
+                        *kvc_last_error(c) ? ": " : "", kvc_last_error(c));
+                goto out;
+        }
+        printf("dropped namespace %" PRIu32 " '%s': %" PRIu64 " blocks deleted\n", ns, ctl->args[0], deleted);
+        ret = EXIT_SUCCESS;
+out:
+        kvc_stats_free(s);
+        kvc_disconnect(c);
+        return ret;
+}
+
 int main(int argc, char **argv)
 {
         static const struct option opts[] = {
                 { "socket", required_argument, NULL, 's' },
                 { "json", no_argument, NULL, 'j' },
+                { "owner", required_argument, NULL, 'o' },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, 'V' },
                 {},
@@ -416,13 +563,16 @@ int main(int argc, char **argv)
         int c;
 
         /* Options may come before or after the command. */
-        while ((c = getopt_long(argc, argv, "s:jhV", opts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "s:jo:hV", opts, NULL)) != -1) {
                 switch (c) {
                 case 's':
                         ctl.socket = optarg;
                         break;
                 case 'j':
                         ctl.json = true;
+                        break;
+                case 'o':
+                        ctl.owner = optarg;
                         break;
                 case 'h':
                         usage(stdout);
@@ -435,9 +585,8 @@ int main(int argc, char **argv)
                         return EXIT_USAGE;
                 }
         }
-        if (optind != argc - 1) {
-                fprintf(stderr, "kvdrivectl: %s\n",
-                        optind == argc ? "missing command" : "one command at a time");
+        if (optind == argc) {
+                fprintf(stderr, "kvdrivectl: missing command\n");
                 usage(stderr);
                 return EXIT_USAGE;
         }
@@ -451,6 +600,17 @@ int main(int argc, char **argv)
         }
         if (ctl.json && cmd->run != cmd_stats) {
                 fprintf(stderr, "kvdrivectl: --json applies to 'stats' only\n");
+                return EXIT_USAGE;
+        }
+        if (ctl.owner && cmd->run != cmd_drop_namespace) {
+                fprintf(stderr, "kvdrivectl: --owner applies to 'drop-namespace' only\n");
+                return EXIT_USAGE;
+        }
+        ctl.args = argv + optind + 1;
+        ctl.n_args = argc - optind - 1;
+        if (ctl.n_args > 0 && cmd->run != cmd_drop_namespace) {
+                fprintf(stderr, "kvdrivectl: %s takes no arguments\n", cmd->name);
+                usage(stderr);
                 return EXIT_USAGE;
         }
         return cmd->run(&ctl);

@@ -41,7 +41,9 @@ enum {
         KVC_E_NO_SPACE = KVC_E_BASE + 14,
         KVC_E_INTERNAL = KVC_E_BASE + 15,
         KVC_E_UNSUPPORTED = KVC_E_BASE + 16,
-        KVC_E_MAX = KVC_E_BASE + 17,
+        KVC_E_QUOTA = KVC_E_BASE + 17,          /* the uid is at a quota; kvc_last_error() names it */
+        KVC_E_DENIED = KVC_E_BASE + 18,         /* not allowed on this namespace (e.g. a reader writing) */
+        KVC_E_MAX = KVC_E_BASE + 19,
 };
 
 /* Returns a static description of err (a negative return of this library,
@@ -136,7 +138,16 @@ const char *kvc_last_error(const kvc_client *c);
  * Registers (or joins, when the name exists with the same geometry) a
  * namespace. Returns its id in *ret_ns and, if ret_block_bytes is not NULL,
  * the block size in *ret_block_bytes. -KVC_E_NS_CONFLICT if the name exists
- * with another geometry, -KVC_E_GEOMETRY if g is invalid.
+ * with another geometry, -KVC_E_GEOMETRY if g is invalid, -KVC_E_BAD_ARG
+ * if the name is not 1-127 bytes of printable ASCII, -KVC_E_QUOTA if the
+ * uid owns as many namespaces as its quota allows, -KVC_E_LIMIT if the
+ * daemon's table is full.
+ *
+ * A namespace belongs to the uid that created it and is private to it: the
+ * same name registered by another uid is another namespace — unless the
+ * daemon's config shares the name of an owner with this uid, which then
+ * joins the owner's namespace as a reader (Get, Lookup, Prefetch, scores;
+ * Put and Delete give -KVC_E_DENIED) or a writer (docs/security.md).
  */
 int kvc_register_namespace(kvc_client *c, const char *name, const struct kvc_geometry *g,
                            uint32_t *ret_ns, uint64_t *ret_block_bytes);
@@ -220,6 +231,7 @@ enum kvc_item_status {
         KVC_ITEM_MISS = 2,      /* Get: not cached; the slot is untouched */
         KVC_ITEM_NO_SPACE = 3,  /* no room: the host tier cannot hold the block */
         KVC_ITEM_ERROR = 4,     /* the copy failed (device error); nothing stored or loaded */
+        KVC_ITEM_QUOTA = 5,     /* the block does not fit its owner's quota */
 };
 
 /*
@@ -330,6 +342,15 @@ int kvc_lookup(kvc_client *c, uint32_t ns, const struct kvc_key *keys, uint32_t 
 int kvc_delete(kvc_client *c, uint32_t ns, const struct kvc_key *keys, uint32_t n,
                int32_t layer);
 
+/*
+ * Drops namespace ns (an id from kvc_stats_get(); it need not be joined)
+ * with every block of it; returns once they are deleted, with their count
+ * in *ret_deleted (may be NULL). Only its owner or an admin of the daemon
+ * may: -KVC_E_DENIED otherwise, -KVC_E_NO_NAMESPACE if the caller may not
+ * see it. Sessions that joined it get -KVC_E_NO_NAMESPACE from then on.
+ */
+int kvc_drop_namespace(kvc_client *c, uint32_t ns, uint64_t *ret_deleted);
+
 /* ---- Per-layer completion counters ----------------------------------
  * A page of n counters shared with the daemon (a sealed memfd mapped by
  * both), so that one Get covering several layers can be waited on layer by
@@ -401,12 +422,33 @@ struct kvc_tier_stats {
         char condition[96];             /* "ok" or what is wrong */
 };
 
+/* What a peer may do on a namespace (kvc_ns_stats.rights). */
+enum kvc_right {
+        KVC_RIGHT_READ = 1,
+        KVC_RIGHT_WRITE = 2,
+        KVC_RIGHT_OWNER = 4,
+};
+
 struct kvc_ns_stats {
         uint32_t id;
         char name[128];
         struct kvc_geometry geometry;
         uint64_t block_bytes;
         uint64_t blocks;
+        uint32_t owner;         /* uid owning it */
+        uint32_t rights;        /* the caller's, enum kvc_right bits (0: it sees it as an admin) */
+        int dropped;            /* being dropped */
+};
+
+/* One uid's usage and quota (a quota of 0: no cap). */
+struct kvc_tenant_stats {
+        uint32_t uid;
+        uint64_t host_bytes, ssd_bytes, pool_bytes;
+        uint32_t namespaces;
+        uint64_t quota_host_bytes, quota_ssd_bytes, quota_pool_bytes;
+        uint32_t quota_namespaces;
+        uint64_t quota_evictions;       /* own blocks pushed out to stay within quota */
+        uint64_t quota_refusals;        /* items and registrations refused for quota */
 };
 
 struct kvc_stats {
@@ -449,6 +491,12 @@ struct kvc_stats {
         uint64_t sched_decisions;               /* depths given */
         double sched_device_busy;               /* busy share of the device link, [0, 1] */
         double sched_ssd_busy;                  /* busy share of the SSD, [0, 1] */
+        /* Tenants. A peer sees the namespaces it may use and its own usage;
+         * an admin (uid 0 or the daemon's admin-group) sees all. */
+        uint32_t peer_uid;                      /* the caller, as the daemon sees it */
+        int peer_admin;
+        uint32_t n_tenants;
+        struct kvc_tenant_stats *tenants;
 };
 
 /* Fetches the daemon's statistics; free with kvc_stats_free(). */

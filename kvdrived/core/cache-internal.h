@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Private to kvdrived/core/: the cache's state, shared by cache.c (blocks,
+ * tiers, eviction) and ns.c (namespaces and their owners' quotas).
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cache.h"
+#include "host.h"
+#include "slab.h"
+#include "ssd.h"
+
+struct lru {
+        uint32_t head, tail;    /* head: least recently used */
+};
+
+/*
+ * A uid that owns namespaces or device pools: its usage against its quota,
+ * and the LRU lists of its blocks' copies per size class (one list per
+ * tenant, so that a tenant over quota evicts its own blocks; the tier's
+ * least recent block is the oldest head among the tenants' lists).
+ */
+struct kvd_tenant {
+        struct kvd_tenant_stats st;     /* uid, quota, usage */
+        uint64_t host_leaving;          /* of host_bytes: demotions that will free it */
+        uint32_t index;                 /* in kvd_cache.tenants */
+        struct lru lru[KVD_SLAB_MAX_CLASSES];     /* host copies that may go */
+        struct lru ssd_lru[KVD_SLAB_MAX_CLASSES]; /* SSD copies that may go */
+};
+
+/* A request item waiting for an event (see cache.h). */
+struct waiter {
+        kvd_wait_fn fn;
+        void *ctx;
+        uint32_t item;
+        bool quota;             /* waits for its owner's quota, not the tier */
+        uint32_t next;          /* waiter index, 0: end */
+};
+
+struct kvd_cache {
+        const struct kvd_config *cfg;
+        struct kvd_host *host;
+        struct kvd_tier *host_tier;
+        struct kvd_ssd *ssd;    /* NULL without an SSD tier */
+        uint32_t hdr;           /* bytes of slot header heading each host page */
+        struct kvd_tier *ssd_tier;
+        struct kvd_index *index;
+        struct kvd_ns *ns;      /* cfg->max_namespaces entries */
+        uint32_t n_ns;          /* in use */
+        struct kvd_tenant **tenants;
+        uint32_t n_tenants, cap_tenants;
+        int evict_rr, ssd_evict_rr;
+        uint32_t evict_writes;  /* demotions in flight that free host room */
+        struct waiter *waiters; /* [0] unused */
+        uint32_t n_waiters, cap_waiters, free_waiter;
+        uint32_t space_head, space_tail; /* waiters for host room, FIFO */
+        uint32_t space_waiting;          /* on that list */
+        bool waking_space;
+        bool stopping;          /* kvd_cache_quiesce() ran: no new waits */
+        uint64_t hits, misses, evictions, puts, gets;
+        uint64_t ssd_hits, ssd_misses, ssd_evictions, demotions, promotions, dropped;
+        uint64_t spec_promotions, scores;
+        uint32_t spec_inflight; /* speculative loads in flight */
+        uint64_t recover_skipped_ns, recover_skipped_quota; /* blocks left out at start */
+        uint64_t t0_ns;         /* the heat clock starts here */
+};
+
+/* ns.c */
+struct kvd_tenant *kvd_tenant_get(struct kvd_cache *c, uint32_t uid);
+/* Frees t if nothing is charged to it and it owns nothing. */
+void kvd_tenant_put(struct kvd_cache *c, struct kvd_tenant *t);
+/* A record of namespace id was added to / removed from the index. */
+void kvd_ns_record_added(struct kvd_cache *c, uint32_t id);
+void kvd_ns_record_removed(struct kvd_cache *c, uint32_t id);
+/* Frees namespace id if nothing holds it and it has no record. */
+void kvd_ns_settle(struct kvd_cache *c, uint32_t id);
+
+/* cache.c */
+/* Deletes block id as a Delete request would: 1 if deleted or doomed. */
+int kvd_cache_delete_id(struct kvd_cache *c, uint32_t id);
