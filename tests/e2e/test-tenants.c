@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "common.h"
+#include "ssd-common.h"
 
 #define NOBODY 65534u           /* an unprivileged uid/gid */
 #define WRITER 65532u
@@ -629,6 +630,124 @@ START_TEST(test_namespaces_go_away)
 }
 END_TEST
 
+/* ---- recovery ------------------------------------------------------------- */
+
+struct rec {
+        struct t *t;
+        int recovered;          /* second run: names joined with their block */
+};
+
+/* First run: three namespaces of uid 65534, one durable block each. */
+static int make_three(void *arg)
+{
+        struct rec *x = arg;
+
+        for (int i = 0; i < 3; i++) {
+                struct client cl;
+                char name[16];
+                uint8_t st;
+                uint64_t id;
+                struct kvc_block_ref ref;
+
+                snprintf(name, sizeof(name), "rec-%d", i);
+                CHILD_ASSERT(client_open(x->t->d.socket_path, name, 4, &cl) == 0, "open %s", name);
+                ref_of(10 + (uint64_t)i, 0, 0, &ref);
+                e2e_fill_block(kvc_pool_slot(cl.p, 0), E2E_BLOCK_BYTES, &ref.key, 0, 0x70 + (uint64_t)i);
+                CHILD_ASSERT(kvc_put_submit_flags(cl.c, cl.ns, cl.p, &ref, 1, KVC_PUT_DURABLE, &st, &id) == 0,
+                             "submit");
+                CHILD_ASSERT(kvc_wait(cl.c, id, -1) == 1 && st == KVC_ITEM_OK, "durable put %s: %u", name, st);
+                client_close(&cl);
+        }
+        return 0;
+}
+
+/* Second run, quota-namespaces 1: one of its namespaces came back, its
+ * own, with its block; registering the others is past its quota. */
+static int find_recovered(void *arg)
+{
+        struct rec *x = arg;
+        kvc_client *c;
+        int quota = 0;
+
+        CHILD_ASSERT(kvc_connect(x->t->d.socket_path, "rec", &c) == 0, "connect");
+        for (int i = 0; i < 3; i++) {
+                char name[16];
+                uint32_t ns;
+                int rc;
+
+                snprintf(name, sizeof(name), "rec-%d", i);
+                rc = kvc_register_namespace(c, name, &e2e_geom, &ns, NULL);
+                if (rc == -KVC_E_QUOTA) {
+                        quota++;
+                        continue;
+                }
+                CHILD_ASSERT(rc == 0, "register %s: %d", name, rc);
+                {
+                        kvc_pool *p;
+                        struct got g;
+
+                        CHILD_ASSERT(kvc_pool_create(c, 1, E2E_BLOCK_BYTES, &p) == 0, "pool");
+                        CHILD_ASSERT(get_blocks(c, ns, p, 10 + (uint64_t)i, 0, 1, 0x70 + (uint64_t)i, &g) == 0 &&
+                                     g.ok == 1, "%s's durable block after the restart: ok %u miss %u wrong %u",
+                                     name, g.ok, g.miss, g.wrong);
+                        kvc_pool_free(p);
+                }
+                x->recovered++;
+        }
+        CHILD_ASSERT(x->recovered == 1 && quota == 2, "%d recovered, %d over quota", x->recovered, quota);
+        kvc_disconnect(c);
+        return 0;
+}
+
+START_TEST(test_recovery_keeps_owners_and_limits)
+{
+        struct ssd_dir dir;
+        struct rec x = { 0 };
+        struct t t;
+        struct kvc_stats *s;
+        kvc_client *c;
+        uint32_t ns;
+        bool created = false;
+
+        ssd_dir_make(&dir);
+        {
+                const char *const extra[] = { "--ssd-dir", dir.path, "--ssd-bytes", "64M", "--ssd-extent-bytes", "1M",
+                                              NULL };
+
+                start(&t, NULL, extra);
+                x.t = &t;
+                run_as(NOBODY, NOBODY, NULL, 0, make_three, &x, "three namespaces");
+                stop(&t);
+        }
+        {
+                const char *const extra[] = { "--ssd-dir", dir.path, "--ssd-bytes", "64M", "--ssd-extent-bytes", "1M",
+                                              "--quota-namespaces", "1", NULL };
+
+                start(&t, NULL, extra);
+                x.t = &t;
+                /* Root sees one namespace, uid 65534's, not root's. */
+                ck_assert_int_eq(kvc_connect(t.d.socket_path, "root", &c), 0);
+                ck_assert_int_eq(kvc_stats_get(c, &s), 0);
+                ck_assert_uint_eq(s->n_namespaces, 1);
+                ck_assert_uint_eq(s->namespaces[0].owner, NOBODY);
+                ck_assert_uint_eq(s->namespaces[0].blocks, 1);
+                kvc_stats_free(s);
+                run_as(NOBODY, NOBODY, NULL, 0, find_recovered, &x, "after the restart");
+                /* The same name is root's own namespace, a new one. */
+                ck_assert_int_eq(kvc_register_namespace(c, "rec-0", &e2e_geom, &ns, NULL), 0);
+                ck_assert_int_eq(kvc_stats_get(c, &s), 0);
+                for (uint32_t i = 0; i < s->n_namespaces; i++)
+                        if (s->namespaces[i].id == ns)
+                                created = s->namespaces[i].owner == 0 && s->namespaces[i].blocks == 0;
+                kvc_stats_free(s);
+                ck_assert(created);
+                kvc_disconnect(c);
+                stop(&t);
+        }
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("tenants");
@@ -642,6 +761,7 @@ static Suite *suite(void)
         tcase_add_test(tc, test_host_quota_evicts_own);
         tcase_add_test(tc, test_pool_namespace_and_item_quota);
         tcase_add_test(tc, test_namespaces_go_away);
+        tcase_add_test(tc, test_recovery_keeps_owners_and_limits);
         suite_add_tcase(s, tc);
         return s;
 }
