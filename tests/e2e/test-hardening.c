@@ -1,0 +1,133 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A shared daemon that no client can hurt, and that no client is steered
+ * away from:
+ *  - SIGHUP does not kill the daemon;
+ *  - a second daemon on a served socket stops before it builds a host tier.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check-main.h"
+#include "common.h"
+#include "frame.h"
+
+#define RUN_TIMEOUT_MS 30000
+
+static const char *env_path(const char *name)
+{
+        const char *p = getenv(name);
+
+        ck_assert_msg(p && *p, "$%s is not set (run the tests with meson test)", name);
+        return p;
+}
+
+/*
+ * Runs argv[0] with the rest of argv, its stderr merged into the captured
+ * stdout (the daemon logs to stderr), to completion. Returns the output
+ * (free it) and stores the exit status.
+ */
+static char *run_merged(const char *const *args, int *ret_status)
+{
+        const char *argv[24] = { "/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1" };
+        char *out = NULL;
+        int n = 3, rc;
+
+        for (int i = 0; args[i] && n < 23; i++)
+                argv[n++] = args[i];
+        argv[n] = NULL;
+        rc = kvd_test_run_capture(argv, RUN_TIMEOUT_MS, &out, ret_status);
+        ck_assert_msg(rc == 0, "running %s: %s", args[0], strerror(-rc));
+        fprintf(stderr, "--- output of %s ---\n%s--- end ---\n", args[0], out);
+        return out;
+}
+
+static int exit_code(int status)
+{
+        ck_assert_msg(WIFEXITED(status), "did not exit normally (status 0x%x)", status);
+        return WEXITSTATUS(status);
+}
+
+static void assert_serves(const char *sock)
+{
+        struct kvc_stats *st = NULL;
+        kvc_client *c = NULL;
+
+        E2E_ASSERT_RC(c, kvc_connect(sock, "probe", &c), 0);
+        E2E_ASSERT_RC(c, kvc_stats_get(c, &st), 0);
+        kvc_stats_free(st);
+        kvc_disconnect(c);
+}
+
+/* ---- 3. SIGHUP ---------------------------------------------------------- */
+
+START_TEST(test_sighup_harmless)
+{
+        struct kvd_test_daemon d;
+        int status = -1;
+
+        E2E_START(&d, );
+        ck_assert_int_eq(kvd_test_daemon_kill(&d, SIGHUP), 0);
+        /* A default SIGHUP kills the process before it can run again: any
+         * answer after kill() returned proves it survived. */
+        assert_serves(d.socket_path);
+        ck_assert_msg(kvd_test_daemon_alive(&d), "the daemon died of SIGHUP");
+        ck_assert_int_eq(kvd_test_daemon_kill(&d, SIGHUP), 0);
+        assert_serves(d.socket_path);
+
+        ck_assert_int_eq(kvd_test_daemon_kill(&d, SIGTERM), 0);
+        ck_assert_int_eq(kvd_test_daemon_wait_exit(&d, KVD_TEST_STOP_TIMEOUT_MS, &status), 0);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "SIGTERM after SIGHUP: status 0x%x", status);
+        ck_assert_msg(access(d.socket_path, F_OK) < 0, "the daemon left its socket behind");
+        E2E_STOP(&d);
+}
+END_TEST
+
+/* ---- 6. a second daemon claims the socket first ------------------------ */
+
+START_TEST(test_second_daemon_stops_before_host_tier)
+{
+        struct kvd_test_daemon d;
+        char *out;
+        int status;
+
+        E2E_START(&d, );
+        {
+                const char *args[] = { env_path("KVDRIVED"), "--foreground", "--socket", d.socket_path,
+                                       "--host-bytes", "512M", "--log-level", "debug", NULL };
+
+                out = run_merged(args, &status);
+        }
+        ck_assert_int_eq(exit_code(status), 1);
+        ck_assert_msg(strstr(out, "another kvdrived is serving"), "no 'another kvdrived is serving' error");
+        ck_assert_msg(!strstr(out, "host tier:"), "the second daemon built its host tier first");
+        free(out);
+        assert_serves(d.socket_path);
+        E2E_STOP(&d);
+}
+END_TEST
+
+static Suite *hardening_suite(void)
+{
+        Suite *s = suite_create("hardening");
+        TCase *tc = tcase_create("hardening");
+
+        tcase_set_timeout(tc, E2E_TCASE_TIMEOUT);
+        tcase_add_test(tc, test_sighup_harmless);
+        tcase_add_test(tc, test_second_daemon_stops_before_host_tier);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+KVD_CHECK_MAIN(hardening_suite)
