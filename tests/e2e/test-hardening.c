@@ -3,6 +3,7 @@
  * A shared daemon that no client can hurt, and that no client is steered
  * away from:
  *  - SIGHUP does not kill the daemon;
+ *  - an empty message is a malformed frame, not the end of the session;
  *  - a second daemon on a served socket stops before it builds a host tier.
  */
 #include <errno.h>
@@ -94,6 +95,51 @@ START_TEST(test_sighup_harmless)
 }
 END_TEST
 
+/* ---- 4. an empty message ------------------------------------------------ */
+
+START_TEST(test_empty_message)
+{
+        Kvdrive__Stats stq = KVDRIVE__STATS__INIT;
+        Kvdrive__Request sreq = KVDRIVE__REQUEST__INIT;
+        Kvdrive__Response *r = NULL;
+        struct kvd_test_daemon d;
+        kvc_client *c = NULL;
+        uint32_t last = 0;
+        char b[512];
+        int fd, fd2;
+
+        E2E_START(&d, );
+        fd = kvd_test_raw_connect(d.socket_path);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(kvd_test_raw_hello(fd, 1, NULL, NULL), 0);
+        ck_assert_int_eq(kvd_test_raw_send_bytes(fd, "", 0), 0);
+        ck_assert_int_eq(kvd_test_raw_recv(fd, KVD_TEST_RECV_TIMEOUT_MS, &r), 0);
+        ck_assert_msg(kvd_test_error_code(r) == KVDRIVE__ERROR_CODE__E_MALFORMED && r->id == 0,
+                      "empty message: got %s, want E_MALFORMED", kvd_test_response_str(r, b, sizeof(b)));
+        kvdrive__response__free_unpacked(r, NULL);
+        /* The session is still there. */
+        sreq.id = 2;
+        sreq.body_case = KVDRIVE__REQUEST__BODY_STATS;
+        sreq.stats = &stq;
+        ck_assert_int_eq(kvd_test_raw_call(fd, &sreq, -1, &r), 0);
+        ck_assert_msg(r->body_case == KVDRIVE__RESPONSE__BODY_STATS && r->id == 2, "after it: %s",
+                      kvd_test_response_str(r, b, sizeof(b)));
+        kvdrive__response__free_unpacked(r, NULL);
+
+        /* EOF still ends a session, even right after an empty message. */
+        fd2 = kvd_test_raw_connect(d.socket_path);
+        ck_assert_int_ge(fd2, 0);
+        ck_assert_int_eq(kvd_test_raw_hello(fd2, 1, NULL, NULL), 0);
+        ck_assert_int_eq(kvd_test_raw_send_bytes(fd2, "", 0), 0);
+        close(fd2);
+        close(fd);
+        E2E_ASSERT_RC(c, kvc_connect(d.socket_path, "counter", &c), 0);
+        ck_assert_msg(e2e_wait_clients(c, 1, 20000, &last) == 0, "closed sessions linger: %u clients", last);
+        kvc_disconnect(c);
+        E2E_STOP(&d);
+}
+END_TEST
+
 /* ---- 6. a second daemon claims the socket first ------------------------ */
 
 START_TEST(test_second_daemon_stops_before_host_tier)
@@ -125,6 +171,7 @@ static Suite *hardening_suite(void)
 
         tcase_set_timeout(tc, E2E_TCASE_TIMEOUT);
         tcase_add_test(tc, test_sighup_harmless);
+        tcase_add_test(tc, test_empty_message);
         tcase_add_test(tc, test_second_daemon_stops_before_host_tier);
         suite_add_tcase(s, tc);
         return s;
