@@ -2,6 +2,7 @@
 /*
  * A shared daemon that no client can hurt, and that no client is steered
  * away from:
+ *  - a sparse memfd pool is refused at once, costing the daemon nothing;
  *  - SIGHUP does not kill the daemon;
  *  - an empty message is a malformed frame, not the end of the session;
  *  - a second daemon on a served socket stops before it builds a host tier.
@@ -70,6 +71,111 @@ static void assert_serves(const char *sock)
         kvc_stats_free(st);
         kvc_disconnect(c);
 }
+
+/* ---- 2. pools cost the daemon nothing at registration ------------------ */
+
+static uint64_t vm_rss_kib(pid_t pid)
+{
+        char path[64], line[256];
+        unsigned long long kib = 0;
+        FILE *f;
+
+        snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+        f = fopen(path, "re");
+        ck_assert_msg(f, "cannot open %s", path);
+        while (fgets(line, sizeof(line), f))
+                if (sscanf(line, "VmRSS: %llu kB", &kib) == 1)
+                        break;
+        fclose(f);
+        ck_assert_msg(kib > 0, "no VmRSS in %s", path);
+        return kib;
+}
+
+static pid_t daemon_pid(const char *sock)
+{
+        struct kvc_stats *st = NULL;
+        kvc_client *c = NULL;
+        pid_t pid;
+
+        E2E_ASSERT_RC(c, kvc_connect(sock, "pid-probe", &c), 0);
+        E2E_ASSERT_RC(c, kvc_stats_get(c, &st), 0);
+        pid = (pid_t)st->pid;
+        kvc_stats_free(st);
+        kvc_disconnect(c);
+        return pid;
+}
+
+START_TEST(test_sparse_pool_refused)
+{
+        enum { SLOTS = 131072, SLOT = 8192 };   /* 1 GiB */
+        const uint64_t bytes = (uint64_t)SLOTS * SLOT;
+        Kvdrive__RegisterPool rp = KVDRIVE__REGISTER_POOL__INIT;
+        Kvdrive__Stats stq = KVDRIVE__STATS__INIT;
+        Kvdrive__Request req = KVDRIVE__REQUEST__INIT, sreq = KVDRIVE__REQUEST__INIT;
+        Kvdrive__Response *r = NULL;
+        struct kvd_test_daemon d;
+        uint64_t rss0, rss1;
+        char b[512];
+        pid_t pid;
+        int a, other, mfd;
+
+        E2E_START(&d, "--max-pool-bytes-per-client", "4G",);
+        pid = daemon_pid(d.socket_path);
+        a = kvd_test_raw_connect(d.socket_path);
+        other = kvd_test_raw_connect(d.socket_path);
+        ck_assert_int_ge(a, 0);
+        ck_assert_int_ge(other, 0);
+        ck_assert_int_eq(kvd_test_raw_hello(a, 1, NULL, NULL), 0);
+        ck_assert_int_eq(kvd_test_raw_hello(other, 1, NULL, NULL), 0);
+        rss0 = vm_rss_kib(pid);
+
+        /* 1 GiB, sealed, not one page allocated: costs the client nothing. */
+        mfd = memfd_create("sparse-pool", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        ck_assert_int_ge(mfd, 0);
+        ck_assert_int_eq(ftruncate(mfd, (off_t)bytes), 0);
+        ck_assert_int_eq(fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+        rp.backend = KVDRIVE__BACKEND__BACKEND_MEMFD;
+        rp.slot_count = SLOTS;
+        rp.slot_bytes = SLOT;
+        req.id = 2;
+        req.body_case = KVDRIVE__REQUEST__BODY_REGISTER_POOL;
+        req.register_pool = &rp;
+        ck_assert_int_eq(kvd_test_raw_send(a, &req, mfd), 0);
+        close(mfd);
+
+        /* Another client is answered meanwhile. */
+        sreq.id = 7;
+        sreq.body_case = KVDRIVE__REQUEST__BODY_STATS;
+        sreq.stats = &stq;
+        ck_assert_int_eq(kvd_test_raw_call(other, &sreq, -1, &r), 0);
+        ck_assert_msg(r->body_case == KVDRIVE__RESPONSE__BODY_STATS && r->id == 7, "other client got %s",
+                      kvd_test_response_str(r, b, sizeof(b)));
+        kvdrive__response__free_unpacked(r, NULL);
+
+        /* The pool is refused, with the reason. */
+        ck_assert_int_eq(kvd_test_raw_recv(a, KVD_TEST_RECV_TIMEOUT_MS, &r), 0);
+        ck_assert_msg(kvd_test_error_code(r) == KVDRIVE__ERROR_CODE__E_BAD_ARG && r->id == 2,
+                      "sparse pool: got %s, want E_BAD_ARG", kvd_test_response_str(r, b, sizeof(b)));
+        ck_assert_msg(strstr(r->error->message, "not all allocated") && strstr(r->error->message, "fallocate"),
+                      "the refusal does not say why: '%s'", r->error->message);
+        kvdrive__response__free_unpacked(r, NULL);
+
+        /* And it cost the daemon nothing like the pool's size. */
+        rss1 = vm_rss_kib(pid);
+        ck_assert_msg(rss1 < rss0 + (bytes >> 10) / 8, "daemon RSS grew from %llu to %llu KiB for a refused pool",
+                      (unsigned long long)rss0, (unsigned long long)rss1);
+
+        /* The session goes on. */
+        sreq.id = 3;
+        ck_assert_int_eq(kvd_test_raw_call(a, &sreq, -1, &r), 0);
+        ck_assert_msg(r->body_case == KVDRIVE__RESPONSE__BODY_STATS, "after the refusal: %s",
+                      kvd_test_response_str(r, b, sizeof(b)));
+        kvdrive__response__free_unpacked(r, NULL);
+        close(a);
+        close(other);
+        E2E_STOP(&d);
+}
+END_TEST
 
 /* ---- 3. SIGHUP ---------------------------------------------------------- */
 
@@ -170,6 +276,7 @@ static Suite *hardening_suite(void)
         TCase *tc = tcase_create("hardening");
 
         tcase_set_timeout(tc, E2E_TCASE_TIMEOUT);
+        tcase_add_test(tc, test_sparse_pool_refused);
         tcase_add_test(tc, test_sighup_harmless);
         tcase_add_test(tc, test_empty_message);
         tcase_add_test(tc, test_second_daemon_stops_before_host_tier);
