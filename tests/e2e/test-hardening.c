@@ -5,6 +5,7 @@
  *  - a sparse memfd pool is refused at once, costing the daemon nothing;
  *  - SIGHUP does not kill the daemon;
  *  - an empty message is a malformed frame, not the end of the session;
+ *  - a host tier larger than the machine gives is refused with the sizes;
  *  - a second daemon on a served socket stops before it builds a host tier.
  */
 #include <errno.h>
@@ -246,6 +247,33 @@ START_TEST(test_empty_message)
 }
 END_TEST
 
+/* ---- 5. a host tier over what the machine gives ------------------------ */
+
+START_TEST(test_host_over_memavailable)
+{
+        char dir[] = "/tmp/kvd-hard-XXXXXX", sock[96];
+        char *out;
+        int status;
+
+        ck_assert_ptr_nonnull(mkdtemp(dir));
+        snprintf(sock, sizeof(sock), "%s/s.sock", dir);
+        {
+                /* 64 TiB: far over this machine's MemAvailable. */
+                const char *args[] = { env_path("KVDRIVED"), "--foreground", "--socket", sock, "--host-bytes",
+                                       "64T", NULL };
+
+                out = run_merged(args, &status);
+        }
+        ck_assert_int_eq(exit_code(status), 1);
+        ck_assert_msg(strstr(out, "host-bytes 67108864 MiB is more than this machine can give: MemAvailable is"),
+                      "no message naming host-bytes and MemAvailable");
+        ck_assert_msg(!strstr(out, "host tier: 67108864 MiB"), "the host tier was built anyway");
+        ck_assert_msg(access(sock, F_OK) < 0, "a socket was left behind");
+        free(out);
+        rmdir(dir);
+}
+END_TEST
+
 /* ---- 6. a second daemon claims the socket first ------------------------ */
 
 START_TEST(test_second_daemon_stops_before_host_tier)
@@ -279,6 +307,7 @@ static Suite *hardening_suite(void)
         tcase_add_test(tc, test_sparse_pool_refused);
         tcase_add_test(tc, test_sighup_harmless);
         tcase_add_test(tc, test_empty_message);
+        tcase_add_test(tc, test_host_over_memavailable);
         tcase_add_test(tc, test_second_daemon_stops_before_host_tier);
         suite_add_tcase(s, tc);
         return s;
