@@ -2,6 +2,8 @@
 /*
  * A shared daemon that no client can hurt, and that no client is steered
  * away from:
+ *  - a client trusts a default socket only in a directory owned by root or
+ *    by itself and writable by nobody else, and says which paths it tried;
  *  - a sparse memfd pool is refused at once, costing the daemon nothing;
  *  - SIGHUP does not kill the daemon;
  *  - an empty message is a malformed frame, not the end of the session;
@@ -72,6 +74,205 @@ static void assert_serves(const char *sock)
         kvc_stats_free(st);
         kvc_disconnect(c);
 }
+
+/* ---- 1. which socket a client trusts ---------------------------------- */
+
+/* The per-test uid: unlikely to be anybody's, and distinct per run so that
+ * runs in parallel do not share /tmp/kvdrive-$UID. */
+static uid_t test_uid(void)
+{
+        return (uid_t)(3000000u + (unsigned)getpid() % 1000000u);
+}
+
+static char user_dir[64], user_sock[96], moved_dir[80];
+
+/* Whatever a test left of /tmp/kvdrive-$UID (it may fail half-way). */
+static void cleanup_user_dir(void)
+{
+        struct stat st;
+
+        if (!user_dir[0])
+                return;
+        if (lstat(user_dir, &st) == 0 && S_ISLNK(st.st_mode))
+                unlink(user_dir);
+        if (moved_dir[0] && lstat(moved_dir, &st) == 0 && rename(moved_dir, user_dir) < 0)
+                rmdir(moved_dir);
+        unlink(user_sock);
+        rmdir(user_dir);
+}
+
+struct trust_case {
+        uid_t uid;
+        bool expect_ok;
+        const char *expect_text;        /* in the report */
+        int expect_err;                 /* when !expect_ok: the return, 0 = any < 0 */
+        const char *env_socket;         /* $KVDRIVE_SOCKET for the child, or NULL */
+};
+
+/* As the unprivileged uid, without HOME / XDG_RUNTIME_DIR: connect with the
+ * default search and check the outcome and the report. */
+static int trust_child(void *arg)
+{
+        const struct trust_case *t = arg;
+        char report[2048] = "";
+        struct kvc_connect_opts o = { .size = sizeof(o), .name = "trust-probe", .report = report,
+                                      .report_size = sizeof(report) };
+        kvc_client *c = NULL;
+        int r;
+
+        CHILD_ASSERT(setgroups(0, NULL) == 0 && setgid((gid_t)t->uid) == 0 && setuid(t->uid) == 0,
+                     "dropping to uid %u: %s", (unsigned)t->uid, strerror(errno));
+        /* A credential change clears these: keep dying with the test, and
+         * let the sanitizers look at us. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        prctl(PR_SET_DUMPABLE, 1);
+        unsetenv("HOME");
+        unsetenv("XDG_RUNTIME_DIR");
+        unsetenv("KVDRIVE_SOCKET");
+        if (t->env_socket)
+                setenv("KVDRIVE_SOCKET", t->env_socket, 1);
+        r = kvc_connect_opts(&o, &c);
+        fprintf(stderr, "[child uid %u] kvc_connect_opts = %d (%s); report:\n%s", (unsigned)t->uid, r,
+                r < 0 ? kvc_strerror(r) : "ok", report);
+        if (t->expect_ok) {
+                struct kvc_stats *st = NULL;
+
+                CHILD_ASSERT(r == 0, "connect failed: %s", kvc_strerror(r));
+                CHILD_ASSERT(kvc_stats_get(c, &st) == 0, "stats failed");
+                kvc_stats_free(st);
+                kvc_disconnect(c);
+        } else {
+                CHILD_ASSERT(r < 0, "connected, but should have refused");
+                CHILD_ASSERT(t->expect_err == 0 || r == t->expect_err, "returned %d (%s), want %d (%s)", r,
+                             kvc_strerror(r), t->expect_err, kvc_strerror(t->expect_err));
+        }
+        CHILD_ASSERT(strstr(report, t->expect_text), "report lacks '%s'", t->expect_text);
+        if (!t->env_socket) {
+                /* Every path of the search is named, in order. */
+                const char *sys = strstr(report, KVD_SYSTEM_SOCKET ": ");
+                const char *usr = strstr(report, user_sock);
+
+                CHILD_ASSERT(sys, "report does not name %s", KVD_SYSTEM_SOCKET);
+                CHILD_ASSERT(usr && usr > sys, "report does not name %s after the system socket", user_sock);
+        }
+        return 0;
+}
+
+static void run_trust(const struct trust_case *t, const char *what)
+{
+        E2E_ASSERT_CHILD_OK(e2e_fork(trust_child, (void *)t), what);
+}
+
+/* A daemon on the system socket would answer the search first. */
+static bool system_socket_answers(void)
+{
+        int fd = kvd_test_raw_connect(KVD_SYSTEM_SOCKET);
+
+        if (fd < 0)
+                return false;
+        close(fd);
+        return true;
+}
+
+START_TEST(test_default_socket_trust)
+{
+        struct kvd_test_daemon d;
+        uid_t uid = test_uid();
+        char want[256];
+
+        if (geteuid() != 0) {
+                fprintf(stderr, "skipped: needs root (to be another uid)\n");
+                return;
+        }
+        if (system_socket_answers()) {
+                fprintf(stderr, "skipped: a daemon answers on %s, which the search tries first\n", KVD_SYSTEM_SOCKET);
+                return;
+        }
+        snprintf(user_dir, sizeof(user_dir), "/tmp/kvdrive-%u", (unsigned)uid);
+        snprintf(user_sock, sizeof(user_sock), "%s/kvdrived.sock", user_dir);
+        snprintf(moved_dir, sizeof(moved_dir), "%s.real", user_dir);
+        cleanup_user_dir();
+        atexit(cleanup_user_dir);
+
+        /* The daemon (root) serves the client's per-user path; it makes
+         * the directory, root's and 0755: trusted. */
+        E2E_START(&d, "--socket", user_sock, "--socket-mode", "0666",);
+        snprintf(want, sizeof(want), "%s: connected", user_sock);
+        run_trust(&(struct trust_case){ uid, true, want, 0, NULL }, "root's 0755 directory");
+
+        /* Owned by somebody else: whoever that is could have put their own
+         * daemon there, and would get our pools. */
+        ck_assert_int_eq(chown(user_dir, uid + 1, (gid_t)-1), 0);
+        snprintf(want, sizeof(want), "%s: not trusted: directory %s is owned by uid %u", user_sock, user_dir,
+                 (unsigned)(uid + 1));
+        run_trust(&(struct trust_case){ uid, false, want, -EPERM, NULL }, "another uid's directory");
+
+        /* Ours, but writable by our group (or others). */
+        ck_assert_int_eq(chown(user_dir, uid, (gid_t)uid), 0);
+        ck_assert_int_eq(chmod(user_dir, 0775), 0);
+        snprintf(want, sizeof(want), "not trusted: directory %s is writable by its group", user_dir);
+        run_trust(&(struct trust_case){ uid, false, want, -EPERM, NULL }, "a group-writable directory");
+        ck_assert_int_eq(chmod(user_dir, 0757), 0);
+        snprintf(want, sizeof(want), "not trusted: directory %s is writable by others", user_dir);
+        run_trust(&(struct trust_case){ uid, false, want, -EPERM, NULL }, "a world-writable directory");
+
+        /* Ours and private: trusted. */
+        ck_assert_int_eq(chmod(user_dir, 0700), 0);
+        snprintf(want, sizeof(want), "%s: connected", user_sock);
+        run_trust(&(struct trust_case){ uid, true, want, 0, NULL }, "our own 0700 directory");
+
+        /* A symlink to a good directory is not the directory. */
+        ck_assert_int_eq(rename(user_dir, moved_dir), 0);
+        ck_assert_int_eq(symlink(moved_dir, user_dir), 0);
+        snprintf(want, sizeof(want), "not trusted: directory %s is a symbolic link", user_dir);
+        run_trust(&(struct trust_case){ uid, false, want, -EPERM, NULL }, "a symlinked directory");
+
+        /* $KVDRIVE_SOCKET is an explicit choice: used as is, alone. */
+        snprintf(want, sizeof(want), "$KVDRIVE_SOCKET=%s: connected", user_sock);
+        run_trust(&(struct trust_case){ uid, true, want, 0, user_sock }, "$KVDRIVE_SOCKET");
+
+        ck_assert_int_eq(unlink(user_dir), 0);
+        ck_assert_int_eq(rename(moved_dir, user_dir), 0);
+        E2E_STOP(&d);
+        cleanup_user_dir();
+}
+END_TEST
+
+/* Nothing answers: the error names each path tried and why it failed. */
+START_TEST(test_connect_report_names_paths)
+{
+        char dir[] = "/tmp/kvd-hard-XXXXXX", sock[96], want[256];
+        char *out;
+        int status;
+
+        ck_assert_ptr_nonnull(mkdtemp(dir));
+        snprintf(sock, sizeof(sock), "%s/nobody.sock", dir);
+        if (geteuid() == 0 && !system_socket_answers()) {
+                uid_t uid = test_uid();
+
+                snprintf(user_dir, sizeof(user_dir), "/tmp/kvdrive-%u", (unsigned)uid);
+                snprintf(user_sock, sizeof(user_sock), "%s/kvdrived.sock", user_dir);
+                cleanup_user_dir();
+                snprintf(want, sizeof(want), "%s: No such file or directory", user_sock);
+                run_trust(&(struct trust_case){ uid, false, want, -ENOENT, NULL }, "no daemon anywhere");
+        } else {
+                fprintf(stderr, "search part skipped: needs root and no daemon on %s\n", KVD_SYSTEM_SOCKET);
+        }
+        /* kvdrivectl prints the report. */
+        setenv("KVDRIVE_SOCKET", sock, 1);
+        {
+                const char *args[] = { env_path("KVDRIVECTL"), "status", NULL };
+
+                out = run_merged(args, &status);
+        }
+        unsetenv("KVDRIVE_SOCKET");
+        ck_assert_int_eq(exit_code(status), 1);
+        snprintf(want, sizeof(want), "$KVDRIVE_SOCKET=%s: No such file or directory", sock);
+        ck_assert_msg(strstr(out, want), "kvdrivectl's error lacks '%s'", want);
+        free(out);
+        rmdir(dir);
+}
+END_TEST
 
 /* ---- 2. pools cost the daemon nothing at registration ------------------ */
 
@@ -304,6 +505,8 @@ static Suite *hardening_suite(void)
         TCase *tc = tcase_create("hardening");
 
         tcase_set_timeout(tc, E2E_TCASE_TIMEOUT);
+        tcase_add_test(tc, test_default_socket_trust);
+        tcase_add_test(tc, test_connect_report_names_paths);
         tcase_add_test(tc, test_sparse_pool_refused);
         tcase_add_test(tc, test_sighup_harmless);
         tcase_add_test(tc, test_empty_message);
