@@ -444,21 +444,20 @@ static int connect_one(const char *path, const char *name, struct report *rep, b
         memcpy(sa.sun_path, path, strlen(path) + 1);
 
         c = calloc(1, sizeof(*c));
-        if (!c)
+        if (!c) {
+                report_add(rep, "%s\n", kvc_strerror(-ENOMEM));
                 return -ENOMEM;
+        }
         c->fd = -1;
         c->next_id = 1;
         c->prefetch_depth = -ENODATA;
         err = set_max_frame(c, KVD_FRAME_MAX_DEFAULT);
-        if (err < 0)
-                goto err_free_client;
-        c->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-        if (c->fd < 0) {
-                err = -errno;
-                goto err_free_client;
+        if (err == 0) {
+                c->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+                if (c->fd < 0 || connect(c->fd, (const struct sockaddr *)&sa, sizeof(sa)) < 0)
+                        err = -errno;
         }
-        if (connect(c->fd, (const struct sockaddr *)&sa, sizeof(sa)) < 0) {
-                err = -errno;
+        if (err < 0) {
                 report_add(rep, "%s\n", kvc_strerror(err));
                 goto err_free_client;
         }
