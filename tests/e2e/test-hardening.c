@@ -158,10 +158,27 @@ static int trust_child(void *arg)
         return 0;
 }
 
-static void run_trust(const struct trust_case *t, const char *what)
+/* Runs one case in a child; on failure (and only then) describes it in
+ * failed, which keeps the first failure. */
+static void run_trust(const struct trust_case *t, const char *what, char *failed, size_t size)
 {
-        E2E_ASSERT_CHILD_OK(e2e_fork(trust_child, (void *)t), what);
+        char why[96];
+        int st;
+
+        if (failed[0])
+                return;
+        st = e2e_wait_child(e2e_fork(trust_child, (void *)t), E2E_CHILD_TIMEOUT_MS, why, sizeof(why));
+        if (st != 0)
+                snprintf(failed, size, "%s: %s (its stderr is above)", what, why);
 }
+
+/* Notes the first failed step instead of asserting: a Check assertion ends
+ * the test with _exit(), and /tmp/kvdrive-$UID must go whatever happens. */
+#define STEP(failed, cond)                                                              \
+        do {                                                                            \
+                if (!(failed)[0] && !(cond))                                            \
+                        snprintf((failed), sizeof(failed), "%s: %s", #cond, strerror(errno)); \
+        } while (0)
 
 /* A daemon on the system socket would answer the search first. */
 static bool system_socket_answers(void)
@@ -178,7 +195,8 @@ START_TEST(test_default_socket_trust)
 {
         struct kvd_test_daemon d;
         uid_t uid = test_uid();
-        char want[256];
+        char want[256], failed[512] = "";
+        int rc;
 
         if (geteuid() != 0) {
                 fprintf(stderr, "skipped: needs root (to be another uid)\n");
@@ -192,61 +210,67 @@ START_TEST(test_default_socket_trust)
         snprintf(user_sock, sizeof(user_sock), "%s/kvdrived.sock", user_dir);
         snprintf(moved_dir, sizeof(moved_dir), "%s.real", user_dir);
         cleanup_user_dir();
-        atexit(cleanup_user_dir);
 
         /* The daemon (root) serves the client's per-user path; it makes
          * the directory, root's and 0755: trusted. */
         E2E_START(&d, "--socket", user_sock, "--socket-mode", "0666",);
         snprintf(want, sizeof(want), "%s: connected", user_sock);
-        run_trust(&(struct trust_case){ uid, true, want, 0, NULL }, "root's 0755 directory");
+        run_trust(&(struct trust_case){ uid, true, want, 0, NULL }, "root's 0755 directory", failed, sizeof(failed));
 
         /* Owned by somebody else: whoever that is could have put their own
          * daemon there, and would get our pools. */
-        ck_assert_int_eq(chown(user_dir, uid + 1, (gid_t)-1), 0);
+        STEP(failed, chown(user_dir, uid + 1, (gid_t)-1) == 0);
         snprintf(want, sizeof(want), "%s: not trusted: directory %s is owned by uid %u", user_sock, user_dir,
                  (unsigned)(uid + 1));
-        run_trust(&(struct trust_case){ uid, false, want, -EPERM, NULL }, "another uid's directory");
+        run_trust(&(struct trust_case){ uid, false, want, -EPERM, NULL }, "another uid's directory", failed,
+                  sizeof(failed));
 
         /* Ours, but writable by our group (or others). */
-        ck_assert_int_eq(chown(user_dir, uid, (gid_t)uid), 0);
-        ck_assert_int_eq(chmod(user_dir, 0775), 0);
+        STEP(failed, chown(user_dir, uid, (gid_t)uid) == 0);
+        STEP(failed, chmod(user_dir, 0775) == 0);
         snprintf(want, sizeof(want), "not trusted: directory %s is writable by its group", user_dir);
-        run_trust(&(struct trust_case){ uid, false, want, -EPERM, NULL }, "a group-writable directory");
-        ck_assert_int_eq(chmod(user_dir, 0757), 0);
+        run_trust(&(struct trust_case){ uid, false, want, -EPERM, NULL }, "a group-writable directory", failed,
+                  sizeof(failed));
+        STEP(failed, chmod(user_dir, 0757) == 0);
         snprintf(want, sizeof(want), "not trusted: directory %s is writable by others", user_dir);
-        run_trust(&(struct trust_case){ uid, false, want, -EPERM, NULL }, "a world-writable directory");
+        run_trust(&(struct trust_case){ uid, false, want, -EPERM, NULL }, "a world-writable directory", failed,
+                  sizeof(failed));
 
         /* Ours and private: trusted. */
-        ck_assert_int_eq(chmod(user_dir, 0700), 0);
+        STEP(failed, chmod(user_dir, 0700) == 0);
         snprintf(want, sizeof(want), "%s: connected", user_sock);
-        run_trust(&(struct trust_case){ uid, true, want, 0, NULL }, "our own 0700 directory");
+        run_trust(&(struct trust_case){ uid, true, want, 0, NULL }, "our own 0700 directory", failed, sizeof(failed));
 
         /* A symlink to a good directory is not the directory. */
-        ck_assert_int_eq(rename(user_dir, moved_dir), 0);
-        ck_assert_int_eq(symlink(moved_dir, user_dir), 0);
+        STEP(failed, rename(user_dir, moved_dir) == 0);
+        STEP(failed, symlink(moved_dir, user_dir) == 0);
         snprintf(want, sizeof(want), "not trusted: directory %s is a symbolic link", user_dir);
-        run_trust(&(struct trust_case){ uid, false, want, -EPERM, NULL }, "a symlinked directory");
+        run_trust(&(struct trust_case){ uid, false, want, -EPERM, NULL }, "a symlinked directory", failed,
+                  sizeof(failed));
 
         /* $KVDRIVE_SOCKET is an explicit choice: used as is, alone. */
         snprintf(want, sizeof(want), "$KVDRIVE_SOCKET=%s: connected", user_sock);
-        run_trust(&(struct trust_case){ uid, true, want, 0, user_sock }, "$KVDRIVE_SOCKET");
+        run_trust(&(struct trust_case){ uid, true, want, 0, user_sock }, "$KVDRIVE_SOCKET", failed, sizeof(failed));
 
-        ck_assert_int_eq(unlink(user_dir), 0);
-        ck_assert_int_eq(rename(moved_dir, user_dir), 0);
-        E2E_STOP(&d);
+        /* Whatever failed: stop the daemon (it unlinks its socket through
+         * the path it bound) and remove the directory, then report. */
+        rc = kvd_test_daemon_stop(&d);
         cleanup_user_dir();
+        ck_assert_msg(!failed[0], "%s", failed);
+        ck_assert_msg(rc == 0, "daemon stop: %s", d.error);
 }
 END_TEST
 
 /* Nothing answers: the error names each path tried and why it failed. */
 START_TEST(test_connect_report_names_paths)
 {
-        char dir[] = "/tmp/kvd-hard-XXXXXX", sock[96], want[256];
+        struct kvd_test_daemon d;       /* only its temporary directory */
+        char sock[sizeof(d.socket_path)], want[256], failed[512] = "";
         char *out;
         int status;
 
-        ck_assert_ptr_nonnull(mkdtemp(dir));
-        snprintf(sock, sizeof(sock), "%s/nobody.sock", dir);
+        ck_assert_msg(kvd_test_daemon_prepare(&d) == 0, "%s", d.error);
+        ck_assert_int_eq(kvd_test_daemon_path(&d, "nobody.sock", sock, sizeof(sock)), 0);
         if (geteuid() == 0 && !system_socket_answers()) {
                 uid_t uid = test_uid();
 
@@ -254,7 +278,9 @@ START_TEST(test_connect_report_names_paths)
                 snprintf(user_sock, sizeof(user_sock), "%s/kvdrived.sock", user_dir);
                 cleanup_user_dir();
                 snprintf(want, sizeof(want), "%s: No such file or directory", user_sock);
-                run_trust(&(struct trust_case){ uid, false, want, -ENOENT, NULL }, "no daemon anywhere");
+                run_trust(&(struct trust_case){ uid, false, want, -ENOENT, NULL }, "no daemon anywhere", failed,
+                          sizeof(failed));
+                ck_assert_msg(!failed[0], "%s", failed);
         } else {
                 fprintf(stderr, "search part skipped: needs root and no daemon on %s\n", KVD_SYSTEM_SOCKET);
         }
@@ -270,7 +296,7 @@ START_TEST(test_connect_report_names_paths)
         snprintf(want, sizeof(want), "$KVDRIVE_SOCKET=%s: No such file or directory", sock);
         ck_assert_msg(strstr(out, want), "kvdrivectl's error lacks '%s'", want);
         free(out);
-        rmdir(dir);
+        E2E_STOP(&d);
 }
 END_TEST
 
@@ -452,12 +478,13 @@ END_TEST
 
 START_TEST(test_host_over_memavailable)
 {
-        char dir[] = "/tmp/kvd-hard-XXXXXX", sock[96];
+        struct kvd_test_daemon d;       /* only its temporary directory */
+        char sock[sizeof(d.socket_path)];
         char *out;
         int status;
 
-        ck_assert_ptr_nonnull(mkdtemp(dir));
-        snprintf(sock, sizeof(sock), "%s/s.sock", dir);
+        ck_assert_msg(kvd_test_daemon_prepare(&d) == 0, "%s", d.error);
+        ck_assert_int_eq(kvd_test_daemon_path(&d, "s.sock", sock, sizeof(sock)), 0);
         {
                 /* 64 TiB: far over this machine's MemAvailable. */
                 const char *args[] = { env_path("KVDRIVED"), "--foreground", "--socket", sock, "--host-bytes",
@@ -471,7 +498,7 @@ START_TEST(test_host_over_memavailable)
         ck_assert_msg(!strstr(out, "host tier: 67108864 MiB"), "the host tier was built anyway");
         ck_assert_msg(access(sock, F_OK) < 0, "a socket was left behind");
         free(out);
-        rmdir(dir);
+        E2E_STOP(&d);
 }
 END_TEST
 
