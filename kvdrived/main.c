@@ -98,9 +98,20 @@ int main(int argc, char **argv)
         sigemptyset(&mask);
         sigaddset(&mask, SIGTERM);
         sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGHUP);
         sigprocmask(SIG_BLOCK, &mask, NULL);
         signal(SIGPIPE, SIG_IGN);
 
+        /* The socket first: a second daemon on a served socket stops here,
+         * before it maps and locks a host tier. Clients that connect while
+         * the cache is built wait on the listen backlog. */
+        r = kvd_server_new(&cfg, &server);
+        if (r == 0)
+                r = kvd_server_listen(server);
+        if (r < 0) {
+                log_error("cannot start serving: %s", strerror(-r));
+                goto out;
+        }
         r = kvd_cache_new(&cfg, &cache);
         if (r < 0) {
                 log_error("cannot set up the cache: %s", strerror(-r));
@@ -119,9 +130,7 @@ int main(int argc, char **argv)
                 log_error("cannot start %u transfer workers: %s", cfg.workers, strerror(-r));
                 goto out;
         }
-        r = kvd_server_new(&cfg, cache, xfer, cuda, &server);
-        if (r == 0)
-                r = kvd_server_listen(server);
+        r = kvd_server_attach(server, cache, xfer, cuda);
         if (r < 0) {
                 log_error("cannot start serving: %s", strerror(-r));
                 goto out;

@@ -13,11 +13,13 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -350,52 +352,191 @@ out_free_resp:
         return err;
 }
 
-_public_ int kvc_connect(const char *path, const char *name, kvc_client **ret)
+/* The text of kvc_connect_opts(): appended to, always NUL-terminated, cut
+ * when full; a no-op without a buffer. */
+struct report {
+        char *buf;
+        size_t size;
+        size_t len;
+};
+
+static void report_add(struct report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void report_add(struct report *r, const char *fmt, ...)
+{
+        va_list ap;
+        int n;
+
+        if (!r->buf || r->size == 0 || r->len + 1 >= r->size)
+                return;
+        va_start(ap, fmt);
+        n = vsnprintf(r->buf + r->len, r->size - r->len, fmt, ap);
+        va_end(ap);
+        if (n > 0)
+                r->len = r->len + (size_t)n < r->size ? r->len + (size_t)n : r->size - 1;
+}
+
+/*
+ * Whether the directory of a default socket may be trusted: a real directory
+ * (lstat: not a symlink), owned by root or by our euid, not writable by
+ * group or others, so that nobody else can have put a socket in it. 0, or
+ * -EPERM (untrusted) / -errno (cannot look), with the reason in why.
+ */
+static int check_socket_dir(const char *path, char *why, size_t size)
+{
+        char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+        struct stat st;
+        char *slash;
+        uid_t me = geteuid();
+
+        if (strlen(path) >= sizeof(dir)) {
+                snprintf(why, size, "path too long");
+                return -ENAMETOOLONG;
+        }
+        memcpy(dir, path, strlen(path) + 1);
+        slash = strrchr(dir, '/');
+        if (!slash) {
+                snprintf(dir, sizeof(dir), ".");
+        } else if (slash == dir) {
+                dir[1] = '\0';
+        } else {
+                *slash = '\0';
+        }
+        if (lstat(dir, &st) < 0) {
+                int err = -errno;
+
+                snprintf(why, size, "%s", kvc_strerror(err));
+                return err;
+        }
+        if (S_ISLNK(st.st_mode)) {
+                snprintf(why, size, "not trusted: directory %s is a symbolic link", dir);
+                return -EPERM;
+        }
+        if (!S_ISDIR(st.st_mode)) {
+                snprintf(why, size, "not trusted: %s is not a directory", dir);
+                return -EPERM;
+        }
+        if (st.st_uid != 0 && st.st_uid != me) {
+                snprintf(why, size, "not trusted: directory %s is owned by uid %u, not by root or uid %u", dir,
+                         (unsigned)st.st_uid, (unsigned)me);
+                return -EPERM;
+        }
+        if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+                snprintf(why, size, "not trusted: directory %s is writable by %s (mode %04o)", dir,
+                         st.st_mode & S_IWGRP ? "its group" : "others", (unsigned)(st.st_mode & 07777));
+                return -EPERM;
+        }
+        return 0;
+}
+
+/* Connects to path and says Hello. On failure describes why in the report
+ * (after "PATH: ") and sets *ret_answered if a daemon answered. */
+static int connect_one(const char *path, const char *name, struct report *rep, bool *ret_answered,
+                       kvc_client **ret)
 {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        char def[sizeof(sa.sun_path)];
         kvc_client *c;
         int err;
 
-        if (!ret)
-                return -EINVAL;
-        if (!path) {
-                err = kvd_default_socket_path(def, sizeof(def));
-                if (err < 0)
-                        return err;
-                path = def;
-        }
-        if (strlen(path) >= sizeof(sa.sun_path))
+        *ret_answered = false;
+        if (strlen(path) >= sizeof(sa.sun_path)) {
+                report_add(rep, "path too long\n");
                 return -ENAMETOOLONG;
+        }
         memcpy(sa.sun_path, path, strlen(path) + 1);
 
         c = calloc(1, sizeof(*c));
-        if (!c)
+        if (!c) {
+                report_add(rep, "%s\n", kvc_strerror(-ENOMEM));
                 return -ENOMEM;
+        }
         c->fd = -1;
         c->next_id = 1;
         c->prefetch_depth = -ENODATA;
         err = set_max_frame(c, KVD_FRAME_MAX_DEFAULT);
-        if (err < 0)
-                goto err_free_client;
-        c->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-        if (c->fd < 0) {
-                err = -errno;
-                goto err_free_client;
+        if (err == 0) {
+                c->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+                if (c->fd < 0 || connect(c->fd, (const struct sockaddr *)&sa, sizeof(sa)) < 0)
+                        err = -errno;
         }
-        if (connect(c->fd, (const struct sockaddr *)&sa, sizeof(sa)) < 0) {
-                err = -errno;
+        if (err < 0) {
+                report_add(rep, "%s\n", kvc_strerror(err));
                 goto err_free_client;
         }
         err = hello(c, name);
-        if (err < 0)
+        if (err < 0) {
+                *ret_answered = true;
+                report_add(rep, "a daemon answered, but the Hello failed: %s%s%s\n", kvc_strerror(err),
+                           c->last_error[0] ? ": " : "", c->last_error);
                 goto err_free_client;
+        }
+        report_add(rep, "connected\n");
         *ret = c;
         return 0;
 
 err_free_client:
         kvc_disconnect(c);
         return err;
+}
+
+_public_ int kvc_connect_opts(const struct kvc_connect_opts *opts, kvc_client **ret)
+{
+        char paths[2][sizeof(((struct sockaddr_un *)0)->sun_path)];
+        struct report rep;
+        const char *env;
+        size_t n;
+        int err, first = 0;
+
+        if (!opts || opts->size < sizeof(*opts) || !ret)
+                return -EINVAL;
+        rep = (struct report){ .buf = opts->report, .size = opts->report_size };
+        if (rep.buf && rep.size)
+                rep.buf[0] = '\0';
+        env = getenv("KVDRIVE_SOCKET");
+        if (opts->path || (env && *env)) {
+                const char *path = opts->path ? opts->path : env;
+                bool answered;
+
+                report_add(&rep, "%s%s: ", opts->path ? "" : "$KVDRIVE_SOCKET=", path);
+                return connect_one(path, opts->name, &rep, &answered, ret);
+        }
+        snprintf(paths[0], sizeof(paths[0]), "%s", KVD_SYSTEM_SOCKET);
+        n = 1;
+        err = kvd_user_socket_path(paths[1], sizeof(paths[1]));
+        if (err == 0)
+                n = 2;
+        for (size_t i = 0; i < n; i++) {
+                char why[256];
+                bool answered = false;
+                int r;
+
+                report_add(&rep, "%s: ", paths[i]);
+                r = check_socket_dir(paths[i], why, sizeof(why));
+                if (r < 0) {
+                        report_add(&rep, "%s\n", why);
+                } else {
+                        r = connect_one(paths[i], opts->name, &rep, &answered, ret);
+                        if (r == 0 || answered)
+                                return r;
+                }
+                if (r == -ENOMEM)
+                        return r;
+                if (r != -ENOENT && first == 0)
+                        first = r;
+        }
+        if (err < 0) {
+                report_add(&rep, "the per-user socket: its path ($XDG_RUNTIME_DIR) is too long\n");
+                if (first == 0)
+                        first = err;
+        }
+        return first ? first : -ENOENT;
+}
+
+_public_ int kvc_connect(const char *path, const char *name, kvc_client **ret)
+{
+        struct kvc_connect_opts o = { .size = sizeof(o), .path = path, .name = name };
+
+        return kvc_connect_opts(&o, ret);
 }
 
 _public_ kvc_client *kvc_disconnect(kvc_client *c)

@@ -55,9 +55,9 @@ _public_ int kvc_counters_create(kvc_client *c, uint32_t n, kvc_counters **ret)
                 err = -errno;
                 goto err_free;
         }
-        /* Sealed like a pool: a page that could shrink under the daemon's
-         * mapping would SIGBUS it. */
-        if (ftruncate(fd, (off_t)bytes) < 0 ||
+        /* Sealed and allocated like a pool: a page that could shrink under
+         * the daemon's mapping would SIGBUS it, and its memory is ours. */
+        if (ftruncate(fd, (off_t)bytes) < 0 || fallocate(fd, 0, 0, (off_t)bytes) < 0 ||
             fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
                 err = -errno;
                 goto err_close_fd;

@@ -40,9 +40,11 @@ _public_ int kvc_pool_create(kvc_client *c, uint32_t slot_count, uint64_t slot_b
                 err = -errno;
                 goto err_free_pool;
         }
-        /* The daemon requires the size sealed: a pool that can shrink under
-         * its mapping would SIGBUS it. */
-        if (ftruncate(fd, (off_t)bytes) < 0 ||
+        /* The daemon requires the size sealed (a pool that can shrink under
+         * its mapping would SIGBUS it) and the pages allocated: they are
+         * ours to pay for, not the daemon's (fallocate charges them to us
+         * now, and fails here, not in the data path, when memory is short). */
+        if (ftruncate(fd, (off_t)bytes) < 0 || fallocate(fd, 0, 0, (off_t)bytes) < 0 ||
             fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
                 err = -errno;
                 goto err_close_fd;

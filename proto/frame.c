@@ -23,19 +23,28 @@ static uint32_t get_le32(const uint8_t *p)
                (uint32_t)p[3] << 24;
 }
 
+int kvd_user_socket_path(char *buf, size_t size)
+{
+        const char *env = getenv("XDG_RUNTIME_DIR");
+        int n;
+
+        if (env && *env)
+                n = snprintf(buf, size, "%s/kvdrive/kvdrived.sock", env);
+        else
+                n = snprintf(buf, size, "/tmp/kvdrive-%u/kvdrived.sock", (unsigned)geteuid());
+        if (n < 0 || (size_t)n >= size)
+                return -ENAMETOOLONG;
+        return 0;
+}
+
 int kvd_default_socket_path(char *buf, size_t size)
 {
         const char *env = getenv("KVDRIVE_SOCKET");
         int n;
 
-        if (env && *env)
-                n = snprintf(buf, size, "%s", env);
-        else if (geteuid() == 0)
-                n = snprintf(buf, size, "/run/kvdrive/kvdrived.sock");
-        else if ((env = getenv("XDG_RUNTIME_DIR")) && *env)
-                n = snprintf(buf, size, "%s/kvdrive/kvdrived.sock", env);
-        else
-                n = snprintf(buf, size, "/tmp/kvdrive-%u/kvdrived.sock", (unsigned)geteuid());
+        if (!(env && *env) && geteuid() != 0)
+                return kvd_user_socket_path(buf, size);
+        n = snprintf(buf, size, "%s", env && *env ? env : KVD_SYSTEM_SOCKET);
         if (n < 0 || (size_t)n >= size)
                 return -ENAMETOOLONG;
         return 0;

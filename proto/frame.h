@@ -24,10 +24,19 @@
 #define KVD_FRAME_MAX_LIMIT    (192u * 1024u)
 #define KVD_FRAME_MAX_FDS      4u
 
-/* Default socket: $KVDRIVE_SOCKET, else /run/kvdrive/kvdrived.sock for root,
- * else $XDG_RUNTIME_DIR/kvdrive/kvdrived.sock (or /tmp/kvdrive-$UID/...).
- * Writes a NUL-terminated path into buf; -ENAMETOOLONG if it does not fit. */
+/* The system socket: where kvdrived.socket (and a root kvdrived) listens. */
+#define KVD_SYSTEM_SOCKET      "/run/kvdrive/kvdrived.sock"
+
+/* The daemon's default listening socket: $KVDRIVE_SOCKET, else
+ * KVD_SYSTEM_SOCKET for root, else the per-user socket
+ * (kvd_user_socket_path()). Clients search more than one place: see
+ * kvc_connect() in kvdrive/client.h. Writes a NUL-terminated path into buf;
+ * -ENAMETOOLONG if it does not fit. */
 int kvd_default_socket_path(char *buf, size_t size);
+
+/* The per-user socket of the effective uid: $XDG_RUNTIME_DIR/kvdrive/
+ * kvdrived.sock, else /tmp/kvdrive-$EUID/kvdrived.sock. 0 or -ENAMETOOLONG. */
+int kvd_user_socket_path(char *buf, size_t size);
 
 /* Writes the header for a payload of len bytes into hdr[KVD_FRAME_HDR]. */
 void kvd_frame_put_header(uint8_t hdr[KVD_FRAME_HDR], uint32_t len);

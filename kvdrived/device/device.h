@@ -43,18 +43,22 @@ struct kvd_peer_pool {
  * Maps need bytes of the client's memfd fd shared and read-write (the caller
  * keeps and closes fd; munmap() undoes it). The fd must be sealed against
  * shrinking (F_SEAL_SHRINK) and hold at least need bytes, so that the client
- * can never make the daemon fault on the mapping. Returns 0, -EINVAL (not a
- * sealed memfd), -EMSGSIZE (too small) or -errno, with *ret_why (static)
- * naming the problem. Shared by memfd pools and counter pages.
+ * can never make the daemon fault on the mapping, with at least need bytes
+ * of pages allocated (st_blocks), so that the client pays for them. O(1):
+ * nothing is populated. Returns 0, -EINVAL (not a sealed memfd, or pages
+ * not allocated), -EMSGSIZE (too small) or -errno, with *ret_why
+ * (static) naming the problem. Shared by memfd pools and counter pages.
  */
 int kvd_memfd_map(int fd, uint64_t need, void **ret_base, const char **ret_why);
 
 /*
  * Opens a memfd pool from fd (the daemon takes its own mapping; the caller
  * keeps and closes fd). The fd must be a memfd sealed against shrinking
- * (F_SEAL_SHRINK) and hold slot_count * slot_bytes bytes, so that the client
- * can never make the daemon fault on its mapping.
- * Returns 0 or -EINVAL (not a sealed memfd), -EMSGSIZE (too small), -errno.
+ * (F_SEAL_SHRINK) and hold slot_count * slot_bytes bytes, allocated
+ * (kvd_memfd_map()), so that the client can never make the daemon fault on
+ * its mapping nor pay for its pages.
+ * Returns 0 or -EINVAL (not a sealed memfd, pages not allocated), -EMSGSIZE
+ * (too small), -errno.
  * On error *ret_why names the problem (static string).
  */
 int kvd_memfd_pool_open(int fd, uint32_t slot_count, uint64_t slot_bytes,

@@ -64,7 +64,17 @@ int kvd_memfd_map(int fd, uint64_t need, void **ret_base, const char **ret_why)
                 *ret_why = "the memfd is smaller than what it must hold";
                 return -EMSGSIZE;
         }
-        base = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+        /* The client pays for its pages: a sparse memfd would have the
+         * daemon allocate them as it copies (and MAP_POPULATE would do it
+         * all here, on the event loop). st_blocks is O(1); what a client
+         * can still do (punch holes later) costs us at most need bytes,
+         * which max-pool-bytes-per-client bounds (docs/decisions.md). */
+        if ((uint64_t)st.st_blocks < (need + 511) / 512) {
+                *ret_why = "the memfd's pages are not all allocated (fallocate() it before registering: "
+                           "its memory is the client's to pay for)";
+                return -EINVAL;
+        }
+        base = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (base == MAP_FAILED) {
                 *ret_why = "cannot map the memfd (sealed against writes?)";
                 return -errno;

@@ -30,8 +30,7 @@ static int watch_add(struct kvd_server *s, struct watch *w)
         return epoll_ctl(s->epfd, EPOLL_CTL_ADD, w->fd, &ev) < 0 ? -errno : 0;
 }
 
-int kvd_server_new(const struct kvd_config *cfg, struct kvd_cache *cache, struct kvd_xfer *xfer,
-                   struct kvd_cuda *cuda, struct kvd_server **ret)
+int kvd_server_new(const struct kvd_config *cfg, struct kvd_server **ret)
 {
         struct kvd_server *s;
         sigset_t mask;
@@ -41,9 +40,6 @@ int kvd_server_new(const struct kvd_config *cfg, struct kvd_cache *cache, struct
         if (!s)
                 return -ENOMEM;
         s->cfg = cfg;
-        s->cache = cache;
-        s->xfer = xfer;
-        s->cuda = cuda;
         s->sig_w.fd = -1;
         s->timer_w.fd = -1;
         s->started_ms = kvd_now_ms();
@@ -57,21 +53,18 @@ int kvd_server_new(const struct kvd_config *cfg, struct kvd_cache *cache, struct
                 r = s->rxbuf ? -errno : -ENOMEM;
                 goto err;
         }
+        /* The signals main() blocked: SIGHUP is read too, so that it does
+         * not kill us (reload is not supported yet). */
         sigemptyset(&mask);
         sigaddset(&mask, SIGTERM);
         sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGHUP);
         s->sig_w = (struct watch){ WATCH_SIGNAL, signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC) };
         if (s->sig_w.fd < 0) {
                 r = -errno;
                 goto err;
         }
-        s->xfer_w = (struct watch){ WATCH_XFER, kvd_xfer_fd(xfer) };
-        s->ssd_w = (struct watch){ WATCH_SSD, kvd_cache_ssd_fd(cache) };
         r = watch_add(s, &s->sig_w);
-        if (r == 0)
-                r = watch_add(s, &s->xfer_w);
-        if (r == 0 && s->ssd_w.fd >= 0)
-                r = watch_add(s, &s->ssd_w);
         if (r < 0)
                 goto err;
         /* STATUS= for the service manager, at most once a second and only
@@ -91,6 +84,22 @@ int kvd_server_new(const struct kvd_config *cfg, struct kvd_cache *cache, struct
         return 0;
 err:
         kvd_server_free(s);
+        return r;
+}
+
+int kvd_server_attach(struct kvd_server *s, struct kvd_cache *cache, struct kvd_xfer *xfer,
+                      struct kvd_cuda *cuda)
+{
+        int r;
+
+        s->cache = cache;
+        s->xfer = xfer;
+        s->cuda = cuda;
+        s->xfer_w = (struct watch){ WATCH_XFER, kvd_xfer_fd(xfer) };
+        s->ssd_w = (struct watch){ WATCH_SSD, kvd_cache_ssd_fd(cache) };
+        r = watch_add(s, &s->xfer_w);
+        if (r == 0 && s->ssd_w.fd >= 0)
+                r = watch_add(s, &s->ssd_w);
         return r;
 }
 
@@ -309,11 +318,15 @@ int kvd_server_run(struct kvd_server *s)
 
                         switch (w->type) {
                         case WATCH_SIGNAL:
-                                if (read(w->fd, &si, sizeof(si)) == sizeof(si)) {
-                                        log_info("received %s, stopping", strsignal((int)si.ssi_signo));
-                                        return 0;
+                                if (read(w->fd, &si, sizeof(si)) != sizeof(si))
+                                        break;
+                                if (si.ssi_signo == SIGHUP) {
+                                        log_notice("received SIGHUP: reloading the configuration is not "
+                                                   "supported yet; going on with the running one");
+                                        break;
                                 }
-                                break;
+                                log_info("received %s, stopping", strsignal((int)si.ssi_signo));
+                                return 0;
                         case WATCH_XFER:
                                 kvd_xfer_reap(s->xfer);
                                 break;

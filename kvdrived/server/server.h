@@ -13,17 +13,32 @@
 
 struct kvd_server;
 
-/* cuda (may be NULL: CUDA pools refused) is the caller's, and must outlive
- * the transfer engine (device.h). */
-int kvd_server_new(const struct kvd_config *cfg, struct kvd_cache *cache, struct kvd_xfer *xfer,
-                   struct kvd_cuda *cuda, struct kvd_server **ret);
+/*
+ * Start-up is three steps, so that a daemon claims its socket before it
+ * builds anything costly (a second daemon on a served socket stops before
+ * it maps and locks a host tier):
+ *   kvd_server_new()    - the event loop and the signalfd (SIGTERM, SIGINT,
+ *                         SIGHUP; the caller blocks them); nothing costly
+ *   kvd_server_listen() - the listening sockets; connections queue on the
+ *                         backlog until kvd_server_run()
+ *   kvd_server_attach() - the cache, transfer engine and CUDA loader
+ * then kvd_server_run(). kvd_server_free() may be called after any step.
+ */
+int kvd_server_new(const struct kvd_config *cfg, struct kvd_server **ret);
 
 /* Takes the sockets systemd passed (sd_listen_fds), else binds cfg->socket.
  * Refuses to take over a socket path another daemon is serving. */
 int kvd_server_listen(struct kvd_server *s);
 
-/* Runs until SIGTERM/SIGINT (blocked by the caller and read via signalfd).
- * Returns 0 on a clean stop, -errno on a fatal error. */
+/* Wires the server to what it serves: cache, xfer and cuda are the
+ * caller's. cuda (may be NULL: CUDA pools refused) must outlive the
+ * transfer engine (device.h). 0 or -errno. */
+int kvd_server_attach(struct kvd_server *s, struct kvd_cache *cache, struct kvd_xfer *xfer,
+                      struct kvd_cuda *cuda);
+
+/* Runs until SIGTERM/SIGINT (blocked by the caller and read via signalfd;
+ * SIGHUP is logged and ignored). Returns 0 on a clean stop, -errno on a
+ * fatal error. */
 int kvd_server_run(struct kvd_server *s);
 
 /* Closes every session and listener (unlinking the socket it bound). Batches

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -216,6 +217,20 @@ void kvd_session_bury(struct kvd_server *s)
         }
 }
 
+/*
+ * recvmsg() returns 0 both for an empty SEQPACKET message and at EOF. EOF
+ * is only possible once the peer has shut down its side, and that state
+ * never reverts: if the socket does not say so after the 0, the 0 was an
+ * empty message. If it does, the 0 may still have been an empty message
+ * the client sent just before it went; nobody is left to answer then.
+ */
+static bool peer_gone(int fd)
+{
+        struct pollfd p = { .fd = fd, .events = POLLRDHUP };
+
+        return poll(&p, 1, 0) != 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
+}
+
 void kvd_session_readable(struct kvd_session *ss)
 {
         struct kvd_server *s = ss->server;
@@ -238,8 +253,15 @@ void kvd_session_readable(struct kvd_session *ss)
                 if (n == 0) {
                         for (unsigned i = 0; i < nfds; i++)
                                 close(fds[i]);
-                        kvd_session_close(ss, "client disconnected");
-                        break;
+                        if (peer_gone(ss->w.fd)) {
+                                kvd_session_close(ss, "client disconnected");
+                                break;
+                        }
+                        s->requests++;
+                        kvd_session_send_error(ss, 0, KVDRIVE__ERROR_CODE__E_MALFORMED,
+                                               "empty message: a frame has at least its %u-byte header",
+                                               KVD_FRAME_HDR);
+                        continue;
                 }
                 /* A message's work counts against the turn's budget too:
                  * 64 requests of max-items each would hold the loop. */

@@ -1014,7 +1014,7 @@ int kvd_test_memfd(size_t size, bool seal)
 
         if (fd < 0)
                 return -errno;
-        if (ftruncate(fd, (off_t)size) < 0 ||
+        if (ftruncate(fd, (off_t)size) < 0 || (size && fallocate(fd, 0, 0, (off_t)size) < 0) ||
             (seal && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0)) {
                 int rc = -errno;
 

@@ -149,7 +149,8 @@ int kvd_test_raw_hello(int sock, uint64_t id, uint32_t *ret_max_frame, uint32_t 
 const char *kvd_test_response_str(const Kvdrive__Response *r, char *buf, size_t size);
 
 /*
- * Creates a memfd of size bytes (MFD_CLOEXEC | MFD_ALLOW_SEALING), sealed
- * with F_SEAL_SHRINK if seal is true. fd or -errno.
+ * Creates a memfd of size bytes (MFD_CLOEXEC | MFD_ALLOW_SEALING), its pages
+ * allocated (fallocate, as the daemon requires), sealed with F_SEAL_SHRINK
+ * if seal is true. fd or -errno.
  */
 int kvd_test_memfd(size_t size, bool seal);

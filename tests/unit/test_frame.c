@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Framing: header parse rules and a real SEQPACKET round trip with an fd. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -88,6 +89,21 @@ START_TEST(default_socket_path)
 }
 END_TEST
 
+START_TEST(user_socket_path)
+{
+        char path[108], want[64];
+
+        setenv("XDG_RUNTIME_DIR", "/run/user/4242", 1);
+        ck_assert_int_eq(kvd_user_socket_path(path, sizeof(path)), 0);
+        ck_assert_str_eq(path, "/run/user/4242/kvdrive/kvdrived.sock");
+        ck_assert_int_eq(kvd_user_socket_path(path, 8), -ENAMETOOLONG);
+        unsetenv("XDG_RUNTIME_DIR");
+        ck_assert_int_eq(kvd_user_socket_path(path, sizeof(path)), 0);
+        snprintf(want, sizeof(want), "/tmp/kvdrive-%u/kvdrived.sock", (unsigned)geteuid());
+        ck_assert_str_eq(path, want);
+}
+END_TEST
+
 static Suite *frame_suite(void)
 {
         Suite *s = suite_create("frame");
@@ -96,6 +112,7 @@ static Suite *frame_suite(void)
         tcase_add_test(tc, parse_rules);
         tcase_add_test(tc, send_recv_with_fd);
         tcase_add_test(tc, default_socket_path);
+        tcase_add_test(tc, user_socket_path);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -20,6 +20,7 @@ static int sealed_memfd(size_t len)
 
         ck_assert_int_ge(fd, 0);
         ck_assert_int_eq(ftruncate(fd, (off_t)len), 0);
+        ck_assert_int_eq(fallocate(fd, 0, 0, (off_t)len), 0);
         ck_assert_int_eq(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
         return fd;
 }
@@ -57,6 +58,21 @@ START_TEST(memfd_pool_rules)
         close(fd);
         fd = open("/dev/null", O_RDWR | O_CLOEXEC);
         ck_assert_int_eq(kvd_memfd_pool_open(fd, 1, 4096, &p, &why), -EINVAL);
+        close(fd);
+        /* Sealed and big enough, but sparse: its pages are the client's to
+         * allocate, not ours (the daemon maps it without populating). */
+        fd = memfd_create("sparse", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        ck_assert_int_eq(ftruncate(fd, 16 * 4096), 0);
+        ck_assert_int_eq(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+        why = NULL;
+        ck_assert_int_eq(kvd_memfd_pool_open(fd, 16, 4096, &p, &why), -EINVAL);
+        ck_assert_ptr_nonnull(strstr(why, "not all allocated"));
+        /* Half of it allocated is not enough either. */
+        ck_assert_int_eq(fallocate(fd, 0, 0, 8 * 4096), 0);
+        ck_assert_int_eq(kvd_memfd_pool_open(fd, 16, 4096, &p, &why), -EINVAL);
+        ck_assert_int_eq(fallocate(fd, 0, 8 * 4096, 8 * 4096), 0);
+        ck_assert_int_eq(kvd_memfd_pool_open(fd, 16, 4096, &p, &why), 0);
+        kvd_peer_pool_unref(p);
         close(fd);
 }
 END_TEST

@@ -72,9 +72,17 @@ static int run_client(const char *who, uint32_t question, bool writer)
 
         make_tokens(tokens, question);
         n = kvc_key_prefix_chain(tokens, TOKENS, geometry.block_tokens, keys, MAX_BLOCKS);
-        r = kvc_connect(socket_path, who, &c);
-        if (r < 0)
-                return die(who, "connect", r);
+        {
+                char report[1024];
+                struct kvc_connect_opts o = { .size = sizeof(o), .path = socket_path, .name = who,
+                                              .report = report, .report_size = sizeof(report) };
+
+                r = kvc_connect_opts(&o, &c);
+                if (r < 0) {
+                        fprintf(stderr, "kvdrive-demo %s: tried:\n%s", who, report);
+                        return die(who, "connect", r);
+                }
+        }
         r = kvc_register_namespace(c, "demo/llama-3-8b/f16", &geometry, &ns, &block_bytes);
         if (r < 0) {
                 ret = die(who, "register namespace", r);

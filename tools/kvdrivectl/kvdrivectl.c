@@ -71,18 +71,28 @@ static void usage(FILE *f)
         fprintf(f, "\nExit status: 0 ok, 1 daemon unreachable or request failed, 2 usage.\n");
 }
 
-static const char *socket_name(const struct ctl *ctl)
+/* Prints each line of the library's connect report, indented. */
+static void print_report(const char *report)
 {
-        return ctl->socket ? ctl->socket : "the default socket";
+        while (*report) {
+                size_t n = strcspn(report, "\n");
+
+                fprintf(stderr, "  %.*s\n", (int)n, report);
+                report += n + (report[n] == '\n');
+        }
 }
 
 static int connect_daemon(const struct ctl *ctl, kvc_client **ret)
 {
-        int err = kvc_connect(ctl->socket, "kvdrivectl", ret);
+        char report[1024];
+        struct kvc_connect_opts o = { .size = sizeof(o), .path = ctl->socket, .name = "kvdrivectl",
+                                      .report = report, .report_size = sizeof(report) };
+        int err = kvc_connect_opts(&o, ret);
 
-        if (err < 0)
-                fprintf(stderr, "kvdrivectl: kvdrived is not reachable at %s: %s\n",
-                        socket_name(ctl), kvc_strerror(err));
+        if (err < 0) {
+                fprintf(stderr, "kvdrivectl: kvdrived is not reachable: %s; tried:\n", kvc_strerror(err));
+                print_report(report);
+        }
         return err;
 }
 

@@ -108,13 +108,47 @@ typedef struct kvc_client kvc_client;
 typedef struct kvc_pool kvc_pool;
 
 /*
- * Connects to the daemon at path (NULL: $KVDRIVE_SOCKET, else the system
- * socket /run/kvdrive/kvdrived.sock for root, else
- * $XDG_RUNTIME_DIR/kvdrive/kvdrived.sock) and says Hello. name identifies
- * the client in the daemon's logs (may be NULL). The caller frees the client
- * with kvc_disconnect().
+ * Connects to the daemon at path and says Hello. name identifies the client
+ * in the daemon's logs (may be NULL). The caller frees the client with
+ * kvc_disconnect().
+ *
+ * path NULL searches, in this order, for every user (root included):
+ *  1. $KVDRIVE_SOCKET, when set: an explicit choice, used as is, alone;
+ *  2. the system socket /run/kvdrive/kvdrived.sock (kvdrived.socket);
+ *  3. the per-user socket $XDG_RUNTIME_DIR/kvdrive/kvdrived.sock, or
+ *     /tmp/kvdrive-$EUID/kvdrived.sock without XDG_RUNTIME_DIR.
+ * A default socket (2, 3) is trusted only if its directory is a real
+ * directory (not a symlink) owned by root or by the caller's euid and not
+ * writable by group or others; an untrusted one is skipped (a directory
+ * someone else made could hold their daemon, which would get our pools).
+ * The first socket that answers is used; a daemon that answers but refuses
+ * the Hello ends the search with its error.
+ *
+ * Returns 0, or -errno: -ENOENT when no socket exists, else the first other
+ * failure met (-EACCES no permission, -ECONNREFUSED nobody listens, -EPERM
+ * directory not trusted), or the Hello's error. kvc_connect_opts() says
+ * which paths were tried and why each failed.
  */
 int kvc_connect(const char *path, const char *name, kvc_client **ret);
+
+/* Options of kvc_connect_opts(). Zero it, set size, then what you need. */
+struct kvc_connect_opts {
+        size_t size;            /* sizeof(struct kvc_connect_opts) */
+        const char *path;       /* as kvc_connect()'s path: NULL searches */
+        const char *name;       /* as kvc_connect()'s name, may be NULL */
+        /* If not NULL: report_size bytes (the caller's) that receive the
+         * report, NUL-terminated (cut to fit): one line per path tried,
+         * "PATH: why it failed" or "PATH: connected". */
+        char *report;
+        size_t report_size;
+};
+
+/*
+ * kvc_connect() with options, and a report of the search for the caller to
+ * show (the library does not log). Returns what kvc_connect() does, or
+ * -EINVAL (opts NULL or opts->size too small).
+ */
+int kvc_connect_opts(const struct kvc_connect_opts *opts, kvc_client **ret);
 
 /* Closes the connection and frees the client. Requests still in flight are
  * abandoned (the daemon releases them). Pools created on c must be freed
