@@ -335,6 +335,13 @@ int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret)
                 r = -ENOMEM;
                 goto err;
         }
+        /* The SSD directories first: a daemon that may not have them (another
+         * holds them, one is missing) stops before it maps and mlocks memory. */
+        if (cfg->ssd_bytes) {
+                r = kvd_ssd_new(cfg, &c->ssd);
+                if (r < 0)
+                        goto err;
+        }
         r = kvd_host_new(cfg, &c->host);
         if (r < 0)
                 goto err;
@@ -348,9 +355,7 @@ int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret)
                 struct timespec t0, t1;
                 int64_t kept;
 
-                r = kvd_ssd_new(cfg, c->host, &c->ssd);
-                if (r < 0)
-                        goto err;
+                kvd_ssd_attach_host(c->ssd, c->host);
                 c->ssd_tier = kvd_ssd_tier(c->ssd);
                 clock_gettime(CLOCK_MONOTONIC, &t0);
                 kept = kvd_ssd_recover(c->ssd, recover_slot, c);

@@ -73,7 +73,8 @@ typedef void (*kvd_wait_fn)(void *ctx, uint32_t item, bool ok);
 struct kvd_cache;
 
 /* Creates the host tier and, when cfg->ssd_bytes, the SSD tier (and rebuilds
- * the index from it). */
+ * the index from it). The SSD directories are claimed first, so that a
+ * daemon that may not use them stops before it maps its host memory. */
 int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret);
 /* First step of a stop, once no session is left: items waiting for host
  * room give up, later waits are refused, and SSD I/O in flight runs to its

@@ -22,6 +22,7 @@
 
 #define MAX_DIRS 8
 #define FILE_NAME "kvdrive.ssd"
+#define LOCK_NAME "kvdrive.lock"
 #define PAGE KVD_SLAB_PAGE
 
 enum op_kind { OP_READ, OP_WRITE, OP_INVALIDATE };
@@ -44,6 +45,7 @@ struct op {
 
 struct ssd_file {
         int fd;
+        int lock_fd;            /* kvdrive.lock, locked (OFD) for our life */
         char path[PATH_MAX];
 };
 
@@ -498,17 +500,68 @@ void kvd_ssd_stats(const struct kvd_ssd *s, struct kvd_ssd_stats *ret)
 
 /* ---- set-up and recovery -------------------------------------------- */
 
+/* Claims dir for this daemon: an exclusive OFD lock on dir/kvdrive.lock,
+ * held (the fd open) for the daemon's life, with our pid in the file for
+ * whoever finds it locked. The lock, not the file, is what counts: a file
+ * left by a dead daemon is no obstacle. */
+static int lock_dir(struct ssd_file *f, const char *dir)
+{
+        struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+        char path[PATH_MAX], holder[24];
+        ssize_t n;
+        int r;
+
+        if ((size_t)snprintf(path, sizeof(path), "%s/" LOCK_NAME, dir) >= sizeof(path))
+                return -ENAMETOOLONG;
+        f->lock_fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (f->lock_fd < 0) {
+                r = -errno;
+                log_error("SSD tier: cannot open the lock file %s: %s", path, strerror(-r));
+                return r;
+        }
+        if (fcntl(f->lock_fd, F_OFD_SETLK, &fl) == 0) {
+                n = snprintf(holder, sizeof(holder), "%ld\n", (long)getpid());
+                if (ftruncate(f->lock_fd, 0) < 0 || pwrite(f->lock_fd, holder, (size_t)n, 0) != n)
+                        log_warning("SSD tier: cannot write our pid into %s: %m", path);
+                return 0;
+        }
+        r = -errno;
+        if (r != -EAGAIN && r != -EACCES) {
+                log_error("SSD tier: cannot lock %s: %s", path, strerror(-r));
+                return r;
+        }
+        n = pread(f->lock_fd, holder, sizeof(holder) - 1, 0);
+        holder[n > 0 ? n : 0] = '\0';
+        holder[strspn(holder, "0123456789")] = '\0';
+        if (holder[0] && strtol(holder, NULL, 10) == (long)getpid())
+                /* OFD locks conflict within a process too. */
+                log_error("SSD tier: %s is named twice in ssd-dir (perhaps by another path)", dir);
+        else
+                log_error("SSD tier: %s is in use by another kvdrived (pid %s, holding %s); "
+                          "two daemons must not share an SSD directory", dir, holder[0] ? holder : "unknown", path);
+        return -EBUSY;
+}
+
 static int open_dir(struct kvd_ssd *s, const char *dir, uint64_t bytes)
 {
         struct ssd_file *f = &s->files[s->n_files];
         struct stat st;
         int r;
 
-        if (mkdir(dir, 0750) < 0 && errno != EEXIST) {
+        /* Never created here: a mistyped mount point would fill another disk. */
+        if (stat(dir, &st) < 0) {
                 r = -errno;
-                log_error("SSD tier: cannot create %s: %s", dir, strerror(-r));
+                log_error("SSD tier: directory %s: %s (ssd-dir names existing directories; kvdrived does not "
+                          "create them)", dir, strerror(-r));
                 return r;
         }
+        if (!S_ISDIR(st.st_mode)) {
+                log_error("SSD tier: %s is not a directory", dir);
+                return -ENOTDIR;
+        }
+        r = lock_dir(f, dir);
+        if (r < 0)
+                return r;
         if ((size_t)snprintf(f->path, sizeof(f->path), "%s/" FILE_NAME, dir) >= sizeof(f->path))
                 return -ENAMETOOLONG;
         f->fd = open(f->path, O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
@@ -526,20 +579,24 @@ static int open_dir(struct kvd_ssd *s, const char *dir, uint64_t bytes)
                 }
                 return r;
         }
-        if (fstat(f->fd, &st) == 0 && (uint64_t)st.st_size > bytes)
+        if (fstat(f->fd, &st) < 0) {
+                r = -errno;
+                log_error("SSD tier: cannot stat %s: %s", f->path, strerror(-r));
+                return r;
+        }
+        if ((uint64_t)st.st_size > bytes)
                 log_notice("SSD tier: %s is larger (%" PRIu64 " MiB) than its share of ssd-bytes; the rest is "
                            "ignored", f->path, (uint64_t)st.st_size >> 20);
         s->n_files++;
         return 0;
 }
 
-int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_host *host, struct kvd_ssd **ret)
+int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_ssd **ret)
 {
         struct io_uring_params p = { 0 };
         char dirs[sizeof(cfg->ssd_dirs)], *save = NULL;
         struct kvd_ssd *s;
         uint64_t per_file;
-        void *base;
         int r;
 
         s = calloc(1, sizeof(*s));
@@ -552,7 +609,7 @@ int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_host *host, struct kvd_
         s->extent_bytes = cfg->ssd_extent_bytes;
         snprintf(s->st.condition, sizeof(s->st.condition), "ok");
         for (unsigned i = 0; i < MAX_DIRS; i++)
-                s->files[i].fd = -1;
+                s->files[i].fd = s->files[i].lock_fd = -1;
         memcpy(dirs, cfg->ssd_dirs, sizeof(dirs));
         for (char *d = strtok_r(dirs, ",", &save); d; d = strtok_r(NULL, ",", &save)) {
                 if (s->n_files == MAX_DIRS) {
@@ -603,6 +660,19 @@ int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_host *host, struct kvd_
                 r = -errno;
                 goto err;
         }
+        *ret = s;
+        return 0;
+err:
+        kvd_ssd_free(s);
+        return r;
+}
+
+void kvd_ssd_attach_host(struct kvd_ssd *s, struct kvd_host *host)
+{
+        const struct kvd_config *cfg = s->cfg;
+        void *base;
+        unsigned n;
+        int r = -ENOMEM;
 
         /* Fixed buffers: the header arena, then the host pool in chunks of
          * whole extents up to 1 GiB (a registered buffer's limit). */
@@ -611,35 +681,28 @@ int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_host *host, struct kvd_
         s->host_chunk = (UINT64_C(1) << 30) / cfg->host_extent_bytes * cfg->host_extent_bytes;
         if (s->host_chunk == 0)
                 s->host_chunk = cfg->host_extent_bytes;
+        n = 1 + (unsigned)((s->host_len + s->host_chunk - 1) / s->host_chunk);
         {
-                unsigned n = 1 + (unsigned)((s->host_len + s->host_chunk - 1) / s->host_chunk);
                 struct iovec *iov = calloc(n, sizeof(*iov));
 
-                if (!iov) {
-                        r = -ENOMEM;
-                        goto err;
-                }
-                iov[0] = (struct iovec){ s->arena, (size_t)s->qd * PAGE };
-                for (unsigned i = 1; i < n; i++) {
-                        uint64_t o = (uint64_t)(i - 1) * s->host_chunk;
+                if (iov) {
+                        iov[0] = (struct iovec){ s->arena, (size_t)s->qd * PAGE };
+                        for (unsigned i = 1; i < n; i++) {
+                                uint64_t o = (uint64_t)(i - 1) * s->host_chunk;
 
-                        iov[i] = (struct iovec){ s->host_base + o, MIN(s->host_chunk, s->host_len - o) };
+                                iov[i] = (struct iovec){ s->host_base + o, MIN(s->host_chunk, s->host_len - o) };
+                        }
+                        r = io_uring_register_buffers(&s->ring, iov, n);
+                        free(iov);
                 }
-                r = io_uring_register_buffers(&s->ring, iov, n);
-                free(iov);
-                s->fixed = r == 0;
-                if (r < 0)
-                        log_warning("SSD tier: cannot register the host pool as io_uring fixed buffers (%s); "
-                                    "using plain O_DIRECT reads and writes", strerror(-r));
         }
+        s->fixed = r == 0;
+        if (r < 0)
+                log_warning("SSD tier: cannot register the host pool as io_uring fixed buffers (%s); "
+                            "using plain O_DIRECT reads and writes", strerror(-r));
         log_info("SSD tier: %" PRIu64 " MiB in %u extents of %" PRIu64 " MiB over %u director%s, queue depth %u%s",
                  (uint64_t)s->n_extents * s->extent_bytes >> 20, s->n_extents, s->extent_bytes >> 20, s->n_files,
                  s->n_files == 1 ? "y" : "ies", s->qd, s->fixed ? ", fixed buffers" : "");
-        *ret = s;
-        return 0;
-err:
-        kvd_ssd_free(s);
-        return r;
 }
 
 void kvd_ssd_drain(struct kvd_ssd *s)
@@ -674,8 +737,13 @@ struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s)
                 io_uring_queue_exit(&s->ring);
         if (s->efd >= 0)
                 close(s->efd);
-        for (unsigned i = 0; i < s->n_files; i++)
-                close(s->files[i].fd);
+        /* The locks go with their fds: only now may another daemon come. */
+        for (unsigned i = 0; i < MAX_DIRS; i++) {
+                if (s->files[i].fd >= 0)
+                        close(s->files[i].fd);
+                if (s->files[i].lock_fd >= 0)
+                        close(s->files[i].lock_fd);
+        }
         kvd_slab_free(s->slab);
         free(s->provisioned);
         free(s->extent_gen);

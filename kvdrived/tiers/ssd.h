@@ -8,6 +8,9 @@
  * Event-loop thread only: submissions, completions (callbacks run from
  * kvd_ssd_reap()) and the allocator. An operation, once started, belongs to
  * the tier until its callback runs; its host page must stay put till then.
+ *
+ * Each directory is claimed with an exclusive lock (kvdrive.lock, holding the
+ * daemon's pid) for the daemon's life, so two daemons never share one.
  */
 #pragma once
 
@@ -43,9 +46,15 @@ struct kvd_ssd_stats {
  * read: file truncated), or the I/O's -errno. */
 typedef void (*kvd_ssd_cb)(void *ctx, int result);
 
-/* Opens (creating) the files in cfg->ssd_dirs and registers host's pool as
- * fixed buffers. Fails with a clear message if a directory refuses O_DIRECT. */
-int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_host *host, struct kvd_ssd **ret);
+/* Claims the directories in cfg->ssd_dirs (each must exist; -EBUSY with a
+ * message naming it and the holder's pid if another daemon holds its lock)
+ * and opens (creating) the file in each. Fails with a clear message if a
+ * directory refuses O_DIRECT. Needs no host tier, so that a daemon that may
+ * not run stops before it maps and mlocks its host memory. */
+int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_ssd **ret);
+/* Registers host's pool as io_uring fixed buffers (plain O_DIRECT I/O if
+ * that is refused) and says the tier is ready. Before any I/O. */
+void kvd_ssd_attach_host(struct kvd_ssd *s, struct kvd_host *host);
 /* Runs every queued and in-flight operation to its end (callbacks run,
  * and may queue more, which run too). */
 void kvd_ssd_drain(struct kvd_ssd *s);
