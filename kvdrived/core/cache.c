@@ -411,6 +411,17 @@ bool kvd_cache_has_ssd(const struct kvd_cache *c)
         return c->ssd != NULL;
 }
 
+bool kvd_cache_ssd_damaged(const struct kvd_cache *c)
+{
+        return c->ssd && kvd_ssd_damaged(c->ssd);
+}
+
+void kvd_cache_tick(struct kvd_cache *c)
+{
+        if (c->ssd && !kvd_ssd_damaged(c->ssd))
+                kvd_ssd_check(c->ssd);
+}
+
 void kvd_cache_host_region(const struct kvd_cache *c, void **ret_base, uint64_t *ret_len,
                            uint64_t *ret_extent_bytes)
 {
@@ -691,7 +702,7 @@ uint64_t kvd_cache_write_back(struct kvd_cache *c)
 {
         uint64_t started = 0;
 
-        if (!c->ssd)
+        if (!c->ssd || kvd_ssd_damaged(c->ssd))
                 return 0;
         for (int k = 0; k < KVD_SLAB_MAX_CLASSES; k++) {
                 uint32_t id = c->lru[k].head;
@@ -737,7 +748,8 @@ static int make_room(struct kvd_cache *c, int klass)
                         c->evictions++;
                         continue;
                 }
-                if (c->ssd && admitted(c, b)) {
+                /* Never into a damaged tier: the block is dropped, counted. */
+                if (c->ssd && admitted(c, b) && !kvd_ssd_damaged(c->ssd)) {
                         if (c->evict_writes >= MAX_EVICT_WRITES)
                                 return -EAGAIN;
                         if (start_write(c, victim, false, true, true, NULL, NULL, 0) == 0)
@@ -800,7 +812,11 @@ int kvd_cache_put_commit(struct kvd_cache *c, uint32_t id, bool durable, kvd_wai
         c->ns[b->ns].blocks++;
         c->puts++;
         lru_update(c, id, true);
-        if (c->ssd && (durable || c->cfg->ssd_write_through)) {
+        /* A damaged tier makes nothing durable: a durable Put fails (the
+         * block stays in host memory); write-through stops (see cache.h). */
+        if (c->ssd && durable && kvd_ssd_damaged(c->ssd)) {
+                r = -EIO;
+        } else if (c->ssd && (durable || c->cfg->ssd_write_through) && !kvd_ssd_damaged(c->ssd)) {
                 r = start_write(c, id, durable, false, true, fn, ctx, item);
                 r = r == 0 ? 1 : r;
         }
@@ -1078,6 +1094,7 @@ void kvd_cache_stats(const struct kvd_cache *c, struct kvd_cache_stats *ret)
                 ret->ssd_write_errors = ss.write_errors;
                 ret->crc_failures = ss.crc_failures;
                 ret->ssd_full = ss.full;
+                ret->ssd_damaged = ss.damaged;
                 memcpy(ret->ssd_condition, ss.condition, sizeof(ret->ssd_condition));
         }
 }

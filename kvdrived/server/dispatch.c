@@ -684,6 +684,7 @@ static void handle_stats(struct kvd_session *ss, uint64_t id)
                 ssd.dropped = cs.dropped;
                 ssd.condition = cs.ssd_condition;
                 ssd.full = cs.ssd_full;
+                ssd.damaged = cs.ssd_damaged;
         }
         for (uint32_t i = 0; i < n_ns; i++) {
                 const struct kvd_ns *ns = kvd_cache_ns(s->cache, i);

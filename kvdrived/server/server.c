@@ -74,10 +74,11 @@ int kvd_server_new(const struct kvd_config *cfg, struct kvd_cache *cache, struct
                 r = watch_add(s, &s->ssd_w);
         if (r < 0)
                 goto err;
-        /* STATUS= for the service manager, at most once a second and only
-         * when it changed: sd_notify blocks if the manager is slow to read,
-         * and per-event updates would hand it a datagram per connection. */
-        if (getenv("NOTIFY_SOCKET")) {
+        /* A tick a second: STATUS= for the service manager, at most once a
+         * second and only when it changed (sd_notify blocks if the manager
+         * is slow to read, and per-event updates would hand it a datagram
+         * per connection); and the SSD tier's damage check. */
+        if (getenv("NOTIFY_SOCKET") || kvd_cache_has_ssd(cache)) {
                 struct itimerspec its = { .it_interval = { 1, 0 }, .it_value = { 1, 0 } };
 
                 s->timer_w = (struct watch){ WATCH_TIMER, timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC) };
@@ -260,8 +261,11 @@ int kvd_server_run(struct kvd_server *s)
                                 kvd_cache_ssd_reap(s->cache);
                                 break;
                         case WATCH_TIMER:
-                                if (read(w->fd, &ticks, sizeof(ticks)) == sizeof(ticks))
+                                if (read(w->fd, &ticks, sizeof(ticks)) != sizeof(ticks))
+                                        break;
+                                if (getenv("NOTIFY_SOCKET"))
                                         notify_status(s);
+                                kvd_cache_tick(s->cache);
                                 break;
                         case WATCH_LISTEN:
                                 for (int k = 0; k < 16; k++) {
