@@ -93,14 +93,16 @@ int main(int argc, char **argv)
                 }
         }
         /* Signals are read from a signalfd by the loop; SIGPIPE never kills
-         * us (sends use MSG_NOSIGNAL, but be safe). Blocked before any thread
-         * starts, so workers inherit the mask. */
+         * us (sends use MSG_NOSIGNAL, but be safe), nor SIGXFSZ (an SSD write
+         * past ulimit -f fails with EFBIG instead, which the tier handles).
+         * Blocked before any thread starts, so workers inherit the mask. */
         sigemptyset(&mask);
         sigaddset(&mask, SIGTERM);
         sigaddset(&mask, SIGINT);
         sigaddset(&mask, SIGHUP);
         sigprocmask(SIG_BLOCK, &mask, NULL);
         signal(SIGPIPE, SIG_IGN);
+        signal(SIGXFSZ, SIG_IGN);
 
         /* The socket first: a second daemon on a served socket stops here,
          * before it maps and locks a host tier. Clients that connect while

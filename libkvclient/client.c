@@ -991,6 +991,10 @@ static void copy_str(char *dst, size_t size, const char *src)
         snprintf(dst, size, "%s", src ? src : "");
 }
 
+/* kvc_tier_stats.damaged went into the tail padding: programs built before
+ * it index kvc_stats.tiers[] with the same stride. */
+_Static_assert(sizeof(void *) != 8 || sizeof(struct kvc_tier_stats) == 248, "kvc_tier_stats keeps its size");
+
 static int stats_from_wire(const Kvdrive__StatsReply *w, struct kvc_stats **ret)
 {
         struct kvc_stats *s = calloc(1, sizeof(*s));
@@ -1060,6 +1064,7 @@ static int stats_from_wire(const Kvdrive__StatsReply *w, struct kvc_stats **ret)
                 o->promotions = t->promotions;
                 o->dropped = t->dropped;
                 o->full = t->full;
+                o->damaged = t->damaged;
                 copy_str(o->condition, sizeof(o->condition), t->condition);
         }
         s->n_namespaces = (uint32_t)w->n_namespaces;

@@ -333,6 +333,13 @@ int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret)
                 r = -ENOMEM;
                 goto err;
         }
+        /* The SSD directories first: a daemon that may not have them (another
+         * holds them, one is missing) stops before it maps and mlocks memory. */
+        if (cfg->ssd_bytes) {
+                r = kvd_ssd_new(cfg, &c->ssd);
+                if (r < 0)
+                        goto err;
+        }
         r = kvd_host_new(cfg, &c->host);
         if (r < 0)
                 goto err;
@@ -343,23 +350,20 @@ int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret)
         if (r < 0)
                 goto err;
         if (cfg->ssd_bytes) {
-                struct timespec t0, t1;
+                uint64_t t0;
                 int64_t kept;
 
-                r = kvd_ssd_new(cfg, c->host, &c->ssd);
-                if (r < 0)
-                        goto err;
+                kvd_ssd_attach_host(c->ssd, c->host);
                 c->ssd_tier = kvd_ssd_tier(c->ssd);
-                clock_gettime(CLOCK_MONOTONIC, &t0);
+                t0 = kvd_now_ns();
                 kept = kvd_ssd_recover(c->ssd, recover_slot, c);
-                clock_gettime(CLOCK_MONOTONIC, &t1);
                 if (kept < 0) {
                         r = (int)kept;
                         log_error("SSD tier: recovery failed: %s", strerror(-r));
                         goto err;
                 }
                 log_info("SSD tier: recovered %" PRId64 " blocks in %u namespaces in %.3f s", kept, c->n_ns,
-                         (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+                         (double)(kvd_now_ns() - t0) / 1e9);
                 report_skipped(c);
         }
         *ret = c;
@@ -406,6 +410,17 @@ void kvd_cache_flush(struct kvd_cache *c)
 bool kvd_cache_has_ssd(const struct kvd_cache *c)
 {
         return c->ssd != NULL;
+}
+
+bool kvd_cache_ssd_damaged(const struct kvd_cache *c)
+{
+        return c->ssd && kvd_ssd_damaged(c->ssd);
+}
+
+void kvd_cache_tick(struct kvd_cache *c)
+{
+        if (c->ssd && !kvd_ssd_damaged(c->ssd))
+                kvd_ssd_check(c->ssd);
 }
 
 void kvd_cache_host_region(const struct kvd_cache *c, void **ret_base, uint64_t *ret_len,
@@ -727,7 +742,7 @@ uint64_t kvd_cache_write_back(struct kvd_cache *c)
 {
         uint64_t started = 0;
 
-        if (!c->ssd)
+        if (!c->ssd || kvd_ssd_damaged(c->ssd))
                 return 0;
         for (uint32_t t = 0; t < c->n_tenants; t++)
                 for (int k = 0; k < KVD_SLAB_MAX_CLASSES; k++) {
@@ -765,7 +780,8 @@ static int evict_host_copy(struct kvd_cache *c, uint32_t victim)
                 c->evictions++;
                 return 0;
         }
-        if (c->ssd && admitted(c, b)) {
+        /* Never into a damaged tier: the block is dropped, counted. */
+        if (c->ssd && admitted(c, b) && !kvd_ssd_damaged(c->ssd)) {
                 if (c->evict_writes >= MAX_EVICT_WRITES)
                         return -EAGAIN;
                 if (start_write(c, victim, false, true, true, NULL, NULL, 0) == 0)
@@ -876,7 +892,11 @@ int kvd_cache_put_commit(struct kvd_cache *c, uint32_t id, bool durable, kvd_wai
         c->ns[b->ns].blocks++;
         c->puts++;
         lru_update(c, id, true);
-        if (c->ssd && (durable || c->cfg->ssd_write_through)) {
+        /* A damaged tier makes nothing durable: a durable Put fails (the
+         * block stays in host memory); write-through stops (see cache.h). */
+        if (c->ssd && durable && kvd_ssd_damaged(c->ssd)) {
+                r = -EIO;
+        } else if (c->ssd && (durable || c->cfg->ssd_write_through) && !kvd_ssd_damaged(c->ssd)) {
                 r = start_write(c, id, durable, false, true, fn, ctx, item);
                 r = r == 0 ? 1 : r;
         }
@@ -1202,6 +1222,7 @@ void kvd_cache_stats(const struct kvd_cache *c, struct kvd_cache_stats *ret)
                 ret->ssd_write_errors = ss.write_errors;
                 ret->crc_failures = ss.crc_failures;
                 ret->ssd_full = ss.full;
+                ret->ssd_damaged = ss.damaged;
                 memcpy(ret->ssd_condition, ss.condition, sizeof(ret->ssd_condition));
         }
 }

@@ -91,6 +91,7 @@ struct kvd_cache_stats {
         uint64_t ssd_busy_ns;           /* time with SSD I/O in flight */
         uint64_t ssd_read_errors, ssd_write_errors, crc_failures;
         bool ssd_full;
+        bool ssd_damaged;       /* see tiers/ssd.h */
         char ssd_condition[96];
         uint64_t spec_promotions, scores;
         const char *eviction;   /* "heat" or "lru" */
@@ -102,7 +103,8 @@ typedef void (*kvd_wait_fn)(void *ctx, uint32_t item, bool ok);
 struct kvd_cache;
 
 /* Creates the host tier and, when cfg->ssd_bytes, the SSD tier (and rebuilds
- * the index from it). */
+ * the index from it). The SSD directories are claimed first, so that a
+ * daemon that may not use them stops before it maps its host memory. */
 int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret);
 /* First step of a stop, once no session is left: items waiting for host
  * room give up, later waits are refused, and SSD I/O in flight runs to its
@@ -124,6 +126,10 @@ void kvd_cache_ssd_reap(struct kvd_cache *c);
 /* Submits queued SSD I/O (one system call); call before sleeping. */
 void kvd_cache_flush(struct kvd_cache *c);
 bool kvd_cache_has_ssd(const struct kvd_cache *c);
+/* The SSD tier is damaged (tiers/ssd.h): durable Puts cannot be had. */
+bool kvd_cache_ssd_damaged(const struct kvd_cache *c);
+/* About once a second from the loop: the SSD tier's damage check. */
+void kvd_cache_tick(struct kvd_cache *c);
 
 /* The host tier's memory (for the CUDA backend to page-lock) and its extent
  * size (no host page crosses a multiple of it). */
@@ -194,7 +200,8 @@ int kvd_cache_put_reserve(struct kvd_cache *c, const struct kvd_bkey *k, uint32_
  * tier writes through, the block is also written to SSD (RWF_DSYNC when
  * durable) and fn(ctx, item, ok) runs when that write ends. Returns 1 if fn
  * will be called, 0 if there is nothing to wait for, -errno if no write
- * could be started (the block is READY in host all the same).
+ * could be started (the block is READY in host all the same). A damaged SSD
+ * tier: durable gets -EIO; write-through writes nothing (0).
  */
 int kvd_cache_put_commit(struct kvd_cache *c, uint32_t id, bool durable, kvd_wait_fn fn, void *ctx,
                           uint32_t item);

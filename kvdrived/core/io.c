@@ -189,6 +189,12 @@ static void item_run(struct kvd_io *io, uint32_t i)
         int r;
 
         if (io->kind == KVD_IO_PUT) {
+                /* Nothing can be made durable now: not even "exists" (the
+                 * block may be in host memory only) is true of a durable Put. */
+                if (io->durable && kvd_cache_ssd_damaged(io->cache)) {
+                        finish(io, i, KVD_ITEM_ERROR);
+                        return;
+                }
                 r = kvd_cache_put_reserve(io->cache, &k, &id, &host);
                 if (r == -EINPROGRESS)
                         r = kvd_cache_wait_pending(io->cache, id, pending_done, io, i) == 0 ? -EINPROGRESS

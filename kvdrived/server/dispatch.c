@@ -961,6 +961,7 @@ static void handle_stats(struct kvd_session *ss, uint64_t id)
                 ssd.dropped = cs.dropped;
                 ssd.condition = cs.ssd_condition;
                 ssd.full = cs.ssd_full;
+                ssd.damaged = cs.ssd_damaged;
         }
         /* A peer sees the namespaces it may use; an admin sees all. */
         for (uint32_t k = 0; k < kvd_cache_ns_slots(s->cache) && n_shown < n_ns; k++) {

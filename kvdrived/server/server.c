@@ -67,19 +67,6 @@ int kvd_server_new(const struct kvd_config *cfg, struct kvd_server **ret)
         r = watch_add(s, &s->sig_w);
         if (r < 0)
                 goto err;
-        /* STATUS= for the service manager, at most once a second and only
-         * when it changed: sd_notify blocks if the manager is slow to read,
-         * and per-event updates would hand it a datagram per connection. */
-        if (getenv("NOTIFY_SOCKET")) {
-                struct itimerspec its = { .it_interval = { 1, 0 }, .it_value = { 1, 0 } };
-
-                s->timer_w = (struct watch){ WATCH_TIMER, timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC) };
-                if (s->timer_w.fd < 0 || timerfd_settime(s->timer_w.fd, 0, &its, NULL) < 0 ||
-                    (r = watch_add(s, &s->timer_w)) < 0) {
-                        r = -errno;
-                        goto err;
-                }
-        }
         *ret = s;
         return 0;
 err:
@@ -100,6 +87,20 @@ int kvd_server_attach(struct kvd_server *s, struct kvd_cache *cache, struct kvd_
         r = watch_add(s, &s->xfer_w);
         if (r == 0 && s->ssd_w.fd >= 0)
                 r = watch_add(s, &s->ssd_w);
+        if (r < 0)
+                return r;
+        /* A tick a second: STATUS= for the service manager, at most once a
+         * second and only when it changed (sd_notify blocks if the manager
+         * is slow to read, and per-event updates would hand it a datagram
+         * per connection); and the SSD tier's damage check. */
+        if (getenv("NOTIFY_SOCKET") || kvd_cache_has_ssd(cache)) {
+                struct itimerspec its = { .it_interval = { 1, 0 }, .it_value = { 1, 0 } };
+
+                s->timer_w = (struct watch){ WATCH_TIMER, timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC) };
+                if (s->timer_w.fd < 0 || timerfd_settime(s->timer_w.fd, 0, &its, NULL) < 0)
+                        return -errno;
+                r = watch_add(s, &s->timer_w);
+        }
         return r;
 }
 
@@ -334,8 +335,11 @@ int kvd_server_run(struct kvd_server *s)
                                 kvd_cache_ssd_reap(s->cache);
                                 break;
                         case WATCH_TIMER:
-                                if (read(w->fd, &ticks, sizeof(ticks)) == sizeof(ticks))
+                                if (read(w->fd, &ticks, sizeof(ticks)) != sizeof(ticks))
+                                        break;
+                                if (getenv("NOTIFY_SOCKET"))
                                         notify_status(s);
+                                kvd_cache_tick(s->cache);
                                 break;
                         case WATCH_LISTEN:
                                 for (int k = 0; k < 16; k++) {

@@ -7,10 +7,12 @@
 #include <isa-l/crc.h>
 #include <liburing.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <unistd.h>
@@ -22,7 +24,10 @@
 
 #define MAX_DIRS 8
 #define FILE_NAME "kvdrive.ssd"
+#define LOCK_NAME "kvdrive.lock"
 #define PAGE KVD_SLAB_PAGE
+/* Extent headers kvd_ssd_check() reads back per call. */
+#define SCRUB_PER_CHECK 8
 
 enum op_kind { OP_READ, OP_WRITE, OP_INVALIDATE };
 
@@ -37,6 +42,7 @@ struct op {
         unsigned want;          /* bytes the I/O moves */
         int arena;              /* invalidation's header buffer, else -1 */
         int result;
+        bool short_io;          /* moved fewer bytes than asked */
         kvd_ssd_cb cb;
         void *ctx;
         struct kvd_slot_header hdr; /* write: header to write; read: expected key in it */
@@ -44,6 +50,10 @@ struct op {
 
 struct ssd_file {
         int fd;
+        int lock_fd;            /* kvdrive.lock, locked (OFD) for our life */
+        dev_t dev;              /* the file we opened, to tell a replacement */
+        ino_t ino;
+        uint64_t size;          /* bytes provisioned: it must not be shorter */
         char path[PATH_MAX];
 };
 
@@ -74,7 +84,12 @@ struct kvd_ssd {
         unsigned qd, inflight, queued;
         uint64_t busy_since_ns;         /* inflight went above 0 */
         bool unsubmitted;               /* SQEs prepared, not yet submitted */
-        struct kvd_ssd_stats st;
+        /* Damage checks before a durable write is reported done: once per
+         * pass over the completions for the files, and for the extent. */
+        uint64_t pass, files_checked_pass, extent_checked_pass;
+        uint32_t extent_checked;
+        uint32_t scrub_next;            /* next extent header kvd_ssd_check() reads */
+        struct kvd_ssd_stats st;        /* st.damaged: see ssd.h */
 };
 
 static uint32_t crc32c(const void *p, size_t n, uint32_t seed)
@@ -100,6 +115,158 @@ static void locate(const struct kvd_ssd *s, uint32_t loc, int *ret_fd, uint64_t 
 static void extent_locate(const struct kvd_ssd *s, uint32_t e, int *ret_fd, uint64_t *ret_off)
 {
         locate(s, e * kvd_slab_pages_per_extent(s->slab), ret_fd, ret_off);
+}
+
+static struct ssd_file *file_of_extent(struct kvd_ssd *s, uint32_t e)
+{
+        return &s->files[e % s->n_files];
+}
+
+/* ---- damage ---------------------------------------------------------- */
+
+/* Errors that say the file, or the drive under it, is gone or failing (not
+ * that it is full: ENOSPC and EDQUOT only cap the tier). EFBIG: a write past
+ * the file size limit (ulimit -f), where the tier holds space already. */
+static bool damage_error(int r)
+{
+        switch (r) {
+        case -EIO: case -EFBIG: case -EROFS: case -ENXIO: case -ENODEV: case -ESTALE: case -EUCLEAN: case -EBADF:
+                return true;
+        default:
+                return false;
+        }
+}
+
+/* The first damage found: logged once, in the stats for good. */
+static void __attribute__((format(printf, 2, 3))) set_damaged(struct kvd_ssd *s, const char *fmt, ...)
+{
+        uint64_t cap, used, blocks;
+        char why[PATH_MAX + 160];
+        va_list ap;
+
+        if (s->st.damaged)
+                return;
+        va_start(ap, fmt);
+        vsnprintf(why, sizeof(why), fmt, ap);
+        va_end(ap);
+        s->st.damaged = true;
+        /* Cut to fit (the log has it whole). */
+        snprintf(s->st.condition, sizeof(s->st.condition), "damaged: %.*s",
+                 (int)(sizeof(s->st.condition) - sizeof("damaged: ")), why);
+        kvd_slab_usage(s->slab, &cap, &used, &blocks);
+        log_error("SSD tier damaged: %s. It takes no more writes (durable Puts fail, host evictions drop "
+                  "blocks); of its %" PRIu64 " blocks, those that still read back intact are served until "
+                  "the daemon stops", why, blocks);
+}
+
+/* Whether file f is still what the tier writes to: linked at its path, the
+ * same inode, no shorter than provisioned. Marks the tier damaged if not;
+ * an error that tells nothing (EACCES, ENOMEM...) is not damage. */
+static void check_file(struct kvd_ssd *s, const struct ssd_file *f)
+{
+        struct stat fst, pst;
+        int r;
+
+        if (fstat(f->fd, &fst) < 0) {
+                r = -errno;
+                if (damage_error(r))
+                        set_damaged(s, "cannot stat %s: %s", f->path, strerror(-r));
+                return;
+        }
+        if (stat(f->path, &pst) < 0) {
+                r = -errno;
+                if (r == -ENOENT || r == -ENOTDIR)
+                        set_damaged(s, "%s was %s", f->path, fst.st_nlink == 0 ? "unlinked" : "moved away");
+                else if (damage_error(r))
+                        set_damaged(s, "cannot stat %s: %s", f->path, strerror(-r));
+        } else if (pst.st_dev != f->dev || pst.st_ino != f->ino) {
+                set_damaged(s, "%s was replaced by another file", f->path);
+        } else if ((uint64_t)fst.st_size < f->size) {
+                set_damaged(s, "%s truncated to %" PRIu64 " of %" PRIu64 " bytes", f->path, (uint64_t)fst.st_size,
+                            f->size);
+        }
+}
+
+static bool check_files(struct kvd_ssd *s)
+{
+        for (unsigned i = 0; i < s->n_files && !s->st.damaged; i++)
+                check_file(s, &s->files[i]);
+        return !s->st.damaged;
+}
+
+/* Whether the header of extent e (in use: written or recovered by us) is
+ * still on disk as the tier knows it: a file cut and grown back (a write
+ * or fallocate past the cut) has its length again, but not its headers. */
+static bool check_extent(struct kvd_ssd *s, uint32_t e)
+{
+        const struct kvd_extent_header *h = s->sync_buf;
+        const struct ssd_file *f = file_of_extent(s, e);
+        int klass = kvd_slab_extent_class(s->slab, e);
+        uint64_t off;
+        ssize_t n;
+        int fd;
+
+        extent_locate(s, e, &fd, &off);
+        n = pread(fd, s->sync_buf, PAGE, (off_t)off);
+        if (n < 0) {
+                int r = -errno;
+
+                if (damage_error(r))
+                        set_damaged(s, "reading %s failed: %s", f->path, strerror(-r));
+                return !s->st.damaged;
+        }
+        if (n != PAGE || h->magic != KVD_EXTENT_MAGIC || h->version != KVD_FORMAT_VERSION ||
+            h->crc != crc32c(h, offsetof(struct kvd_extent_header, crc), ~0u) || h->generation != s->extent_gen[e] ||
+            (klass >= 0 && h->slot_bytes != kvd_slab_class_bytes(s->slab, klass)))
+                set_damaged(s, "%s lost the header of extent %u", f->path, e);
+        return !s->st.damaged;
+}
+
+/* A durable write ended well: before it is reported done, make sure it
+ * went where a restart will find it. Files once per pass over the
+ * completions, the extent once per pass too (writes come in runs). */
+static int verify_durable(struct kvd_ssd *s, uint32_t loc)
+{
+        uint32_t e = kvd_slab_extent_of(s->slab, loc);
+
+        if (s->st.damaged)
+                return -EIO;
+        if (s->files_checked_pass != s->pass) {
+                if (!check_files(s))
+                        return -EIO;
+                s->files_checked_pass = s->pass;
+        }
+        if (s->extent_checked != e || s->extent_checked_pass != s->pass) {
+                if (!check_extent(s, e))
+                        return -EIO;
+                s->extent_checked = e;
+                s->extent_checked_pass = s->pass;
+        }
+        return 0;
+}
+
+bool kvd_ssd_check(struct kvd_ssd *s)
+{
+        uint32_t seen = 0, checked = 0;
+
+        if (!check_files(s))
+                return false;
+        while (checked < SCRUB_PER_CHECK && seen < s->n_extents && !s->st.damaged) {
+                uint32_t e = s->scrub_next;
+
+                s->scrub_next = (e + 1) % s->n_extents;
+                seen++;
+                if (kvd_slab_extent_class(s->slab, e) < 0) /* free or retired: nothing of ours */
+                        continue;
+                check_extent(s, e);
+                checked++;
+        }
+        return !s->st.damaged;
+}
+
+bool kvd_ssd_damaged(const struct kvd_ssd *s)
+{
+        return s->st.damaged;
 }
 
 /* ---- extents -------------------------------------------------------- */
@@ -133,8 +300,9 @@ static void mark_full(struct kvd_ssd *s, uint32_t e, int err)
                         retired++;
                 }
         s->st.full = true;
-        snprintf(s->st.condition, sizeof(s->st.condition), "full: %s at %s", strerror(-err),
-                 s->files[e % s->n_files].path);
+        if (!s->st.damaged)
+                snprintf(s->st.condition, sizeof(s->st.condition), "full: %s at %s", strerror(-err),
+                         s->files[e % s->n_files].path);
         log_warning("SSD tier: cannot allocate extent %u in %s (%s): capacity capped, %u extents unusable; "
                     "evicting instead", e, s->files[e % s->n_files].path, strerror(-err), retired);
 }
@@ -144,16 +312,20 @@ static int ssd_class_for(struct kvd_tier *t, uint64_t bytes)
         return kvd_slab_class_for(to_ssd(t)->slab, KVD_SLOT_HDR_BYTES + ALIGN_UP(bytes, PAGE));
 }
 
+/* A damaged tier hands out no slot: nothing more is written to it. */
 static int ssd_alloc(struct kvd_tier *t, int klass, uint32_t *ret_loc)
 {
         struct kvd_ssd *s = to_ssd(t);
 
         for (;;) {
+                struct ssd_file *f;
                 uint32_t loc, e;
                 bool fresh;
                 uint64_t off;
                 int fd, r;
 
+                if (s->st.damaged)
+                        return -EIO;
                 r = kvd_slab_alloc(s->slab, klass, &loc, &fresh);
                 if (r < 0)
                         return r;
@@ -162,19 +334,31 @@ static int ssd_alloc(struct kvd_tier *t, int klass, uint32_t *ret_loc)
                         return 0;
                 }
                 e = kvd_slab_extent_of(s->slab, loc);
+                f = file_of_extent(s, e);
                 extent_locate(s, e, &fd, &off);
                 r = 0;
-                if (!s->provisioned[e] && fallocate(fd, 0, (off_t)off, (off_t)s->extent_bytes) < 0)
-                        r = -errno;
-                if (r == 0) {
-                        s->provisioned[e] = 1;
-                        r = write_extent_header(s, e, kvd_slab_class_bytes(s->slab, klass));
+                /* Growing the file (fallocate, or a header past its end)
+                 * would hide a truncation: look first. */
+                if (!check_files(s)) {
+                        r = -EIO;
+                } else if (!s->provisioned[e]) {
+                        if (fallocate(fd, 0, (off_t)off, (off_t)s->extent_bytes) < 0) {
+                                r = -errno;
+                        } else {
+                                s->provisioned[e] = 1;
+                                f->size = MAX(f->size, off + s->extent_bytes);
+                        }
                 }
+                if (r == 0)
+                        r = write_extent_header(s, e, kvd_slab_class_bytes(s->slab, klass));
                 if (r == 0) {
                         *ret_loc = loc;
                         return 0;
                 }
                 kvd_slab_release(s->slab, loc);
+                if (s->st.damaged)
+                        return -EIO;
+                /* fallocate's EFBIG: the file may not grow past ulimit -f. */
                 if (r == -ENOSPC || r == -EDQUOT || r == -EFBIG) {
                         mark_full(s, e, r);
                         if (kvd_slab_extent_free(s->slab, e))
@@ -182,8 +366,12 @@ static int ssd_alloc(struct kvd_tier *t, int klass, uint32_t *ret_loc)
                         continue; /* a provisioned free extent may remain */
                 }
                 s->st.write_errors++;
-                snprintf(s->st.condition, sizeof(s->st.condition), "extent write failed: %s", strerror(-r));
-                log_error("SSD tier: cannot prepare extent %u: %s", e, strerror(-r));
+                if (damage_error(r) && check_files(s))
+                        set_damaged(s, "writing %s failed: %s", f->path, strerror(-r));
+                if (!s->st.damaged) {
+                        snprintf(s->st.condition, sizeof(s->st.condition), "extent write failed: %s", strerror(-r));
+                        log_error("SSD tier: cannot prepare extent %u: %s", e, strerror(-r));
+                }
                 return r;
         }
 }
@@ -407,13 +595,32 @@ static int verify_read(struct kvd_ssd *s, const struct op *o, const struct kvd_s
         return 0;
 }
 
+/* An I/O failed: is its file still whole? If so, was it the drive? */
+static void io_failed(struct kvd_ssd *s, const struct op *o)
+{
+        const struct ssd_file *f = file_of_extent(s, kvd_slab_extent_of(s->slab, o->loc));
+        const char *what = o->kind == OP_READ ? "reading" : "writing";
+
+        if (!check_files(s) || !damage_error(o->result))
+                return;
+        if (o->short_io)
+                set_damaged(s, "%s %s came up short", what, f->path);
+        else
+                set_damaged(s, "%s %s failed: %s", what, f->path, strerror(-o->result));
+}
+
 static void finish_op(struct kvd_ssd *s, struct op *o)
 {
         const struct kvd_slot_header *h = o->page;
         int r = o->result;
 
+        if (r < 0)
+                io_failed(s, o);
         if (r == 0 && o->kind == OP_READ)
                 r = verify_read(s, o, h);
+        /* A write into a damaged tier is not one a restart would find. */
+        if (r == 0 && o->kind == OP_WRITE)
+                r = o->dsync ? verify_durable(s, o->loc) : s->st.damaged ? -EIO : 0;
         switch (o->kind) {
         case OP_READ:
                 if (o->result < 0)
@@ -434,7 +641,7 @@ static void finish_op(struct kvd_ssd *s, struct op *o)
         case OP_INVALIDATE:
                 break;
         }
-        if (r < 0 && r != -EBADMSG && o->kind != OP_INVALIDATE)
+        if (r < 0 && r != -EBADMSG && o->kind != OP_INVALIDATE && !s->st.damaged)
                 snprintf(s->st.condition, sizeof(s->st.condition), "%s error: %s",
                          o->kind == OP_READ ? "read" : "write", strerror(-r));
         if (o->arena >= 0)
@@ -453,10 +660,12 @@ static void process_cqe(struct kvd_ssd *s, const struct io_uring_cqe *cqe)
 {
         struct op *o = io_uring_cqe_get_data(cqe);
 
-        if (cqe->res < 0)
+        if (cqe->res < 0) {
                 o->result = cqe->res;
-        else if ((unsigned)cqe->res != o->want)
+        } else if ((unsigned)cqe->res != o->want) {
                 o->result = -EIO; /* short: the file was truncated under us */
+                o->short_io = true;
+        }
         finish_op(s, o);
 }
 
@@ -467,6 +676,7 @@ void kvd_ssd_reap(struct kvd_ssd *s)
 
         if (read(s->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
                 log_warning("SSD eventfd: %m");
+        s->pass++;
         while (io_uring_peek_cqe(&s->ring, &cqe) == 0) {
                 process_cqe(s, cqe);
                 io_uring_cqe_seen(&s->ring, cqe);
@@ -498,17 +708,68 @@ void kvd_ssd_stats(const struct kvd_ssd *s, struct kvd_ssd_stats *ret)
 
 /* ---- set-up and recovery -------------------------------------------- */
 
+/* Claims dir for this daemon: an exclusive OFD lock on dir/kvdrive.lock,
+ * held (the fd open) for the daemon's life, with our pid in the file for
+ * whoever finds it locked. The lock, not the file, is what counts: a file
+ * left by a dead daemon is no obstacle. */
+static int lock_dir(struct ssd_file *f, const char *dir)
+{
+        struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+        char path[PATH_MAX], holder[24];
+        ssize_t n;
+        int r;
+
+        if ((size_t)snprintf(path, sizeof(path), "%s/" LOCK_NAME, dir) >= sizeof(path))
+                return -ENAMETOOLONG;
+        f->lock_fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (f->lock_fd < 0) {
+                r = -errno;
+                log_error("SSD tier: cannot open the lock file %s: %s", path, strerror(-r));
+                return r;
+        }
+        if (fcntl(f->lock_fd, F_OFD_SETLK, &fl) == 0) {
+                n = snprintf(holder, sizeof(holder), "%ld\n", (long)getpid());
+                if (ftruncate(f->lock_fd, 0) < 0 || pwrite(f->lock_fd, holder, (size_t)n, 0) != n)
+                        log_warning("SSD tier: cannot write our pid into %s: %m", path);
+                return 0;
+        }
+        r = -errno;
+        if (r != -EAGAIN && r != -EACCES) {
+                log_error("SSD tier: cannot lock %s: %s", path, strerror(-r));
+                return r;
+        }
+        n = pread(f->lock_fd, holder, sizeof(holder) - 1, 0);
+        holder[n > 0 ? n : 0] = '\0';
+        holder[strspn(holder, "0123456789")] = '\0';
+        if (holder[0] && strtol(holder, NULL, 10) == (long)getpid())
+                /* OFD locks conflict within a process too. */
+                log_error("SSD tier: %s is named twice in ssd-dir (perhaps by another path)", dir);
+        else
+                log_error("SSD tier: %s is in use by another kvdrived (pid %s, holding %s); "
+                          "two daemons must not share an SSD directory", dir, holder[0] ? holder : "unknown", path);
+        return -EBUSY;
+}
+
 static int open_dir(struct kvd_ssd *s, const char *dir, uint64_t bytes)
 {
         struct ssd_file *f = &s->files[s->n_files];
         struct stat st;
         int r;
 
-        if (mkdir(dir, 0750) < 0 && errno != EEXIST) {
+        /* Never created here: a mistyped mount point would fill another disk. */
+        if (stat(dir, &st) < 0) {
                 r = -errno;
-                log_error("SSD tier: cannot create %s: %s", dir, strerror(-r));
+                log_error("SSD tier: directory %s: %s (ssd-dir names existing directories; kvdrived does not "
+                          "create them)", dir, strerror(-r));
                 return r;
         }
+        if (!S_ISDIR(st.st_mode)) {
+                log_error("SSD tier: %s is not a directory", dir);
+                return -ENOTDIR;
+        }
+        r = lock_dir(f, dir);
+        if (r < 0)
+                return r;
         if ((size_t)snprintf(f->path, sizeof(f->path), "%s/" FILE_NAME, dir) >= sizeof(f->path))
                 return -ENAMETOOLONG;
         f->fd = open(f->path, O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
@@ -526,20 +787,27 @@ static int open_dir(struct kvd_ssd *s, const char *dir, uint64_t bytes)
                 }
                 return r;
         }
-        if (fstat(f->fd, &st) == 0 && (uint64_t)st.st_size > bytes)
+        if (fstat(f->fd, &st) < 0) {
+                r = -errno;
+                log_error("SSD tier: cannot stat %s: %s", f->path, strerror(-r));
+                return r;
+        }
+        f->dev = st.st_dev;
+        f->ino = st.st_ino;
+        if ((uint64_t)st.st_size > bytes)
                 log_notice("SSD tier: %s is larger (%" PRIu64 " MiB) than its share of ssd-bytes; the rest is "
                            "ignored", f->path, (uint64_t)st.st_size >> 20);
         s->n_files++;
         return 0;
 }
 
-int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_host *host, struct kvd_ssd **ret)
+int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_ssd **ret)
 {
         struct io_uring_params p = { 0 };
         char dirs[sizeof(cfg->ssd_dirs)], *save = NULL;
         struct kvd_ssd *s;
+        struct rlimit rl;
         uint64_t per_file;
-        void *base;
         int r;
 
         s = calloc(1, sizeof(*s));
@@ -550,9 +818,10 @@ int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_host *host, struct kvd_
         s->efd = -1;
         s->qd = cfg->ssd_queue_depth;
         s->extent_bytes = cfg->ssd_extent_bytes;
+        s->pass = 1;
         snprintf(s->st.condition, sizeof(s->st.condition), "ok");
         for (unsigned i = 0; i < MAX_DIRS; i++)
-                s->files[i].fd = -1;
+                s->files[i].fd = s->files[i].lock_fd = -1;
         memcpy(dirs, cfg->ssd_dirs, sizeof(dirs));
         for (char *d = strtok_r(dirs, ",", &save); d; d = strtok_r(NULL, ",", &save)) {
                 if (s->n_files == MAX_DIRS) {
@@ -577,6 +846,13 @@ int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_host *host, struct kvd_
                 r = -EINVAL;
                 goto err;
         }
+        /* Writes past it fail with EFBIG (SIGXFSZ is ignored): the tier
+         * caps itself where its files may not grow. */
+        if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+            (uint64_t)rl.rlim_cur < per_file * s->extent_bytes)
+                log_warning("SSD tier: the file size limit (ulimit -f, LimitFSIZE=) is %" PRIu64 " MiB, below the "
+                            "%" PRIu64 " MiB of each SSD file: the tier will be capped there", (uint64_t)rl.rlim_cur >> 20,
+                            per_file * s->extent_bytes >> 20);
         r = kvd_slab_new(s->n_extents, s->extent_bytes, KVD_EXTENT_HDR_BYTES, &s->slab);
         if (r < 0)
                 goto err;
@@ -603,6 +879,19 @@ int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_host *host, struct kvd_
                 r = -errno;
                 goto err;
         }
+        *ret = s;
+        return 0;
+err:
+        kvd_ssd_free(s);
+        return r;
+}
+
+void kvd_ssd_attach_host(struct kvd_ssd *s, struct kvd_host *host)
+{
+        const struct kvd_config *cfg = s->cfg;
+        void *base;
+        unsigned n;
+        int r = -ENOMEM;
 
         /* Fixed buffers: the header arena, then the host pool in chunks of
          * whole extents up to 1 GiB (a registered buffer's limit). */
@@ -611,35 +900,28 @@ int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_host *host, struct kvd_
         s->host_chunk = (UINT64_C(1) << 30) / cfg->host_extent_bytes * cfg->host_extent_bytes;
         if (s->host_chunk == 0)
                 s->host_chunk = cfg->host_extent_bytes;
+        n = 1 + (unsigned)((s->host_len + s->host_chunk - 1) / s->host_chunk);
         {
-                unsigned n = 1 + (unsigned)((s->host_len + s->host_chunk - 1) / s->host_chunk);
                 struct iovec *iov = calloc(n, sizeof(*iov));
 
-                if (!iov) {
-                        r = -ENOMEM;
-                        goto err;
-                }
-                iov[0] = (struct iovec){ s->arena, (size_t)s->qd * PAGE };
-                for (unsigned i = 1; i < n; i++) {
-                        uint64_t o = (uint64_t)(i - 1) * s->host_chunk;
+                if (iov) {
+                        iov[0] = (struct iovec){ s->arena, (size_t)s->qd * PAGE };
+                        for (unsigned i = 1; i < n; i++) {
+                                uint64_t o = (uint64_t)(i - 1) * s->host_chunk;
 
-                        iov[i] = (struct iovec){ s->host_base + o, MIN(s->host_chunk, s->host_len - o) };
+                                iov[i] = (struct iovec){ s->host_base + o, MIN(s->host_chunk, s->host_len - o) };
+                        }
+                        r = io_uring_register_buffers(&s->ring, iov, n);
+                        free(iov);
                 }
-                r = io_uring_register_buffers(&s->ring, iov, n);
-                free(iov);
-                s->fixed = r == 0;
-                if (r < 0)
-                        log_warning("SSD tier: cannot register the host pool as io_uring fixed buffers (%s); "
-                                    "using plain O_DIRECT reads and writes", strerror(-r));
         }
+        s->fixed = r == 0;
+        if (r < 0)
+                log_warning("SSD tier: cannot register the host pool as io_uring fixed buffers (%s); "
+                            "using plain O_DIRECT reads and writes", strerror(-r));
         log_info("SSD tier: %" PRIu64 " MiB in %u extents of %" PRIu64 " MiB over %u director%s, queue depth %u%s",
                  (uint64_t)s->n_extents * s->extent_bytes >> 20, s->n_extents, s->extent_bytes >> 20, s->n_files,
                  s->n_files == 1 ? "y" : "ies", s->qd, s->fixed ? ", fixed buffers" : "");
-        *ret = s;
-        return 0;
-err:
-        kvd_ssd_free(s);
-        return r;
 }
 
 void kvd_ssd_drain(struct kvd_ssd *s)
@@ -651,6 +933,7 @@ void kvd_ssd_drain(struct kvd_ssd *s)
                 kvd_ssd_flush(s);
                 if (io_uring_wait_cqe(&s->ring, &cqe) < 0)
                         break;
+                s->pass++;
                 process_cqe(s, cqe);
                 io_uring_cqe_seen(&s->ring, cqe);
         }
@@ -674,8 +957,13 @@ struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s)
                 io_uring_queue_exit(&s->ring);
         if (s->efd >= 0)
                 close(s->efd);
-        for (unsigned i = 0; i < s->n_files; i++)
-                close(s->files[i].fd);
+        /* The locks go with their fds: only now may another daemon come. */
+        for (unsigned i = 0; i < MAX_DIRS; i++) {
+                if (s->files[i].fd >= 0)
+                        close(s->files[i].fd);
+                if (s->files[i].lock_fd >= 0)
+                        close(s->files[i].lock_fd);
+        }
         kvd_slab_free(s->slab);
         free(s->provisioned);
         free(s->extent_gen);
@@ -711,6 +999,38 @@ static int read_headers(struct kvd_ssd *s, const uint32_t *locs, unsigned n)
                 io_uring_cqe_seen(&s->ring, cqe);
         }
         return 0;
+}
+
+/* How long each file must be, from the extents recovery found in it. A
+ * file cut short while no daemon ran gets its length back (what was cut
+ * reads as zeros: a miss, counted, when read), so that from now on any
+ * shortening is damage. */
+static void settle_sizes(struct kvd_ssd *s)
+{
+        for (uint32_t e = 0; e < s->n_extents; e++) {
+                struct ssd_file *f = file_of_extent(s, e);
+                uint64_t off;
+                int fd;
+
+                if (!s->provisioned[e])
+                        continue;
+                extent_locate(s, e, &fd, &off);
+                f->size = MAX(f->size, off + s->extent_bytes);
+        }
+        for (unsigned i = 0; i < s->n_files; i++) {
+                struct ssd_file *f = &s->files[i];
+                struct stat st;
+
+                if (fstat(f->fd, &st) < 0 || (uint64_t)st.st_size >= f->size)
+                        continue;
+                log_warning("SSD tier: %s is %" PRIu64 " bytes, shorter than the extents in it (cut short while "
+                            "no daemon ran?): extending it to %" PRIu64 " bytes; what was cut is lost", f->path,
+                            (uint64_t)st.st_size, f->size);
+                if (fallocate(f->fd, 0, st.st_size, (off_t)(f->size - (uint64_t)st.st_size)) < 0) {
+                        log_warning("SSD tier: cannot extend %s: %m", f->path);
+                        f->size = (uint64_t)st.st_size;
+                }
+        }
 }
 
 int64_t kvd_ssd_recover(struct kvd_ssd *s, kvd_ssd_recover_fn fn, void *ctx)
@@ -774,6 +1094,7 @@ int64_t kvd_ssd_recover(struct kvd_ssd *s, kvd_ssd_recover_fn fn, void *ctx)
                         }
                 }
         }
+        settle_sizes(s);
 out:
         free(locs);
         return r < 0 ? r : kept;

@@ -8,6 +8,18 @@
  * Event-loop thread only: submissions, completions (callbacks run from
  * kvd_ssd_reap()) and the allocator. An operation, once started, belongs to
  * the tier until its callback runs; its host page must stay put till then.
+ *
+ * Each directory is claimed with an exclusive lock (kvdrive.lock, holding the
+ * daemon's pid) for the daemon's life, so two daemons never share one.
+ *
+ * Damage: a file truncated below what the tier provisioned, unlinked or
+ * replaced, or I/O failing for a reason other than a full file system,
+ * makes the tier "damaged" for the rest of the run (logged once, in the
+ * stats): it allocates no slot and acknowledges no write any more (a write
+ * ending after that reports -EIO), but reads go on, each checked as always,
+ * so what still verifies is served. It is looked for when I/O fails, before
+ * a durable (RWF_DSYNC) write is reported done, before a new extent is
+ * provisioned, and by kvd_ssd_check() (about once a second).
  */
 #pragma once
 
@@ -36,6 +48,7 @@ struct kvd_ssd_stats {
         uint32_t inflight, queued;
         uint64_t busy_ns;       /* time with I/O in flight (as the loop saw it) */
         bool full;              /* a directory refused more space (ENOSPC) */
+        bool damaged;           /* see above; condition says how */
         char condition[96];     /* "ok" or what is wrong */
 };
 
@@ -43,9 +56,15 @@ struct kvd_ssd_stats {
  * read: file truncated), or the I/O's -errno. */
 typedef void (*kvd_ssd_cb)(void *ctx, int result);
 
-/* Opens (creating) the files in cfg->ssd_dirs and registers host's pool as
- * fixed buffers. Fails with a clear message if a directory refuses O_DIRECT. */
-int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_host *host, struct kvd_ssd **ret);
+/* Claims the directories in cfg->ssd_dirs (each must exist; -EBUSY with a
+ * message naming it and the holder's pid if another daemon holds its lock)
+ * and opens (creating) the file in each. Fails with a clear message if a
+ * directory refuses O_DIRECT. Needs no host tier, so that a daemon that may
+ * not run stops before it maps and mlocks its host memory. */
+int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_ssd **ret);
+/* Registers host's pool as io_uring fixed buffers (plain O_DIRECT I/O if
+ * that is refused) and says the tier is ready. Before any I/O. */
+void kvd_ssd_attach_host(struct kvd_ssd *s, struct kvd_host *host);
 /* Runs every queued and in-flight operation to its end (callbacks run,
  * and may queue more, which run too). */
 void kvd_ssd_drain(struct kvd_ssd *s);
@@ -95,5 +114,12 @@ typedef bool (*kvd_ssd_recover_fn)(void *ctx, const struct kvd_slot_header *h, u
 /* Rebuilds the allocator from the disk (start-up, before serving). Returns
  * the number of slots kept, or -errno. Slots with a bad header are free. */
 int64_t kvd_ssd_recover(struct kvd_ssd *s, kvd_ssd_recover_fn fn, void *ctx);
+
+/* The periodic damage check (the loop calls it about once a second): every
+ * file still linked at its path, the same file, not shorter than
+ * provisioned; and a few extent headers a call, in turn, still on disk.
+ * Returns true while the tier is not damaged. */
+bool kvd_ssd_check(struct kvd_ssd *s);
+bool kvd_ssd_damaged(const struct kvd_ssd *s);
 
 void kvd_ssd_stats(const struct kvd_ssd *s, struct kvd_ssd_stats *ret);

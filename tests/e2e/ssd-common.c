@@ -79,6 +79,40 @@ int ssd_put(struct ssd_client *sc, const struct kvc_key *seq, uint32_t first, ui
         return stored;
 }
 
+struct ssd_put_st ssd_put_st(struct ssd_client *sc, const struct kvc_key *seq, uint32_t first, uint32_t n,
+                             unsigned flags, uint64_t salt)
+{
+        struct kvc_block_ref refs[BATCH];
+        uint8_t st[BATCH];
+        struct ssd_put_st got = { 0 };
+
+        ck_assert_uint_ge(sc->slots, BATCH);
+        for (uint32_t at = 0; at < n; at += BATCH) {
+                uint32_t k = n - at < BATCH ? n - at : BATCH;
+                uint64_t id;
+
+                for (uint32_t j = 0; j < k; j++) {
+                        ssd_ref(seq, first + at + j, j, &refs[j]);
+                        e2e_fill_block(kvc_pool_slot(sc->p, j), E2E_BLOCK_BYTES, &refs[j].key, refs[j].layer,
+                                       salt);
+                }
+                memset(st, 0xff, sizeof(st));
+                E2E_ASSERT_RC(sc->c, kvc_put_submit_flags(sc->c, sc->ns, sc->p, refs, k, flags, st, &id), 0);
+                E2E_ASSERT_RC(sc->c, kvc_wait(sc->c, id, -1) >= 0 ? 0 : -1, 0);
+                for (uint32_t j = 0; j < k; j++) {
+                        if (st[j] == KVC_ITEM_OK)
+                                got.ok++;
+                        else if (st[j] == KVC_ITEM_EXISTS)
+                                got.exists++;
+                        else if (st[j] == KVC_ITEM_ERROR)
+                                got.error++;
+                        else
+                                got.other++;
+                }
+        }
+        return got;
+}
+
 struct ssd_got ssd_get(struct ssd_client *sc, const struct kvc_key *seq, uint32_t first, uint32_t n,
                        uint64_t salt)
 {
@@ -156,4 +190,73 @@ void ssd_flip_byte(const char *file, long long off)
         ck_assert_int_eq(pwrite(fd, &b, 1, off), 1);
         ck_assert_int_eq(fsync(fd), 0);
         close(fd);
+}
+
+size_t ssd_scan_slots(const char *file, struct ssd_slot **ret)
+{
+        static uint8_t page[KVD_SLOT_HDR_BYTES];
+        const struct kvd_slot_header *h = (const void *)page;
+        struct ssd_slot *v = NULL;
+        size_t n = 0, cap = 0;
+        int fd = open(file, O_RDONLY | O_CLOEXEC);
+
+        ck_assert_int_ge(fd, 0);
+        for (off_t off = 0; pread(fd, page, sizeof(page), off) == (ssize_t)sizeof(page); off += sizeof(page)) {
+                if (h->magic != KVD_SLOT_MAGIC)
+                        continue;
+                if (n == cap) {
+                        cap = cap ? cap * 2 : 256;
+                        v = realloc(v, cap * sizeof(*v));
+                        ck_assert_ptr_nonnull(v);
+                }
+                v[n++] = (struct ssd_slot){ h->key_hi, h->key_lo, h->layer, (long long)off };
+        }
+        close(fd);
+        *ret = v;
+        return n;
+}
+
+char *ssd_daemon_log(const struct kvd_test_daemon *d)
+{
+        char path[256], *buf = NULL;
+        size_t n = 0, cap = 0;
+        FILE *f;
+
+        ck_assert_int_eq(kvd_test_daemon_path(d, "kvdrived.log", path, sizeof(path)), 0);
+        f = fopen(path, "re");
+        for (;;) {
+                if (cap - n < 4096) {
+                        cap = cap ? cap * 2 : 65536;
+                        buf = realloc(buf, cap);
+                        ck_assert_ptr_nonnull(buf);
+                }
+                if (!f)
+                        break;
+                size_t got = fread(buf + n, 1, cap - n - 1, f);
+
+                if (got == 0)
+                        break;
+                n += got;
+        }
+        if (f)
+                fclose(f);
+        buf[n] = '\0';
+        return buf;
+}
+
+int ssd_log_count(const char *log, const char *a, const char *b)
+{
+        int count = 0;
+
+        for (const char *line = log; *line;) {
+                const char *end = strchr(line, '\n');
+                size_t len = end ? (size_t)(end - line) : strlen(line);
+                char *copy = strndup(line, len);
+
+                ck_assert_ptr_nonnull(copy);
+                count += strstr(copy, a) && strstr(copy, b);
+                free(copy);
+                line += len + (end ? 1 : 0);
+        }
+        return count;
 }

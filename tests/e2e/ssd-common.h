@@ -36,6 +36,14 @@ void ssd_ref(const struct kvc_key *seq, uint32_t i, uint32_t slot, struct kvc_bl
 int ssd_put(struct ssd_client *sc, const struct kvc_key *seq, uint32_t first, uint32_t n, unsigned flags,
             uint64_t salt);
 
+/* The same, counting the items' statuses (a request that fails as a whole
+ * fails the test). */
+struct ssd_put_st {
+        uint32_t ok, exists, error, other;
+};
+struct ssd_put_st ssd_put_st(struct ssd_client *sc, const struct kvc_key *seq, uint32_t first, uint32_t n,
+                             unsigned flags, uint64_t salt);
+
 /* Gets blocks [first, first+n): counts of byte-exact hits, misses, and
  * blocks that came back with other bytes (must stay 0). */
 struct ssd_got {
@@ -53,3 +61,17 @@ long long ssd_find_slot(const char *file, const struct kvc_key *k, uint32_t laye
 
 /* XORs 0xff into the byte at off of file. */
 void ssd_flip_byte(const char *file, long long off);
+
+/* Every slot header (by its magic) in file, in one pass: *ret (free it)
+ * gets them, the count is returned. */
+struct ssd_slot {
+        uint64_t key_hi, key_lo;
+        uint32_t layer;
+        long long off;
+};
+size_t ssd_scan_slots(const char *file, struct ssd_slot **ret);
+
+/* The log of a daemon started with kvd_test_opts.log_file, NUL-terminated
+ * (free it; "" if none); and how many of its lines hold both a and b. */
+char *ssd_daemon_log(const struct kvd_test_daemon *d);
+int ssd_log_count(const char *log, const char *a, const char *b);

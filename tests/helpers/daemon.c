@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -485,7 +486,7 @@ static bool env_is_replaced(const char *entry)
 int kvd_test_daemon_spawn(struct kvd_test_daemon *d, const char *const *argv,
                           const char *const *env)
 {
-        char notify_env[sizeof(d->notify_path) + 16];
+        char notify_env[sizeof(d->notify_path) + 16], log_path[sizeof(d->dir) + 16];
         size_t n_environ = 0, n_extra = 0, k = 0;
         const char **envp;
         int errpipe[2], child_errno = 0, rc = 0;
@@ -512,6 +513,10 @@ int kvd_test_daemon_spawn(struct kvd_test_daemon *d, const char *const *argv,
                 envp[k++] = *e;
         envp[k] = NULL;
 
+        if (d->opts.log_file && kvd_test_daemon_path(d, "kvdrived.log", log_path, sizeof(log_path)) < 0) {
+                rc = fail(d, -ENAMETOOLONG, "log path in %s too long", d->dir);
+                goto out;
+        }
         if (pipe2(errpipe, O_CLOEXEC) < 0) {
                 rc = fail(d, -errno, "pipe: %s", strerror(errno));
                 goto out;
@@ -533,7 +538,19 @@ int kvd_test_daemon_spawn(struct kvd_test_daemon *d, const char *const *argv,
                 if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
                         _exit(127);
                 /* stdout is the TAP stream of the test. */
+                if (d->opts.log_file) {
+                        int lfd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+
+                        if (lfd < 0 || dup2(lfd, STDERR_FILENO) < 0)
+                                _exit(127);
+                }
                 dup2(STDERR_FILENO, STDOUT_FILENO);
+                if (d->opts.fsize_limit) {
+                        struct rlimit rl = { d->opts.fsize_limit, d->opts.fsize_limit };
+
+                        if (setrlimit(RLIMIT_FSIZE, &rl) < 0)
+                                _exit(127);
+                }
                 sigemptyset(&all);
                 sigprocmask(SIG_SETMASK, &all, NULL);
                 signal(SIGPIPE, SIG_DFL);
@@ -705,6 +722,12 @@ static int daemon_stop(struct kvd_test_daemon *d, bool report)
 
 int kvd_test_daemon_start(struct kvd_test_daemon *d, const char *const *extra_args)
 {
+        return kvd_test_daemon_start_opts(d, NULL, extra_args);
+}
+
+int kvd_test_daemon_start_opts(struct kvd_test_daemon *d, const struct kvd_test_opts *opts,
+                               const char *const *extra_args)
+{
         const char *exe = getenv("KVDRIVED");
         const char *argv[64];
         size_t n = 0;
@@ -718,6 +741,8 @@ int kvd_test_daemon_start(struct kvd_test_daemon *d, const char *const *extra_ar
         rc = kvd_test_daemon_prepare(d);
         if (rc < 0)
                 return rc;
+        if (opts)
+                d->opts = *opts;
         argv[n++] = exe;
         argv[n++] = "--foreground";
         argv[n++] = "--socket";

@@ -32,6 +32,12 @@
  * daemon's sd_notify() blocks once ~10 datagrams sit unread). */
 struct kvd_test_notify;
 
+/* How kvd_test_daemon_spawn() sets up the child, beyond the defaults. */
+struct kvd_test_opts {
+        uint64_t fsize_limit;   /* its RLIMIT_FSIZE (ulimit -f) in bytes; 0: inherited */
+        bool log_file;          /* its stderr (the log) goes to DIR/kvdrived.log, not the test's */
+};
+
 struct kvd_test_daemon {
         pid_t pid;                     /* the daemon (or its launcher), 0 if none */
         struct kvd_test_notify *notify; /* NULL if none */
@@ -41,6 +47,7 @@ struct kvd_test_daemon {
         char dir[96];                  /* the temporary directory */
         char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
         char notify_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+        struct kvd_test_opts opts;     /* set after prepare (which zeroes it), used by spawn */
         char error[512];               /* why the last call failed */
 };
 
@@ -68,6 +75,9 @@ int kvd_test_daemon_spawn(struct kvd_test_daemon *d, const char *const *argv,
  * ready within KVD_TEST_READY_TIMEOUT_MS.
  */
 int kvd_test_daemon_start(struct kvd_test_daemon *d, const char *const *extra_args);
+/* The same with opts (NULL: none) applied to the daemon. */
+int kvd_test_daemon_start_opts(struct kvd_test_daemon *d, const struct kvd_test_opts *opts,
+                               const char *const *extra_args);
 
 /*
  * Waits up to timeout_ms for an sd_notify message holding the line `line`

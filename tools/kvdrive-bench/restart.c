@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -93,7 +94,7 @@ int bench_restart(int argc, char **argv)
                 case 'h':
                         printf("Usage: kvdrive-bench restart --ssd-dir DIR [--blocks N] [--kvdrived PATH]\n\n"
                                "Times a restart of kvdrived with N 4 KiB blocks (8 KiB slots) on its SSD tier in DIR\n"
-                               "(a fresh directory: its contents are replaced). Default N: 200000.\n");
+                               "(a fresh directory, made if missing: its contents are replaced). Default N: 200000.\n");
                         return EXIT_SUCCESS;
                 default:
                         return BENCH_EXIT_USAGE;
@@ -102,6 +103,12 @@ int bench_restart(int argc, char **argv)
         if (!dir) {
                 fprintf(stderr, "kvdrive-bench: restart needs --ssd-dir\n");
                 return BENCH_EXIT_USAGE;
+        }
+        /* kvdrived never creates its SSD directories (a mistyped mount
+         * point would fill another disk); this benchmark's is its own. */
+        if (mkdir(dir, 0750) < 0 && errno != EEXIST) {
+                fprintf(stderr, "kvdrive-bench: cannot create %s: %s\n", dir, strerror(errno));
+                return EXIT_FAILURE;
         }
         snprintf(sock, sizeof(sock), "%s/bench.sock", dir);
         /* Room for the blocks and their slot headers, plus extents' slack. */

@@ -248,6 +248,8 @@ static void print_stats(const struct kvc_stats *s)
                 printf("           %" PRIu64 " crc failures, %" PRIu64 " read / %" PRIu64 " write errors, %" PRIu64
                        " blocks dropped; condition: %s\n", t->crc_failures, t->read_errors, t->write_errors,
                        t->dropped, t->condition);
+                if (t->damaged)
+                        printf("           DAMAGED: no more writes, durable Puts fail; restart once the file is fixed\n");
         }
 
         printf("\n%-8s %12s %12s %12s %12s %10s %10s   (%s)\n", "UID", "HOST", "SSD", "POOLS", "NAMESPACES",
@@ -331,7 +333,7 @@ static json_t *stats_json(const struct kvc_stats *s)
 
                 /* The SSD tier's own counters (schema 1 additions). */
                 if (o && strcmp(t->name, "ssd") == 0 &&
-                    json_object_update_new(o, json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:s}",
+                    json_object_update_new(o, json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:b, s:s}",
                                                         "reads", ji(t->reads),
                                                         "writes", ji(t->writes),
                                                         "read_bytes", ji(t->read_bytes),
@@ -343,6 +345,7 @@ static json_t *stats_json(const struct kvc_stats *s)
                                                         "promotions", ji(t->promotions),
                                                         "dropped", ji(t->dropped),
                                                         "full", t->full,
+                                                        "damaged", t->damaged,
                                                         "condition", t->condition)) < 0) {
                         json_decref(o);
                         goto err_free;

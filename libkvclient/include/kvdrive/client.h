@@ -454,6 +454,11 @@ struct kvc_tier_stats {
         uint64_t dropped;               /* blocks lost to eviction from every tier */
         int full;                       /* the SSD file system refused more space */
         char condition[96];             /* "ok" or what is wrong */
+        /* The SSD tier's file was truncated, unlinked or replaced, or its
+         * I/O fails: it takes no more writes (durable Puts fail) and serves
+         * what still reads back intact, until the daemon restarts. In the
+         * struct's tail padding: its size, the array stride, is unchanged. */
+        int damaged;
 };
 
 /* What a peer may do on a namespace (kvc_ns_stats.rights). */
