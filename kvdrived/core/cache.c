@@ -31,6 +31,7 @@ struct ssd_ctx {
         void *fn_ctx;
         uint32_t item;
         bool speculative;       /* a next-layer guess: counted in spec_inflight */
+        bool durable;           /* a write with RWF_DSYNC, or a sync */
 };
 
 static struct kvd_block *blk(const struct kvd_cache *c, uint32_t id)
@@ -464,6 +465,7 @@ static void free_ssd_copy(struct kvd_cache *c, uint32_t id, bool invalidate)
         const struct kvd_ns *ns = &c->ns[b->ns];
 
         ns->tenant->st.ssd_bytes -= ns->ssd_charge;
+        b->synced = 0;
         if (invalidate)
                 kvd_ssd_discard(c->ssd, b->ssd_loc);
         else
@@ -661,8 +663,11 @@ static void write_done(void *ctx, int r)
         struct kvd_cache *c = x->c;
         struct kvd_block *b = blk(c, x->id);
         bool evict = b->flags & KVD_BLOCK_EVICT;
+        /* Durable Puts of this key that found it being written. */
+        uint32_t waiters = take_block_waiters(c, x->id);
 
         b->flags &= ~(KVD_BLOCK_WRITING | KVD_BLOCK_EVICT);
+        b->synced = r == 0 && x->durable;
         if (evict) {
                 c->evict_writes--;
                 owner_of(c, b)->host_leaving -= c->ns[b->ns].host_charge;
@@ -683,6 +688,26 @@ static void write_done(void *ctx, int r)
         if (x->fn)
                 x->fn(x->fn_ctx, x->item, r == 0);
         settle(c, x->id);
+        wake(c, waiters, r == 0);
+        free(x);
+        wake_space(c);
+}
+
+/* A sync of a block's SSD copy ended (kvd_cache_put_durable()). */
+static void sync_done(void *ctx, int r)
+{
+        struct ssd_ctx *x = ctx;
+        struct kvd_cache *c = x->c;
+        struct kvd_block *b = blk(c, x->id);
+        uint32_t waiters = take_block_waiters(c, x->id);
+
+        b->flags &= ~KVD_BLOCK_WRITING;
+        if (r == 0)
+                b->synced = 1;
+        else
+                log_warning("SSD tier: syncing a block for a durable Put failed: %s", strerror(-r));
+        settle(c, x->id);
+        wake(c, waiters, r == 0);
         free(x);
         wake_space(c);
 }
@@ -709,7 +734,7 @@ static int start_write(struct kvd_cache *c, uint32_t id, bool durable, bool evic
                 free(x);
                 return r;
         }
-        *x = (struct ssd_ctx){ .c = c, .id = id, .fn = fn, .fn_ctx = ctx, .item = item };
+        *x = (struct ssd_ctx){ .c = c, .id = id, .fn = fn, .fn_ctx = ctx, .item = item, .durable = durable };
         b->ssd_loc = loc;
         b->ssd_klass = (uint8_t)ns->ssd_klass;
         b->flags |= KVD_BLOCK_WRITING | (evict ? KVD_BLOCK_EVICT : 0);
@@ -853,10 +878,8 @@ int kvd_cache_put_reserve(struct kvd_cache *c, const struct kvd_bkey *k, uint32_
 
         id = kvd_index_find(c->index, k);
         if (id != KVD_ID_NONE) {
-                if (blk(c, id)->state != KVD_BLOCK_PENDING)
-                        return -EEXIST;
                 *ret_id = id;
-                return -EINPROGRESS;
+                return blk(c, id)->state == KVD_BLOCK_PENDING ? -EINPROGRESS : -EEXIST;
         }
         r = make_room(c, ns);
         if (r < 0)
@@ -907,6 +930,40 @@ int kvd_cache_put_commit(struct kvd_cache *c, uint32_t id, bool durable, kvd_wai
         /* It may go now: room for Puts waiting on its owner's quota. */
         wake_space(c);
         return r;
+}
+
+int kvd_cache_put_durable(struct kvd_cache *c, uint32_t id, kvd_wait_fn fn, void *ctx, uint32_t item)
+{
+        struct kvd_block *b = blk(c, id);
+        struct ssd_ctx *x;
+        int r;
+
+        assert(b->state == KVD_BLOCK_READY);
+        if (!c->ssd || kvd_ssd_damaged(c->ssd) || (b->flags & KVD_BLOCK_DOOMED))
+                return -EIO;
+        if (b->flags & KVD_BLOCK_WRITING)
+                return wait_on_block(c, id, fn, ctx, item) == 0 ? 1 : -ENOMEM;
+        if (b->ssd_loc != KVD_LOC_NONE && b->synced)
+                return 0;
+        if (b->ssd_loc == KVD_LOC_NONE) {
+                /* In host memory only (LOADING needs an SSD copy): write it. */
+                r = start_write(c, id, true, false, true, NULL, NULL, 0);
+                if (r < 0)
+                        return r;
+                return wait_on_block(c, id, fn, ctx, item) == 0 ? 1 : -ENOMEM;
+        }
+        /* On SSD, but written without RWF_DSYNC (a demotion, or found at
+         * start-up): an fdatasync makes it durable. */
+        x = malloc(sizeof(*x));
+        if (!x || wait_on_block(c, id, fn, ctx, item) < 0) {
+                free(x);
+                return -ENOMEM;
+        }
+        *x = (struct ssd_ctx){ .c = c, .id = id, .durable = true };
+        b->flags |= KVD_BLOCK_WRITING;
+        lru_update(c, id, false);
+        kvd_ssd_sync(c->ssd, b->ssd_loc, KVD_SSD_DEMAND, sync_done, x);
+        return 1;
 }
 
 void kvd_cache_put_abort(struct kvd_cache *c, uint32_t id)

@@ -187,8 +187,8 @@ uint32_t kvd_cache_tenants(const struct kvd_cache *c, struct kvd_tenant_stats *r
 
 /*
  * Starts storing k: 0 with a PENDING block and its host page to fill;
- * -EEXIST cached; -EINPROGRESS another Put is storing it (*ret_id set; wait
- * with kvd_cache_wait_pending()); -EAGAIN host room is being made, or
+ * -EEXIST cached (*ret_id set); -EINPROGRESS another Put is storing it
+ * (*ret_id set; wait with kvd_cache_wait_pending()); -EAGAIN host room is being made, or
  * -EXFULL the owner's host quota is full of blocks in use (wait with
  * kvd_cache_wait_space()); -EDQUOT a block does not fit the owner's quota;
  * -ENOSPC nothing can be evicted; -ENOMEM.
@@ -206,6 +206,14 @@ int kvd_cache_put_reserve(struct kvd_cache *c, const struct kvd_bkey *k, uint32_
 int kvd_cache_put_commit(struct kvd_cache *c, uint32_t id, bool durable, kvd_wait_fn fn, void *ctx,
                           uint32_t item);
 void kvd_cache_put_abort(struct kvd_cache *c, uint32_t id);
+/*
+ * A durable Put found block id stored (-EEXIST from put_reserve): 0 if its
+ * SSD copy is durable already, 1 if fn(ctx, item, ok) will be called once
+ * it may be (a durable write or an fdatasync started, or a write in flight
+ * awaited: then try again), -EIO if it cannot be made durable (no or a
+ * damaged SSD tier, being deleted), other -errno.
+ */
+int kvd_cache_put_durable(struct kvd_cache *c, uint32_t id, kvd_wait_fn fn, void *ctx, uint32_t item);
 int kvd_cache_wait_pending(struct kvd_cache *c, uint32_t id, kvd_wait_fn fn, void *ctx, uint32_t item);
 
 /*

@@ -56,7 +56,8 @@ struct kvd_block {
         uint8_t klass;          /* host size class */
         uint8_t ssd_klass;
         uint8_t reads;          /* saturating: SSD admission */
-        uint8_t pad[3];
+        uint8_t synced;         /* its SSD copy is on stable storage (RWF_DSYNC, or fdatasync since) */
+        uint8_t pad[2];
         float heat;             /* attention mass + demand, decayed to heat_ms */
         uint32_t heat_ms;       /* cache clock of the last update */
 };

@@ -196,9 +196,16 @@ static void item_run(struct kvd_io *io, uint32_t i)
                         return;
                 }
                 r = kvd_cache_put_reserve(io->cache, &k, &id, &host);
+                /* A durable Put of a key another Put is storing retries once
+                 * that one ends: the block must then be made durable too. */
                 if (r == -EINPROGRESS)
-                        r = kvd_cache_wait_pending(io->cache, id, pending_done, io, i) == 0 ? -EINPROGRESS
-                                                                                             : -ENOMEM;
+                        r = kvd_cache_wait_pending(io->cache, id, io->durable ? retry : pending_done, io, i) == 0
+                                    ? -EINPROGRESS : -ENOMEM;
+                /* Stored already, perhaps not durably: EXISTS only once it is. */
+                if (r == -EEXIST && io->durable) {
+                        r = kvd_cache_put_durable(io->cache, id, retry, io, i);
+                        r = r == 0 ? -EEXIST : r == 1 ? -EINPROGRESS : r == -EDQUOT ? r : -EIO;
+                }
         } else {
                 r = kvd_cache_get_pin(io->cache, &k, io->kind == KVD_IO_PREFETCH, retry, io, i, &id, &host);
         }
@@ -225,6 +232,9 @@ static void item_run(struct kvd_io *io, uint32_t i)
                 break;
         case -EDQUOT:
                 finish(io, i, KVD_ITEM_QUOTA);
+                break;
+        case -EIO:
+                finish(io, i, KVD_ITEM_ERROR);
                 break;
         default:
                 finish(io, i, KVD_ITEM_NO_SPACE);

@@ -29,7 +29,7 @@
 /* Extent headers kvd_ssd_check() reads back per call. */
 #define SCRUB_PER_CHECK 8
 
-enum op_kind { OP_READ, OP_WRITE, OP_INVALIDATE };
+enum op_kind { OP_READ, OP_WRITE, OP_INVALIDATE, OP_SYNC };
 
 struct op {
         struct op *next;
@@ -435,6 +435,15 @@ static void submit_op(struct kvd_ssd *s, struct op *o)
 
         locate(s, o->loc, &fd, &off);
         o->result = 0;
+        if (o->kind == OP_SYNC) {
+                o->want = 0;
+                sqe = io_uring_get_sqe(&s->ring);
+                io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
+                io_uring_sqe_set_data(sqe, o);
+                if (s->inflight++ == 0)
+                        s->busy_since_ns = kvd_now_ns();
+                return;
+        }
         if (o->kind == OP_INVALIDATE) {
                 o->arena = s->arena_free[--s->arena_top];
                 buf = s->arena + (size_t)o->arena * PAGE;
@@ -561,6 +570,17 @@ void kvd_ssd_read(struct kvd_ssd *s, uint32_t loc, void *page, uint32_t len, uin
         enqueue(s, o);
 }
 
+void kvd_ssd_sync(struct kvd_ssd *s, uint32_t loc, enum kvd_ssd_prio prio, kvd_ssd_cb cb, void *ctx)
+{
+        struct op *o = new_op(OP_SYNC, loc, NULL, 0, prio, cb, ctx);
+
+        if (!o) {
+                cb(ctx, -ENOMEM);
+                return;
+        }
+        enqueue(s, o);
+}
+
 void kvd_ssd_discard(struct kvd_ssd *s, uint32_t loc)
 {
         struct op *o = new_op(OP_INVALIDATE, loc, NULL, 0, KVD_SSD_BACKGROUND, NULL, NULL);
@@ -599,7 +619,7 @@ static int verify_read(struct kvd_ssd *s, const struct op *o, const struct kvd_s
 static void io_failed(struct kvd_ssd *s, const struct op *o)
 {
         const struct ssd_file *f = file_of_extent(s, kvd_slab_extent_of(s->slab, o->loc));
-        const char *what = o->kind == OP_READ ? "reading" : "writing";
+        const char *what = o->kind == OP_READ ? "reading" : o->kind == OP_SYNC ? "syncing" : "writing";
 
         if (!check_files(s) || !damage_error(o->result))
                 return;
@@ -621,6 +641,8 @@ static void finish_op(struct kvd_ssd *s, struct op *o)
         /* A write into a damaged tier is not one a restart would find. */
         if (r == 0 && o->kind == OP_WRITE)
                 r = o->dsync ? verify_durable(s, o->loc) : s->st.damaged ? -EIO : 0;
+        if (r == 0 && o->kind == OP_SYNC)
+                r = verify_durable(s, o->loc);
         switch (o->kind) {
         case OP_READ:
                 if (o->result < 0)
@@ -639,6 +661,7 @@ static void finish_op(struct kvd_ssd *s, struct op *o)
                 }
                 break;
         case OP_INVALIDATE:
+        case OP_SYNC:
                 break;
         }
         if (r < 0 && r != -EBADMSG && o->kind != OP_INVALIDATE && !s->st.damaged)

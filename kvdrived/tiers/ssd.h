@@ -102,6 +102,11 @@ void kvd_ssd_write(struct kvd_ssd *s, uint32_t loc, const struct kvd_slot_header
 void kvd_ssd_read(struct kvd_ssd *s, uint32_t loc, void *page, uint32_t len, uint64_t key_hi,
                   uint64_t key_lo, uint32_t layer, enum kvd_ssd_prio prio, kvd_ssd_cb cb, void *ctx);
 
+/* Makes every write completed so far to the file that holds slot loc
+ * durable (fdatasync through the ring), then checks the tier as a durable
+ * write would; cb reports 0 or why not. */
+void kvd_ssd_sync(struct kvd_ssd *s, uint32_t loc, enum kvd_ssd_prio prio, kvd_ssd_cb cb, void *ctx);
+
 /* Frees slot loc after zeroing its header in the background, so a deleted
  * or corrupt block does not come back after a restart. The slot is reused
  * only once the wipe is done. Replaces the tier's free() for that slot. */

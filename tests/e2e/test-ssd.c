@@ -574,6 +574,45 @@ START_TEST(test_durable_needs_ssd)
 }
 END_TEST
 
+/* A durable Put of keys stored before without durability is acknowledged
+ * (EXISTS) only once their blocks are durable: those only in host memory
+ * are written, those demoted without RWF_DSYNC are synced. A SIGKILL then
+ * loses none of them. */
+START_TEST(test_durable_put_of_stored_blocks)
+{
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        struct ssd_client sc;
+        struct kvc_key seq = new_seq();
+        struct ssd_put_st st;
+        struct kvc_tier_stats t0, t1;
+        int status;
+
+        ssd_dir_make(&dir);
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        /* 3000 blocks of 8 KiB through a 16 MiB host tier: the older ones are
+         * demoted (no RWF_DSYNC), the newer ones are in host memory only. */
+        ck_assert_int_eq(ssd_put(&sc, &seq, 0, 3000, 0, 21), 3000);
+        t0 = ssd_tier_stats(&sc, "ssd");
+        st = ssd_put_st(&sc, &seq, 0, 3000, KVC_PUT_DURABLE, 21);
+        ck_assert_msg(st.exists == 3000 && st.error == 0 && st.other == 0, "exists %u ok %u error %u other %u",
+                      st.exists, st.ok, st.error, st.other);
+        t1 = ssd_tier_stats(&sc, "ssd");
+        ck_assert_uint_gt(t1.writes, t0.writes); /* the host-only ones were written */
+        ssd_client_close(&sc);
+        ck_assert_int_eq(kvd_test_daemon_kill(&d, SIGKILL), 0);
+        ck_assert_int_eq(kvd_test_daemon_wait_exit(&d, 10000, &status), 0);
+        kvd_test_daemon_stop(&d);
+        E2E_START(&d, SSD_ARGS(dir.path), );
+        ssd_client_open(&sc, d.socket_path, 64);
+        ck_assert_uint_eq(ssd_get(&sc, &seq, 0, 3000, 21).ok, 3000);
+        ssd_client_close(&sc);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
 static Suite *ssd_suite(void)
 {
         Suite *s = suite_create("ssd");
@@ -583,6 +622,7 @@ static Suite *ssd_suite(void)
         tcase_add_test(tc, test_demote_and_promote);
         tcase_add_test(tc, test_gets_beyond_host_pages_wait);
         tcase_add_test(tc, test_restart_serves_blocks);
+        tcase_add_test(tc, test_durable_put_of_stored_blocks);
         tcase_add_test(tc, test_sigkill_keeps_durable_blocks);
         tcase_add_test(tc, test_flipped_payload_byte);
         tcase_add_test(tc, test_flipped_header_byte);
