@@ -101,6 +101,32 @@ static int peer_init(struct kvd_peer *p, int fd, const struct ucred *cred, const
         return 0;
 }
 
+/* Tells a connection it is not served, and closes it. */
+static void refuse(int fd, const char *msg)
+{
+        Kvdrive__Error err = KVDRIVE__ERROR__INIT;
+        Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
+        uint8_t buf[256];
+
+        err.code = KVDRIVE__ERROR_CODE__E_LIMIT;
+        err.message = (char *)msg;
+        resp.body_case = KVDRIVE__RESPONSE__BODY_ERROR;
+        resp.error = &err;
+        if (kvdrive__response__get_packed_size(&resp) <= sizeof(buf))
+                kvd_frame_send(fd, buf, kvdrive__response__pack(&resp, buf), -1, MSG_DONTWAIT);
+        close(fd);
+}
+
+/* Connections of uid now. */
+static uint32_t sessions_of(const struct kvd_server *s, uid_t uid)
+{
+        uint32_t n = 0;
+
+        for (const struct kvd_session *x = s->sessions; x; x = x->next)
+                n += x->cred.uid == uid;
+        return n;
+}
+
 int kvd_session_accept(struct kvd_server *s, int listen_fd)
 {
         struct kvd_session *ss;
@@ -112,18 +138,8 @@ int kvd_session_accept(struct kvd_server *s, int listen_fd)
         if (fd < 0)
                 return errno == EAGAIN || errno == ECONNABORTED ? 0 : -errno;
         if (s->n_sessions >= s->cfg->max_clients) {
-                static const char msg[] = "too many clients";
-                Kvdrive__Error err = KVDRIVE__ERROR__INIT;
-                Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
-                uint8_t buf[128];
-
-                err.code = KVDRIVE__ERROR_CODE__E_LIMIT;
-                err.message = (char *)msg;
-                resp.body_case = KVDRIVE__RESPONSE__BODY_ERROR;
-                resp.error = &err;
-                kvd_frame_send(fd, buf, kvdrive__response__pack(&resp, buf), -1, MSG_DONTWAIT);
                 log_warning("refusing a client: max-clients (%u) reached", s->cfg->max_clients);
-                close(fd);
+                refuse(fd, "too many clients (max-clients)");
                 return 0;
         }
         ss = calloc(1, sizeof(*ss));
@@ -140,6 +156,19 @@ int kvd_session_accept(struct kvd_server *s, int listen_fd)
                 ss->cred = (struct ucred){ .pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1 };
         if (peer_init(&ss->peer, fd, &ss->cred, s->cfg) < 0)
                 goto err_free;
+        /* One uid cannot take every connection (root is trusted anyway). */
+        if (ss->cred.uid != 0 && sessions_of(s, ss->cred.uid) >= s->cfg->max_clients_per_uid) {
+                char msg[96];
+
+                snprintf(msg, sizeof(msg), "too many clients of uid %u (max-clients-per-uid %u)",
+                         (unsigned)ss->cred.uid, s->cfg->max_clients_per_uid);
+                log_warning("refusing a client: %s", msg);
+                free(ss->ns_rights);
+                free((void *)ss->peer.groups);
+                free(ss);
+                refuse(fd, msg);
+                return 0;
+        }
         ev = (struct epoll_event){ .events = EPOLLIN, .data.ptr = &ss->w };
         if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
                 goto err_free;

@@ -73,6 +73,8 @@ static const struct option_def options[] = {
           "when a block is read, stage the next layer's block from SSD into free host memory", false },
         { "workers", OPT_U32, OFF(workers), "2", 1, 64, "transfer worker threads", false },
         { "max-clients", OPT_U32, OFF(max_clients), "256", 1, 65536, "concurrent client sessions", false },
+        { "max-clients-per-uid", OPT_U32, OFF(max_clients_per_uid), "64", 1, 65536,
+          "concurrent client sessions of one uid (root's are not counted)", false },
         { "max-namespaces", OPT_U32, OFF(max_namespaces), "64", 1, 4096, "registered namespaces", false },
         { "max-pools-per-client", OPT_U32, OFF(max_pools_per_client), "16", 1, 1024,
           "device pools one client may register", false },

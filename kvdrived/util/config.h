@@ -49,6 +49,7 @@ struct kvd_config {
         bool promote_next_layer;        /* stage layer l+1 from SSD when l is read */
         uint32_t workers;
         uint32_t max_clients;
+        uint32_t max_clients_per_uid;   /* uid 0 exempt */
         uint32_t max_namespaces;
         uint32_t max_pools_per_client;
         uint64_t max_pool_bytes_per_client;

@@ -575,6 +575,44 @@ START_TEST(test_pool_namespace_and_item_quota)
 }
 END_TEST
 
+/* ---- connections ----------------------------------------------------------- */
+
+static int many_connections(void *arg)
+{
+        struct t *t = arg;
+        kvc_client *c[3] = { NULL };
+        int rc;
+
+        CHILD_ASSERT(kvc_connect(t->d.socket_path, "one", &c[0]) == 0, "first");
+        CHILD_ASSERT(kvc_connect(t->d.socket_path, "two", &c[1]) == 0, "second");
+        rc = kvc_connect(t->d.socket_path, "three", &c[2]);
+        CHILD_ASSERT(rc == -KVC_E_LIMIT || rc == -ECONNRESET || rc == -EPIPE, "third: %d (%s)", rc,
+                     kvc_strerror(rc));
+        kvc_disconnect(c[0]);
+        kvc_disconnect(c[1]);
+        return 0;
+}
+
+/* One uid cannot take every connection slot: others still connect. */
+START_TEST(test_connections_per_uid)
+{
+        const char *const extra[] = { "--max-clients-per-uid", "2", NULL };
+        struct t t;
+        kvc_client *a, *b, *c;
+
+        start(&t, NULL, extra);
+        run_as(NOBODY, NOBODY, NULL, 0, many_connections, &t, "uid 65534's third connection");
+        /* Root is not counted. */
+        ck_assert_int_eq(kvc_connect(t.d.socket_path, "a", &a), 0);
+        ck_assert_int_eq(kvc_connect(t.d.socket_path, "b", &b), 0);
+        ck_assert_int_eq(kvc_connect(t.d.socket_path, "c", &c), 0);
+        kvc_disconnect(a);
+        kvc_disconnect(b);
+        kvc_disconnect(c);
+        stop(&t);
+}
+END_TEST
+
 /* ---- the namespace table ------------------------------------------------ */
 
 START_TEST(test_namespaces_go_away)
@@ -760,6 +798,7 @@ static Suite *suite(void)
         tcase_add_test(tc, test_kvdrivectl_drop);
         tcase_add_test(tc, test_host_quota_evicts_own);
         tcase_add_test(tc, test_pool_namespace_and_item_quota);
+        tcase_add_test(tc, test_connections_per_uid);
         tcase_add_test(tc, test_namespaces_go_away);
         tcase_add_test(tc, test_recovery_keeps_owners_and_limits);
         suite_add_tcase(s, tc);
