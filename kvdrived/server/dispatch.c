@@ -691,6 +691,7 @@ struct key_task {
         uint32_t *prefix;       /* Lookup: the answer, per layer */
         uint64_t deleted;       /* Delete, DropNamespace */
         uint64_t cursor;        /* DropNamespace: the next index record */
+        uint32_t units;         /* probes done so far */
 };
 
 static void key_task_free(struct kvd_task *t)
@@ -733,11 +734,14 @@ static struct key_task *key_task_new(struct kvd_session *ss, uint64_t id, const 
 /* Runs kt's first slice now; queues the rest. Returns the units done now. */
 static uint32_t key_task_start(struct kvd_session *ss, struct key_task *kt)
 {
-        if (kt->task.step(&kt->task, KVD_TASK_SLICE))
+        bool done = kt->task.step(&kt->task, KVD_TASK_SLICE);
+        uint32_t units = kt->units;
+
+        if (done)
                 kt->task.free(&kt->task);
         else
                 kvd_task_queue(ss, &kt->task);
-        return KVD_TASK_SLICE;
+        return units;
 }
 
 static bool lookup_step(struct kvd_task *t, uint32_t budget)
@@ -748,6 +752,7 @@ static bool lookup_step(struct kvd_task *t, uint32_t budget)
         Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
 
         while (kt->layer < kt->layers && budget-- > 0) {
+                kt->units++;
                 if (kt->k < kt->n_keys) {
                         struct kvd_bkey key = { kt->keys[kt->k][0], kt->keys[kt->k][1], kt->ns, kt->layer };
 
@@ -779,6 +784,7 @@ static bool delete_step(struct kvd_task *t, uint32_t budget)
         while (kt->k < kt->n_keys && budget-- > 0) {
                 struct kvd_bkey key = { kt->keys[kt->k][0], kt->keys[kt->k][1], kt->ns, kt->layer };
 
+                kt->units++;
                 kt->deleted += (uint32_t)kvd_cache_delete(cache, &key);
                 if (kt->layer++ == kt->last) {
                         kt->layer = kt->first;
@@ -851,6 +857,7 @@ static bool drop_step(struct kvd_task *t, uint32_t budget)
         Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
 
         /* Index records are cheaper to look at than probes: more a slice. */
+        kt->units += budget;
         if (!kvd_cache_ns_purge(t->ss->server->cache, kt->ns, &kt->cursor, budget * 8, &kt->deleted))
                 return false;
         dr.deleted = kt->deleted;
