@@ -260,7 +260,7 @@ bool e2e_all_bytes(const void *buf, size_t n, uint8_t byte)
         return true;
 }
 
-static int64_t mono_ms(void)
+int64_t e2e_now_ms(void)
 {
         struct timespec ts;
 
@@ -271,7 +271,7 @@ static int64_t mono_ms(void)
 int e2e_wait_stats(kvc_client *c, e2e_stats_pred pred, void *arg, int timeout_ms, struct kvc_stats **ret_last)
 {
         struct timespec nap = { .tv_nsec = 10 * 1000000L };
-        int64_t deadline = mono_ms() + timeout_ms;
+        int64_t deadline = e2e_now_ms() + timeout_ms;
         struct kvc_stats *s = NULL;
         int rc;
 
@@ -282,7 +282,7 @@ int e2e_wait_stats(kvc_client *c, e2e_stats_pred pred, void *arg, int timeout_ms
                 if (rc < 0)
                         break;
                 done = pred(s, arg);
-                if (done || mono_ms() >= deadline) {
+                if (done || e2e_now_ms() >= deadline) {
                         rc = done ? 0 : -ETIMEDOUT;
                         break;
                 }

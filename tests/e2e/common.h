@@ -131,6 +131,9 @@ bool e2e_all_bytes(const void *buf, size_t n, uint8_t byte);
  */
 #define E2E_WAIT_MS 30000
 
+/* CLOCK_MONOTONIC in ms (the daemon's clock too). */
+int64_t e2e_now_ms(void);
+
 typedef bool (*e2e_stats_pred)(const struct kvc_stats *s, void *arg);
 
 /*
