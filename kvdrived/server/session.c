@@ -70,14 +70,19 @@ static void update_events(struct kvd_session *ss)
 
 int kvd_session_accept(struct kvd_server *s, int listen_fd)
 {
+        int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (fd < 0)
+                return errno == EAGAIN || errno == ECONNABORTED ? 0 : -errno;
+        return kvd_session_add(s, fd);
+}
+
+int kvd_session_add(struct kvd_server *s, int fd)
+{
         struct kvd_session *ss;
         socklen_t len = sizeof(struct ucred);
         struct epoll_event ev;
-        int fd;
 
-        fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0)
-                return errno == EAGAIN || errno == ECONNABORTED ? 0 : -errno;
         if (s->n_sessions >= s->cfg->max_clients) {
                 static const char msg[] = "too many clients";
                 Kvdrive__Error err = KVDRIVE__ERROR__INIT;
