@@ -20,10 +20,11 @@
  *     (/proc/PID/status VmRSS) and open fds (/proc/PID/fd) are taken as the
  *     baseline; the clients come back; at the end they are all killed again
  *     and both must be back: fds equal, RSS within RSS_SLACK_KB + 10%.
- * The universe fits the 256 MiB SSD tier, so no SSD eviction may excuse a
- * lost block: 3072 plain blocks of 8 KiB, and per daemon start 1024 fresh
- * durable ones (12 KiB each on SSD with their slot headers: 36 MiB + 12 MiB
- * per start; the durable key space of the 64th start is reused after).
+ * Plain blocks are a fixed universe (3072 of 8 KiB); durable ones are
+ * fresh keys of the daemon start's own key space, written at a steady rate
+ * (DURABLE_PER_S) so that some are always only just acknowledged when the
+ * daemon is killed, and deleted once checked across two restarts. All of it
+ * fits the 512 MiB SSD tier, so no SSD eviction may excuse a lost block.
  * Prints one summary line; exits 0 only if nothing was wrong.
  */
 #include <dirent.h>
@@ -53,9 +54,10 @@
 #define NS_NAME     "soak-model"
 #define LAYERS      4u
 #define BLOCK_BYTES 8192u               /* 2 kv heads x 64 dims x 16 tokens x f16 x K,V */
-#define NKEYS       1024u               /* x LAYERS blocks in the universe */
-#define DKEYS       256u                /* keys [0, DKEYS) are only ever put durable, never deleted */
+#define NKEYS       768u                /* plain keys (x LAYERS blocks): put, got, deleted at random */
 #define EPOCHS      64u                 /* durable key spaces: one per daemon start (the last one repeats) */
+#define DMAX        16384u              /* durable blocks per epoch at most */
+#define DURABLE_PER_S 160u              /* durable blocks acknowledged per second at most, all clients */
 #define KEY_HI      0x736f616b2d6b6579ull
 #define POOL_SLOTS  64u
 #define MAX_CLIENTS 32
@@ -76,6 +78,8 @@ struct shared {
         _Atomic uint32_t seq;           /* seqlock over sock and epoch: odd while they change */
         char sock[108];
         uint32_t epoch;                 /* the daemon's start count: its durable key space */
+        int64_t epoch_ms;               /* when that start was published */
+        _Atomic uint32_t durable_next[EPOCHS];  /* next fresh durable block of each epoch */
         _Atomic uint64_t ops[OP_COUNT];
         _Atomic uint64_t blocks_checked;        /* OK Get items compared byte for byte */
         _Atomic uint64_t wrong;                 /* Get items with other bytes: must stay 0 */
@@ -121,12 +125,19 @@ static void fill_block(void *buf, struct kvc_key key, uint32_t layer)
                 p[i] = splitmix(&s);
 }
 
-/* Key k of the universe: keys below DKEYS are durable ones, in the key
- * space of the daemon start (epoch) they were put in, so that every start
- * gets fresh durable Puts while the old ones stay to be checked. */
-static struct kvc_key key_of(uint32_t k, uint32_t epoch)
+/* Plain key k; durable block i of an epoch (its key and layer): each
+ * daemon start has its own durable key space, written afresh at a steady
+ * rate, so that blocks acknowledged just before a SIGKILL (still only in
+ * host memory, but for their durability) are there to be checked. */
+static struct kvc_key key_of(uint32_t k)
 {
-        return (struct kvc_key){ k < DKEYS ? KEY_HI + 1 + epoch : KEY_HI, k };
+        return (struct kvc_key){ KEY_HI, k };
+}
+
+static struct kvc_block_ref durable_ref(uint32_t epoch, uint32_t i, uint32_t slot)
+{
+        return (struct kvc_block_ref){ .key = { KEY_HI + 1 + epoch, i / LAYERS }, .layer = i % LAYERS,
+                                       .slot = slot };
 }
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -157,6 +168,7 @@ struct client {
         kvc_counters *k;
         uint32_t ns;
         uint32_t epoch;                 /* of the daemon connected to */
+        int64_t epoch_ms;
         uint64_t rng;
         int log_fd;
         uint8_t want[BLOCK_BYTES];
@@ -167,7 +179,7 @@ static uint32_t rnd(struct client *cl, uint32_t n)
         return (uint32_t)(splitmix(&cl->rng) % n);
 }
 
-static void read_sock(char *buf, uint32_t *ret_epoch)
+static void read_sock(char *buf, struct client *cl)
 {
         uint32_t s;
 
@@ -175,7 +187,8 @@ static void read_sock(char *buf, uint32_t *ret_epoch)
                 while ((s = atomic_load(&sh->seq)) & 1)
                         nap_ms(1);
                 memcpy(buf, sh->sock, sizeof(sh->sock));
-                *ret_epoch = sh->epoch;
+                cl->epoch = sh->epoch;
+                cl->epoch_ms = sh->epoch_ms;
         } while (atomic_load(&sh->seq) != s);
 }
 
@@ -191,7 +204,7 @@ static int client_open(struct client *cl)
         char sock[sizeof(sh->sock)];
         int rc;
 
-        read_sock(sock, &cl->epoch);
+        read_sock(sock, cl);
         rc = kvc_connect(sock, "soak", &cl->c);
         if (rc < 0)
                 return rc;
@@ -214,22 +227,48 @@ static int lost(struct client *cl, const char *what, int rc)
         return rc;
 }
 
-/* n distinct keys from [lo, hi) and random layers into refs, slots 0..n. */
-static void pick(struct client *cl, struct kvc_block_ref *refs, uint32_t n, uint32_t lo, uint32_t hi)
+/* n distinct plain blocks into refs (slots 0..n); with durable, a third of
+ * them are durable blocks of this epoch already put (or being put). */
+static void pick(struct client *cl, struct kvc_block_ref *refs, uint32_t n, bool durable)
 {
+        uint32_t put = atomic_load(&sh->durable_next[cl->epoch]);
+
         for (uint32_t i = 0; i < n; i++) {
-                uint32_t k;
                 bool dup;
 
                 do {
-                        k = lo + rnd(cl, hi - lo);
+                        if (durable && put > 0 && rnd(cl, 3) == 0)
+                                refs[i] = durable_ref(cl->epoch, rnd(cl, put < DMAX ? put : DMAX), i);
+                        else
+                                refs[i] = (struct kvc_block_ref){ .key = key_of(rnd(cl, NKEYS)),
+                                                                  .layer = rnd(cl, LAYERS), .slot = i };
                         dup = false;
                         for (uint32_t j = 0; j < i; j++)
-                                dup |= refs[j].key.lo == k;
+                                dup |= refs[j].key.hi == refs[i].key.hi && refs[j].key.lo == refs[i].key.lo &&
+                                       refs[j].layer == refs[i].layer;
                 } while (dup);
-                refs[i] = (struct kvc_block_ref){ .key = key_of(k, cl->epoch), .layer = rnd(cl, LAYERS),
-                                                  .slot = i };
         }
+}
+
+/* n fresh durable blocks of this epoch into refs, within the rate; fewer
+ * (maybe 0) when the budget so far is spent. */
+static uint32_t pick_durable(struct client *cl, struct kvc_block_ref *refs, uint32_t n)
+{
+        int64_t budget = (now_ms() - cl->epoch_ms) * DURABLE_PER_S / 1000;
+        uint32_t first;
+
+        if (budget > DMAX)
+                budget = DMAX;
+        if ((int64_t)atomic_load(&sh->durable_next[cl->epoch]) + n > budget)
+                return 0;
+        first = atomic_fetch_add(&sh->durable_next[cl->epoch], n);
+        if (first >= DMAX)
+                return 0;
+        if (first + n > DMAX)
+                n = DMAX - first;
+        for (uint32_t i = 0; i < n; i++)
+                refs[i] = durable_ref(cl->epoch, first + i, i);
+        return n;
 }
 
 static int do_put(struct client *cl, bool durable)
@@ -241,9 +280,13 @@ static int do_put(struct client *cl, bool durable)
         int rc;
 
         if (durable)
-                pick(cl, refs, n, 0, DKEYS);
-        else
-                pick(cl, refs, n, DKEYS, NKEYS);
+                n = pick_durable(cl, refs, n);
+        if (n == 0) {                   /* over the durable rate: a plain Put instead */
+                n = 1 + rnd(cl, 16);
+                durable = false;
+        }
+        if (!durable)
+                pick(cl, refs, n, false);
         for (uint32_t i = 0; i < n; i++)
                 fill_block(kvc_pool_slot(cl->p, i), refs[i].key, refs[i].layer);
         rc = kvc_put_submit_flags(cl->c, cl->ns, cl->p, refs, n, durable ? KVC_PUT_DURABLE : 0, st, &id);
@@ -289,7 +332,7 @@ static int do_get(struct client *cl, bool counted)
         uint64_t id;
         int rc;
 
-        pick(cl, refs, n, 0, NKEYS);
+        pick(cl, refs, n, true);
         for (uint32_t i = 0; i < n; i++) {
                 memset(kvc_pool_slot(cl->p, i), 0xa5, BLOCK_BYTES);
                 refs[i].counter = counted;
@@ -318,7 +361,7 @@ static int do_lookup(struct client *cl)
         int rc;
 
         for (uint32_t i = 0; i < n; i++)
-                keys[i] = key_of(k0 + i, cl->epoch);
+                keys[i] = key_of(k0 + i);
         rc = kvc_lookup(cl->c, cl->ns, keys, n, prefix, LAYERS);
         if (rc < 0)
                 return lost(cl, "lookup", rc);
@@ -335,7 +378,7 @@ static int do_delete(struct client *cl)
         int rc;
 
         for (uint32_t i = 0; i < n; i++)
-                keys[i] = key_of(DKEYS + rnd(cl, NKEYS - DKEYS), 0);
+                keys[i] = key_of(rnd(cl, NKEYS));
         rc = kvc_delete(cl->c, cl->ns, keys, n, rnd(cl, 2) ? -1 : (int32_t)rnd(cl, LAYERS));
         return rc < 0 ? lost(cl, "delete", rc) : 0;
 }
@@ -347,7 +390,7 @@ static int do_prefetch(struct client *cl)
         uint32_t n = 1 + rnd(cl, 32);
         int rc;
 
-        pick(cl, refs, n, 0, NKEYS);
+        pick(cl, refs, n, true);
         rc = kvc_prefetch(cl->c, cl->ns, refs, n, st);
         if (rc < 0)
                 return lost(cl, "prefetch", rc);
@@ -364,7 +407,7 @@ static int do_scores(struct client *cl)
         uint32_t n = 1 + rnd(cl, 16);
         int rc;
 
-        pick(cl, refs, n, 0, NKEYS);
+        pick(cl, refs, n, true);
         for (uint32_t i = 0; i < n; i++)
                 sc[i] = (struct kvc_block_score){ refs[i].key, refs[i].layer, (float)rnd(cl, 1000) / 1000.0f };
         rc = kvc_report_scores(cl->c, cl->ns, sc, n);
@@ -464,6 +507,7 @@ struct soak {
         pid_t clients[MAX_CLIENTS];
         unsigned n_clients;
         uint64_t kills, restarts, checks, verified, last_verified, unexpected_exits;
+        bool retired[EPOCHS];           /* epochs checked across two restarts, then deleted */
 };
 
 static pid_t spawn_client(unsigned index)
@@ -480,12 +524,13 @@ static void publish_sock(const char *path, uint32_t epoch)
         atomic_fetch_add(&sh->seq, 1);
         snprintf(sh->sock, sizeof(sh->sock), "%s", path);
         sh->epoch = epoch;
+        sh->epoch_ms = now_ms();
         atomic_fetch_add(&sh->seq, 1);
 }
 
 static int start_daemon(struct soak *so)
 {
-        const char *args[] = { "--host-bytes", "16M", "--ssd-dir", so->ssd_dir, "--ssd-bytes", "256M",
+        const char *args[] = { "--host-bytes", "16M", "--ssd-dir", so->ssd_dir, "--ssd-bytes", "512M",
                                "--ssd-extent-bytes", "1M", "--max-clients", "64", "--log-level", "warning", NULL };
         int rc = kvd_test_daemon_start(&so->d, args);
 
@@ -546,12 +591,12 @@ static void spawn_all_clients(struct soak *so)
                         so->clients[i] = spawn_client(i);
 }
 
-#define DURABLE_BLOCKS (EPOCHS * DKEYS * LAYERS)
+#define DURABLE_BLOCKS (EPOCHS * DMAX)
 
-/* The durable logs: every (key, layer) acknowledged durable once, with the
- * hash logged for it (hashes[u] and has[u] for u = (epoch * DKEYS + key) *
- * LAYERS + layer). */
-static int read_durable_logs(uint64_t *hashes, uint8_t *has)
+/* The durable logs: every block acknowledged durable, with the hash logged
+ * for it (hashes[u] and has[u] for u = epoch * DMAX + its index in the
+ * epoch), those of retired epochs left out. */
+static int read_durable_logs(const struct soak *so, uint64_t *hashes, uint8_t *has)
 {
         struct dirent *e;
         int bad = 0;
@@ -568,16 +613,18 @@ static int read_durable_logs(uint64_t *hashes, uint8_t *has)
                 snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
                 fd = open(path, O_RDONLY | O_CLOEXEC);
                 while (fd >= 0 && read(fd, &r, sizeof(r)) == sizeof(r)) {
-                        uint64_t ep = r.key_hi - KEY_HI - 1;
-                        uint32_t u = (uint32_t)((ep * DKEYS + r.key_lo) * LAYERS + r.layer);
+                        uint64_t ep = r.key_hi - KEY_HI - 1, i = r.key_lo * LAYERS + r.layer;
+                        uint32_t u = (uint32_t)(ep * DMAX + i);
 
-                        if (r.key_hi <= KEY_HI || ep >= EPOCHS || r.key_lo >= DKEYS || r.layer >= LAYERS) {
+                        if (r.key_hi <= KEY_HI || ep >= EPOCHS || r.layer >= LAYERS || i >= DMAX) {
                                 fail("durable log %s: a record of no block of ours", path);
                                 bad++;
                                 continue;
                         }
+                        if (so->retired[ep])
+                                continue;
                         if (has[u] && hashes[u] != r.hash) {
-                                fail("durable log %s: two hashes for block %u", path, u);
+                                fail("durable log %s: two hashes for durable block %u", path, u);
                                 bad++;
                         }
                         has[u] = 1;
@@ -591,9 +638,31 @@ static int read_durable_logs(uint64_t *hashes, uint8_t *has)
         return bad;
 }
 
+/* Deletes every block of epoch ep, once checked across a restart: the SSD
+ * tier must keep room for the epochs to come. */
+static int retire_epoch(struct soak *so, kvc_client *c, uint32_t ns, uint32_t ep)
+{
+        struct kvc_key keys[256];
+
+        for (uint32_t k = 0; k < DMAX / LAYERS; k += 256) {
+                int rc;
+
+                for (uint32_t i = 0; i < 256; i++)
+                        keys[i] = (struct kvc_key){ KEY_HI + 1 + ep, k + i };
+                rc = kvc_delete(c, ns, keys, 256, -1);
+                if (rc < 0) {
+                        fail("retiring epoch %u: %s (%s)", ep, kvc_strerror(rc), kvc_last_error(c));
+                        return rc;
+                }
+        }
+        so->retired[ep] = true;
+        return 0;
+}
+
 /* Every block a client logged as acknowledged durable must be there, byte
- * for byte: the hash it logged, and the bytes of its key. */
-static int check_durable(struct soak *so)
+ * for byte: the hash it logged, and the bytes of its key. Then the epochs
+ * before the last two are retired (after a restart only). */
+static int check_durable(struct soak *so, bool retire)
 {
         static uint64_t hashes[DURABLE_BLOCKS];
         static uint8_t has[DURABLE_BLOCKS];
@@ -604,7 +673,7 @@ static int check_durable(struct soak *so)
         kvc_pool *p = NULL;
         uint64_t verified = 0;
         uint32_t ns, u = 0;
-        int rc, bad = read_durable_logs(hashes, has);
+        int rc, bad = read_durable_logs(so, hashes, has);
 
         rc = kvc_connect(so->d.socket_path, "soak-check", &c);
         if (rc == 0)
@@ -622,8 +691,7 @@ static int check_durable(struct soak *so)
                 for (; u < DURABLE_BLOCKS && n < POOL_SLOTS; u++) {
                         if (!has[u])
                                 continue;
-                        refs[n] = (struct kvc_block_ref){ .key = key_of(u / LAYERS % DKEYS, u / LAYERS / DKEYS),
-                                                          .layer = u % LAYERS, .slot = n };
+                        refs[n] = durable_ref(u / DMAX, u % DMAX, n);
                         us[n++] = u;
                 }
                 if (n == 0)
@@ -637,22 +705,26 @@ static int check_durable(struct soak *so)
                 }
                 for (uint32_t i = 0; i < n; i++) {
                         const void *got = kvc_pool_slot(p, i);
-                        uint32_t k = (uint32_t)refs[i].key.lo, l = refs[i].layer;
 
-                        fill_block(want, refs[i].key, l);
+                        fill_block(want, refs[i].key, refs[i].layer);
                         if (st[i] != KVC_ITEM_OK) {
-                                fail("durable block (%u, %u) was acknowledged; now status %u", k, l, st[i]);
+                                fail("durable block %u of epoch %u was acknowledged; now status %u", us[i] % DMAX,
+                                     us[i] / DMAX, st[i]);
                                 bad++;
                         } else if (XXH3_64bits(got, BLOCK_BYTES) != hashes[us[i]] ||
                                    memcmp(got, want, BLOCK_BYTES) != 0) {
                                 atomic_fetch_add(&sh->wrong, 1);
-                                fail("durable block (%u, %u) came back with other bytes", k, l);
+                                fail("durable block %u of epoch %u came back with other bytes", us[i] % DMAX,
+                                     us[i] / DMAX);
                                 bad++;
                         } else {
                                 verified++;
                         }
                 }
         }
+        for (uint32_t ep = 0; retire && bad == 0 && ep + 2 <= so->restarts && ep < EPOCHS; ep++)
+                if (!so->retired[ep] && retire_epoch(so, c, ns, ep) < 0)
+                        bad++;
         kvc_pool_free(p);
         kvc_disconnect(c);
         so->checks++;
@@ -843,7 +915,7 @@ int main(int argc, char **argv)
                 if (now >= next_restart && now < t_restarts_end) {
                         kill_daemon(so);
                         so->restarts++;
-                        if (start_daemon(so) < 0 || check_durable(so) < 0) {
+                        if (start_daemon(so) < 0 || check_durable(so, true) < 0) {
                                 rc = 1;
                                 break;
                         }
@@ -861,7 +933,7 @@ int main(int argc, char **argv)
                 nap_ms(20);
         }
         kill_all_clients(so);
-        if (rc == 0 && (idle_usage(so, &end) < 0 || check_durable(so) < 0))
+        if (rc == 0 && (idle_usage(so, &end) < 0 || check_durable(so, false) < 0))
                 rc = 1;
         if (rc == 0 && end.fds != base.fds) {
                 fail("the daemon holds %d fds with no client, %d at the baseline", end.fds, base.fds);
