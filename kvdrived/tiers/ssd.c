@@ -639,9 +639,14 @@ void kvd_ssd_drain(struct kvd_ssd *s)
         while (s->ring_ok && (s->inflight > 0 || s->queued > 0)) {
                 struct io_uring_cqe *cqe;
 
+                int r;
+
                 pump(s);
                 kvd_ssd_flush(s);
-                if (io_uring_wait_cqe(&s->ring, &cqe) < 0)
+                /* A signal is no reason to leave I/O in flight. */
+                while ((r = io_uring_wait_cqe(&s->ring, &cqe)) == -EINTR)
+                        ;
+                if (r < 0)
                         break;
                 process_cqe(s, cqe);
                 io_uring_cqe_seen(&s->ring, cqe);
@@ -694,8 +699,10 @@ static int read_headers(struct kvd_ssd *s, const uint32_t *locs, unsigned n)
         }
         io_uring_submit(&s->ring);
         for (unsigned i = 0; i < n; i++) {
-                int r = io_uring_wait_cqe(&s->ring, &cqe);
+                int r;
 
+                while ((r = io_uring_wait_cqe(&s->ring, &cqe)) == -EINTR)
+                        ; /* a signal: recovery goes on */
                 if (r < 0)
                         return r;
                 if (cqe->res != PAGE) /* short or failed: that header is unreadable */

@@ -17,7 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -28,6 +30,7 @@
 #include "kvdrive.pb-c.h"
 #include "log.h"
 #include "server.h"
+#include "slot.h"
 #include "xfer.h"
 
 #define MAX_SESSIONS 4
@@ -45,6 +48,30 @@ static void remove_dir(void)
                 unlink(ssd_file);
         if (ssd_dir[0])
                 rmdir(ssd_dir);
+}
+
+static void on_alarm(int sig)
+{
+}
+
+/*
+ * Signals interrupt blocking calls now and then in any process (a handler,
+ * or a stop and continue: a debugger attaching, a terminal's ^Z): a no-op
+ * SIGALRM handler on a 100 us timer (no SA_RESTART) makes the daemon's
+ * waits see EINTR while it recovers, serves and stops. libFuzzer's own
+ * -timeout alarm found the first such bug; this makes replays see it too.
+ * On unless $KVD_FUZZ_SIGNALS is 0.
+ */
+static void start_signal_storm(void)
+{
+        struct sigaction sa = { .sa_handler = on_alarm };
+        struct itimerval it = { { 0, 100 }, { 0, 100 } };
+
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGALRM, &sa, NULL) < 0 || setitimer(ITIMER_REAL, &it, NULL) < 0) {
+                perror("fuzz: signal storm");
+                exit(1);
+        }
 }
 
 int fuzz_daemon_init(int ssd)
@@ -88,6 +115,8 @@ int fuzz_daemon_init(int ssd)
                 exit(1);
         }
         kvd_log_set_level(verbose ? LOG_DEBUG : cfg.log_level);
+        if (!getenv("KVD_FUZZ_SIGNALS") || strcmp(getenv("KVD_FUZZ_SIGNALS"), "0") != 0)
+                start_signal_storm();
         return 0;
 }
 
@@ -202,7 +231,9 @@ static int send_chunk(int sock, const uint8_t *p, size_t len, int fd)
         return sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 ? -errno : 0;
 }
 
-int fuzz_daemon_one(const uint8_t *data, size_t size)
+/* Starts the daemon (recovering what the SSD tier's file holds), feeds it
+ * the chunks as one client, and stops it. */
+static int run_daemon(const uint8_t *data, size_t size)
 {
         struct kvd_cache *cache = NULL;
         struct kvd_xfer *xfer = NULL;
@@ -210,8 +241,6 @@ int fuzz_daemon_one(const uint8_t *data, size_t size)
         struct client cl = { .n = 0 };
         unsigned cur = 0;
 
-        if (ssd_file[0])
-                unlink(ssd_file);       /* each input starts from an empty drive */
         if (kvd_cache_new(&cfg, &cache) < 0 || kvd_xfer_new(cfg.workers, &xfer) < 0 ||
             kvd_server_new(&cfg, cache, xfer, NULL, &s) < 0 || new_session(s, &cl) < 0)
                 fuzz_fail("cannot set the daemon up");
@@ -264,4 +293,72 @@ int fuzz_daemon_one(const uint8_t *data, size_t size)
         kvd_cache_write_back(cache);
         kvd_cache_free(cache);
         return 0;
+}
+
+int fuzz_daemon_one(const uint8_t *data, size_t size)
+{
+        if (ssd_file[0])
+                unlink(ssd_file);       /* each input starts from an empty drive */
+        return run_daemon(data, size);
+}
+
+/* ---- fuzz-recover: the SSD tier's file from the input ----------------- */
+
+#define IMAGE_PAGES 2048u       /* 8 MiB: the tier's ssd-bytes */
+#define PAGE 4096u
+
+int fuzz_recover_one(const uint8_t *data, size_t size)
+{
+        static uint8_t image[IMAGE_PAGES * PAGE];
+        uint32_t n_records, top = 0;
+        const uint8_t *p = data, *end = data + size;
+        struct seal {
+                uint32_t page;
+                uint8_t flags;
+        } seals[64];
+        unsigned n_seals = 0;
+        int fd;
+
+        if (size < 2)
+                return 0;
+        n_records = (uint32_t)p[0] | (uint32_t)p[1] << 8;
+        p += 2;
+        memset(image, 0, sizeof(image));
+        for (uint32_t r = 0; r < n_records && end - p >= 5; r++) {
+                uint8_t flags = p[0];
+                uint32_t page = ((uint32_t)p[1] | (uint32_t)p[2] << 8) % IMAGE_PAGES;
+                size_t len = (size_t)p[3] | (size_t)p[4] << 8;
+
+                p += 5;
+                if (len > (size_t)(end - p))
+                        len = (size_t)(end - p);
+                if (len > PAGE)
+                        len = PAGE;
+                memcpy(image + (size_t)page * PAGE, p, len);
+                p += len;
+                if (page + 1 > top)
+                        top = page + 1;
+                if ((flags & (FUZZ_SEAL_EXTENT | FUZZ_SEAL_SLOT)) && n_seals < 64)
+                        seals[n_seals++] = (struct seal){ page, flags };
+        }
+        /* Crcs last, so that a slot's payload crc covers what lies after it. */
+        for (unsigned i = 0; i < n_seals; i++) {
+                uint8_t *pg = image + (size_t)seals[i].page * PAGE;
+
+                if (seals[i].flags & FUZZ_SEAL_EXTENT) {
+                        kvd_extent_header_seal((struct kvd_extent_header *)pg);
+                } else {
+                        struct kvd_slot_header *h = (struct kvd_slot_header *)pg;
+                        size_t room = sizeof(image) - ((size_t)seals[i].page + 1) * PAGE;
+
+                        if (h->payload_len <= room)
+                                h->payload_crc = kvd_slot_crc(pg + PAGE, h->payload_len);
+                        kvd_slot_header_seal(h);
+                }
+        }
+        fd = open(ssd_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0 || write(fd, image, (size_t)top * PAGE) != (ssize_t)((size_t)top * PAGE))
+                fuzz_fail("cannot write the SSD image: %s", strerror(errno));
+        close(fd);
+        return run_daemon(p, (size_t)(end - p));
 }

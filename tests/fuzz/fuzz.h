@@ -26,6 +26,19 @@ int fuzz_daemon_init(int ssd);
 int fuzz_daemon_one(const uint8_t *data, size_t size);
 
 /*
+ * fuzz-recover's input: the SSD tier's file, then chunks as above for the
+ * daemon started on it (which recovers the file first). The file is
+ *     u16 n, then n records: u8 flags, u16 page, u16 length, length bytes
+ * (placed at page * 4 KiB of an 8 MiB image, at most 4 KiB each). Flags:
+ * seal the page as an extent header, or as a slot header (its payload crc
+ * over the payload_len bytes after it, then its header crc), so that inputs
+ * get past the crcs to what recovery does with a header it believes.
+ */
+#define FUZZ_SEAL_EXTENT 0x01u
+#define FUZZ_SEAL_SLOT   0x02u
+int fuzz_recover_one(const uint8_t *data, size_t size);
+
+/*
  * The daemon targets' input: a sequence of chunks, each
  *     u8 flags, u16 length (little-endian), length bytes
  * sent as one message (the bytes as they are: frame header included). The

@@ -346,6 +346,61 @@ static void slot_seed(const char *name, uint8_t flags, bool torn, uint32_t paylo
         write_file("fuzz-slot", name, buf, sizeof(buf));
 }
 
+/* ---- SSD images for fuzz-recover ----------------------------------------- */
+
+static void add_record(struct stream *s, uint8_t flags, uint16_t page, const void *p, size_t len)
+{
+        if (s->n + 5 + len > sizeof(s->buf))
+                abort();
+        s->buf[s->n++] = flags;
+        s->buf[s->n++] = (uint8_t)page;
+        s->buf[s->n++] = (uint8_t)(page >> 8);
+        s->buf[s->n++] = (uint8_t)len;
+        s->buf[s->n++] = (uint8_t)(len >> 8);
+        memcpy(s->buf + s->n, p, len);
+        s->n += len;
+}
+
+/* Extent 0 (4 KiB blocks: 8 KiB slots) holding `slots` blocks of the seed
+ * namespace as the tier writes them (crcs set by the harness), then a
+ * session that reads them. */
+static void recover_seed(const char *name, unsigned slots, bool session)
+{
+        struct stream s = { .n = 2 };
+        struct kvd_extent_header eh = { .magic = KVD_EXTENT_MAGIC, .version = KVD_FORMAT_VERSION,
+                                        .slot_bytes = KVD_SLOT_HDR_BYTES + 4096, .generation = 1 };
+        uint8_t payload[4096];
+        unsigned records = 1;
+
+        add_record(&s, FUZZ_SEAL_EXTENT, 0, &eh, sizeof(eh));
+        for (unsigned i = 0; i < slots; i++) {
+                struct kvd_slot_header h = {
+                        .magic = KVD_SLOT_MAGIC, .version = KVD_FORMAT_VERSION, .codec = KVD_CODEC_NONE,
+                        .generation = 10 + i, .extent_generation = 1, .key_hi = refs[i].key_hi,
+                        .key_lo = refs[i].key_lo, .layer = refs[i].layer, .payload_len = 4096,
+                        .ns_layers = geom.layers, .ns_kv_heads = geom.kv_heads, .ns_head_dim = geom.head_dim,
+                        .ns_dtype = geom.dtype, .ns_block_tokens = geom.block_tokens, .ns_name = NS_NAME,
+                };
+
+                for (unsigned b = 0; b < sizeof(payload); b++)
+                        payload[b] = (uint8_t)(b * 7 + i);
+                add_record(&s, FUZZ_SEAL_SLOT, (uint16_t)(1 + 2 * i), &h, sizeof(h));
+                add_record(&s, 0, (uint16_t)(2 + 2 * i), payload, sizeof(payload));
+                records += 2;
+        }
+        s.buf[0] = (uint8_t)records;
+        s.buf[1] = (uint8_t)(records >> 8);
+        if (session) {
+                add_setup(&s);
+                add_req(&s, R_GET, 4, 0);
+                add_req(&s, R_LOOKUP, 5, 0);
+                add_req(&s, R_PREFETCH, 6, 0);
+                add_req(&s, R_DELETE, 7, 0);
+                add_req(&s, R_STATS, 8, 0);
+        }
+        write_file("fuzz-recover", name, s.buf, s.n);
+}
+
 int main(int argc, char **argv)
 {
         if (argc != 2) {
@@ -361,6 +416,9 @@ int main(int argc, char **argv)
         frame_seeds();
         daemon_seeds("fuzz-daemon");
         daemon_seeds("fuzz-daemon-ssd");
+        recover_seed("00-empty-extent", 0, false);
+        recover_seed("01-two-blocks", 2, false);
+        recover_seed("02-four-blocks-read", 4, true);
         slot_seed("00-valid", 0, false, 4096);
         slot_seed("01-valid-resealed", 7, false, 4096);
         slot_seed("02-torn", 0, true, 4096);
