@@ -233,10 +233,11 @@ int kvd_server_run_once(struct kvd_server *s, int timeout_ms)
         kvd_cache_flush(s->cache);
         n = epoll_wait(s->epfd, evs, ARRAY_SIZE(evs), timeout_ms);
         if (n < 0) {
-                if (errno == EINTR)
+                n = -errno;
+                if (n == -EINTR)
                         return 0;
-                log_error("epoll_wait: %m");
-                return -errno;
+                log_error("epoll_wait: %s", strerror(-n));
+                return n;
         }
         for (int i = 0; i < n; i++) {
                 struct watch *w = evs[i].data.ptr;
