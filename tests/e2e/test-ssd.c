@@ -414,8 +414,14 @@ START_TEST(test_admission_spares_the_drive)
         {
                 struct kvc_stats *st = NULL;
                 int rc = e2e_wait_stats(sc.c, ssd_demoted, NULL, E2E_WAIT_MS, &st);
+                const struct kvc_tier_stats *ts = st ? e2e_tier(st, "ssd") : NULL;
 
-                ck_assert_msg(rc == 0, "no demotion landed: %d", rc);
+                /* If none ever lands, say whether the tier could write at all. */
+                ck_assert_msg(rc == 0, "no demotion landed (%d): ssd writes %llu, write errors %llu, dropped %llu, "
+                              "full %d, condition '%s'", rc, ts ? (unsigned long long)ts->writes : 0ull,
+                              ts ? (unsigned long long)ts->write_errors : 0ull,
+                              ts ? (unsigned long long)ts->dropped : 0ull, ts ? ts->full : -1,
+                              ts ? ts->condition : "?");
                 kvc_stats_free(st);
         }
         t = ssd_tier_stats(&sc, "ssd");
