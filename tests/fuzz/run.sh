@@ -28,9 +28,11 @@ failed=0
 for t in "${targets[@]}"; do
         out=$build/fuzz-out/$t
         rm -rf "$out"
-        mkdir -p "$out/corpus" "$out/crashes"
+        mkdir -p "$out/corpus" "$out/crashes" "$out/tmp"
         cp tests/fuzz/corpus/"$t"/* "$out/corpus/"
-        if ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+        # TMPDIR: the SSD targets' tier directory stays in $out (libFuzzer
+        # does not always run atexit handlers).
+        if TMPDIR=$PWD/$out/tmp ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
                 "$build/tests/fuzz/$t" -max_total_time="$secs" -timeout=20 -rss_limit_mb=4096 \
                 -print_final_stats=1 -artifact_prefix="$out/crashes/" "$out/corpus" >"$out/log" 2>&1; then
                 status=clean
