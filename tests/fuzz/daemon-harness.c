@@ -39,8 +39,8 @@
 
 static struct kvd_config cfg;
 static bool verbose;            /* $KVD_FUZZ_VERBOSE: print each reply (writing seeds) */
-static char ssd_dir[64];
-static char ssd_file[128];
+static char ssd_dir[256];
+static char ssd_file[300];
 
 static void remove_dir(void)
 {
@@ -91,10 +91,10 @@ int fuzz_daemon_init(int ssd)
         argv[argc++] = "--max-inflight-per-client=8";
         argv[argc++] = "--cuda-module=/nonexistent/kvdrive-cuda.so";
         if (ssd) {
-                static char dir_arg[96];
+                static char dir_arg[320];
 
                 snprintf(ssd_dir, sizeof(ssd_dir), "%s/kvd-fuzz-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-                if (!mkdtemp(ssd_dir)) {
+                if (strlen(ssd_dir) >= sizeof(ssd_dir) - 1 || !mkdtemp(ssd_dir)) {
                         perror("mkdtemp");
                         exit(1);
                 }

@@ -41,11 +41,11 @@ for t in "${targets[@]}"; do
                 failed=1
         fi
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out/log" | tail -1)
-        cov=$(grep -o 'cov: [0-9]*' "$out/log" | tail -1 | cut -d' ' -f2)
+        cov=$(grep -o 'cov: [0-9]*' "$out/log" | tail -1 | cut -d' ' -f2 || true)
         printf '%-16s %4ss  %8s runs  cov %5s  corpus %4s  %s\n' "$t" "$secs" "${runs:-?}" "${cov:-?}" \
                 "$(ls "$out/corpus" | wc -l)" "$status"
         if [ "$status" != clean ]; then
-                grep -E 'ERROR|SUMMARY|invariant|Test unit written|==[0-9]+==' "$out/log" | head -20 || true
+                grep -E 'ERROR|SUMMARY|invariant|Test unit written|==[0-9]+==|^[a-z]+:' "$out/log" | head -20 || true
         fi
 done
 exit $failed
