@@ -105,6 +105,9 @@ struct kvd_server {
 
 /* session.c */
 int kvd_session_accept(struct kvd_server *s, int listen_fd);
+/* Serves connected non-blocking fd (taken) as a new session: 1, 0 when
+ * refused (max-clients; the client is told why), or -errno. */
+int kvd_session_add(struct kvd_server *s, int fd);
 void kvd_session_readable(struct kvd_session *ss);
 void kvd_session_writable(struct kvd_session *ss);
 void kvd_session_close(struct kvd_session *ss, const char *why);

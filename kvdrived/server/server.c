@@ -294,83 +294,118 @@ bool kvd_tasks_run(struct kvd_server *s)
         return s->task_first != NULL;
 }
 
-int kvd_server_run(struct kvd_server *s)
+int kvd_server_run_once(struct kvd_server *s, int timeout_ms)
 {
         struct epoll_event evs[64];
+        bool busy;
+        int n;
 
-        for (;;) {
-                int n;
-
-                bool busy = kvd_tasks_run(s);
-
-                kvd_cache_flush(s->cache);
-                n = epoll_wait(s->epfd, evs, ARRAY_SIZE(evs), busy ? 0 : -1);
-
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        log_error("epoll_wait: %m");
-                        return -errno;
-                }
-                for (int i = 0; i < n; i++) {
-                        struct watch *w = evs[i].data.ptr;
-                        struct signalfd_siginfo si;
-                        uint64_t ticks;
-
-                        switch (w->type) {
-                        case WATCH_SIGNAL:
-                                if (read(w->fd, &si, sizeof(si)) != sizeof(si))
-                                        break;
-                                if (si.ssi_signo == SIGHUP) {
-                                        log_notice("received SIGHUP: reloading the configuration is not "
-                                                   "supported yet; going on with the running one");
-                                        break;
-                                }
-                                log_info("received %s, stopping", strsignal((int)si.ssi_signo));
-                                return 0;
-                        case WATCH_XFER:
-                                kvd_xfer_reap(s->xfer);
-                                break;
-                        case WATCH_SSD:
-                                kvd_cache_ssd_reap(s->cache);
-                                break;
-                        case WATCH_TIMER:
-                                if (read(w->fd, &ticks, sizeof(ticks)) != sizeof(ticks))
-                                        break;
-                                if (getenv("NOTIFY_SOCKET"))
-                                        notify_status(s);
-                                kvd_cache_tick(s->cache);
-                                break;
-                        case WATCH_LISTEN:
-                                for (int k = 0; k < 16; k++) {
-                                        int r = kvd_session_accept(s, w->fd);
-
-                                        if (r <= 0) {
-                                                if (r < 0)
-                                                        log_warning("accept: %s", strerror(-r));
-                                                break;
-                                        }
-                                }
-                                break;
-                        case WATCH_SESSION: {
-                                struct kvd_session *ss = (struct kvd_session *)w;
-
-                                /* A session closed earlier in this batch of
-                                 * events is still referenced by it: skip. */
-                                if (ss->closed)
-                                        break;
-                                kvd_session_ref(ss);
-                                if (evs[i].events & EPOLLOUT)
-                                        kvd_session_writable(ss);
-                                if (!ss->closed && (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
-                                        kvd_session_readable(ss);
-                                kvd_session_unref(ss);
-                                break;
-                        }
-                        }
-                }
-                kvd_session_bury(s);
+        /* Requests done in slices get a slice each; the wait does not
+         * sleep while any remain. */
+        busy = kvd_tasks_run(s);
+        kvd_cache_flush(s->cache);
+        n = epoll_wait(s->epfd, evs, ARRAY_SIZE(evs), busy ? 0 : timeout_ms);
+        if (n < 0) {
+                n = -errno;
+                if (n == -EINTR)
+                        return 0;
+                log_error("epoll_wait: %s", strerror(-n));
+                return n;
         }
+        for (int i = 0; i < n; i++) {
+                struct watch *w = evs[i].data.ptr;
+                struct signalfd_siginfo si;
+                uint64_t ticks;
+
+                switch (w->type) {
+                case WATCH_SIGNAL:
+                        if (read(w->fd, &si, sizeof(si)) != sizeof(si))
+                                break;
+                        if (si.ssi_signo == SIGHUP) {
+                                log_notice("received SIGHUP: reloading the configuration is not "
+                                           "supported yet; going on with the running one");
+                                break;
+                        }
+                        log_info("received %s, stopping", strsignal((int)si.ssi_signo));
+                        n = -ECANCELED;
+                        goto out;
+                case WATCH_XFER:
+                        kvd_xfer_reap(s->xfer);
+                        break;
+                case WATCH_SSD:
+                        kvd_cache_ssd_reap(s->cache);
+                        break;
+                case WATCH_TIMER:
+                        if (read(w->fd, &ticks, sizeof(ticks)) != sizeof(ticks))
+                                break;
+                        if (getenv("NOTIFY_SOCKET"))
+                                notify_status(s);
+                        kvd_cache_tick(s->cache);
+                        break;
+                case WATCH_LISTEN:
+                        for (int k = 0; k < 16; k++) {
+                                int r = kvd_session_accept(s, w->fd);
+
+                                if (r <= 0) {
+                                        if (r < 0)
+                                                log_warning("accept: %s", strerror(-r));
+                                        break;
+                                }
+                        }
+                        break;
+                case WATCH_SESSION: {
+                        struct kvd_session *ss = (struct kvd_session *)w;
+
+                        /* A session closed earlier in this batch of
+                         * events is still referenced by it: skip. */
+                        if (ss->closed)
+                                break;
+                        kvd_session_ref(ss);
+                        if (evs[i].events & EPOLLOUT)
+                                kvd_session_writable(ss);
+                        if (!ss->closed && (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+                                kvd_session_readable(ss);
+                        kvd_session_unref(ss);
+                        break;
+                }
+                }
+        }
+out:
+        kvd_session_bury(s);
+        return n;
+}
+
+int kvd_server_run(struct kvd_server *s)
+{
+        for (;;) {
+                int r = kvd_server_run_once(s, -1);
+
+                if (r == -ECANCELED)
+                        return 0;
+                if (r < 0)
+                        return r;
+        }
+}
+
+int kvd_server_adopt(struct kvd_server *s, int fd)
+{
+        int fl = fcntl(fd, F_GETFL), r;
+
+        if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+                r = -errno;
+                close(fd);
+                return r;
+        }
+        r = kvd_session_add(s, fd);
+        return r < 0 ? r : r == 0 ? -EUSERS : 0;
+}
+
+bool kvd_server_idle(const struct kvd_server *s)
+{
+        for (const struct kvd_session *x = s->sessions; x; x = x->next)
+                if (x->inflight > 0 || x->outq_head)
+                        return false;
+        return true;
 }
 
 struct kvd_server *kvd_server_free(struct kvd_server *s)

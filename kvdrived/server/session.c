@@ -129,14 +129,19 @@ static uint32_t sessions_of(const struct kvd_server *s, uid_t uid)
 
 int kvd_session_accept(struct kvd_server *s, int listen_fd)
 {
+        int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (fd < 0)
+                return errno == EAGAIN || errno == ECONNABORTED ? 0 : -errno;
+        return kvd_session_add(s, fd);
+}
+
+int kvd_session_add(struct kvd_server *s, int fd)
+{
         struct kvd_session *ss;
         socklen_t len = sizeof(struct ucred);
         struct epoll_event ev;
-        int fd;
 
-        fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0)
-                return errno == EAGAIN || errno == ECONNABORTED ? 0 : -errno;
         if (s->n_sessions >= s->cfg->max_clients) {
                 log_warning("refusing a client: max-clients (%u) reached", s->cfg->max_clients);
                 refuse(fd, "too many clients (max-clients)");

@@ -13,6 +13,8 @@
  */
 #pragma once
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define KVD_SLOT_HDR_BYTES   4096u
@@ -50,3 +52,36 @@ struct kvd_slot_header {
 };
 
 _Static_assert(sizeof(struct kvd_slot_header) <= KVD_SLOT_HDR_BYTES, "slot header fits its page");
+
+/*
+ * The format's pure checks (tiers/slot.c): no I/O, no state, so that the
+ * SSD tier, its recovery and the fuzzers (tests/fuzz/) share one version of
+ * them. Every check reads only the struct it is given.
+ */
+/* crc32c (Castagnoli, ISA-L), seeded with ~0 as the format uses it. */
+uint32_t kvd_slot_crc(const void *p, size_t n);
+
+/* Sets h->crc / h->header_crc over the bytes before it. */
+void kvd_extent_header_seal(struct kvd_extent_header *h);
+void kvd_slot_header_seal(struct kvd_slot_header *h);
+
+/* Whether h is an extent header of this format (magic, version) with a good
+ * crc. Its slot size is the allocator's to judge (tiers/ssd.c). */
+bool kvd_extent_header_valid(const struct kvd_extent_header *h);
+
+/* Whether h is a slot header of this format with a good header crc,
+ * written in the extent's current life (extent_gen, from its header). */
+bool kvd_slot_header_valid(const struct kvd_slot_header *h, uint64_t extent_gen);
+
+/* Whether h carries the slot magic but a bad header crc: a torn or damaged
+ * header (counted as a crc failure), unlike a slot never written or wiped. */
+bool kvd_slot_header_torn(const struct kvd_slot_header *h);
+
+/* Recovery's check of one slot of an extent of slot_bytes slots: valid (as
+ * above) and its payload fits the slot after the header. */
+bool kvd_slot_header_recoverable(const struct kvd_slot_header *h, uint64_t extent_gen, uint32_t slot_bytes);
+
+/* A read's check: the slot is valid, uncompressed, holds block (key_hi,
+ * key_lo, layer) of len bytes, and payload (len bytes) matches its crc. */
+bool kvd_slot_matches(const struct kvd_slot_header *h, uint64_t extent_gen, uint64_t key_hi, uint64_t key_lo,
+                      uint32_t layer, const void *payload, uint32_t len);

@@ -280,7 +280,7 @@ static int write_extent_header(struct kvd_ssd *s, uint32_t e, uint32_t slot_byte
         memset(s->sync_buf, 0, PAGE);
         *h = (struct kvd_extent_header){ .magic = KVD_EXTENT_MAGIC, .version = KVD_FORMAT_VERSION,
                                          .slot_bytes = slot_bytes, .generation = ++s->next_extent_gen };
-        h->crc = crc32c(h, offsetof(struct kvd_extent_header, crc), ~0u);
+        kvd_extent_header_seal(h);
         extent_locate(s, e, &fd, &off);
         if (pwrite(fd, s->sync_buf, PAGE, (off_t)off) != PAGE)
                 return errno ? -errno : -EIO;
@@ -467,7 +467,7 @@ static void submit_op(struct kvd_ssd *s, struct op *o)
                 h->extent_generation = s->extent_gen[kvd_slab_extent_of(s->slab, o->loc)];
                 h->payload_len = o->len;
                 h->payload_crc = crc32c((uint8_t *)o->page + KVD_SLOT_HDR_BYTES, o->len, ~0u);
-                h->header_crc = crc32c(h, offsetof(struct kvd_slot_header, header_crc), ~0u);
+                kvd_slot_header_seal(h);
         }
         o->want = len;
         sqe = io_uring_get_sqe(&s->ring);
@@ -591,18 +591,10 @@ void kvd_ssd_discard(struct kvd_ssd *s, uint32_t loc)
                 kvd_slab_release(s->slab, loc); /* the header stays: a resurrected block is still a right one */
 }
 
-static bool header_valid(const struct kvd_ssd *s, const struct kvd_slot_header *h, uint32_t loc)
-{
-        return h->magic == KVD_SLOT_MAGIC && h->version == KVD_FORMAT_VERSION &&
-               h->header_crc == crc32c(h, offsetof(struct kvd_slot_header, header_crc), ~0u) &&
-               h->extent_generation == s->extent_gen[kvd_slab_extent_of(s->slab, loc)];
-}
-
 static int verify_read(struct kvd_ssd *s, const struct op *o, const struct kvd_slot_header *h)
 {
-        if (!header_valid(s, h, o->loc) || h->codec != KVD_CODEC_NONE || h->key_hi != o->hdr.key_hi ||
-            h->key_lo != o->hdr.key_lo || h->layer != o->hdr.layer || h->payload_len != o->len ||
-            h->payload_crc != crc32c((const uint8_t *)o->page + KVD_SLOT_HDR_BYTES, o->len, ~0u)) {
+        if (!kvd_slot_matches(h, s->extent_gen[kvd_slab_extent_of(s->slab, o->loc)], o->hdr.key_hi, o->hdr.key_lo,
+                              o->hdr.layer, (const uint8_t *)o->page + KVD_SLOT_HDR_BYTES, o->len)) {
                 log_debug("SSD slot %u: magic %x gen %llu/%llu key %llx/%llx want %llx/%llx layer %u/%u len %u/%u",
                           o->loc, h->magic, (unsigned long long)h->extent_generation,
                           (unsigned long long)s->extent_gen[kvd_slab_extent_of(s->slab, o->loc)],
@@ -952,9 +944,14 @@ void kvd_ssd_drain(struct kvd_ssd *s)
         while (s->ring_ok && (s->inflight > 0 || s->queued > 0)) {
                 struct io_uring_cqe *cqe;
 
+                int r;
+
                 pump(s);
                 kvd_ssd_flush(s);
-                if (io_uring_wait_cqe(&s->ring, &cqe) < 0)
+                /* A signal is no reason to leave I/O in flight. */
+                while ((r = io_uring_wait_cqe(&s->ring, &cqe)) == -EINTR)
+                        ;
+                if (r < 0)
                         break;
                 s->pass++;
                 process_cqe(s, cqe);
@@ -1013,8 +1010,10 @@ static int read_headers(struct kvd_ssd *s, const uint32_t *locs, unsigned n)
         }
         io_uring_submit(&s->ring);
         for (unsigned i = 0; i < n; i++) {
-                int r = io_uring_wait_cqe(&s->ring, &cqe);
+                int r;
 
+                while ((r = io_uring_wait_cqe(&s->ring, &cqe)) == -EINTR)
+                        ; /* a signal: recovery goes on */
                 if (r < 0)
                         return r;
                 if (cqe->res != PAGE) /* short or failed: that header is unreadable */
@@ -1076,8 +1075,7 @@ int64_t kvd_ssd_recover(struct kvd_ssd *s, kvd_ssd_recover_fn fn, void *ctx)
                 if (n != PAGE)
                         continue; /* beyond the end of the file: never provisioned */
                 s->provisioned[e] = 1; /* fallocate again later is harmless either way */
-                if (eh->magic != KVD_EXTENT_MAGIC || eh->version != KVD_FORMAT_VERSION ||
-                    eh->crc != crc32c(eh, offsetof(struct kvd_extent_header, crc), ~0u))
+                if (!kvd_extent_header_valid(eh))
                         continue;
                 s->next_extent_gen = MAX(s->next_extent_gen, eh->generation);
                 s->extent_gen[e] = eh->generation;
@@ -1097,13 +1095,11 @@ int64_t kvd_ssd_recover(struct kvd_ssd *s, kvd_ssd_recover_fn fn, void *ctx)
                         for (unsigned i = 0; i < batch; i++) {
                                 const struct kvd_slot_header *h = (const void *)(s->arena + (size_t)i * PAGE);
 
-                                if (!header_valid(s, h, locs[i]) ||
-                                    h->payload_len + KVD_SLOT_HDR_BYTES > eh->slot_bytes) {
+                                if (!kvd_slot_header_recoverable(h, s->extent_gen[e], eh->slot_bytes)) {
                                         /* A slot header with its magic but a bad crc was torn or
                                          * damaged; a good one of another extent generation is
                                          * just the extent's earlier life. */
-                                        if (h->magic == KVD_SLOT_MAGIC &&
-                                            h->header_crc != crc32c(h, offsetof(struct kvd_slot_header, header_crc), ~0u))
+                                        if (kvd_slot_header_torn(h))
                                                 s->st.crc_failures++;
                                         continue;
                                 }

@@ -282,3 +282,40 @@ bool e2e_all_bytes(const void *buf, size_t n, uint8_t byte)
                         return false;
         return true;
 }
+
+int64_t e2e_now_ms(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int e2e_wait_stats(kvc_client *c, e2e_stats_pred pred, void *arg, int timeout_ms, struct kvc_stats **ret_last)
+{
+        struct timespec nap = { .tv_nsec = 10 * 1000000L };
+        int64_t deadline = e2e_now_ms() + timeout_ms;
+        struct kvc_stats *s = NULL;
+        int rc;
+
+        for (;;) {
+                bool done;
+
+                rc = kvc_stats_get(c, &s);
+                if (rc < 0)
+                        break;
+                done = pred(s, arg);
+                if (done || e2e_now_ms() >= deadline) {
+                        rc = done ? 0 : -ETIMEDOUT;
+                        break;
+                }
+                kvc_stats_free(s);
+                s = NULL;
+                nanosleep(&nap, NULL);
+        }
+        if (ret_last)
+                *ret_last = s;
+        else
+                kvc_stats_free(s);
+        return rc;
+}

@@ -125,3 +125,25 @@ long e2e_memdiff(const void *a, const void *b, size_t n);
 
 /* Whether all n bytes of buf are byte. */
 bool e2e_all_bytes(const void *buf, size_t n, uint8_t byte);
+
+/*
+ * Waiting for what the daemon does in the background (demotions, staged
+ * reads, the scheduler's measurement windows): poll its stats until a
+ * condition holds, within a deadline generous enough for a loaded CI
+ * machine and a sanitized build. A test asserts on the outcome, never on
+ * how long it took.
+ */
+#define E2E_WAIT_MS 30000
+
+/* CLOCK_MONOTONIC in ms (the daemon's clock too). */
+int64_t e2e_now_ms(void);
+
+typedef bool (*e2e_stats_pred)(const struct kvc_stats *s, void *arg);
+
+/*
+ * Polls kvc_stats_get every 10 ms until pred(stats, arg) holds or timeout_ms
+ * passes. Returns 0 (the condition held) or -ETIMEDOUT, or a kvc error;
+ * *ret_last (if not NULL) gets the last stats seen (the caller frees them
+ * with kvc_stats_free), so that a failed wait can say what it saw.
+ */
+int e2e_wait_stats(kvc_client *c, e2e_stats_pred pred, void *arg, int timeout_ms, struct kvc_stats **ret_last);

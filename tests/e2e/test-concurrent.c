@@ -211,7 +211,7 @@ START_TEST(test_concurrent_clients)
         }
 
         ck_assert_int_eq(e2e_open(d.socket_path, "conc-check", NS_SHARED, &c, &ns_sh), 0);
-        ck_assert_msg(e2e_wait_clients(c, 1, 5000, &last) == 0,
+        ck_assert_msg(e2e_wait_clients(c, 1, E2E_WAIT_MS, &last) == 0,
                       "stats clients %u after every client process exited, want 1", last);
         E2E_ASSERT_RC(c, kvc_stats_get(c, &s), 0);
         ck_assert_ptr_nonnull(e2e_tier(s, "host"));

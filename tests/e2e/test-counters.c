@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -364,10 +365,43 @@ static int waiter_main(void *arg)
         return 0;
 }
 
+/*
+ * Waits until process pid sleeps in futex(2) (the system call it is blocked
+ * in is the first field of /proc/PID/syscall). Where that file cannot be
+ * read (a kernel without it), waits 300 ms instead: the wake is then
+ * likely, not certain, to find the waiter asleep.
+ */
+static void wait_in_futex(pid_t pid)
+{
+        struct timespec nap = { 0, 1000 * 1000 };
+        int64_t deadline = e2e_now_ms() + E2E_WAIT_MS;
+        char path[64], buf[64];
+        long nr = -1;
+
+        snprintf(path, sizeof(path), "/proc/%d/syscall", (int)pid);
+        for (;;) {
+                FILE *f = fopen(path, "re");
+
+                if (!f) {
+                        struct timespec fallback = { 0, 300 * 1000 * 1000 };
+
+                        fprintf(stderr, "# %s: %s; waiting 300 ms instead\n", path, strerror(errno));
+                        nanosleep(&fallback, NULL);
+                        return;
+                }
+                if (fgets(buf, sizeof(buf), f) && sscanf(buf, "%ld", &nr) == 1 && nr == SYS_futex) {
+                        fclose(f);
+                        return;
+                }
+                fclose(f);
+                ck_assert_msg(e2e_now_ms() < deadline, "the waiting process never slept in futex(2): %s", buf);
+                nanosleep(&nap, NULL);
+        }
+}
+
 START_TEST(test_other_process_woken)
 {
         struct kvc_block_ref refs[NITEMS];
-        struct timespec nap = { 0, 300 * 1000 * 1000 };
         kvc_counters *k = NULL;
         struct waiter w;
         struct fix f;
@@ -384,8 +418,8 @@ START_TEST(test_other_process_woken)
         close(ready[1]);
         ck_assert_int_eq(read(ready[0], &c, 1), 1);
         close(ready[0]);
-        /* Long enough that the child is past its spin, asleep in the futex. */
-        nanosleep(&nap, NULL);
+        /* Wake it only once it is past its spin, asleep in the futex. */
+        wait_in_futex(pid);
         for (uint32_t i = 0; i < NITEMS; i++)
                 refs[i] = item(&f, i, GET0, true);
         E2E_ASSERT_RC(f.c, kvc_get(f.c, f.ns, f.p, refs, NITEMS, NULL), (int)NITEMS);
@@ -469,8 +503,8 @@ START_TEST(test_sigkill_with_counted_gets)
                 ck_assert_msg(st >= 0 && WIFSIGNALED(st), "round %d: client %s", round, why);
         }
         ck_assert_msg(kvd_test_daemon_alive(&f.d), "the daemon died with its client");
-        ck_assert_msg(e2e_wait_clients(f.c, 1, 5000, &last) == 0,
-                      "stats clients %u 5 s after the clients died, want 1", last);
+        ck_assert_msg(e2e_wait_clients(f.c, 1, E2E_WAIT_MS, &last) == 0,
+                      "stats clients %u long after the clients died, want 1", last);
 
         /* The surviving client counts as before. */
         E2E_ASSERT_RC(f.c, kvc_counters_create(f.c, NL, &k), 0);

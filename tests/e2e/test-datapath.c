@@ -297,6 +297,7 @@ START_TEST(test_compute_hint_depth)
         uint64_t seed;
         uint32_t ns;
         uint8_t s1;
+        int64_t asked_ms;
         int deep, shallow;
 
         E2E_START(&d);
@@ -315,6 +316,7 @@ START_TEST(test_compute_hint_depth)
         deep = kvc_prefetch_depth(c);
         ck_assert_int_gt(deep, 0);
         ck_assert_int_eq(kvc_set_compute_hint(c, 1), 0);       /* 1 us: not a block's worth */
+        asked_ms = e2e_now_ms();
         E2E_ASSERT_RC(c, kvc_get(c, ns, p, &ref, 1, &s1), 1);
         shallow = kvc_prefetch_depth(c);
         ck_assert_int_eq(shallow, 0);
@@ -326,7 +328,13 @@ START_TEST(test_compute_hint_depth)
         E2E_ASSERT_RC(c, kvc_stats_get(c, &st), 0);
         ck_assert_uint_eq(st->sched_decisions, 2);
         ck_assert_uint_eq(st->sched_prefetch_depth, 0);
-        ck_assert_uint_eq(st->sched_active_clients, 1);
+        /* A client counts as prefetching for a second (SCHED_ACTIVE_MS)
+         * after its last Get with a compute time: only a run that got here
+         * within that second can say it still does. */
+        if (e2e_now_ms() - asked_ms < 1000)
+                ck_assert_uint_eq(st->sched_active_clients, 1);
+        else
+                ck_assert_uint_le(st->sched_active_clients, 1);
         kvc_stats_free(st);
         kvc_pool_free(p);
         kvc_disconnect(c);

@@ -128,7 +128,7 @@ START_TEST(test_socket_activation)
                               "block %u came back different", i);
         free(want);
 
-        ck_assert_msg(e2e_wait_clients(c, 1, 5000, &last) == 0, "stats clients %u, want 1", last);
+        ck_assert_msg(e2e_wait_clients(c, 1, E2E_WAIT_MS, &last) == 0, "stats clients %u, want 1", last);
         E2E_ASSERT_RC(c, kvc_stats_get(c, &s), 0);
         /* The launcher execs the daemon in place: same pid. */
         ck_assert_uint_eq(s->pid, (uint32_t)d.pid);

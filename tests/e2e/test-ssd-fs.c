@@ -20,6 +20,13 @@ static bool mount_fs(const struct ssd_dir *d, const char *type, const char *opts
         return mount(type, d->path, type, 0, opts) == 0;
 }
 
+static bool ssd_full(const struct kvc_stats *s, void *arg)
+{
+        const struct kvc_tier_stats *t = e2e_tier(s, "ssd");
+
+        return t && t->full;
+}
+
 START_TEST(test_full_file_system)
 {
         struct kvd_test_daemon d;
@@ -37,6 +44,14 @@ START_TEST(test_full_file_system)
         /* 40 MiB of blocks (with headers) through a 16 MiB host tier and a
          * 6 MiB file system: the drive fills, the daemon goes on. */
         ck_assert_int_eq(ssd_put(&sc, &seq, 0, 3000, 0, 20), 3000);
+        /* The write that finds the file system full may still be in flight. */
+        {
+                struct kvc_stats *st = NULL;
+
+                ck_assert_msg(e2e_wait_stats(sc.c, ssd_full, NULL, E2E_WAIT_MS, &st) == 0,
+                              "the SSD tier never said it was full");
+                kvc_stats_free(st);
+        }
         t = ssd_tier_stats(&sc, "ssd");
         ck_assert(t.full);
         ck_assert_msg(strstr(t.condition, "full") != NULL, "condition '%s'", t.condition);

@@ -46,7 +46,7 @@ START_TEST(test_ready_status_stopping)
         E2E_START(&d);
         ck_assert(kvd_test_daemon_notified(&d, "READY=1"));
         assert_serving(&d);
-        rc = kvd_test_daemon_wait_notify(&d, "STATUS=", 5000);
+        rc = kvd_test_daemon_wait_notify(&d, "STATUS=", E2E_WAIT_MS);
         ck_assert_msg(rc == 0, "%s", d.error);
         ck_assert(!kvd_test_daemon_notified(&d, "STOPPING=1"));
         assert_stops_on(&d, SIGTERM);
