@@ -41,7 +41,7 @@ START_TEST(extent_header)
         ck_assert(!kvd_extent_header_valid(&h));
         kvd_extent_header_seal(&h);
         ck_assert(kvd_extent_header_valid(&h));
-        h.version = 2;
+        h.version = KVD_FORMAT_VERSION + 1;
         kvd_extent_header_seal(&h);
         ck_assert(!kvd_extent_header_valid(&h));
         h.version = KVD_FORMAT_VERSION;
