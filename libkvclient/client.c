@@ -1087,6 +1087,10 @@ static int stats_from_wire(const Kvdrive__StatsReply *w, struct kvc_stats **ret)
                 o->rights = n->rights;
                 o->dropped = n->dropped;
         }
+        s->loop_turns = w->loop_turns;
+        s->loop_turn_max_us = w->loop_turn_max_us;
+        for (size_t i = 0; i < w->n_loop_turn_hist && i < KVC_LOOP_BUCKETS; i++)
+                s->loop_turn_hist[i] = w->loop_turn_hist[i];
         s->peer_uid = w->peer_uid;
         s->peer_admin = w->peer_admin;
         s->n_tenants = (uint32_t)w->n_tenants;

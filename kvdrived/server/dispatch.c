@@ -1017,6 +1017,10 @@ static void handle_stats(struct kvd_session *ss, uint64_t id)
         sr.namespaces = nsp;
         sr.n_tenants = n_ten;
         sr.tenants = twp;
+        sr.loop_turns = s->turns;
+        sr.loop_turn_max_us = s->turn_max_ns / 1000;
+        sr.n_loop_turn_hist = KVD_TURN_BUCKETS;
+        sr.loop_turn_hist = s->turn_hist;
         sr.peer_uid = (uint32_t)ss->peer.uid;
         sr.peer_admin = ss->peer.admin;
         sr.bytes_in = kvd_xfer_bytes(s->xfer, KVD_XFER_IN);

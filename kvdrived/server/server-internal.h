@@ -38,6 +38,8 @@ struct kvd_task {
         void (*free)(struct kvd_task *t);
 };
 
+#define KVD_TURN_BUCKETS 32
+
 /* Units (index probes) per slice. */
 #define KVD_TASK_SLICE 2048u
 
@@ -97,6 +99,9 @@ struct kvd_server {
         uint64_t requests, errors;
         uint64_t started_ms;
         struct kvd_sched sched;
+        /* Busy turns of the loop: how long each held it, a histogram by
+         * powers of two of microseconds (bucket b: [2^(b-1), 2^b) us). */
+        uint64_t turns, turn_max_ns, turn_hist[KVD_TURN_BUCKETS];
         /* Sessions with tasks, FIFO through task_next: the next to run first. */
         struct kvd_session *task_first, *task_last;
         uint8_t *rxbuf;

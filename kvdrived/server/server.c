@@ -294,9 +294,22 @@ bool kvd_tasks_run(struct kvd_server *s)
         return s->task_first != NULL;
 }
 
+/* A turn of the loop held it for ns: how long any client's request could
+ * wait for it to come round (Stats: loop_turn_*). */
+static void turn_record(struct kvd_server *s, uint64_t ns)
+{
+        uint64_t us = ns / 1000;
+        unsigned b = us ? 64 - (unsigned)__builtin_clzll(us) : 0; /* us in [2^(b-1), 2^b) */
+
+        s->turns++;
+        s->turn_hist[MIN(b, KVD_TURN_BUCKETS - 1)]++;
+        s->turn_max_ns = MAX(s->turn_max_ns, ns);
+}
+
 int kvd_server_run_once(struct kvd_server *s, int timeout_ms)
 {
         struct epoll_event evs[64];
+        uint64_t t0 = kvd_now_ns(), held;
         bool busy;
         int n;
 
@@ -304,7 +317,9 @@ int kvd_server_run_once(struct kvd_server *s, int timeout_ms)
          * sleep while any remain. */
         busy = kvd_tasks_run(s);
         kvd_cache_flush(s->cache);
+        held = kvd_now_ns() - t0;
         n = epoll_wait(s->epfd, evs, ARRAY_SIZE(evs), busy ? 0 : timeout_ms);
+        t0 = kvd_now_ns();
         if (n < 0) {
                 n = -errno;
                 if (n == -EINTR)
@@ -372,6 +387,8 @@ int kvd_server_run_once(struct kvd_server *s, int timeout_ms)
         }
 out:
         kvd_session_bury(s);
+        if (n > 0 || busy)
+                turn_record(s, held + kvd_now_ns() - t0);
         return n;
 }
 

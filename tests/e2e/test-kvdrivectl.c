@@ -103,6 +103,19 @@ START_TEST(test_stats_json)
                          (json_int_t)NITEMS * E2E_BLOCK_BYTES);
         ck_assert_int_eq(json_path_int(root, "transfer", "bytes_out", NULL, "transfer.bytes_out"),
                          0);
+        /* The owner, root here, and its usage; the loop's busy turns. */
+        ck_assert_int_eq(json_path_int(root, "namespaces", "0", "owner", "namespaces[0].owner"), 0);
+        ck_assert_int_eq(json_path_int(root, "tenants", "0", "namespaces", "tenants[0].namespaces"), 1);
+        ck_assert_int_gt(json_path_int(root, "loop", "turns", NULL, "loop.turns"), 0);
+        {
+                json_t *h = json_object_get(json_object_get(root, "loop"), "turn_hist");
+                json_int_t sum = 0;
+
+                ck_assert_msg(json_is_array(h) && json_array_size(h) == 32, "loop.turn_hist: %s", out);
+                for (size_t i = 0; i < 32; i++)
+                        sum += json_integer_value(json_array_get(h, i));
+                ck_assert_int_eq(sum, json_path_int(root, "loop", "turns", NULL, "loop.turns"));
+        }
         json_decref(root);
         free(out);
         E2E_STOP(&d);

@@ -12,11 +12,14 @@
  *   put      Puts of max-items new blocks (the host tier fills and evicts)
  *   scores   score reports of max-items blocks, sent without waiting
  *   connect  connect, Hello, disconnect
- *   pools    register and free 64 MiB pools
+ *   pools    connect, register a 64 MiB pool, disconnect
  *
  * Each mode runs --repeat times for --seconds; per mode it prints the
  * victim's p50, p99 and max latency (median over the repeats, with their
- * range) and the attackers' operations per second. Every figure is measured.
+ * range), the attackers' operations per second, and what the daemon says
+ * of its event loop meanwhile (Stats loop_turn_*: the busy turns' p99 and
+ * longest; a request waits for the loop at most a turn per busy
+ * connection). Every figure is measured.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -107,7 +110,7 @@ static int attack(const struct opts *o, enum mode m, unsigned idx, int fd)
         int rc = 0;
 
         signal(SIGTERM, on_term);
-        if (m != M_CONNECT) {
+        if (m != M_CONNECT && m != M_POOLS) {
                 rc = kvc_connect(o->socket, "bench-attacker", &c);
                 if (rc < 0)
                         goto out;
@@ -164,10 +167,17 @@ static int attack(const struct opts *o, enum mode m, unsigned idx, int fd)
                         kvc_disconnect(x);
                         break;
                 }
-                case M_POOLS:
-                        rc = kvc_pool_create(c, POOL_BYTES / 8192, 8192, &p);
+                case M_POOLS: {
+                        /* Pools go only with their session. */
+                        kvc_client *x = NULL;
+
+                        rc = kvc_connect(o->socket, "bench-attacker", &x);
+                        if (rc == 0)
+                                rc = kvc_pool_create(x, POOL_BYTES / 8192, 8192, &p);
                         p = kvc_pool_free(p);
+                        kvc_disconnect(x);
                         break;
+                }
                 default:
                         rc = 0;
                         pause();
@@ -204,7 +214,30 @@ struct run {
         double p50, p99, max;   /* microseconds */
         uint64_t gets;
         double attack_ops_s;
+        double loop_p99, loop_max;      /* the daemon's busy turns meanwhile, us */
 };
+
+/* The daemon's busy turns between two Stats: the top of the bucket 99% of
+ * them fell under, and the longest (exact when it set a new record, else
+ * its bucket's top). */
+static void loop_delta(const struct kvc_stats *a, const struct kvc_stats *b, struct run *ret)
+{
+        uint64_t n = b->loop_turns - a->loop_turns, seen = 0;
+        int top = -1;
+
+        ret->loop_p99 = 0;
+        for (unsigned k = 0; k < KVC_LOOP_BUCKETS; k++) {
+                uint64_t d = b->loop_turn_hist[k] - a->loop_turn_hist[k];
+
+                if (d)
+                        top = (int)k;
+                seen += d;
+                if (!ret->loop_p99 && n && seen * 100 >= n * 99)
+                        ret->loop_p99 = (double)(UINT64_C(1) << k);
+        }
+        ret->loop_max = b->loop_turn_max_us > a->loop_turn_max_us ? (double)b->loop_turn_max_us
+                        : top >= 0 ? (double)(UINT64_C(1) << top) : 0;
+}
 
 /* The victim's Gets for o->seconds while n attackers run mode m. */
 static int one_run(const struct opts *o, enum mode m, kvc_client *v, uint32_t ns, kvc_pool *p,
@@ -216,10 +249,16 @@ static int one_run(const struct opts *o, enum mode m, kvc_client *v, uint32_t ns
         size_t cap = 1u << 20, n = 0;
         double *lat = malloc(cap * sizeof(*lat));
         uint64_t t0, t1, ops = 0;
+        struct kvc_stats *s0 = NULL, *s1 = NULL;
         int rc = 0;
 
         if (!lat)
                 return -ENOMEM;
+        rc = kvc_stats_get(v, &s0);
+        if (rc < 0) {
+                free(lat);
+                return rc;
+        }
         for (uint32_t i = 0; i < na; i++) {
                 int pp[2];
                 char ready;
@@ -276,11 +315,16 @@ static int one_run(const struct opts *o, enum mode m, kvc_client *v, uint32_t ns
                 if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
                         rc = rc ? rc : -ECHILD;
         }
+        if (rc == 0 && n > 0)
+                rc = kvc_stats_get(v, &s1);
         if (rc == 0 && n > 0) {
                 qsort(lat, n, sizeof(*lat), cmp_double);
                 *ret = (struct run){ .p50 = lat[n / 2], .p99 = lat[(size_t)((double)n * 0.99)], .max = lat[n - 1],
                                      .gets = n, .attack_ops_s = (double)ops / ((double)(t1 - t0) / 1e9) };
+                loop_delta(s0, s1, ret);
         }
+        kvc_stats_free(s0);
+        kvc_stats_free(s1);
         free(lat);
         return rc < 0 ? rc : (n ? 0 : -EIO);
 }
@@ -414,10 +458,12 @@ int bench_interference(int argc, char **argv)
         printf("# victim: Get of one 8 KiB host block per round trip; %u attacker connection(s) per mode; "
                "%u runs of %.1f s per mode; latency in microseconds, median over runs [min-max]\n",
                o.attackers, o.repeat, o.seconds);
-        printf("%-8s %22s %22s %26s %14s %16s\n", "mode", "p50", "p99", "max", "p99/none", "attacker ops/s");
+        printf("%-8s %20s %22s %24s %9s %10s %22s %22s\n", "mode", "p50", "p99", "max", "p99/none",
+               "attack/s", "loop turn p99 <", "loop turn max");
         for (int m = 0; m < M_COUNT; m++) {
                 double p50[MAX_REPEAT], p99[MAX_REPEAT], mx[MAX_REPEAT], ops[MAX_REPEAT];
-                char a[32], b[32], d[40], ratio[16];
+                double lp99[MAX_REPEAT], lmax[MAX_REPEAT];
+                char a[32], b[32], d[40], e[40], f[40], ratio[16];
 
                 if (!o.modes[m])
                         continue;
@@ -434,6 +480,8 @@ int bench_interference(int argc, char **argv)
                         p99[r] = run.p99;
                         mx[r] = run.max;
                         ops[r] = run.attack_ops_s;
+                        lp99[r] = run.loop_p99;
+                        lmax[r] = run.loop_max;
                 }
                 snprintf(a, sizeof(a), "%.0f [%.0f-%.0f]", med(p50, o.repeat), vmin(p50, o.repeat),
                          vmax(p50, o.repeat));
@@ -443,8 +491,13 @@ int bench_interference(int argc, char **argv)
                          vmax(mx, o.repeat));
                 if (m == M_NONE)
                         base_p99 = med(p99, o.repeat);
+                snprintf(e, sizeof(e), "%.0f [%.0f-%.0f]", med(lp99, o.repeat), vmin(lp99, o.repeat),
+                         vmax(lp99, o.repeat));
+                snprintf(f, sizeof(f), "%.0f [%.0f-%.0f]", med(lmax, o.repeat), vmin(lmax, o.repeat),
+                         vmax(lmax, o.repeat));
                 snprintf(ratio, sizeof(ratio), "%.1fx", base_p99 > 0 ? med(p99, o.repeat) / base_p99 : 0.0);
-                printf("%-8s %22s %22s %26s %14s %16.0f\n", mode_names[m], a, b, d, ratio, med(ops, o.repeat));
+                printf("%-8s %20s %22s %24s %9s %10.0f %22s %22s\n", mode_names[m], a, b, d, ratio,
+                       med(ops, o.repeat), e, f);
                 fflush(stdout);
         }
 out:

@@ -162,6 +162,19 @@ static const char *dtype_name(uint32_t dtype)
         return "unknown";
 }
 
+/* The bound below which 99% of the loop's busy turns fell (a bucket's top). */
+static uint64_t loop_p99_us(const struct kvc_stats *s)
+{
+        uint64_t seen = 0;
+
+        for (unsigned b = 0; b < KVC_LOOP_BUCKETS; b++) {
+                seen += s->loop_turn_hist[b];
+                if (seen * 100 >= s->loop_turns * 99)
+                        return UINT64_C(1) << b;
+        }
+        return s->loop_turn_max_us;
+}
+
 /* "rwo" for the caller's rights, "admin" for none (seen as an admin). */
 static const char *rights_name(uint32_t r)
 {
@@ -219,6 +232,8 @@ static void print_stats(const struct kvc_stats *s)
                format_bytes(b2, sizeof(b2), s->sched_ssd_bytes_per_s), s->sched_ssd_busy, s->sched_host_hit_rate,
                s->sched_active_clients, s->sched_compute_us, s->sched_prefetch_depth, s->sched_decisions);
         printf("requests   %" PRIu64 " total, %" PRIu64 " errors\n", s->requests, s->errors);
+        printf("loop       %" PRIu64 " busy turns, p99 under %" PRIu64 " us, longest %" PRIu64 " us\n",
+               s->loop_turns, loop_p99_us(s), s->loop_turn_max_us);
         printf("transfer   in %s (%" PRIu64 " blocks put), out %s (%" PRIu64 " blocks got)\n",
                format_bytes(b1, sizeof(b1), s->bytes_in), s->puts,
                format_bytes(b2, sizeof(b2), s->bytes_out), s->gets);
@@ -316,10 +331,13 @@ static json_t *backends_json(const char *list)
 
 static json_t *stats_json(const struct kvc_stats *s)
 {
-        json_t *tiers = json_object(), *nss = json_array(), *tns = json_array();
+        json_t *tiers = json_object(), *nss = json_array(), *tns = json_array(), *hist = json_array();
 
-        if (!tiers || !nss || !tns)
+        if (!tiers || !nss || !tns || !hist)
                 goto err_free;
+        for (unsigned b = 0; b < KVC_LOOP_BUCKETS; b++)
+                if (json_array_append_new(hist, json_integer(ji(s->loop_turn_hist[b]))) < 0)
+                        goto err_free;
         for (uint32_t i = 0; i < s->n_tiers; i++) {
                 const struct kvc_tier_stats *t = &s->tiers[i];
 
@@ -395,8 +413,8 @@ static json_t *stats_json(const struct kvc_stats *s)
                                            "quota_refusals", ji(t->quota_refusals))) < 0)
                         goto err_free;
         }
-        /* "o" hands tiers, nss, tns and the backends array to the result,
-         * also when json_pack fails. */
+        /* "o" hands tiers, nss, tns, hist and the backends array to the
+         * result, also when json_pack fails. */
         return json_pack("{s:i,"
                          " s:{s:s, s:I, s:I, s:I, s:o, s:s, s:{s:I, s:I}},"
                          " s:{s:I, s:I},"
@@ -406,7 +424,7 @@ static json_t *stats_json(const struct kvc_stats *s)
                          " s:{s:I, s:I, s:I, s:I},"
                          " s:{s:s, s:I, s:I},"
                          " s:{s:I, s:I, s:f, s:f, s:f, s:I, s:I, s:I, s:I},"
-                         " s:o, s:{s:I, s:b}, s:o}",
+                         " s:o, s:{s:I, s:b}, s:o, s:{s:I, s:I, s:o}}",
                          "schema", STATS_JSON_SCHEMA,
                          "daemon",
                          "version", s->daemon_version,
@@ -449,12 +467,15 @@ static json_t *stats_json(const struct kvc_stats *s)
                          "decisions", ji(s->sched_decisions),
                          "namespaces", nss,
                          "peer", "uid", (json_int_t)s->peer_uid, "admin", s->peer_admin,
-                         "tenants", tns);
+                         "tenants", tns,
+                         "loop", "turns", ji(s->loop_turns), "turn_max_us", ji(s->loop_turn_max_us),
+                         "turn_hist", hist);
 
 err_free:
         json_decref(tiers);
         json_decref(nss);
         json_decref(tns);
+        json_decref(hist);
         return NULL;
 }
 

@@ -479,6 +479,8 @@ struct kvc_ns_stats {
         int dropped;            /* being dropped */
 };
 
+#define KVC_LOOP_BUCKETS 32
+
 /* One uid's usage and quota (a quota of 0: no cap). */
 struct kvc_tenant_stats {
         uint32_t uid;
@@ -536,6 +538,12 @@ struct kvc_stats {
         int peer_admin;
         uint32_t n_tenants;
         struct kvc_tenant_stats *tenants;
+        /* The daemon's event loop: turns that did work, the longest, and
+         * their lengths: loop_turn_hist[b] counts turns of [2^(b-1), 2^b)
+         * microseconds (b = 0: under 1 us). */
+        uint64_t loop_turns;
+        uint64_t loop_turn_max_us;
+        uint64_t loop_turn_hist[KVC_LOOP_BUCKETS];
 };
 
 /* Fetches the daemon's statistics; free with kvc_stats_free(). */
