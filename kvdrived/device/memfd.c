@@ -2,17 +2,21 @@
 /* The no-GPU device backend: the client's pool is a sealed memfd. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
 #include "device.h"
+#include "log.h"
 
 struct memfd_pool {
         struct kvd_peer_pool pool;
         uint8_t *base;
         size_t len;
+        struct memfd_pool *next_free;   /* queued for the janitor */
 };
 
 static int memfd_copy_in(struct kvd_peer_pool *p, uint32_t slot, void *host, size_t len)
@@ -31,12 +35,73 @@ static int memfd_copy_out(struct kvd_peer_pool *p, uint32_t slot, const void *ho
         return 0;
 }
 
+/*
+ * Unmapping a pool frees its pages when the client has let go of them
+ * already (it exited, or closed its memfd first): the kernel then returns
+ * the whole pool, ~15 ms of CPU for 64 MiB, in whoever unmaps last. That
+ * must not be the event loop, which every client waits for: a janitor
+ * thread does the unmapping, one pool after another.
+ */
+static struct {
+        pthread_once_t once;
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        struct memfd_pool *head;        /* linked through pool.next_free */
+        bool running;
+} janitor = { PTHREAD_ONCE_INIT, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, false };
+
+static void *janitor_main(void *arg)
+{
+        (void)arg;
+        pthread_mutex_lock(&janitor.lock);
+        for (;;) {
+                struct memfd_pool *m;
+
+                while (!janitor.head)
+                        pthread_cond_wait(&janitor.cond, &janitor.lock);
+                m = janitor.head;
+                janitor.head = m->next_free;
+                pthread_mutex_unlock(&janitor.lock);
+                munmap(m->base, m->len);
+                free(m);
+                pthread_mutex_lock(&janitor.lock);
+        }
+        return NULL;
+}
+
+static void janitor_start(void)
+{
+        pthread_attr_t a;
+        pthread_t t;
+        sigset_t all, old;
+
+        /* Signals stay with the loop's signalfd: the thread blocks them all. */
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+        if (pthread_attr_init(&a) == 0 && pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED) == 0 &&
+            pthread_create(&t, &a, janitor_main, NULL) == 0)
+                janitor.running = true;
+        else
+                log_warning("cannot start the memfd janitor thread: pools are unmapped on the event loop");
+        pthread_attr_destroy(&a);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
 static void memfd_close(struct kvd_peer_pool *p)
 {
         struct memfd_pool *m = (struct memfd_pool *)p;
 
-        munmap(m->base, m->len);
-        free(m);
+        pthread_once(&janitor.once, janitor_start);
+        if (!janitor.running) {
+                munmap(m->base, m->len);
+                free(m);
+                return;
+        }
+        pthread_mutex_lock(&janitor.lock);
+        m->next_free = janitor.head;
+        janitor.head = m;
+        pthread_cond_signal(&janitor.cond);
+        pthread_mutex_unlock(&janitor.lock);
 }
 
 static const struct kvd_device_ops memfd_ops = {

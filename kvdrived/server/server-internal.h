@@ -99,7 +99,7 @@ struct kvd_server {
         uint64_t requests, errors;
         uint64_t started_ms;
         struct kvd_sched sched;
-        /* Busy turns of the loop: how long each held it, a histogram by
+        /* Busy turns of the loop: the CPU time each took, a histogram by
          * powers of two of microseconds (bucket b: [2^(b-1), 2^b) us). */
         uint64_t turns, turn_max_ns, turn_hist[KVD_TURN_BUCKETS];
         /* Sessions with tasks, FIFO through task_next: the next to run first. */

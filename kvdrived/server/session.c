@@ -18,7 +18,7 @@
 /* Messages, and units of work (items, index probes) they did, handled per
  * wakeup before other clients get their turn. */
 #define READ_BUDGET 64
-#define READ_WORK_BUDGET 4096
+#define READ_WORK_BUDGET 2048
 
 uint64_t kvd_now_ms(void)
 {

@@ -539,8 +539,8 @@ struct kvc_stats {
         uint32_t n_tenants;
         struct kvc_tenant_stats *tenants;
         /* The daemon's event loop: turns that did work, the longest, and
-         * their lengths: loop_turn_hist[b] counts turns of [2^(b-1), 2^b)
-         * microseconds (b = 0: under 1 us). */
+         * their lengths in CPU time of its thread: loop_turn_hist[b] counts
+         * turns of [2^(b-1), 2^b) microseconds (b = 0: under 1 us). */
         uint64_t loop_turns;
         uint64_t loop_turn_max_us;
         uint64_t loop_turn_hist[KVC_LOOP_BUCKETS];
