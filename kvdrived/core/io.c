@@ -29,6 +29,7 @@ struct kvd_io {
         struct kvd_counters *counters;  /* NULL when no item counts */
         struct kvd_item *items;
         uint32_t n_items;
+        uint32_t next;          /* items before it are started */
         uint8_t *status;
         uint32_t done;
         uint32_t outstanding;   /* the submitter, batches, waits */
@@ -242,9 +243,17 @@ static void item_run(struct kvd_io *io, uint32_t i)
         }
 }
 
+/* Starts items [io->next, end). */
+static void run_items(struct kvd_io *io, uint32_t end)
+{
+        for (; io->next < end; io->next++)
+                item_run(io, io->next);
+}
+
 int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_kind kind, bool durable,
                   const struct kvd_ns *ns, struct kvd_peer_pool *pool, struct kvd_counters *counters,
-                  const struct kvd_item *items, uint32_t n, kvd_io_done_fn done, void *userdata)
+                  const struct kvd_item *items, uint32_t n, kvd_io_done_fn done, void *userdata,
+                  struct kvd_io **ret_more)
 {
         size_t m = n ? n : 1;
         struct kvd_io *io;
@@ -273,10 +282,9 @@ int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_ki
         io->n_items = n;
         io->done_fn = done;
         io->userdata = userdata;
-        io->outstanding = 1;    /* the submitter's, until the first pass is out */
+        io->outstanding = 1;    /* the submitter's, until every item is started */
         io->first_pass = true;
-        for (uint32_t i = 0; i < n; i++)
-                item_run(io, i);
+        run_items(io, MIN(n, KVD_IO_SLICE));
         io->first_pass = false;
         if (io->batch.n > 0) {
                 io->batch.pool = io->pool;
@@ -286,8 +294,22 @@ int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_ki
                 io->outstanding++;
                 kvd_xfer_submit(xfer, &io->batch);
         }
+        if (io->next < n) {
+                *ret_more = io;
+                return 0;
+        }
+        *ret_more = NULL;
         io_put(io);
         return 0;
+}
+
+bool kvd_io_continue(struct kvd_io *io, uint32_t budget)
+{
+        run_items(io, io->n_items - io->next > budget ? io->next + budget : io->n_items);
+        if (io->next < io->n_items)
+                return false;
+        io_put(io);
+        return true;
 }
 
 const uint8_t *kvd_io_status(const struct kvd_io *io)

@@ -55,10 +55,23 @@ typedef void (*kvd_io_done_fn)(struct kvd_io *io, void *userdata);
  * is final — a Get's successful copy by the transfer worker right after it,
  * every other outcome here on the event-loop thread. Returns 0 (done will
  * be called exactly once) or -ENOMEM (nothing changed, done not called).
+ *
+ * At most KVD_IO_SLICE items are started at once, so that one request holds
+ * the event loop for a bounded time: when more remain, *ret_more is the
+ * request, and the caller calls kvd_io_continue() (later turns of the loop)
+ * until it returns true; else *ret_more is NULL.
  */
+#define KVD_IO_SLICE 256u
+
 int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_kind kind, bool durable,
                   const struct kvd_ns *ns, struct kvd_peer_pool *pool, struct kvd_counters *counters,
-                  const struct kvd_item *items, uint32_t n, kvd_io_done_fn done, void *userdata);
+                  const struct kvd_item *items, uint32_t n, kvd_io_done_fn done, void *userdata,
+                  struct kvd_io **ret_more);
+
+/* Starts up to budget more items of io. true once every item is started:
+ * io may have completed (done called, io freed) then, so it must not be
+ * touched again. */
+bool kvd_io_continue(struct kvd_io *io, uint32_t budget);
 
 /* Per-item enum kvd_item_status, n bytes, owned by io. */
 const uint8_t *kvd_io_status(const struct kvd_io *io);

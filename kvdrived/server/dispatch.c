@@ -540,6 +540,41 @@ static void transfer_done(struct kvd_io *io, void *userdata)
         free(p);
 }
 
+/* The items of a Put, Get or Prefetch beyond its first slice, started a
+ * slice per turn (the request is in flight already: not counted again). */
+struct io_task {
+        struct kvd_task task;
+        struct kvd_io *io;
+};
+
+static bool io_task_step(struct kvd_task *t, uint32_t budget)
+{
+        struct io_task *it = container_of(t, struct io_task, task);
+
+        /* An item costs about as much as a few index probes. */
+        return kvd_io_continue(it->io, budget / (KVD_TASK_SLICE / KVD_IO_SLICE));
+}
+
+static void io_task_free(struct kvd_task *t)
+{
+        free(container_of(t, struct io_task, task));
+}
+
+static void io_task_queue(struct kvd_session *ss, struct kvd_io *io)
+{
+        struct io_task *it = calloc(1, sizeof(*it));
+
+        /* Out of memory: start the rest now rather than never. */
+        if (!it) {
+                while (!kvd_io_continue(io, UINT32_MAX))
+                        ;
+                return;
+        }
+        it->io = io;
+        it->task = (struct kvd_task){ .step = io_task_step, .free = io_task_free, .uncounted = true };
+        kvd_task_queue(ss, &it->task);
+}
+
 /* Checks items against ns (and pool when given), then starts the request.
  * Every check comes before any state changes. */
 static void start_io(struct kvd_session *ss, uint64_t id, enum kvd_io_kind kind, bool durable,
@@ -547,6 +582,7 @@ static void start_io(struct kvd_session *ss, uint64_t id, enum kvd_io_kind kind,
                      size_t n, uint32_t prefetch_depth)
 {
         struct kvd_counters *counters = NULL;
+        struct kvd_io *more;
         struct kvd_item *items;
         struct pending *p;
         int r;
@@ -594,14 +630,17 @@ static void start_io(struct kvd_session *ss, uint64_t id, enum kvd_io_kind kind,
         *p = (struct pending){ .ss = kvd_session_ref(ss), .id = id, .kind = kind, .prefetch_depth = prefetch_depth };
         ss->inflight++;
         r = kvd_io_submit(ss->server->cache, ss->server->xfer, kind, durable, ns, pool, counters, items,
-                          (uint32_t)n, transfer_done, p);
+                          (uint32_t)n, transfer_done, p, &more);
         free(items);
         if (r < 0) {
                 ss->inflight--;
                 kvd_session_unref(ss);
                 free(p);
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
+                return;
         }
+        if (more)
+                io_task_queue(ss, more);
 }
 
 static void handle_transfer(struct kvd_session *ss, uint64_t id, const Kvdrive__Transfer *m, bool put)
@@ -1109,11 +1148,11 @@ uint32_t kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int 
                 break;
         case KVDRIVE__REQUEST__BODY_PUT:
                 handle_transfer(ss, req->id, req->put, true);
-                work += (uint32_t)req->put->n_items;
+                work += (uint32_t)MIN(req->put->n_items, KVD_IO_SLICE) * (KVD_TASK_SLICE / KVD_IO_SLICE);
                 break;
         case KVDRIVE__REQUEST__BODY_GET:
                 handle_transfer(ss, req->id, req->get, false);
-                work += (uint32_t)req->get->n_items;
+                work += (uint32_t)MIN(req->get->n_items, KVD_IO_SLICE) * (KVD_TASK_SLICE / KVD_IO_SLICE);
                 break;
         case KVDRIVE__REQUEST__BODY_LOOKUP:
                 work += handle_lookup(ss, req->id, req->lookup);
@@ -1129,7 +1168,7 @@ uint32_t kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int 
                 break;
         case KVDRIVE__REQUEST__BODY_PREFETCH:
                 handle_prefetch(ss, req->id, req->prefetch);
-                work += (uint32_t)req->prefetch->n_items;
+                work += (uint32_t)MIN(req->prefetch->n_items, KVD_IO_SLICE) * (KVD_TASK_SLICE / KVD_IO_SLICE);
                 break;
         case KVDRIVE__REQUEST__BODY_SCORES:
                 handle_scores(ss, req->id, req->scores);

@@ -36,6 +36,7 @@ struct kvd_task {
         struct kvd_session *ss;         /* referenced */
         bool (*step)(struct kvd_task *t, uint32_t budget);
         void (*free)(struct kvd_task *t);
+        bool uncounted;         /* its request counts in the session's inflight already */
 };
 
 #define KVD_TURN_BUCKETS 32

@@ -252,7 +252,8 @@ void kvd_task_queue(struct kvd_session *ss, struct kvd_task *t)
 {
         t->next = NULL;
         t->ss = kvd_session_ref(ss);
-        ss->inflight++;
+        if (!t->uncounted)
+                ss->inflight++;
         if (ss->tasks_tail)
                 ss->tasks_tail->next = t;
         else
@@ -280,7 +281,8 @@ bool kvd_tasks_run(struct kvd_server *s)
                         ss->tasks_head = t->next;
                         if (!ss->tasks_head)
                                 ss->tasks_tail = NULL;
-                        ss->inflight--;
+                        if (!t->uncounted)
+                                ss->inflight--;
                         t->free(t);
                         kvd_session_unref(ss); /* the task's */
                 }
