@@ -210,6 +210,46 @@ START_TEST(test_long_lookup_is_exact)
 }
 END_TEST
 
+/* A Put and a Get of max-items blocks start a slice of items per turn of
+ * the loop: every item still gets its outcome, and every byte comes back. */
+START_TEST(test_large_transfers_are_whole)
+{
+        struct kvd_test_daemon d;
+        kvc_client *c;
+        kvc_pool *p;
+        struct kvc_block_ref *refs = calloc(KEYS, sizeof(*refs));
+        uint8_t *st = malloc(KEYS), *want = malloc((size_t)KEYS * E2E_BLOCK_BYTES);
+        struct kvc_key seq = { 4, 4 };
+        uint32_t ns;
+
+        ck_assert(refs && st && want);
+        E2E_START(&d);
+        ck_assert_int_eq(kvc_connect(d.socket_path, "large", &c), 0);
+        ck_assert_int_eq(kvc_register_namespace(c, "e2e-large", &e2e_geom, &ns, NULL), 0);
+        ck_assert_int_eq(kvc_pool_create(c, KEYS, E2E_BLOCK_BYTES, &p), 0);
+        for (uint32_t i = 0; i < KEYS; i++) {
+                refs[i] = (struct kvc_block_ref){ .layer = i % E2E_LAYERS, .slot = i };
+                kvc_key_private(&seq, i, &refs[i].key);
+                e2e_fill_block(kvc_pool_slot(p, i), E2E_BLOCK_BYTES, &refs[i].key, refs[i].layer, 5);
+        }
+        memcpy(want, kvc_pool_slot(p, 0), (size_t)KEYS * E2E_BLOCK_BYTES);
+        E2E_ASSERT_RC(c, kvc_put(c, ns, p, refs, KEYS, st), (int)KEYS);
+        memset(kvc_pool_slot(p, 0), 0xee, (size_t)KEYS * E2E_BLOCK_BYTES);
+        memset(st, 0xff, KEYS);
+        E2E_ASSERT_RC(c, kvc_get(c, ns, p, refs, KEYS, st), (int)KEYS);
+        for (uint32_t i = 0; i < KEYS; i++)
+                ck_assert_msg(st[i] == KVC_ITEM_OK, "item %u: status %u", i, st[i]);
+        ck_assert_msg(e2e_memdiff(kvc_pool_slot(p, 0), want, (size_t)KEYS * E2E_BLOCK_BYTES) < 0,
+                      "a block came back with other bytes");
+        kvc_pool_free(p);
+        kvc_disconnect(c);
+        free(refs);
+        free(st);
+        free(want);
+        E2E_STOP(&d);
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("bounded");
@@ -219,6 +259,7 @@ static Suite *suite(void)
         tcase_add_test(tc, test_long_delete_runs_in_slices);
         tcase_add_test(tc, test_long_requests_count_in_flight);
         tcase_add_test(tc, test_long_lookup_is_exact);
+        tcase_add_test(tc, test_large_transfers_are_whole);
         suite_add_tcase(s, tc);
         return s;
 }
