@@ -10,6 +10,7 @@
 
 #include "cache.h"
 #include "host.h"
+#include "index.h"
 #include "slab.h"
 #include "ssd.h"
 
@@ -67,6 +68,28 @@ struct kvd_cache {
         uint64_t recover_skipped_ns, recover_skipped_quota; /* blocks left out at start */
         uint64_t t0_ns;         /* the heat clock starts here */
 };
+
+static inline struct kvd_block *blk(const struct kvd_cache *c, uint32_t id)
+{
+        return kvd_index_block(c->index, id);
+}
+
+static inline struct kvd_tenant *owner_of(const struct kvd_cache *c, const struct kvd_block *b)
+{
+        return c->ns[b->ns].tenant;
+}
+
+/* placement.c */
+/* Adds attention mass (or demand) to block b's heat. */
+void kvd_heat_add(struct kvd_cache *c, struct kvd_block *b, float mass);
+/* Puts block id on exactly the LRU lists it belongs to (its owner's, of
+ * its classes); touch: it was used now, to the most recent end. */
+void kvd_lru_update(struct kvd_cache *c, uint32_t id, bool touch);
+/* The block to evict for room in class klass of a tier (ssd: the SSD
+ * tier), whoever owns it; KVD_ID_NONE if nothing may go. */
+uint32_t kvd_pick_victim(const struct kvd_cache *c, int klass, int *rr, bool ssd);
+/* Tenant t's block to evict to keep t within its quota, or KVD_ID_NONE. */
+uint32_t kvd_pick_own_victim(const struct kvd_cache *c, struct kvd_tenant *t, bool ssd);
 
 /* ns.c */
 struct kvd_tenant *kvd_tenant_get(struct kvd_cache *c, uint32_t uid);

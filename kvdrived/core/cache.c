@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,14 +13,10 @@
 
 /* Demotions started to make host room, at most, before a Put waits. */
 #define MAX_EVICT_WRITES 64
-/* Heat eviction looks at this many of the least recent entries. */
-#define HEAT_SAMPLE 16
 /* Heat a Get adds, against attention mass reported in [0, 1] per step. */
 #define DEMAND_HEAT 0.05f
 /* Speculative next-layer loads in flight, at most. */
 #define MAX_SPEC_LOADS 16
-/* Half-lives a heat may be scaled up by before it is re-based (float range). */
-#define HEAT_RESCALE_MAX 60.0f
 
 /* Context of an SSD write or read of one block. */
 struct ssd_ctx {
@@ -33,144 +28,6 @@ struct ssd_ctx {
         bool speculative;       /* a next-layer guess: counted in spec_inflight */
         bool durable;           /* a write with RWF_DSYNC, or a sync */
 };
-
-static struct kvd_block *blk(const struct kvd_cache *c, uint32_t id)
-{
-        return kvd_index_block(c->index, id);
-}
-
-/* ---- heat --------------------------------------------------------------- */
-
-static uint32_t clock_ms(const struct kvd_cache *c)
-{
-        return (uint32_t)((kvd_now_ns() - c->t0_ns) / 1000000);
-}
-
-/* A block's heat now: its decayed attention mass plus demand. */
-static float heat_now(const struct kvd_cache *c, const struct kvd_block *b, uint32_t now)
-{
-        float age = (float)(now - b->heat_ms) / (float)c->cfg->heat_half_life_ms;
-
-        return b->heat == 0.0f ? 0.0f : b->heat * exp2f(-age);
-}
-
-/*
- * heat_ms doubles as the time of the block's last use (see touch()), which
- * orders the lists of different tenants against each other, so a score
- * must not move it: the mass is scaled up to the block's time base instead
- * (exact: decay is a factor), unless that would leave float's range.
- */
-static void heat_add(struct kvd_cache *c, struct kvd_block *b, float mass)
-{
-        uint32_t now = clock_ms(c);
-        float age = (float)(now - b->heat_ms) / (float)c->cfg->heat_half_life_ms;
-
-        if (age <= HEAT_RESCALE_MAX) {
-                b->heat += mass * exp2f(age);
-        } else {
-                b->heat = heat_now(c, b, now) + mass;
-                b->heat_ms = now;
-        }
-}
-
-/* The block was used: its heat re-based to now, which stamps the use. */
-static void touch_block(struct kvd_cache *c, struct kvd_block *b)
-{
-        uint32_t now = clock_ms(c);
-
-        b->heat = heat_now(c, b, now);
-        b->heat_ms = now;
-}
-
-/* ---- LRU lists ---------------------------------------------------------- */
-
-/* One block sits on up to two lists: its host class's and its SSD class's. */
-static uint32_t *link_prev(struct kvd_block *b, bool ssd)
-{
-        return ssd ? &b->ssd_prev : &b->lru_prev;
-}
-
-static uint32_t *link_next(struct kvd_block *b, bool ssd)
-{
-        return ssd ? &b->ssd_next : &b->lru_next;
-}
-
-static void lru_unlink(struct kvd_cache *c, struct lru *l, uint32_t id, bool ssd)
-{
-        struct kvd_block *b = blk(c, id);
-        uint32_t prev = *link_prev(b, ssd), next = *link_next(b, ssd);
-
-        if (prev != KVD_ID_NONE)
-                *link_next(blk(c, prev), ssd) = next;
-        else
-                l->head = next;
-        if (next != KVD_ID_NONE)
-                *link_prev(blk(c, next), ssd) = prev;
-        else
-                l->tail = prev;
-        *link_prev(b, ssd) = *link_next(b, ssd) = KVD_ID_NONE;
-}
-
-static void lru_push(struct kvd_cache *c, struct lru *l, uint32_t id, bool ssd)
-{
-        struct kvd_block *b = blk(c, id);
-
-        *link_next(b, ssd) = KVD_ID_NONE;
-        *link_prev(b, ssd) = l->tail;
-        if (l->tail != KVD_ID_NONE)
-                *link_next(blk(c, l->tail), ssd) = id;
-        else
-                l->head = id;
-        l->tail = id;
-}
-
-static struct kvd_tenant *owner_of(const struct kvd_cache *c, const struct kvd_block *b)
-{
-        return c->ns[b->ns].tenant;
-}
-
-static bool host_evictable(const struct kvd_block *b)
-{
-        return b->state == KVD_BLOCK_READY && b->loc != KVD_LOC_NONE && b->pins == 0 &&
-               !(b->flags & (KVD_BLOCK_LOADING | KVD_BLOCK_WRITING));
-}
-
-static bool ssd_evictable(const struct kvd_block *b)
-{
-        return b->state == KVD_BLOCK_READY && b->ssd_loc != KVD_LOC_NONE &&
-               !(b->flags & (KVD_BLOCK_LOADING | KVD_BLOCK_WRITING));
-}
-
-/* Puts block id on exactly the LRU lists it belongs to; `touch` moves it to
- * the most recent end of the ones it stays on. */
-static void lru_update(struct kvd_cache *c, uint32_t id, bool touch)
-{
-        struct kvd_block *b = blk(c, id);
-        struct kvd_tenant *t = owner_of(c, b);
-        bool in_h = b->flags & KVD_BLOCK_IN_HLRU, want_h = host_evictable(b);
-        bool in_s = b->flags & KVD_BLOCK_IN_SLRU, want_s = ssd_evictable(b);
-
-        if (touch)
-                touch_block(c, b);
-        if (in_h && (!want_h || touch)) {
-                lru_unlink(c, &t->lru[b->klass], id, false);
-                b->flags &= ~KVD_BLOCK_IN_HLRU;
-                in_h = false;
-        }
-        if (want_h && !in_h) {
-                lru_push(c, &t->lru[b->klass], id, false);
-                b->flags |= KVD_BLOCK_IN_HLRU;
-        }
-        if (in_s && (!want_s || touch)) {
-                lru_unlink(c, &t->ssd_lru[b->ssd_klass], id, true);
-                b->flags &= ~KVD_BLOCK_IN_SLRU;
-                in_s = false;
-        }
-        if (want_s && !in_s) {
-                lru_push(c, &t->ssd_lru[b->ssd_klass], id, true);
-                b->flags |= KVD_BLOCK_IN_SLRU;
-        }
-}
 
 /* ---- waiters ------------------------------------------------------------ */
 
@@ -456,7 +313,7 @@ static void free_host_copy(struct kvd_cache *c, uint32_t id)
         host_release(c, &c->ns[b->ns], b->loc);
         b->loc = KVD_LOC_NONE;
         b->flags &= ~KVD_BLOCK_EVICT;
-        lru_update(c, id, false);
+        kvd_lru_update(c, id, false);
 }
 
 static void free_ssd_copy(struct kvd_cache *c, uint32_t id, bool invalidate)
@@ -471,7 +328,7 @@ static void free_ssd_copy(struct kvd_cache *c, uint32_t id, bool invalidate)
         else
                 c->ssd_tier->ops->free(c->ssd_tier, b->ssd_loc);
         b->ssd_loc = KVD_LOC_NONE;
-        lru_update(c, id, false);
+        kvd_lru_update(c, id, false);
 }
 
 /* Removes a block and frees every copy. invalidate: also wipe its SSD
@@ -486,7 +343,7 @@ static void drop(struct kvd_cache *c, uint32_t id, bool invalidate)
                 free_host_copy(c, id);
         if (b->ssd_loc != KVD_LOC_NONE)
                 free_ssd_copy(c, id, invalidate);
-        lru_update(c, id, false);
+        kvd_lru_update(c, id, false);
         if (b->state == KVD_BLOCK_READY)
                 c->ns[b->ns].blocks--;
         ns = b->ns;
@@ -503,110 +360,10 @@ static void settle(struct kvd_cache *c, uint32_t id)
             !(b->flags & (KVD_BLOCK_LOADING | KVD_BLOCK_WRITING)))
                 drop(c, id, true);
         else
-                lru_update(c, id, false);
+                kvd_lru_update(c, id, false);
 }
 
 /* ---- SSD writes (demotion, write-through, durable Puts) ------------------ */
-
-/* The list of the tenant whose class-klass list starts with the least
- * recently used block of the tier (lists are in use order and every use
- * stamps heat_ms), or NULL if every tenant's list of klass is empty. */
-static struct lru *oldest_list(const struct kvd_cache *c, int klass, bool ssd)
-{
-        struct lru *best = NULL;
-        uint32_t best_ms = 0;
-
-        for (uint32_t i = 0; i < c->n_tenants; i++) {
-                struct lru *l = ssd ? &c->tenants[i]->ssd_lru[klass] : &c->tenants[i]->lru[klass];
-                uint32_t ms;
-
-                if (l->head == KVD_ID_NONE)
-                        continue;
-                ms = blk(c, l->head)->heat_ms;
-                if (!best || (int32_t)(ms - best_ms) < 0) {
-                        best = l;
-                        best_ms = ms;
-                }
-        }
-        return best;
-}
-
-/* The least recently used copy of tenant t (any class) in its tier, or
- * NULL if t has none that may go. */
-static struct lru *tenant_oldest_list(const struct kvd_cache *c, struct kvd_tenant *t, bool ssd)
-{
-        struct lru *best = NULL;
-        uint32_t best_ms = 0;
-
-        for (int k = 0; k < KVD_SLAB_MAX_CLASSES; k++) {
-                struct lru *l = ssd ? &t->ssd_lru[k] : &t->lru[k];
-                uint32_t ms;
-
-                if (l->head == KVD_ID_NONE)
-                        continue;
-                ms = blk(c, l->head)->heat_ms;
-                if (!best || (int32_t)(ms - best_ms) < 0) {
-                        best = l;
-                        best_ms = ms;
-                }
-        }
-        return best;
-}
-
-/* The entry of list l to evict: with LRU eviction its least recent entry;
- * with heat eviction the coldest of its HEAT_SAMPLE least recent ones, so
- * that blocks attention keeps using stay even when others were touched
- * later (sampling, as Redis approximates LFU). */
-static uint32_t pick_in(const struct kvd_cache *c, const struct lru *l, bool ssd)
-{
-        uint32_t id = l->head, best, now;
-        float best_heat;
-
-        if (id == KVD_ID_NONE || c->cfg->eviction == KVD_EVICT_LRU)
-                return id;
-        now = clock_ms(c);
-        best = id;
-        best_heat = heat_now(c, blk(c, id), now);
-        for (int n = 1; n < HEAT_SAMPLE; n++) {
-                float h;
-
-                id = *link_next(blk(c, id), ssd);
-                if (id == KVD_ID_NONE)
-                        break;
-                h = heat_now(c, blk(c, id), now);
-                if (h < best_heat) {
-                        best = id;
-                        best_heat = h;
-                }
-        }
-        return best;
-}
-
-/* The block to evict for room in class klass of a tier: from klass's
- * lists first, else from the other classes in turn; KVD_ID_NONE if there
- * is nothing that may go. */
-static uint32_t pick_victim(const struct kvd_cache *c, int klass, int *rr, bool ssd)
-{
-        struct lru *l = oldest_list(c, klass, ssd);
-
-        for (int i = 0; !l && i < KVD_SLAB_MAX_CLASSES; i++) {
-                int k = (*rr + i) % KVD_SLAB_MAX_CLASSES;
-
-                l = oldest_list(c, k, ssd);
-                if (l)
-                        *rr = (k + 1) % KVD_SLAB_MAX_CLASSES;
-        }
-        return l ? pick_in(c, l, ssd) : KVD_ID_NONE;
-}
-
-/* The block of tenant t to evict to keep t within its quota, or
- * KVD_ID_NONE. */
-static uint32_t pick_own_victim(const struct kvd_cache *c, struct kvd_tenant *t, bool ssd)
-{
-        struct lru *l = tenant_oldest_list(c, t, ssd);
-
-        return l ? pick_in(c, l, ssd) : KVD_ID_NONE;
-}
 
 /* Evicts SSD copy victim: a block that still has its host copy just
  * becomes dirty again; one that has not is gone (counted). */
@@ -632,7 +389,7 @@ static int ssd_alloc_slot(struct kvd_cache *c, const struct kvd_ns *ns, bool may
 
         while (t->st.ssd_bytes + ns->ssd_charge > t->st.quota.ssd_bytes) {
                 uint32_t victim = may_evict && ns->ssd_charge <= t->st.quota.ssd_bytes
-                                          ? pick_own_victim(c, t, true) : KVD_ID_NONE;
+                                          ? kvd_pick_own_victim(c, t, true) : KVD_ID_NONE;
 
                 if (victim == KVD_ID_NONE) {
                         t->st.quota_refusals++;
@@ -647,7 +404,7 @@ static int ssd_alloc_slot(struct kvd_cache *c, const struct kvd_ns *ns, bool may
                 r = c->ssd_tier->ops->alloc(c->ssd_tier, ns->ssd_klass, ret_loc);
                 if (r != -ENOSPC || !may_evict)
                         break;
-                victim = pick_victim(c, ns->ssd_klass, &c->ssd_evict_rr, true);
+                victim = kvd_pick_victim(c, ns->ssd_klass, &c->ssd_evict_rr, true);
                 if (victim == KVD_ID_NONE)
                         return -ENOSPC;
                 evict_ssd_copy(c, victim);
@@ -742,7 +499,7 @@ static int start_write(struct kvd_cache *c, uint32_t id, bool durable, bool evic
                 c->evict_writes++;
                 ns->tenant->host_leaving += ns->host_charge;
         }
-        lru_update(c, id, false);
+        kvd_lru_update(c, id, false);
         tmpl.key_hi = b->key_hi;
         tmpl.key_lo = b->key_lo;
         tmpl.layer = b->layer;
@@ -837,7 +594,7 @@ static int make_room(struct kvd_cache *c, const struct kvd_ns *ns)
                 return -EDQUOT;
         }
         while (t->st.host_bytes - t->host_leaving + ns->host_charge > t->st.quota.host_bytes) {
-                uint32_t victim = pick_own_victim(c, t, false);
+                uint32_t victim = kvd_pick_own_victim(c, t, false);
 
                 if (victim == KVD_ID_NONE)
                         return -EXFULL;
@@ -847,7 +604,7 @@ static int make_room(struct kvd_cache *c, const struct kvd_ns *ns)
                 t->st.quota_evictions++;
         }
         while (!kvd_host_can_alloc(c->host, ns->klass)) {
-                uint32_t victim = pick_victim(c, ns->klass, &c->evict_rr, false);
+                uint32_t victim = kvd_pick_victim(c, ns->klass, &c->evict_rr, false);
 
                 if (victim == KVD_ID_NONE) {
                         struct kvd_tier_usage u;
@@ -914,7 +671,7 @@ int kvd_cache_put_commit(struct kvd_cache *c, uint32_t id, bool durable, kvd_wai
         b->state = KVD_BLOCK_READY;
         c->ns[b->ns].blocks++;
         c->puts++;
-        lru_update(c, id, true);
+        kvd_lru_update(c, id, true);
         /* A damaged tier makes nothing durable: a durable Put fails (the
          * block stays in host memory); write-through stops (see cache.h). */
         if (c->ssd && durable && kvd_ssd_damaged(c->ssd)) {
@@ -961,7 +718,7 @@ int kvd_cache_put_durable(struct kvd_cache *c, uint32_t id, kvd_wait_fn fn, void
         }
         *x = (struct ssd_ctx){ .c = c, .id = id, .durable = true };
         b->flags |= KVD_BLOCK_WRITING;
-        lru_update(c, id, false);
+        kvd_lru_update(c, id, false);
         kvd_ssd_sync(c->ssd, b->ssd_loc, KVD_SSD_DEMAND, sync_done, x);
         return 1;
 }
@@ -994,7 +751,7 @@ static void load_done(void *ctx, int r)
                 c->ssd_hits++;
                 if (waiters)
                         b->flags |= KVD_BLOCK_STAGED;
-                lru_update(c, x->id, true);
+                kvd_lru_update(c, x->id, true);
         } else {
                 /* Torn, corrupt or gone: never served. Its space is reclaimed
                  * and its header wiped so a restart does not bring it back. */
@@ -1034,7 +791,7 @@ static int start_load(struct kvd_cache *c, uint32_t id, enum kvd_ssd_prio prio, 
         /* LOADING first, so that making room (which may evict SSD copies to
          * demote others) cannot take this very block. */
         b->flags |= KVD_BLOCK_LOADING;
-        lru_update(c, id, false);
+        kvd_lru_update(c, id, false);
         x = malloc(sizeof(*x));
         if (!x)
                 r = -ENOMEM;
@@ -1052,7 +809,7 @@ static int start_load(struct kvd_cache *c, uint32_t id, enum kvd_ssd_prio prio, 
         }
         if (r < 0) {
                 b->flags &= ~KVD_BLOCK_LOADING;
-                lru_update(c, id, false);
+                kvd_lru_update(c, id, false);
                 free(x);
                 return r;
         }
@@ -1112,8 +869,8 @@ int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, bool prefet
                         b->flags &= ~KVD_BLOCK_STAGED; /* counted as an SSD hit */
                 else
                         c->hits++;
-                heat_add(c, b, DEMAND_HEAT);
-                lru_update(c, id, true);
+                kvd_heat_add(c, b, DEMAND_HEAT);
+                kvd_lru_update(c, id, true);
                 promote_next_layer(c, b);
                 *ret_id = id;
                 *ret_host = (uint8_t *)kvd_host_ptr(c->host, b->loc) + c->hdr;
@@ -1135,7 +892,7 @@ int kvd_cache_score(struct kvd_cache *c, const struct kvd_bkey *k, float mass)
 
         if (id == KVD_ID_NONE || (b = blk(c, id))->state != KVD_BLOCK_READY || !(mass >= 0.0f && mass <= 1.0f))
                 return 0;
-        heat_add(c, b, mass);
+        kvd_heat_add(c, b, mass);
         c->scores++;
         return 1;
 }
@@ -1177,7 +934,7 @@ int kvd_cache_delete_id(struct kvd_cache *c, uint32_t id)
                 return 0;
         if (b->pins > 0 || (b->flags & (KVD_BLOCK_LOADING | KVD_BLOCK_WRITING))) {
                 b->flags |= KVD_BLOCK_DOOMED;
-                lru_update(c, id, false);
+                kvd_lru_update(c, id, false);
                 return 1;
         }
         drop(c, id, true);
@@ -1232,7 +989,7 @@ static bool recover_slot(void *ctx, const struct kvd_slot_header *h, uint32_t lo
         b->ssd_klass = (uint8_t)klass;
         b->ssd_loc = loc;
         ns->blocks++;
-        lru_update(c, id, false);
+        kvd_lru_update(c, id, false);
         return true;
 skip:
         kvd_ns_settle(c, ns_id); /* one just created for this block goes again */
