@@ -712,8 +712,7 @@ static void handle_scores(struct kvd_session *ss, uint64_t id, const Kvdrive__Sc
 
 /* ---- Lookup, Delete, DropNamespace: done in slices ---------------------- */
 
-/* What p may do on ns under the config's shares (0: it may not see it). */
-static unsigned peer_rights(const struct kvd_session *ss, const struct kvd_ns *ns)
+unsigned kvd_peer_rights(const struct kvd_session *ss, const struct kvd_ns *ns)
 {
         return kvd_access_rights(kvd_access_share(ss->server->cfg->access, ns->name), ns->owner, &ss->peer);
 }
@@ -909,7 +908,7 @@ static bool drop_step(struct kvd_task *t, uint32_t budget)
 static uint32_t handle_drop_ns(struct kvd_session *ss, uint64_t id, const Kvdrive__DropNamespace *m)
 {
         const struct kvd_ns *ns = kvd_cache_ns(ss->server->cache, m->ns_id);
-        unsigned rights = ns ? peer_rights(ss, ns) : 0;
+        unsigned rights = ns ? kvd_peer_rights(ss, ns) : 0;
         struct key_task *kt;
 
         if (!ns || (!rights && !ss->peer.admin)) {
@@ -931,175 +930,6 @@ static uint32_t handle_drop_ns(struct kvd_session *ss, uint64_t id, const Kvdriv
                    (unsigned)ss->peer.uid, ns->id, ns->name, ns->owner);
         kvd_cache_ns_drop(ss->server->cache, ns->id);
         return key_task_start(ss, kt);
-}
-
-/* No cap travels as 0. */
-static uint64_t cap_wire(uint64_t v)
-{
-        return v == UINT64_MAX ? 0 : v;
-}
-
-static void tenant_to_wire(const struct kvd_tenant_stats *t, Kvdrive__TenantStats *w, Kvdrive__TenantStats **ret)
-{
-        kvdrive__tenant_stats__init(w);
-        w->uid = t->uid;
-        w->host_bytes = t->host_bytes;
-        w->ssd_bytes = t->ssd_bytes;
-        w->pool_bytes = t->pool_bytes;
-        w->namespaces = t->namespaces;
-        w->quota_host_bytes = cap_wire(t->quota.host_bytes);
-        w->quota_ssd_bytes = cap_wire(t->quota.ssd_bytes);
-        w->quota_pool_bytes = cap_wire(t->quota.pool_bytes);
-        w->quota_namespaces = t->quota.namespaces == UINT32_MAX ? 0 : t->quota.namespaces;
-        w->quota_evictions = t->quota_evictions;
-        w->quota_refusals = t->quota_refusals;
-        *ret = w;
-}
-
-static void handle_stats(struct kvd_session *ss, uint64_t id)
-{
-        struct kvd_server *s = ss->server;
-        Kvdrive__StatsReply sr = KVDRIVE__STATS_REPLY__INIT;
-        Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
-        Kvdrive__TierStats host = KVDRIVE__TIER_STATS__INIT, ssd = KVDRIVE__TIER_STATS__INIT;
-        Kvdrive__TierStats *tiers[2] = { &host, &ssd };
-        uint32_t n_ns = kvd_cache_ns_count(s->cache), n_shown = 0;
-        uint32_t n_ten = ss->peer.admin ? kvd_cache_tenants(s->cache, NULL, 0) : 1;
-        Kvdrive__NamespaceStats *nss = calloc(n_ns ? n_ns : 1, sizeof(*nss));
-        Kvdrive__NamespaceStats **nsp = calloc(n_ns ? n_ns : 1, sizeof(*nsp));
-        Kvdrive__Geometry *geo = calloc(n_ns ? n_ns : 1, sizeof(*geo));
-        struct kvd_tenant_stats *ts = calloc(n_ten ? n_ten : 1, sizeof(*ts));
-        Kvdrive__TenantStats *tw = calloc(n_ten ? n_ten : 1, sizeof(*tw));
-        Kvdrive__TenantStats **twp = calloc(n_ten ? n_ten : 1, sizeof(*twp));
-        struct kvd_cache_stats cs;
-
-        if (!nss || !nsp || !geo || !ts || !tw || !twp) {
-                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
-                goto out;
-        }
-        kvd_cache_stats(s->cache, &cs);
-        host.name = (char *)"host";
-        host.capacity_bytes = cs.host.capacity_bytes;
-        host.used_bytes = cs.host.used_bytes;
-        host.blocks = cs.host.blocks;
-        host.hits = cs.hits;
-        host.misses = cs.misses;
-        host.evictions = cs.evictions;
-        host.dropped = cs.have_ssd ? 0 : cs.dropped;
-        host.condition = (char *)"ok";
-        if (cs.have_ssd) {
-                ssd.name = (char *)"ssd";
-                ssd.capacity_bytes = cs.ssd.capacity_bytes;
-                ssd.used_bytes = cs.ssd.used_bytes;
-                ssd.blocks = cs.ssd.blocks;
-                ssd.hits = cs.ssd_hits;
-                ssd.misses = cs.ssd_misses;
-                ssd.evictions = cs.ssd_evictions;
-                ssd.reads = cs.ssd_reads;
-                ssd.writes = cs.ssd_writes;
-                ssd.read_bytes = cs.ssd_read_bytes;
-                ssd.write_bytes = cs.ssd_write_bytes;
-                ssd.read_errors = cs.ssd_read_errors;
-                ssd.write_errors = cs.ssd_write_errors;
-                ssd.crc_failures = cs.crc_failures;
-                ssd.demotions = cs.demotions;
-                ssd.promotions = cs.promotions;
-                ssd.dropped = cs.dropped;
-                ssd.condition = cs.ssd_condition;
-                ssd.full = cs.ssd_full;
-                ssd.damaged = cs.ssd_damaged;
-        }
-        /* A peer sees the namespaces it may use; an admin sees all. */
-        for (uint32_t k = 0; k < kvd_cache_ns_slots(s->cache) && n_shown < n_ns; k++) {
-                const struct kvd_ns *ns = kvd_cache_ns(s->cache, k);
-                uint32_t i = n_shown;
-                unsigned rights;
-
-                if (!ns)
-                        continue;
-                rights = peer_rights(ss, ns);
-                if (!rights && !ss->peer.admin)
-                        continue;
-                kvdrive__namespace_stats__init(&nss[i]);
-                kvdrive__geometry__init(&geo[i]);
-                geo[i].layers = ns->geometry.layers;
-                geo[i].kv_heads = ns->geometry.kv_heads;
-                geo[i].head_dim = ns->geometry.head_dim;
-                geo[i].dtype = (Kvdrive__Dtype)ns->geometry.dtype;
-                geo[i].block_tokens = ns->geometry.block_tokens;
-                nss[i].id = ns->id;
-                nss[i].name = (char *)ns->name;
-                nss[i].geometry = &geo[i];
-                nss[i].block_bytes = ns->block_bytes;
-                nss[i].blocks = ns->blocks;
-                nss[i].owner = ns->owner;
-                nss[i].rights = rights;
-                nss[i].dropped = ns->dropped;
-                nsp[i] = &nss[i];
-                n_shown++;
-        }
-        /* Likewise the tenants: its own usage, or everyone's. */
-        if (ss->peer.admin)
-                n_ten = kvd_cache_tenants(s->cache, ts, n_ten);
-        else
-                kvd_cache_tenant(s->cache, (uint32_t)ss->peer.uid, &ts[0]);
-        for (uint32_t i = 0; i < n_ten; i++)
-                tenant_to_wire(&ts[i], &tw[i], &twp[i]);
-        sr.daemon_version = (char *)KVD_VERSION;
-        sr.pid = (uint32_t)getpid();
-        sr.uptime_ms = kvd_now_ms() - s->started_ms;
-        sr.clients = s->n_sessions;
-        sr.clients_total = s->sessions_total;
-        sr.n_tiers = cs.have_ssd ? 2 : 1;
-        sr.tiers = tiers;
-        sr.n_namespaces = n_shown;
-        sr.namespaces = nsp;
-        sr.n_tenants = n_ten;
-        sr.tenants = twp;
-        sr.loop_turns = s->turns;
-        sr.loop_turn_max_us = s->turn_max_ns / 1000;
-        sr.n_loop_turn_hist = KVD_TURN_BUCKETS;
-        sr.loop_turn_hist = s->turn_hist;
-        sr.peer_uid = (uint32_t)ss->peer.uid;
-        sr.peer_admin = ss->peer.admin;
-        sr.bytes_in = kvd_xfer_bytes(s->xfer, KVD_XFER_IN);
-        sr.bytes_out = kvd_xfer_bytes(s->xfer, KVD_XFER_OUT);
-        sr.puts = cs.puts;
-        sr.gets = cs.gets;
-        sr.index_capacity = cs.index_capacity;
-        sr.index_entries = cs.index_entries;
-        sr.index_bytes = cs.index_bytes;
-        sr.index_bytes_per_block = cs.index_bytes_per_block;
-        sr.requests = s->requests;
-        sr.errors = s->errors;
-        sr.workers = s->cfg->workers;
-        sr.device_backends = (char *)(kvd_cuda_ready(s->cuda) ? "memfd,cuda" : "memfd");
-        sr.cuda = (char *)kvd_cuda_status(s->cuda);
-        sr.pools_memfd = s->pools[KVD_BACKEND_MEMFD];
-        sr.pools_cuda = s->pools[KVD_BACKEND_CUDA];
-        sr.eviction = (char *)cs.eviction;
-        sr.speculative_promotions = cs.spec_promotions;
-        sr.scores = cs.scores;
-        kvd_sched_refresh(s);
-        sr.sched_device_bytes_per_s = (uint64_t)s->sched.dev_rate;
-        sr.sched_ssd_bytes_per_s = (uint64_t)s->sched.ssd_rate;
-        sr.sched_host_hit_rate = s->sched.host_hit;
-        sr.sched_active_clients = s->sched.active;
-        sr.sched_compute_us = s->sched.compute_us;
-        sr.sched_prefetch_depth = s->sched.last_depth;
-        sr.sched_decisions = s->sched.decisions;
-        sr.sched_device_busy = s->sched.dev_util;
-        sr.sched_ssd_busy = s->sched.ssd_util;
-        resp.body_case = KVDRIVE__RESPONSE__BODY_STATS;
-        resp.stats = &sr;
-        reply(ss, id, &resp);
-out:
-        free(nss);
-        free(nsp);
-        free(geo);
-        free(ts);
-        free(tw);
-        free(twp);
 }
 
 uint32_t kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int *fds, unsigned nfds)
@@ -1164,7 +994,7 @@ uint32_t kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int 
                 work += handle_drop_ns(ss, req->id, req->drop_namespace);
                 break;
         case KVDRIVE__REQUEST__BODY_STATS:
-                handle_stats(ss, req->id);
+                kvd_handle_stats(ss, req->id);
                 break;
         case KVDRIVE__REQUEST__BODY_PREFETCH:
                 handle_prefetch(ss, req->id, req->prefetch);

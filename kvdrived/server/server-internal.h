@@ -133,6 +133,13 @@ void kvd_session_send_error(struct kvd_session *ss, uint64_t id, Kvdrive__ErrorC
  * (items, index probes) it did at once, for the session's read budget. */
 uint32_t kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int *fds, unsigned nfds);
 
+/* What the session's peer may do on ns under the config's shares (enum
+ * kvd_right; 0: it may not even see it). */
+unsigned kvd_peer_rights(const struct kvd_session *ss, const struct kvd_ns *ns);
+
+/* stats.c: answers a Stats request. */
+void kvd_handle_stats(struct kvd_session *ss, uint64_t id);
+
 /* server.c: queues t behind ss's other tasks (ss->inflight counts it until
  * it is freed). */
 void kvd_task_queue(struct kvd_session *ss, struct kvd_task *t);
