@@ -145,6 +145,21 @@ void kvd_lru_update(struct kvd_cache *c, uint32_t id, bool touch)
         }
 }
 
+/* Keeps in *best the list whose head was used longest ago (heat_ms wraps:
+ * compare differences). */
+static void keep_older(const struct kvd_cache *c, struct lru *l, struct lru **best, uint32_t *best_ms)
+{
+        uint32_t ms;
+
+        if (l->head == KVD_ID_NONE)
+                return;
+        ms = blk(c, l->head)->heat_ms;
+        if (!*best || (int32_t)(ms - *best_ms) < 0) {
+                *best = l;
+                *best_ms = ms;
+        }
+}
+
 /* The list of the tenant whose class-klass list starts with the least
  * recently used block of the tier (lists are in use order and every use
  * stamps heat_ms), or NULL if every tenant's list of klass is empty. */
@@ -153,18 +168,8 @@ static struct lru *oldest_list(const struct kvd_cache *c, int klass, bool ssd)
         struct lru *best = NULL;
         uint32_t best_ms = 0;
 
-        for (uint32_t i = 0; i < c->n_tenants; i++) {
-                struct lru *l = ssd ? &c->tenants[i]->ssd_lru[klass] : &c->tenants[i]->lru[klass];
-                uint32_t ms;
-
-                if (l->head == KVD_ID_NONE)
-                        continue;
-                ms = blk(c, l->head)->heat_ms;
-                if (!best || (int32_t)(ms - best_ms) < 0) {
-                        best = l;
-                        best_ms = ms;
-                }
-        }
+        for (uint32_t i = 0; i < c->n_tenants; i++)
+                keep_older(c, ssd ? &c->tenants[i]->ssd_lru[klass] : &c->tenants[i]->lru[klass], &best, &best_ms);
         return best;
 }
 
@@ -175,18 +180,8 @@ static struct lru *tenant_oldest_list(const struct kvd_cache *c, struct kvd_tena
         struct lru *best = NULL;
         uint32_t best_ms = 0;
 
-        for (int k = 0; k < KVD_SLAB_MAX_CLASSES; k++) {
-                struct lru *l = ssd ? &t->ssd_lru[k] : &t->lru[k];
-                uint32_t ms;
-
-                if (l->head == KVD_ID_NONE)
-                        continue;
-                ms = blk(c, l->head)->heat_ms;
-                if (!best || (int32_t)(ms - best_ms) < 0) {
-                        best = l;
-                        best_ms = ms;
-                }
-        }
+        for (int k = 0; k < KVD_SLAB_MAX_CLASSES; k++)
+                keep_older(c, ssd ? &t->ssd_lru[k] : &t->lru[k], &best, &best_ms);
         return best;
 }
 
