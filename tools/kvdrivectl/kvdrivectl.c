@@ -24,6 +24,7 @@
 #include "kvd-build.h"
 
 #define EXIT_USAGE 2
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
 #define STATS_JSON_SCHEMA 1
 
 struct ctl {
@@ -170,9 +171,9 @@ static uint64_t loop_p99_us(const struct kvc_stats *s)
         for (unsigned b = 0; b < KVC_LOOP_BUCKETS; b++) {
                 seen += s->loop_turn_hist[b];
                 if (seen * 100 >= s->loop_turns * 99)
-                        return UINT64_C(1) << b;
+                        return MIN(UINT64_C(1) << b, s->loop_turn_max_us + 1);
         }
-        return s->loop_turn_max_us;
+        return s->loop_turn_max_us + 1;
 }
 
 /* "rwo" for the caller's rights, "admin" for none (seen as an admin). */
@@ -267,8 +268,9 @@ static void print_stats(const struct kvc_stats *s)
                         printf("           DAMAGED: no more writes, durable Puts fail; restart once the file is fixed\n");
         }
 
-        printf("\n%-8s %12s %12s %12s %12s %10s %10s   (%s)\n", "UID", "HOST", "SSD", "POOLS", "NAMESPACES",
-               "EVICTED", "REFUSED", s->peer_admin ? "every uid: you administer this daemon" : "yours only");
+        if (s->n_tenants)
+                printf("\n%-8s %12s %12s %12s %12s %10s %10s   (%s)\n", "UID", "HOST", "SSD", "POOLS", "NAMESPACES",
+                       "EVICTED", "REFUSED", s->peer_admin ? "every uid: you administer this daemon" : "yours only");
         for (uint32_t i = 0; i < s->n_tenants; i++) {
                 const struct kvc_tenant_stats *t = &s->tenants[i];
                 char q1[32], q2[32], q3[32], h[80], d[80], p[80], n[32];
