@@ -8,6 +8,7 @@
  *    to the daemon: on a miss the caller fills the returned slot itself
  *    (kvc_get() or kvc_get_submit()).
  *  - kvc_predict_merge() builds the candidate list of the next fetch.
+ *  - kvc_sparse, below, is the whole decode policy on top of them.
  *
  * Conventions are those of client.h: 0 or a non-negative value on success,
  * -errno on failure, ret_* untouched on failure, destructors take NULL and
@@ -138,6 +139,203 @@ int kvc_residency_drop(kvc_residency *r, const struct kvc_key *key, uint32_t lay
 int kvc_predict_merge(const uint32_t *prev_step_sel, uint32_t n_prev,
                       const uint32_t *next_layer_pred, uint32_t n_pred, uint32_t k,
                       uint32_t *ret, uint32_t *ret_n);
+
+/* ---- kvc_sparse: the attention-aware decode policy --------------------
+ *
+ * A decoder that keeps only some KV blocks of each layer in its device pool
+ * drives this once per layer and step (docs/engine-integration.md):
+ *
+ *     kvc_sparse_begin_layer(seq, l, scores, n, &plan);   // its scores of the n stored blocks
+ *     attend over plan->slots[i] where plan->resident[i], and the tail
+ *     kvc_sparse_wait_layer(seq, -1);                      // the rest have landed
+ *     attend over the others, merge the two (kvk_lse_merge)
+ *     kvc_sparse_end_layer(seq, masses);                   // their attention mass, or NULL
+ *
+ * The library picks the top-k blocks (plus the first `sink` and the last
+ * `local`), keeps the blocks that attention keeps using resident in the
+ * sequence's device slots (by decayed score, the layer's own pinned), sends
+ * one Get for the misses with the layer's completion counter, and stages
+ * guesses into the daemon's host memory within the scheduler's depth. When
+ * there is little to overlap (few misses) the plan says so
+ * (plan->two_pass false): wait first, then attend all in one pass.
+ *
+ * The engine computes the scores (block summaries against the query) on
+ * its own device, with the kvk_* kernels, their CUDA twins or its own; it
+ * writes the newest token of each layer into the layer's tail slot, and
+ * says when the tail block is full (kvc_sparse_tail_full()): the library
+ * Puts it under the sequence's key for that block.
+ *
+ * Pool slots: a kvc_sparse uses slots [slot0, slot0 + kvc_sparse_pool_slots())
+ * of the pool: per sequence, `budget` slots for chosen blocks, then one tail
+ * slot per layer. It owns the client's counter page (kvc_counters_create()):
+ * an engine that uses kvc_sparse does not register one itself.
+ *
+ * Not thread-safe: a kvc_sparse, its sequences and its client belong to one
+ * thread at a time. Errors are those of client.h; -EBUSY when a layer of the
+ * sequence is begun and not ended, or every slot of the sequence is pinned
+ * (its budget is smaller than a layer's top-k).
+ */
+typedef struct kvc_sparse kvc_sparse;
+typedef struct kvc_sparse_seq kvc_sparse_seq;
+
+enum kvc_sparse_flags {
+        KVC_SPARSE_REPORT_SCORES = 1u << 0,     /* end_layer's masses go to the daemon (heat) */
+};
+
+/* Options of kvc_sparse_open(): zero it, set size, then what you need. */
+struct kvc_sparse_opts {
+        size_t size;                    /* sizeof(struct kvc_sparse_opts) */
+        uint32_t layers;                /* of the namespace */
+        uint32_t block_tokens;          /* of the namespace (prefix keys chain this many tokens a block) */
+        uint32_t max_seqs;              /* sequences open at once (>= 1) */
+        uint32_t slot0;                 /* first pool slot it uses */
+        uint32_t budget;                /* device slots per sequence for chosen blocks (>= 1) */
+        double topk;                    /* share of a layer's stored blocks chosen, (0, 1] */
+        uint32_t topk_max;              /* at most this many per layer (0: budget) */
+        uint32_t sink, local;           /* always chosen: the first sink, the last local stored blocks */
+        float half_life_layers;         /* a block's score halves every this many layers (0: 1) */
+        double stage;                   /* next-step guesses staged per layer, at most this x top-k (0: none) */
+        uint32_t split_min;             /* two passes only from this many misses (0: 16) */
+        uint32_t flags;                 /* enum kvc_sparse_flags */
+};
+
+/* Pool slots a kvc_sparse with options o uses: max_seqs * (budget + layers). */
+uint64_t kvc_sparse_pool_slots(const struct kvc_sparse_opts *o);
+
+/*
+ * Creates the policy for namespace ns (registered on c) over pool p
+ * (kvc_pool_create() or kvc_pool_register_cuda()), whose slots must hold a
+ * block of ns. Registers the counter page. Returns 0, -EINVAL (a bad option,
+ * the pool too small, max_seqs * layers over KVC_COUNTERS_MAX), -ENOMEM, or
+ * the daemon's error. c and p must outlive it; close it with
+ * kvc_sparse_close().
+ */
+int kvc_sparse_open(kvc_client *c, uint32_t ns, kvc_pool *p, const struct kvc_sparse_opts *o,
+                    kvc_sparse **ret);
+
+/* Ends every sequence still open (kvc_sparse_seq_end()) and frees. Accepts
+ * NULL; returns NULL. */
+kvc_sparse *kvc_sparse_close(kvc_sparse *sp);
+
+enum kvc_sparse_keys {
+        KVC_SPARSE_KEYS_PRIVATE = 0,    /* a random sequence id: blocks are this sequence's own */
+        KVC_SPARSE_KEYS_PREFIX = 1,     /* chained over the token ids: equal prefixes share blocks */
+};
+
+/* Options of kvc_sparse_seq_begin(). */
+struct kvc_sparse_seq_opts {
+        size_t size;                    /* sizeof(struct kvc_sparse_seq_opts) */
+        uint32_t keys;                  /* enum kvc_sparse_keys */
+        const uint32_t *tokens;         /* PREFIX: the prompt's token ids (copied) */
+        size_t n_tokens;
+};
+
+/*
+ * Opens a sequence. With prefix keys, block i's key chains the keys of
+ * blocks 0..i-1 and its tokens (kvc_key_prefix_chain()), so that a prompt
+ * another process stored is found (kvc_sparse_seq_cached()). The sequence
+ * has no stored block until kvc_sparse_seq_set_stored() or
+ * kvc_sparse_tail_full() says so. Returns 0, -EINVAL, -EBUSY (max_seqs
+ * open), -ENOMEM.
+ */
+int kvc_sparse_seq_begin(kvc_sparse *sp, const struct kvc_sparse_seq_opts *o, kvc_sparse_seq **ret);
+
+/* Waits for the sequence's tail Puts, forgets its residency and frees it
+ * (its blocks stay in the cache). Returns 0 or the error of a tail Put;
+ * accepts NULL. */
+int kvc_sparse_seq_end(kvc_sparse_seq *seq);
+
+/* Key of block b of the sequence (all layers share it): 0, or -ERANGE for a
+ * prefix-keyed block whose tokens the sequence does not know yet. */
+int kvc_sparse_seq_key(const kvc_sparse_seq *seq, uint32_t b, struct kvc_key *ret);
+
+/*
+ * Blocks of the prompt that the cache holds for every layer (a prefix
+ * another process or an earlier request stored): the engine need not
+ * compute them. Prefix keys only (private: 0). Returns the count or -errno.
+ */
+int kvc_sparse_seq_cached(kvc_sparse_seq *seq);
+
+/* Blocks [0, n) of every layer are stored (the engine Put them with
+ * kvc_sparse_seq_key(), or they were cached). 0 or -EINVAL. */
+int kvc_sparse_seq_set_stored(kvc_sparse_seq *seq, uint32_t n);
+
+/* Stored blocks of layer (the block being filled not included). */
+uint32_t kvc_sparse_seq_stored(const kvc_sparse_seq *seq, uint32_t layer);
+
+/* One layer's plan, owned by the sequence, valid until kvc_sparse_end_layer(). */
+struct kvc_sparse_plan {
+        uint32_t layer;
+        uint32_t n;                     /* blocks chosen */
+        const uint32_t *blocks;         /* [n] their indices, ascending */
+        const uint32_t *slots;          /* [n] the pool slots that hold (or will hold) them */
+        const uint8_t *resident;        /* [n] 1: in its slot now; 0: read after kvc_sparse_wait_layer() */
+        uint32_t n_missing;             /* of n, on their way */
+        int two_pass;                   /* worth attending the resident ones while the rest land */
+        uint32_t tail_slot;             /* the layer's block being filled */
+};
+
+/*
+ * Plans layer of seq from scores[0..n_blocks) (the engine's, one per stored
+ * block, higher is better; NaN ranks last): chooses the blocks, pins the
+ * resident ones, and sends one Get for the rest. Returns 0 with *ret_plan,
+ * -EINVAL (n_blocks above the layer's stored blocks, a bad argument),
+ * -EBUSY, -ENOMEM, or the error of the submit. Nothing is pinned on error.
+ */
+int kvc_sparse_begin_layer(kvc_sparse_seq *seq, uint32_t layer, const float *scores, uint32_t n_blocks,
+                           const struct kvc_sparse_plan **ret_plan);
+
+/*
+ * Waits until the plan's missing blocks are in their slots (the layer's
+ * counter: no message). Returns 0; -ETIMEDOUT (timeout_ms, -1 forever);
+ * -EIO if a block could not be loaded (its resident flag stays 0, and it is
+ * fetched again next time: attend without it or fail the step); -EINVAL.
+ */
+int kvc_sparse_wait_layer(kvc_sparse_seq *seq, int timeout_ms);
+
+/*
+ * Ends the layer: masses (may be NULL) holds the plan's n attention masses
+ * (kvk_block_attention_mass()), which keep used blocks resident and, with
+ * KVC_SPARSE_REPORT_SCORES, reach the daemon in one fire-and-forget message.
+ * Unpins the layer's blocks. 0 or -EINVAL (no layer begun).
+ */
+int kvc_sparse_end_layer(kvc_sparse_seq *seq, const float *masses);
+
+/* The tail slot of layer, for the engine to write its newest token into,
+ * once the layer's previous tail Put has copied it out (this waits for
+ * it). Returns the slot, or -errno (the Put's error). */
+int kvc_sparse_tail_slot(kvc_sparse_seq *seq, uint32_t layer);
+
+/*
+ * The tail of layer holds a whole block now: it becomes the layer's next
+ * stored block and is Put under its key (tokens: its block_tokens token
+ * ids for prefix keys, NULL for private ones). The Put runs in the
+ * background; kvc_sparse_tail_slot() waits for it. 0 or -errno.
+ */
+int kvc_sparse_tail_full(kvc_sparse_seq *seq, uint32_t layer, const uint32_t *tokens);
+
+/*
+ * Prediction: scores of layer's stored blocks computed ahead (e.g. at the
+ * layer before, from its query mapped into this layer's key space). The
+ * best of them that are not resident are staged: into free device slots of
+ * the sequence when it has any (never evicting), else into the daemon's
+ * host memory (a Prefetch), at most the daemon's prefetch depth. A hint:
+ * 0, or -errno of the submit.
+ */
+int kvc_sparse_stage(kvc_sparse_seq *seq, uint32_t layer, const float *scores, uint32_t n_blocks);
+
+/* What a kvc_sparse did, since it was opened. */
+struct kvc_sparse_stats {
+        uint64_t layers;                /* layers planned */
+        uint64_t chosen, hits, misses;  /* blocks chosen; of those resident / fetched */
+        uint64_t two_pass_layers;       /* plans that advised two passes */
+        uint64_t hidden_layers;         /* layers with misses that had landed when waited for */
+        uint64_t staged;                /* blocks staged (host memory or free slots) */
+        uint64_t tail_puts;
+        uint64_t wait_ns;               /* in kvc_sparse_wait_layer() and tail waits */
+};
+
+void kvc_sparse_get_stats(const kvc_sparse *sp, struct kvc_sparse_stats *ret);
 
 #ifdef __cplusplus
 }

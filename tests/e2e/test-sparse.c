@@ -1,0 +1,412 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvc_sparse against a real daemon: the plan (top-k with sink and local
+ * blocks, slots, what is resident), pinning and residency across layers,
+ * the bytes that land, the tail, errors and -EBUSY, a failed miss, staging
+ * from SSD, and two engines (processes) sharing a prompt's prefix.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <kvdrive/sparse.h>
+
+#include "check-main.h"
+#include "common.h"
+#include "ssd-common.h"
+
+#define NS_NAME "e2e-sparse-model"
+#define NB 32u                  /* stored blocks per layer */
+#define BUDGET 8u
+#define PREFILL_SLOTS NB        /* the engine's own slots, before the policy's */
+
+struct engine {
+        kvc_client *c;
+        kvc_pool *p;
+        uint32_t ns;
+        kvc_sparse *sp;
+        kvc_sparse_seq *seq;
+};
+
+static struct kvc_sparse_opts opts(void)
+{
+        return (struct kvc_sparse_opts){ .size = sizeof(struct kvc_sparse_opts), .layers = E2E_LAYERS,
+                                         .block_tokens = E2E_BLOCK_TOKENS, .max_seqs = 1, .slot0 = PREFILL_SLOTS,
+                                         .budget = BUDGET, .topk = 0.25, .sink = 1, .local = 1 };
+}
+
+static int engine_open(const char *sock, const struct kvc_sparse_opts *o, struct engine *e)
+{
+        int r;
+
+        memset(e, 0, sizeof(*e));
+        r = e2e_open(sock, "sparse", NS_NAME, &e->c, &e->ns);
+        if (r == 0)
+                r = kvc_pool_create(e->c, (uint32_t)(PREFILL_SLOTS + kvc_sparse_pool_slots(o)), E2E_BLOCK_BYTES,
+                                    &e->p);
+        if (r == 0)
+                r = kvc_sparse_open(e->c, e->ns, e->p, o, &e->sp);
+        return r;
+}
+
+static void engine_close(struct engine *e)
+{
+        kvc_sparse_close(e->sp);
+        kvc_pool_free(e->p);
+        kvc_disconnect(e->c);
+}
+
+/* Puts blocks [0, NB) of every layer of seq, bytes from e2e_fill_block(). */
+static int prefill(struct engine *e, uint64_t salt)
+{
+        for (uint32_t l = 0; l < E2E_LAYERS; l++) {
+                struct kvc_block_ref refs[NB];
+                uint8_t st[NB];
+                int r;
+
+                for (uint32_t b = 0; b < NB; b++) {
+                        refs[b] = (struct kvc_block_ref){ .layer = l, .slot = b };
+                        r = kvc_sparse_seq_key(e->seq, b, &refs[b].key);
+                        if (r < 0)
+                                return r;
+                        e2e_fill_block(kvc_pool_slot(e->p, b), E2E_BLOCK_BYTES, &refs[b].key, l, salt);
+                }
+                r = kvc_put(e->c, e->ns, e->p, refs, NB, st);
+                if (r < 0)
+                        return r;
+        }
+        return kvc_sparse_seq_set_stored(e->seq, NB);
+}
+
+/* Whether every chosen block's slot holds its bytes. */
+static bool plan_bytes_ok(struct engine *e, const struct kvc_sparse_plan *pl, uint64_t salt)
+{
+        uint8_t want[E2E_BLOCK_BYTES];
+
+        for (uint32_t i = 0; i < pl->n; i++) {
+                struct kvc_key k;
+
+                if (!pl->resident[i] || kvc_sparse_seq_key(e->seq, pl->blocks[i], &k) < 0)
+                        return false;
+                e2e_fill_block(want, sizeof(want), &k, pl->layer, salt);
+                if (memcmp(kvc_pool_slot(e->p, pl->slots[i]), want, sizeof(want)) != 0)
+                        return false;
+        }
+        return true;
+}
+
+static bool chosen(const struct kvc_sparse_plan *pl, uint32_t b)
+{
+        for (uint32_t i = 0; i < pl->n; i++)
+                if (pl->blocks[i] == b)
+                        return true;
+        return false;
+}
+
+START_TEST(test_plan_residency_and_bytes)
+{
+        struct kvd_test_daemon d;
+        struct kvc_sparse_opts o = opts();
+        struct kvc_sparse_seq_opts so = { .size = sizeof(so), .keys = KVC_SPARSE_KEYS_PRIVATE };
+        const struct kvc_sparse_plan *pl;
+        struct kvc_sparse_stats st;
+        float scores[NB];
+        uint32_t slot_of_20 = 0;
+        struct engine e;
+
+        E2E_START(&d);
+        ck_assert_int_eq(engine_open(d.socket_path, &o, &e), 0);
+        ck_assert_int_eq(kvc_sparse_seq_begin(e.sp, &so, &e.seq), 0);
+        ck_assert_int_eq(prefill(&e, 3), 0);
+        /* Blocks 20..25 score best; k = 25% of 32 = 8 with block 0 (sink)
+         * and block 31 (local) forced. */
+        for (uint32_t b = 0; b < NB; b++)
+                scores[b] = b >= 20 && b < 26 ? 10.0f + (float)b : (float)b / 100.0f;
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 1, scores, NB, &pl), 0);
+        ck_assert_uint_eq(pl->layer, 1);
+        ck_assert_uint_eq(pl->n, 8);
+        ck_assert(chosen(pl, 0) && chosen(pl, 31));
+        for (uint32_t b = 20; b < 26; b++)
+                ck_assert(chosen(pl, b));
+        for (uint32_t i = 0; i < pl->n; i++) {
+                ck_assert(i == 0 || pl->blocks[i] > pl->blocks[i - 1]);         /* ascending */
+                ck_assert(pl->slots[i] >= PREFILL_SLOTS && pl->slots[i] < PREFILL_SLOTS + BUDGET);
+                ck_assert(!pl->resident[i]);
+                if (pl->blocks[i] == 20)
+                        slot_of_20 = pl->slots[i];
+        }
+        ck_assert_uint_eq(pl->n_missing, 8);
+        ck_assert(!pl->two_pass);               /* 8 misses: under split_min's 16 */
+        ck_assert_uint_eq(pl->tail_slot, PREFILL_SLOTS + BUDGET + 1);
+        /* One layer at a time. */
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 2, scores, NB, &pl), -EBUSY);
+        ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 10000), 0);
+        ck_assert(plan_bytes_ok(&e, pl, 3));
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), -EINVAL);
+        /* Next step, same choice: every block resident, in the same slot. */
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 1, scores, NB, &pl), 0);
+        ck_assert_uint_eq(pl->n_missing, 0);
+        for (uint32_t i = 0; i < pl->n; i++) {
+                ck_assert(pl->resident[i]);
+                if (pl->blocks[i] == 20)
+                        ck_assert_uint_eq(pl->slots[i], slot_of_20);
+        }
+        ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 0), 0);
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        /* Another layer: its own blocks (the budget holds one layer's top-k,
+         * so layer 1's go), all fetched, bytes of layer 3. */
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 3, scores, NB, &pl), 0);
+        ck_assert_uint_eq(pl->n_missing, 8);
+        ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 10000), 0);
+        ck_assert(plan_bytes_ok(&e, pl, 3));
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        kvc_sparse_get_stats(e.sp, &st);
+        ck_assert_uint_eq(st.layers, 3);
+        ck_assert_uint_eq(st.chosen, 24);
+        ck_assert_uint_eq(st.hits, 8);
+        ck_assert_uint_eq(st.misses, 16);
+        ck_assert_int_eq(kvc_sparse_seq_end(e.seq), 0);
+        engine_close(&e);
+        E2E_STOP(&d);
+}
+END_TEST
+
+START_TEST(test_tail_and_errors)
+{
+        struct kvd_test_daemon d;
+        struct kvc_sparse_opts o = opts(), bad;
+        struct kvc_sparse_seq_opts so = { .size = sizeof(so), .keys = KVC_SPARSE_KEYS_PRIVATE };
+        const struct kvc_sparse_plan *pl;
+        struct kvc_sparse_seq *second;
+        float scores[NB + 1];
+        struct kvc_key k;
+        kvc_sparse *sp2;
+        struct engine e;
+        int slot;
+
+        E2E_START(&d);
+        ck_assert_int_eq(engine_open(d.socket_path, &o, &e), 0);
+        /* Bad options change nothing. */
+        bad = o;
+        bad.topk = 0;
+        ck_assert_int_eq(kvc_sparse_open(e.c, e.ns, e.p, &bad, &sp2), -EINVAL);
+        bad = o;
+        bad.slot0 = 1000;       /* past the pool */
+        ck_assert_int_eq(kvc_sparse_open(e.c, e.ns, e.p, &bad, &sp2), -EINVAL);
+        bad = o;
+        bad.size = 8;
+        ck_assert_int_eq(kvc_sparse_open(e.c, e.ns, e.p, &bad, &sp2), -EINVAL);
+        ck_assert_int_eq(kvc_sparse_seq_begin(e.sp, &so, &e.seq), 0);
+        ck_assert_int_eq(kvc_sparse_seq_begin(e.sp, &so, &second), -EBUSY);    /* max_seqs 1 */
+        ck_assert_int_eq(prefill(&e, 4), 0);
+        for (uint32_t b = 0; b <= NB; b++)
+                scores[b] = (float)b;
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 0, scores, NB + 1, &pl), -EINVAL); /* not stored */
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, E2E_LAYERS, scores, NB, &pl), -EINVAL);
+        ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 0), -EINVAL);      /* none begun */
+        /* The tail: block 32 of layer 0, written by the engine, Put by the policy. */
+        slot = kvc_sparse_tail_slot(e.seq, 0);
+        ck_assert_int_eq(slot, PREFILL_SLOTS + BUDGET + 0);
+        ck_assert_int_eq(kvc_sparse_seq_key(e.seq, NB, &k), 0);
+        e2e_fill_block(kvc_pool_slot(e.p, (uint32_t)slot), E2E_BLOCK_BYTES, &k, 0, 4);
+        ck_assert_int_eq(kvc_sparse_tail_full(e.seq, 0, NULL), 0);
+        ck_assert_uint_eq(kvc_sparse_seq_stored(e.seq, 0), NB + 1);
+        ck_assert_uint_eq(kvc_sparse_seq_stored(e.seq, 1), NB);
+        ck_assert_int_eq(kvc_sparse_tail_slot(e.seq, 0), slot);         /* waits for the Put */
+        memset(kvc_pool_slot(e.p, (uint32_t)slot), 0, E2E_BLOCK_BYTES);  /* the next tail */
+        /* Layer 0 may now choose block 32, and gets its bytes. */
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 0, scores, NB + 1, &pl), 0);
+        ck_assert(chosen(pl, NB));
+        ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 10000), 0);
+        ck_assert(plan_bytes_ok(&e, pl, 4));
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        /* A block that is gone: -EIO, not resident, and asked for again. */
+        ck_assert_int_eq(kvc_sparse_seq_key(e.seq, 5, &k), 0);
+        ck_assert_int_eq(kvc_delete(e.c, e.ns, &k, 1, 2), 1);
+        scores[5] = 1000;
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 2, scores, NB, &pl), 0);
+        ck_assert(chosen(pl, 5));
+        ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 10000), -EIO);
+        for (uint32_t i = 0; i < pl->n; i++)
+                ck_assert_int_eq(pl->resident[i], pl->blocks[i] != 5);
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 2, scores, NB, &pl), 0);
+        ck_assert_uint_eq(pl->n_missing, 1);
+        ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 10000), -EIO);
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        ck_assert_int_eq(kvc_sparse_seq_end(e.seq), 0);
+        /* The sequence's place is free again. */
+        ck_assert_int_eq(kvc_sparse_seq_begin(e.sp, &so, &second), 0);
+        ck_assert_int_eq(kvc_sparse_seq_end(second), 0);
+        engine_close(&e);
+        E2E_STOP(&d);
+}
+END_TEST
+
+/* Many misses: the plan says two passes are worth it. */
+START_TEST(test_two_pass_advice)
+{
+        struct kvd_test_daemon d;
+        struct kvc_sparse_opts o = opts();
+        struct kvc_sparse_seq_opts so = { .size = sizeof(so), .keys = KVC_SPARSE_KEYS_PRIVATE };
+        const struct kvc_sparse_plan *pl;
+        float scores[NB];
+        struct engine e;
+
+        o.split_min = 4;
+        E2E_START(&d);
+        ck_assert_int_eq(engine_open(d.socket_path, &o, &e), 0);
+        ck_assert_int_eq(kvc_sparse_seq_begin(e.sp, &so, &e.seq), 0);
+        ck_assert_int_eq(prefill(&e, 5), 0);
+        for (uint32_t b = 0; b < NB; b++)
+                scores[b] = (float)b;
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 0, scores, NB, &pl), 0);
+        ck_assert(pl->two_pass && pl->n_missing == 8);
+        ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 10000), 0);
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 0, scores, NB, &pl), 0);
+        ck_assert(!pl->two_pass && pl->n_missing == 0);
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        engine_close(&e);
+        E2E_STOP(&d);
+}
+END_TEST
+
+/* ---- two engines, one prompt ------------------------------------------- */
+
+#define PROMPT_TOKENS (NB * E2E_BLOCK_TOKENS + 5)
+
+struct shared {
+        const char *sock;
+        uint32_t tokens[PROMPT_TOKENS];
+};
+
+static int engine_b(void *arg)
+{
+        struct shared *sh = arg;
+        struct kvc_sparse_opts o = opts();
+        struct kvc_sparse_seq_opts so = { .size = sizeof(so), .keys = KVC_SPARSE_KEYS_PREFIX,
+                                          .tokens = sh->tokens, .n_tokens = PROMPT_TOKENS };
+        const struct kvc_sparse_plan *pl;
+        float scores[NB];
+        struct engine e;
+        int cached;
+
+        CHILD_ASSERT(engine_open(sh->sock, &o, &e) == 0, "open");
+        CHILD_ASSERT(kvc_sparse_seq_begin(e.sp, &so, &e.seq) == 0, "seq");
+        cached = kvc_sparse_seq_cached(e.seq);
+        CHILD_ASSERT(cached == (int)NB, "engine B finds %d of the prompt's %u blocks cached", cached, NB);
+        CHILD_ASSERT(kvc_sparse_seq_set_stored(e.seq, (uint32_t)cached) == 0, "set stored");
+        for (uint32_t b = 0; b < NB; b++)
+                scores[b] = (float)((b * 7) % NB);
+        for (uint32_t l = 0; l < E2E_LAYERS; l++) {
+                CHILD_ASSERT(kvc_sparse_begin_layer(e.seq, l, scores, NB, &pl) == 0, "begin %u", l);
+                CHILD_ASSERT(kvc_sparse_wait_layer(e.seq, 10000) == 0, "wait %u", l);
+                CHILD_ASSERT(plan_bytes_ok(&e, pl, 6), "layer %u: the bytes engine A stored", l);
+                CHILD_ASSERT(kvc_sparse_end_layer(e.seq, NULL) == 0, "end");
+        }
+        kvc_sparse_seq_end(e.seq);
+        engine_close(&e);
+        return 0;
+}
+
+START_TEST(test_two_engines_share_a_prefix)
+{
+        struct kvd_test_daemon d;
+        struct kvc_sparse_opts o = opts();
+        struct shared sh;
+        struct kvc_sparse_seq_opts so = { .size = sizeof(so), .keys = KVC_SPARSE_KEYS_PREFIX };
+        struct engine e;
+        pid_t pid;
+
+        E2E_START(&d);
+        sh.sock = d.socket_path;
+        e2e_tokens(sh.tokens, PROMPT_TOKENS, 77);
+        so.tokens = sh.tokens;
+        so.n_tokens = PROMPT_TOKENS;
+        /* Engine A computes the prompt and stores it. */
+        ck_assert_int_eq(engine_open(d.socket_path, &o, &e), 0);
+        ck_assert_int_eq(kvc_sparse_seq_begin(e.sp, &so, &e.seq), 0);
+        ck_assert_int_eq(kvc_sparse_seq_cached(e.seq), 0);
+        ck_assert_int_eq(prefill(&e, 6), 0);
+        ck_assert_int_eq(kvc_sparse_seq_end(e.seq), 0);
+        engine_close(&e);
+        /* Engine B, another process, loads it instead. */
+        pid = e2e_fork(engine_b, &sh);
+        E2E_ASSERT_CHILD_OK(pid, "engine B");
+        E2E_STOP(&d);
+}
+END_TEST
+
+/* ---- staging from SSD ------------------------------------------------- */
+
+static bool promoted(const struct kvc_stats *s, void *arg)
+{
+        const struct kvc_tier_stats *t = e2e_tier(s, "ssd");
+
+        return t && t->promotions >= *(uint64_t *)arg;
+}
+
+START_TEST(test_stage_from_ssd)
+{
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        struct kvc_sparse_opts o = opts();
+        struct kvc_sparse_seq_opts so = { .size = sizeof(so), .keys = KVC_SPARSE_KEYS_PREFIX };
+        struct kvc_sparse_stats st;
+        uint32_t tokens[PROMPT_TOKENS];
+        float scores[NB];
+        struct engine e;
+        uint64_t want;
+
+        ssd_dir_make(&dir);
+        e2e_tokens(tokens, PROMPT_TOKENS, 78);
+        so.tokens = tokens;
+        so.n_tokens = PROMPT_TOKENS;
+        E2E_START(&d, "--host-bytes", "16M", "--ssd-dir", dir.path, "--ssd-bytes", "64M", "--ssd-extent-bytes",
+                  "1M", "--ssd-write-through",);
+        ck_assert_int_eq(engine_open(d.socket_path, &o, &e), 0);
+        ck_assert_int_eq(kvc_sparse_seq_begin(e.sp, &so, &e.seq), 0);
+        ck_assert_int_eq(prefill(&e, 7), 0);
+        kvc_sparse_seq_end(e.seq);
+        engine_close(&e);
+        E2E_STOP(&d);
+        /* A restart: every block on SSD only. */
+        E2E_START(&d, "--host-bytes", "16M", "--ssd-dir", dir.path, "--ssd-bytes", "64M", "--ssd-extent-bytes",
+                  "1M",);
+        ck_assert_int_eq(engine_open(d.socket_path, &o, &e), 0);
+        ck_assert_int_eq(kvc_sparse_seq_begin(e.sp, &so, &e.seq), 0);
+        ck_assert_int_eq(kvc_sparse_seq_cached(e.seq), (int)NB);
+        ck_assert_int_eq(kvc_sparse_seq_set_stored(e.seq, NB), 0);
+        for (uint32_t b = 0; b < NB; b++)
+                scores[b] = (float)b;
+        ck_assert_int_eq(kvc_sparse_stage(e.seq, 2, scores, NB), 0);
+        kvc_sparse_get_stats(e.sp, &st);
+        ck_assert_uint_eq(st.staged, 8);        /* the predicted top-k, none resident */
+        want = 8;
+        ck_assert_int_eq(e2e_wait_stats(e.c, promoted, &want, E2E_WAIT_MS, NULL), 0);
+        kvc_sparse_seq_end(e.seq);
+        engine_close(&e);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+        Suite *s = suite_create("sparse");
+        TCase *tc = tcase_create("sparse");
+
+        tcase_set_timeout(tc, E2E_TCASE_TIMEOUT);
+        tcase_add_test(tc, test_plan_residency_and_bytes);
+        tcase_add_test(tc, test_tail_and_errors);
+        tcase_add_test(tc, test_two_pass_advice);
+        tcase_add_test(tc, test_two_engines_share_a_prefix);
+        tcase_add_test(tc, test_stage_from_ssd);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+KVD_CHECK_MAIN(suite)
