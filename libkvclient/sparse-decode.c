@@ -19,6 +19,8 @@
 #include "kernels.h"
 
 #define DEFAULT_SPLIT_MIN 16u
+#define DEFAULT_OVERLAP_NS 50000u
+#define EWMA_SHIFT 3                    /* estimates move 1/8 of the way to each sample */
 
 struct kvc_sparse_seq {
         kvc_sparse *sp;
@@ -36,6 +38,7 @@ struct kvc_sparse_seq {
         bool layer_open;
         struct kvc_sparse_plan plan;
         uint32_t *blocks, *slots;       /* [kmax] */
+        struct kvc_key *sel_keys;       /* [kmax] the chosen blocks' keys */
         uint8_t *resident, *status;     /* [kmax]; status: the misses' Get items */
         uint32_t *miss_of;              /* [kmax] plan index of each miss */
         uint32_t *ctr_target, *ctr_failed; /* [layers] counts the layer's counter should reach */
@@ -45,6 +48,7 @@ struct kvc_sparse_seq {
         uint8_t *stage_st;              /* [layers][kmax] */
         uint64_t *tail_put;             /* [layers] the tail's Put in flight, 0 none */
         uint8_t *tail_st;               /* [layers] */
+        uint64_t t_begun, t_submit, t_waited; /* the open layer's: begin_layer returned, Gets sent, wait returned */
 };
 
 struct kvc_sparse {
@@ -62,8 +66,36 @@ struct kvc_sparse {
         struct kvc_block_ref *refs;     /* [kmax] */
         struct kvc_block_score *scores; /* [kmax] */
         uint64_t t_open, layers_begun;
+        uint64_t overlap_ns;
+        /* What the engine's calls measure: ns to attend one block, ns for a
+         * layer's misses to land (0: not measured yet). */
+        uint64_t block_ns, land_ns;
         struct kvc_sparse_stats st;
 };
+
+static void ewma(uint64_t *est, uint64_t sample)
+{
+        *est = *est ? *est - (*est >> EWMA_SHIFT) + (sample >> EWMA_SHIFT) : sample;
+}
+
+/*
+ * Two passes (attend what is resident while the misses land, then the
+ * rest, and merge) pay when the misses would otherwise be waited for and
+ * the first pass is long enough to hide them: min(landing time, the first
+ * pass) above what a second pass costs (overlap_ns). Until both are
+ * measured, from split_min misses on.
+ */
+static bool want_two_pass(const kvc_sparse *sp, uint32_t n_resident, uint32_t n_missing)
+{
+        uint64_t first;
+
+        if (n_missing < sp->o.split_min)
+                return false;
+        if (!sp->block_ns || !sp->land_ns)
+                return true;
+        first = sp->block_ns * n_resident;
+        return (sp->land_ns < first ? sp->land_ns : first) > sp->overlap_ns;
+}
 
 static uint64_t now_ns(void)
 {
@@ -102,6 +134,7 @@ static void seq_free_arrays(struct kvc_sparse_seq *q)
 {
         free(q->stored);
         free(q->blocks);
+        free(q->sel_keys);
         free(q->slots);
         free(q->resident);
         free(q->status);
@@ -156,6 +189,7 @@ _public_ int kvc_sparse_open(kvc_client *c, uint32_t ns, kvc_pool *p, const stru
                 sp->o.half_life_layers = 1.0f;
         if (sp->o.split_min == 0)
                 sp->o.split_min = DEFAULT_SPLIT_MIN;
+        sp->overlap_ns = sp->o.overlap_us ? (uint64_t)sp->o.overlap_us * 1000 : DEFAULT_OVERLAP_NS;
         layers = o->layers;
         sp->kmax = o->topk_max && o->topk_max < o->budget ? o->topk_max : o->budget;
         sp->block_tokens = o->block_tokens;
@@ -174,6 +208,7 @@ _public_ int kvc_sparse_open(kvc_client *c, uint32_t ns, kvc_pool *p, const stru
                 q->index = i;
                 q->stored = calloc(layers, sizeof(*q->stored));
                 q->blocks = calloc(sp->kmax, sizeof(*q->blocks));
+                q->sel_keys = calloc(sp->kmax, sizeof(*q->sel_keys));
                 q->slots = calloc(sp->kmax, sizeof(*q->slots));
                 q->resident = calloc(sp->kmax, 1);
                 q->status = calloc(sp->kmax, 1);
@@ -184,7 +219,7 @@ _public_ int kvc_sparse_open(kvc_client *c, uint32_t ns, kvc_pool *p, const stru
                 q->stage_st = calloc((size_t)layers * sp->kmax, 1);
                 q->tail_put = calloc(layers, sizeof(*q->tail_put));
                 q->tail_st = calloc(layers, 1);
-                if (!q->stored || !q->blocks || !q->slots || !q->resident || !q->status || !q->miss_of ||
+                if (!q->stored || !q->blocks || !q->sel_keys || !q->slots || !q->resident || !q->status || !q->miss_of ||
                     !q->ctr_target || !q->ctr_failed || !q->stage_id || !q->stage_st || !q->tail_put ||
                     !q->tail_st)
                         goto err;
@@ -521,17 +556,14 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
         k = kvk_topk(scores, n_blocks, k_of(sp, n_blocks), sp->o.sink, sp->o.local, q->blocks);
         /* Pin the resident ones first, so that no miss below evicts them. */
         for (uint32_t i = 0; i < k; i++) {
-                struct kvc_key key;
-
-                (void)kvc_sparse_seq_key(q, q->blocks[i], &key);
-                (void)kvc_residency_pin(q->res, &key, layer);
+                (void)kvc_sparse_seq_key(q, q->blocks[i], &q->sel_keys[i]);
+                (void)kvc_residency_pin(q->res, &q->sel_keys[i], layer);
         }
         for (uint32_t i = 0; i < k; i++) {
-                struct kvc_key key;
+                const struct kvc_key key = q->sel_keys[i];
                 bool miss;
                 int slot;
 
-                (void)kvc_sparse_seq_key(q, q->blocks[i], &key);
                 slot = kvc_residency_acquire(q->res, &key, layer, q->tick, &miss);
                 if (slot < 0) {
                         q->plan.layer = layer;
@@ -574,9 +606,10 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
                 q->reqs[q->n_reqs++] = id;
         }
         q->ctr_target[layer] += m;
+        q->t_submit = now_ns();
         q->plan = (struct kvc_sparse_plan){
                 .layer = layer, .n = k, .blocks = q->blocks, .slots = q->slots, .resident = q->resident,
-                .n_missing = m, .two_pass = m >= sp->o.split_min,
+                .n_missing = m, .two_pass = want_two_pass(sp, k - m, m),
                 .tail_slot = slot0 + sp->o.budget + layer,
         };
         q->layer_open = true;
@@ -593,6 +626,8 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
                 (void)stage_host(q, layer, n_blocks, depth_at_most(sp, (uint32_t)(sp->o.stage * k)));
         }
         *ret_plan = &q->plan;
+        q->t_begun = now_ns();
+        q->t_waited = 0;
         return 0;
 }
 
@@ -601,21 +636,31 @@ _public_ int kvc_sparse_wait_layer(kvc_sparse_seq *q, int timeout_ms)
         kvc_sparse *sp;
         uint32_t ctr, failed;
         uint64_t t0;
+        bool landed;
         int r;
 
         if (!q || !q->open || !q->layer_open)
                 return -EINVAL;
-        if (q->plan.n_missing == 0)
-                return 0;
         sp = q->sp;
-        ctr = counter_of(q, q->plan.layer);
         t0 = now_ns();
-        if (kvc_counter_wait(sp->ctr, ctr, q->ctr_target[q->plan.layer], 0) == 0)
+        /* The first pass's length: the engine's time per block. */
+        if (q->plan.two_pass && q->plan.n > q->plan.n_missing)
+                ewma(&sp->block_ns, (t0 - q->t_begun) / (q->plan.n - q->plan.n_missing));
+        if (q->plan.n_missing == 0) {
+                q->t_waited = now_ns();
+                return 0;
+        }
+        ctr = counter_of(q, q->plan.layer);
+        landed = kvc_counter_wait(sp->ctr, ctr, q->ctr_target[q->plan.layer], 0) == 0;
+        if (landed)
                 sp->st.hidden_layers++;
         r = kvc_counter_wait(sp->ctr, ctr, q->ctr_target[q->plan.layer], timeout_ms);
-        sp->st.wait_ns += now_ns() - t0;
+        q->t_waited = now_ns();
+        sp->st.wait_ns += q->t_waited - t0;
         if (r < 0)
                 return r;
+        /* How long misses take to land (at most this long when they had). */
+        ewma(&sp->land_ns, (landed ? t0 : q->t_waited) - q->t_submit);
         failed = kvc_counter_failed(sp->ctr, ctr);
         if (failed == q->ctr_failed[q->plan.layer]) {
                 for (uint32_t j = 0; j < q->plan.n_missing; j++)
@@ -630,14 +675,10 @@ _public_ int kvc_sparse_wait_layer(kvc_sparse_seq *q, int timeout_ms)
         for (uint32_t j = 0; j < q->plan.n_missing; j++) {
                 uint32_t i = q->miss_of[j];
 
-                if (q->status[j] == KVC_ITEM_OK) {
+                if (q->status[j] == KVC_ITEM_OK)
                         q->resident[i] = 1;
-                } else {
-                        struct kvc_key key;
-
-                        (void)kvc_sparse_seq_key(q, q->blocks[i], &key);
-                        (void)kvc_residency_drop(q->res, &key, q->plan.layer);
-                }
+                else
+                        (void)kvc_residency_drop(q->res, &q->sel_keys[i], q->plan.layer);
         }
         return -EIO;
 }
@@ -652,18 +693,19 @@ _public_ int kvc_sparse_end_layer(kvc_sparse_seq *q, const float *masses)
         sp = q->sp;
         for (uint32_t i = 0; i < q->plan.n; i++) {
                 float mass = masses ? masses[i] : 1.0f / (float)q->plan.n;
-                struct kvc_key key;
 
                 if (!(mass >= 0) || !isfinite(mass))
                         mass = 0;
-                (void)kvc_sparse_seq_key(q, q->blocks[i], &key);
-                (void)kvc_residency_score(q->res, &key, q->plan.layer, mass, q->tick);
+                (void)kvc_residency_score(q->res, &q->sel_keys[i], q->plan.layer, mass, q->tick);
                 if ((sp->o.flags & KVC_SPARSE_REPORT_SCORES) && masses)
-                        sp->scores[n++] = (struct kvc_block_score){ .key = key, .layer = q->plan.layer,
+                        sp->scores[n++] = (struct kvc_block_score){ .key = q->sel_keys[i], .layer = q->plan.layer,
                                                                     .mass = mass > 1 ? 1 : mass };
         }
         if (n)
                 (void)kvc_report_scores(sp->c, sp->ns, sp->scores, n); /* a hint: losing one costs nothing */
+        /* One pass: waited, then attended every block. */
+        if (!q->plan.two_pass && q->t_waited && q->plan.n)
+                ewma(&sp->block_ns, (now_ns() - q->t_waited) / q->plan.n);
         q->layer_open = false;
         return 0;
 }

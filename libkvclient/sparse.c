@@ -9,6 +9,13 @@
  * count so probes stay short. Pins are a generation number: a slot is pinned
  * when its pin_gen equals the manager's current generation, so
  * kvc_residency_begin_layer() unpins everything by bumping it.
+ *
+ * Victims come from a binary min-heap of the used, unpinned slots, ordered
+ * by (rank, slot): a pin takes its slot out, the next layer's begin puts the
+ * layer's pinned slots back, a score moves its slot down. A miss in a full
+ * pool then costs O(log slots), not a scan of every slot (with thousands of
+ * slots and tens of misses a layer, the scan was most of a layer's
+ * bookkeeping).
  */
 #include "client-internal.h"
 
@@ -32,6 +39,7 @@ struct slot_entry {
                                   * same factor for all), so a victim search needs no exp2 */
         uint32_t step;
         uint32_t layer;
+        uint32_t heap_pos;       /* in the victim heap, or EMPTY (pinned or free) */
         bool used;
 };
 
@@ -45,7 +53,93 @@ struct kvc_residency {
         uint32_t n_free;
         uint32_t *table;              /* [mask + 1], slot number or EMPTY */
         uint32_t mask;
+        uint32_t *heap;               /* [slots] the victim heap, of slot numbers */
+        uint32_t n_heap;
+        uint32_t *pinned;             /* [slots] slots pinned this generation */
+        uint32_t n_pinned;
 };
+
+/* ---- the victim heap ---- */
+
+static bool heap_less(const kvc_residency *r, uint32_t a, uint32_t b)
+{
+        const struct slot_entry *x = &r->entries[a], *y = &r->entries[b];
+
+        return x->rank < y->rank || (x->rank == y->rank && a < b);
+}
+
+static void heap_set(kvc_residency *r, uint32_t pos, uint32_t slot)
+{
+        r->heap[pos] = slot;
+        r->entries[slot].heap_pos = pos;
+}
+
+static void heap_up(kvc_residency *r, uint32_t pos)
+{
+        uint32_t slot = r->heap[pos];
+
+        while (pos > 0) {
+                uint32_t parent = (pos - 1) / 2;
+
+                if (!heap_less(r, slot, r->heap[parent]))
+                        break;
+                heap_set(r, pos, r->heap[parent]);
+                pos = parent;
+        }
+        heap_set(r, pos, slot);
+}
+
+static void heap_down(kvc_residency *r, uint32_t pos)
+{
+        uint32_t slot = r->heap[pos];
+
+        for (;;) {
+                uint32_t c = 2 * pos + 1;
+
+                if (c >= r->n_heap)
+                        break;
+                if (c + 1 < r->n_heap && heap_less(r, r->heap[c + 1], r->heap[c]))
+                        c++;
+                if (!heap_less(r, r->heap[c], slot))
+                        break;
+                heap_set(r, pos, r->heap[c]);
+                pos = c;
+        }
+        heap_set(r, pos, slot);
+}
+
+static void heap_insert(kvc_residency *r, uint32_t slot)
+{
+        heap_set(r, r->n_heap++, slot);
+        heap_up(r, r->n_heap - 1);
+}
+
+static void heap_remove(kvc_residency *r, uint32_t slot)
+{
+        uint32_t pos = r->entries[slot].heap_pos, last;
+
+        if (pos == EMPTY)
+                return;
+        r->entries[slot].heap_pos = EMPTY;
+        last = r->heap[--r->n_heap];
+        if (pos == r->n_heap)
+                return;
+        heap_set(r, pos, last);
+        heap_up(r, pos);
+        heap_down(r, r->entries[last].heap_pos);
+}
+
+/* Pins slot for this generation: out of the victim heap until the next. */
+static void pin_slot(kvc_residency *r, uint32_t slot)
+{
+        struct slot_entry *e = &r->entries[slot];
+
+        if (e->pin_gen == r->gen)
+                return;
+        e->pin_gen = r->gen;
+        heap_remove(r, slot);
+        r->pinned[r->n_pinned++] = slot;
+}
 
 static uint64_t block_hash(const struct kvc_key *key, uint32_t layer)
 {
@@ -127,6 +221,7 @@ static void slot_release(kvc_residency *r, uint32_t slot)
 
         if (found)
                 table_erase(r, pos);
+        heap_remove(r, slot);
         e->used = false;
 }
 
@@ -168,11 +263,15 @@ _public_ int kvc_residency_new(const struct kvc_residency_opts *o, kvc_residency
         r->entries = calloc(o->slots, sizeof(*r->entries));
         r->free_slots = calloc(o->slots, sizeof(*r->free_slots));
         r->table = malloc(cells * sizeof(*r->table));
-        if (!r->entries || !r->free_slots || !r->table) {
+        r->heap = calloc(o->slots, sizeof(*r->heap));
+        r->pinned = calloc(o->slots, sizeof(*r->pinned));
+        if (!r->entries || !r->free_slots || !r->table || !r->heap || !r->pinned) {
                 kvc_residency_free(r);
                 return -ENOMEM;
         }
         memset(r->table, 0xff, cells * sizeof(*r->table));
+        for (uint32_t i = 0; i < o->slots; i++)
+                r->entries[i].heap_pos = EMPTY;
         /* Hand out slot 0 first. */
         for (uint32_t i = 0; i < o->slots; i++)
                 r->free_slots[i] = o->slots - 1 - i;
@@ -189,6 +288,8 @@ _public_ kvc_residency *kvc_residency_free(kvc_residency *r)
         free(r->table);
         free(r->free_slots);
         free(r->entries);
+        free(r->heap);
+        free(r->pinned);
         free(r);
         return NULL;
 }
@@ -204,6 +305,15 @@ _public_ int kvc_residency_begin_layer(kvc_residency *r)
 {
         if (!r)
                 return -EINVAL;
+        /* Last layer's pins become candidates again. */
+        for (uint32_t i = 0; i < r->n_pinned; i++) {
+                uint32_t slot = r->pinned[i];
+
+                if (r->entries[slot].used && r->entries[slot].pin_gen == r->gen &&
+                    r->entries[slot].heap_pos == EMPTY)
+                        heap_insert(r, slot);
+        }
+        r->n_pinned = 0;
         r->gen++;
         return 0;
 }
@@ -216,31 +326,16 @@ _public_ int kvc_residency_pin(kvc_residency *r, const struct kvc_key *key, uint
                 return -EINVAL;
         slot = find_slot(r, key, layer);
         if (slot >= 0)
-                r->entries[slot].pin_gen = r->gen;
+                pin_slot(r, (uint32_t)slot);
         return slot;
 }
 
 /* Unpinned slot of lowest decayed score (lowest slot on ties), or EMPTY if
- * all are pinned. Called only when no slot is free. Compares ranks, which
- * order entries as their decayed scores at any step no earlier than their
- * own: one pass of comparisons, no exp2 per slot (it was the largest cost of
- * a miss with thousands of slots). */
+ * all are pinned: the heap's top. Ranks order entries as their decayed
+ * scores at any step no earlier than their own, so no exp2 is needed. */
 static uint32_t pick_victim(const kvc_residency *r)
 {
-        uint32_t best = EMPTY;
-        double best_rank = 0.0;
-
-        for (uint32_t s = 0; s < r->slots; s++) {
-                const struct slot_entry *e = &r->entries[s];
-
-                if (!e->used || e->pin_gen == r->gen)
-                        continue;
-                if (best == EMPTY || e->rank < best_rank) {
-                        best = s;
-                        best_rank = e->rank;
-                }
-        }
-        return best;
+        return r->n_heap ? r->heap[0] : EMPTY;
 }
 
 _public_ int kvc_residency_acquire(kvc_residency *r, const struct kvc_key *key, uint32_t layer,
@@ -258,7 +353,7 @@ _public_ int kvc_residency_acquire(kvc_residency *r, const struct kvc_key *key, 
         pos = table_find(r, key, layer, hash, &found);
         if (found) {
                 slot = r->table[pos];
-                r->entries[slot].pin_gen = r->gen;
+                pin_slot(r, slot);
                 if (ret_miss)
                         *ret_miss = false;
                 return (int)slot;
@@ -279,13 +374,14 @@ _public_ int kvc_residency_acquire(kvc_residency *r, const struct kvc_key *key, 
         *e = (struct slot_entry){
                 .key = *key,
                 .hash = hash,
-                .pin_gen = r->gen,
                 .score = 0.0,
                 .rank = -INFINITY,
                 .step = step,
                 .layer = layer,
+                .heap_pos = EMPTY,
                 .used = true,
         };
+        pin_slot(r, slot);
         r->table[pos] = slot;
         if (ret_miss)
                 *ret_miss = true;
@@ -310,6 +406,8 @@ _public_ int kvc_residency_score(kvc_residency *r, const struct kvc_key *key, ui
         }
         e->score += mass;
         e->rank = rank_of(r, e);
+        if (e->heap_pos != EMPTY)
+                heap_down(r, e->heap_pos);     /* ranks only grow */
         return 0;
 }
 

@@ -75,7 +75,7 @@ static int prefill(struct client *cl)
                                 if (s == 0)
                                         kvk_block_summary(&run->shape, p, run->T, summary_of(cl, l, b));
                                 cl->refs[j] = (struct kvc_block_ref){ .layer = l, .slot = slot };
-                                kvc_key_private(&cl->seqs[s].id, b, &cl->refs[j].key);
+                                block_key(cl, &cl->seqs[s], b, &cl->refs[j].key);
                                 cl->blkid[j] = b;
                         }
                         if (group_submit(cl, &cl->ring[w], true, cl->refs, cl->blkid, cnt, 1) < 0)
@@ -101,7 +101,6 @@ static int client_alloc(struct client *cl)
 
         cl->summ = calloc((size_t)run->layers * mb * run->sum_floats, sizeof(float));
         cl->scores = calloc(mb + 1, sizeof(float));
-        cl->scores_out = calloc(kmax ? kmax : 1, sizeof(*cl->scores_out));
         cl->q = calloc(run->qd, sizeof(float));
         cl->q0 = calloc(run->qd, sizeof(float));
         cl->out = calloc(run->qd, sizeof(float));
@@ -119,7 +118,7 @@ static int client_alloc(struct client *cl)
         cl->rec_sel = calloc((size_t)(run->acc_records ? run->acc_records : 1) * mb, sizeof(uint32_t));
         cl->rec_out = calloc((size_t)(run->acc_records ? run->acc_records : 1) * run->qd, sizeof(float));
         cl->lat = calloc(run->steps, sizeof(*cl->lat));
-        if (!cl->summ || !cl->scores || !cl->scores_out || !cl->q || !cl->q0 || !cl->out || !cl->part || !cl->acc || !cl->acc_lse || !cl->plse ||
+        if (!cl->summ || !cl->scores || !cl->q || !cl->q0 || !cl->out || !cl->part || !cl->acc || !cl->acc_lse || !cl->plse ||
             !cl->ptrs || !cl->valid || !cl->refs || !cl->blkid || !cl->sel2 || !cl->seqs || !cl->recs ||
             !cl->rec_sel || !cl->rec_out || !cl->lat)
                 return -ENOMEM;
@@ -136,55 +135,8 @@ static int client_alloc(struct client *cl)
                 sq->put_st = calloc(run->layers, 1);
                 sq->sel = calloc(kmax, sizeof(uint32_t));
                 sq->sel_slot = calloc(kmax, sizeof(uint32_t));
-                sq->stamp = calloc(mb, sizeof(uint32_t));
-                sq->where = calloc(mb, sizeof(uint32_t));
-                if (!sq->put_id || !sq->put_st || !sq->sel || !sq->sel_slot || !sq->stamp || !sq->where ||
-                    group_init(&sq->demand, kmax) < 0)
+                if (!sq->put_id || !sq->put_st || !sq->sel || !sq->sel_slot || group_init(&sq->demand, kmax) < 0)
                         return -ENOMEM;
-                if (run->o.policy == POL_SPARSE) {
-                        sq->pred = calloc(kmax, sizeof(uint32_t));
-                        for (int b = 0; b < 2; b++) {
-                                sq->bank[b] = malloc(sizeof(uint32_t) * kmax);
-                                if (!sq->bank[b] || group_init(&sq->pref[b], kmax) < 0)
-                                        return -ENOMEM;
-                                for (uint32_t j = 0; j < kmax; j++)
-                                        sq->bank[b][j] = NONE;
-                        }
-                        if (!sq->pred)
-                                return -ENOMEM;
-                }
-                if (run->o.policy == POL_KVDRIVE) {
-                        struct kvc_residency_opts ro = {
-                                .size = sizeof(ro), .slots = run->policy_slots, .layers = run->layers,
-                                /* in layers (decode-kvdrive.c's clock): recency first, as
-                                 * the cache holds about the working set; a block that keeps
-                                 * being chosen outlasts one chosen once */
-                                .half_life_steps = 1.0f,
-                        };
-
-                        sq->sel_miss = calloc(kmax, 1);
-                        sq->stage_id = calloc(2 * run->layers, sizeof(*sq->stage_id));
-                        sq->stage_st = calloc((size_t)2 * run->layers * kmax, 1);
-                        sq->pred = calloc(kmax, sizeof(uint32_t));
-                        sq->ctr_target = calloc(run->layers, sizeof(*sq->ctr_target));
-                        if (!sq->sel_miss || !sq->stage_id || !sq->stage_st || !sq->ctr_target || !sq->pred ||
-                            kvc_residency_new(&ro, &sq->res) < 0)
-                                return -ENOMEM;
-                }
-                if (run->o.policy == POL_LRU) {
-                        uint32_t cap = run->policy_slots;
-
-                        sq->map = malloc(sizeof(uint32_t) * run->layers * mb);
-                        sq->ent = calloc(cap, sizeof(*sq->ent));
-                        if (!sq->map || !sq->ent)
-                                return -ENOMEM;
-                        for (size_t i = 0; i < (size_t)run->layers * mb; i++)
-                                sq->map[i] = NONE;
-                        for (uint32_t e = 0; e < cap; e++)
-                                sq->ent[e] = (struct lru_ent){ NONE, NONE, e ? e - 1 : NONE, e + 1 < cap ? e + 1 : NONE };
-                        sq->head = 0;
-                        sq->tail = cap - 1;
-                }
         }
         return 0;
 }
@@ -192,36 +144,26 @@ static int client_alloc(struct client *cl)
 static void client_free(struct client *cl)
 {
         const struct run *run = cl->run;
+        const struct decode_policy *pol = run->pol;
 
         for (uint32_t s = 0; cl->seqs && s < run->o.seqs; s++) {
                 struct seqstate *sq = &cl->seqs[s];
 
+                if (pol->seq_free)
+                        pol->seq_free(cl, sq);
                 free(sq->put_id);
                 free(sq->put_st);
                 free(sq->sel);
                 free(sq->sel_slot);
-                free(sq->stamp);
-                free(sq->where);
                 group_free(&sq->demand);
-                free(sq->pred);
-                for (int b = 0; b < 2; b++) {
-                        free(sq->bank[b]);
-                        group_free(&sq->pref[b]);
-                }
-                free(sq->map);
-                free(sq->ent);
-                sq->res = kvc_residency_free(sq->res);
-                free(sq->sel_miss);
-                free(sq->stage_id);
-                free(sq->stage_st);
-                free(sq->ctr_target);
         }
+        if (pol->client_free)
+                pol->client_free(cl);
         for (uint32_t d = 0; d < MAX_DEPTH; d++)
                 group_free(&cl->ring[d]);
         free(cl->seqs);
         free(cl->summ);
         free(cl->scores);
-        free(cl->scores_out);
         free(cl->q);
         free(cl->q0);
         free(cl->out);
@@ -239,7 +181,6 @@ static void client_free(struct client *cl)
         free(cl->rec_out);
         free(cl->lat);
         cl->pool = kvc_pool_free(cl->pool);
-        cl->ctr = kvc_counters_free(cl->ctr);
         cl->c = kvc_disconnect(cl->c);
 }
 
@@ -267,15 +208,14 @@ static int client_setup(struct client *cl)
         r = kvc_pool_create(cl->c, run->pool_slots, run->block_bytes, &cl->pool);
         if (r < 0)
                 return daemon_fail(cl, "create the device pool", r);
-        if (run->o.policy == POL_KVDRIVE) {
-                r = kvc_counters_create(cl->c, run->o.seqs * run->layers, &cl->ctr);
-                if (r < 0)
-                        return daemon_fail(cl, "create the completion counters", r);
-        }
+        if (run->pol->client_init && run->pol->client_init(cl) < 0)
+                return -1;
         for (uint32_t s = 0; s < run->o.seqs; s++) {
                 r = kvc_key_sequence_new(&cl->seqs[s].id);
                 if (r < 0)
                         return child_fail(cl, "sequence id: %s", strerror(-r));
+                if (run->pol->seq_init && run->pol->seq_init(cl, &cl->seqs[s]) < 0)
+                        return -1;
         }
         return 0;
 }
@@ -325,7 +265,7 @@ static void delete_all(struct client *cl)
                         uint32_t cnt = stored - first < max ? stored - first : max;
 
                         for (uint32_t i = 0; i < cnt; i++)
-                                kvc_key_private(&cl->seqs[s].id, first + i, &keys[i]);
+                                block_key(cl, &cl->seqs[s], first + i, &keys[i]);
                         kvc_delete(cl->c, cl->ns, keys, cnt, -1);
                 }
         }
@@ -349,6 +289,8 @@ int client_main(struct client *cl)
                 cl->lat[t] = bench_now_ns() - t0;
         }
         cl->res.end_ns = bench_now_ns();
+        if (run->pol->finish)
+                run->pol->finish(cl);
         cl->res.steps = run->steps;
         cl->res.tokens = (uint64_t)run->steps * run->o.seqs;
         if (send_msg(cl, MSG_DONE) < 0 || wait_go(cl) < 0)

@@ -12,10 +12,17 @@
 
 #include "decode.h"
 
+static void full_size(struct run *run)
+{
+        run->policy_slots = 0;
+        run->ring_slots = run->o.depth * run->o.batch;
+}
+
 /* Streams the n stored blocks of layer l through the ring, attending each
- * batch as it lands, then the tail. */
-int full_layer(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n, uint32_t tail_valid, bool rec,
-               uint32_t t)
+ * batch as it lands, then the tail. The merges stay in double (merge()):
+ * a long context merges thousands of partial results per layer. */
+static int full_layer(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n, uint32_t tail_valid, bool rec,
+                      uint32_t t)
 {
         const struct run *run = cl->run;
         uint32_t batch = run->o.batch, depth = run->o.depth, chunks = (n + batch - 1) / batch, sub = 0, done = 0;
@@ -63,3 +70,9 @@ int full_layer(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n, u
                 record(cl, t, l, NULL, n, true, cl->out);
         return 0;
 }
+
+const struct decode_policy decode_full = {
+        .name = "full",
+        .size = full_size,
+        .attend = full_layer,
+};

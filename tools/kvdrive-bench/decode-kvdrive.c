@@ -1,35 +1,21 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * kvdrive-bench decode, policy kvdrive (issue 5), on the public residency
- * manager of libkvclient (kvdrive/sparse.h) and the daemon's scheduler:
- *
- *  - the device budget is one cache where blocks stay by decayed attention
- *    score (blocks that keep winning stay; the current layer's are pinned);
- *  - overlap: a layer's misses are fetched while it attends the blocks that
- *    were already resident (most of them: consecutive steps choose mostly
- *    the same blocks), and the two partial attentions merge exactly through
- *    their log-sum-exp, so the misses cost I/O wait only when they take
- *    longer than attention over the hits;
- *  - prediction: the blocks ranked just below the top-k this step are the
- *    likeliest newcomers next step (queries drift); they are staged from SSD
- *    into the daemon's host memory (a Prefetch, SSD -> host only: no device
- *    slot and no client copy is spent on a guess), so that next step's miss
- *    is a host-memory copy instead of an SSD read. How many: the depth the
- *    daemon's adaptive scheduler gives for this client's measured compute
- *    time per layer (kvc_set_compute_hint()), at most --stage of top-k
- *    (default 0: on the 2-core machines here it costs more daemon CPU and
- *    SSD reads than it saves; docs/bench/decode/README.md). --stage-layer
- *    adds layer l+1's predicted top-k, scored at layer l;
- *  - every layer reports the blocks it used to the daemon (heat);
- *  - completion through shared memory: each miss counts on its (sequence,
- *    layer) counter of the client's counter page, and the layer waits on the
- *    counter, not on the reply message (read later, when the group is next
- *    used).
+ * kvdrive-bench decode, policy kvdrive: the engine side of libkvclient's
+ * kvc_sparse (kvdrive/sparse.h), and nothing else of the policy here. Per
+ * layer the client scores the stored blocks against their summaries,
+ * kvc_sparse plans (top-k, which are resident, one Get for the misses on
+ * the layer's counter, staged guesses), and the client attends: the
+ * resident blocks and the tail while the misses land, then the misses,
+ * merging the two exactly through their log-sum-exp — or, when the plan
+ * says there is little to overlap, waits first and attends once.
+ * --stage-layer adds layer l+1's predicted scores (kvc_sparse_stage()).
  */
 #include <errno.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <kvdrive/client.h>
@@ -37,225 +23,294 @@
 
 #include "bench.h"
 #include "decode.h"
+#include "kernels.h"
 
-/* The compute time per layer the daemon is told: the client's mean time per
- * layer spent on anything but waiting for I/O. */
-static void tell_compute(struct client *cl)
+struct kv_client {
+        kvc_sparse *sp;
+        float *pred;                    /* the next layer's predicted scores */
+        float *masses;                  /* --report-scores: even shares of a layer's blocks */
+};
+
+struct kv_seq {
+        kvc_sparse_seq *seq;
+        const struct kvc_sparse_plan *plan;
+};
+
+static void kv_size(struct run *run)
 {
-        uint64_t busy = cl->res.select_ns + cl->res.attn_ns + cl->res.compute_ns;
-
-        if (cl->layers_done > 0)
-                (void)kvc_set_compute_hint(cl->c, (uint32_t)(busy / cl->layers_done / 1000) + 1);
-        cl->layers_done++;
+        /* The cache holds at least one layer's top-k. */
+        run->policy_slots = run->budget_slots > run->kmax ? run->budget_slots : run->kmax;
+        if (run->kmax > run->budget_slots)
+                fprintf(stderr, "kvdrive-bench decode: note: kvdrive's cache is top-k (%u slots), above the "
+                        "budget's %u\n", run->kmax, run->budget_slots);
 }
 
-/* How many blocks a staging may take: the scheduler's depth, at most cap
- * (the cap alone before the first answer). */
-static uint32_t stage_want(const struct client *cl, uint32_t cap)
+static bool kv_predicts(const struct decode_opts *o)
 {
-        int d = kvc_prefetch_depth(cl->c);
-
-        return d >= 0 && (uint32_t)d < cap ? (uint32_t)d : cap;
+        return o->stage_layer > 0 && o->predict == PRED_MAPPED;
 }
 
-/*
- * Stages into the daemon's host memory the candidates of layer l whose
- * scores are in cl->scores: the best want of them that are not chosen
- * (cl->scores[b] = -inf) and not in the device cache. which: 0 for the
- * next step's guesses, 1 for the next layer's; one staging of each kind per
- * layer is in flight at a time (a new one waits for the SSD to catch up).
- */
-static int stage(struct client *cl, struct seqstate *sq, uint32_t which, uint32_t l, uint32_t n, uint32_t want)
+static int kv_client_init(struct client *cl)
 {
         const struct run *run = cl->run;
-        uint64_t *id = &sq->stage_id[which * run->layers + l];
-        uint32_t m = 0, c;
+        struct kvc_sparse_opts so = {
+                .size = sizeof(so), .layers = run->layers, .block_tokens = run->T, .max_seqs = run->o.seqs,
+                .slot0 = run->ring_slots, .budget = run->policy_slots, .topk = run->topk, .topk_max = run->kmax,
+                .sink = run->o.sink, .local = run->o.local,
+                /* in layers: recency first, as the cache holds about the
+                 * working set; a block that keeps being chosen outlasts one
+                 * chosen once */
+                .half_life_layers = 1.0f, .stage = run->o.stage,
+                .flags = run->o.report_scores ? KVC_SPARSE_REPORT_SCORES : 0,
+        };
+        struct kv_client *x = calloc(1, sizeof(*x));
         int r;
 
-        if (want == 0)
-                return 0;
-        if (*id) {
-                r = kvc_poll(cl->c);
-                if (r < 0)
-                        return daemon_fail(cl, "poll", r);
-                if (!kvc_done(cl->c, *id))
-                        return 0;
-                r = kvc_wait(cl->c, *id, 0);
-                if (r < 0)
-                        return daemon_fail(cl, "stage", r);
-                *id = 0;
-        }
-        c = kvk_topk(cl->scores, n, want, 0, 0, cl->sel2);
-        for (uint32_t j = 0; j < c; j++) {
-                struct kvc_key key;
-
-                if (cl->scores[cl->sel2[j]] == -INFINITY)
-                        continue;
-                kvc_key_private(&sq->id, cl->sel2[j], &key);
-                if (kvc_residency_lookup(sq->res, &key, l) >= 0)
-                        continue;
-                cl->refs[m++] = (struct kvc_block_ref){ .key = key, .layer = l };
-        }
-        cl->res.staged_blocks += m;
-        if (m == 0)
-                return 0;
-        r = kvc_prefetch_submit(cl->c, cl->ns, cl->refs, m,
-                                sq->stage_st + (size_t)(which * run->layers + l) * run->kmax, id);
-        return r < 0 ? daemon_fail(cl, "stage submit", r) : 0;
+        if (!x)
+                return child_fail(cl, "out of memory");
+        cl->pol = x;
+        x->pred = calloc(run->max_blocks + 1, sizeof(float));
+        x->masses = calloc(run->kmax ? run->kmax : 1, sizeof(float));
+        if (!x->pred || !x->masses)
+                return child_fail(cl, "out of memory");
+        r = kvc_sparse_open(cl->c, cl->ns, cl->pool, &so, &x->sp);
+        return r < 0 ? daemon_fail(cl, "kvc_sparse_open", r) : 0;
 }
 
-/* Next step: the blocks of layer l ranked just below this step's top-k. */
-static int stage_next_step(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n)
+static void kv_client_free(struct client *cl)
 {
-        if (n <= sq->nsel)
-                return 0;
-        for (uint32_t i = 0; i < sq->nsel; i++)
-                cl->scores[sq->sel[i]] = -INFINITY;
-        return stage(cl, sq, 0, l, n, stage_want(cl, (uint32_t)(cl->run->o.stage * sq->nsel)));
+        struct kv_client *x = cl->pol;
+
+        if (!x)
+                return;
+        kvc_sparse_close(x->sp);
+        free(x->pred);
+        free(x->masses);
+        free(x);
+        cl->pol = NULL;
 }
 
-/* Next layer: layer l+1's top-k as layer l's query, mapped into layer l+1's
- * key space, predicts it (sparse's prediction), scored now. */
-static int stage_next_layer(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n)
+static int kv_seq_init(struct client *cl, struct seqstate *sq)
 {
-        const struct run *run = cl->run;
-        const float *q = cl->q;
-        uint32_t np;
+        struct kv_client *kc = cl->pol;
+        struct kvc_sparse_seq_opts so = { .size = sizeof(so), .keys = KVC_SPARSE_KEYS_PRIVATE };
+        struct kv_seq *x = calloc(1, sizeof(*x));
+        int r;
 
-        if (l + 1 >= run->layers)
-                return 0;
-        if (run->xmap) {
-                map_query(run, l, cl->q, cl->q0);
-                q = cl->q0;
-        }
-        np = select_blocks(cl, l + 1, q, n, sq->pred);
-        /* Only the predicted top-k are candidates, best score first. */
-        for (uint32_t j = 0, b = 0; b < n; b++) {
-                if (j < np && sq->pred[j] == b)
-                        j++;
-                else
-                        cl->scores[b] = -INFINITY;
-        }
-        return stage(cl, sq, 1, l + 1, n, stage_want(cl, (uint32_t)(run->o.stage_layer * np)));
-}
-
-static uint32_t counter_of(const struct client *cl, const struct seqstate *sq, uint32_t l)
-{
-        return (uint32_t)(sq - cl->seqs) * cl->run->layers + l;
-}
-
-int kvdrive_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t t, uint32_t n)
-{
-        const struct run *run = cl->run;
-        uint32_t ctr = counter_of(cl, sq, l);
-        /* The manager's clock ticks once per layer: a block another layer
-         * read two layers ago is fresher than one this layer read last step. */
-        uint32_t tick = t * run->layers + l;
-        struct kvc_block_score *sc = cl->scores_out;
-        uint32_t m = 0, hits = 0;
-        bool miss;
-        int slot;
-
-        if (sq == &cl->seqs[0])
-                tell_compute(cl);
-        if (sq->demand_unreaped) {
-                /* The last Gets' replies: their items all counted already. */
-                if (group_wait(cl, &sq->demand, false) < 0)
-                        return -1;
-                sq->demand_unreaped = false;
-        }
-        if (kvc_residency_begin_layer(sq->res) < 0)
-                return -1;
-        sq->nsel = select_blocks(cl, l, cl->q, n, sq->sel);
-        /* Pin the resident ones first, so that no miss below evicts them. */
-        for (uint32_t i = 0; i < sq->nsel; i++) {
-                kvc_key_private(&sq->id, sq->sel[i], &sc[i].key);
-                sc[i].layer = l;
-                sc[i].mass = 1.0f / (float)sq->nsel;
-                (void)kvc_residency_pin(sq->res, &sc[i].key, l);
-        }
-        for (uint32_t i = 0; i < sq->nsel; i++) {
-                slot = kvc_residency_acquire(sq->res, &sc[i].key, l, tick, &miss);
-                if (slot < 0)
-                        return child_fail(cl, "residency: %s", kvc_strerror(slot));
-                (void)kvc_residency_score(sq->res, &sc[i].key, l, sc[i].mass, tick);
-                sq->sel_slot[i] = sq->slot0 + (uint32_t)slot;
-                sq->sel_miss[i] = miss;
-                if (miss) {
-                        cl->refs[m] = (struct kvc_block_ref){ .key = sc[i].key, .layer = l,
-                                                              .slot = sq->slot0 + (uint32_t)slot, .counter = ctr + 1 };
-                        cl->blkid[m++] = sq->sel[i];
-                } else {
-                        hits++;
-                }
-        }
-        cl->res.dev_hits += hits;
-        cl->res.dev_misses += m;
-        cl->res.got_blocks += m;
-        if (group_submit(cl, &sq->demand, false, cl->refs, cl->blkid, m, run->group_reqs) < 0)
-                return -1;
-        sq->ctr_target[l] += m;
-        if (run->o.report_scores)
-                (void)kvc_report_scores(cl->c, cl->ns, sc, sq->nsel); /* a hint: losing one costs nothing */
-        if (stage_next_step(cl, sq, l, n) < 0)
-                return -1;
-        return run->o.stage_layer > 0 ? stage_next_layer(cl, sq, l, n) : 0;
-}
-
-/* Attention over the hits and the tail while the misses land, then over the
- * misses; the two partial results merge exactly. */
-int kvdrive_attend(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t tail_valid, bool rec, uint32_t t)
-{
-        const struct run *run = cl->run;
-        uint32_t heads = run->m->q_heads, dim = run->m->head_dim, k = 0;
-
-        for (uint32_t i = 0; i < sq->nsel; i++)
-                if (!sq->sel_miss[i]) {
-                        cl->ptrs[k] = slot_ptr(cl, sq->sel_slot[i]);
-                        cl->valid[k++] = run->T;
-                }
-        cl->ptrs[k] = slot_ptr(cl, sq->tail0 + l);
-        cl->valid[k++] = tail_valid;
-        if (attend(cl, k, cl->part, cl->plse) < 0)
-                return -1;
-        for (uint32_t h = 0; h < heads; h++)
-                cl->acc_lse[h] = -INFINITY;
-        memset(cl->acc, 0, sizeof(double) * run->qd);
-        merge(cl->acc, cl->acc_lse, cl->part, cl->plse, heads, dim);
-
-        if (sq->demand.n_req > 0) {
-                uint32_t ctr = counter_of(cl, sq, l);
-                uint64_t t0 = bench_now_ns();
-                int r;
-
-                cl->res.miss_layers++;
-                cl->res.hidden_layers += kvc_counter_wait(cl->ctr, ctr, sq->ctr_target[l], 0) == 0;
-                r = kvc_counter_wait(cl->ctr, ctr, sq->ctr_target[l], WAIT_MS);
-                cl->res.wait_ns += bench_now_ns() - t0;
-                if (r < 0)
-                        return daemon_fail(cl, "wait for the layer's misses", r);
-                sq->demand_unreaped = true;
-                if (kvc_counter_failed(cl->ctr, ctr) != 0) {
-                        /* A miss failed: the reply says which and why. */
-                        if (group_wait(cl, &sq->demand, false) < 0)
-                                return -1;
-                        sq->demand_unreaped = false;
-                }
-        }
-        k = 0;
-        for (uint32_t i = 0; i < sq->nsel; i++)
-                if (sq->sel_miss[i]) {
-                        cl->ptrs[k] = slot_ptr(cl, sq->sel_slot[i]);
-                        cl->valid[k++] = run->T;
-                }
-        if (k > 0) {
-                if (attend(cl, k, cl->part, cl->plse) < 0)
-                        return -1;
-                merge(cl->acc, cl->acc_lse, cl->part, cl->plse, heads, dim);
-        }
-        for (size_t i = 0; i < run->qd; i++)
-                cl->out[i] = (float)cl->acc[i];
-        if (rec)
-                record(cl, t, l, sq->sel, sq->nsel, false, cl->out);
+        if (!x)
+                return child_fail(cl, "out of memory");
+        sq->pol = x;
+        r = kvc_sparse_seq_begin(kc->sp, &so, &x->seq);
+        if (r < 0)
+                return daemon_fail(cl, "kvc_sparse_seq_begin", r);
+        /* The prefill (decode-client.c, with these keys) stores the prompt's full blocks. */
+        r = kvc_sparse_seq_set_stored(x->seq, cl->run->prompt / cl->run->T);
+        if (r < 0)
+                return child_fail(cl, "kvc_sparse_seq_set_stored: %s", kvc_strerror(r));
+        /* kvc_sparse lays a sequence out as the bench does: its cache, then
+         * one tail slot per layer. */
+        if (kvc_sparse_tail_slot(x->seq, 0) != (int)sq->tail0)
+                return child_fail(cl, "internal: kvc_sparse's tail slot is not the bench's");
         return 0;
 }
+
+static void kv_seq_free(struct client *cl, struct seqstate *sq)
+{
+        struct kv_seq *x = sq->pol;
+
+        (void)cl;
+        if (!x)
+                return;
+        kvc_sparse_seq_end(x->seq);
+        free(x);
+        sq->pol = NULL;
+}
+
+static void kv_block_key(const struct client *cl, const struct seqstate *sq, uint32_t b, struct kvc_key *ret)
+{
+        const struct kv_seq *x = sq->pol;
+
+        (void)cl;
+        (void)kvc_sparse_seq_key(x->seq, b, ret);
+}
+
+/* Layer l+1's scores predicted at layer l (its query mapped into layer
+ * l+1's key space) go to kvc_sparse as guesses to stage. */
+static int stage_next_layer(struct client *cl, struct kv_seq *x, uint32_t l, uint32_t n)
+{
+        const struct run *run = cl->run;
+        struct kv_client *kc = cl->pol;
+        uint64_t t0 = bench_now_ns();
+        int r;
+
+        if (l + 1 >= run->layers || n == 0)
+                return 0;
+        map_query(run, l, cl->q, cl->q0);
+        kvk_block_scores(&run->shape, cl->q0, summary_of(cl, l + 1, 0), n, kc->pred);
+        cl->res.select_ns += bench_now_ns() - t0;
+        r = kvc_sparse_stage(x->seq, l + 1, kc->pred, n);
+        return r < 0 ? daemon_fail(cl, "stage the next layer", r) : 0;
+}
+
+static int kv_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t t, uint32_t n)
+{
+        const struct run *run = cl->run;
+        struct kv_seq *x = sq->pol;
+        uint64_t t0 = bench_now_ns();
+        int r;
+
+        (void)t;
+        if (n > 0)
+                kvk_block_scores(&run->shape, cl->q, summary_of(cl, l, 0), n, cl->scores);
+        r = kvc_sparse_begin_layer(x->seq, l, cl->scores, n, &x->plan);
+        cl->res.select_ns += bench_now_ns() - t0;
+        if (r < 0)
+                return daemon_fail(cl, "kvc_sparse_begin_layer", r);
+        sq->nsel = x->plan->n;
+        memcpy(sq->sel, x->plan->blocks, sizeof(*sq->sel) * x->plan->n);
+        cl->res.dev_hits += x->plan->n - x->plan->n_missing;
+        cl->res.dev_misses += x->plan->n_missing;
+        cl->res.got_blocks += x->plan->n_missing;
+        return run->o.stage_layer > 0 ? stage_next_layer(cl, x, l, n) : 0;
+}
+
+/* Attends the chosen blocks whose resident flag is want (and the tail,
+ * with_tail) into cl->part / cl->plse; *ret_k gets how many blocks. */
+static int attend_some(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t tail_valid, bool want,
+                       bool with_tail, uint32_t *ret_k)
+{
+        const struct run *run = cl->run;
+        const struct kvc_sparse_plan *p = ((struct kv_seq *)sq->pol)->plan;
+        uint32_t k = 0;
+
+        for (uint32_t i = 0; i < p->n; i++)
+                if (!p->resident[i] == !want) {
+                        cl->ptrs[k] = slot_ptr(cl, p->slots[i]);
+                        cl->valid[k++] = run->T;
+                }
+        if (with_tail) {
+                cl->ptrs[k] = slot_ptr(cl, sq->tail0 + l);
+                cl->valid[k++] = tail_valid;
+        }
+        *ret_k = k;
+        return k ? attend(cl, k, cl->part, cl->plse) : 0;
+}
+
+static int kv_wait(struct client *cl, struct kv_seq *x)
+{
+        uint64_t t0 = bench_now_ns();
+        int r = kvc_sparse_wait_layer(x->seq, WAIT_MS);
+
+        cl->res.wait_ns += bench_now_ns() - t0;
+        if (r == -EIO)
+                return child_fail(cl, "a block of layer %u could not be loaded (the daemon lost it: SSD tier too "
+                                  "small?)", x->plan->layer);
+        return r < 0 ? daemon_fail(cl, "wait for the layer's misses", r) : 0;
+}
+
+static int kv_attend(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n, uint32_t tail_valid, bool rec,
+                     uint32_t t)
+{
+        const struct run *run = cl->run;
+        struct kv_client *kc = cl->pol;
+        struct kv_seq *x = sq->pol;
+        uint32_t heads = run->m->q_heads, dim = run->m->head_dim, k;
+
+        (void)n;
+        if (x->plan->n_missing > 0)
+                cl->res.miss_layers++;
+        if (!x->plan->two_pass) {
+                /* Little to overlap: wait, then one pass over everything. */
+                if (kv_wait(cl, x) < 0)
+                        return -1;
+                for (uint32_t i = 0; i < x->plan->n; i++) {
+                        cl->ptrs[i] = slot_ptr(cl, x->plan->slots[i]);
+                        cl->valid[i] = run->T;
+                }
+                cl->ptrs[x->plan->n] = slot_ptr(cl, sq->tail0 + l);
+                cl->valid[x->plan->n] = tail_valid;
+                if (attend(cl, x->plan->n + 1, cl->out, NULL) < 0)
+                        return -1;
+        } else {
+                /* Which were resident before the wait (it sets the others). */
+                for (uint32_t i = 0; i < x->plan->n; i++)
+                        cl->sel2[i] = x->plan->resident[i];
+                /* The resident blocks and the tail while the misses land. */
+                if (attend_some(cl, sq, l, tail_valid, true, true, &k) < 0)
+                        return -1;
+                for (uint32_t h = 0; h < heads; h++)
+                        cl->acc_lse[h] = -INFINITY;
+                memset(cl->acc, 0, sizeof(double) * run->qd);
+                merge(cl->acc, cl->acc_lse, cl->part, cl->plse, heads, dim);
+                if (kv_wait(cl, x) < 0)
+                        return -1;
+                /* Now resident: the ones that were missing (their flags changed). */
+                k = 0;
+                for (uint32_t i = 0; i < x->plan->n; i++)
+                        if (!cl->sel2[i]) {
+                                cl->ptrs[k] = slot_ptr(cl, x->plan->slots[i]);
+                                cl->valid[k++] = run->T;
+                        }
+                if (k > 0) {
+                        if (attend(cl, k, cl->part, cl->plse) < 0)
+                                return -1;
+                        merge(cl->acc, cl->acc_lse, cl->part, cl->plse, heads, dim);
+                }
+                for (size_t i = 0; i < run->qd; i++)
+                        cl->out[i] = (float)cl->acc[i];
+        }
+        if (rec)
+                record(cl, t, l, sq->sel, sq->nsel, false, cl->out);
+        if (run->o.report_scores)
+                for (uint32_t i = 0; i < x->plan->n; i++)
+                        kc->masses[i] = 1.0f / (float)x->plan->n;
+        return kvc_sparse_end_layer(x->seq, run->o.report_scores ? kc->masses : NULL) < 0 ? -1 : 0;
+}
+
+static int kv_tail_put(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t b)
+{
+        struct kv_seq *x = sq->pol;
+        int r;
+
+        if (kvc_sparse_seq_stored(x->seq, l) != b)
+                return child_fail(cl, "internal: layer %u's tail is block %u, kvc_sparse's %u", l, b,
+                                  kvc_sparse_seq_stored(x->seq, l));
+        r = kvc_sparse_tail_full(x->seq, l, NULL);
+        return r < 0 ? daemon_fail(cl, "put (append)", r) : 0;
+}
+
+static int kv_tail_wait(struct client *cl, struct seqstate *sq, uint32_t l)
+{
+        struct kv_seq *x = sq->pol;
+        uint64_t t0 = bench_now_ns();
+        int r = kvc_sparse_tail_slot(x->seq, l);
+
+        cl->res.wait_ns += bench_now_ns() - t0;
+        return r < 0 ? daemon_fail(cl, "put (append)", r) : 0;
+}
+
+static void kv_finish(struct client *cl)
+{
+        struct kv_client *kc = cl->pol;
+        struct kvc_sparse_stats st;
+
+        kvc_sparse_get_stats(kc->sp, &st);
+        cl->res.hidden_layers = st.hidden_layers;
+        cl->res.staged_blocks = st.staged;
+}
+
+const struct decode_policy decode_kvdrive = {
+        .name = "kvdrive",
+        .size = kv_size,
+        .predicts = kv_predicts,
+        .client_init = kv_client_init,
+        .client_free = kv_client_free,
+        .seq_init = kv_seq_init,
+        .seq_free = kv_seq_free,
+        .block_key = kv_block_key,
+        .prepare = kv_prepare,
+        .attend = kv_attend,
+        .tail_put = kv_tail_put,
+        .tail_wait = kv_tail_wait,
+        .finish = kv_finish,
+};

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,184 +19,116 @@
 #include "kernels.h"
 #include "trace.h"
 
-#define CAL_TOKENS 4096u        /* prompt tokens sampled to fit the layer-to-layer maps */
+/* A sequence's state: two banks of kmax slots, the one this layer reads
+ * and the one the next layer's prefetch lands in. */
+struct sparse_seq {
+        uint32_t *bank[2];              /* block held by each slot of a bank, NONE */
+        struct group pref[2];
+        bool pref_live[2];
+        uint32_t *pred;
+        uint32_t *stamp, *where, epoch; /* membership scratch */
+};
 
-/*
- * InfiniGen predicts layer l+1's attention at layer l from layer l's input
- * through layer l+1's (partial) query weights, so the speculative query is in
- * layer l+1's space. A trace has no weights, and each layer's keys and
- * queries may live in coordinates of their own (they do in `gen`'s traces:
- * a random signed permutation per layer), so layer l's raw query is a poor
- * guess (--predict raw, for comparison). In their place, once before decode
- * (as InfiniGen's offline step), a linear map per kv head from layer l's key
- * space to layer l+1's is fitted by ridge least squares over up to
- * CAL_TOKENS prompt tokens: M = argmin sum_j |k_{l+1,j} - M k_{l,j}|^2, and
- * the speculative query of layer l+1 is M q_l.
- */
-static int cholesky(double *a, uint32_t n)
+static void sparse_size(struct run *run)
 {
-        for (uint32_t j = 0; j < n; j++) {
-                double d = a[(size_t)j * n + j];
+        run->policy_slots = 2 * (run->kmax ? run->kmax : 1);
+        if (run->policy_slots > run->budget_slots)
+                fprintf(stderr, "kvdrive-bench decode: note: sparse needs %u slots (2 x top-k), above the "
+                        "budget's %u\n", run->policy_slots, run->budget_slots);
+}
 
-                for (uint32_t k = 0; k < j; k++)
-                        d -= a[(size_t)j * n + k] * a[(size_t)j * n + k];
-                if (!(d > 0))
-                        return -EDOM;
-                d = sqrt(d);
-                a[(size_t)j * n + j] = d;
-                for (uint32_t i = j + 1; i < n; i++) {
-                        double v = a[(size_t)i * n + j];
+static bool sparse_predicts(const struct decode_opts *o)
+{
+        return o->predict == PRED_MAPPED;
+}
 
-                        for (uint32_t k = 0; k < j; k++)
-                                v -= a[(size_t)i * n + k] * a[(size_t)j * n + k];
-                        a[(size_t)i * n + j] = v / d;
-                }
+static int sparse_seq_init(struct client *cl, struct seqstate *sq)
+{
+        uint32_t kmax = cl->run->kmax ? cl->run->kmax : 1, mb = cl->run->max_blocks;
+        struct sparse_seq *x = calloc(1, sizeof(*x));
+
+        if (!x)
+                return child_fail(cl, "out of memory");
+        sq->pol = x;
+        x->pred = calloc(kmax, sizeof(uint32_t));
+        x->stamp = calloc(mb, sizeof(uint32_t));
+        x->where = calloc(mb, sizeof(uint32_t));
+        if (!x->pred || !x->stamp || !x->where)
+                return child_fail(cl, "out of memory");
+        for (int b = 0; b < 2; b++) {
+                x->bank[b] = malloc(sizeof(uint32_t) * kmax);
+                if (!x->bank[b] || group_init(&x->pref[b], kmax) < 0)
+                        return child_fail(cl, "out of memory");
+                for (uint32_t j = 0; j < kmax; j++)
+                        x->bank[b][j] = NONE;
         }
         return 0;
 }
 
-/* Solves L L^T x = b in place (L from cholesky()). */
-static void chol_solve(const double *l, uint32_t n, double *b)
+static void sparse_seq_free(struct client *cl, struct seqstate *sq)
 {
-        for (uint32_t i = 0; i < n; i++) {
-                for (uint32_t k = 0; k < i; k++)
-                        b[i] -= l[(size_t)i * n + k] * b[k];
-                b[i] /= l[(size_t)i * n + i];
+        struct sparse_seq *x = sq->pol;
+
+        (void)cl;
+        if (!x)
+                return;
+        for (int b = 0; b < 2; b++) {
+                free(x->bank[b]);
+                group_free(&x->pref[b]);
         }
-        for (uint32_t i = n; i-- > 0;) {
-                for (uint32_t k = i + 1; k < n; k++)
-                        b[i] -= l[(size_t)k * n + i] * b[k];
-                b[i] /= l[(size_t)i * n + i];
-        }
-}
-
-int calibrate(struct run *run)
-{
-        const struct kvb_trace_meta *m = run->m;
-        uint32_t d = m->head_dim, n = run->prompt < CAL_TOKENS ? run->prompt : CAL_TOKENS;
-        uint32_t stride = run->prompt / n;
-        double *a = malloc(sizeof(double) * d * d), *b = malloc(sizeof(double) * d * d);
-        double *x = malloc(sizeof(double) * d), *y = malloc(sizeof(double) * d);
-        int ret = -ENOMEM;
-
-        run->xmap = calloc((size_t)(run->layers - 1) * m->kv_heads * d * d, sizeof(float));
-        if (!a || !b || !x || !y || (run->layers > 1 && !run->xmap))
-                goto out;
-        for (uint32_t l = 0; l + 1 < run->layers; l++) {
-                for (uint32_t g = 0; g < m->kv_heads; g++) {
-                        float *mp = run->xmap + ((size_t)l * m->kv_heads + g) * d * d;
-                        double tr = 0;
-
-                        memset(a, 0, sizeof(double) * d * d);
-                        memset(b, 0, sizeof(double) * d * d);
-                        for (uint32_t i = 0; i < n; i++) {
-                                const uint16_t *kx = run->tr->k + kvb_kv_index(m, l, g, i * stride);
-                                const uint16_t *ky = run->tr->k + kvb_kv_index(m, l + 1, g, i * stride);
-
-                                for (uint32_t e = 0; e < d; e++) {
-                                        x[e] = kvk_f16_to_f32(kx[e]);
-                                        y[e] = kvk_f16_to_f32(ky[e]);
-                                }
-                                for (uint32_t r = 0; r < d; r++) {
-                                        double *ar = a + (size_t)r * d, *br = b + (size_t)r * d, xr = x[r], yr = y[r];
-
-                                        for (uint32_t c = 0; c <= r; c++)
-                                                ar[c] += xr * x[c];
-                                        for (uint32_t c = 0; c < d; c++)
-                                                br[c] += yr * x[c];
-                                }
-                        }
-                        for (uint32_t r = 0; r < d; r++)
-                                tr += a[(size_t)r * d + r];
-                        for (uint32_t r = 0; r < d; r++)
-                                a[(size_t)r * d + r] += 1e-3 * tr / d + 1e-12;
-                        if (cholesky(a, d) < 0) {
-                                ret = -EDOM;
-                                goto out;
-                        }
-                        /* M A = B, A symmetric: row r of M solves A m = row r of B. */
-                        for (uint32_t r = 0; r < d; r++) {
-                                chol_solve(a, d, b + (size_t)r * d);
-                                for (uint32_t c = 0; c < d; c++)
-                                        mp[(size_t)r * d + c] = (float)b[(size_t)r * d + c];
-                        }
-                }
-        }
-        ret = 0;
-out:
-        free(a);
-        free(b);
+        free(x->pred);
+        free(x->stamp);
+        free(x->where);
         free(x);
-        free(y);
-        return ret;
+        sq->pol = NULL;
 }
-
-/* dst = the speculative query of layer l+1 from layer l's query q. */
-void map_query(const struct run *run, uint32_t l, const float *q, float *dst)
-{
-        const struct kvb_trace_meta *m = run->m;
-        uint32_t d = m->head_dim, group = m->q_heads / m->kv_heads;
-
-        for (uint32_t h = 0; h < m->q_heads; h++) {
-                const float *mp = run->xmap + ((size_t)l * m->kv_heads + h / group) * d * d;
-
-                for (uint32_t r = 0; r < d; r++) {
-                        float v = 0;
-
-                        for (uint32_t c = 0; c < d; c++)
-                                v += mp[(size_t)r * d + c] * q[(size_t)h * d + c];
-                        dst[(size_t)h * d + r] = v;
-                }
-        }
-}
-
-/* ---- sparse ---------------------------------------------------------- */
 
 /*
- * Layer l of step t (global layer number gl): takes the prefetch issued at
- * the previous layer, selects the real top-k, fetches what the prediction
- * missed, and issues the prefetch of the next layer's predicted top-k into
- * the other bank. The caller then attends (attend_selected).
+ * Layer l of step t: takes the prefetch issued at the previous layer,
+ * selects the real top-k, fetches what the prediction missed, and issues
+ * the prefetch of the next layer's predicted top-k into the other bank.
  */
-int sparse_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t t, uint64_t gl, uint32_t n)
+static int sparse_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t t, uint32_t n)
 {
         const struct run *run = cl->run;
-        uint32_t bank = (uint32_t)(gl & 1), kmax = run->kmax, base = sq->slot0 + bank * kmax, *blk = sq->bank[bank];
+        struct sparse_seq *x = sq->pol;
+        uint64_t gl = (uint64_t)t * run->layers + l;
+        uint32_t bank = (uint32_t)(gl & 1), kmax = run->kmax, base = sq->slot0 + bank * kmax, *blk = x->bank[bank];
         uint32_t nfree = 0, m = 0, *freel = cl->sel2;
 
-        if (sq->pref_live[bank]) {
-                if (group_wait(cl, &sq->pref[bank], false) < 0)
+        if (x->pref_live[bank]) {
+                if (group_wait(cl, &x->pref[bank], false) < 0)
                         return -1;
-                sq->pref_live[bank] = false;
+                x->pref_live[bank] = false;
         } else {
                 for (uint32_t j = 0; j < kmax; j++)
                         blk[j] = NONE;
         }
         sq->nsel = select_blocks(cl, l, cl->q, n, sq->sel);
-        sq->epoch++;
+        x->epoch++;
         for (uint32_t i = 0; i < sq->nsel; i++) {
-                sq->stamp[sq->sel[i]] = sq->epoch;
-                sq->where[sq->sel[i]] = NONE;
+                x->stamp[sq->sel[i]] = x->epoch;
+                x->where[sq->sel[i]] = NONE;
         }
         for (uint32_t j = 0; j < kmax; j++) {
-                if (blk[j] != NONE && sq->stamp[blk[j]] == sq->epoch)
-                        sq->where[blk[j]] = j;
+                if (blk[j] != NONE && x->stamp[blk[j]] == x->epoch)
+                        x->where[blk[j]] = j;
                 else
                         freel[nfree++] = j;
         }
         for (uint32_t i = 0, f = 0; i < sq->nsel; i++) {
                 uint32_t b = sq->sel[i];
 
-                if (sq->where[b] == NONE) {     /* not predicted: fetch it now */
+                if (x->where[b] == NONE) {      /* not predicted: fetch it now */
                         uint32_t j = freel[f++];
 
                         blk[j] = b;
-                        sq->where[b] = j;
+                        x->where[b] = j;
                         cl->refs[m] = (struct kvc_block_ref){ .layer = l, .slot = base + j };
                         kvc_key_private(&sq->id, b, &cl->refs[m].key);
                         cl->blkid[m++] = b;
                 }
-                sq->sel_slot[i] = base + sq->where[b];
+                sq->sel_slot[i] = base + x->where[b];
         }
         cl->res.dev_hits += sq->nsel - m;
         cl->res.dev_misses += m;
@@ -220,18 +153,35 @@ int sparse_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t 
                         q = cl->q0;
                         cl->res.select_ns += bench_now_ns() - t0;
                 }
-                np = select_blocks(cl, nl, q, n2, sq->pred);
+                np = select_blocks(cl, nl, q, n2, x->pred);
                 for (uint32_t j = 0; j < kmax; j++) {
-                        sq->bank[other][j] = j < np ? sq->pred[j] : NONE;
+                        x->bank[other][j] = j < np ? x->pred[j] : NONE;
                         if (j < np) {
                                 cl->refs[j] = (struct kvc_block_ref){ .layer = nl, .slot = obase + j };
-                                kvc_key_private(&sq->id, sq->pred[j], &cl->refs[j].key);
+                                kvc_key_private(&sq->id, x->pred[j], &cl->refs[j].key);
                         }
                 }
-                if (group_submit(cl, &sq->pref[other], false, cl->refs, sq->pred, np, run->group_reqs) < 0)
+                if (group_submit(cl, &x->pref[other], false, cl->refs, x->pred, np, run->group_reqs) < 0)
                         return -1;
-                sq->pref_live[other] = np > 0;
+                x->pref_live[other] = np > 0;
                 cl->res.got_blocks += np;
         }
         return 0;
 }
+
+static int sparse_attend(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n, uint32_t tail_valid,
+                         bool rec, uint32_t t)
+{
+        (void)n;
+        return attend_selected(cl, sq, l, tail_valid, rec, t);
+}
+
+const struct decode_policy decode_sparse = {
+        .name = "sparse",
+        .size = sparse_size,
+        .predicts = sparse_predicts,
+        .seq_init = sparse_seq_init,
+        .seq_free = sparse_seq_free,
+        .prepare = sparse_prepare,
+        .attend = sparse_attend,
+};

@@ -220,6 +220,14 @@ static void append_token(struct client *cl, struct seqstate *sq, uint32_t l, uin
                 copy_tokens(run, l, b, pos, pos + 1, p);
 }
 
+void block_key(const struct client *cl, const struct seqstate *sq, uint32_t b, struct kvc_key *ret)
+{
+        if (cl->run->pol->block_key)
+                cl->run->pol->block_key(cl, sq, b, ret);
+        else
+                kvc_key_private(&sq->id, b, ret);
+}
+
 /* The tail of layer l is full (block b): Put it and summarise it. */
 static int put_tail(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t b, bool summarise)
 {
@@ -227,22 +235,26 @@ static int put_tail(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t
         struct kvc_block_ref ref = { .layer = l, .slot = sq->tail0 + l };
         int r;
 
-        kvc_key_private(&sq->id, b, &ref.key);
-        r = kvc_put_submit(cl->c, cl->ns, cl->pool, &ref, 1, &sq->put_st[l], &sq->put_id[l]);
-        if (r < 0)
-                return daemon_fail(cl, "put submit (append)", r);
         if (summarise)
                 kvk_block_summary(&run->shape, slot_ptr(cl, ref.slot), run->T, summary_of(cl, l, b));
         cl->res.put_blocks++;
-        return 0;
+        if (run->pol->tail_put)
+                return run->pol->tail_put(cl, sq, l, b);
+        block_key(cl, sq, b, &ref.key);
+        r = kvc_put_submit(cl->c, cl->ns, cl->pool, &ref, 1, &sq->put_st[l], &sq->put_id[l]);
+        return r < 0 ? daemon_fail(cl, "put submit (append)", r) : 0;
 }
 
 /* Waits for the tail's Put: the block must be readable before a later
- * step selects it. */
+ * step selects it, and the slot free for the next block's tokens. */
 static int wait_tail(struct client *cl, struct seqstate *sq, uint32_t l)
 {
         uint64_t t0 = bench_now_ns();
-        int r = kvc_wait(cl->c, sq->put_id[l], WAIT_MS);
+        int r;
+
+        if (cl->run->pol->tail_wait)
+                return cl->run->pol->tail_wait(cl, sq, l);
+        r = kvc_wait(cl->c, sq->put_id[l], WAIT_MS);
 
         cl->res.wait_ns += bench_now_ns() - t0;
         sq->put_id[l] = 0;
@@ -287,8 +299,7 @@ int attend(struct client *cl, uint32_t n, float *out, float *lse)
 }
 
 /* Attention over the selected blocks (in their slots) and the tail. */
-static int attend_selected(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t tail_valid, bool rec,
-                           uint32_t t)
+int attend_selected(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t tail_valid, bool rec, uint32_t t)
 {
         const struct run *run = cl->run;
 
@@ -312,43 +323,23 @@ static int attend_selected(struct client *cl, struct seqstate *sq, uint32_t l, u
 int decode_step(struct client *cl, uint32_t t)
 {
         const struct run *run = cl->run;
+        const struct decode_policy *pol = run->pol;
         uint32_t pos = run->prompt + t, n = pos / run->T, tail_valid = pos % run->T + 1, seqs = run->o.seqs;
         bool filled = tail_valid == run->T, rec = run->o.acc_every && t % run->o.acc_every == 0;
 
         for (uint32_t l = 0; l < run->layers; l++) {
-                uint64_t gl = (uint64_t)t * run->layers + l, t0;
+                uint64_t t0;
 
                 load_query(run, t, l, cl->q);
                 for (uint32_t s = 0; s < seqs; s++)
                         append_token(cl, &cl->seqs[s], l, pos, t == 0);
-                switch (run->o.policy) {
-                case POL_FULL:
-                        for (uint32_t s = 0; s < seqs; s++)
-                                if (full_layer(cl, &cl->seqs[s], l, n, tail_valid, rec && s == 0, t) < 0)
-                                        return -1;
-                        break;
-                case POL_SPARSE:
-                case POL_LRU:
-                case POL_KVDRIVE:
-                        /* Every sequence's fetches go out before anyone waits. */
-                        for (uint32_t s = 0; s < seqs; s++) {
-                                int r = run->o.policy == POL_SPARSE  ? sparse_prepare(cl, &cl->seqs[s], l, t, gl, n)
-                                        : run->o.policy == POL_KVDRIVE ? kvdrive_prepare(cl, &cl->seqs[s], l, t, n)
-                                                                       : lru_prepare(cl, &cl->seqs[s], l, n);
-
-                                if (r < 0)
-                                        return -1;
-                        }
-                        for (uint32_t s = 0; s < seqs; s++) {
-                                int r = run->o.policy == POL_KVDRIVE
-                                                ? kvdrive_attend(cl, &cl->seqs[s], l, tail_valid, rec && s == 0, t)
-                                                : attend_selected(cl, &cl->seqs[s], l, tail_valid, rec && s == 0, t);
-
-                                if (r < 0)
-                                        return -1;
-                        }
-                        break;
-                }
+                /* Every sequence's fetches go out before anyone waits. */
+                for (uint32_t s = 0; pol->prepare && s < seqs; s++)
+                        if (pol->prepare(cl, &cl->seqs[s], l, t, n) < 0)
+                                return -1;
+                for (uint32_t s = 0; s < seqs; s++)
+                        if (pol->attend(cl, &cl->seqs[s], l, n, tail_valid, rec && s == 0, t) < 0)
+                                return -1;
                 if (filled)
                         for (uint32_t s = 0; s < seqs; s++)
                                 if (put_tail(cl, &cl->seqs[s], l, n, s == 0) < 0)

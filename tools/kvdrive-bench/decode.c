@@ -87,6 +87,7 @@
 #define MAX_INFLIGHT 56u
 
 static const char *const policy_names[] = { "full", "sparse", "lru", "kvdrive" };
+static const struct decode_policy *const policies[] = { &decode_full, &decode_sparse, &decode_lru, &decode_kvdrive };
 static const char *const predict_names[] = { "mapped", "raw" };
 
 static void usage(FILE *f)
@@ -690,25 +691,7 @@ static int plan(struct run *run)
         run->budget_slots = (uint32_t)ceil(o->budget * run->layers * run->max_blocks - 1e-9);
         if (run->budget_slots < 1)
                 run->budget_slots = 1;
-        switch (o->policy) {
-        case POL_FULL:
-                run->policy_slots = 0;
-                run->ring_slots = o->depth * o->batch;
-                break;
-        case POL_SPARSE:
-                run->policy_slots = 2 * (run->kmax ? run->kmax : 1);
-                if (run->policy_slots > run->budget_slots)
-                        fprintf(stderr, "kvdrive-bench decode: note: sparse needs %u slots (2 x top-k), above the "
-                                "budget's %u\n", run->policy_slots, run->budget_slots);
-                break;
-        case POL_KVDRIVE:
-        case POL_LRU:
-                run->policy_slots = run->budget_slots > run->kmax ? run->budget_slots : run->kmax;
-                if (run->kmax > run->budget_slots)
-                        fprintf(stderr, "kvdrive-bench decode: note: lru's cache is top-k (%u slots), above the "
-                                "budget's %u\n", run->kmax, run->budget_slots);
-                break;
-        }
+        run->pol->size(run);
         run->pool_slots = run->ring_slots + o->seqs * (run->policy_slots + run->layers);
         run->group_reqs = (MAX_INFLIGHT / o->seqs - 1) / 2;
         if (run->group_reqs < 1)
@@ -770,11 +753,10 @@ int bench_decode(int argc, char **argv)
                 goto out;
         }
         run.m = &run.tr->meta;
+        run.pol = policies[run.o.policy];
         if (plan(&run) < 0 || preflight(&run, &s0) < 0)
                 goto out;
-        if ((run.o.policy == POL_SPARSE || (run.o.policy == POL_KVDRIVE && run.o.stage_layer > 0)) &&
-            run.o.predict == PRED_MAPPED &&
-            run.layers > 1) {
+        if (run.pol->predicts && run.pol->predicts(&run.o) && run.layers > 1) {
                 r = calibrate(&run);
                 if (r < 0) {
                         fprintf(stderr, "kvdrive-bench decode: fitting the layer-to-layer maps: %s\n", strerror(-r));

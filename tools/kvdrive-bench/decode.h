@@ -4,9 +4,12 @@
  * it). decode.c parses the options, plans the run, forks the clients and
  * prints the results; decode-client.c is the body of a client process;
  * decode-step.c the per-step loop and what the policies share (request
- * groups, block selection, attention); decode-full.c, decode-sparse.c and
- * decode-lru.c one policy each; decode-accuracy.c the accuracy records and
- * their measurement. decode.c's header comment describes the design.
+ * groups, block selection, attention, the tail); decode-full.c,
+ * decode-sparse.c, decode-lru.c and decode-kvdrive.c one policy each,
+ * behind struct decode_policy, none of them using another;
+ * decode-predict.c the layer-to-layer query maps that sparse and kvdrive
+ * predict with; decode-accuracy.c the accuracy records and their
+ * measurement. decode.c's header comment describes the design.
  */
 #pragma once
 
@@ -29,6 +32,46 @@ enum policy { POL_FULL, POL_SPARSE, POL_LRU, POL_KVDRIVE };
 
 /* How sparse predicts layer l+1's query at layer l. */
 enum predict { PRED_MAPPED, PRED_RAW };
+
+struct run;
+struct client;
+struct seqstate;
+struct decode_opts;
+
+/*
+ * A policy: how a client's sequences choose, fetch and attend the blocks of
+ * each layer. Unless said otherwise an op returns 0, or -1 once it has
+ * printed why (child_fail()), and may be NULL when it has nothing to do.
+ */
+struct decode_policy {
+        const char *name;
+        /* Sizes run->policy_slots (per sequence) and run->ring_slots. */
+        void (*size)(struct run *run);
+        /* Whether it needs the layer-to-layer query maps (calibrate()). */
+        bool (*predicts)(const struct decode_opts *o);
+        int (*client_init)(struct client *cl);  /* the pool exists, the sequences not yet */
+        void (*client_free)(struct client *cl);
+        int (*seq_init)(struct client *cl, struct seqstate *sq);
+        void (*seq_free)(struct client *cl, struct seqstate *sq);
+        /* Key of block b of sq (prefill, appends, deletes). NULL: private
+         * keys of sq->id. */
+        void (*block_key)(const struct client *cl, const struct seqstate *sq, uint32_t b, struct kvc_key *ret);
+        /* Sends what layer l of step t needs (n stored blocks), before any
+         * sequence attends. */
+        int (*prepare)(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t t, uint32_t n);
+        /* Attends layer l (its tail holds tail_valid tokens), recording the
+         * result if rec. */
+        int (*attend)(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n, uint32_t tail_valid, bool rec,
+                      uint32_t t);
+        /* The tail: layer l's is full, block b (Put it); and the wait until the
+         * tail slot may be written again. NULL: decode-step.c's. */
+        int (*tail_put)(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t b);
+        int (*tail_wait)(struct client *cl, struct seqstate *sq, uint32_t l);
+        /* Adds what it counted to cl->res at the end of the run. */
+        void (*finish)(struct client *cl);
+};
+
+extern const struct decode_policy decode_full, decode_sparse, decode_lru, decode_kvdrive;
 
 struct decode_opts {
         const char *socket;
@@ -54,6 +97,7 @@ struct decode_opts {
 /* Everything fixed before the fork. */
 struct run {
         struct decode_opts o;
+        const struct decode_policy *pol;
         struct kvb_trace *tr;
         const struct kvb_trace_meta *m;
         char gen_dir[256];              /* the generated trace, "" if none */
@@ -110,13 +154,8 @@ struct group {
         uint32_t cap, layer;
 };
 
-struct lru_ent {
-        uint32_t layer, block;          /* NONE: empty */
-        uint32_t prev, next;
-};
-
 struct seqstate {
-        struct kvc_key id;
+        struct kvc_key id;              /* private keys (policies without block_key) */
         uint32_t slot0;                 /* its policy slots */
         uint32_t tail0;                 /* its tail slots, one per layer */
         uint64_t *put_id;               /* [layers]: the tail's Put in flight, 0 none */
@@ -124,23 +163,7 @@ struct seqstate {
         uint32_t *sel, nsel;            /* the layer's selection (stored blocks) */
         uint32_t *sel_slot;
         struct group demand;
-        /* sparse */
-        uint32_t *bank[2];              /* block held by each slot of a bank */
-        struct group pref[2];
-        bool pref_live[2];
-        struct kvc_residency *res;      /* kvdrive: which block in which slot */
-        uint8_t *sel_miss;              /* kvdrive: per selected block, fetched this step */
-        uint64_t *stage_id;             /* kvdrive: [2][layers] staging Prefetch in flight, 0 none */
-        uint8_t *stage_st;              /* kvdrive: [2][layers][kmax] its item statuses */
-        uint32_t *ctr_target;           /* kvdrive: [layers] misses counted so far per layer */
-        bool demand_unreaped;           /* kvdrive: the last Gets landed (counters), replies not read */
-        uint32_t *pred;
-        /* lru */
-        uint32_t *map;                  /* [layers][max_blocks] -> cache slot, NONE */
-        struct lru_ent *ent;
-        uint32_t head, tail;            /* most / least recently used */
-        /* membership scratch */
-        uint32_t *stamp, *where, epoch;
+        void *pol;                      /* the policy's own state */
 };
 
 struct acc_rec {
@@ -158,21 +181,19 @@ struct client {
         kvc_pool *pool;
         float *summ;                    /* [layers][max_blocks][sum_floats] */
         float *scores, *q, *q0, *out, *part, *plse;
-        struct kvc_block_score *scores_out; /* kvdrive: [kmax] reported per layer */
-        double *acc, *acc_lse;          /* full: the merged result so far */
+        double *acc, *acc_lse;          /* partial attentions merged so far (merge()) */
         const void **ptrs;
         uint32_t *valid;
         struct kvc_block_ref *refs;
         uint32_t *blkid, *sel2;         /* scratch */
         struct seqstate *seqs;
-        struct group ring[MAX_DEPTH];   /* full */
+        struct group ring[MAX_DEPTH];   /* prefill's, and full's */
         struct acc_rec *recs;
         uint32_t n_recs;
         uint32_t *rec_sel;
         float *rec_out;
         uint64_t *lat;
-        uint64_t layers_done;           /* kvdrive: layers begun (for the compute hint) */
-        kvc_counters *ctr;              /* kvdrive: per (sequence, layer) completion counters */
+        void *pol;                      /* the policy's own state */
         struct child_result res;
 };
 
@@ -217,19 +238,18 @@ int attend(struct client *cl, uint32_t n, float *out, float *lse);
 /* Step t of every sequence of the client, layer by layer. */
 int decode_step(struct client *cl, uint32_t t);
 
-/* ---- the policies: decode-full.c, decode-sparse.c, decode-lru.c ------- */
+/* Block keys of sq under the run's policy. */
+void block_key(const struct client *cl, const struct seqstate *sq, uint32_t b, struct kvc_key *ret);
+/* Waits for sq's demand group, then attends its selection and the tail:
+ * what sparse and lru do. */
+int attend_selected(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t tail_valid, bool rec, uint32_t t);
 
-int full_layer(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n, uint32_t tail_valid, bool rec,
-               uint32_t t);
+/* ---- decode-predict.c ------------------------------------------------- */
+
 /* calibrate: 0, -ENOMEM or -EDOM; fills run->xmap (run_free() frees it). */
 int calibrate(struct run *run);
-int sparse_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t t, uint64_t gl, uint32_t n);
-int lru_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n);
-/* Layer l's query mapped into layer l+1's key space (decode-sparse.c). */
+/* Layer l's query mapped into layer l+1's key space. */
 void map_query(const struct run *run, uint32_t l, const float *q, float *dst);
-/* decode-kvdrive.c: the cache of lru plus next-layer prefetch of misses. */
-int kvdrive_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t t, uint32_t n);
-int kvdrive_attend(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t tail_valid, bool rec, uint32_t t);
 
 /* ---- decode-accuracy.c ----------------------------------------------- */
 
