@@ -15,14 +15,15 @@
 #include "metrics.h"
 #include "trace.h"
 
-void record(struct client *cl, uint32_t t, uint32_t l, const uint32_t *sel, uint32_t nsel, bool all,
-            const float *out)
+int record(struct client *cl, uint32_t t, uint32_t l, const uint32_t *sel, uint32_t nsel, bool all)
 {
         const struct run *run = cl->run;
         struct acc_rec *r;
 
         if (cl->n_recs == run->acc_records)
-                return;
+                return 0;
+        if (run->dev->out_to_host(cl) < 0)
+                return -1;
         r = &cl->recs[cl->n_recs];
         r->step = t;
         r->layer = l;
@@ -31,8 +32,9 @@ void record(struct client *cl, uint32_t t, uint32_t l, const uint32_t *sel, uint
         r->out = cl->rec_out + (size_t)cl->n_recs * run->qd;
         for (uint32_t i = 0; i < nsel; i++)
                 r->sel[i] = all ? i : sel[i];
-        memcpy(r->out, out, sizeof(float) * run->qd);
+        memcpy(r->out, cl->out, sizeof(float) * run->qd);
         cl->n_recs++;
+        return 0;
 }
 
 /* ---- accuracy, after the timed phase ----------------------------------- */

@@ -68,17 +68,19 @@ static int prefill(struct client *cl)
                         for (uint32_t j = 0; j < cnt; j++) {
                                 uint32_t i = sub + j, s = i % seqs, l = (i / seqs) % layers, b = i / (seqs * layers);
                                 uint32_t slot = w * batch + j;
-                                void *p = slot_ptr(cl, slot);
 
-                                copy_tokens(run, l, b, b * run->T, (b + 1) * run->T, p);
+                                if (run->dev->write_tokens(cl, slot, l, b, b * run->T, (b + 1) * run->T) < 0)
+                                        return -1;
                                 /* The sequences replay one trace: one summary serves them all. */
-                                if (s == 0)
-                                        kvk_block_summary(&run->shape, p, run->T, summary_of(cl, l, b));
+                                if (s == 0 && run->dev->summarise(cl, slot, run->T, l, b) < 0)
+                                        return -1;
                                 cl->refs[j] = (struct kvc_block_ref){ .layer = l, .slot = slot };
                                 block_key(cl, &cl->seqs[s], b, &cl->refs[j].key);
                                 cl->blkid[j] = b;
                         }
-                        if (group_submit(cl, &cl->ring[w], true, cl->refs, cl->blkid, cnt, 1) < 0)
+                        /* The daemon reads the slots: the tokens must have landed. */
+                        if (run->dev->sync(cl) < 0 ||
+                            group_submit(cl, &cl->ring[w], true, cl->refs, cl->blkid, cnt, 1) < 0)
                                 return -1;
                         sub += cnt;
                 }
@@ -99,7 +101,6 @@ static int client_alloc(struct client *cl)
         const struct run *run = cl->run;
         uint32_t mb = run->max_blocks, scratch = mb > run->o.batch ? mb : run->o.batch, kmax = run->kmax ? run->kmax : 1;
 
-        cl->summ = calloc((size_t)run->layers * mb * run->sum_floats, sizeof(float));
         cl->scores = calloc(mb + 1, sizeof(float));
         cl->q = calloc(run->qd, sizeof(float));
         cl->q0 = calloc(run->qd, sizeof(float));
@@ -118,7 +119,7 @@ static int client_alloc(struct client *cl)
         cl->rec_sel = calloc((size_t)(run->acc_records ? run->acc_records : 1) * mb, sizeof(uint32_t));
         cl->rec_out = calloc((size_t)(run->acc_records ? run->acc_records : 1) * run->qd, sizeof(float));
         cl->lat = calloc(run->steps, sizeof(*cl->lat));
-        if (!cl->summ || !cl->scores || !cl->q || !cl->q0 || !cl->out || !cl->part || !cl->acc || !cl->acc_lse || !cl->plse ||
+        if (!cl->scores || !cl->q || !cl->q0 || !cl->out || !cl->part || !cl->acc || !cl->acc_lse || !cl->plse ||
             !cl->ptrs || !cl->valid || !cl->refs || !cl->blkid || !cl->sel2 || !cl->seqs || !cl->recs ||
             !cl->rec_sel || !cl->rec_out || !cl->lat)
                 return -ENOMEM;
@@ -162,7 +163,6 @@ static void client_free(struct client *cl)
         for (uint32_t d = 0; d < MAX_DEPTH; d++)
                 group_free(&cl->ring[d]);
         free(cl->seqs);
-        free(cl->summ);
         free(cl->scores);
         free(cl->q);
         free(cl->q0);
@@ -182,6 +182,8 @@ static void client_free(struct client *cl)
         free(cl->lat);
         cl->pool = kvc_pool_free(cl->pool);
         cl->c = kvc_disconnect(cl->c);
+        /* A CUDA pool's memory outlives the session that shared it. */
+        run->dev->client_free(cl);
 }
 
 static int client_setup(struct client *cl)
@@ -205,9 +207,8 @@ static int client_setup(struct client *cl)
         if (cl->max_items < run->o.batch)
                 return child_fail(cl, "--batch %u is above the daemon's %u items per request", run->o.batch,
                                   cl->max_items);
-        r = kvc_pool_create(cl->c, run->pool_slots, run->block_bytes, &cl->pool);
-        if (r < 0)
-                return daemon_fail(cl, "create the device pool", r);
+        if (run->dev->client_init(cl) < 0)
+                return -1;
         if (run->pol->client_init && run->pol->client_init(cl) < 0)
                 return -1;
         for (uint32_t s = 0; s < run->o.seqs; s++) {

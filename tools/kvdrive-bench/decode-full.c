@@ -19,17 +19,16 @@ static void full_size(struct run *run)
 }
 
 /* Streams the n stored blocks of layer l through the ring, attending each
- * batch as it lands, then the tail. The merges stay in double (merge()):
- * a long context merges thousands of partial results per layer. */
+ * batch as it lands, then the tail. On the CPU the merges stay in double
+ * (merge()): a long context merges thousands of partial results per layer. */
 static int full_layer(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n, uint32_t tail_valid, bool rec,
                       uint32_t t)
 {
         const struct run *run = cl->run;
         uint32_t batch = run->o.batch, depth = run->o.depth, chunks = (n + batch - 1) / batch, sub = 0, done = 0;
 
-        for (uint32_t h = 0; h < run->m->q_heads; h++)
-                cl->acc_lse[h] = -INFINITY;
-        memset(cl->acc, 0, sizeof(double) * run->qd);
+        if (acc_reset(cl) < 0)
+                return -1;
         while (done < chunks) {
                 while (sub < chunks && sub - done < depth) {
                         uint32_t w = sub % depth, first = sub * batch, cnt = n - first < batch ? n - first : batch;
@@ -53,21 +52,17 @@ static int full_layer(struct client *cl, struct seqstate *sq, uint32_t l, uint32
                                 cl->ptrs[j] = slot_ptr(cl, w * batch + j);
                                 cl->valid[j] = run->T;
                         }
-                        if (attend(cl, cnt, cl->part, cl->plse) < 0)
+                        if (attend(cl, cnt, true) < 0 || acc_merge(cl) < 0)
                                 return -1;
-                        merge(cl->acc, cl->acc_lse, cl->part, cl->plse, run->m->q_heads, run->m->head_dim);
                         done++;
                 }
         }
         cl->ptrs[0] = slot_ptr(cl, sq->tail0 + l);
         cl->valid[0] = tail_valid;
-        if (attend(cl, 1, cl->part, cl->plse) < 0)
+        if (attend(cl, 1, true) < 0 || acc_merge(cl) < 0 || acc_out(cl) < 0)
                 return -1;
-        merge(cl->acc, cl->acc_lse, cl->part, cl->plse, run->m->q_heads, run->m->head_dim);
-        for (size_t i = 0; i < run->qd; i++)
-                cl->out[i] = (float)cl->acc[i];
-        if (rec)
-                record(cl, t, l, NULL, n, true, cl->out);
+        if (rec && record(cl, t, l, NULL, n, true) < 0)
+                return -1;
         return 0;
 }
 

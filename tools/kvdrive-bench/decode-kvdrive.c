@@ -146,7 +146,8 @@ static int stage_next_layer(struct client *cl, struct kv_seq *x, uint32_t l, uin
         if (l + 1 >= run->layers || n == 0)
                 return 0;
         map_query(run, l, cl->q, cl->q0);
-        kvk_block_scores(&run->shape, cl->q0, summary_of(cl, l + 1, 0), n, kc->pred);
+        if (run->dev->scores(cl, l + 1, cl->q0, n, kc->pred) < 0)
+                return -1;
         cl->res.select_ns += bench_now_ns() - t0;
         r = kvc_sparse_stage(x->seq, l + 1, kc->pred, n);
         return r < 0 ? daemon_fail(cl, "stage the next layer", r) : 0;
@@ -160,8 +161,8 @@ static int kv_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint32
         int r;
 
         (void)t;
-        if (n > 0)
-                kvk_block_scores(&run->shape, cl->q, summary_of(cl, l, 0), n, cl->scores);
+        if (n > 0 && run->dev->scores(cl, l, cl->q, n, cl->scores) < 0)
+                return -1;
         r = kvc_sparse_begin_layer(x->seq, l, cl->scores, n, &x->plan);
         cl->res.select_ns += bench_now_ns() - t0;
         if (r < 0)
@@ -193,7 +194,7 @@ static int attend_some(struct client *cl, struct seqstate *sq, uint32_t l, uint3
                 cl->valid[k++] = tail_valid;
         }
         *ret_k = k;
-        return k ? attend(cl, k, cl->part, cl->plse) : 0;
+        return k ? attend(cl, k, true) : 0;
 }
 
 static int kv_wait(struct client *cl, struct kv_seq *x)
@@ -214,7 +215,7 @@ static int kv_attend(struct client *cl, struct seqstate *sq, uint32_t l, uint32_
         const struct run *run = cl->run;
         struct kv_client *kc = cl->pol;
         struct kv_seq *x = sq->pol;
-        uint32_t heads = run->m->q_heads, dim = run->m->head_dim, k;
+        uint32_t k;
 
         (void)n;
         if (x->plan->n_missing > 0)
@@ -229,7 +230,7 @@ static int kv_attend(struct client *cl, struct seqstate *sq, uint32_t l, uint32_
                 }
                 cl->ptrs[x->plan->n] = slot_ptr(cl, sq->tail0 + l);
                 cl->valid[x->plan->n] = tail_valid;
-                if (attend(cl, x->plan->n + 1, cl->out, NULL) < 0)
+                if (attend(cl, x->plan->n + 1, false) < 0)
                         return -1;
         } else {
                 /* Which were resident before the wait (it sets the others). */
@@ -238,10 +239,8 @@ static int kv_attend(struct client *cl, struct seqstate *sq, uint32_t l, uint32_
                 /* The resident blocks and the tail while the misses land. */
                 if (attend_some(cl, sq, l, tail_valid, true, true, &k) < 0)
                         return -1;
-                for (uint32_t h = 0; h < heads; h++)
-                        cl->acc_lse[h] = -INFINITY;
-                memset(cl->acc, 0, sizeof(double) * run->qd);
-                merge(cl->acc, cl->acc_lse, cl->part, cl->plse, heads, dim);
+                if (acc_reset(cl) < 0 || acc_merge(cl) < 0)
+                        return -1;
                 if (kv_wait(cl, x) < 0)
                         return -1;
                 /* Now resident: the ones that were missing (their flags changed). */
@@ -251,16 +250,13 @@ static int kv_attend(struct client *cl, struct seqstate *sq, uint32_t l, uint32_
                                 cl->ptrs[k] = slot_ptr(cl, x->plan->slots[i]);
                                 cl->valid[k++] = run->T;
                         }
-                if (k > 0) {
-                        if (attend(cl, k, cl->part, cl->plse) < 0)
-                                return -1;
-                        merge(cl->acc, cl->acc_lse, cl->part, cl->plse, heads, dim);
-                }
-                for (size_t i = 0; i < run->qd; i++)
-                        cl->out[i] = (float)cl->acc[i];
+                if (k > 0 && (attend(cl, k, true) < 0 || acc_merge(cl) < 0))
+                        return -1;
+                if (acc_out(cl) < 0)
+                        return -1;
         }
-        if (rec)
-                record(cl, t, l, sq->sel, sq->nsel, false, cl->out);
+        if (rec && record(cl, t, l, sq->sel, sq->nsel, false) < 0)
+                return -1;
         if (run->o.report_scores)
                 for (uint32_t i = 0; i < x->plan->n; i++)
                         kc->masses[i] = 1.0f / (float)x->plan->n;

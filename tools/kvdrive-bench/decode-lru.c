@@ -98,9 +98,13 @@ static int lru_prepare(struct client *cl, struct seqstate *sq, uint32_t l, uint3
         const struct run *run = cl->run;
         struct lru_seq *x = sq->pol;
         uint32_t *map = x->map + (size_t)l * run->max_blocks, m = 0;
+        int r;
 
         (void)t;
-        sq->nsel = select_blocks(cl, l, cl->q, n, sq->sel);
+        r = select_blocks(cl, l, cl->q, n, sq->sel);
+        if (r < 0)
+                return -1;
+        sq->nsel = (uint32_t)r;
         /* Hits first: they become most recent, so that no victim below is
          * one of this layer's blocks (the cache holds at least top-k). */
         for (uint32_t i = 0; i < sq->nsel; i++)

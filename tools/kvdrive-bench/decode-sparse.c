@@ -95,6 +95,7 @@ static int sparse_prepare(struct client *cl, struct seqstate *sq, uint32_t l, ui
         uint64_t gl = (uint64_t)t * run->layers + l;
         uint32_t bank = (uint32_t)(gl & 1), kmax = run->kmax, base = sq->slot0 + bank * kmax, *blk = x->bank[bank];
         uint32_t nfree = 0, m = 0, *freel = cl->sel2;
+        int r;
 
         if (x->pref_live[bank]) {
                 if (group_wait(cl, &x->pref[bank], false) < 0)
@@ -104,7 +105,10 @@ static int sparse_prepare(struct client *cl, struct seqstate *sq, uint32_t l, ui
                 for (uint32_t j = 0; j < kmax; j++)
                         blk[j] = NONE;
         }
-        sq->nsel = select_blocks(cl, l, cl->q, n, sq->sel);
+        r = select_blocks(cl, l, cl->q, n, sq->sel);
+        if (r < 0)
+                return -1;
+        sq->nsel = (uint32_t)r;
         x->epoch++;
         for (uint32_t i = 0; i < sq->nsel; i++) {
                 x->stamp[sq->sel[i]] = x->epoch;
@@ -153,7 +157,10 @@ static int sparse_prepare(struct client *cl, struct seqstate *sq, uint32_t l, ui
                         q = cl->q0;
                         cl->res.select_ns += bench_now_ns() - t0;
                 }
-                np = select_blocks(cl, nl, q, n2, x->pred);
+                r = select_blocks(cl, nl, q, n2, x->pred);
+                if (r < 0)
+                        return -1;
+                np = (uint32_t)r;
                 for (uint32_t j = 0; j < kmax; j++) {
                         x->bank[other][j] = j < np ? x->pred[j] : NONE;
                         if (j < np) {

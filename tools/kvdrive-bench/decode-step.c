@@ -2,7 +2,8 @@
 /*
  * kvdrive-bench decode: one decode step, and what the policies share to
  * take it: the trace's K/V and queries, request groups, block selection,
- * the tail block, attention.
+ * the tail block, attention (the kernels run on the run's device,
+ * decode-device.h).
  */
 #include <errno.h>
 #include <math.h>
@@ -183,22 +184,15 @@ void *slot_ptr(const struct client *cl, uint32_t slot)
         return kvc_pool_slot(cl->pool, slot);
 }
 
-float *summary_of(const struct client *cl, uint32_t l, uint32_t b)
-{
-        return cl->summ + ((size_t)l * cl->run->max_blocks + b) * cl->run->sum_floats;
-}
-
-/* Scores layer l's first n blocks with query q and writes its top-k. */
-uint32_t select_blocks(struct client *cl, uint32_t l, const float *q, uint32_t n, uint32_t *ret)
+int select_blocks(struct client *cl, uint32_t l, const float *q, uint32_t n, uint32_t *ret)
 {
         const struct run *run = cl->run;
         uint64_t t0 = bench_now_ns();
-        uint32_t k;
+        int k;
 
         if (n == 0)
                 return 0;
-        kvk_block_scores(&run->shape, q, summary_of(cl, l, 0), n, cl->scores);
-        k = kvk_topk(cl->scores, n, k_of(run, n), run->o.sink, run->o.local, ret);
+        k = run->dev->select(cl, l, q, n, k_of(run, n), ret);
         cl->res.select_ns += bench_now_ns() - t0;
         return k;
 }
@@ -208,16 +202,14 @@ uint32_t select_blocks(struct client *cl, uint32_t l, const float *q, uint32_t n
 
 /* Writes token pos into layer l's tail slot (the whole known part of the
  * block when a new block starts, or at the first step). */
-static void append_token(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t pos, bool first)
+static int append_token(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t pos, bool first)
 {
         const struct run *run = cl->run;
         uint32_t b = pos / run->T;
-        void *p = slot_ptr(cl, sq->tail0 + l);
 
         if (first || pos % run->T == 0)
-                copy_tokens(run, l, b, b * run->T, pos + 1, p);
-        else
-                copy_tokens(run, l, b, pos, pos + 1, p);
+                return run->dev->write_tokens(cl, sq->tail0 + l, l, b, b * run->T, pos + 1);
+        return run->dev->write_tokens(cl, sq->tail0 + l, l, b, pos, pos + 1);
 }
 
 void block_key(const struct client *cl, const struct seqstate *sq, uint32_t b, struct kvc_key *ret)
@@ -235,8 +227,11 @@ static int put_tail(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t
         struct kvc_block_ref ref = { .layer = l, .slot = sq->tail0 + l };
         int r;
 
-        if (summarise)
-                kvk_block_summary(&run->shape, slot_ptr(cl, ref.slot), run->T, summary_of(cl, l, b));
+        if (summarise && run->dev->summarise(cl, ref.slot, run->T, l, b) < 0)
+                return -1;
+        /* The daemon reads the slot: the tokens must have landed. */
+        if (run->dev->sync(cl) < 0)
+                return -1;
         cl->res.put_blocks++;
         if (run->pol->tail_put)
                 return run->pol->tail_put(cl, sq, l, b);
@@ -287,15 +282,28 @@ void merge(double *acc, double *lse, const float *part, const float *plse, uint3
         }
 }
 
-int attend(struct client *cl, uint32_t n, float *out, float *lse)
+int attend(struct client *cl, uint32_t n, bool part)
 {
         uint64_t t0 = bench_now_ns();
-        int r = kvk_decode_attention(&cl->run->shape, cl->q, cl->ptrs, cl->valid, n, out, lse);
+        int r = cl->run->dev->attend(cl, n, part);
 
         cl->res.attn_ns += bench_now_ns() - t0;
-        if (r < 0)
-                return child_fail(cl, "attention: %s", strerror(-r));
-        return 0;
+        return r;
+}
+
+int acc_reset(struct client *cl)
+{
+        return cl->run->dev->acc_reset(cl);
+}
+
+int acc_merge(struct client *cl)
+{
+        return cl->run->dev->acc_merge(cl);
+}
+
+int acc_out(struct client *cl)
+{
+        return cl->run->dev->acc_out(cl);
 }
 
 /* Attention over the selected blocks (in their slots) and the tail. */
@@ -311,10 +319,10 @@ int attend_selected(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t
         }
         cl->ptrs[sq->nsel] = slot_ptr(cl, sq->tail0 + l);
         cl->valid[sq->nsel] = tail_valid;
-        if (attend(cl, sq->nsel + 1, cl->out, NULL) < 0)
+        if (attend(cl, sq->nsel + 1, false) < 0)
                 return -1;
-        if (rec)
-                record(cl, t, l, sq->sel, sq->nsel, false, cl->out);
+        if (rec && record(cl, t, l, sq->sel, sq->nsel, false) < 0)
+                return -1;
         return 0;
 }
 
@@ -331,8 +339,11 @@ int decode_step(struct client *cl, uint32_t t)
                 uint64_t t0;
 
                 load_query(run, t, l, cl->q);
+                if (run->dev->set_query(cl) < 0)
+                        return -1;
                 for (uint32_t s = 0; s < seqs; s++)
-                        append_token(cl, &cl->seqs[s], l, pos, t == 0);
+                        if (append_token(cl, &cl->seqs[s], l, pos, t == 0) < 0)
+                                return -1;
                 /* Every sequence's fetches go out before anyone waits. */
                 for (uint32_t s = 0; pol->prepare && s < seqs; s++)
                         if (pol->prepare(cl, &cl->seqs[s], l, t, n) < 0)

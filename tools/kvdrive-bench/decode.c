@@ -43,6 +43,11 @@
  * Every policy attends the sink and local blocks (kvk_topk's forcing) and
  * the tail; top-k counts the forced blocks.
  *
+ * Devices (--device, decode-device.h): the pool and the kernels are the
+ * CPU's (a memfd pool, kernels.h) or a GPU's (GPU memory shared with the
+ * daemon through CUDA IPC, kernels-cuda.h); the policies are the same code
+ * on both and call the device's ops, never a kernel.
+ *
  * Accuracy is measured after the timed phase, from the trace itself: every
  * --accuracy-every steps each client records, per sequence and layer, the
  * selection and the attention output the policy produced (from the bytes
@@ -89,6 +94,8 @@
 static const char *const policy_names[] = { "full", "sparse", "lru", "kvdrive" };
 static const struct decode_policy *const policies[] = { &decode_full, &decode_sparse, &decode_lru, &decode_kvdrive };
 static const char *const predict_names[] = { "mapped", "raw" };
+static const char *const device_names[] = { "cpu", "cuda" };
+static const struct decode_device *const devices[] = { &decode_device_cpu, &decode_device_cuda };
 
 static void usage(FILE *f)
 {
@@ -106,6 +113,10 @@ static void usage(FILE *f)
                 "                           (top-k through an LRU device cache), kvdrive (a device cache\n"
                 "                           by attention score, misses fetched while the hits are\n"
                 "                           attended, likely newcomers staged SSD -> host) [full]\n"
+                "  -d, --device NAME        where the device pool and the kernels are: cpu (a memfd pool,\n"
+                "                           the C kernels) or cuda (GPU memory registered with the daemon,\n"
+                "                           the CUDA kernels; exits 77 at once where no GPU can run\n"
+                "                           them) [cpu]\n"
                 "  -t, --trace DIR          decode trace (docs/trace-format.md); default: generate one\n"
                 "                           with `kvdrive-bench gen`'s defaults into a temporary dir\n"
                 "      --tokens N           generated trace: context (prompt) tokens [32768]\n"
@@ -249,9 +260,9 @@ static void print_results(const struct run *run, const struct totals *tt, const 
                 json_object_set_new(root, "bench", json_string("decode"));
                 json_object_set_new(root, "schema", json_integer(JSON_SCHEMA));
                 json_object_set_new(root, "config", json_pack(
-                        "{s:s, s:s, s:s, s:b, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:I, s:I, s:I,"
+                        "{s:s, s:s, s:s, s:s, s:b, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:I, s:I, s:I,"
                         " s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
-                        "policy", policy_names[o->policy],
+                        "policy", policy_names[o->policy], "device", device_names[o->device],
                         "predict", o->policy == POL_SPARSE ? predict_names[o->predict] : "none", "trace", run->gen_dir[0] ? "generated" : o->trace_dir,
                         "trace_generated", run->gen_dir[0] != 0, "namespace", run->ns_name,
                         "context_tokens", (json_int_t)run->prompt, "steps", (json_int_t)run->steps,
@@ -305,9 +316,10 @@ static void print_results(const struct run *run, const struct totals *tt, const 
                 json_decref(root);
                 return;
         }
-        printf("decode: policy %s, %u clients x %u seqs, context %u tokens, %u layers, %u kv heads x %u (q heads %u), "
+        printf("decode: policy %s%s%s, %u clients x %u seqs, context %u tokens, %u layers, %u kv heads x %u (q heads %u), "
                "%u-token blocks of %" PRIu64 " KiB\n",
-               policy_names[o->policy], o->clients, o->seqs, run->prompt, run->layers, run->m->kv_heads,
+               policy_names[o->policy], o->device != DEV_CPU ? " on " : "",
+               o->device != DEV_CPU ? device_names[o->device] : "", o->clients, o->seqs, run->prompt, run->layers, run->m->kv_heads,
                run->m->head_dim, run->m->q_heads, run->T, bb >> 10);
         printf("  budget %.3g (%u slots/seq), top-k %.3g (up to %u blocks/layer), sink %u, local %u, compute %u us/layer\n",
                o->budget, run->budget_slots, run->topk, run->kmax, o->sink, o->local, o->compute_us);
@@ -503,6 +515,7 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                O_SEED, O_NS, O_PRED, O_STAGE, O_STAGE_LAYER, O_NOSCORES };
         static const struct option opts[] = {
                 { "socket", required_argument, NULL, 's' },        { "policy", required_argument, NULL, 'p' },
+                { "device", required_argument, NULL, 'd' },
                 { "trace", required_argument, NULL, 't' },         { "clients", required_argument, NULL, 'c' },
                 { "seqs", required_argument, NULL, 'n' },          { "budget", required_argument, NULL, 'b' },
                 { "topk", required_argument, NULL, 'k' },          { "sink-blocks", required_argument, NULL, O_SINK },
@@ -541,7 +554,7 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                 .gen_tokens = 32768, .gen_layers = 4, .gen_steps = 64, .seed = 1,
                 .stage = 0, .report_scores = true,
         };
-        while ((c = getopt_long(argc, argv, "s:p:t:c:n:b:k:jh", opts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "s:p:d:t:c:n:b:k:jh", opts, NULL)) != -1) {
                 bool done = false;
 
                 for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
@@ -589,6 +602,17 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                                 return -EINVAL;
                         }
                         o->policy = (enum policy)c;
+                        break;
+                case 'd':
+                        for (c = 0; c < (int)(sizeof(device_names) / sizeof(device_names[0])) &&
+                                    strcmp(optarg, device_names[c]) != 0;
+                             c++)
+                                ;
+                        if (c == (int)(sizeof(device_names) / sizeof(device_names[0]))) {
+                                fprintf(stderr, "kvdrive-bench decode: unknown --device '%s' (cpu, cuda)\n", optarg);
+                                return -EINVAL;
+                        }
+                        o->device = (enum device)c;
                         break;
                 case O_PRED:
                         if (strcmp(optarg, "mapped") == 0)
@@ -744,6 +768,10 @@ int bench_decode(int argc, char **argv)
         r = parse(argc, argv, &run.o);
         if (r != 0)
                 return r > 0 ? EXIT_SUCCESS : BENCH_EXIT_USAGE;
+        /* Before anything that takes time or touches the daemon. */
+        run.dev = devices[run.o.device];
+        if (run.dev->probe() < 0)
+                return BENCH_EXIT_NODEV;
         if (!run.o.trace_dir && generate(&run) < 0)
                 goto out;
         r = kvb_trace_open(run.gen_dir[0] ? run.gen_dir : run.o.trace_dir, &run.tr, err, sizeof(err));

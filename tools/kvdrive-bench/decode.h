@@ -9,7 +9,9 @@
  * behind struct decode_policy, none of them using another;
  * decode-predict.c the layer-to-layer query maps that sparse and kvdrive
  * predict with; decode-accuracy.c the accuracy records and their
- * measurement. decode.c's header comment describes the design.
+ * measurement; decode-dev-*.c the devices behind struct decode_device
+ * (decode-device.h), which hold the pool and run the kernels. decode.c's
+ * header comment describes the design.
  */
 #pragma once
 
@@ -20,6 +22,7 @@
 #include <kvdrive/client.h>
 #include <kvdrive/sparse.h>
 
+#include "decode-device.h"
 #include "kernels.h"
 #include "trace.h"
 
@@ -29,6 +32,8 @@
 #define WAIT_MS 300000         /* longest wait for the daemon */
 
 enum policy { POL_FULL, POL_SPARSE, POL_LRU, POL_KVDRIVE };
+
+enum device { DEV_CPU, DEV_CUDA };
 
 /* How sparse predicts layer l+1's query at layer l. */
 enum predict { PRED_MAPPED, PRED_RAW };
@@ -78,6 +83,7 @@ struct decode_opts {
         const char *trace_dir;          /* NULL: generate one */
         const char *ns_name;            /* NULL: from the geometry */
         enum policy policy;
+        enum device device;
         enum predict predict;
         uint32_t clients, seqs;
         double budget, topk;            /* topk 0: = budget */
@@ -98,6 +104,7 @@ struct decode_opts {
 struct run {
         struct decode_opts o;
         const struct decode_policy *pol;
+        const struct decode_device *dev;
         struct kvb_trace *tr;
         const struct kvb_trace_meta *m;
         char gen_dir[256];              /* the generated trace, "" if none */
@@ -179,7 +186,7 @@ struct client {
         kvc_client *c;
         uint32_t ns, max_items;
         kvc_pool *pool;
-        float *summ;                    /* [layers][max_blocks][sum_floats] */
+        void *dev;                      /* the device's own state (decode-device.h) */
         float *scores, *q, *q0, *out, *part, *plse;
         double *acc, *acc_lse;          /* partial attentions merged so far (merge()) */
         const void **ptrs;
@@ -229,11 +236,18 @@ int group_submit(struct client *cl, struct group *g, bool put, const struct kvc_
 int group_wait(struct client *cl, struct group *g, bool put);
 
 void *slot_ptr(const struct client *cl, uint32_t slot);
-float *summary_of(const struct client *cl, uint32_t l, uint32_t b);
-/* Returns the number of blocks written to ret. */
-uint32_t select_blocks(struct client *cl, uint32_t l, const float *q, uint32_t n, uint32_t *ret);
+/* Scores layer l's first n blocks with query q and writes its top-k to
+ * ret: the number written, or -1. */
+int select_blocks(struct client *cl, uint32_t l, const float *q, uint32_t n, uint32_t *ret);
+/* acc/lse += part/plse on the host, in double. */
 void merge(double *acc, double *lse, const float *part, const float *plse, uint32_t heads, uint32_t dim);
-int attend(struct client *cl, uint32_t n, float *out, float *lse);
+/* Attention over cl->ptrs / cl->valid [0, n) on the run's device, timed:
+ * into OUT, or (part) PART (decode-device.h). */
+int attend(struct client *cl, uint32_t n, bool part);
+/* The device's ACC: emptied, PART merged into it, copied to OUT. */
+int acc_reset(struct client *cl);
+int acc_merge(struct client *cl);
+int acc_out(struct client *cl);
 
 /* Step t of every sequence of the client, layer by layer. */
 int decode_step(struct client *cl, uint32_t t);
@@ -253,8 +267,7 @@ void map_query(const struct run *run, uint32_t l, const float *q, float *dst);
 
 /* ---- decode-accuracy.c ----------------------------------------------- */
 
-/* Keeps step t's selection and output of layer l (sel ignored when all:
- * blocks 0..nsel-1) while cl->recs has room. */
-void record(struct client *cl, uint32_t t, uint32_t l, const uint32_t *sel, uint32_t nsel, bool all,
-            const float *out);
+/* Keeps step t's selection and output (the device's OUT) of layer l (sel
+ * ignored when all: blocks 0..nsel-1) while cl->recs has room. */
+int record(struct client *cl, uint32_t t, uint32_t l, const uint32_t *sel, uint32_t nsel, bool all);
 int accuracy(struct client *cl);
