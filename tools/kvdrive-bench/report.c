@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * kvdrive-bench report: a sweep of `kvdrive-bench decode` (context length,
- * device budget, clients; the three policies) against a running daemon with
- * an SSD tier, written as results.md (with the commands), results.csv and
- * gnuplot PNGs into --out.
+ * device budget, clients; the four policies; on the CPU or, --device cuda,
+ * a GPU) against a running daemon with an SSD tier, written as results.md
+ * (with the commands), results.csv and gnuplot PNGs into --out.
  *
  * Each trace is made by `kvdrive-bench gen` and each measurement by
  * `kvdrive-bench decode --json`, both run as child processes of this very
@@ -47,6 +47,9 @@ struct report_opts {
         const char *traces;             /* NULL: a temporary directory */
         double scale;                   /* the traces' --scale, 0: gen's default */
         uint32_t repeat;                /* runs of each deciding row (median kept) */
+        const char *device;             /* decode --device, NULL: its default (cpu) */
+        uint64_t *ctx;                  /* --contexts (malloc'd), NULL: the sweep's */
+        size_t n_ctx;
         bool quick, keep, plot_only;
 };
 
@@ -101,12 +104,17 @@ static void usage(FILE *f)
                 "  -S, --scale S       generate the traces with `gen --scale S` (attention sharpness)\n"
                 "  -r, --repeat N      run each row the target is judged on (64K and up, 1 and 2 clients,\n"
                 "                      not full) N times, round the policies, and keep the median [1]\n"
-                "  -h, --help          this help\n");
+                "  -d, --device NAME   decode --device: cpu, or cuda (the device pool in GPU memory, the\n"
+                "                      CUDA kernels) [cpu]\n"
+                "  -C, --contexts LIST these contexts in place of the sweep's (e.g. 64K,128K; at most %d):\n"
+                "                      the budget and clients sweeps keep the rows whose context is listed\n"
+                "  -h, --help          this help\n", MAX_CTX);
 }
 
-static void sweep_init(struct sweep *s, bool quick)
+static void sweep_init(struct sweep *s, const struct report_opts *o)
 {
         static const uint32_t ctx[] = { 16384, 32768, 65536, 131072 };
+        bool quick = o->quick;
 
         memset(s, 0, sizeof(*s));
         memcpy(s->ctx, ctx, sizeof(ctx));
@@ -126,6 +134,11 @@ static void sweep_init(struct sweep *s, bool quick)
                 s->budget_ctx = 65536;
                 s->clients_ctx = 65536;
                 s->clients_ctx_max = 131072;
+        }
+        if (o->n_ctx) {
+                for (size_t i = 0; i < o->n_ctx; i++)
+                        s->ctx[i] = (uint32_t)o->ctx[i];
+                s->n_ctx = o->n_ctx;
         }
 }
 
@@ -603,6 +616,15 @@ static void write_target(FILE *f, const struct run_row *rows, size_t n)
         }
 }
 
+/* Whether some row is in the budget sweep (budget) or the clients sweep. */
+static bool any_row(const struct run_row *rows, size_t n, bool budget)
+{
+        for (size_t i = 0; i < n; i++)
+                if (budget ? rows[i].in_budget : rows[i].in_clients)
+                        return true;
+        return false;
+}
+
 static void write_md(FILE *f, const struct report_opts *o, const struct sweep *s, const struct run_row *rows, size_t n,
                      const char *report_cmd, char gen_cmds[][CMD_MAX], const struct daemon_info *di, double wall_s)
 {
@@ -618,7 +640,8 @@ static void write_md(FILE *f, const struct report_opts *o, const struct sweep *s
                 snprintf(scale_note, sizeof(scale_note), " but `--scale %g`", o->scale);
         strftime(date, sizeof(date), "%Y-%m-%d %H:%M", localtime(&now));
         uname(&u);
-        fprintf(f, "# Decode benchmark results (%s sweep)\n\n", o->quick ? "quick" : "full");
+        fprintf(f, "# Decode benchmark results (%s sweep%s%s)\n\n", o->quick ? "quick" : "full",
+                o->device ? ", --device " : "", o->device ? o->device : "");
         fprintf(f, "Written by `kvdrive-bench report` on %s in %.0f s; what the workload is, what each policy does "
                    "and how to read these numbers: [README.md](README.md).\n\n",
                 date, wall_s);
@@ -627,10 +650,15 @@ static void write_md(FILE *f, const struct report_opts *o, const struct sweep *s
                    " MiB, eviction `%s`. Trace: `kvdrive-bench gen` defaults%s, %u layers, 8 kv heads x 128 dims, 32 "
                    "query heads, fp16, 16-token blocks (64 KiB); %u decode steps; accuracy sampled every %u steps; "
                    "`--compute-us 200`, sink 1 and local 2 blocks (the decode defaults). Rows marked with a run "
-                   "count are the median of that many runs (round the policies), with the range.\n\n",
+                   "count are the median of that many runs (round the policies), with the range.%s\n\n",
                 cpus, u.release, u.machine, di->load_start, di->load_end, host->capacity_bytes >> 20,
                 ssd->capacity_bytes >> 20, di->eviction[0] ? di->eviction : "?", scale_note, s->layers, s->steps,
-                s->acc_every);
+                s->acc_every,
+                o->device && strcmp(o->device, "cuda") == 0
+                        ? " Device: `--device cuda`: each client's device pool is GPU memory the daemon copies into "
+                          "and out of with the GPU's copy engines, and summaries, scores, top-k and attention run on "
+                          "the GPU (docs/gpu.md)."
+                        : "");
         fprintf(f, "## Commands\n\n```sh\n# the daemon (release build)\n"
                    "kvdrived --foreground --socket SOCK --host-bytes %" PRIu64 "M --ssd-dir /tmp/kvd-decode-ssd "
                    "--ssd-bytes %" PRIu64 "M\n# this report\n%s\n# the traces\n",
@@ -648,9 +676,9 @@ static void write_md(FILE *f, const struct report_opts *o, const struct sweep *s
                 if (rows[i].in_ctx)
                         md_row(f, &rows[i]);
         fprintf(f, "\nWhere a step's time goes (ms per step, the same runs; each client's own time, so \"other\" is "
-                   "appending, bookkeeping and time lost to the other processes on 2 cores):\n\n"
+                   "appending, bookkeeping and time lost to the other processes on %ld cores):\n\n"
                    "| context | policy | step mean | select (score + top-k) | I/O wait | attention | compute | other |\n"
-                   "|---|---|---|---|---|---|---|---|\n");
+                   "|---|---|---|---|---|---|---|---|\n", cpus);
         for (size_t i = 0; i < n; i++) {
                 const struct run_row *r = &rows[i];
 
@@ -661,21 +689,27 @@ static void write_md(FILE *f, const struct report_opts *o, const struct sweep *s
         }
         fprintf(f, "\n![tokens/s vs context](tokens_per_s_vs_context.png)\n\n"
                    "![bytes per token vs context](bytes_per_token_vs_context.png)\n\n");
-        fprintf(f, "## Accuracy vs device budget (context %s, 1 client; top-k fraction = budget)\n\n",
-                ctx_name(cn, sizeof(cn), s->budget_ctx));
-        md_header_row(f);
-        for (size_t i = 0; i < n; i++)
-                if (rows[i].in_budget)
-                        md_row(f, &rows[i]);
-        fprintf(f, "\n![mass recall vs budget](mass_recall_vs_budget.png)\n\n");
-        fprintf(f, "## Clients (context %s%s%s, budget %.0f%%): all clients' tokens together\n\n",
-                ctx_name(cn, sizeof(cn), s->clients_ctx), s->clients_ctx_max > s->clients_ctx ? " and up to " : "",
-                s->clients_ctx_max > s->clients_ctx ? ctx_name(cn2, sizeof(cn2), s->clients_ctx_max) : "",
-                s->budgets[0] * 100);
-        md_header_row(f);
-        for (size_t i = 0; i < n; i++)
-                if (rows[i].in_clients)
-                        md_row(f, &rows[i]);
+        /* --contexts may leave the budget and clients sweeps without a row. */
+        if (any_row(rows, n, true)) {
+                fprintf(f, "## Accuracy vs device budget (context %s, 1 client; top-k fraction = budget)\n\n",
+                        ctx_name(cn, sizeof(cn), s->budget_ctx));
+                md_header_row(f);
+                for (size_t i = 0; i < n; i++)
+                        if (rows[i].in_budget)
+                                md_row(f, &rows[i]);
+                fprintf(f, "\n![mass recall vs budget](mass_recall_vs_budget.png)\n\n");
+        }
+        if (any_row(rows, n, false)) {
+                fprintf(f, "## Clients (context %s%s%s, budget %.0f%%): all clients' tokens together\n\n",
+                        ctx_name(cn, sizeof(cn), s->clients_ctx),
+                        s->clients_ctx_max > s->clients_ctx ? " and up to " : "",
+                        s->clients_ctx_max > s->clients_ctx ? ctx_name(cn2, sizeof(cn2), s->clients_ctx_max) : "",
+                        s->budgets[0] * 100);
+                md_header_row(f);
+                for (size_t i = 0; i < n; i++)
+                        if (rows[i].in_clients)
+                                md_row(f, &rows[i]);
+        }
         write_target(f, rows, n);
         fprintf(f, "\nColumns: *slots/seq* is the device slots one sequence uses (full: the streaming ring plus "
                    "tails); *host→dev* counts every block Got into device slots (sparse: prefetched ones too), "
@@ -693,13 +727,14 @@ static int parse(int argc, char **argv, struct report_opts *o)
                 { "quick", no_argument, NULL, 'q' },        { "traces", required_argument, NULL, 't' },
                 { "plot-only", no_argument, NULL, 'p' },    { "help", no_argument, NULL, 'h' },
                 { "scale", required_argument, NULL, 'S' },  { "repeat", required_argument, NULL, 'r' },
+                { "device", required_argument, NULL, 'd' }, { "contexts", required_argument, NULL, 'C' },
                 {},
         };
         int c;
 
         o->out = "docs/bench/decode";
         o->repeat = 1;
-        while ((c = getopt_long(argc, argv, "s:o:qt:phS:r:", opts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "s:o:qt:phS:r:d:C:", opts, NULL)) != -1) {
                 uint64_t v;
                 char *end;
 
@@ -718,6 +753,28 @@ static int parse(int argc, char **argv, struct report_opts *o)
                                 return -EINVAL;
                         }
                         o->repeat = (uint32_t)v;
+                        break;
+                case 'd':
+                        if (strcmp(optarg, "cpu") != 0 && strcmp(optarg, "cuda") != 0) {
+                                fprintf(stderr, "kvdrive-bench report: unknown --device '%s' (cpu, cuda)\n", optarg);
+                                return -EINVAL;
+                        }
+                        o->device = optarg;
+                        break;
+                case 'C':
+                        free(o->ctx);
+                        o->ctx = NULL;
+                        if (bench_parse_sizes(optarg, &o->ctx, &o->n_ctx) < 0 || o->n_ctx > MAX_CTX) {
+                                fprintf(stderr, "kvdrive-bench report: bad --contexts '%s' (at most %d sizes, e.g. "
+                                        "64K,128K)\n", optarg, MAX_CTX);
+                                return -EINVAL;
+                        }
+                        for (size_t i = 0; i < o->n_ctx; i++)
+                                if (o->ctx[i] < 1024 || o->ctx[i] > (1u << 24)) {
+                                        fprintf(stderr, "kvdrive-bench report: --contexts: %" PRIu64 " tokens is "
+                                                "outside 1K-16M\n", o->ctx[i]);
+                                        return -EINVAL;
+                                }
                         break;
                 case 's': o->socket = optarg; break;
                 case 'o': o->out = optarg; break;
@@ -836,33 +893,36 @@ int bench_report(int argc, char **argv)
         FILE *f;
 
         r = parse(argc, argv, &o);
-        if (r != 0)
+        if (r != 0) {
+                free(o.ctx);
                 return r > 0 ? EXIT_SUCCESS : BENCH_EXIT_USAGE;
+        }
         if (o.plot_only) {
-                sweep_init(&s, o.quick);
+                sweep_init(&s, &o);
                 n = plan_rows(&s, o.repeat, rows);
+                free(o.ctx);
                 return read_csv(o.out, rows, n) == 0 && plot_all(o.out, rows, n, &s) == 0 ? EXIT_SUCCESS
                                                                                           : EXIT_FAILURE;
         }
         if (daemon_tiers(o.socket, &di) < 0)
-                return EXIT_FAILURE;
+                goto out;
         loadavg(di.load_start, sizeof(di.load_start));
-        sweep_init(&s, o.quick);
+        sweep_init(&s, &o);
         n = plan_rows(&s, o.repeat, rows);
         runs = calloc((size_t)MAX_REPEAT * n, sizeof(*runs));
         if (!runs) {
                 fprintf(stderr, "kvdrive-bench report: out of memory\n");
-                return EXIT_FAILURE;
+                goto out;
         }
         if (mkdir_p(o.out) < 0) {
                 fprintf(stderr, "kvdrive-bench report: cannot create %s: %s\n", o.out, strerror(errno));
-                return EXIT_FAILURE;
+                goto out;
         }
         if (o.traces) {
                 snprintf(tdir, sizeof(tdir), "%s", o.traces);
                 if (mkdir_p(tdir) < 0) {
                         fprintf(stderr, "kvdrive-bench report: cannot create %s: %s\n", tdir, strerror(errno));
-                        return EXIT_FAILURE;
+                        goto out;
                 }
         } else {
                 const char *tmp = getenv("TMPDIR");
@@ -870,7 +930,7 @@ int bench_report(int argc, char **argv)
                 snprintf(tdir, sizeof(tdir), "%s/kvdrive-bench-report-XXXXXX", tmp && *tmp ? tmp : "/tmp");
                 if (!mkdtemp(tdir)) {
                         fprintf(stderr, "kvdrive-bench report: mkdtemp: %s\n", strerror(errno));
-                        return EXIT_FAILURE;
+                        goto out;
                 }
         }
         /* This command as it was given, for the Markdown. */
@@ -933,6 +993,10 @@ int bench_report(int argc, char **argv)
                                 }
                                 dargv[k++] = "--policy";
                                 dargv[k++] = row->policy;
+                                if (o.device) {
+                                        dargv[k++] = "--device";
+                                        dargv[k++] = o.device;
+                                }
                                 dargv[k++] = "--trace";
                                 dargv[k++] = dir;
                                 dargv[k++] = "--budget";
@@ -989,5 +1053,6 @@ out:
         if (!o.keep && tdir[0])
                 nftw(tdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
         free(runs);
+        free(o.ctx);
         return ret;
 }
