@@ -1,0 +1,186 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvdrive-bench decode --device: the default and explicit cpu device run and
+ * say so; where no GPU can run (no NVIDIA driver here, or a build without
+ * CUDA), --device cuda stops at once with exit status 77 and why, before it
+ * generates a trace or reaches for the daemon; an unknown device is a usage
+ * error (decode and report). The GPU itself: tests/gpu/test-gpu-decode.c.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check-main.h"
+#include "common.h"
+#include "ssd-common.h"
+
+#define RUN_TIMEOUT_MS 60000
+
+/* Runs kvdrive-bench with args (NULL-terminated) and TMPDIR=tmp; its
+ * stdout and stderr are returned (malloc'd) and its wait status. */
+static int run_bench(const char *tmp, const char *const *args, char **ret_out, char **ret_err)
+{
+        const char *bench = getenv("KVDRIVE_BENCH"), *argv[32];
+        char out_path[256], err_path[256], why[96];
+        size_t n = 0;
+        struct stat st;
+        pid_t pid;
+        int status;
+
+        ck_assert_msg(bench && *bench, "$KVDRIVE_BENCH is not set (run the tests with meson test)");
+        argv[n++] = bench;
+        for (size_t i = 0; args[i] && n + 1 < 32; i++)
+                argv[n++] = args[i];
+        argv[n] = NULL;
+        snprintf(out_path, sizeof(out_path), "%s/stdout", tmp);
+        snprintf(err_path, sizeof(err_path), "%s/stderr", tmp);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+                int e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+
+                if (o < 0 || e < 0 || dup2(o, STDOUT_FILENO) < 0 || dup2(e, STDERR_FILENO) < 0 ||
+                    setenv("TMPDIR", tmp, 1) < 0)
+                        _exit(127);
+                execv(argv[0], (char *const *)argv);
+                _exit(127);
+        }
+        status = e2e_wait_child(pid, RUN_TIMEOUT_MS, why, sizeof(why));
+        ck_assert_msg(status != -ETIMEDOUT, "kvdrive-bench %s: %s", args[0], why);
+        for (int i = 0; i < 2; i++) {
+                const char *p = i ? err_path : out_path;
+                char **ret = i ? ret_err : ret_out;
+                char *buf;
+
+                ck_assert_int_eq(stat(p, &st), 0);
+                buf = calloc(1, (size_t)st.st_size + 1);
+                ck_assert_ptr_nonnull(buf);
+                ck_assert_int_eq(e2e_read_file(p, buf, (size_t)st.st_size), 0);
+                *ret = buf;
+        }
+        return status;
+}
+
+/* Whether this machine has an NVIDIA driver loaded (its control device). */
+static bool nvidia_driver(void)
+{
+        return access("/dev/nvidiactl", F_OK) == 0;
+}
+
+START_TEST(test_cuda_without_gpu)
+{
+        /* A socket nobody serves, no --trace: past the probe, the run would
+         * generate a trace (and say so), then fail to reach the daemon. */
+        const char *args[] = { "decode", "--device", "cuda", "--socket", "/nonexistent/kvd.sock", NULL };
+        struct ssd_dir tmp;
+        char *out, *err;
+        int st;
+
+        ssd_dir_make(&tmp);
+        st = run_bench(tmp.path, args, &out, &err);
+        if (nvidia_driver() && !(WIFEXITED(st) && WEXITSTATUS(st) == 77)) {
+                /* A usable GPU: the probe let it through to the daemon. */
+                fprintf(stderr, "note: an NVIDIA driver is here and --device cuda got past the probe\n");
+                ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1 && strstr(err, "cannot reach kvdrived"),
+                              "status 0x%x, stderr: %s", (unsigned)st, err);
+        } else {
+                ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 77, "status 0x%x (want exit 77), stderr: %s",
+                              (unsigned)st, err);
+                ck_assert_msg(strstr(err, "--device cuda: ") &&
+                                      (strstr(err, "no usable CUDA device") || strstr(err, "built without CUDA")),
+                              "stderr says not why: %s", err);
+                ck_assert_msg(!strstr(err, "generating") && !strstr(err, "kvdrived"),
+                              "it went on before stopping: %s", err);
+                ck_assert_str_eq(out, "");
+        }
+        free(out);
+        free(err);
+        ssd_dir_remove(&tmp);
+}
+END_TEST
+
+START_TEST(test_unknown_device)
+{
+        const char *dec[] = { "decode", "--device", "tpu", "--socket", "/nonexistent/kvd.sock", NULL };
+        const char *rep[] = { "report", "--device", "tpu", "--socket", "/nonexistent/kvd.sock", NULL };
+        const char *ctx[] = { "report", "--contexts", "64K,lots", "--socket", "/nonexistent/kvd.sock", NULL };
+        const char *const *cases[] = { dec, rep, ctx };
+        const char *want[] = { "unknown --device 'tpu'", "unknown --device 'tpu'", "bad --contexts '64K,lots'" };
+        struct ssd_dir tmp;
+        char *out, *err;
+
+        ssd_dir_make(&tmp);
+        for (size_t i = 0; i < 3; i++) {
+                int st = run_bench(tmp.path, cases[i], &out, &err);
+
+                ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 2, "%s %s: status 0x%x (want 2), stderr: %s",
+                              cases[i][0], cases[i][1], (unsigned)st, err);
+                ck_assert_msg(strstr(err, want[i]), "%s: stderr lacks \"%s\": %s", cases[i][0], want[i], err);
+                free(out);
+                free(err);
+        }
+        ssd_dir_remove(&tmp);
+}
+END_TEST
+
+/* The CPU device, by default and by name: it runs and the JSON says which. */
+START_TEST(test_cpu_device)
+{
+        struct ssd_dir tmp;
+        char trace[300], *out, *err;
+        const char *gen[] = { "gen", "--out", trace, "--tokens", "328", "--steps", "8", "--layers", "2", "--kv-heads",
+                              "2", "--q-heads", "4", "--head-dim", "32", NULL };
+        struct kvd_test_daemon d;
+
+        ssd_dir_make(&tmp);
+        snprintf(trace, sizeof(trace), "%s/trace", tmp.path);
+        {
+                int st = run_bench(tmp.path, gen, &out, &err);
+
+                ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "gen: status 0x%x: %s", (unsigned)st, err);
+                free(out);
+                free(err);
+        }
+        E2E_START(&d, "--host-bytes", "16M", );
+        for (int named = 0; named < 2; named++) {
+                const char *args[] = { "decode", "--socket", d.socket_path, "--policy", "kvdrive", "--trace", trace,
+                                       "--compute-us", "0", "--json", named ? "--device" : NULL, "cpu", NULL };
+                json_error_t jerr;
+                json_t *root, *cfg;
+                int st = run_bench(tmp.path, args, &out, &err);
+
+                ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status 0x%x: %s", (unsigned)st, err);
+                root = json_loads(out, 0, &jerr);
+                ck_assert_msg(root, "no JSON (line %d: %s): %s", jerr.line, jerr.text, out);
+                cfg = json_object_get(root, "config");
+                ck_assert_str_eq(json_string_value(json_object_get(cfg, "device")), "cpu");
+                ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(root, "throughput"), "tokens")), 8);
+                json_decref(root);
+                free(out);
+                free(err);
+        }
+        E2E_STOP(&d);
+        ssd_dir_remove(&tmp);
+}
+END_TEST
+
+static Suite *decode_device_suite(void)
+{
+        Suite *s = suite_create("decode-device");
+        TCase *tc = tcase_create("device");
+
+        tcase_set_timeout(tc, E2E_TCASE_TIMEOUT);
+        tcase_add_test(tc, test_cuda_without_gpu);
+        tcase_add_test(tc, test_unknown_device);
+        tcase_add_test(tc, test_cpu_device);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+KVD_CHECK_MAIN(decode_device_suite)
