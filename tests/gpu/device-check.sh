@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 #
-# The GPU path on a machine with an NVIDIA GPU (docs/gpu.md), in under 8
-# minutes: a fresh build with CUDA on, the gpu suite (kernels against their C
-# references, GPU -> host -> SSD -> GPU round trip, a GPU client killed
-# mid-transfer) with skips counted as failures, the whole suite, then the
-# transfer benchmark. Prints a short Markdown table last.
+# The GPU path on a machine with an NVIDIA GPU (docs/gpu.md), in about 10
+# minutes on an H200 with 16 cores: a fresh build with CUDA on, the gpu suite
+# (kernels against their C references, GPU -> host -> SSD -> GPU round trip,
+# a GPU client killed mid-transfer, the decode bench on the GPU against the
+# CPU) with skips counted as failures, the whole suite, the transfer
+# benchmark, then the decode sweep on the GPU (decode-sweep.sh), which writes
+# docs/bench/gpu.md. Prints a short Markdown table last.
 #
 #   tests/gpu/device-check.sh [BUILD_DIR]      (default: build-gpu)
-#   BENCH_BYTES=1G BENCH_BLOCK=1M JOBS=16 tests/gpu/device-check.sh
+#   BENCH_BYTES=1G BENCH_BLOCK=1M JOBS=16 GPU_MD=docs/bench/gpu.md tests/gpu/device-check.sh
+#   SKIP_DECODE_SWEEP=1: stop after the transfer benchmark
 set -euo pipefail
 
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 build=${1:-$src/build-gpu}
 jobs=${JOBS:-$(nproc)}
+gpu_md=${GPU_MD:-$src/docs/bench/gpu.md}
 export PATH=/usr/local/cuda/bin:$PATH
 start=$SECONDS
 results=()
@@ -40,6 +44,12 @@ summary() {
         if [ -s "$build/bench.md" ]; then
                 cat "$build/bench.md"
         fi
+        if [ -s "$build/decode-sweep/results.csv" ]; then
+                echo
+                echo "decode sweep (tokens/s, mass recall): $gpu_md"
+                awk -F, 'NR > 1 { printf "| %sK | %s | %s clients | %s tokens/s | %s |\n", $1 / 1024, $2, $4, $7, $15 }' \
+                        "$build/decode-sweep/results.csv"
+        fi
 }
 
 command -v nvcc >/dev/null || { echo "nvcc not found (PATH=$PATH)" >&2; exit 1; }
@@ -60,4 +70,8 @@ fi
 step "full suite" 240 meson test -C "$build" --print-errorlogs --num-processes "$jobs"
 step "transfer benchmark" 90 sh -c "'$build/tests/gpu/bench-gpu-transfer' --bytes '${BENCH_BYTES:-1G}' \
         --block '${BENCH_BLOCK:-1M}' > '$build/bench.md'"
+if [ "${SKIP_DECODE_SWEEP:-0}" != 1 ]; then
+        # full, sparse, lru, kvdrive at 64K and 128K, medians of 3: about 3 minutes.
+        step "decode sweep (GPU)" 330 "$src/tests/gpu/decode-sweep.sh" "$build" "$gpu_md"
+fi
 summary
