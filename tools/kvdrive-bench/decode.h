@@ -160,6 +160,7 @@ struct client {
         float *scores, *q, *q0, *out, *part, *plse;
         struct kvc_block_score *scores_out; /* kvdrive: [kmax] reported per layer */
         double *acc, *acc_lse;          /* full: the merged result so far */
+        float *out_lse;                 /* kvdrive: out's lse, as the misses merge in */
         const void **ptrs;
         uint32_t *valid;
         struct kvc_block_ref *refs;
