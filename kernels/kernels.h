@@ -201,8 +201,9 @@ int kvk_block_attention_mass(const struct kvk_shape *s, const float *q,
  * Each element of outA ends within 3 ulp of (wA |outA| + wB |outB|) /
  * (wA + wB) of the exact merge of the fp32 inputs, lseA within 1 ulp of
  * max(1, |lseA|). Sequential merges add their rounding: after n merges into
- * one accumulator the relative error is about 5e-8 sqrt(n) (README.md), so
- * an accumulator of thousands of partials is better kept in double.
+ * one accumulator the relative error is about 5e-8 sqrt(n) on out and
+ * 1e-7 sqrt(n) max(1, |lse|) on lse (README.md), so an accumulator of
+ * thousands of partials is better kept in double.
  * out, lse, part_out and part_lse must not overlap.
  * Returns 0, or -EINVAL if s is invalid or a pointer is NULL (nothing
  * changed).

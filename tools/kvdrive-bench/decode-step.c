@@ -263,7 +263,7 @@ static int wait_tail(struct client *cl, struct seqstate *sq, uint32_t l)
  * --batch 1), the accuracy reference one per 64 blocks; both are the exact
  * baseline the others are measured against. kvk_lse_merge() keeps its
  * accumulator in fp32, whose rounding grows with the number of merges (about
- * 5e-8 sqrt(n) relative error after n, 3.5e-6 at 4096: test_kernels.c), so
+ * 5e-8 sqrt(n) relative error after n, 3.4e-6 at 4096: kernels/README.md), so
  * it serves the kvdrive policy's two partials (decode-kvdrive.c), not these.
  */
 void merge(double *acc, double *lse, const float *part, const float *plse, uint32_t heads, uint32_t dim)
