@@ -55,6 +55,8 @@ static int full_layer(struct client *cl, struct seqstate *sq, uint32_t l, uint32
                         }
                         if (attend(cl, cnt, cl->part, cl->plse) < 0)
                                 return -1;
+                        /* In double, not kvk_lse_merge(): one merge per batch,
+                         * thousands at long contexts (decode-step.c). */
                         merge(cl->acc, cl->acc_lse, cl->part, cl->plse, run->m->q_heads, run->m->head_dim);
                         done++;
                 }

@@ -182,6 +182,7 @@ struct client {
         float *summ;                    /* [layers][max_blocks][sum_floats] */
         float *scores, *q, *q0, *out, *part, *plse;
         double *acc, *acc_lse;          /* partial attentions merged so far (merge()) */
+        float *out_lse;                 /* kvdrive: out's lse, as the misses merge in */
         const void **ptrs;
         uint32_t *valid;
         struct kvc_block_ref *refs;
