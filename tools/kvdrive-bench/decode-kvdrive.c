@@ -296,6 +296,7 @@ static void kv_finish(struct client *cl)
 
         kvc_sparse_get_stats(kc->sp, &st);
         cl->res.hidden_layers = st.hidden_layers;
+        cl->res.two_pass_layers = st.two_pass_layers;
         cl->res.staged_blocks = st.staged;
 }
 

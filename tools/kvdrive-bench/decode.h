@@ -136,6 +136,7 @@ struct child_result {
         uint64_t staged_blocks;         /* kvdrive: blocks staged SSD -> host ahead of demand */
         uint64_t miss_layers, hidden_layers; /* kvdrive: layers with misses; of those, misses landed
                                               * before attention over the hits ended */
+        uint64_t two_pass_layers;       /* kvdrive: layers attended in two passes */
         uint64_t select_ns, wait_ns, attn_ns, compute_ns;
         uint64_t acc_samples, topk_samples;
         double mass_sum, mass_min, topk_sum, err_sum, err_max;
