@@ -34,6 +34,7 @@ struct kvc_sparse_seq {
         uint32_t tick;                  /* the residency clock: one tick per layer begun */
         /* the layer begun, if any */
         bool layer_open;
+        bool layer_failed;              /* a miss of it failed (wait_layer said -EIO) */
         struct kvc_sparse_plan plan;
         uint32_t *blocks, *slots;       /* [kmax] */
         uint8_t *resident, *status;     /* [kmax]; status: the misses' Get items */
@@ -515,6 +516,9 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
         if (q->n_reqs)
                 (void)reap(q);
         ctr = counter_of(q, layer);
+        /* Failures of misses nobody waited for (kvc_sparse_end_layer()
+         * dropped them) are not this plan's. */
+        q->ctr_failed[layer] = kvc_counter_failed(sp->ctr, ctr);
         slot0 = sp->o.slot0 + q->index * (sp->o.budget + sp->o.layers);
         q->tick++;
         (void)kvc_residency_begin_layer(q->res);
@@ -580,6 +584,7 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
                 .tail_slot = slot0 + sp->o.budget + layer,
         };
         q->layer_open = true;
+        q->layer_failed = false;
         sp->st.layers++;
         sp->st.chosen += k;
         sp->st.hits += k - m;
@@ -606,7 +611,7 @@ _public_ int kvc_sparse_wait_layer(kvc_sparse_seq *q, int timeout_ms)
         if (!q || !q->open || !q->layer_open)
                 return -EINVAL;
         if (q->plan.n_missing == 0)
-                return 0;
+                return q->layer_failed ? -EIO : 0;
         sp = q->sp;
         ctr = counter_of(q, q->plan.layer);
         t0 = now_ns();
@@ -639,6 +644,9 @@ _public_ int kvc_sparse_wait_layer(kvc_sparse_seq *q, int timeout_ms)
                         (void)kvc_residency_drop(q->res, &key, q->plan.layer);
                 }
         }
+        /* Settled: a second wait says the same and changes nothing. */
+        q->plan.n_missing = 0;
+        q->layer_failed = true;
         return -EIO;
 }
 
@@ -650,6 +658,15 @@ _public_ int kvc_sparse_end_layer(kvc_sparse_seq *q, const float *masses)
         if (!q || !q->open || !q->layer_open)
                 return -EINVAL;
         sp = q->sp;
+        /* Misses not seen landing (the engine did not wait, or gave up):
+         * not resident, fetched again next time. Their Gets are reaped
+         * before anything else is planned into their slots. */
+        for (uint32_t j = 0; j < q->plan.n_missing; j++) {
+                struct kvc_key key;
+
+                (void)kvc_sparse_seq_key(q, q->blocks[q->miss_of[j]], &key);
+                (void)kvc_residency_drop(q->res, &key, q->plan.layer);
+        }
         for (uint32_t i = 0; i < q->plan.n; i++) {
                 float mass = masses ? masses[i] : 1.0f / (float)q->plan.n;
                 struct kvc_key key;

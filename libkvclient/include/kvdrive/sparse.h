@@ -289,7 +289,8 @@ int kvc_sparse_begin_layer(kvc_sparse_seq *seq, uint32_t layer, const float *sco
  * Waits until the plan's missing blocks are in their slots (the layer's
  * counter: no message). Returns 0; -ETIMEDOUT (timeout_ms, -1 forever);
  * -EIO if a block could not be loaded (its resident flag stays 0, and it is
- * fetched again next time: attend without it or fail the step); -EINVAL.
+ * fetched again next time: attend without it or fail the step; a second
+ * call says -EIO again); -EINVAL.
  */
 int kvc_sparse_wait_layer(kvc_sparse_seq *seq, int timeout_ms);
 
@@ -297,7 +298,9 @@ int kvc_sparse_wait_layer(kvc_sparse_seq *seq, int timeout_ms);
  * Ends the layer: masses (may be NULL) holds the plan's n attention masses
  * (kvk_block_attention_mass()), which keep used blocks resident and, with
  * KVC_SPARSE_REPORT_SCORES, reach the daemon in one fire-and-forget message.
- * Unpins the layer's blocks. 0 or -EINVAL (no layer begun).
+ * Unpins the layer's blocks. A miss not seen landing (no wait, or one that
+ * timed out) is not resident: it is fetched again when next chosen.
+ * 0 or -EINVAL (no layer begun).
  */
 int kvc_sparse_end_layer(kvc_sparse_seq *seq, const float *masses);
 
