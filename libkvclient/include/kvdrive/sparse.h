@@ -143,7 +143,8 @@ int kvc_predict_merge(const uint32_t *prev_step_sel, uint32_t n_prev,
 /* ---- kvc_sparse: the attention-aware decode policy --------------------
  *
  * A decoder that keeps only some KV blocks of each layer in its device pool
- * drives this once per layer and step (docs/engine-integration.md):
+ * drives this once per layer and step (docs/engine-integration.md; a whole
+ * engine: examples/sparse-engine.c):
  *
  *     kvc_sparse_begin_layer(seq, l, scores, n, &plan);   // its scores of the n stored blocks
  *     attend over plan->slots[i] where plan->resident[i], and the tail
