@@ -241,13 +241,16 @@ struct engine {
         float *summaries;               /* [layers][max_blocks][summary_floats], kept by the engine */
         uint32_t tail_n;                /* tokens in the tail block (every layer's) */
         /* one layer's scratch */
-        float *q, *scores, *out, *lse, *out2, *lse2, *mass, *part_mass;
+        float q[Q_HEADS * HEAD_DIM];                    /* its query */
+        float out[Q_HEADS * HEAD_DIM], lse[Q_HEADS];    /* its attention (pass 1) */
+        float out2[Q_HEADS * HEAD_DIM], lse2[Q_HEADS];  /* pass 2 */
+        float *scores, *mass, *part_mass;
         const void **ptrs;
         uint32_t *valid, *which;
         uint8_t *first_pass;
         /* the reference: full attention over every block, recomputed */
         void *ref_blocks;
-        float *ref_out;
+        float ref_out[Q_HEADS * HEAD_DIM];
         double err_max, err_sum;
         uint32_t err_n, failed_layers;
         struct timing tm;
@@ -320,12 +323,6 @@ static int engine_open(struct engine *e, const struct options *o)
         e->summary_floats = kvk_summary_floats(&e->m.shape);
         e->tokens = calloc(e->max_tokens, sizeof(*e->tokens));
         e->summaries = calloc((size_t)LAYERS * e->max_blocks * e->summary_floats, sizeof(float));
-        e->q = calloc(Q_HEADS * HEAD_DIM, sizeof(float));
-        e->out = calloc(Q_HEADS * HEAD_DIM, sizeof(float));
-        e->out2 = calloc(Q_HEADS * HEAD_DIM, sizeof(float));
-        e->ref_out = calloc(Q_HEADS * HEAD_DIM, sizeof(float));
-        e->lse = calloc(Q_HEADS, sizeof(float));
-        e->lse2 = calloc(Q_HEADS, sizeof(float));
         e->scores = calloc(e->max_blocks, sizeof(float));
         e->mass = calloc(e->max_blocks + 1, sizeof(float));
         e->part_mass = calloc(e->max_blocks + 1, sizeof(float));
@@ -334,9 +331,8 @@ static int engine_open(struct engine *e, const struct options *o)
         e->which = calloc(e->max_blocks + 1, sizeof(*e->which));
         e->first_pass = calloc(e->max_blocks + 1, 1);
         e->ref_blocks = calloc(e->max_blocks, e->block_bytes);
-        if (!e->tokens || !e->summaries || !e->q || !e->out || !e->out2 || !e->ref_out || !e->lse || !e->lse2 ||
-            !e->scores || !e->mass || !e->part_mass || !e->ptrs || !e->valid || !e->which || !e->first_pass ||
-            !e->ref_blocks)
+        if (!e->tokens || !e->summaries || !e->scores || !e->mass || !e->part_mass || !e->ptrs || !e->valid ||
+            !e->which || !e->first_pass || !e->ref_blocks)
                 return fail(e, "memory", -ENOMEM);
         return 0;
 }
@@ -350,12 +346,6 @@ static void engine_close(struct engine *e)
         kvc_disconnect(e->c);
         free(e->tokens);
         free(e->summaries);
-        free(e->q);
-        free(e->out);
-        free(e->out2);
-        free(e->ref_out);
-        free(e->lse);
-        free(e->lse2);
         free(e->scores);
         free(e->mass);
         free(e->part_mass);
