@@ -21,6 +21,7 @@
 #define DEFAULT_SPLIT_MIN 16u
 #define DEFAULT_OVERLAP_NS 50000u
 #define EWMA_SHIFT 3                    /* estimates move 1/8 of the way to each sample */
+#define WAIT_SLICE_MS 20                /* between looks at the replies, when misses are late */
 
 struct kvc_sparse_seq {
         kvc_sparse *sp;
@@ -36,6 +37,7 @@ struct kvc_sparse_seq {
         uint32_t tick;                  /* the residency clock: one tick per layer begun */
         /* the layer begun, if any */
         bool layer_open;
+        int layer_failed;               /* what wait_layer said when a miss failed (-EIO, a refusal) */
         struct kvc_sparse_plan plan;
         uint32_t *blocks, *slots;       /* [kmax] */
         struct kvc_key *sel_keys;       /* [kmax] the chosen blocks' keys */
@@ -309,6 +311,33 @@ _public_ int kvc_sparse_seq_begin(kvc_sparse *sp, const struct kvc_sparse_seq_op
         return 0;
 }
 
+/*
+ * Reads the replies that have arrived to the sequence's Gets and forgets
+ * those requests; the first refusal of a whole Get goes to *refused. A
+ * reply comes after all of its items are counted, and a refused Get
+ * counted none, so once no Get is left the layer's counter is final.
+ */
+static int reap_arrived(struct kvc_sparse_seq *q, int *refused)
+{
+        kvc_client *c = q->sp->c;
+        uint32_t kept = 0;
+        int r = kvc_poll(c);
+
+        if (r < 0)
+                return r;
+        for (uint32_t i = 0; i < q->n_reqs; i++) {
+                if (!kvc_done(c, q->reqs[i])) {
+                        q->reqs[kept++] = q->reqs[i];
+                        continue;
+                }
+                r = kvc_wait(c, q->reqs[i], 0);
+                if (r < 0 && *refused == 0)
+                        *refused = r;
+        }
+        q->n_reqs = kept;
+        return 0;
+}
+
 /* Reads the replies of the sequence's Gets (their items are all counted). */
 static int reap(struct kvc_sparse_seq *q)
 {
@@ -550,6 +579,11 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
         if (q->n_reqs)
                 (void)reap(q);
         ctr = counter_of(q, layer);
+        /* No Get of the sequence is in flight: the counter is where this
+         * plan starts from, whatever happened to misses nobody waited for
+         * (kvc_sparse_end_layer() dropped them) or to a Get refused whole. */
+        q->ctr_target[layer] = kvc_counter_done(sp->ctr, ctr);
+        q->ctr_failed[layer] = kvc_counter_failed(sp->ctr, ctr);
         slot0 = sp->o.slot0 + q->index * (sp->o.budget + sp->o.layers);
         q->tick++;
         (void)kvc_residency_begin_layer(q->res);
@@ -578,6 +612,8 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
                         q->miss_of[m++] = i;
                 }
         }
+        /* A Get refused whole fills no status: its items read as failed. */
+        memset(q->status, KVC_ITEM_ERROR, m);
         /* One Get per max-items misses, each counted on the layer's counter. */
         for (uint32_t first = 0; first < m; first += sp->max_items) {
                 uint32_t cnt = m - first < sp->max_items ? m - first : sp->max_items;
@@ -613,6 +649,7 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
                 .tail_slot = slot0 + sp->o.budget + layer,
         };
         q->layer_open = true;
+        q->layer_failed = 0;
         sp->st.layers++;
         sp->st.chosen += k;
         sp->st.hits += k - m;
@@ -631,13 +668,46 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
         return 0;
 }
 
+/*
+ * Waits for the layer's counter to reach the plan's target. A Get the
+ * daemon refused whole (E_LIMIT, E_DENIED, its namespace dropped) never
+ * moves the counter, so the wait goes in slices, and between them reads
+ * the replies: once every Get has replied, the counter is final and the
+ * target becomes what it counted. *refused: the refusal, if any.
+ */
+static int wait_counter(struct kvc_sparse_seq *q, uint32_t ctr, int timeout_ms, int *refused)
+{
+        kvc_sparse *sp = q->sp;
+        uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : now_ns() + (uint64_t)timeout_ms * 1000000;
+
+        for (;;) {
+                uint64_t now = now_ns(), left = deadline > now ? deadline - now : 0;
+                int slice = WAIT_SLICE_MS, r;
+
+                if (left < (uint64_t)WAIT_SLICE_MS * 1000000)
+                        slice = (int)(left / 1000000);
+                r = kvc_counter_wait(sp->ctr, ctr, q->ctr_target[q->plan.layer], slice);
+                if (r != -ETIMEDOUT)
+                        return r;
+                r = reap_arrived(q, refused);
+                if (r < 0)
+                        return r;
+                if (q->n_reqs == 0) {
+                        q->ctr_target[q->plan.layer] = kvc_counter_done(sp->ctr, ctr);
+                        return 0;
+                }
+                if (now_ns() >= deadline)
+                        return -ETIMEDOUT;
+        }
+}
+
 _public_ int kvc_sparse_wait_layer(kvc_sparse_seq *q, int timeout_ms)
 {
         kvc_sparse *sp;
         uint32_t ctr, failed;
         uint64_t t0;
         bool landed;
-        int r;
+        int r, refused = 0;
 
         if (!q || !q->open || !q->layer_open)
                 return -EINVAL;
@@ -648,21 +718,22 @@ _public_ int kvc_sparse_wait_layer(kvc_sparse_seq *q, int timeout_ms)
                 ewma(&sp->block_ns, (t0 - q->t_begun) / (q->plan.n - q->plan.n_missing));
         if (q->plan.n_missing == 0) {
                 q->t_waited = now_ns();
-                return 0;
+                return q->layer_failed;
         }
         ctr = counter_of(q, q->plan.layer);
         landed = kvc_counter_wait(sp->ctr, ctr, q->ctr_target[q->plan.layer], 0) == 0;
         if (landed)
                 sp->st.hidden_layers++;
-        r = kvc_counter_wait(sp->ctr, ctr, q->ctr_target[q->plan.layer], timeout_ms);
+        r = landed ? 0 : wait_counter(q, ctr, timeout_ms, &refused);
         q->t_waited = now_ns();
         sp->st.wait_ns += q->t_waited - t0;
         if (r < 0)
                 return r;
         /* How long misses take to land (at most this long when they had). */
-        ewma(&sp->land_ns, (landed ? t0 : q->t_waited) - q->t_submit);
+        if (!refused)
+                ewma(&sp->land_ns, (landed ? t0 : q->t_waited) - q->t_submit);
         failed = kvc_counter_failed(sp->ctr, ctr);
-        if (failed == q->ctr_failed[q->plan.layer]) {
+        if (failed == q->ctr_failed[q->plan.layer] && !refused) {
                 for (uint32_t j = 0; j < q->plan.n_missing; j++)
                         q->resident[q->miss_of[j]] = 1;
                 q->plan.n_missing = 0;
@@ -680,7 +751,10 @@ _public_ int kvc_sparse_wait_layer(kvc_sparse_seq *q, int timeout_ms)
                 else
                         (void)kvc_residency_drop(q->res, &q->sel_keys[i], q->plan.layer);
         }
-        return -EIO;
+        /* Settled: a second wait says the same and changes nothing. */
+        q->plan.n_missing = 0;
+        q->layer_failed = refused ? refused : -EIO;
+        return q->layer_failed;
 }
 
 _public_ int kvc_sparse_end_layer(kvc_sparse_seq *q, const float *masses)
@@ -691,6 +765,11 @@ _public_ int kvc_sparse_end_layer(kvc_sparse_seq *q, const float *masses)
         if (!q || !q->open || !q->layer_open)
                 return -EINVAL;
         sp = q->sp;
+        /* Misses not seen landing (the engine did not wait, or gave up):
+         * not resident, fetched again next time. Their Gets are reaped
+         * before anything else is planned into their slots. */
+        for (uint32_t j = 0; j < q->plan.n_missing; j++)
+                (void)kvc_residency_drop(q->res, &q->sel_keys[q->miss_of[j]], q->plan.layer);
         for (uint32_t i = 0; i < q->plan.n; i++) {
                 float mass = masses ? masses[i] : 1.0f / (float)q->plan.n;
 

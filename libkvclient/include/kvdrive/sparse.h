@@ -143,7 +143,8 @@ int kvc_predict_merge(const uint32_t *prev_step_sel, uint32_t n_prev,
 /* ---- kvc_sparse: the attention-aware decode policy --------------------
  *
  * A decoder that keeps only some KV blocks of each layer in its device pool
- * drives this once per layer and step (docs/engine-integration.md):
+ * drives this once per layer and step (docs/engine-integration.md; a whole
+ * engine: examples/sparse-engine.c):
  *
  *     kvc_sparse_begin_layer(seq, l, scores, n, &plan);   // its scores of the n stored blocks
  *     attend over plan->slots[i] where plan->resident[i], and the tail
@@ -292,9 +293,13 @@ int kvc_sparse_begin_layer(kvc_sparse_seq *seq, uint32_t layer, const float *sco
 
 /*
  * Waits until the plan's missing blocks are in their slots (the layer's
- * counter: no message). Returns 0; -ETIMEDOUT (timeout_ms, -1 forever);
- * -EIO if a block could not be loaded (its resident flag stays 0, and it is
- * fetched again next time: attend without it or fail the step); -EINVAL.
+ * counter: no message; while they are late, it looks at the replies every
+ * 20 ms). Returns 0; -ETIMEDOUT (timeout_ms, -1 forever); -EIO if a block
+ * could not be loaded, or the daemon's error if it refused a Get whole
+ * (-KVC_E_LIMIT, -KVC_E_DENIED, -KVC_E_NO_NAMESPACE after a drop, ...):
+ * the failed blocks' resident flags stay 0 and they are fetched again next
+ * time (attend without them or fail the step), and a second call says the
+ * same; -ECONNRESET and the like if the daemon is gone; -EINVAL.
  */
 int kvc_sparse_wait_layer(kvc_sparse_seq *seq, int timeout_ms);
 
@@ -302,7 +307,9 @@ int kvc_sparse_wait_layer(kvc_sparse_seq *seq, int timeout_ms);
  * Ends the layer: masses (may be NULL) holds the plan's n attention masses
  * (kvk_block_attention_mass()), which keep used blocks resident and, with
  * KVC_SPARSE_REPORT_SCORES, reach the daemon in one fire-and-forget message.
- * Unpins the layer's blocks. 0 or -EINVAL (no layer begun).
+ * Unpins the layer's blocks. A miss not seen landing (no wait, or one that
+ * timed out) is not resident: it is fetched again when next chosen.
+ * 0 or -EINVAL (no layer begun).
  */
 int kvc_sparse_end_layer(kvc_sparse_seq *seq, const float *masses);
 
