@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <kvdrive/sparse.h>
 
@@ -381,6 +382,69 @@ START_TEST(test_refused_get_ends_the_wait)
 }
 END_TEST
 
+static void sleep_ms(long ms)
+{
+        struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+        while (nanosleep(&ts, &ts) < 0)
+                ;
+}
+
+/*
+ * Layers that could go either way (misses and resident blocks enough to
+ * overlap) try both; when two passes cost the engine more (here: 20 ms
+ * more per layer), most layers then go in one, and some still try two.
+ * The engine "attends" by sleeping 1 ms per pass, so that there is a first
+ * pass worth overlapping.
+ */
+START_TEST(test_two_pass_learns_what_pays)
+{
+        struct kvd_test_daemon d;
+        struct kvc_sparse_opts o = opts();
+        struct kvc_sparse_seq_opts so = { .size = sizeof(so), .keys = KVC_SPARSE_KEYS_PRIVATE };
+        const struct kvc_sparse_plan *pl;
+        uint32_t either = 0, two = 0, late_two = 0, late = 0;
+        bool was_two;
+        float scores[NB];
+        struct engine e;
+
+        o.split_min = 2;
+        o.overlap_us = 1;
+        E2E_START(&d);
+        ck_assert_int_eq(engine_open(d.socket_path, &o, &e), 0);
+        ck_assert_int_eq(kvc_sparse_seq_begin(e.sp, &so, &e.seq), 0);
+        ck_assert_int_eq(prefill(&e, 6), 0);
+        for (uint32_t t = 0; t < 64; t++) {
+                /* Six by score (and the sink and local blocks): a window that
+                 * moves by three blocks a step, so three of them miss. */
+                for (uint32_t b = 0; b < NB; b++)
+                        scores[b] = (b + NB - (3 * t) % (NB - 8)) % NB < 6 ? 100.0f : 0.0f;
+                ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 0, scores, NB, &pl), 0);
+                if (pl->n_missing >= 2 && pl->n > pl->n_missing) {
+                        either++;
+                        two += pl->two_pass != 0;
+                }
+                was_two = pl->two_pass != 0;
+                sleep_ms(1);
+                ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 10000), 0);
+                sleep_ms(was_two ? 21 : 1);
+                ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+                if (t >= 32) {
+                        late++;
+                        late_two += was_two;
+                }
+        }
+        /* Both ways were tried; late on, one pass won, two still explored. */
+        ck_assert_uint_ge(either, 48);
+        ck_assert_uint_gt(two, 0);
+        ck_assert_uint_lt(two, either);
+        ck_assert_uint_le(late_two, late / 4);
+        kvc_sparse_seq_end(e.seq);
+        engine_close(&e);
+        E2E_STOP(&d);
+}
+END_TEST
+
 /* Many misses: the plan says two passes are worth it. */
 START_TEST(test_two_pass_advice)
 {
@@ -541,6 +605,7 @@ static Suite *suite(void)
         tcase_add_test(tc, test_failed_miss_never_resident);
         tcase_add_test(tc, test_refused_get_ends_the_wait);
         tcase_add_test(tc, test_two_pass_advice);
+        tcase_add_test(tc, test_two_pass_learns_what_pays);
         tcase_add_test(tc, test_two_engines_share_a_prefix);
         tcase_add_test(tc, test_stage_from_ssd);
         suite_add_tcase(s, tc);

@@ -159,10 +159,11 @@ int kvc_predict_merge(const uint32_t *prev_step_sel, uint32_t n_prev,
  * guesses into the daemon's host memory within the scheduler's depth. When
  * there is little to overlap the plan says so (plan->two_pass false: wait
  * first, then attend all in one pass): few misses, or misses that land
- * sooner than a second pass costs. The library measures both from the
- * engine's calls: how long the engine attends a block (begin_layer to
- * wait_layer in two passes, wait_layer to end_layer in one) and how long
- * misses take to land (submit to the counter).
+ * sooner than a second pass costs, as the engine's calls show (how long it
+ * attends a block: begin_layer to wait_layer in two passes, wait_layer to
+ * end_layer in one; how long misses take to land). A layer that could go
+ * either way goes the way that has cost the engine less per chosen block,
+ * begin_layer to end_layer, and one in eight tries the other way.
  *
  * The engine computes the scores (block summaries against the query) on
  * its own device, with the kvk_* kernels, their CUDA twins or its own; it
@@ -201,7 +202,7 @@ struct kvc_sparse_opts {
         float half_life_layers;         /* a block's score halves every this many layers (0: 1) */
         double stage;                   /* next-step guesses staged per layer, at most this x top-k (0: none) */
         uint32_t split_min;             /* two passes only from this many misses (0: 16) */
-        uint32_t overlap_us;            /* ... and when they would hide more than this (0: 50 us) */
+        uint32_t overlap_us;            /* ... and when they could hide more than this (0: 50 us) */
         uint32_t flags;                 /* enum kvc_sparse_flags */
 };
 
