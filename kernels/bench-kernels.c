@@ -25,6 +25,16 @@
  * call (lower than the wall time when other processes share the core). The selected blocks are every other
  * block of a pool twice that size, in a shuffled order (a selection is
  * scattered), so that the hardware prefetcher does not see one stream.
+ *
+ *   kvk-bench merge [reps [q_heads head_dim [merges]]]
+ *
+ * times kvk_lse_merge() (default 21 reps of 1024 merges each, 32 query
+ * heads of 128 dims) on each back end and prints the median, minimum and
+ * maximum ms per rep, ns per merge and the GB/s of out arrays read and
+ * written (3 per merge). Each rep merges 8 partials (random out in [-1, 1),
+ * lse in [-4, 4)) in turn into one accumulator: 144 KiB at the default
+ * shape, in L2 as it is where a decoder merges the output of the attention
+ * it has just run.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -252,6 +262,92 @@ out:
         return r < 0 ? 1 : 0;
 }
 
+struct merge_arg {
+        const struct kvk_shape *s;
+        float *acc, *acc_lse;
+        const float *part, *plse;       /* MERGE_PARTS partials */
+        uint32_t merges;
+};
+
+#define MERGE_PARTS 8u
+
+static int call_merge(const void *arg)
+{
+        const struct merge_arg *a = arg;
+        const size_t qd = (size_t)a->s->q_heads * a->s->head_dim;
+
+        for (uint32_t i = 0; i < a->merges; i++) {
+                const uint32_t p = i % MERGE_PARTS;
+                int r = kvk_lse_merge(a->s, a->acc, a->acc_lse, a->part + p * qd,
+                                      a->plse + (size_t)p * a->s->q_heads);
+
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* kvk-bench merge [reps [q_heads head_dim [merges]]] */
+static int bench_merge(int argc, char **argv)
+{
+        struct kvk_shape s = {
+                .kv_heads = 1, .q_heads = 32, .head_dim = 128, .block_tokens = 16,
+                .dtype = KVK_F16,
+        };
+        int reps = argc > 2 ? atoi(argv[2]) : 21;
+        uint32_t merges = argc > 5 ? (uint32_t)strtoul(argv[5], NULL, 10) : 1024;
+        uint64_t st = 5;
+        size_t qd;
+        float *acc = NULL, *acc_lse = NULL, *part = NULL, *plse = NULL;
+        int r = -ENOMEM;
+
+        if (argc > 4) {
+                s.q_heads = (uint32_t)strtoul(argv[3], NULL, 10);
+                s.head_dim = (uint32_t)strtoul(argv[4], NULL, 10);
+        }
+        if (!kvk_shape_valid(&s) || merges == 0 || reps < 1 || reps > MAX_REPS) {
+                fprintf(stderr, "usage: kvk-bench merge [reps (1-%d) [q_heads head_dim "
+                        "[merges]]]\n", MAX_REPS);
+                return 2;
+        }
+        qd = (size_t)s.q_heads * s.head_dim;
+        acc = malloc(qd * sizeof(*acc));
+        acc_lse = malloc(s.q_heads * sizeof(*acc_lse));
+        part = malloc(MERGE_PARTS * qd * sizeof(*part));
+        plse = malloc(MERGE_PARTS * s.q_heads * sizeof(*plse));
+        if (!acc || !acc_lse || !part || !plse)
+                goto out;
+        for (size_t i = 0; i < qd; i++)
+                acc[i] = frand(&st);
+        for (uint32_t h = 0; h < s.q_heads; h++)
+                acc_lse[h] = 4.0f * frand(&st);
+        for (size_t i = 0; i < MERGE_PARTS * qd; i++)
+                part[i] = frand(&st);
+        for (size_t i = 0; i < MERGE_PARTS * s.q_heads; i++)
+                plse[i] = 4.0f * frand(&st);
+
+        printf("kvk_lse_merge: q_heads %u, head_dim %u, %u merges per rep, %.1f KiB of partials\n",
+               s.q_heads, s.head_dim, merges,
+               (double)((MERGE_PARTS + 1) * (qd + s.q_heads) * sizeof(float)) / 1024);
+        {
+                struct merge_arg a = { &s, acc, acc_lse, part, plse, merges };
+                size_t bytes = (size_t)merges * 3 * qd * sizeof(float);
+
+                r = time_reps("scalar", call_merge, &a, reps, bytes, merges, 1e-9, "ns/merge");
+                if (r == 0)
+                        r = time_reps("avx2", call_merge, &a, reps, bytes, merges, 1e-9,
+                                      "ns/merge");
+        }
+out:
+        if (r < 0)
+                fprintf(stderr, "kvk-bench: %s\n", strerror(-r));
+        free(plse);
+        free(part);
+        free(acc_lse);
+        free(acc);
+        return r < 0 ? 1 : 0;
+}
+
 /* kvk-bench scores [n_blocks [reps [kv_heads q_heads head_dim]]] */
 static int bench_scores(int argc, char **argv)
 {
@@ -353,6 +449,8 @@ int main(int argc, char **argv)
                 return bench_scores(argc, argv);
         if (argc > 1 && strcmp(argv[1], "attn") == 0)
                 return bench_attn(argc, argv);
+        if (argc > 1 && strcmp(argv[1], "merge") == 0)
+                return bench_merge(argc, argv);
         if (argc > 2)
                 s.block_tokens = (uint32_t)strtoul(argv[2], NULL, 10);
         if (argc > 3 && strcmp(argv[3], "bf16") == 0)
@@ -362,7 +460,8 @@ int main(int argc, char **argv)
                 fprintf(stderr, "usage: kvk-bench [n_blocks [block_tokens [f16|bf16 [seconds]]]]\n"
                         "       kvk-bench scores [n_blocks [reps [kv_heads q_heads head_dim]]]\n"
                         "       kvk-bench attn [n_blocks [reps [kv_heads q_heads head_dim "
-                        "[block_tokens]]]]\n");
+                        "[block_tokens]]]]\n"
+                        "       kvk-bench merge [reps [q_heads head_dim [merges]]]\n");
                 return 2;
         }
         nq = (size_t)s.q_heads * s.head_dim;

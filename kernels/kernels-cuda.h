@@ -76,6 +76,16 @@ int kvk_cuda_decode_attention(const struct kvk_shape *s, const float *d_q,
                               float *d_ret_out, float *d_ret_lse, float *d_ret_mass,
                               void *stream);
 
+/*
+ * Merges the partial result B (d_part_out, d_part_lse) into A (d_out, d_lse)
+ * in place, as kvk_lse_merge() does (the same edge cases: B with lse -inf
+ * leaves A's head as it is, A with lse -inf takes B's, a NaN or +inf lse
+ * makes the head NaN; the same fp32 weights, up to the rounding of the
+ * device's expf and log1pf). One thread block per query head.
+ */
+int kvk_cuda_lse_merge(const struct kvk_shape *s, float *d_out, float *d_lse,
+                       const float *d_part_out, const float *d_part_lse, void *stream);
+
 /* Gather n blocks of block_bytes into d_dst back to back, and the reverse. */
 int kvk_cuda_gather(void *d_dst, const void *const *d_srcs, uint32_t n, size_t block_bytes,
                     void *stream);

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * kvkernels: CPU kernels of the sparse decode workload (block summaries,
- * block scores, top-k selection, decode attention, gather/scatter).
+ * block scores, top-k selection, decode attention, the merge of partial
+ * attention results, gather/scatter).
  * CUDA twins of the same kernels are declared in kernels-cuda.h.
  *
  * Data layout (fixed; the CUDA twins use the same):
@@ -174,6 +175,41 @@ int kvk_full_attention(const struct kvk_shape *s, const float *q, const void *co
 int kvk_block_attention_mass(const struct kvk_shape *s, const float *q,
                              const void *const *blocks, const uint32_t *valid_tokens,
                              uint32_t n, float *ret_mass);
+
+/*
+ * Merges the partial attention result B (part_out, part_lse) into the
+ * accumulated result A (out, lse) in place, for q_heads heads of head_dim
+ * floats (the outputs of kvk_decode_attention(): out [q_heads][head_dim],
+ * lse [q_heads], natural log; only q_heads and head_dim of s are used, s
+ * must be valid). When A and B are softmax results over disjoint token sets,
+ * A becomes the result over their union. Per head h:
+ *     m = max(lseA, lseB); wA = e^(lseA - m); wB = e^(lseB - m)
+ *     outA = (wA outA + wB outB) / (wA + wB);  lseA = m + log(wA + wB)
+ * computed in fp32 (one weight is 1, the other e^-|lseA - lseB|; lse is
+ * m + log1p of it). The edges, in this order:
+ *  - lseB = -inf (B attended no token): head h of A is left as it is, bit
+ *    for bit, whatever it holds (NaN included);
+ *  - lseA = -inf (A is empty: a fresh accumulator starts at lse = -inf, its
+ *    out may hold anything, NaN included): head h of A becomes B's, copied
+ *    bit for bit; so both -inf stay -inf;
+ *  - otherwise a NaN or +inf lse on either side (no finite attention gives
+ *    one) makes lseA and every element of outA NaN for that head, so that a
+ *    broken partial is never hidden in a finite-looking result;
+ *  - a NaN or inf element of outA or outB with both lse finite propagates as
+ *    IEEE arithmetic does (to that element), even where its weight rounds to
+ *    0 (0 * inf is NaN).
+ * Each element of outA ends within 3 ulp of (wA |outA| + wB |outB|) /
+ * (wA + wB) of the exact merge of the fp32 inputs, lseA within 1 ulp of
+ * max(1, |lseA|). Sequential merges add their rounding: after n merges into
+ * one accumulator the relative error is about 5e-8 sqrt(n) on out and
+ * 1e-7 sqrt(n) max(1, |lse|) on lse (README.md), so an accumulator of
+ * thousands of partials is better kept in double.
+ * out, lse, part_out and part_lse must not overlap.
+ * Returns 0, or -EINVAL if s is invalid or a pointer is NULL (nothing
+ * changed).
+ */
+int kvk_lse_merge(const struct kvk_shape *s, float *out, float *lse, const float *part_out,
+                  const float *part_lse);
 
 /*
  * Copies n blocks of block_bytes each: gather packs srcs[0..n) back to back

@@ -21,6 +21,14 @@
 #define DEFAULT_SPLIT_MIN 16u
 #define DEFAULT_OVERLAP_NS 50000u
 #define EWMA_SHIFT 3                    /* estimates move 1/8 of the way to each sample */
+#define WAIT_SLICE_MS 20                /* between looks at the replies, when misses are late */
+
+/* A Get of a sequence whose reply is not read yet. */
+struct sp_get {
+        uint64_t id;
+        uint32_t layer;
+        bool landed;                    /* its layer's wait saw every item in: nothing copies any more */
+};
 
 struct kvc_sparse_seq {
         kvc_sparse *sp;
@@ -36,19 +44,23 @@ struct kvc_sparse_seq {
         uint32_t tick;                  /* the residency clock: one tick per layer begun */
         /* the layer begun, if any */
         bool layer_open;
+        int layer_failed;               /* what wait_layer said when a miss failed (-EIO, a refusal) */
         struct kvc_sparse_plan plan;
         uint32_t *blocks, *slots;       /* [kmax] */
         struct kvc_key *sel_keys;       /* [kmax] the chosen blocks' keys */
-        uint8_t *resident, *status;     /* [kmax]; status: the misses' Get items */
+        uint8_t *resident;              /* [kmax] */
+        uint8_t *status;                /* [layers][kmax] the misses' Get items, per layer: a late
+                                         * reply writes its own layer's */
         uint32_t *miss_of;              /* [kmax] plan index of each miss */
         uint32_t *ctr_target, *ctr_failed; /* [layers] counts the layer's counter should reach */
-        uint64_t *reqs;                 /* Gets whose replies are not read yet */
+        struct sp_get *reqs;
         uint32_t n_reqs, cap_reqs;
         uint64_t *stage_id;             /* [layers] a staging in flight, 0 none */
         uint8_t *stage_st;              /* [layers][kmax] */
         uint64_t *tail_put;             /* [layers] the tail's Put in flight, 0 none */
         uint8_t *tail_st;               /* [layers] */
         uint64_t t_begun, t_submit, t_waited; /* the open layer's: begin_layer returned, Gets sent, wait returned */
+        bool either;                    /* the open layer could have gone one pass or two */
 };
 
 struct kvc_sparse {
@@ -70,6 +82,10 @@ struct kvc_sparse {
         /* What the engine's calls measure: ns to attend one block, ns for a
          * layer's misses to land (0: not measured yet). */
         uint64_t block_ns, land_ns;
+        /* ns per chosen block from begin_layer to end_layer of the layers
+         * that could go either way, one pass [0] or two [1] (0: none yet) */
+        uint64_t way_ns[2];
+        uint64_t rng;                   /* which of them try the other way */
         struct kvc_sparse_stats st;
 };
 
@@ -80,21 +96,38 @@ static void ewma(uint64_t *est, uint64_t sample)
 
 /*
  * Two passes (attend what is resident while the misses land, then the
- * rest, and merge) pay when the misses would otherwise be waited for and
- * the first pass is long enough to hide them: min(landing time, the first
- * pass) above what a second pass costs (overlap_ns). Until both are
- * measured, from split_min misses on.
+ * rest, and merge) can pay only when the misses would otherwise be waited
+ * for and the first pass is long enough to hide them: split_min misses or
+ * more, and min(landing time, the first pass) above overlap_ns. Whether
+ * they do pay depends on what the overlap costs: nothing much on a GPU,
+ * but on CPU attention the daemon's copies and the engine's attention
+ * share cores and memory. So a layer that could go either way (*either)
+ * takes the way whose layers cost less per chosen block so far, begin to
+ * end as the engine's calls show it, and one in eight tries the other way,
+ * so that a change (the tier the misses come from, the load) is seen.
  */
-static bool want_two_pass(const kvc_sparse *sp, uint32_t n_resident, uint32_t n_missing)
+static bool want_two_pass(kvc_sparse *sp, uint32_t n_resident, uint32_t n_missing, bool *either)
 {
         uint64_t first;
+        bool best;
 
+        *either = false;
         if (n_missing < sp->o.split_min)
                 return false;
-        if (!sp->block_ns || !sp->land_ns)
-                return true;
-        first = sp->block_ns * n_resident;
-        return (sp->land_ns < first ? sp->land_ns : first) > sp->overlap_ns;
+        if (sp->block_ns && sp->land_ns) {
+                first = sp->block_ns * n_resident;
+                if ((sp->land_ns < first ? sp->land_ns : first) <= sp->overlap_ns)
+                        return false;
+        }
+        *either = true;
+        if (!sp->way_ns[1] || !sp->way_ns[0])
+                return !sp->way_ns[1];
+        best = sp->way_ns[1] < sp->way_ns[0];
+        /* xorshift64: which layers explore */
+        sp->rng ^= sp->rng << 13;
+        sp->rng ^= sp->rng >> 7;
+        sp->rng ^= sp->rng << 17;
+        return (sp->rng & 7) == 0 ? !best : best;
 }
 
 static uint64_t now_ns(void)
@@ -195,6 +228,7 @@ _public_ int kvc_sparse_open(kvc_client *c, uint32_t ns, kvc_pool *p, const stru
         sp->block_tokens = o->block_tokens;
         sp->max_items = kvc_max_items(c) ? kvc_max_items(c) : 1;
         sp->t_open = now_ns();
+        sp->rng = 0x9e3779b97f4a7c15ull;
         sp->seqs = calloc(o->max_seqs, sizeof(*sp->seqs));
         sp->refs = calloc(sp->kmax, sizeof(*sp->refs));
         sp->scores = calloc(sp->kmax, sizeof(*sp->scores));
@@ -211,7 +245,7 @@ _public_ int kvc_sparse_open(kvc_client *c, uint32_t ns, kvc_pool *p, const stru
                 q->sel_keys = calloc(sp->kmax, sizeof(*q->sel_keys));
                 q->slots = calloc(sp->kmax, sizeof(*q->slots));
                 q->resident = calloc(sp->kmax, 1);
-                q->status = calloc(sp->kmax, 1);
+                q->status = calloc((size_t)layers * sp->kmax, 1);
                 q->miss_of = calloc(sp->kmax, sizeof(*q->miss_of));
                 q->ctr_target = calloc(layers, sizeof(*q->ctr_target));
                 q->ctr_failed = calloc(layers, sizeof(*q->ctr_failed));
@@ -309,19 +343,37 @@ _public_ int kvc_sparse_seq_begin(kvc_sparse *sp, const struct kvc_sparse_seq_op
         return 0;
 }
 
-/* Reads the replies of the sequence's Gets (their items are all counted). */
-static int reap(struct kvc_sparse_seq *q)
+/*
+ * Reads the replies of the sequence's Gets and forgets those requests:
+ * those that have arrived (kvc_poll() first), and waits for the others unless they are of
+ * another layer than `layer` and landed (no copy of theirs is running, and
+ * their status bytes are their layer's). layer UINT32_MAX: wait for all.
+ * Returns how many Gets of `layer` are left; the first error of one of
+ * them (a refusal of a whole Get) goes to *ret_err. A reply comes after
+ * all of its items are counted, and a refused Get counted none, so once
+ * no Get of a layer is left its counter is final.
+ */
+static uint32_t reap(struct kvc_sparse_seq *q, uint32_t layer, bool block, int *ret_err)
 {
-        int err = 0;
+        kvc_client *c = q->sp->c;
+        uint32_t kept = 0, left = 0;
 
         for (uint32_t i = 0; i < q->n_reqs; i++) {
-                int r = kvc_wait(q->sp->c, q->reqs[i], -1);
+                struct sp_get *g = &q->reqs[i];
+                bool wait = layer == UINT32_MAX || (block && (!g->landed || g->layer == layer));
+                int r;
 
-                if (r < 0 && err == 0)
-                        err = r;
+                if (!kvc_done(c, g->id) && !wait) {
+                        q->reqs[kept++] = *g;
+                        left += g->layer == layer;
+                        continue;
+                }
+                r = kvc_wait(c, g->id, -1);
+                if (r < 0 && (g->layer == layer || layer == UINT32_MAX) && ret_err && *ret_err == 0)
+                        *ret_err = r;
         }
-        q->n_reqs = 0;
-        return err;
+        q->n_reqs = kept;
+        return left;
 }
 
 static int wait_tail(struct kvc_sparse_seq *q, uint32_t l)
@@ -357,8 +409,13 @@ _public_ int kvc_sparse_seq_end(kvc_sparse_seq *q)
                         q->stage_id[l] = 0;
                 }
         }
-        if (reap(q) < 0 && err == 0)
-                err = -EIO;
+        {
+                int r = 0;
+
+                (void)reap(q, UINT32_MAX, true, &r);
+                if (r < 0 && err == 0)
+                        err = -EIO;
+        }
         seq_release(q);
         return err;
 }
@@ -533,6 +590,7 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
 {
         kvc_sparse *sp;
         uint32_t k, m = 0, ctr, slot0;
+        uint8_t *st;
         int err;
 
         if (!q || !q->open || !ret_plan || (n_blocks && !scores))
@@ -546,10 +604,19 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
         if (err < 0)
                 return err;
         tell_compute(sp);
-        /* The last Gets' replies: every item counted already. */
-        if (q->n_reqs)
-                (void)reap(q);
+        /* The replies of earlier Gets: those that came, and those of Gets
+         * that may still copy into the sequence's slots (not seen landing)
+         * or that used this layer's status bytes. */
+        if (q->n_reqs) {
+                (void)kvc_poll(sp->c);
+                (void)reap(q, layer, true, NULL);
+        }
         ctr = counter_of(q, layer);
+        /* No Get of the layer is in flight: the counter is where this plan
+         * starts from, whatever happened to misses nobody waited for
+         * (kvc_sparse_end_layer() dropped them) or to a Get refused whole. */
+        q->ctr_target[layer] = kvc_counter_done(sp->ctr, ctr);
+        q->ctr_failed[layer] = kvc_counter_failed(sp->ctr, ctr);
         slot0 = sp->o.slot0 + q->index * (sp->o.budget + sp->o.layers);
         q->tick++;
         (void)kvc_residency_begin_layer(q->res);
@@ -578,6 +645,9 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
                         q->miss_of[m++] = i;
                 }
         }
+        /* A Get refused whole fills no status: its items read as failed. */
+        st = q->status + (size_t)layer * sp->kmax;
+        memset(st, KVC_ITEM_ERROR, m);
         /* One Get per max-items misses, each counted on the layer's counter. */
         for (uint32_t first = 0; first < m; first += sp->max_items) {
                 uint32_t cnt = m - first < sp->max_items ? m - first : sp->max_items;
@@ -585,7 +655,7 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
 
                 if (q->n_reqs == q->cap_reqs) {
                         uint32_t cap = q->cap_reqs ? q->cap_reqs * 2 : 8;
-                        uint64_t *v = realloc(q->reqs, sizeof(*v) * cap);
+                        struct sp_get *v = realloc(q->reqs, sizeof(*v) * cap);
 
                         if (!v)
                                 err = -ENOMEM;
@@ -595,7 +665,7 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
                         }
                 }
                 if (err == 0)
-                        err = kvc_get_submit(sp->c, sp->ns, sp->pool, sp->refs + first, cnt, q->status + first, &id);
+                        err = kvc_get_submit(sp->c, sp->ns, sp->pool, sp->refs + first, cnt, st + first, &id);
                 if (err < 0) {
                         /* What went counts on the counter all the same. */
                         q->ctr_target[layer] += first;
@@ -603,16 +673,17 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
                         plan_unwind(q, m);
                         return err;
                 }
-                q->reqs[q->n_reqs++] = id;
+                q->reqs[q->n_reqs++] = (struct sp_get){ .id = id, .layer = layer };
         }
         q->ctr_target[layer] += m;
         q->t_submit = now_ns();
         q->plan = (struct kvc_sparse_plan){
                 .layer = layer, .n = k, .blocks = q->blocks, .slots = q->slots, .resident = q->resident,
-                .n_missing = m, .two_pass = want_two_pass(sp, k - m, m),
+                .n_missing = m, .two_pass = want_two_pass(sp, k - m, m, &q->either),
                 .tail_slot = slot0 + sp->o.budget + layer,
         };
         q->layer_open = true;
+        q->layer_failed = 0;
         sp->st.layers++;
         sp->st.chosen += k;
         sp->st.hits += k - m;
@@ -631,13 +702,47 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
         return 0;
 }
 
+/*
+ * Waits for the layer's counter to reach the plan's target. A Get the
+ * daemon refused whole (E_LIMIT, E_DENIED, its namespace dropped) never
+ * moves the counter, so the wait goes in slices, and between them reads
+ * the replies: once every Get has replied, the counter is final and the
+ * target becomes what it counted. *refused: the refusal, if any.
+ */
+static int wait_counter(struct kvc_sparse_seq *q, uint32_t ctr, int timeout_ms, int *refused)
+{
+        kvc_sparse *sp = q->sp;
+        uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : now_ns() + (uint64_t)timeout_ms * 1000000;
+
+        for (;;) {
+                uint64_t now = now_ns(), left = deadline > now ? deadline - now : 0;
+                int slice = WAIT_SLICE_MS, r;
+
+                if (left < (uint64_t)WAIT_SLICE_MS * 1000000)
+                        slice = (int)(left / 1000000);
+                r = kvc_counter_wait(sp->ctr, ctr, q->ctr_target[q->plan.layer], slice);
+                if (r != -ETIMEDOUT)
+                        return r;
+                r = kvc_poll(sp->c);
+                if (r < 0)
+                        return r;
+                if (reap(q, q->plan.layer, false, refused) == 0) {
+                        q->ctr_target[q->plan.layer] = kvc_counter_done(sp->ctr, ctr);
+                        return 0;
+                }
+                if (now_ns() >= deadline)
+                        return -ETIMEDOUT;
+        }
+}
+
 _public_ int kvc_sparse_wait_layer(kvc_sparse_seq *q, int timeout_ms)
 {
         kvc_sparse *sp;
         uint32_t ctr, failed;
         uint64_t t0;
+        const uint8_t *st;
         bool landed;
-        int r;
+        int r, refused = 0;
 
         if (!q || !q->open || !q->layer_open)
                 return -EINVAL;
@@ -648,39 +753,47 @@ _public_ int kvc_sparse_wait_layer(kvc_sparse_seq *q, int timeout_ms)
                 ewma(&sp->block_ns, (t0 - q->t_begun) / (q->plan.n - q->plan.n_missing));
         if (q->plan.n_missing == 0) {
                 q->t_waited = now_ns();
-                return 0;
+                return q->layer_failed;
         }
         ctr = counter_of(q, q->plan.layer);
         landed = kvc_counter_wait(sp->ctr, ctr, q->ctr_target[q->plan.layer], 0) == 0;
         if (landed)
                 sp->st.hidden_layers++;
-        r = kvc_counter_wait(sp->ctr, ctr, q->ctr_target[q->plan.layer], timeout_ms);
+        r = landed ? 0 : wait_counter(q, ctr, timeout_ms, &refused);
         q->t_waited = now_ns();
         sp->st.wait_ns += q->t_waited - t0;
         if (r < 0)
                 return r;
         /* How long misses take to land (at most this long when they had). */
-        ewma(&sp->land_ns, (landed ? t0 : q->t_waited) - q->t_submit);
+        if (!refused)
+                ewma(&sp->land_ns, (landed ? t0 : q->t_waited) - q->t_submit);
         failed = kvc_counter_failed(sp->ctr, ctr);
-        if (failed == q->ctr_failed[q->plan.layer]) {
+        if (failed == q->ctr_failed[q->plan.layer] && !refused) {
                 for (uint32_t j = 0; j < q->plan.n_missing; j++)
                         q->resident[q->miss_of[j]] = 1;
+                for (uint32_t i = 0; i < q->n_reqs; i++)
+                        if (q->reqs[i].layer == q->plan.layer)
+                                q->reqs[i].landed = true;
                 q->plan.n_missing = 0;
                 return 0;
         }
         /* Some failed: the replies say which. They leave the residency, so
          * that the next plan fetches them again. */
         q->ctr_failed[q->plan.layer] = failed;
-        (void)reap(q);
+        (void)reap(q, q->plan.layer, true, NULL);
+        st = q->status + (size_t)q->plan.layer * sp->kmax;
         for (uint32_t j = 0; j < q->plan.n_missing; j++) {
                 uint32_t i = q->miss_of[j];
 
-                if (q->status[j] == KVC_ITEM_OK)
+                if (st[j] == KVC_ITEM_OK)
                         q->resident[i] = 1;
                 else
                         (void)kvc_residency_drop(q->res, &q->sel_keys[i], q->plan.layer);
         }
-        return -EIO;
+        /* Settled: a second wait says the same and changes nothing. */
+        q->plan.n_missing = 0;
+        q->layer_failed = refused ? refused : -EIO;
+        return q->layer_failed;
 }
 
 _public_ int kvc_sparse_end_layer(kvc_sparse_seq *q, const float *masses)
@@ -691,6 +804,11 @@ _public_ int kvc_sparse_end_layer(kvc_sparse_seq *q, const float *masses)
         if (!q || !q->open || !q->layer_open)
                 return -EINVAL;
         sp = q->sp;
+        /* Misses not seen landing (the engine did not wait, or gave up):
+         * not resident, fetched again next time. Their Gets are reaped
+         * before anything else is planned into their slots. */
+        for (uint32_t j = 0; j < q->plan.n_missing; j++)
+                (void)kvc_residency_drop(q->res, &q->sel_keys[q->miss_of[j]], q->plan.layer);
         for (uint32_t i = 0; i < q->plan.n; i++) {
                 float mass = masses ? masses[i] : 1.0f / (float)q->plan.n;
 
@@ -706,6 +824,9 @@ _public_ int kvc_sparse_end_layer(kvc_sparse_seq *q, const float *masses)
         /* One pass: waited, then attended every block. */
         if (!q->plan.two_pass && q->t_waited && q->plan.n)
                 ewma(&sp->block_ns, (now_ns() - q->t_waited) / q->plan.n);
+        /* What the way taken cost, if the layer could have gone the other. */
+        if (q->either && q->t_waited && !q->layer_failed)
+                ewma(&sp->way_ns[q->plan.two_pass ? 1 : 0], (now_ns() - q->t_begun) / q->plan.n);
         q->layer_open = false;
         return 0;
 }

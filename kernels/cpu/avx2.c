@@ -752,6 +752,86 @@ static AVX2_F16C void avx2_fold(const float *q, uint32_t nh, const void *k, cons
         }
 }
 
+/*
+ * log(1 + w) for w in [0, 1] in 8 lanes: u = 1 + w rounded, log(u) by the
+ * polynomial of Cephes' logf (about 1 ulp) on u or u / 2 (whichever lies in
+ * [sqrt(1/2), sqrt(2))), plus (w - (u - 1)) / u, what the rounding of 1 + w
+ * lost (so that a tiny w is not lost: log1p(w) = w there).
+ */
+static AVX2 AI __m256 log1p8(__m256 w)
+{
+        const __m256 one = _mm256_set1_ps(1.0f);
+        const __m256 u = _mm256_add_ps(one, w);
+        const __m256 big = _mm256_cmp_ps(u, _mm256_set1_ps(1.41421356237f), _CMP_GT_OQ);
+        const __m256 e = _mm256_and_ps(big, one);       /* 1 where halved */
+        const __m256 x = _mm256_blendv_ps(u, _mm256_mul_ps(u, _mm256_set1_ps(0.5f)), big);
+        const __m256 z = _mm256_sub_ps(x, one);
+        const __m256 zz = _mm256_mul_ps(z, z);
+        __m256 p = _mm256_set1_ps(7.0376836292e-2f), y;
+
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-1.1514610310e-1f));
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(1.1676998740e-1f));
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-1.2420140846e-1f));
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(1.4249322787e-1f));
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-1.6668057665e-1f));
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(2.0000714765e-1f));
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-2.4999993993e-1f));
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(3.3333331174e-1f));
+        y = _mm256_mul_ps(_mm256_mul_ps(p, z), zz);
+        y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
+        y = _mm256_fnmadd_ps(zz, _mm256_set1_ps(0.5f), y);
+        y = _mm256_add_ps(y, _mm256_div_ps(_mm256_sub_ps(w, _mm256_sub_ps(u, one)), u));
+        return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(z, y));
+}
+
+/* merge_weights for 8 heads per turn (the definition in kernels-internal.h);
+ * the last turn reads and writes only the heads that are left. */
+static AVX2 void avx2_merge_weights(const float *la, const float *lb, uint32_t n, float *ret_ca,
+                                    float *ret_cb, float *ret_lse)
+{
+        const __m256 one = _mm256_set1_ps(1.0f);
+        const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+
+        for (uint32_t h = 0; h < n; h += 8) {
+                const __m256i m = tail_mask(n - h < 8 ? n - h : 8);
+                const __m256 a = _mm256_maskload_ps(la + h, m), b = _mm256_maskload_ps(lb + h, m);
+                const __m256 ge = _mm256_cmp_ps(a, b, _CMP_GE_OQ);
+                const __m256 w = exp8(_mm256_sub_ps(_mm256_setzero_ps(),
+                                                    _mm256_and_ps(abs, _mm256_sub_ps(a, b))));
+                const __m256 inv = _mm256_div_ps(one, _mm256_add_ps(one, w));
+                const __m256 winv = _mm256_mul_ps(w, inv);
+
+                _mm256_maskstore_ps(ret_ca + h, m, _mm256_blendv_ps(winv, inv, ge));
+                _mm256_maskstore_ps(ret_cb + h, m, _mm256_blendv_ps(inv, winv, ge));
+                _mm256_maskstore_ps(ret_lse + h, m, _mm256_add_ps(_mm256_max_ps(a, b), log1p8(w)));
+        }
+}
+
+/* a = ca a + cb b, one FMA per element (kvk_lse_merge()); two vectors per
+ * turn, the tail masked. */
+static AVX2 void avx2_blend(float *a, const float *b, uint32_t d, float ca, float cb)
+{
+        const __m256 va = _mm256_set1_ps(ca), vb = _mm256_set1_ps(cb);
+        uint32_t i = 0;
+
+        for (; i + 16 <= d; i += 16) {
+                __m256 x0 = _mm256_mul_ps(vb, _mm256_loadu_ps(b + i));
+                __m256 x1 = _mm256_mul_ps(vb, _mm256_loadu_ps(b + i + 8));
+
+                _mm256_storeu_ps(a + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(a + i), x0));
+                _mm256_storeu_ps(a + i + 8, _mm256_fmadd_ps(va, _mm256_loadu_ps(a + i + 8), x1));
+        }
+        for (; i + 8 <= d; i += 8)
+                _mm256_storeu_ps(a + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(a + i),
+                                                        _mm256_mul_ps(vb, _mm256_loadu_ps(b + i))));
+        if (i < d) {
+                const __m256i m = tail_mask(d - i);
+                __m256 x = _mm256_mul_ps(vb, _mm256_maskload_ps(b + i, m));
+
+                _mm256_maskstore_ps(a + i, m, _mm256_fmadd_ps(va, _mm256_maskload_ps(a + i, m), x));
+        }
+}
+
 /* The two tables differ only in how they convert fp16 rows. */
 
 static AVX2 void avx2_summary(const void *k, uint32_t ntok, uint32_t d, enum kvk_dtype dt,
@@ -797,6 +877,8 @@ const struct kvk_ops kvk__ops_avx2 = {
         .logits = avx2_logits,
         .accum = avx2_accum,
         .fold = avx2_fold,
+        .merge_weights = avx2_merge_weights,
+        .blend = avx2_blend,
 };
 
 const struct kvk_ops kvk__ops_avx2_nof16c = {
@@ -805,4 +887,6 @@ const struct kvk_ops kvk__ops_avx2_nof16c = {
         .scores = avx2_scores,
         .logits = soft_logits,
         .accum = soft_accum,
+        .merge_weights = avx2_merge_weights,
+        .blend = avx2_blend,
 };

@@ -66,6 +66,19 @@ struct kvk_ops {
         void (*fold)(const float *q, uint32_t nh, const void *k, const void *v, uint32_t ntok,
                      uint32_t d, enum kvk_dtype dt, float scale, float *m, float *l,
                      float *acc, const void *pk, const void *pv, uint32_t pn);
+
+        /* The weights of kvk_lse_merge() for n heads (merge.c): from the
+         * lse of A and B, the larger one weighs 1 and the other
+         * w = e^-|la - lb|, both divided by 1 + w: ret_ca[h], ret_cb[h];
+         * ret_lse[h] = max(la, lb) + log1p(w). Meaningful where la[h] and
+         * lb[h] are both finite (the driver handles the other heads itself
+         * and ignores what is written for them). */
+        void (*merge_weights)(const float *la, const float *lb, uint32_t n, float *ret_ca,
+                              float *ret_cb, float *ret_lse);
+
+        /* a[i] = ca * a[i] + cb * b[i] for i < d: one head of
+         * kvk_lse_merge(). */
+        void (*blend)(float *a, const float *b, uint32_t d, float ca, float cb);
 };
 
 extern const struct kvk_ops kvk__ops_scalar;

@@ -146,10 +146,31 @@ static void scalar_accum(float *acc, uint32_t nh, const float *p, const void *v,
         }
 }
 
+static void scalar_merge_weights(const float *la, const float *lb, uint32_t n, float *ret_ca,
+                                 float *ret_cb, float *ret_lse)
+{
+        for (uint32_t h = 0; h < n; h++) {
+                /* la - lb may round to +-inf (far apart): w is then 0. */
+                const float w = expf(-fabsf(la[h] - lb[h])), inv = 1.0f / (1.0f + w);
+
+                ret_ca[h] = la[h] >= lb[h] ? inv : w * inv;
+                ret_cb[h] = la[h] >= lb[h] ? w * inv : inv;
+                ret_lse[h] = fmaxf(la[h], lb[h]) + log1pf(w);
+        }
+}
+
+static void scalar_blend(float *a, const float *b, uint32_t d, float ca, float cb)
+{
+        for (uint32_t i = 0; i < d; i++)
+                a[i] = ca * a[i] + cb * b[i];
+}
+
 const struct kvk_ops kvk__ops_scalar = {
         .name = "scalar",
         .summary = scalar_summary,
         .scores = scalar_scores,
         .logits = scalar_logits,
         .accum = scalar_accum,
+        .merge_weights = scalar_merge_weights,
+        .blend = scalar_blend,
 };

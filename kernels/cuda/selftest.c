@@ -2,12 +2,14 @@
 /*
  * kvk-cuda-selftest: runs every CUDA kernel of kernels-cuda.h on random
  * blocks and compares it with the CPU kernel of kernels.h (exact for
- * summaries, top-k and copies; relative L2 error for the rest). Exits 0 when
+ * summaries, top-k and copies, and for the merge's edge cases; relative L2
+ * error, or ulp for the merge, for the rest). Exits 0 when
  * all agree, 1 when one does not, 77 (skip) without a CUDA device.
  */
 #include <cuda_runtime_api.h>
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,6 +169,32 @@ static void run_shape(const struct kvk_shape *s, uint32_t n)
               rel_l2(glse, lse, s->q_heads));
         CHECK(rel_l2(gmass, mass, n) < 1e-4, "mass rel err %g", rel_l2(gmass, mass, n));
 
+        /* Attention over the first third and the rest, merged on the device,
+         * against the CPU's attention over all n. */
+        if (n >= 2) {
+                const uint32_t h1 = n / 3 ? n / 3 : 1;
+                float *dout2, *dlse2;
+
+                CUDA_OK(cudaMalloc((void **)&dout2, nq * sizeof(float)));
+                CUDA_OK(cudaMalloc((void **)&dlse2, s->q_heads * sizeof(float)));
+                r = kvk_cuda_decode_attention(s, dq, (const void *const *)dptrs, dvalid, h1, dws,
+                                              wsb, dout, dlse, NULL, NULL);
+                CHECK(r == 0, "cuda attention [0, %u): %d", h1, r);
+                r = kvk_cuda_decode_attention(s, dq, (const void *const *)(dptrs + h1), dvalid + h1,
+                                              n - h1, dws, wsb, dout2, dlse2, NULL, NULL);
+                CHECK(r == 0, "cuda attention [%u, %u): %d", h1, n, r);
+                r = kvk_cuda_lse_merge(s, dout, dlse, dout2, dlse2, NULL);
+                CHECK(r == 0, "cuda merge %d", r);
+                host_copy(gout, dout, nq * sizeof(float));
+                host_copy(glse, dlse, s->q_heads * sizeof(float));
+                CHECK(rel_l2(gout, out, nq) < 1e-4, "split attention merged: rel err %g",
+                      rel_l2(gout, out, nq));
+                CHECK(rel_l2(glse, lse, s->q_heads) < 1e-5, "split attention merged: lse rel err %g",
+                      rel_l2(glse, lse, s->q_heads));
+                cudaFree(dlse2);
+                cudaFree(dout2);
+        }
+
         /* Gather the blocks in reverse order, scatter them back in order. */
         for (uint32_t i = 0; i < n; i++)
                 dblocks[i] = dpool + (size_t)(n - 1 - i) * bb;
@@ -218,6 +246,127 @@ static void run_shape(const struct kvk_shape *s, uint32_t n)
         free(pool);
 }
 
+static uint32_t bits(float f)
+{
+        uint32_t u;
+
+        memcpy(&u, &f, sizeof(u));
+        return u;
+}
+
+/*
+ * kvk_cuda_lse_merge() against kvk_lse_merge() on random partials of q_heads
+ * x head_dim with every edge case in some heads (lse -inf on one side or
+ * both, NaN, +inf, far apart): the edge heads bit for bit (copies, A kept,
+ * NaN), the others within 8 ulp of the scale of their terms (the device's
+ * expf and log1pf round differently). Then the time of one merge at this
+ * shape (informational: the median of 11 runs of 1000 launches).
+ */
+static void run_merge(uint32_t q_heads, uint32_t head_dim)
+{
+        const struct kvk_shape s = { .kv_heads = 1, .q_heads = q_heads, .head_dim = head_dim,
+                                     .block_tokens = 16, .dtype = KVK_F16 };
+        static const float edge[][2] = {
+                { 1.5f, -INFINITY }, { NAN, -INFINITY }, { -INFINITY, 4.0f },
+                { -INFINITY, -INFINITY }, { NAN, 2.0f }, { 2.0f, NAN }, { INFINITY, 2.0f },
+                { 2.0f, INFINITY }, { -INFINITY, NAN }, { 0.0f, -200.0f }, { -150.0f, 50.0f },
+        };
+        const size_t ne = sizeof(edge) / sizeof(edge[0]), nq = (size_t)q_heads * head_dim;
+        float *a = malloc(nq * sizeof(float)), *b = malloc(nq * sizeof(float));
+        float *la = malloc(q_heads * sizeof(float)), *lb = malloc(q_heads * sizeof(float));
+        float *ga = malloc(nq * sizeof(float)), *gla = malloc(q_heads * sizeof(float));
+        float *scale = malloc(nq * sizeof(float));
+        float *da, *db, *dla, *dlb;
+        double t[11];
+        int bad = 0;
+
+        if (!a || !b || !la || !lb || !ga || !gla || !scale) {
+                fprintf(stderr, "out of memory\n");
+                exit(1);
+        }
+        for (size_t i = 0; i < nq; i++) {
+                a[i] = frand();
+                b[i] = frand();
+                scale[i] = fabsf(a[i]) + fabsf(b[i]);
+        }
+        for (uint32_t h = 0; h < q_heads; h++) {
+                la[h] = h < ne ? edge[h][0] : 30.0f * frand();
+                lb[h] = h < ne ? edge[h][1] : la[h] + (h % 4 == 0 ? 0.0f : 20.0f * frand());
+        }
+        da = dev_copy(a, nq * sizeof(float));
+        db = dev_copy(b, nq * sizeof(float));
+        dla = dev_copy(la, q_heads * sizeof(float));
+        dlb = dev_copy(lb, q_heads * sizeof(float));
+        CHECK(kvk_cuda_lse_merge(&s, da, dla, db, dlb, NULL) == 0, "cuda merge");
+        CHECK(kvk_cuda_lse_merge(&s, da, NULL, db, dlb, NULL) == -EINVAL, "cuda merge NULL");
+        host_copy(ga, da, nq * sizeof(float));
+        host_copy(gla, dla, q_heads * sizeof(float));
+        CHECK(kvk_lse_merge(&s, a, la, b, lb) == 0, "cpu merge");
+        for (uint32_t h = 0; h < q_heads && bad < 5; h++) {
+                const bool exact = h < ne;
+                bool ok = exact ? bits(gla[h]) == bits(la[h]) || (isnan(gla[h]) && isnan(la[h]))
+                                : fabsf(gla[h] - la[h]) <= 8 * 0x1p-23f * fmaxf(1.0f, fabsf(la[h]));
+
+                for (uint32_t i = 0; i < head_dim; i++) {
+                        const size_t at = (size_t)h * head_dim + i;
+
+                        if (exact)
+                                ok = ok && (bits(ga[at]) == bits(a[at]) ||
+                                            (isnan(ga[at]) && isnan(a[at])));
+                        else
+                                ok = ok && fabsf(ga[at] - a[at]) <= 8 * 0x1p-23f * scale[at];
+                }
+                if (!ok)
+                        bad++;
+                CHECK(ok, "merge %ux%u: head %u (lse %g, %g) differs: lse %g vs %g", q_heads,
+                      head_dim, h, (double)(h < ne ? edge[h][0] : 0), (double)(h < ne ? edge[h][1] : 0),
+                      (double)gla[h], (double)la[h]);
+        }
+
+        /* Time: the same merge over and over (finite lse, so every head blends). */
+        for (uint32_t h = 0; h < q_heads; h++)
+                la[h] = lb[h] = 1.0f;
+        CUDA_OK(cudaMemcpy(dla, la, q_heads * sizeof(float), cudaMemcpyHostToDevice));
+        CUDA_OK(cudaMemcpy(dlb, lb, q_heads * sizeof(float), cudaMemcpyHostToDevice));
+        for (int rep = 0; rep < 11; rep++) {
+                cudaEvent_t e0, e1;
+                float ms = 0;
+
+                CUDA_OK(cudaEventCreate(&e0));
+                CUDA_OK(cudaEventCreate(&e1));
+                CUDA_OK(cudaEventRecord(e0, NULL));
+                for (int i = 0; i < 1000; i++)
+                        kvk_cuda_lse_merge(&s, da, dla, db, dlb, NULL);
+                CUDA_OK(cudaEventRecord(e1, NULL));
+                CUDA_OK(cudaEventSynchronize(e1));
+                CUDA_OK(cudaEventElapsedTime(&ms, e0, e1));
+                t[rep] = ms * 1e3;      /* ns per launch: ms * 1e6 / 1000 */
+                cudaEventDestroy(e1);
+                cudaEventDestroy(e0);
+        }
+        for (int i = 1; i < 11; i++)            /* insertion sort, 11 values */
+                for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+                        double x = t[j];
+
+                        t[j] = t[j - 1];
+                        t[j - 1] = x;
+                }
+        printf("merge %ux%u: %s; %.0f ns per merge (median of 11 x 1000 launches, min %.0f)\n",
+               q_heads, head_dim, bad ? "FAILURES" : "ok", t[5], t[0]);
+
+        cudaFree(dlb);
+        cudaFree(dla);
+        cudaFree(db);
+        cudaFree(da);
+        free(scale);
+        free(gla);
+        free(ga);
+        free(lb);
+        free(la);
+        free(b);
+        free(a);
+}
+
 int main(void)
 {
         const struct kvk_shape shapes[] = {
@@ -237,5 +386,8 @@ int main(void)
         }
         for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
                 run_shape(&shapes[i], nblocks[i]);
+        run_merge(32, 128);
+        run_merge(13, 9);
+        run_merge(8192, 512);
         return failures ? 1 : 0;
 }

@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <kvdrive/sparse.h>
 
@@ -245,6 +246,205 @@ START_TEST(test_tail_and_errors)
 }
 END_TEST
 
+/* Whether the resident blocks of a plan hold their bytes (the others are not read). */
+static bool resident_bytes_ok(struct engine *e, const struct kvc_sparse_plan *pl, uint64_t salt)
+{
+        uint8_t want[E2E_BLOCK_BYTES];
+
+        for (uint32_t i = 0; i < pl->n; i++) {
+                struct kvc_key k;
+
+                if (!pl->resident[i])
+                        continue;
+                if (kvc_sparse_seq_key(e->seq, pl->blocks[i], &k) < 0)
+                        return false;
+                e2e_fill_block(want, sizeof(want), &k, pl->layer, salt);
+                if (memcmp(kvc_pool_slot(e->p, pl->slots[i]), want, sizeof(want)) != 0)
+                        return false;
+        }
+        return true;
+}
+
+/* The resident flag of block b in the plan (-1: not chosen). */
+static int resident_of(const struct kvc_sparse_plan *pl, uint32_t b)
+{
+        for (uint32_t i = 0; i < pl->n; i++)
+                if (pl->blocks[i] == b)
+                        return pl->resident[i];
+        return -1;
+}
+
+/*
+ * A miss that failed is never called resident: not by a second wait after
+ * the -EIO, and not when the engine ended the layer without waiting (gave
+ * up on it) and plans the layer again. And a failure the engine never
+ * waited for does not make a later, good layer fail.
+ */
+START_TEST(test_failed_miss_never_resident)
+{
+        struct kvd_test_daemon d;
+        struct kvc_sparse_opts o = opts();
+        struct kvc_sparse_seq_opts so = { .size = sizeof(so), .keys = KVC_SPARSE_KEYS_PRIVATE };
+        const struct kvc_sparse_plan *pl;
+        struct kvc_block_ref ref = { .layer = 2, .slot = 0 };
+        float scores[NB];
+        uint8_t st;
+        struct engine e;
+
+        E2E_START(&d);
+        ck_assert_int_eq(engine_open(d.socket_path, &o, &e), 0);
+        ck_assert_int_eq(kvc_sparse_seq_begin(e.sp, &so, &e.seq), 0);
+        ck_assert_int_eq(prefill(&e, 8), 0);
+        for (uint32_t b = 0; b < NB; b++)
+                scores[b] = (float)b;
+        scores[5] = 1000;
+        ck_assert_int_eq(kvc_sparse_seq_key(e.seq, 5, &ref.key), 0);
+        ck_assert_int_eq(kvc_delete(e.c, e.ns, &ref.key, 1, 2), 1);
+        /* Waiting twice: the second wait does not make block 5 resident. */
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 2, scores, NB, &pl), 0);
+        ck_assert_int_eq(resident_of(pl, 5), 0);
+        ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 10000), -EIO);
+        ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 10000), -EIO);
+        ck_assert_int_eq(resident_of(pl, 5), 0);
+        ck_assert(resident_bytes_ok(&e, pl, 8));
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        /* Ending the layer without waiting: block 5's Get fails unseen; the
+         * next plan must not take its slot for block 5's bytes. */
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 2, scores, NB, &pl), 0);
+        ck_assert_int_eq(resident_of(pl, 5), 0);
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 2, scores, NB, &pl), 0);
+        ck_assert_int_eq(resident_of(pl, 5), 0);
+        ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 10000), -EIO);
+        ck_assert_int_eq(resident_of(pl, 5), 0);
+        ck_assert(resident_bytes_ok(&e, pl, 8));
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        /* Once more unwaited, then block 5 comes back: the layer that loads
+         * it succeeds, with its bytes, whatever failed unseen before. */
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 2, scores, NB, &pl), 0);
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        e2e_fill_block(kvc_pool_slot(e.p, 0), E2E_BLOCK_BYTES, &ref.key, 2, 8);
+        ck_assert_int_eq(kvc_put(e.c, e.ns, e.p, &ref, 1, &st), 1);
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 2, scores, NB, &pl), 0);
+        ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 10000), 0);
+        ck_assert(plan_bytes_ok(&e, pl, 8));
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        ck_assert_int_eq(kvc_sparse_seq_end(e.seq), 0);
+        engine_close(&e);
+        E2E_STOP(&d);
+}
+END_TEST
+
+/*
+ * A Get the daemon refuses whole (here: its namespace was dropped) counts
+ * nothing on the layer's counter: the wait says the refusal, it does not
+ * sleep to its timeout, the misses stay non-resident, and so on every
+ * later layer.
+ */
+START_TEST(test_refused_get_ends_the_wait)
+{
+        struct kvd_test_daemon d;
+        struct kvc_sparse_opts o = opts();
+        struct kvc_sparse_seq_opts so = { .size = sizeof(so), .keys = KVC_SPARSE_KEYS_PRIVATE };
+        const struct kvc_sparse_plan *pl;
+        float scores[NB];
+        struct engine e;
+
+        E2E_START(&d);
+        ck_assert_int_eq(engine_open(d.socket_path, &o, &e), 0);
+        ck_assert_int_eq(kvc_sparse_seq_begin(e.sp, &so, &e.seq), 0);
+        ck_assert_int_eq(prefill(&e, 9), 0);
+        for (uint32_t b = 0; b < NB; b++)
+                scores[b] = (float)b;
+        ck_assert_int_eq(kvc_drop_namespace(e.c, e.ns, NULL), 0);
+        for (uint32_t round = 0; round < 3; round++) {
+                ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, round % E2E_LAYERS, scores, NB, &pl), 0);
+                ck_assert_uint_gt(pl->n_missing, 0);
+                /* -1 would sleep for ever before the fix: the test's own
+                 * timeout would fail it; 60 s says which. */
+                ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 60000), -KVC_E_NO_NAMESPACE);
+                ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 60000), -KVC_E_NO_NAMESPACE);
+                for (uint32_t i = 0; i < pl->n; i++)
+                        ck_assert_int_eq(pl->resident[i], 0);
+                ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        }
+        /* Ended without a wait: the next plan does not trust those slots. */
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 0, scores, NB, &pl), 0);
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 0, scores, NB, &pl), 0);
+        for (uint32_t i = 0; i < pl->n; i++)
+                ck_assert_int_eq(pl->resident[i], 0);
+        ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, -1), -KVC_E_NO_NAMESPACE);
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        kvc_sparse_seq_end(e.seq);
+        engine_close(&e);
+        E2E_STOP(&d);
+}
+END_TEST
+
+static void sleep_ms(long ms)
+{
+        struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+        while (nanosleep(&ts, &ts) < 0)
+                ;
+}
+
+/*
+ * Layers that could go either way (misses and resident blocks enough to
+ * overlap) try both; when two passes cost the engine more (here: 20 ms
+ * more per layer), most layers then go in one, and some still try two.
+ * The engine "attends" by sleeping 1 ms per pass, so that there is a first
+ * pass worth overlapping.
+ */
+START_TEST(test_two_pass_learns_what_pays)
+{
+        struct kvd_test_daemon d;
+        struct kvc_sparse_opts o = opts();
+        struct kvc_sparse_seq_opts so = { .size = sizeof(so), .keys = KVC_SPARSE_KEYS_PRIVATE };
+        const struct kvc_sparse_plan *pl;
+        uint32_t either = 0, two = 0, late_two = 0, late = 0;
+        bool was_two;
+        float scores[NB];
+        struct engine e;
+
+        o.split_min = 2;
+        o.overlap_us = 1;
+        E2E_START(&d);
+        ck_assert_int_eq(engine_open(d.socket_path, &o, &e), 0);
+        ck_assert_int_eq(kvc_sparse_seq_begin(e.sp, &so, &e.seq), 0);
+        ck_assert_int_eq(prefill(&e, 6), 0);
+        for (uint32_t t = 0; t < 64; t++) {
+                /* Six by score (and the sink and local blocks): a window that
+                 * moves by three blocks a step, so three of them miss. */
+                for (uint32_t b = 0; b < NB; b++)
+                        scores[b] = (b + NB - (3 * t) % (NB - 8)) % NB < 6 ? 100.0f : 0.0f;
+                ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 0, scores, NB, &pl), 0);
+                if (pl->n_missing >= 2 && pl->n > pl->n_missing) {
+                        either++;
+                        two += pl->two_pass != 0;
+                }
+                was_two = pl->two_pass != 0;
+                sleep_ms(1);
+                ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 10000), 0);
+                sleep_ms(was_two ? 21 : 1);
+                ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+                if (t >= 32) {
+                        late++;
+                        late_two += was_two;
+                }
+        }
+        /* Both ways were tried; late on, one pass won, two still explored. */
+        ck_assert_uint_ge(either, 48);
+        ck_assert_uint_gt(two, 0);
+        ck_assert_uint_lt(two, either);
+        ck_assert_uint_le(late_two, late / 4);
+        kvc_sparse_seq_end(e.seq);
+        engine_close(&e);
+        E2E_STOP(&d);
+}
+END_TEST
+
 /* Many misses: the plan says two passes are worth it. */
 START_TEST(test_two_pass_advice)
 {
@@ -402,7 +602,10 @@ static Suite *suite(void)
         tcase_set_timeout(tc, E2E_TCASE_TIMEOUT);
         tcase_add_test(tc, test_plan_residency_and_bytes);
         tcase_add_test(tc, test_tail_and_errors);
+        tcase_add_test(tc, test_failed_miss_never_resident);
+        tcase_add_test(tc, test_refused_get_ends_the_wait);
         tcase_add_test(tc, test_two_pass_advice);
+        tcase_add_test(tc, test_two_pass_learns_what_pays);
         tcase_add_test(tc, test_two_engines_share_a_prefix);
         tcase_add_test(tc, test_stage_from_ssd);
         suite_add_tcase(s, tc);

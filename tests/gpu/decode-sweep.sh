@@ -5,7 +5,7 @@
 # device-check.sh: a kvdrived of BUILD_DIR with its CUDA module, an SSD tier
 # under BUILD_DIR and a host tier smaller than the 128K runs' KV, then
 #
-#   kvdrive-bench report --device cuda --quick --contexts 64K,128K --scale 28 --repeat 3
+#   kvdrive-bench report --device cuda --quick --contexts 64K,128K --main-geometry --scale 28 --repeat 3
 #
 # (full, sparse, lru and kvdrive at 64K and 128K tokens of context, 32 decode
 # steps, traces made by `gen --scale 28`, the median of 3 runs for every row
@@ -64,7 +64,8 @@ for _ in $(seq 200); do
         sleep 0.1
 done
 
-report_args=(report --socket "$sock" --device "$device" --quick --contexts "$contexts" --scale 28 --repeat "$repeat"
+report_args=(report --socket "$sock" --device "$device" --quick --contexts "$contexts" --main-geometry --scale 28
+             --repeat "$repeat"
              --traces "$work/traces" --out "$work/report")
 echo "kvdrive-bench ${report_args[*]}"
 # One line per run here, the whole story in the log.
@@ -100,7 +101,8 @@ mkdir -p "$(dirname "$out_md")"
         echo '```sh'
         echo "KVDRIVE_CUDA_MODULE=BUILD/kvdrived/kvdrive-cuda.so kvdrived --foreground --socket SOCK \\"
         echo "        --host-bytes $host_bytes --ssd-dir DIR --ssd-bytes $ssd_bytes"
-        echo "kvdrive-bench report --socket SOCK --device $device --quick --contexts $contexts --scale 28 --repeat $repeat \\"
+        echo "kvdrive-bench report --socket SOCK --device $device --quick --contexts $contexts --main-geometry \\"
+        echo "        --scale 28 --repeat $repeat \\"
         echo "        --traces TRACES --out OUT"
         echo '```'
         echo

@@ -47,7 +47,9 @@ summary() {
         if [ -s "$build/decode-sweep/results.csv" ]; then
                 echo
                 echo "decode sweep (tokens/s, mass recall): $gpu_md"
-                awk -F, 'NR > 1 { printf "| %sK | %s | %s clients | %s tokens/s | %s |\n", $1 / 1024, $2, $4, $7, $15 }' \
+                awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+                         { printf "| %sK | %s | %s clients | %s tokens/s | mass recall %s |\n", $col["context_tokens"] / 1024,
+                                  $col["policy"], $col["clients"], $col["tokens_per_s"], $col["mass_recall_mean"] }' \
                         "$build/decode-sweep/results.csv"
         fi
 }

@@ -109,6 +109,7 @@ static int client_alloc(struct client *cl)
         cl->acc = calloc(run->qd, sizeof(double));
         cl->acc_lse = calloc(run->m->q_heads, sizeof(double));
         cl->plse = calloc(run->m->q_heads, sizeof(float));
+        cl->out_lse = calloc(run->m->q_heads, sizeof(float));
         cl->ptrs = calloc(scratch + 1, sizeof(*cl->ptrs));
         cl->valid = calloc(scratch + 1, sizeof(*cl->valid));
         cl->refs = calloc(scratch, sizeof(*cl->refs));
@@ -119,7 +120,7 @@ static int client_alloc(struct client *cl)
         cl->rec_sel = calloc((size_t)(run->acc_records ? run->acc_records : 1) * mb, sizeof(uint32_t));
         cl->rec_out = calloc((size_t)(run->acc_records ? run->acc_records : 1) * run->qd, sizeof(float));
         cl->lat = calloc(run->steps, sizeof(*cl->lat));
-        if (!cl->scores || !cl->q || !cl->q0 || !cl->out || !cl->part || !cl->acc || !cl->acc_lse || !cl->plse ||
+        if (!cl->scores || !cl->q || !cl->q0 || !cl->out || !cl->part || !cl->acc || !cl->acc_lse || !cl->plse || !cl->out_lse ||
             !cl->ptrs || !cl->valid || !cl->refs || !cl->blkid || !cl->sel2 || !cl->seqs || !cl->recs ||
             !cl->rec_sel || !cl->rec_out || !cl->lat)
                 return -ENOMEM;
@@ -171,6 +172,7 @@ static void client_free(struct client *cl)
         free(cl->acc);
         free(cl->acc_lse);
         free(cl->plse);
+        free(cl->out_lse);
         free(cl->ptrs);
         free(cl->valid);
         free(cl->refs);

@@ -2,9 +2,9 @@
 /*
  * kvdrive-bench decode --device cpu (the default): the "device pool" is a
  * memfd pool in the client's memory and every kernel is the CPU one of
- * kernels.h; OUT, PART and ACC are the client's host buffers (out; part and
- * plse; acc and acc_lse, merged in double). Nothing is queued: writes and
- * summaries are done when they return.
+ * kernels.h; OUT, PART and ACC are the client's host buffers (out and
+ * out_lse; part and plse; acc and acc_lse, merged in double). Nothing is
+ * queued: writes and summaries are done when they return.
  */
 #include <errno.h>
 #include <math.h>
@@ -95,9 +95,16 @@ static int cpu_select(struct client *cl, uint32_t l, const float *q, uint32_t n,
 static int cpu_attend(struct client *cl, uint32_t n, bool part)
 {
         int r = kvk_decode_attention(&cl->run->shape, cl->q, cl->ptrs, cl->valid, n, part ? cl->part : cl->out,
-                                     part ? cl->plse : NULL);
+                                     part ? cl->plse : cl->out_lse);
 
         return r < 0 ? child_fail(cl, "attention: %s", strerror(-r)) : 0;
+}
+
+static int cpu_merge_out(struct client *cl)
+{
+        int r = kvk_lse_merge(&cl->run->shape, cl->out, cl->out_lse, cl->part, cl->plse);
+
+        return r < 0 ? child_fail(cl, "merge: %s", strerror(-r)) : 0;
 }
 
 static int cpu_acc_reset(struct client *cl)
@@ -110,6 +117,7 @@ static int cpu_acc_reset(struct client *cl)
         return 0;
 }
 
+/* In double (merge(), decode-step.c says why). */
 static int cpu_acc_merge(struct client *cl)
 {
         merge(cl->acc, cl->acc_lse, cl->part, cl->plse, cl->run->m->q_heads, cl->run->m->head_dim);
@@ -135,6 +143,7 @@ const struct decode_device decode_device_cpu = {
         .scores = cpu_scores,
         .select = cpu_select,
         .attend = cpu_attend,
+        .merge_out = cpu_merge_out,
         .acc_reset = cpu_acc_reset,
         .acc_merge = cpu_acc_merge,
         .acc_out = cpu_acc_out,

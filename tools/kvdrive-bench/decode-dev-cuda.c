@@ -6,7 +6,8 @@
  * the per-layer work runs on the GPU with the kernels of kernels-cuda.h:
  * block summaries, scores (back to the host for kvc_sparse, or top-k on the
  * device for the policies that pick themselves), decode attention, and the
- * merge of partial results. Compiled only where meson found nvcc.
+ * merge of partial results (kvk_cuda_lse_merge(): fp32 on the device, for
+ * full's batches too). Compiled only where meson found nvcc.
  *
  * One stream per client. Host data goes up through a pinned arena that is
  * reused only once the stream has drained (any wait empties it); device
@@ -30,7 +31,6 @@
 #include <kvdrive/client-cuda.h>
 #include <kvdrive/client.h>
 
-#include "decode-dev-cuda.h"
 #include "decode.h"
 #include "kernels-cuda.h"
 
@@ -52,7 +52,7 @@ struct cuda_dev {
         uint32_t cap;                   /* blocks of the largest attention */
         void *d_ws;                     /* attention workspace */
         size_t ws_bytes;
-        float *d_out, *d_part, *d_plse, *d_acc, *d_acc_lse;
+        float *d_out, *d_out_lse, *d_part, *d_plse, *d_acc, *d_acc_lse;
         bool acc_empty;
         uint8_t *arena;                 /* pinned host memory the uploads go through */
         size_t arena_bytes, arena_used;
@@ -207,6 +207,7 @@ static int cuda_client_init(struct client *cl)
             dalloc(cl, (void **)&x->d_out, qd * sizeof(float)) < 0 ||
             dalloc(cl, (void **)&x->d_part, qd * sizeof(float)) < 0 ||
             dalloc(cl, (void **)&x->d_acc, qd * sizeof(float)) < 0 ||
+            dalloc(cl, (void **)&x->d_out_lse, heads * sizeof(float)) < 0 ||
             dalloc(cl, (void **)&x->d_plse, heads * sizeof(float)) < 0 ||
             dalloc(cl, (void **)&x->d_acc_lse, heads * sizeof(float)) < 0)
                 return -1;
@@ -228,7 +229,7 @@ static int cuda_client_init(struct client *cl)
 static void cuda_client_free(struct client *cl)
 {
         struct cuda_dev *x = cl->dev;
-        void *bufs[14];
+        void *bufs[15];
         size_t n = 0;
 
         if (!x)
@@ -247,6 +248,7 @@ static void cuda_client_free(struct client *cl)
         bufs[n++] = x->d_valid;
         bufs[n++] = x->d_ws;
         bufs[n++] = x->d_out;
+        bufs[n++] = x->d_out_lse;
         bufs[n++] = x->d_part;
         bufs[n++] = x->d_acc;
         bufs[n++] = x->d_plse;
@@ -353,11 +355,20 @@ static int cuda_attend(struct client *cl, uint32_t n, bool part)
             upload(cl, x->d_valid, cl->valid, n * sizeof(*cl->valid)) < 0)
                 return -1;
         r = kvk_cuda_decode_attention(&cl->run->shape, x->d_q, (const void *const *)x->d_ptrs, x->d_valid, n, x->d_ws,
-                                      x->ws_bytes, part ? x->d_part : x->d_out, part ? x->d_plse : NULL, NULL, x->st);
+                                      x->ws_bytes, part ? x->d_part : x->d_out, part ? x->d_plse : x->d_out_lse, NULL,
+                                      x->st);
         if (r < 0)
                 return kfail(cl, "attention", r);
         /* The daemon may write these slots once this returns. */
         return cuda_sync(cl);
+}
+
+static int cuda_merge_out(struct client *cl)
+{
+        struct cuda_dev *x = cl->dev;
+        int r = kvk_cuda_lse_merge(&cl->run->shape, x->d_out, x->d_out_lse, x->d_part, x->d_plse, x->st);
+
+        return r < 0 ? kfail(cl, "merge", r) : 0;
 }
 
 static int cuda_acc_reset(struct client *cl)
@@ -384,8 +395,7 @@ static int cuda_acc_merge(struct client *cl)
                           cudaMemcpyAsync(x->d_acc_lse, x->d_plse, run->m->q_heads * sizeof(float),
                                           cudaMemcpyDeviceToDevice, x->st));
         }
-        /* TO BE REPLACED by kvk_cuda_lse_merge() (h/merge): same arguments. */
-        r = bench_cuda_lse_merge(&run->shape, x->d_acc, x->d_acc_lse, x->d_part, x->d_plse, x->st);
+        r = kvk_cuda_lse_merge(&run->shape, x->d_acc, x->d_acc_lse, x->d_part, x->d_plse, x->st);
         return r < 0 ? kfail(cl, "merge", r) : 0;
 }
 
@@ -421,6 +431,7 @@ const struct decode_device decode_device_cuda = {
         .scores = cuda_scores,
         .select = cuda_select,
         .attend = cuda_attend,
+        .merge_out = cuda_merge_out,
         .acc_reset = cuda_acc_reset,
         .acc_merge = cuda_acc_merge,
         .acc_out = cuda_acc_out,

@@ -13,10 +13,10 @@
  * Where the data lives: the pool's slots (kvc_pool_slot(): host or device
  * pointers) and the block summaries on the device; queries, scores and
  * selections on the host (the policies and kvc_sparse run there). Attention
- * results stay on the device in three buffers: OUT (one attention, or ACC
- * once finished), PART (a partial attention and its log-sum-exp) and ACC
- * (the partials merged so far); record() copies OUT back for the accuracy
- * measurement, which runs on the host from the trace.
+ * results stay on the device in three buffers: OUT (an attention and its
+ * log-sum-exp, or ACC once finished), PART (a partial attention and its
+ * log-sum-exp) and ACC (the partials merged so far); record() copies OUT
+ * back for the accuracy measurement, which runs on the host from the trace.
  *
  * Unless said otherwise an op returns 0, or -1 once it has printed why
  * (child_fail()). An op that reads slots has finished reading them when it
@@ -64,11 +64,15 @@ struct decode_device {
          * local blocks) into ret (host): the number written, or -1. */
         int (*select)(struct client *cl, uint32_t l, const float *q, uint32_t n, uint32_t k, uint32_t *ret);
         /* Attention with set_query()'s query over the blocks of cl->ptrs and
-         * cl->valid [0, n) (slot pointers), into OUT, or with part into PART
-         * and its log-sum-exp. */
+         * cl->valid [0, n) (slot pointers), into OUT, or with part into PART,
+         * each with its log-sum-exp. */
         int (*attend)(struct client *cl, uint32_t n, bool part);
-        /* ACC = nothing; ACC += PART (exact, through the log-sum-exp);
-         * OUT = ACC. */
+        /* OUT += PART, as kvk_lse_merge() merges them (fp32, in place): a
+         * few partials of one layer. */
+        int (*merge_out)(struct client *cl);
+        /* ACC = nothing; ACC += PART (exact, through the log-sum-exp; in
+         * double on the CPU, for thousands of partials); OUT = ACC (its
+         * log-sum-exp undefined). */
         int (*acc_reset)(struct client *cl);
         int (*acc_merge)(struct client *cl);
         int (*acc_out)(struct client *cl);

@@ -52,6 +52,8 @@ static int full_layer(struct client *cl, struct seqstate *sq, uint32_t l, uint32
                                 cl->ptrs[j] = slot_ptr(cl, w * batch + j);
                                 cl->valid[j] = run->T;
                         }
+                        /* In double on the CPU, not kvk_lse_merge(): one merge
+                         * per batch, thousands at long contexts (decode-step.c). */
                         if (attend(cl, cnt, true) < 0 || acc_merge(cl) < 0)
                                 return -1;
                         done++;

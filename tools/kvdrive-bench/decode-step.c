@@ -262,9 +262,17 @@ static int wait_tail(struct client *cl, struct seqstate *sq, uint32_t l)
 }
 
 
-/* acc/lse += part/plse: two softmax results over disjoint tokens merged
+/*
+ * acc/lse += part/plse: two softmax results over disjoint tokens merged
  * exactly through their log-sum-exp, in double so that thousands of merges
- * (one per batch of a long context) add no error of their own. */
+ * add no error of their own. The full policy merges one partial per --batch
+ * blocks (256 per layer at 128K tokens with the default 32, 8192 with
+ * --batch 1), the accuracy reference one per 64 blocks; both are the exact
+ * baseline the others are measured against. kvk_lse_merge() keeps its
+ * accumulator in fp32, whose rounding grows with the number of merges (about
+ * 5e-8 sqrt(n) relative error after n, 3.4e-6 at 4096: kernels/README.md), so
+ * it serves the kvdrive policy's two partials (decode-kvdrive.c), not these.
+ */
 void merge(double *acc, double *lse, const float *part, const float *plse, uint32_t heads, uint32_t dim)
 {
         for (uint32_t h = 0; h < heads; h++) {
@@ -289,6 +297,11 @@ int attend(struct client *cl, uint32_t n, bool part)
 
         cl->res.attn_ns += bench_now_ns() - t0;
         return r;
+}
+
+int merge_out(struct client *cl)
+{
+        return cl->run->dev->merge_out(cl);
 }
 
 int acc_reset(struct client *cl)

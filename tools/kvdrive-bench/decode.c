@@ -228,7 +228,7 @@ static json_t *jnum(double v)
 }
 
 struct totals {
-        uint64_t tokens, steps, got, put, prefill_blocks, hits, misses, staged, miss_layers, hidden_layers, sel_ns, wait_ns, attn_ns, compute_ns;
+        uint64_t tokens, steps, got, put, prefill_blocks, hits, misses, staged, miss_layers, hidden_layers, two_pass, sel_ns, wait_ns, attn_ns, compute_ns;
         uint64_t start, end, prefill_ns, acc, topk_n;
         double mass_sum, mass_min, topk_sum, err_sum, err_max, oracle_sum;
         double *lat;
@@ -300,9 +300,9 @@ static void print_results(const struct run *run, const struct totals *tt, const 
                         "mass_recall_oracle", jnum(oracle),
                         "mass_recall_min", jnum(tt->acc ? tt->mass_min : NAN), "topk_recall_mean", jnum(topk),
                         "rel_l2_error_mean", jnum(err), "rel_l2_error_max", jnum(tt->acc ? tt->err_max : NAN)));
-                json_object_set_new(root, "pipeline", json_pack("{s:I, s:I, s:I}",
+                json_object_set_new(root, "pipeline", json_pack("{s:I, s:I, s:I, s:I}",
                         "staged_blocks", (json_int_t)tt->staged, "miss_layers", (json_int_t)tt->miss_layers,
-                        "hidden_layers", (json_int_t)tt->hidden_layers));
+                        "hidden_layers", (json_int_t)tt->hidden_layers, "two_pass_layers", (json_int_t)tt->two_pass));
                 json_object_set_new(root, "daemon", json_pack("{s:b, s:s, s:I, s:I, s:I, s:I, s:I}",
                         "ssd_tier", s2->ssd, "eviction", s2->eviction,
                         "host_capacity_bytes", (json_int_t)s2->host.capacity_bytes,
@@ -339,10 +339,11 @@ static void print_results(const struct run *run, const struct totals *tt, const 
                        o->policy == POL_SPARSE ? "prefetch" : "device cache", dev, host);
         if (o->policy == POL_KVDRIVE)
                 printf("  %-26s %.1f MiB staged SSD -> host ahead of demand (%.1f blocks per layer); misses landed "
-                       "behind the hits' attention in %.0f%% of layers\n", "prediction, overlap",
+                       "behind the hits' attention in %.0f%% of layers with misses, %.0f%% of which were attended in two passes\n", "prediction, overlap",
                        (double)(tt->staged * bb) / 1048576.0,
                        tt->steps ? (double)tt->staged / ((double)tt->steps * run->layers) : 0.0,
-                       tt->miss_layers ? 100.0 * (double)tt->hidden_layers / (double)tt->miss_layers : 0.0);
+                       tt->miss_layers ? 100.0 * (double)tt->hidden_layers / (double)tt->miss_layers : 0.0,
+                       tt->miss_layers ? 100.0 * (double)tt->two_pass / (double)tt->miss_layers : 0.0);
         printf("  %-26s mass recall %.4f (min %.4f; best selection of that size %.4f)  top-k recall %.4f  rel L2 "
                "error %.3g (max %.3g)  [%" PRIu64 " samples]\n", "accuracy", mass, tt->acc ? tt->mass_min : NAN,
                oracle, topk, err, tt->acc ? tt->err_max : NAN, tt->acc);
@@ -453,6 +454,7 @@ static int run_clients(struct run *run, struct totals *tt, struct snap *s1, stru
                 tt->staged += m.staged_blocks;
                 tt->miss_layers += m.miss_layers;
                 tt->hidden_layers += m.hidden_layers;
+                tt->two_pass += m.two_pass_layers;
                 tt->sel_ns += m.select_ns;
                 tt->wait_ns += m.wait_ns;
                 tt->attn_ns += m.attn_ns;

@@ -143,6 +143,7 @@ struct child_result {
         uint64_t staged_blocks;         /* kvdrive: blocks staged SSD -> host ahead of demand */
         uint64_t miss_layers, hidden_layers; /* kvdrive: layers with misses; of those, misses landed
                                               * before attention over the hits ended */
+        uint64_t two_pass_layers;       /* kvdrive: layers attended in two passes */
         uint64_t select_ns, wait_ns, attn_ns, compute_ns;
         uint64_t acc_samples, topk_samples;
         double mass_sum, mass_min, topk_sum, err_sum, err_max;
@@ -189,6 +190,7 @@ struct client {
         void *dev;                      /* the device's own state (decode-device.h) */
         float *scores, *q, *q0, *out, *part, *plse;
         double *acc, *acc_lse;          /* partial attentions merged so far (merge()) */
+        float *out_lse;                 /* kvdrive: out's lse, as the misses merge in */
         const void **ptrs;
         uint32_t *valid;
         struct kvc_block_ref *refs;
@@ -242,8 +244,10 @@ int select_blocks(struct client *cl, uint32_t l, const float *q, uint32_t n, uin
 /* acc/lse += part/plse on the host, in double. */
 void merge(double *acc, double *lse, const float *part, const float *plse, uint32_t heads, uint32_t dim);
 /* Attention over cl->ptrs / cl->valid [0, n) on the run's device, timed:
- * into OUT, or (part) PART (decode-device.h). */
+ * into OUT, or (part) PART, each with its lse (decode-device.h). */
 int attend(struct client *cl, uint32_t n, bool part);
+/* The device's OUT += PART (kvk_lse_merge()). */
+int merge_out(struct client *cl);
 /* The device's ACC: emptied, PART merged into it, copied to OUT. */
 int acc_reset(struct client *cl);
 int acc_merge(struct client *cl);

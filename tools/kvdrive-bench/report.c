@@ -32,14 +32,32 @@
 
 #include "bench.h"
 
-#define MAX_RUNS 64
+#define MAX_RUNS 96
 #define MAX_CTX 8
+#define MAX_TRACES 12
 #define MAX_ARGS 40
 #define CMD_MAX 1024
 #define MAX_REPEAT 9
 
 static const char *const policies[] = { "full", "sparse", "lru", "kvdrive" };
 #define N_POL 4
+
+/*
+ * The KV geometries: [0] is the main one (gen's defaults); the others are
+ * where bookkeeping per block weighs most against the bytes a block moves
+ * and the attention it costs: few kv heads, and few tokens per block.
+ */
+struct geom {
+        const char *name;
+        uint32_t kv_heads, q_heads, block_tokens;
+};
+
+static const struct geom geoms[] = {
+        { "8 kv heads, 32 query heads, 16-token blocks (64 KiB)", 8, 32, 16 },
+        { "2 kv heads, 8 query heads, 16-token blocks (16 KiB)", 2, 8, 16 },
+        { "8 kv heads, 32 query heads, 4-token blocks (16 KiB)", 8, 32, 4 },
+};
+#define N_GEOM 3
 
 struct report_opts {
         const char *socket;
@@ -50,6 +68,7 @@ struct report_opts {
         const char *device;             /* decode --device, NULL: its default (cpu) */
         uint64_t *ctx;                  /* --contexts (malloc'd), NULL: the sweep's */
         size_t n_ctx;
+        bool main_geom;                 /* --main-geometry: no geometry sweep */
         bool quick, keep, plot_only;
 };
 
@@ -63,19 +82,27 @@ struct sweep {
         uint32_t clients_ctx;           /* contexts of the clients sweep: from this one */
         uint32_t clients_ctx_max;       /* to this one */
         uint32_t clients;               /* > 1 */
+        uint32_t geom_ctx[2];           /* contexts of the geometry sweep */
+        bool other_geoms;               /* whether it runs */
         uint32_t steps, acc_every, layers;
 };
 
+/* A trace: a context and the heads (the block size is decode's). */
+struct trace_plan {
+        uint32_t ctx, kv_heads, q_heads;
+        char cmd[CMD_MAX];
+};
+
 struct run_row {
-        uint32_t ctx, clients;
+        uint32_t ctx, clients, geom, trace;
         const char *policy;
         double budget;
-        bool in_ctx, in_budget, in_clients;
+        bool in_ctx, in_budget, in_clients, in_geom;
         uint32_t reps;                  /* runs made; the one of median tokens/s is kept */
         char cmd[CMD_MAX];
         bool ok;
         double tps_min, tps_max;        /* over the runs */
-        double staged, miss_layers, hidden_layers; /* kvdrive's pipeline */
+        double staged, miss_layers, hidden_layers, two_pass; /* kvdrive's pipeline */
         double oracle;                  /* mass recall of the best selection of the same size */
         /* from the JSON */
         double tps, p50, p99, mass, mass_min, topk, err, err_max;
@@ -102,12 +129,14 @@ static void usage(FILE *f)
                 "                      temporary directory, removed at the end\n"
                 "  -p, --plot-only     redraw the plots from --out's results.csv (same --quick), run nothing\n"
                 "  -S, --scale S       generate the traces with `gen --scale S` (attention sharpness)\n"
-                "  -r, --repeat N      run each row the target is judged on (64K and up, 1 and 2 clients,\n"
-                "                      not full) N times, round the policies, and keep the median [1]\n"
+                "  -r, --repeat N      run each row of sparse, lru and kvdrive N times, round the policies,\n"
+                "                      and keep the median [1]\n"
                 "  -d, --device NAME   decode --device: cpu, or cuda (the device pool in GPU memory, the\n"
                 "                      CUDA kernels) [cpu]\n"
                 "  -C, --contexts LIST these contexts in place of the sweep's (e.g. 64K,128K; at most %d):\n"
-                "                      the budget and clients sweeps keep the rows whose context is listed\n"
+                "                      the budget, clients and geometry sweeps keep the rows whose context\n"
+                "                      is listed\n"
+                "  -M, --main-geometry only the main geometry (8 kv heads, 16-token blocks): no geometry sweep\n"
                 "  -h, --help          this help\n", MAX_CTX);
 }
 
@@ -127,6 +156,9 @@ static void sweep_init(struct sweep *s, const struct report_opts *o)
         s->clients_ctx = 32768;
         s->clients_ctx_max = 32768;
         s->clients = 2;
+        s->geom_ctx[0] = 65536;
+        s->geom_ctx[1] = 131072;
+        s->other_geoms = !o->main_geom;
         s->layers = 4;
         s->steps = quick ? 32 : 64;
         s->acc_every = quick ? 8 : 4;
@@ -142,7 +174,25 @@ static void sweep_init(struct sweep *s, const struct report_opts *o)
         }
 }
 
-/* Appends the planned runs of s to rows (deduplicated). */
+static bool is_geom_ctx(const struct sweep *s, uint32_t ctx)
+{
+        return ctx == s->geom_ctx[0] || ctx == s->geom_ctx[1];
+}
+
+static bool in_sweep(const struct sweep *s, uint32_t ctx)
+{
+        for (size_t i = 0; i < s->n_ctx; i++)
+                if (s->ctx[i] == ctx)
+                        return true;
+        return false;
+}
+
+/*
+ * The planned runs of s into rows: the main geometry's sweep (contexts,
+ * budgets, clients), then the other geometries at geom_ctx (1 client, the
+ * main budget, no full). Every row but full's is run `repeat` times: each
+ * is a point where kvdrive is compared with lru.
+ */
 static size_t plan_rows(const struct sweep *s, uint32_t repeat, struct run_row *rows)
 {
         size_t n = 0;
@@ -156,10 +206,7 @@ static size_t plan_rows(const struct sweep *s, uint32_t repeat, struct run_row *
                                                          (strcmp(policies[p], "full") != 0 || b == 0);
                                         bool in_clients = s->ctx[c] >= s->clients_ctx &&
                                                           s->ctx[c] <= s->clients_ctx_max && b == 0;
-                                        /* The rows the issue's target is judged on are
-                                         * repeated (full is too slow to matter). */
-                                        bool decides = s->ctx[c] >= 65536 && (in_ctx || in_clients) &&
-                                                       strcmp(policies[p], "full") != 0;
+                                        bool full = strcmp(policies[p], "full") == 0;
 
                                         if (!in_ctx && !in_budget && !in_clients)
                                                 continue;
@@ -168,14 +215,50 @@ static size_t plan_rows(const struct sweep *s, uint32_t repeat, struct run_row *
                                         rows[n] = (struct run_row){
                                                 .ctx = s->ctx[c], .clients = cl, .policy = policies[p],
                                                 .budget = s->budgets[b], .in_ctx = in_ctx, .in_budget = in_budget,
-                                                .in_clients = in_clients, .reps = decides ? repeat : 1,
+                                                .in_clients = in_clients, .reps = full ? 1 : repeat,
+                                                .in_geom = in_ctx && !full && is_geom_ctx(s, s->ctx[c]),
                                         };
                                         n++;
                                 }
                         }
                 }
         }
+        for (uint32_t g = 1; s->other_geoms && g < N_GEOM; g++)
+                for (size_t c = 0; c < 2; c++)
+                        for (int p = 1; in_sweep(s, s->geom_ctx[c]) && p < N_POL; p++) {       /* not full */
+                                if (n == MAX_RUNS)
+                                        return n;
+                                rows[n++] = (struct run_row){
+                                        .ctx = s->geom_ctx[c], .clients = 1, .policy = policies[p],
+                                        .budget = s->budgets[0], .geom = g, .in_geom = true, .reps = repeat,
+                                };
+                        }
         return n;
+}
+
+/* The distinct traces of rows into traces (rows[i].trace set); their count. */
+static size_t plan_traces(struct run_row *rows, size_t n, struct trace_plan *traces)
+{
+        size_t nt = 0;
+
+        for (size_t i = 0; i < n; i++) {
+                const struct geom *g = &geoms[rows[i].geom];
+                size_t t;
+
+                for (t = 0; t < nt; t++)
+                        if (traces[t].ctx == rows[i].ctx && traces[t].kv_heads == g->kv_heads &&
+                            traces[t].q_heads == g->q_heads)
+                                break;
+                if (t == nt) {
+                        if (nt == MAX_TRACES)
+                                abort();        /* the sweeps are fixed: a bug */
+                        traces[nt++] = (struct trace_plan){
+                                .ctx = rows[i].ctx, .kv_heads = g->kv_heads, .q_heads = g->q_heads,
+                        };
+                }
+                rows[i].trace = (uint32_t)t;
+        }
+        return nt;
 }
 
 /* Joins argv into one shell-safe enough line (our arguments hold no quotes
@@ -307,6 +390,7 @@ static int parse_row(struct run_row *r, const char *out)
         r->oracle = jnum(root, "accuracy.mass_recall_oracle");
         r->miss_layers = jnum(root, "pipeline.miss_layers");
         r->hidden_layers = jnum(root, "pipeline.hidden_layers");
+        r->two_pass = jnum(root, "pipeline.two_pass_layers");
         json_decref(root);
         r->ok = true;
         return 0;
@@ -376,7 +460,7 @@ static const char *ctx_name(char *buf, size_t size, uint32_t ctx)
 
 static void write_csv(FILE *f, const struct run_row *rows, size_t n)
 {
-        fprintf(f, "context_tokens,policy,budget,clients,device_slots_per_seq,topk_blocks_max,tokens_per_s,"
+        fprintf(f, "context_tokens,kv_heads,q_heads,block_tokens,policy,budget,clients,device_slots_per_seq,topk_blocks_max,tokens_per_s,"
                    "step_ms_p50,step_ms_p99,host_to_device_mib_per_token,ssd_to_host_mib_per_token,"
                    "device_cache_hit_rate,prefetch_hit_rate,host_tier_hit_rate,mass_recall_mean,mass_recall_min,"
                    "topk_recall_mean,rel_l2_error_mean,rel_l2_error_max,io_wait_ms_per_step,attention_ms_per_step,"
@@ -386,9 +470,10 @@ static void write_csv(FILE *f, const struct run_row *rows, size_t n)
 
                 if (!r->ok)
                         continue;
-                fprintf(f, "%u,%s,%.3f,%u,%u,%u,%.3f,%.3f,%.3f,%.4f,%.4f,%.4f,%.4f,%.4f,%.5f,%.5f,%.5f,%.3g,%.3g,%.3f,"
+                fprintf(f, "%u,%u,%u,%u,%s,%.3f,%u,%u,%u,%.3f,%.3f,%.3f,%.4f,%.4f,%.4f,%.4f,%.4f,%.5f,%.5f,%.5f,%.3g,%.3g,%.3f,"
                            "%.3f,%.3f,%.3f,%.3f,%u,%.3f,%.3f\n",
-                        r->ctx, r->policy, r->budget, r->clients, r->slots, r->kmax, r->tps, r->p50, r->p99,
+                        r->ctx, geoms[r->geom].kv_heads, geoms[r->geom].q_heads, geoms[r->geom].block_tokens,
+                        r->policy, r->budget, r->clients, r->slots, r->kmax, r->tps, r->p50, r->p99,
                         r->h2d_per_tok, r->ssd2h_per_tok, r->dev_hit, r->pref_hit, r->host_hit, r->mass, r->mass_min,
                         r->topk, r->err, r->err_max, r->io_wait, r->attn, r->select, r->compute, r->mean, r->reps,
                         r->reps > 1 ? r->tps_min : r->tps, r->reps > 1 ? r->tps_max : r->tps);
@@ -569,7 +654,7 @@ static const struct run_row *find_row(const struct run_row *rows, size_t n, cons
                                       const char *policy)
 {
         for (size_t i = 0; i < n; i++)
-                if (rows[i].ok && rows[i].ctx == like->ctx && rows[i].clients == like->clients &&
+                if (rows[i].ok && rows[i].ctx == like->ctx && rows[i].clients == like->clients && rows[i].geom == like->geom &&
                     fabs(rows[i].budget - like->budget) < 1e-9 && strcmp(rows[i].policy, policy) == 0)
                         return &rows[i];
         return NULL;
@@ -625,8 +710,71 @@ static bool any_row(const struct run_row *rows, size_t n, bool budget)
         return false;
 }
 
+/* The geometries side by side at the geometry contexts. */
+static void write_geoms(FILE *f, const struct sweep *s, const struct run_row *rows, size_t n)
+{
+        bool any = false;
+
+        for (size_t i = 0; i < n; i++)
+                any |= rows[i].geom > 0;
+        if (!any)       /* --main-geometry, or --contexts without the geometry contexts */
+                return;
+        fprintf(f, "\n## Geometries: few heads and small blocks (budget %.0f%%, 1 client)\n\n"
+                   "The same decode where a block is fewer bytes (16 KiB, not 64 KiB): with 2 kv heads (a trace made "
+                   "with `gen --kv-heads 2 --q-heads 8`) and with 4-token blocks (`decode --block-tokens 4` on the "
+                   "main traces, four times the blocks). Here the cost of each block's bookkeeping weighs most "
+                   "against its bytes and its attention.\n",
+                s->budgets[0] * 100);
+        for (uint32_t g = 0; g < N_GEOM; g++) {
+                fprintf(f, "\n%s:\n\n", geoms[g].name);
+                md_header_row(f);
+                for (size_t i = 0; i < n; i++)
+                        if (rows[i].in_geom && rows[i].geom == g)
+                                md_row(f, &rows[i]);
+        }
+}
+
+/*
+ * kvdrive against lru wherever both ran (issue 11): kvdrive selects lru's
+ * blocks and moves lru's bytes, so its tokens/s must be at least lru's, at
+ * the same recall.
+ */
+static void write_lru(FILE *f, const struct run_row *rows, size_t n)
+{
+        char cn[16];
+        size_t met = 0, all = 0;
+
+        fprintf(f, "\n## kvdrive against lru, every row\n\n"
+                   "kvdrive selects the blocks lru selects and moves the bytes lru moves; what it adds is "
+                   "overlap (attention over the resident blocks while the misses land) and what that costs. "
+                   "The rule (issue 11): its tokens/s at least lru's on every row, at equal mass recall (within "
+                   "0.001).\n\n"
+                   "| geometry | context | budget | clients | lru tokens/s | kvdrive tokens/s | ratio | mass recall lru / "
+                   "kvdrive | select ms lru / kvdrive | attention ms lru / kvdrive | I/O wait ms lru / kvdrive | "
+                   "kvdrive's layers with misses in two passes | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        for (size_t i = 0; i < n; i++) {
+                const struct run_row *k = &rows[i], *l;
+                bool ok;
+
+                if (!k->ok || strcmp(k->policy, "kvdrive") != 0 || !(l = find_row(rows, n, k, "lru")))
+                        continue;
+                ok = k->tps >= l->tps && fabs(k->mass - l->mass) <= 0.001;
+                all++;
+                met += ok;
+                fprintf(f, "| %s | %s | %.0f%% | %u | %.1f (%.1f-%.1f) | %.1f (%.1f-%.1f) | %.2fx | %.4f / %.4f | "
+                           "%.2f / %.2f | %.2f / %.2f | %.2f / %.2f | %.0f%% | %s |\n",
+                        geoms[k->geom].name, ctx_name(cn, sizeof(cn), k->ctx), k->budget * 100, k->clients, l->tps,
+                        l->reps > 1 ? l->tps_min : l->tps, l->reps > 1 ? l->tps_max : l->tps, k->tps,
+                        k->reps > 1 ? k->tps_min : k->tps, k->reps > 1 ? k->tps_max : k->tps, k->tps / l->tps, l->mass,
+                        k->mass, l->select, k->select, l->attn, k->attn, l->io_wait, k->io_wait,
+                        k->miss_layers > 0 ? 100.0 * k->two_pass / k->miss_layers : 0.0, ok ? "met" : k->tps < l->tps ? "**slower**" : "**recall differs**");
+        }
+        fprintf(f, "\n%zu of %zu rows met.\n", met, all);
+}
+
 static void write_md(FILE *f, const struct report_opts *o, const struct sweep *s, const struct run_row *rows, size_t n,
-                     const char *report_cmd, char gen_cmds[][CMD_MAX], const struct daemon_info *di, double wall_s)
+                     const char *report_cmd, const struct trace_plan *traces, size_t nt, const struct daemon_info *di,
+                     double wall_s)
 {
         const struct kvc_tier_stats *host = &di->host, *ssd = &di->ssd;
         struct utsname u;
@@ -648,7 +796,8 @@ static void write_md(FILE *f, const struct report_opts *o, const struct sweep *s
         fprintf(f, "Machine: %ld CPUs, Linux %s (%s); 1-minute load average %s at the start, %s at the end "
                    "(other work shares this machine). Daemon: host tier %" PRIu64 " MiB, SSD tier %" PRIu64
                    " MiB, eviction `%s`. Trace: `kvdrive-bench gen` defaults%s, %u layers, 8 kv heads x 128 dims, 32 "
-                   "query heads, fp16, 16-token blocks (64 KiB); %u decode steps; accuracy sampled every %u steps; "
+                   "query heads, fp16, 16-token blocks (64 KiB), but where the geometry section says otherwise; "
+                   "%u decode steps; accuracy sampled every %u steps; "
                    "`--compute-us 200`, sink 1 and local 2 blocks (the decode defaults). Rows marked with a run "
                    "count are the median of that many runs (round the policies), with the range.%s\n\n",
                 cpus, u.release, u.machine, di->load_start, di->load_end, host->capacity_bytes >> 20,
@@ -663,8 +812,8 @@ static void write_md(FILE *f, const struct report_opts *o, const struct sweep *s
                    "kvdrived --foreground --socket SOCK --host-bytes %" PRIu64 "M --ssd-dir /tmp/kvd-decode-ssd "
                    "--ssd-bytes %" PRIu64 "M\n# this report\n%s\n# the traces\n",
                 host->capacity_bytes >> 20, ssd->capacity_bytes >> 20, report_cmd);
-        for (size_t c = 0; c < s->n_ctx; c++)
-                fprintf(f, "%s\n", gen_cmds[c]);
+        for (size_t c = 0; c < nt; c++)
+                fprintf(f, "%s\n", traces[c].cmd);
         fprintf(f, "# the runs, one per row below\n");
         for (size_t i = 0; i < n; i++)
                 fprintf(f, "%s\n", rows[i].cmd);
@@ -711,6 +860,8 @@ static void write_md(FILE *f, const struct report_opts *o, const struct sweep *s
                                 md_row(f, &rows[i]);
         }
         write_target(f, rows, n);
+        write_geoms(f, s, rows, n);
+        write_lru(f, rows, n);
         fprintf(f, "\nColumns: *slots/seq* is the device slots one sequence uses (full: the streaming ring plus "
                    "tails); *host→dev* counts every block Got into device slots (sparse: prefetched ones too), "
                    "*SSD→host* the daemon's SSD read bytes during decode; *dev-cache / prefetch hit* is lru's "
@@ -728,13 +879,14 @@ static int parse(int argc, char **argv, struct report_opts *o)
                 { "plot-only", no_argument, NULL, 'p' },    { "help", no_argument, NULL, 'h' },
                 { "scale", required_argument, NULL, 'S' },  { "repeat", required_argument, NULL, 'r' },
                 { "device", required_argument, NULL, 'd' }, { "contexts", required_argument, NULL, 'C' },
+                { "main-geometry", no_argument, NULL, 'M' },
                 {},
         };
         int c;
 
         o->out = "docs/bench/decode";
         o->repeat = 1;
-        while ((c = getopt_long(argc, argv, "s:o:qt:phS:r:d:C:", opts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "s:o:qt:phS:r:d:C:M", opts, NULL)) != -1) {
                 uint64_t v;
                 char *end;
 
@@ -776,6 +928,7 @@ static int parse(int argc, char **argv, struct report_opts *o)
                                         return -EINVAL;
                                 }
                         break;
+                case 'M': o->main_geom = true; break;
                 case 's': o->socket = optarg; break;
                 case 'o': o->out = optarg; break;
                 case 'q': o->quick = true; break;
@@ -817,21 +970,26 @@ static int read_csv(const char *out, struct run_row *rows, size_t n)
         }
         while (fgets(line, sizeof(line), f)) {
                 struct run_row r = { 0 };
+                uint32_t kvh, qh, bt;
 
-                if (sscanf(line, "%u,%15[^,],%lf,%u,%u,%u,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf", &r.ctx,
-                           pol, &r.budget, &r.clients, &r.slots, &r.kmax, &r.tps, &r.p50, &r.p99, &r.h2d_per_tok,
+                if (sscanf(line, "%u,%u,%u,%u,%15[^,],%lf,%u,%u,%u,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf",
+                           &r.ctx, &kvh, &qh, &bt, pol, &r.budget, &r.clients, &r.slots, &r.kmax, &r.tps, &r.p50, &r.p99, &r.h2d_per_tok,
                            &r.ssd2h_per_tok, &r.dev_hit, &r.pref_hit, &r.host_hit, &r.mass, &r.mass_min, &r.topk, &r.err,
-                           &r.err_max) != 19)
+                           &r.err_max) != 22)
                         continue;
                 for (size_t i = 0; i < n; i++) {
                         struct run_row *w = &rows[i];
 
+                        const struct geom *g = &geoms[w->geom];
+
                         if (w->ctx == r.ctx && strcmp(w->policy, pol) == 0 && fabs(w->budget - r.budget) < 1e-6 &&
-                            w->clients == r.clients) {
+                            w->clients == r.clients && g->kv_heads == kvh && g->q_heads == qh && g->block_tokens == bt) {
                                 r.policy = w->policy;
                                 r.in_ctx = w->in_ctx;
                                 r.in_budget = w->in_budget;
                                 r.in_clients = w->in_clients;
+                                r.in_geom = w->in_geom;
+                                r.geom = w->geom;
                                 r.ok = true;
                                 *w = r;
                                 got++;
@@ -885,10 +1043,11 @@ int bench_report(int argc, char **argv)
         struct sweep s;
         struct run_row rows[MAX_RUNS], *runs = NULL;
         struct daemon_info di = { 0 };
-        char tdir[256] = "", report_cmd[CMD_MAX], gen_cmds[MAX_CTX][CMD_MAX], path[600];
+        struct trace_plan traces[MAX_TRACES];
+        char tdir[256] = "", report_cmd[CMD_MAX], path[600];
         const char *rargv[MAX_ARGS];
         uint64_t t0 = bench_now_ns();
-        size_t n, nargs = 0;
+        size_t n, nt, nargs = 0;
         int r, ret = EXIT_FAILURE;
         FILE *f;
 
@@ -909,6 +1068,7 @@ int bench_report(int argc, char **argv)
         loadavg(di.load_start, sizeof(di.load_start));
         sweep_init(&s, &o);
         n = plan_rows(&s, o.repeat, rows);
+        nt = plan_traces(rows, n, traces);
         runs = calloc((size_t)MAX_REPEAT * n, sizeof(*runs));
         if (!runs) {
                 fprintf(stderr, "kvdrive-bench report: out of memory\n");
@@ -941,21 +1101,36 @@ int bench_report(int argc, char **argv)
         rargv[nargs] = NULL;
         join_cmd(report_cmd, sizeof(report_cmd), rargv);
 
-        for (size_t c = 0; c < s.n_ctx; c++) {
-                char dir[300], tokens[16], steps[16], meta[320], scale[32], sfx[40] = "";
-                const char *gargv[] = { "kvdrive-bench", "gen", "--out", dir, "--tokens", tokens, "--steps", steps,
-                                        o.scale > 0 ? "--scale" : NULL, scale, NULL };
+        for (size_t c = 0; c < nt; c++) {
+                struct trace_plan *tp = &traces[c];
+                char dir[300], tokens[16], steps[16], meta[320], scale[32], sfx[80] = "", kvh[16], qh[16];
+                const char *gargv[16] = { "kvdrive-bench", "gen", "--out", dir, "--tokens", tokens, "--steps", steps };
+                size_t ga = 8;
                 struct stat st;
                 uint32_t max_reps = 1;
+                int w = 0;
 
                 snprintf(scale, sizeof(scale), "%g", o.scale);
-                if (o.scale > 0)
-                        snprintf(sfx, sizeof(sfx), "-scale%g", o.scale);
-                snprintf(dir, sizeof(dir), "%s/ctx%u-steps%u%s", tdir, s.ctx[c], s.steps, sfx);
-                snprintf(tokens, sizeof(tokens), "%u", s.ctx[c] + s.steps);
+                snprintf(kvh, sizeof(kvh), "%u", tp->kv_heads);
+                snprintf(qh, sizeof(qh), "%u", tp->q_heads);
+                if (o.scale > 0) {
+                        gargv[ga++] = "--scale";
+                        gargv[ga++] = scale;
+                        w = snprintf(sfx, sizeof(sfx), "-scale%g", o.scale);
+                }
+                if (tp->kv_heads != geoms[0].kv_heads || tp->q_heads != geoms[0].q_heads) {
+                        gargv[ga++] = "--kv-heads";
+                        gargv[ga++] = kvh;
+                        gargv[ga++] = "--q-heads";
+                        gargv[ga++] = qh;
+                        snprintf(sfx + w, sizeof(sfx) - (size_t)w, "-kv%u-q%u", tp->kv_heads, tp->q_heads);
+                }
+                gargv[ga] = NULL;
+                snprintf(dir, sizeof(dir), "%s/ctx%u-steps%u%s", tdir, tp->ctx, s.steps, sfx);
+                snprintf(tokens, sizeof(tokens), "%u", tp->ctx + s.steps);
                 snprintf(steps, sizeof(steps), "%u", s.steps);
                 snprintf(meta, sizeof(meta), "%s/meta.json", dir);
-                join_cmd(gen_cmds[c], sizeof(gen_cmds[c]), gargv);
+                join_cmd(tp->cmd, sizeof(tp->cmd), gargv);
                 if (stat(meta, &st) == 0) {
                         fprintf(stderr, "kvdrive-bench report: reusing the trace in %s\n", dir);
                 } else {
@@ -967,19 +1142,19 @@ int bench_report(int argc, char **argv)
                         }
                 }
                 for (size_t i = 0; i < n; i++)
-                        if (rows[i].ctx == s.ctx[c] && rows[i].reps > max_reps)
+                        if (rows[i].trace == c && rows[i].reps > max_reps)
                                 max_reps = rows[i].reps;
                 /* Repeats go round the policies, so that a slow spell of this
                  * shared machine hits them alike. */
                 for (uint32_t rep = 0; rep < max_reps; rep++) {
                         for (size_t i = 0; i < n; i++) {
                                 struct run_row *row = &runs[(size_t)rep * n + i];
-                                char budget[16], clients[16], acc[16], *out = NULL;
+                                char budget[16], clients[16], acc[16], bt[16], *out = NULL;
                                 const char *dargv[MAX_ARGS];
                                 size_t k = 0;
                                 uint64_t t1 = bench_now_ns();
 
-                                if (rows[i].ctx != s.ctx[c] || rep >= rows[i].reps)
+                                if (rows[i].trace != c || rep >= rows[i].reps)
                                         continue;
                                 *row = rows[i];
                                 snprintf(budget, sizeof(budget), "%.2f", row->budget);
@@ -1005,6 +1180,11 @@ int bench_report(int argc, char **argv)
                                 dargv[k++] = clients;
                                 dargv[k++] = "--accuracy-every";
                                 dargv[k++] = acc;
+                                if (geoms[row->geom].block_tokens != geoms[0].block_tokens) {
+                                        snprintf(bt, sizeof(bt), "%u", geoms[row->geom].block_tokens);
+                                        dargv[k++] = "--block-tokens";
+                                        dargv[k++] = bt;
+                                }
                                 dargv[k++] = "--json";
                                 dargv[k] = NULL;
                                 join_cmd(row->cmd, sizeof(row->cmd), dargv);
@@ -1023,7 +1203,7 @@ int bench_report(int argc, char **argv)
                         }
                 }
                 for (size_t i = 0; i < n; i++)
-                        if (rows[i].ctx == s.ctx[c])
+                        if (rows[i].trace == c)
                                 keep_median(&rows[i], runs, n, i);
                 if (!o.keep)
                         nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
@@ -1045,7 +1225,7 @@ int bench_report(int argc, char **argv)
                 goto out;
         }
         loadavg(di.load_end, sizeof(di.load_end));
-        write_md(f, &o, &s, rows, n, report_cmd, gen_cmds, &di, (double)(bench_now_ns() - t0) / 1e9);
+        write_md(f, &o, &s, rows, n, report_cmd, traces, nt, &di, (double)(bench_now_ns() - t0) / 1e9);
         fclose(f);
         fprintf(stderr, "kvdrive-bench report: wrote %s/results.md, results.csv and the plots\n", o.out);
         ret = EXIT_SUCCESS;

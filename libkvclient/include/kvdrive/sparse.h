@@ -143,7 +143,8 @@ int kvc_predict_merge(const uint32_t *prev_step_sel, uint32_t n_prev,
 /* ---- kvc_sparse: the attention-aware decode policy --------------------
  *
  * A decoder that keeps only some KV blocks of each layer in its device pool
- * drives this once per layer and step (docs/engine-integration.md):
+ * drives this once per layer and step (docs/engine-integration.md; a whole
+ * engine: examples/sparse-engine.c):
  *
  *     kvc_sparse_begin_layer(seq, l, scores, n, &plan);   // its scores of the n stored blocks
  *     attend over plan->slots[i] where plan->resident[i], and the tail
@@ -158,10 +159,11 @@ int kvc_predict_merge(const uint32_t *prev_step_sel, uint32_t n_prev,
  * guesses into the daemon's host memory within the scheduler's depth. When
  * there is little to overlap the plan says so (plan->two_pass false: wait
  * first, then attend all in one pass): few misses, or misses that land
- * sooner than a second pass costs. The library measures both from the
- * engine's calls: how long the engine attends a block (begin_layer to
- * wait_layer in two passes, wait_layer to end_layer in one) and how long
- * misses take to land (submit to the counter).
+ * sooner than a second pass costs, as the engine's calls show (how long it
+ * attends a block: begin_layer to wait_layer in two passes, wait_layer to
+ * end_layer in one; how long misses take to land). A layer that could go
+ * either way goes the way that has cost the engine less per chosen block,
+ * begin_layer to end_layer, and one in eight tries the other way.
  *
  * The engine computes the scores (block summaries against the query) on
  * its own device, with the kvk_* kernels, their CUDA twins or its own; it
@@ -200,7 +202,7 @@ struct kvc_sparse_opts {
         float half_life_layers;         /* a block's score halves every this many layers (0: 1) */
         double stage;                   /* next-step guesses staged per layer, at most this x top-k (0: none) */
         uint32_t split_min;             /* two passes only from this many misses (0: 16) */
-        uint32_t overlap_us;            /* ... and when they would hide more than this (0: 50 us) */
+        uint32_t overlap_us;            /* ... and when they could hide more than this (0: 50 us) */
         uint32_t flags;                 /* enum kvc_sparse_flags */
 };
 
@@ -292,9 +294,13 @@ int kvc_sparse_begin_layer(kvc_sparse_seq *seq, uint32_t layer, const float *sco
 
 /*
  * Waits until the plan's missing blocks are in their slots (the layer's
- * counter: no message). Returns 0; -ETIMEDOUT (timeout_ms, -1 forever);
- * -EIO if a block could not be loaded (its resident flag stays 0, and it is
- * fetched again next time: attend without it or fail the step); -EINVAL.
+ * counter: no message; while they are late, it looks at the replies every
+ * 20 ms). Returns 0; -ETIMEDOUT (timeout_ms, -1 forever); -EIO if a block
+ * could not be loaded, or the daemon's error if it refused a Get whole
+ * (-KVC_E_LIMIT, -KVC_E_DENIED, -KVC_E_NO_NAMESPACE after a drop, ...):
+ * the failed blocks' resident flags stay 0 and they are fetched again next
+ * time (attend without them or fail the step), and a second call says the
+ * same; -ECONNRESET and the like if the daemon is gone; -EINVAL.
  */
 int kvc_sparse_wait_layer(kvc_sparse_seq *seq, int timeout_ms);
 
@@ -302,7 +308,9 @@ int kvc_sparse_wait_layer(kvc_sparse_seq *seq, int timeout_ms);
  * Ends the layer: masses (may be NULL) holds the plan's n attention masses
  * (kvk_block_attention_mass()), which keep used blocks resident and, with
  * KVC_SPARSE_REPORT_SCORES, reach the daemon in one fire-and-forget message.
- * Unpins the layer's blocks. 0 or -EINVAL (no layer begun).
+ * Unpins the layer's blocks. A miss not seen landing (no wait, or one that
+ * timed out) is not resident: it is fetched again when next chosen.
+ * 0 or -EINVAL (no layer begun).
  */
 int kvc_sparse_end_layer(kvc_sparse_seq *seq, const float *masses);
 
