@@ -175,6 +175,19 @@ def _struct_dict(s, ctype: str) -> dict:
     return out
 
 
+class _Closing:
+    """``with`` support for the binding's objects: leaving the block closes."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class Request:
     """An asynchronous Put, Get or Prefetch (one or more daemon requests).
 
@@ -265,7 +278,7 @@ class Request:
         return self
 
 
-class Pool:
+class Pool(_Closing):
     """Device slots the daemon copies blocks into and out of.
 
     A memfd pool (:meth:`Namespace.pool`) lives in host memory: ``array``
@@ -333,12 +346,6 @@ class Pool:
         lib.kvc_pool_free(self._p)
         self._p = None
         self._cuda = None
-
-    def __enter__(self) -> "Pool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __del__(self):
         # Unmap only when nothing can still read the memory.
@@ -419,7 +426,7 @@ class Namespace:
                 f"block_tokens={self.block_tokens} block_bytes={self.block_bytes}>")
 
 
-class Client:
+class Client(_Closing):
     """A connection to kvdrived.
 
     ``socket_path`` None searches as libkvclient does: ``$KVDRIVE_SOCKET``,
@@ -461,12 +468,6 @@ class Client:
             if self._c is not None:
                 lib.kvc_disconnect(self._c)
                 self._c = None
-
-    def __enter__(self) -> "Client":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __del__(self):
         if getattr(self, "_c", None) is not None:

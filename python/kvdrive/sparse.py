@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ._lib import ffi, lib
-from .client import Client, Key, Namespace, Pool, _tokens
+from .client import Client, Key, Namespace, Pool, _Closing, _tokens
 from .errors import InvalidArgument, check
 
 __all__ = ["Sparse", "SparseSequence", "Plan", "pool_slots"]
@@ -74,7 +74,7 @@ class Plan:
         return int(self.blocks.size)
 
 
-class SparseSequence:
+class SparseSequence(_Closing):
     """One sequence of a :class:`Sparse` (kvc_sparse_seq)."""
 
     def __init__(self, sparse: "Sparse", handle, tokens):
@@ -194,14 +194,10 @@ class SparseSequence:
         with self.sparse.client._lock:
             check(lib.kvc_sparse_seq_end(q), "sequence end", self.sparse.client._c)
 
-    def __enter__(self) -> "SparseSequence":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.end()
+    close = end
 
 
-class Sparse:
+class Sparse(_Closing):
     """The decode policy over a pool (kvc_sparse_open).
 
     It uses slots ``[slot0, slot0 + pool_slots(...))`` of ``pool``: per
@@ -262,8 +258,3 @@ class Sparse:
             lib.kvc_sparse_close(self._sp)
         self._sp = None
 
-    def __enter__(self) -> "Sparse":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
