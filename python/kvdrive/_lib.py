@@ -11,7 +11,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cffi import FFI
+import sys
+
+try:
+    import numpy  # noqa: F401  (the binding's arrays; checked here for one clear message)
+    from cffi import FFI
+except ImportError as e:
+    raise ImportError(
+        f"kvdrive needs cffi and numpy, which {sys.executable} lacks ({e}); use the "
+        "distribution's interpreter, /usr/bin/python3, with python3-cffi and python3-numpy "
+        "(tools/deps-debian.txt)") from e
 
 from ._cdef import CDEF
 

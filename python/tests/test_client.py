@@ -214,3 +214,21 @@ def test_hello_example_runs(daemon):
                        timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "identical to A's: True" in r.stdout
+
+
+def test_cuda_pool_round_trip(client, ns_name):
+    """A CUDA tensor registered as a pool (CUDA IPC): the daemon copies into GPU memory."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to torch")
+    ns = client.namespace(ns_name, **GEO)
+    t = torch.empty((4, ns.block_bytes), dtype=torch.uint8, device="cuda")
+    with ns.cuda_pool(t) as pool:
+        assert pool.is_cuda and pool.slots == 4 and pool.tensor() is t
+        t[0] = torch.randint(0, 256, (ns.block_bytes,), dtype=torch.uint8, device="cuda")
+        want = t[0].clone()
+        torch.cuda.synchronize()
+        key = kvdrive.new_sequence()
+        client.put(pool, [(key, 1, 0)]).check()
+        client.get(pool, [(key, 1, 3)]).check()
+        assert torch.equal(t[3], want)
