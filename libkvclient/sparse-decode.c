@@ -621,16 +621,24 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
         q->tick++;
         (void)kvc_residency_begin_layer(q->res);
         k = kvk_topk(scores, n_blocks, k_of(sp, n_blocks), sp->o.sink, sp->o.local, q->blocks);
-        /* Pin the resident ones first, so that no miss below evicts them. */
+        /* Pin the resident ones first, so that no miss below evicts them;
+         * only the others need the acquire (one lookup per hit, not two). */
         for (uint32_t i = 0; i < k; i++) {
+                int slot;
+
                 (void)kvc_sparse_seq_key(q, q->blocks[i], &q->sel_keys[i]);
-                (void)kvc_residency_pin(q->res, &q->sel_keys[i], layer);
+                slot = kvc_residency_pin(q->res, &q->sel_keys[i], layer);
+                q->resident[i] = slot >= 0;
+                if (slot >= 0)
+                        q->slots[i] = slot0 + (uint32_t)slot;
         }
         for (uint32_t i = 0; i < k; i++) {
                 const struct kvc_key key = q->sel_keys[i];
                 bool miss;
                 int slot;
 
+                if (q->resident[i])
+                        continue;
                 slot = kvc_residency_acquire(q->res, &key, layer, q->tick, &miss);
                 if (slot < 0) {
                         q->plan.layer = layer;
