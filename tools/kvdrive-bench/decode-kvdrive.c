@@ -61,6 +61,7 @@ static int kv_client_init(struct client *cl)
                  * working set; a block that keeps being chosen outlasts one
                  * chosen once */
                 .half_life_layers = 1.0f, .stage = run->o.stage,
+                .split_min = run->o.one_pass ? UINT32_MAX : 0,
                 .flags = run->o.report_scores ? KVC_SPARSE_REPORT_SCORES : 0,
         };
         struct kv_client *x = calloc(1, sizeof(*x));

@@ -137,6 +137,8 @@ static void usage(FILE *f)
                 "      --stage-layer F      kvdrive: at layer l, stage layer l+1's predicted top-k\n"
                 "                           (--predict) that is not resident, up to F x top-k [0]\n"
                 "      --no-scores          kvdrive: do not report attention scores to the daemon\n"
+                "      --one-pass           kvdrive: wait for the misses, then attend in one pass,\n"
+                "                           on every layer (the two-pass rule off)\n"
                 "      --sink-blocks N      first blocks always attended [1]\n"
                 "      --local-blocks N     most recent stored blocks always attended [2]\n"
                 "      --block-tokens T     tokens per block [16]\n"
@@ -514,7 +516,7 @@ static int parse_frac(const char *s, double *ret)
 static int parse(int argc, char **argv, struct decode_opts *o)
 {
         enum { O_SINK = 256, O_LOCAL, O_BT, O_CUS, O_STEPS, O_ACC, O_BATCH, O_DEPTH, O_TOKENS, O_LAYERS, O_GSTEPS,
-               O_SEED, O_NS, O_PRED, O_STAGE, O_STAGE_LAYER, O_NOSCORES };
+               O_SEED, O_NS, O_PRED, O_STAGE, O_STAGE_LAYER, O_NOSCORES, O_ONE_PASS };
         static const struct option opts[] = {
                 { "socket", required_argument, NULL, 's' },        { "policy", required_argument, NULL, 'p' },
                 { "device", required_argument, NULL, 'd' },
@@ -528,7 +530,8 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                 { "layers", required_argument, NULL, O_LAYERS },   { "gen-steps", required_argument, NULL, O_GSTEPS },
                 { "seed", required_argument, NULL, O_SEED },       { "namespace", required_argument, NULL, O_NS },
                 { "predict", required_argument, NULL, O_PRED },    { "stage", required_argument, NULL, O_STAGE },
-                { "no-scores", no_argument, NULL, O_NOSCORES }, { "stage-layer", required_argument, NULL, O_STAGE_LAYER },
+                { "no-scores", no_argument, NULL, O_NOSCORES },    { "stage-layer", required_argument, NULL, O_STAGE_LAYER },
+                { "one-pass", no_argument, NULL, O_ONE_PASS },
                 { "json", no_argument, NULL, 'j' },                { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -580,6 +583,7 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                 case O_NS: o->ns_name = optarg; break;
                 case 'j': o->json = true; break;
                 case O_NOSCORES: o->report_scores = false; break;
+                case O_ONE_PASS: o->one_pass = true; break;
                 case O_STAGE:
                 case O_STAGE_LAYER: {
                         double *dst = c == O_STAGE ? &o->stage : &o->stage_layer;
