@@ -19,6 +19,7 @@
 #include "kernels.h"
 
 #define DEFAULT_SPLIT_MIN 16u
+#define DEFAULT_REPORT_EVERY 8u
 #define DEFAULT_OVERLAP_NS 50000u
 #define EWMA_SHIFT 3                    /* estimates move 1/8 of the way to each sample */
 #define WAIT_SLICE_MS 20                /* between looks at the replies, when misses are late */
@@ -58,6 +59,7 @@ struct kvc_sparse_seq {
         uint64_t *stage_id;             /* [layers] a staging in flight, 0 none */
         uint8_t *stage_st;              /* [layers][kmax] */
         uint64_t *tail_put;             /* [layers] the tail's Put in flight, 0 none */
+        uint32_t *ended;                /* [layers] layers ended: when to report the masses */
         uint8_t *tail_st;               /* [layers] */
         uint64_t t_begun, t_submit, t_waited; /* the open layer's: begin_layer returned, Gets sent, wait returned */
         bool either;                    /* the open layer could have gone one pass or two */
@@ -178,6 +180,7 @@ static void seq_free_arrays(struct kvc_sparse_seq *q)
         free(q->stage_st);
         free(q->tail_put);
         free(q->tail_st);
+        free(q->ended);
 }
 
 _public_ kvc_sparse *kvc_sparse_close(kvc_sparse *sp)
@@ -222,6 +225,8 @@ _public_ int kvc_sparse_open(kvc_client *c, uint32_t ns, kvc_pool *p, const stru
                 sp->o.half_life_layers = 1.0f;
         if (sp->o.split_min == 0)
                 sp->o.split_min = DEFAULT_SPLIT_MIN;
+        if (sp->o.report_every == 0)
+                sp->o.report_every = DEFAULT_REPORT_EVERY;
         sp->overlap_ns = sp->o.overlap_us ? (uint64_t)sp->o.overlap_us * 1000 : DEFAULT_OVERLAP_NS;
         layers = o->layers;
         sp->kmax = o->topk_max && o->topk_max < o->budget ? o->topk_max : o->budget;
@@ -253,7 +258,8 @@ _public_ int kvc_sparse_open(kvc_client *c, uint32_t ns, kvc_pool *p, const stru
                 q->stage_st = calloc((size_t)layers * sp->kmax, 1);
                 q->tail_put = calloc(layers, sizeof(*q->tail_put));
                 q->tail_st = calloc(layers, 1);
-                if (!q->stored || !q->blocks || !q->sel_keys || !q->slots || !q->resident || !q->status || !q->miss_of ||
+                q->ended = calloc(layers, sizeof(*q->ended));
+                if (!q->ended || !q->stored || !q->blocks || !q->sel_keys || !q->slots || !q->resident || !q->status || !q->miss_of ||
                     !q->ctr_target || !q->ctr_failed || !q->stage_id || !q->stage_st || !q->tail_put ||
                     !q->tail_st)
                         goto err;
@@ -313,6 +319,7 @@ _public_ int kvc_sparse_seq_begin(kvc_sparse *sp, const struct kvc_sparse_seq_op
         memset(q->ctr_target, 0, sizeof(*q->ctr_target) * sp->o.layers);
         memset(q->stage_id, 0, sizeof(*q->stage_id) * sp->o.layers);
         memset(q->tail_put, 0, sizeof(*q->tail_put) * sp->o.layers);
+        memset(q->ended, 0, sizeof(*q->ended) * sp->o.layers);
         /* The counters of this sequence go on from where its last user left them. */
         for (uint32_t l = 0; l < sp->o.layers; l++) {
                 q->ctr_target[l] = kvc_counter_done(sp->ctr, q->index * sp->o.layers + l);
@@ -808,10 +815,16 @@ _public_ int kvc_sparse_end_layer(kvc_sparse_seq *q, const float *masses)
 {
         kvc_sparse *sp;
         uint32_t n = 0;
+        bool report;
 
         if (!q || !q->open || !q->layer_open)
                 return -EINVAL;
         sp = q->sp;
+        /* The daemon's heat halves in seconds: a layer's masses every few of
+         * its steps keep it, at a fraction of the messages and of the
+         * daemon's work (on a small machine, a core the engine shares). */
+        report = (sp->o.flags & KVC_SPARSE_REPORT_SCORES) && masses &&
+                 q->ended[q->plan.layer]++ % sp->o.report_every == 0;
         /* Misses not seen landing (the engine did not wait, or gave up):
          * not resident, fetched again next time. Their Gets are reaped
          * before anything else is planned into their slots. */
@@ -823,7 +836,7 @@ _public_ int kvc_sparse_end_layer(kvc_sparse_seq *q, const float *masses)
                 if (!(mass >= 0) || !isfinite(mass))
                         mass = 0;
                 (void)kvc_residency_score(q->res, &q->sel_keys[i], q->plan.layer, mass, q->tick);
-                if ((sp->o.flags & KVC_SPARSE_REPORT_SCORES) && masses)
+                if (report)
                         sp->scores[n++] = (struct kvc_block_score){ .key = q->sel_keys[i], .layer = q->plan.layer,
                                                                     .mass = mass > 1 ? 1 : mass };
         }

@@ -594,6 +594,50 @@ START_TEST(test_stage_from_ssd)
 }
 END_TEST
 
+
+/* With KVC_SPARSE_REPORT_SCORES, a layer's masses reach the daemon at
+ * every report_every-th end of that layer: 7 ends at 3 are 3 reports. */
+START_TEST(test_scores_reported_every_n)
+{
+        struct kvd_test_daemon d;
+        struct kvc_sparse_opts o = opts();
+        struct kvc_sparse_seq_opts so = { .size = sizeof(so), .keys = KVC_SPARSE_KEYS_PRIVATE };
+        const struct kvc_sparse_plan *pl;
+        struct kvc_stats *stats;
+        float scores[NB], masses[NB];
+        struct engine e;
+
+        o.flags = KVC_SPARSE_REPORT_SCORES;
+        o.report_every = 3;
+        E2E_START(&d);
+        ck_assert_int_eq(engine_open(d.socket_path, &o, &e), 0);
+        ck_assert_int_eq(kvc_sparse_seq_begin(e.sp, &so, &e.seq), 0);
+        ck_assert_int_eq(prefill(&e, 5), 0);
+        for (uint32_t b = 0; b < NB; b++)
+                scores[b] = (float)b;
+        for (int step = 0; step < 7; step++) {
+                ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 1, scores, NB, &pl), 0);
+                ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 10000), 0);
+                for (uint32_t i = 0; i < pl->n; i++)
+                        masses[i] = 1.0f / (float)pl->n;
+                ck_assert_uint_eq(pl->n, 8);
+                ck_assert_int_eq(kvc_sparse_end_layer(e.seq, masses), 0);
+                /* Another layer's ends do not count for layer 1's. */
+                ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 2, scores, NB, &pl), 0);
+                ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 10000), 0);
+                ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        }
+        /* The reports are fire and forget, on the same connection: the
+         * daemon has applied them when it answers the Stats after them. */
+        ck_assert_int_eq(kvc_stats_get(e.c, &stats), 0);
+        ck_assert_uint_eq(stats->scores, 3 * 8);
+        kvc_stats_free(stats);
+        ck_assert_int_eq(kvc_sparse_seq_end(e.seq), 0);
+        engine_close(&e);
+        E2E_STOP(&d);
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("sparse");
@@ -608,6 +652,7 @@ static Suite *suite(void)
         tcase_add_test(tc, test_two_pass_learns_what_pays);
         tcase_add_test(tc, test_two_engines_share_a_prefix);
         tcase_add_test(tc, test_stage_from_ssd);
+        tcase_add_test(tc, test_scores_reported_every_n);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -185,7 +185,7 @@ typedef struct kvc_sparse kvc_sparse;
 typedef struct kvc_sparse_seq kvc_sparse_seq;
 
 enum kvc_sparse_flags {
-        KVC_SPARSE_REPORT_SCORES = 1u << 0,     /* end_layer's masses go to the daemon (heat) */
+        KVC_SPARSE_REPORT_SCORES = 1u << 0,     /* end_layer's masses go to the daemon (heat), every report_every steps */
 };
 
 /* Options of kvc_sparse_open(): zero it, set size, then what you need. */
@@ -204,6 +204,10 @@ struct kvc_sparse_opts {
         uint32_t split_min;             /* two passes only from this many misses (0: 16) */
         uint32_t overlap_us;            /* ... and when they could hide more than this (0: 50 us) */
         uint32_t flags;                 /* enum kvc_sparse_flags */
+        /* With KVC_SPARSE_REPORT_SCORES: a layer's masses go to the daemon
+         * at every this many of its ends (0: 8). In the struct's tail
+         * padding: its size is that of the version without it. */
+        uint32_t report_every;
 };
 
 /* Pool slots a kvc_sparse with options o uses: max_seqs * (budget + layers). */
