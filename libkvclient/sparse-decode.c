@@ -259,9 +259,9 @@ _public_ int kvc_sparse_open(kvc_client *c, uint32_t ns, kvc_pool *p, const stru
                 q->tail_put = calloc(layers, sizeof(*q->tail_put));
                 q->tail_st = calloc(layers, 1);
                 q->ended = calloc(layers, sizeof(*q->ended));
-                if (!q->ended || !q->stored || !q->blocks || !q->sel_keys || !q->slots || !q->resident || !q->status || !q->miss_of ||
+                if (!q->stored || !q->blocks || !q->sel_keys || !q->slots || !q->resident || !q->status || !q->miss_of ||
                     !q->ctr_target || !q->ctr_failed || !q->stage_id || !q->stage_st || !q->tail_put ||
-                    !q->tail_st)
+                    !q->tail_st || !q->ended)
                         goto err;
         }
         err = kvc_counters_create(c, o->max_seqs * layers, &sp->ctr);

@@ -185,7 +185,8 @@ typedef struct kvc_sparse kvc_sparse;
 typedef struct kvc_sparse_seq kvc_sparse_seq;
 
 enum kvc_sparse_flags {
-        KVC_SPARSE_REPORT_SCORES = 1u << 0,     /* end_layer's masses go to the daemon (heat), every report_every steps */
+        /* end_layer's masses go to the daemon (heat), every report_every steps */
+        KVC_SPARSE_REPORT_SCORES = 1u << 0,
 };
 
 /* Options of kvc_sparse_open(): zero it, set size, then what you need. */
