@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -318,4 +319,50 @@ int e2e_wait_stats(kvc_client *c, e2e_stats_pred pred, void *arg, int timeout_ms
         else
                 kvc_stats_free(s);
         return rc;
+}
+
+int e2e_run_bench(const char *tmp, const char *const *args, int timeout_ms, char **ret_out, char **ret_err)
+{
+        const char *bench = getenv("KVDRIVE_BENCH"), *argv[40];
+        char out_path[256], err_path[256], why[96];
+        size_t n = 0;
+        struct stat st;
+        pid_t pid;
+        int status;
+
+        ck_assert_msg(bench && *bench, "$KVDRIVE_BENCH is not set (run the tests with meson test)");
+        argv[n++] = bench;
+        for (size_t i = 0; args[i]; i++) {
+                ck_assert_msg(n + 1 < sizeof(argv) / sizeof(argv[0]), "too many kvdrive-bench arguments");
+                argv[n++] = args[i];
+        }
+        argv[n] = NULL;
+        snprintf(out_path, sizeof(out_path), "%s/stdout", tmp);
+        snprintf(err_path, sizeof(err_path), "%s/stderr", tmp);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+                int e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+
+                if (o < 0 || e < 0 || dup2(o, STDOUT_FILENO) < 0 || dup2(e, STDERR_FILENO) < 0 ||
+                    setenv("TMPDIR", tmp, 1) < 0)
+                        _exit(127);
+                execv(argv[0], (char *const *)argv);
+                _exit(127);
+        }
+        status = e2e_wait_child(pid, timeout_ms, why, sizeof(why));
+        ck_assert_msg(status != -ETIMEDOUT, "kvdrive-bench %s: %s", args[0], why);
+        for (int i = 0; i < 2; i++) {
+                const char *p = i ? err_path : out_path;
+                char **ret = i ? ret_err : ret_out;
+                char *buf;
+
+                ck_assert_int_eq(stat(p, &st), 0);
+                buf = calloc(1, (size_t)st.st_size + 1);
+                ck_assert_ptr_nonnull(buf);
+                ck_assert_int_eq(e2e_read_file(p, buf, (size_t)st.st_size), 0);
+                *ret = buf;
+        }
+        return status;
 }

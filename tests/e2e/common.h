@@ -96,6 +96,14 @@ pid_t e2e_fork_as(uid_t uid, gid_t gid, const gid_t *groups, size_t n, int (*fn)
  */
 int e2e_wait_child(pid_t pid, int timeout_ms, char *why, size_t size);
 
+/*
+ * Runs $KVDRIVE_BENCH with args (NULL-terminated; at most 38) and
+ * TMPDIR=tmp, up to timeout_ms; its stdout and stderr are returned in
+ * *ret_out and *ret_err (malloc'd, NUL-terminated; the files stdout and
+ * stderr in tmp). Returns its raw wait status; asserts on a timeout.
+ */
+int e2e_run_bench(const char *tmp, const char *const *args, int timeout_ms, char **ret_out, char **ret_err);
+
 /* Asserts that child pid exits 0 within E2E_CHILD_TIMEOUT_MS. */
 #define E2E_ASSERT_CHILD_OK(pid, what)                                                  \
         do {                                                                            \

@@ -21,51 +21,6 @@
 
 #define RUN_TIMEOUT_MS 60000
 
-/* Runs kvdrive-bench with args (NULL-terminated) and TMPDIR=tmp; its
- * stdout and stderr are returned (malloc'd) and its wait status. */
-static int run_bench(const char *tmp, const char *const *args, char **ret_out, char **ret_err)
-{
-        const char *bench = getenv("KVDRIVE_BENCH"), *argv[32];
-        char out_path[256], err_path[256], why[96];
-        size_t n = 0;
-        struct stat st;
-        pid_t pid;
-        int status;
-
-        ck_assert_msg(bench && *bench, "$KVDRIVE_BENCH is not set (run the tests with meson test)");
-        argv[n++] = bench;
-        for (size_t i = 0; args[i] && n + 1 < 32; i++)
-                argv[n++] = args[i];
-        argv[n] = NULL;
-        snprintf(out_path, sizeof(out_path), "%s/stdout", tmp);
-        snprintf(err_path, sizeof(err_path), "%s/stderr", tmp);
-        pid = fork();
-        ck_assert_int_ge(pid, 0);
-        if (pid == 0) {
-                int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-                int e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-
-                if (o < 0 || e < 0 || dup2(o, STDOUT_FILENO) < 0 || dup2(e, STDERR_FILENO) < 0 ||
-                    setenv("TMPDIR", tmp, 1) < 0)
-                        _exit(127);
-                execv(argv[0], (char *const *)argv);
-                _exit(127);
-        }
-        status = e2e_wait_child(pid, RUN_TIMEOUT_MS, why, sizeof(why));
-        ck_assert_msg(status != -ETIMEDOUT, "kvdrive-bench %s: %s", args[0], why);
-        for (int i = 0; i < 2; i++) {
-                const char *p = i ? err_path : out_path;
-                char **ret = i ? ret_err : ret_out;
-                char *buf;
-
-                ck_assert_int_eq(stat(p, &st), 0);
-                buf = calloc(1, (size_t)st.st_size + 1);
-                ck_assert_ptr_nonnull(buf);
-                ck_assert_int_eq(e2e_read_file(p, buf, (size_t)st.st_size), 0);
-                *ret = buf;
-        }
-        return status;
-}
 
 /* Whether this machine has an NVIDIA driver loaded (its control device). */
 static bool nvidia_driver(void)
@@ -83,7 +38,7 @@ START_TEST(test_cuda_without_gpu)
         int st;
 
         ssd_dir_make(&tmp);
-        st = run_bench(tmp.path, args, &out, &err);
+        st = e2e_run_bench(tmp.path, args, RUN_TIMEOUT_MS, &out, &err);
         if (nvidia_driver() && !(WIFEXITED(st) && WEXITSTATUS(st) == 77)) {
                 /* A usable GPU: the probe let it through to the daemon. */
                 fprintf(stderr, "note: an NVIDIA driver is here and --device cuda got past the probe\n");
@@ -117,7 +72,7 @@ START_TEST(test_unknown_device)
 
         ssd_dir_make(&tmp);
         for (size_t i = 0; i < 3; i++) {
-                int st = run_bench(tmp.path, cases[i], &out, &err);
+                int st = e2e_run_bench(tmp.path, cases[i], RUN_TIMEOUT_MS, &out, &err);
 
                 ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 2, "%s %s: status 0x%x (want 2), stderr: %s",
                               cases[i][0], cases[i][1], (unsigned)st, err);
@@ -141,7 +96,7 @@ START_TEST(test_cpu_device)
         ssd_dir_make(&tmp);
         snprintf(trace, sizeof(trace), "%s/trace", tmp.path);
         {
-                int st = run_bench(tmp.path, gen, &out, &err);
+                int st = e2e_run_bench(tmp.path, gen, RUN_TIMEOUT_MS, &out, &err);
 
                 ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "gen: status 0x%x: %s", (unsigned)st, err);
                 free(out);
@@ -153,7 +108,7 @@ START_TEST(test_cpu_device)
                                        "--compute-us", "0", "--json", named ? "--device" : NULL, "cpu", NULL };
                 json_error_t jerr;
                 json_t *root, *cfg;
-                int st = run_bench(tmp.path, args, &out, &err);
+                int st = e2e_run_bench(tmp.path, args, RUN_TIMEOUT_MS, &out, &err);
 
                 ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status 0x%x: %s", (unsigned)st, err);
                 root = json_loads(out, 0, &jerr);

@@ -28,14 +28,6 @@
 #define T_STEPS  8u
 #define RUN_TIMEOUT_MS 60000
 
-static const char *bench_path(void)
-{
-        const char *p = getenv("KVDRIVE_BENCH");
-
-        ck_assert_msg(p && *p, "$KVDRIVE_BENCH is not set (run the tests with meson test)");
-        return p;
-}
-
 /* An fp16 bit pattern of magnitude in [0.25, 2) and random sign. */
 static uint16_t rand_f16(uint64_t *st)
 {
@@ -77,49 +69,6 @@ static void write_trace(const char *dir, bool with_q)
                 write_array(dir, "q.bin", q, 3);
 }
 
-/* Runs kvdrive-bench with args; its stdout and stderr are returned
- * (malloc'd, NUL-terminated) and its wait status. */
-static int run_bench(const char *tmp, const char *const *args, char **ret_out, char **ret_err)
-{
-        const char *argv[32];
-        char out_path[256], err_path[256], why[96];
-        size_t n = 0;
-        struct stat st;
-        pid_t pid;
-        int status;
-
-        argv[n++] = bench_path();
-        for (size_t i = 0; args[i] && n + 1 < 32; i++)
-                argv[n++] = args[i];
-        argv[n] = NULL;
-        snprintf(out_path, sizeof(out_path), "%s/stdout", tmp);
-        snprintf(err_path, sizeof(err_path), "%s/stderr", tmp);
-        pid = fork();
-        ck_assert_int_ge(pid, 0);
-        if (pid == 0) {
-                int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-                int e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-
-                if (o < 0 || e < 0 || dup2(o, STDOUT_FILENO) < 0 || dup2(e, STDERR_FILENO) < 0)
-                        _exit(127);
-                execv(argv[0], (char *const *)argv);
-                _exit(127);
-        }
-        status = e2e_wait_child(pid, RUN_TIMEOUT_MS, why, sizeof(why));
-        ck_assert_msg(status != -ETIMEDOUT, "kvdrive-bench %s: %s", args[0], why);
-        for (int i = 0; i < 2; i++) {
-                const char *p = i ? err_path : out_path;
-                char **ret = i ? ret_err : ret_out;
-                char *buf;
-
-                ck_assert_int_eq(stat(p, &st), 0);
-                buf = calloc(1, (size_t)st.st_size + 1);
-                ck_assert_ptr_nonnull(buf);
-                ck_assert_int_eq(e2e_read_file(p, buf, (size_t)st.st_size), 0);
-                *ret = buf;
-        }
-        return status;
-}
 
 static double jget(json_t *root, const char *a, const char *b)
 {
@@ -137,7 +86,7 @@ static void run_policy(const char *sock, const char *tmp, const char *trace, con
         json_error_t jerr;
         json_t *root;
         double mass, tps, werr;
-        int st = run_bench(tmp, args, &out, &err);
+        int st = e2e_run_bench(tmp, args, RUN_TIMEOUT_MS, &out, &err);
 
         ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "decode --policy %s: status 0x%x; stderr:\n%s", policy,
                       (unsigned)st, err);
@@ -206,7 +155,7 @@ START_TEST(test_two_clients_batch)
         write_trace(trace, true);
         E2E_START(&d, "--ssd-dir", dir.path, "--ssd-bytes", "64M", );
         args[2] = d.socket_path;
-        st = run_bench(dir.path, args, &out, &err);
+        st = e2e_run_bench(dir.path, args, RUN_TIMEOUT_MS, &out, &err);
         ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status 0x%x; stderr:\n%s", (unsigned)st, err);
         ck_assert_ptr_nonnull(strstr(out, "\"tokens\": 32"));   /* 2 clients x 2 seqs x 8 steps */
         free(out);
@@ -221,7 +170,7 @@ static json_t *run_json(const char *tmp, const char **args)
         char *out, *err;
         json_error_t jerr;
         json_t *root;
-        int st = run_bench(tmp, args, &out, &err);
+        int st = e2e_run_bench(tmp, args, RUN_TIMEOUT_MS, &out, &err);
 
         ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "decode --policy %s: status 0x%x; stderr:\n%s", args[4],
                       (unsigned)st, err);
@@ -320,7 +269,7 @@ START_TEST(test_bad_trace)
         ssd_dir_make(&dir);
         snprintf(trace, sizeof(trace), "%s/trace", dir.path);
         write_trace(trace, false);
-        st = run_bench(dir.path, args, &out, &err);
+        st = e2e_run_bench(dir.path, args, RUN_TIMEOUT_MS, &out, &err);
         ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "decode took a trace without q.bin (status 0x%x)",
                       (unsigned)st);
         ck_assert_msg(strstr(err, "q.bin") != NULL, "the error does not name q.bin: %s", err);
@@ -349,7 +298,7 @@ START_TEST(test_namespace_conflict)
         E2E_ASSERT_RC(c, kvc_connect(d.socket_path, "e2e", &c), 0);
         E2E_ASSERT_RC(c, kvc_register_namespace(c, "e2e-decode-taken", &other, &ns, NULL), 0);
         args[2] = d.socket_path;
-        st = run_bench(dir.path, args, &out, &err);
+        st = e2e_run_bench(dir.path, args, RUN_TIMEOUT_MS, &out, &err);
         ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "decode joined a namespace of another geometry");
         ck_assert_msg(strstr(err, "e2e-decode-taken") && strstr(err, "geometry"), "unclear error: %s", err);
         free(out);

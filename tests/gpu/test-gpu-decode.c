@@ -36,58 +36,6 @@
 #define ERR_TOL 1e-3            /* relative L2 errors here are ~1e-2; fp32 changes them by ~1e-6 */
 #define FULL_ERR_MAX 1e-5       /* full attention, merged in fp32 on the GPU */
 
-static const char *bench_path(void)
-{
-        const char *p = getenv("KVDRIVE_BENCH");
-
-        ck_assert_msg(p && *p, "$KVDRIVE_BENCH is not set (run the tests with meson test)");
-        return p;
-}
-
-/* Runs kvdrive-bench with args (NULL-terminated); its stdout and stderr are
- * returned (malloc'd) and its wait status. */
-static int run_bench(const char *tmp, const char *const *args, char **ret_out, char **ret_err)
-{
-        const char *argv[40];
-        char out_path[256], err_path[256], why[96];
-        size_t n = 0;
-        struct stat st;
-        pid_t pid;
-        int status;
-
-        argv[n++] = bench_path();
-        for (size_t i = 0; args[i] && n + 1 < 40; i++)
-                argv[n++] = args[i];
-        argv[n] = NULL;
-        snprintf(out_path, sizeof(out_path), "%s/stdout", tmp);
-        snprintf(err_path, sizeof(err_path), "%s/stderr", tmp);
-        pid = fork();
-        ck_assert_int_ge(pid, 0);
-        if (pid == 0) {
-                int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-                int e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-
-                if (o < 0 || e < 0 || dup2(o, STDOUT_FILENO) < 0 || dup2(e, STDERR_FILENO) < 0)
-                        _exit(127);
-                execv(argv[0], (char *const *)argv);
-                _exit(127);
-        }
-        status = e2e_wait_child(pid, RUN_TIMEOUT_MS, why, sizeof(why));
-        ck_assert_msg(status != -ETIMEDOUT, "kvdrive-bench %s: %s", args[0], why);
-        for (int i = 0; i < 2; i++) {
-                const char *p = i ? err_path : out_path;
-                char **ret = i ? ret_err : ret_out;
-                char *buf;
-
-                ck_assert_int_eq(stat(p, &st), 0);
-                buf = calloc(1, (size_t)st.st_size + 1);
-                ck_assert_ptr_nonnull(buf);
-                ck_assert_int_eq(e2e_read_file(p, buf, (size_t)st.st_size), 0);
-                *ret = buf;
-        }
-        return status;
-}
-
 static double jget(json_t *root, const char *a, const char *b)
 {
         json_t *v = json_object_get(json_object_get(root, a), b);
@@ -117,7 +65,7 @@ static json_t *run_case(const char *sock, const char *tmp, const char *trace, co
         for (size_t i = 0; dc->args[i]; i++)
                 args[n++] = dc->args[i];
         args[n] = NULL;
-        st = run_bench(tmp, args, &out, &err);
+        st = e2e_run_bench(tmp, args, RUN_TIMEOUT_MS, &out, &err);
         ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s on %s: status 0x%x; stderr:\n%s", dc->name, dev,
                       (unsigned)st, err);
         root = json_loads(out, 0, &jerr);
@@ -167,7 +115,7 @@ START_TEST(test_decode_cuda_matches_cpu)
         ssd_dir_make(&dir);
         snprintf(trace, sizeof(trace), "%s/trace", dir.path);
         gen[2] = trace;
-        st = run_bench(dir.path, gen, &out, &err);
+        st = e2e_run_bench(dir.path, gen, RUN_TIMEOUT_MS, &out, &err);
         ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "gen: status 0x%x: %s", (unsigned)st, err);
         free(out);
         free(err);
