@@ -78,6 +78,14 @@ def _ckey(k: Key, out=None):
     return out
 
 
+def _ckeys(keys: Sequence[Key]):
+    """keys as a C struct kvc_key array."""
+    out = ffi.new("struct kvc_key[]", max(len(keys), 1))
+    for i, k in enumerate(keys):
+        out[i].hi, out[i].lo = k.hi, k.lo
+    return out
+
+
 def _tokens(tokens) -> Any:
     """token ids as a C uint32 array (kept alive by the caller)."""
     a = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64))
@@ -582,9 +590,7 @@ class Client(_Closing):
         # only while every key before it was cached.
         for off in range(0, len(keys), step):
             part = keys[off:off + step]
-            ck = ffi.new("struct kvc_key[]", len(part))
-            for i, k in enumerate(part):
-                ck[i].hi, ck[i].lo = k.hi, k.lo
+            ck = _ckeys(part)
             pre = ffi.new("uint32_t[]", layers)
             with self._lock:
                 self._check_open()
@@ -611,9 +617,7 @@ class Client(_Closing):
         step = max(self.max_items, 1)
         for off in range(0, len(keys), step):
             part = keys[off:off + step]
-            ck = ffi.new("struct kvc_key[]", len(part))
-            for i, k in enumerate(part):
-                ck[i].hi, ck[i].lo = k.hi, k.lo
+            ck = _ckeys(part)
             with self._lock:
                 self._check_open()
                 total += check(lib.kvc_delete(self._c, _ns_id(ns), ck, len(part),
