@@ -48,6 +48,43 @@ int kvk_cuda_block_scores(const struct kvk_shape *s, const float *d_q, const flo
                           uint32_t n, float *d_ret_scores, void *stream);
 
 /*
+ * Selection methods (kernels.h, "Selection methods"), the twins of
+ * kvk_method_summary() and kvk_method_scores().
+ *
+ * kvk_cuda_method_summaries(): as kvk_cuda_block_summaries() for method m:
+ * d_ret_summaries[i * kvk_method_summary_floats(s, m) ...] is the method-m
+ * summary of the block at d_blocks[i] over its d_valid[i] tokens, bit for
+ * bit what kvk_method_summary() writes (min, max and rmax exactly; mean and
+ * variance are computed in double in the same order). KVK_QUEST and
+ * KVK_QUEST_HEADS are kvk_cuda_block_summaries(). A block with 0 valid tokens
+ * gets an all-zero summary. -EINVAL also when kvk_method_summary_floats(s, m)
+ * is 0 (an unknown method, or a RoPE-pair method with an odd head_dim).
+ */
+int kvk_cuda_method_summaries(const struct kvk_shape *s, enum kvk_method m,
+                              const void *const *d_blocks, const uint32_t *d_valid, uint32_t n,
+                              float *d_ret_summaries, void *stream);
+
+/* Bytes of device scratch kvk_cuda_method_scores() needs for n blocks:
+ * (n + 2) * q_heads floats; 0 for KVK_QUEST, or when s or m is invalid. */
+size_t kvk_cuda_method_work_bytes(const struct kvk_shape *s, enum kvk_method m, uint32_t n);
+
+/*
+ * Scores of n blocks from their method-m summaries, as kvk_method_scores():
+ * for KVK_QUEST the bounds of kvk_cuda_block_scores(); for every other method
+ * the estimated attention masses (in [0, 1], summing to 1 over the n blocks,
+ * up to fp32 rounding; a query head with no finite estimate adds nothing).
+ * Three kernels: the per-(block, head) logit estimates into d_work, per head
+ * the maximum and the sum of exp over the blocks (in double), per block the
+ * mean of its shares. d_work holds kvk_cuda_method_work_bytes(s, m, n) bytes
+ * (may be NULL when that is 0 or n is 0), owned by the caller, not to be
+ * shared by two launches in flight at once. -EINVAL as
+ * kvk_cuda_method_summaries(), or for a NULL pointer.
+ */
+int kvk_cuda_method_scores(const struct kvk_shape *s, enum kvk_method m, const float *d_q,
+                           const float *d_summaries, uint32_t n, void *d_work,
+                           float *d_ret_scores, void *stream);
+
+/*
  * Top-k selection of kvk_topk() (same sink/local forcing, tie-breaking and
  * ascending output) on the device, in one thread block (n up to tens of
  * thousands of blocks is what it is sized for). Returns the number of indices

@@ -177,6 +177,106 @@ int kvk_block_attention_mass(const struct kvk_shape *s, const float *q,
                              uint32_t n, float *ret_mass);
 
 /*
+ * Selection methods (docs/bench/decode/selection.md measures them): the
+ * summary a block keeps and how a query scores it. A method's summary is
+ * fp32 [kv_heads][rows][head_dim] with the rows of its kind, n summaries
+ * back to back (kvk_method_summary_floats() floats each):
+ *
+ *  - KVK_QUEST: rows min, max (Quest): the summary and scores of
+ *    kvk_block_summary() and kvk_block_scores(): the upper bound of q.k,
+ *    the maximum over the query heads of a GQA group.
+ *  - KVK_QUEST_HEADS: the same summary; per query head the bound, taken as
+ *    an estimate of the block's logit, then the estimated MASS below.
+ *  - KVK_ROPE_BOUND: rows min, max, rmax: rmax[i] (i < head_dim / 2, the
+ *    rest 0) is the largest norm over the block's keys of the RoPE pair
+ *    (k[i], k[i + head_dim/2]) (Llama's rotate-half pairing). Per pair the
+ *    bound is min(the box bound of its two dims, |q pair| rmax[i]): a bound
+ *    of q.k at least as tight as Quest's (equal with no RoPE structure,
+ *    tighter where RoPE spins a pair inside the block). Then the MASS.
+ *  - KVK_MEAN: row mean (ShadowKV's landmark): estimate q.mean. MASS.
+ *  - KVK_GAUSS: rows mean, var (per-dimension variance of K over the
+ *    block): the log-mean-exp of the logits of keys ~ N(mean, diag var),
+ *    q.mean + sum_d q[d]^2 var[d] / (2 sqrt(head_dim)) (unscaled). MASS.
+ *  - KVK_HYBRID: rows min, max, rmax, mean, var: per block and head the
+ *    larger of KVK_GAUSS's estimate and KVK_ROPE_BOUND's bound minus
+ *    hybrid_margin * sqrt(head_dim) (a bound, lowered by a fixed logit
+ *    margin so that it speaks only for blocks whose best key stands out of
+ *    their mean; kvk_method_scores() says which margin). MASS.
+ *
+ * MASS: from the per-head logit estimates e[b][h] (unscaled, as q.k), the
+ * estimated share of head h's attention on block b is
+ * softmax_b(e[b][h] / sqrt(head_dim)); the score of block b is the mean of
+ * that share over all query heads. So these scores are estimated attention
+ * masses: in [0, 1], summing to 1 over the n blocks scored together, and
+ * comparable with kvk_block_attention_mass(); they feed kvk_topk() (a fixed
+ * budget) or kvk_select_mass() (a dynamic one) alike.
+ */
+enum kvk_method {
+        KVK_QUEST = 0,
+        KVK_QUEST_HEADS,
+        KVK_ROPE_BOUND,
+        KVK_MEAN,
+        KVK_GAUSS,
+        KVK_HYBRID,
+        KVK_N_METHODS
+};
+
+/* The method engines should use unless they measured better on their model
+ * (docs/decisions.md says why this one). */
+#define KVK_METHOD_DEFAULT KVK_QUEST
+#define KVK_METHOD_DEFAULT_NAME "quest"
+
+/* The name of m ("quest", "quest-heads", "rope-bound", "mean", "gauss",
+ * "hybrid"), NULL for an unknown one. Static strings. */
+const char *kvk_method_name(enum kvk_method m);
+
+/* The method named name, or -EINVAL. */
+int kvk_method_from_name(const char *name);
+
+/* Floats of one block summary of method m, 0 when s or m is invalid (or
+ * KVK_ROPE_BOUND and KVK_HYBRID with an odd head_dim: RoPE pairs need an
+ * even one). */
+size_t kvk_method_summary_floats(const struct kvk_shape *s, enum kvk_method m);
+
+/* Floats of scratch memory kvk_method_scores() needs for n blocks. */
+size_t kvk_method_work_floats(const struct kvk_shape *s, enum kvk_method m, uint32_t n);
+
+/*
+ * Summary of one block for method m (layout above) from the K of tokens
+ * [0, valid_tokens) of block. KVK_QUEST and KVK_QUEST_HEADS write what
+ * kvk_block_summary() writes. Returns 0, or -EINVAL as kvk_block_summary()
+ * and when kvk_method_summary_floats(s, m) is 0.
+ */
+int kvk_method_summary(const struct kvk_shape *s, enum kvk_method m, const void *block,
+                       uint32_t valid_tokens, float *ret_summary);
+
+/*
+ * Scores of n_blocks blocks for the query q (fp32 [q_heads][head_dim]) from
+ * their method-m summaries: for KVK_QUEST the bounds of kvk_block_scores(),
+ * for every other method the estimated masses (above). work holds
+ * kvk_method_work_floats(s, m, n_blocks) floats (NULL when that is 0).
+ * KVK_HYBRID's margin is KVK_HYBRID_MARGIN logits. Returns 0, or -EINVAL
+ * (s, m or a pointer; nothing written); n_blocks == 0 is a no-op.
+ */
+#define KVK_HYBRID_MARGIN 1.0f
+int kvk_method_scores(const struct kvk_shape *s, enum kvk_method m, const float *q,
+                      const float *summaries, uint32_t n_blocks, float *work, float *ret_scores);
+
+/*
+ * A dynamic budget: chooses, from n blocks with estimated masses mass[]
+ * (kvk_method_scores() of a MASS method), the forced blocks of kvk_topk()
+ * (sink_blocks first, local_blocks last) and then the other blocks in
+ * decreasing mass until the chosen blocks' masses sum to at least target,
+ * with at least k_min and at most k_max blocks in all. The indices go to
+ * ret_idx (room for min(k_max, n)), sorted ascending, as kvk_topk() writes
+ * them; equal masses prefer the lower index, NaN ranks as -inf. No memory
+ * but ret_idx; O(n log k_max). Returns the number chosen (0 when mass or
+ * ret_idx is NULL).
+ */
+uint32_t kvk_select_mass(const float *mass, uint32_t n, float target, uint32_t k_min, uint32_t k_max,
+                         uint32_t sink_blocks, uint32_t local_blocks, uint32_t *ret_idx);
+
+/*
  * Merges the partial attention result B (part_out, part_lse) into the
  * accumulated result A (out, lse) in place, for q_heads heads of head_dim
  * floats (the outputs of kvk_decode_attention(): out [q_heads][head_dim],

@@ -870,6 +870,84 @@ static AVX2 void soft_accum(float *acc, uint32_t nh, const float *p, const void 
         accum_impl(f16_row_soft, acc, nh, p, v, ntok, d, dt);
 }
 
+/* ---- selection estimates (select.c) ---------------------------------- */
+
+/* sum max(q mn, q mx) over d, and (rmax != NULL) per RoPE pair the smaller
+ * of that and |q pair| rmax: one head. Masked lanes read 0 and add 0. */
+static AVX2 float box8(const float *q, const float *mn, const float *mx, uint32_t d)
+{
+        __m256 acc = _mm256_setzero_ps();
+
+        for (uint32_t i = 0; i < d; i += 8) {
+                __m256i m = tail_mask(d - i < 8 ? d - i : 8);
+                __m256 qv = _mm256_maskload_ps(q + i, m);
+
+                acc = _mm256_add_ps(acc, _mm256_max_ps(_mm256_mul_ps(qv, _mm256_maskload_ps(mn + i, m)),
+                                                       _mm256_mul_ps(qv, _mm256_maskload_ps(mx + i, m))));
+        }
+        return hsum(acc);
+}
+
+static AVX2 float rope8(const float *q, const float *mn, const float *mx, const float *rmax, uint32_t d)
+{
+        __m256 acc = _mm256_setzero_ps();
+        uint32_t h = d / 2;
+
+        for (uint32_t i = 0; i < h; i += 8) {
+                __m256i m = tail_mask(h - i < 8 ? h - i : 8);
+                __m256 q0 = _mm256_maskload_ps(q + i, m), q1 = _mm256_maskload_ps(q + h + i, m);
+                __m256 b0 = _mm256_max_ps(_mm256_mul_ps(q0, _mm256_maskload_ps(mn + i, m)),
+                                          _mm256_mul_ps(q0, _mm256_maskload_ps(mx + i, m)));
+                __m256 b1 = _mm256_max_ps(_mm256_mul_ps(q1, _mm256_maskload_ps(mn + h + i, m)),
+                                          _mm256_mul_ps(q1, _mm256_maskload_ps(mx + h + i, m)));
+                __m256 disc = _mm256_mul_ps(_mm256_sqrt_ps(_mm256_fmadd_ps(q0, q0, _mm256_mul_ps(q1, q1))),
+                                            _mm256_maskload_ps(rmax + i, m));
+
+                acc = _mm256_add_ps(acc, _mm256_min_ps(_mm256_add_ps(b0, b1), disc));
+        }
+        return hsum(acc);
+}
+
+static AVX2 float meanvar8(const float *q, const float *mean, const float *var, uint32_t d, float inv2sd)
+{
+        __m256 mu = _mm256_setzero_ps(), sg = _mm256_setzero_ps();
+
+        for (uint32_t i = 0; i < d; i += 8) {
+                __m256i m = tail_mask(d - i < 8 ? d - i : 8);
+                __m256 qv = _mm256_maskload_ps(q + i, m);
+
+                mu = _mm256_fmadd_ps(qv, _mm256_maskload_ps(mean + i, m), mu);
+                if (var)
+                        sg = _mm256_fmadd_ps(_mm256_mul_ps(qv, qv), _mm256_maskload_ps(var + i, m), sg);
+        }
+        return hsum(mu) + hsum(sg) * inv2sd;
+}
+
+static AVX2 void avx2_estimate(enum kvk_method m, const float *q, uint32_t nh, uint32_t d, const float *rows,
+                               float inv2sd, float *ret)
+{
+        for (uint32_t j = 0; j < nh; j++) {
+                const float *qj = q + (size_t)j * d;
+
+                switch (m) {
+                case KVK_QUEST_HEADS:
+                        ret[j] = box8(qj, rows, rows + d, d);
+                        break;
+                case KVK_ROPE_BOUND:
+                        ret[j] = rope8(qj, rows, rows + d, rows + 2 * d, d);
+                        break;
+                case KVK_MEAN:
+                        ret[j] = meanvar8(qj, rows, NULL, d, 0);
+                        break;
+                case KVK_GAUSS:
+                        ret[j] = meanvar8(qj, rows, rows + d, d, inv2sd);
+                        break;
+                default:
+                        ret[j] = NAN;
+                }
+        }
+}
+
 const struct kvk_ops kvk__ops_avx2 = {
         .name = "avx2",
         .summary = avx2_summary,
@@ -879,6 +957,7 @@ const struct kvk_ops kvk__ops_avx2 = {
         .fold = avx2_fold,
         .merge_weights = avx2_merge_weights,
         .blend = avx2_blend,
+        .estimate = avx2_estimate,
 };
 
 const struct kvk_ops kvk__ops_avx2_nof16c = {
@@ -889,4 +968,5 @@ const struct kvk_ops kvk__ops_avx2_nof16c = {
         .accum = soft_accum,
         .merge_weights = avx2_merge_weights,
         .blend = avx2_blend,
+        .estimate = avx2_estimate,
 };

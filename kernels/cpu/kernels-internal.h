@@ -79,6 +79,15 @@ struct kvk_ops {
         /* a[i] = ca * a[i] + cb * b[i] for i < d: one head of
          * kvk_lse_merge(). */
         void (*blend)(float *a, const float *b, uint32_t d, float ca, float cb);
+
+        /* Per-head logit estimates (unscaled, kernels.h "Selection
+         * methods") of one kv head's summary rows (row r at rows + r * d,
+         * the method's rows) for nh query heads (rows of q, stride d):
+         * ret[j]. m is KVK_QUEST_HEADS (the box bound), KVK_ROPE_BOUND,
+         * KVK_MEAN or KVK_GAUSS (inv2sd = 1 / (2 sqrt(d))); select.c
+         * combines them for KVK_HYBRID. */
+        void (*estimate)(enum kvk_method m, const float *q, uint32_t nh, uint32_t d, const float *rows,
+                         float inv2sd, float *ret);
 };
 
 extern const struct kvk_ops kvk__ops_scalar;

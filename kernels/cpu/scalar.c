@@ -165,6 +165,70 @@ static void scalar_blend(float *a, const float *b, uint32_t d, float ca, float c
                 a[i] = ca * a[i] + cb * b[i];
 }
 
+/* ---- selection estimates (select.c) ---------------------------------- */
+
+/* Quest's bound of q.k over the box [mn, mx]. */
+static float box_bound(const float *q, const float *mn, const float *mx, uint32_t d)
+{
+        float acc = 0;
+
+        for (uint32_t i = 0; i < d; i++)
+                acc += fmaxf(q[i] * mn[i], q[i] * mx[i]);
+        return acc;
+}
+
+/* The RoPE-pair bound: per pair the tighter of the box and the disc. */
+static float rope_bound(const float *q, const float *mn, const float *mx, const float *rmax, uint32_t d)
+{
+        uint32_t h = d / 2;
+        float acc = 0;
+
+        for (uint32_t i = 0; i < h; i++) {
+                float box = fmaxf(q[i] * mn[i], q[i] * mx[i]) + fmaxf(q[i + h] * mn[i + h], q[i + h] * mx[i + h]);
+                float disc = sqrtf(q[i] * q[i] + q[i + h] * q[i + h]) * rmax[i];
+
+                acc += fminf(box, disc);
+        }
+        return acc;
+}
+
+static float mean_var(const float *q, const float *mean, const float *var, uint32_t d, float inv2sd)
+{
+        float mu = 0, sg = 0;
+
+        for (uint32_t i = 0; i < d; i++) {
+                mu += q[i] * mean[i];
+                if (var)
+                        sg += q[i] * q[i] * var[i];
+        }
+        return mu + sg * inv2sd;
+}
+
+static void scalar_estimate(enum kvk_method m, const float *q, uint32_t nh, uint32_t d, const float *rows,
+                            float inv2sd, float *ret)
+{
+        for (uint32_t j = 0; j < nh; j++) {
+                const float *qj = q + (size_t)j * d;
+
+                switch (m) {
+                case KVK_QUEST_HEADS:
+                        ret[j] = box_bound(qj, rows, rows + d, d);
+                        break;
+                case KVK_ROPE_BOUND:
+                        ret[j] = rope_bound(qj, rows, rows + d, rows + 2 * d, d);
+                        break;
+                case KVK_MEAN:
+                        ret[j] = mean_var(qj, rows, NULL, d, 0);
+                        break;
+                case KVK_GAUSS:
+                        ret[j] = mean_var(qj, rows, rows + d, d, inv2sd);
+                        break;
+                default:
+                        ret[j] = NAN;
+                }
+        }
+}
+
 const struct kvk_ops kvk__ops_scalar = {
         .name = "scalar",
         .summary = scalar_summary,
@@ -173,4 +237,5 @@ const struct kvk_ops kvk__ops_scalar = {
         .accum = scalar_accum,
         .merge_weights = scalar_merge_weights,
         .blend = scalar_blend,
+        .estimate = scalar_estimate,
 };

@@ -125,3 +125,46 @@ uint32_t kvk_topk(const float *scores, uint32_t n, uint32_t k, uint32_t sink_blo
                 ret_idx[out++] = i;
         return out;
 }
+
+uint32_t kvk_select_mass(const float *mass, uint32_t n, float target, uint32_t k_min, uint32_t k_max,
+                         uint32_t sink_blocks, uint32_t local_blocks, uint32_t *ret_idx)
+{
+        uint32_t k, sink, local, out, scored, take = 0;
+        uint32_t *cand;
+        double sum = 0;
+
+        if (!mass || !ret_idx)
+                return 0;
+        k = k_max < n ? k_max : n;
+        out = kvk_topk(mass, n, k, sink_blocks, local_blocks, ret_idx);
+        sink = sink_blocks < k ? sink_blocks : k;
+        local = local_blocks < k - sink ? local_blocks : k - sink;
+        scored = out - sink - local;
+        cand = ret_idx + sink;
+
+        /* The scored candidates, best first: a heapsort on the worst-at-root
+         * heap moves each worst survivor to the end. */
+        for (uint32_t i = scored / 2; i-- > 0;)
+                sift_down(mass, cand, scored, i);
+        for (uint32_t end = scored; end > 1; end--) {
+                uint32_t w = cand[0];
+
+                cand[0] = cand[end - 1];
+                cand[end - 1] = w;
+                sift_down(mass, cand, end - 1, 0);
+        }
+
+        for (uint32_t i = 0; i < sink; i++)
+                sum += key(mass, i) > 0 ? key(mass, i) : 0;
+        for (uint32_t i = n - local; i < n; i++)
+                sum += key(mass, i) > 0 ? key(mass, i) : 0;
+        while (take < scored && (sum < target || sink + local + take < k_min)) {
+                float m = key(mass, cand[take++]);
+
+                sum += m > 0 ? m : 0;
+        }
+        sort_idx(cand, take);
+        for (uint32_t i = 0; i < local; i++)
+                cand[take + i] = n - local + i;
+        return sink + take + local;
+}

@@ -3,8 +3,11 @@
  * kvk-cuda-selftest: runs every CUDA kernel of kernels-cuda.h on random
  * blocks and compares it with the CPU kernel of kernels.h (exact for
  * summaries, top-k and copies, and for the merge's edge cases; relative L2
- * error, or ulp for the merge, for the rest). Exits 0 when
- * all agree, 1 when one does not, 77 (skip) without a CUDA device.
+ * error, or ulp for the merge, for the rest), and every selection method's
+ * summaries and scores (kvk_cuda_method_*) with kvk_method_summary() and
+ * kvk_method_scores(). Exits 0 when all agree, 1 when one does not, 77
+ * (skip) without a CUDA device (after the host-side argument checks, which
+ * need none).
  */
 #include <cuda_runtime_api.h>
 #include <errno.h>
@@ -367,6 +370,212 @@ static void run_merge(uint32_t q_heads, uint32_t head_dim)
         free(a);
 }
 
+/* Row r of method m's summary holds a mean or a variance (computed in
+ * double, so compared by rel L2), not a min, max or rmax (exact). */
+static bool row_approx(enum kvk_method m, uint32_t r)
+{
+        return m == KVK_MEAN || m == KVK_GAUSS || (m == KVK_HYBRID && r >= 3);
+}
+
+/*
+ * Every selection method on n random blocks of s (the last one partly valid,
+ * block 1 empty when n > 2): kvk_cuda_method_summaries() against
+ * kvk_method_summary() (min/max/rmax bit for bit, mean/var by rel L2; the
+ * empty block all zeros), then kvk_cuda_method_scores() from the device's
+ * summaries against kvk_method_scores() from the CPU's (rel L2; the masses
+ * in [0, 1], summing to 1). Then again with query head 0 all NaN: that head
+ * says nothing, the masses sum to (q_heads - 1) / q_heads. A RoPE-pair
+ * method with an odd head_dim must be refused (-EINVAL) by both.
+ */
+static void run_select(const struct kvk_shape *s, uint32_t n)
+{
+        const size_t bb = kvk_block_bytes(s), nq = (size_t)s->q_heads * s->head_dim;
+        const size_t smax = kvk_method_summary_floats(s, KVK_QUEST) / 2 * 5;    /* 5 rows */
+        uint16_t *pool = malloc(bb * n);
+        void **dblocks = malloc(n * sizeof(*dblocks));
+        uint32_t *valid = malloc(n * sizeof(*valid));
+        float *q = malloc(nq * sizeof(float)), *q0 = malloc(nq * sizeof(float));
+        float *sum = malloc(n * smax * sizeof(float)), *gsum = malloc(n * smax * sizeof(float));
+        float *sc = malloc(n * sizeof(float)), *gsc = malloc(n * sizeof(float));
+        float *work = malloc(((size_t)n * s->q_heads + 1) * sizeof(float));
+        uint8_t *dpool;
+        void **dptrs, *dwork;
+        uint32_t *dvalid;
+        float *dq, *dsum, *dsc;
+        const int failures0 = failures;
+
+        if (!pool || !dblocks || !valid || !q || !q0 || !sum || !gsum || !sc || !gsc || !work) {
+                fprintf(stderr, "out of memory\n");
+                exit(1);
+        }
+        for (size_t i = 0; i < bb * n / 2; i++)
+                pool[i] = s->dtype == KVK_F16 ? kvk_f32_to_f16(frand()) : kvk_f32_to_bf16(frand());
+        /* Column 3 of every key shares a large offset (an outlier channel:
+         * the variance must not cancel). */
+        for (uint32_t i = 0; i < n; i++)
+                for (uint32_t g = 0; g < s->kv_heads; g++)
+                        for (uint32_t t = 0; t < s->block_tokens; t++) {
+                                size_t at = i * bb / 2 + ((size_t)g * s->block_tokens + t) * s->head_dim + 3;
+                                float x = 40.0f + 0.25f * frand();
+
+                                pool[at] = s->dtype == KVK_F16 ? kvk_f32_to_f16(x) : kvk_f32_to_bf16(x);
+                        }
+        for (size_t i = 0; i < nq; i++)
+                q0[i] = q[i] = frand();
+        dpool = dev_copy(pool, bb * n);
+        for (uint32_t i = 0; i < n; i++) {
+                dblocks[i] = dpool + i * bb;
+                valid[i] = i + 1 == n ? 1 + s->block_tokens / 3 : n > 2 && i == 1 ? 0 : s->block_tokens;
+        }
+        dptrs = dev_copy(dblocks, n * sizeof(*dblocks));
+        dvalid = dev_copy(valid, n * sizeof(*valid));
+        dq = dev_copy(q, nq * sizeof(float));
+        CUDA_OK(cudaMalloc((void **)&dsum, n * smax * sizeof(float)));
+        CUDA_OK(cudaMalloc((void **)&dsc, n * sizeof(float)));
+        CUDA_OK(cudaMalloc(&dwork, kvk_cuda_method_work_bytes(s, KVK_MEAN, n) + 1));
+
+        for (int mi = 0; mi < KVK_N_METHODS; mi++) {
+                const enum kvk_method m = (enum kvk_method)mi;
+                const size_t sf = kvk_method_summary_floats(s, m);
+                const uint32_t rows = sf ? (uint32_t)(sf / ((size_t)s->kv_heads * s->head_dim)) : 0;
+                const char *name = kvk_method_name(m);
+                size_t exact_diff = 0;
+                double num = 0, den = 0, total = 0;
+                int r;
+
+                if (!sf) {      /* odd head_dim, RoPE pairs */
+                        r = kvk_cuda_method_summaries(s, m, (const void *const *)dptrs, dvalid, n, dsum, NULL);
+                        CHECK(r == -EINVAL, "%s: cuda summaries with head_dim %u: %d", name, s->head_dim, r);
+                        r = kvk_cuda_method_scores(s, m, dq, dsum, n, dwork, dsc, NULL);
+                        CHECK(r == -EINVAL, "%s: cuda scores with head_dim %u: %d", name, s->head_dim, r);
+                        CHECK(kvk_cuda_method_work_bytes(s, m, n) == 0, "%s: work bytes", name);
+                        continue;
+                }
+                for (uint32_t i = 0; i < n; i++) {
+                        if (valid[i] == 0)
+                                memset(sum + i * sf, 0, sf * sizeof(float));
+                        else
+                                CHECK(kvk_method_summary(s, m, (const uint8_t *)pool + i * bb, valid[i],
+                                                         sum + i * sf) == 0, "%s: summary", name);
+                }
+                r = kvk_cuda_method_summaries(s, m, (const void *const *)dptrs, dvalid, n, dsum, NULL);
+                CHECK(r == 0, "%s: cuda summaries %d", name, r);
+                host_copy(gsum, dsum, n * sf * sizeof(float));
+                for (size_t i = 0; i < n * sf; i++) {
+                        const uint32_t row = (uint32_t)(i / s->head_dim % rows);
+
+                        if (row_approx(m, row)) {
+                                num += ((double)gsum[i] - sum[i]) * ((double)gsum[i] - sum[i]);
+                                den += (double)sum[i] * sum[i];
+                        } else if (bits(gsum[i]) != bits(sum[i])) {
+                                exact_diff++;
+                        }
+                }
+                CHECK(exact_diff == 0, "%s: %zu min/max/rmax floats differ", name, exact_diff);
+                CHECK(sqrt(num / (den > 0 ? den : 1)) < 1e-5, "%s: mean/var rel err %g", name,
+                      sqrt(num / (den > 0 ? den : 1)));
+                if (n > 2)
+                        for (size_t i = 0; i < sf; i++)
+                                CHECK(gsum[sf + i] == 0.0f, "%s: empty block's summary [%zu] = %g", name, i,
+                                      (double)gsum[sf + i]);
+
+                for (int nan_head = 0; nan_head < 2; nan_head++) {
+                        if (nan_head) {
+                                for (uint32_t i = 0; i < s->head_dim; i++)
+                                        q[i] = NAN;
+                                CUDA_OK(cudaMemcpy(dq, q, s->head_dim * sizeof(float), cudaMemcpyHostToDevice));
+                        }
+                        r = kvk_method_scores(s, m, q, sum, n, work, sc);
+                        CHECK(r == 0, "%s: cpu scores %d", name, r);
+                        CUDA_OK(cudaMemset(dsc, 0xff, n * sizeof(float)));      /* NaN: all written? */
+                        r = kvk_cuda_method_scores(s, m, dq, dsum, n, dwork, dsc, NULL);
+                        CHECK(r == 0, "%s: cuda scores %d", name, r);
+                        host_copy(gsc, dsc, n * sizeof(float));
+                        CHECK(rel_l2(gsc, sc, n) < 1e-5, "%s%s: scores rel err %g", name,
+                              nan_head ? " (NaN head)" : "", rel_l2(gsc, sc, n));
+                        if (m == KVK_QUEST)
+                                continue;
+                        total = 0;
+                        for (uint32_t i = 0; i < n; i++) {
+                                CHECK(gsc[i] >= 0.0f && gsc[i] <= 1.0f, "%s: mass[%u] = %g", name, i,
+                                      (double)gsc[i]);
+                                total += gsc[i];
+                        }
+                        CHECK(fabs(total - (nan_head ? (double)(s->q_heads - 1) / s->q_heads : 1.0)) < 1e-5,
+                              "%s%s: masses sum to %.9g", name, nan_head ? " (NaN head)" : "", total);
+                }
+                memcpy(q, q0, nq * sizeof(float));      /* the query again, as it was */
+                CUDA_OK(cudaMemcpy(dq, q, nq * sizeof(float), cudaMemcpyHostToDevice));
+        }
+        CUDA_OK(cudaDeviceSynchronize());
+        printf("select kv=%u q=%u d=%u T=%u %s n=%u: %s\n", s->kv_heads, s->q_heads, s->head_dim,
+               s->block_tokens, s->dtype == KVK_F16 ? "f16" : "bf16", n,
+               failures > failures0 ? "FAILURES" : "ok");
+
+        cudaFree(dwork);
+        cudaFree(dsc);
+        cudaFree(dsum);
+        cudaFree(dq);
+        cudaFree(dvalid);
+        cudaFree(dptrs);
+        cudaFree(dpool);
+        free(work);
+        free(gsc);
+        free(sc);
+        free(gsum);
+        free(sum);
+        free(q0);
+        free(q);
+        free(valid);
+        free(dblocks);
+        free(pool);
+}
+
+/* Arguments the selection twins must refuse on the host (no GPU needed:
+ * nothing is enqueued, the pointers are never dereferenced). */
+static void check_select_args(void)
+{
+        const struct kvk_shape s = { .kv_heads = 2, .q_heads = 4, .head_dim = 64, .block_tokens = 16,
+                                     .dtype = KVK_F16 };
+        const struct kvk_shape bad = { .kv_heads = 2, .q_heads = 3, .head_dim = 64, .block_tokens = 16,
+                                       .dtype = KVK_F16 };
+        const struct kvk_shape odd = { .kv_heads = 1, .q_heads = 1, .head_dim = 9, .block_tokens = 4,
+                                       .dtype = KVK_BF16 };
+        static float fake[64];
+        const void *const *blocks = (const void *const *)(void *)fake;
+        const uint32_t *valid = (const uint32_t *)(void *)fake;
+        const enum kvk_method none = KVK_N_METHODS;
+
+        CHECK(kvk_cuda_method_summaries(NULL, KVK_MEAN, blocks, valid, 1, fake, NULL) == -EINVAL, "NULL shape");
+        CHECK(kvk_cuda_method_summaries(&bad, KVK_MEAN, blocks, valid, 1, fake, NULL) == -EINVAL, "bad shape");
+        CHECK(kvk_cuda_method_summaries(&s, none, blocks, valid, 1, fake, NULL) == -EINVAL, "bad method");
+        CHECK(kvk_cuda_method_summaries(&odd, KVK_ROPE_BOUND, blocks, valid, 1, fake, NULL) == -EINVAL,
+              "odd head_dim, RoPE pairs");
+        CHECK(kvk_cuda_method_summaries(&s, KVK_GAUSS, NULL, valid, 1, fake, NULL) == -EINVAL, "NULL blocks");
+        CHECK(kvk_cuda_method_summaries(&s, KVK_GAUSS, blocks, NULL, 1, fake, NULL) == -EINVAL, "NULL valid");
+        CHECK(kvk_cuda_method_summaries(&s, KVK_HYBRID, blocks, valid, 1, NULL, NULL) == -EINVAL, "NULL out");
+        CHECK(kvk_cuda_method_summaries(&s, KVK_QUEST, blocks, valid, 1, NULL, NULL) == -EINVAL, "NULL out");
+        CHECK(kvk_cuda_method_summaries(&s, KVK_MEAN, blocks, valid, 0, fake, NULL) == 0, "n = 0");
+
+        CHECK(kvk_cuda_method_work_bytes(&s, KVK_QUEST, 10) == 0, "work bytes, quest");
+        CHECK(kvk_cuda_method_work_bytes(&s, KVK_GAUSS, 10) == 12 * 4 * sizeof(float), "work bytes, gauss");
+        CHECK(kvk_cuda_method_work_bytes(&s, none, 10) == 0, "work bytes, bad method");
+        CHECK(kvk_cuda_method_work_bytes(&bad, KVK_GAUSS, 10) == 0, "work bytes, bad shape");
+        CHECK(kvk_cuda_method_work_bytes(&odd, KVK_HYBRID, 10) == 0, "work bytes, odd head_dim");
+
+        CHECK(kvk_cuda_method_scores(NULL, KVK_MEAN, fake, fake, 1, fake, fake, NULL) == -EINVAL, "NULL shape");
+        CHECK(kvk_cuda_method_scores(&bad, KVK_MEAN, fake, fake, 1, fake, fake, NULL) == -EINVAL, "bad shape");
+        CHECK(kvk_cuda_method_scores(&s, none, fake, fake, 1, fake, fake, NULL) == -EINVAL, "bad method");
+        CHECK(kvk_cuda_method_scores(&odd, KVK_HYBRID, fake, fake, 1, fake, fake, NULL) == -EINVAL,
+              "odd head_dim, RoPE pairs");
+        CHECK(kvk_cuda_method_scores(&s, KVK_MEAN, NULL, fake, 1, fake, fake, NULL) == -EINVAL, "NULL q");
+        CHECK(kvk_cuda_method_scores(&s, KVK_MEAN, fake, NULL, 1, fake, fake, NULL) == -EINVAL, "NULL summaries");
+        CHECK(kvk_cuda_method_scores(&s, KVK_MEAN, fake, fake, 1, NULL, fake, NULL) == -EINVAL, "NULL work");
+        CHECK(kvk_cuda_method_scores(&s, KVK_MEAN, fake, fake, 1, fake, NULL, NULL) == -EINVAL, "NULL scores");
+        CHECK(kvk_cuda_method_scores(&s, KVK_QUEST, fake, fake, 1, fake, NULL, NULL) == -EINVAL, "NULL scores");
+        CHECK(kvk_cuda_method_scores(&s, KVK_MEAN, fake, fake, 0, NULL, fake, NULL) == 0, "n = 0, no work");
+}
+
 int main(void)
 {
         const struct kvk_shape shapes[] = {
@@ -378,14 +587,33 @@ int main(void)
                   .dtype = KVK_F16 },
         };
         const uint32_t nblocks[] = { 300, 40, 3000 };
+        /* GQA; head_dim not a multiple of 32 (groups of 3); an odd one (the
+         * RoPE-pair methods refused); a wide one over many blocks. */
+        const struct kvk_shape sel_shapes[] = {
+                { .kv_heads = 8, .q_heads = 32, .head_dim = 128, .block_tokens = 16,
+                  .dtype = KVK_F16 },
+                { .kv_heads = 2, .q_heads = 6, .head_dim = 50, .block_tokens = 37,
+                  .dtype = KVK_BF16 },
+                { .kv_heads = 1, .q_heads = 8, .head_dim = 45, .block_tokens = 7,
+                  .dtype = KVK_F16 },
+                { .kv_heads = 4, .q_heads = 4, .head_dim = 500, .block_tokens = 3,
+                  .dtype = KVK_BF16 },
+        };
+        const uint32_t sel_blocks[] = { 300, 40, 500, 2000 };
         int ndev = 0;
 
+        /* Host-side argument checks first: they need no GPU. */
+        check_select_args();
         if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+                if (failures)
+                        return 1;
                 printf("no CUDA device: skipped\n");
                 return SKIP;
         }
         for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
                 run_shape(&shapes[i], nblocks[i]);
+        for (size_t i = 0; i < sizeof(sel_shapes) / sizeof(sel_shapes[0]); i++)
+                run_select(&sel_shapes[i], sel_blocks[i]);
         run_merge(32, 128);
         run_merge(13, 9);
         run_merge(8192, 512);

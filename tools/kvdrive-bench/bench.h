@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define BENCH_EXIT_USAGE 2
 
@@ -22,12 +23,19 @@ int bench_gen(int argc, char **argv);
 int bench_decode(int argc, char **argv);
 int bench_report(int argc, char **argv);
 int bench_interference(int argc, char **argv);
+int bench_select(int argc, char **argv);
 
 /* Comma-separated sizes into a new array (free()), count in *ret_n. */
 int bench_parse_sizes(const char *s, uint64_t **ret, size_t *ret_n);
 
 /* A decimal unsigned in [min, max]. 0 or -EINVAL/-ERANGE. */
 int bench_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *ret);
+
+/* A gnuplot process drawing a PNG into out/png: the caller writes the rest
+ * of the script to it and ends with bench_plot_close() (0, or -1 when
+ * gnuplot failed). NULL when gnuplot cannot be started. */
+FILE *bench_plot_open(const char *out, const char *png);
+int bench_plot_close(FILE *f);
 
 /* "64K" for 65536: the shortest exact power-of-1024 form. */
 const char *bench_format_size(char *buf, size_t size, uint64_t v);

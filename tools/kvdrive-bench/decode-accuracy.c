@@ -39,34 +39,6 @@ int record(struct client *cl, uint32_t t, uint32_t l, const uint32_t *sel, uint3
 
 /* ---- accuracy, after the timed phase ----------------------------------- */
 
-#define REF_CHUNK 64u   /* blocks per partial of the reference */
-
-/*
- * Full attention over blocks 0..n (cl->ptrs, cl->valid) into ref: partials
- * of REF_CHUNK blocks merged in double, so that the reference's own fp32
- * rounding stays far below what is measured against it, even at 128K
- * tokens (one fp32 pass over them all is off by ~1e-4 there).
- */
-static int reference(struct client *cl, uint32_t n, float *ref)
-{
-        const struct run *run = cl->run;
-
-        for (uint32_t h = 0; h < run->m->q_heads; h++)
-                cl->acc_lse[h] = -INFINITY;
-        memset(cl->acc, 0, sizeof(double) * run->qd);
-        for (uint32_t first = 0; first < n; first += REF_CHUNK) {
-                uint32_t cnt = n - first < REF_CHUNK ? n - first : REF_CHUNK;
-
-                if (kvk_full_attention(&run->shape, cl->q, cl->ptrs + first, cl->valid + first, cnt, cl->part,
-                                       cl->plse) < 0)
-                        return -1;
-                merge(cl->acc, cl->acc_lse, cl->part, cl->plse, run->m->q_heads, run->m->head_dim);
-        }
-        for (size_t i = 0; i < run->qd; i++)
-                ref[i] = (float)cl->acc[i];
-        return 0;
-}
-
 int accuracy(struct client *cl)
 {
         const struct run *run = cl->run;
@@ -109,7 +81,7 @@ int accuracy(struct client *cl)
                         }
                         load_query(run, r->step, l, cl->q);
                         if (kvk_block_attention_mass(&run->shape, cl->q, cl->ptrs, cl->valid, n + 1, mass) < 0 ||
-                            reference(cl, n + 1, ref) < 0) {
+                            kvb_reference_attention(&run->shape, cl->q, cl->ptrs, cl->valid, n + 1, cl->part, cl->plse, cl->acc, cl->acc_lse, ref) < 0) {
                                 child_fail(cl, "reference attention failed");
                                 goto out;
                         }

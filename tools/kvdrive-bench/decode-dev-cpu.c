@@ -19,6 +19,7 @@
 
 struct cpu_dev {
         float *summ;                    /* [layers][max_blocks][sum_floats] */
+        float *work;                    /* kvk_method_scores()'s */
 };
 
 static float *summary_of(const struct client *cl, uint32_t l, uint32_t b)
@@ -43,7 +44,8 @@ static int cpu_client_init(struct client *cl)
                 return child_fail(cl, "out of memory");
         cl->dev = x;
         x->summ = calloc((size_t)run->layers * run->max_blocks * run->sum_floats, sizeof(float));
-        if (!x->summ)
+        x->work = malloc(sizeof(float) * (kvk_method_work_floats(&run->shape, run->o.method, run->max_blocks) + 1));
+        if (!x->summ || !x->work)
                 return child_fail(cl, "out of memory");
         r = kvc_pool_create(cl->c, run->pool_slots, run->block_bytes, &cl->pool);
         return r < 0 ? daemon_fail(cl, "create the device pool", r) : 0;
@@ -56,6 +58,7 @@ static void cpu_client_free(struct client *cl)
         if (!x)
                 return;
         free(x->summ);
+        free(x->work);
         free(x);
         cl->dev = NULL;
 }
@@ -68,7 +71,7 @@ static int cpu_write_tokens(struct client *cl, uint32_t slot, uint32_t l, uint32
 
 static int cpu_summarise(struct client *cl, uint32_t slot, uint32_t valid, uint32_t l, uint32_t b)
 {
-        kvk_block_summary(&cl->run->shape, slot_ptr(cl, slot), valid, summary_of(cl, l, b));
+        kvk_method_summary(&cl->run->shape, cl->run->o.method, slot_ptr(cl, slot), valid, summary_of(cl, l, b));
         return 0;
 }
 
@@ -80,7 +83,9 @@ static int cpu_nothing(struct client *cl)
 
 static int cpu_scores(struct client *cl, uint32_t l, const float *q, uint32_t n, float *ret)
 {
-        kvk_block_scores(&cl->run->shape, q, summary_of(cl, l, 0), n, ret);
+        const struct cpu_dev *x = cl->dev;
+
+        kvk_method_scores(&cl->run->shape, cl->run->o.method, q, summary_of(cl, l, 0), n, x->work, ret);
         return 0;
 }
 
@@ -88,7 +93,7 @@ static int cpu_select(struct client *cl, uint32_t l, const float *q, uint32_t n,
 {
         const struct run *run = cl->run;
 
-        kvk_block_scores(&run->shape, q, summary_of(cl, l, 0), n, cl->scores);
+        cpu_scores(cl, l, q, n, cl->scores);
         return (int)kvk_topk(cl->scores, n, k, run->o.sink, run->o.local, ret);
 }
 
@@ -117,10 +122,10 @@ static int cpu_acc_reset(struct client *cl)
         return 0;
 }
 
-/* In double (merge(), decode-step.c says why). */
+/* In double (kvb_merge_double(), metrics.h says why). */
 static int cpu_acc_merge(struct client *cl)
 {
-        merge(cl->acc, cl->acc_lse, cl->part, cl->plse, cl->run->m->q_heads, cl->run->m->head_dim);
+        kvb_merge_double(cl->acc, cl->acc_lse, cl->part, cl->plse, cl->run->m->q_heads, cl->run->m->head_dim);
         return 0;
 }
 

@@ -4,10 +4,11 @@
  * cudaMalloc'd allocation registered with kvc_pool_register_cuda() (the
  * daemon copies blocks into and out of it with the GPU's copy engines), and
  * the per-layer work runs on the GPU with the kernels of kernels-cuda.h:
- * block summaries, scores (back to the host for kvc_sparse, or top-k on the
- * device for the policies that pick themselves), decode attention, and the
- * merge of partial results (kvk_cuda_lse_merge(): fp32 on the device, for
- * full's batches too). Compiled only where meson found nvcc.
+ * block summaries and scores of the --method (kvk_cuda_method_*: back to the
+ * host for kvc_sparse, or top-k on the device for the policies that pick
+ * themselves), decode attention, and the merge of partial results
+ * (kvk_cuda_lse_merge(): fp32 on the device, for full's batches too).
+ * Compiled only where meson found nvcc.
  *
  * One stream per client. Host data goes up through a pinned arena that is
  * reused only once the stream has drained (any wait empties it); device
@@ -46,6 +47,7 @@ struct cuda_dev {
         float *d_q;                     /* the layer's query (set_query) */
         float *d_qs;                    /* a query being scored */
         float *d_scores;                /* [max_blocks + 1] */
+        void *d_mwork;                  /* kvk_cuda_method_scores()'s scratch */
         uint32_t *d_idx;                /* [kmax] */
         void **d_ptrs;                  /* [cap] the blocks of one launch */
         uint32_t *d_valid;              /* [cap] */
@@ -200,6 +202,7 @@ static int cuda_client_init(struct client *cl)
             dalloc(cl, (void **)&x->d_q, qd * sizeof(float)) < 0 ||
             dalloc(cl, (void **)&x->d_qs, qd * sizeof(float)) < 0 ||
             dalloc(cl, (void **)&x->d_scores, (mb + 1) * sizeof(float)) < 0 ||
+            dalloc(cl, &x->d_mwork, kvk_cuda_method_work_bytes(&run->shape, run->o.method, mb + 1)) < 0 ||
             dalloc(cl, (void **)&x->d_idx, (run->kmax ? run->kmax : 1) * sizeof(uint32_t)) < 0 ||
             dalloc(cl, (void **)&x->d_ptrs, x->cap * sizeof(void *)) < 0 ||
             dalloc(cl, (void **)&x->d_valid, x->cap * sizeof(uint32_t)) < 0 ||
@@ -229,7 +232,7 @@ static int cuda_client_init(struct client *cl)
 static void cuda_client_free(struct client *cl)
 {
         struct cuda_dev *x = cl->dev;
-        void *bufs[15];
+        void *bufs[16];
         size_t n = 0;
 
         if (!x)
@@ -243,6 +246,7 @@ static void cuda_client_free(struct client *cl)
         bufs[n++] = x->d_q;
         bufs[n++] = x->d_qs;
         bufs[n++] = x->d_scores;
+        bufs[n++] = x->d_mwork;
         bufs[n++] = x->d_idx;
         bufs[n++] = x->d_ptrs;
         bufs[n++] = x->d_valid;
@@ -291,8 +295,8 @@ static int cuda_summarise(struct client *cl, uint32_t slot, uint32_t valid, uint
 
         if (upload(cl, x->d_ptrs, &p, sizeof(p)) < 0 || upload(cl, x->d_valid, &valid, sizeof(valid)) < 0)
                 return -1;
-        r = kvk_cuda_block_summaries(&cl->run->shape, (const void *const *)x->d_ptrs, x->d_valid, 1,
-                                     summary_of(cl, l, b), x->st);
+        r = kvk_cuda_method_summaries(&cl->run->shape, cl->run->o.method, (const void *const *)x->d_ptrs,
+                                      x->d_valid, 1, summary_of(cl, l, b), x->st);
         return r < 0 ? kfail(cl, "block summary", r) : 0;
 }
 
@@ -311,7 +315,8 @@ static int score_on_device(struct client *cl, uint32_t l, const float *q, uint32
 
         if (upload(cl, x->d_qs, q, cl->run->qd * sizeof(float)) < 0)
                 return -1;
-        r = kvk_cuda_block_scores(&cl->run->shape, x->d_qs, summary_of(cl, l, 0), n, x->d_scores, x->st);
+        r = kvk_cuda_method_scores(&cl->run->shape, cl->run->o.method, x->d_qs, summary_of(cl, l, 0), n, x->d_mwork,
+                                   x->d_scores, x->st);
         return r < 0 ? kfail(cl, "block scores", r) : 0;
 }
 

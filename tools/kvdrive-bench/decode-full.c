@@ -20,7 +20,7 @@ static void full_size(struct run *run)
 
 /* Streams the n stored blocks of layer l through the ring, attending each
  * batch as it lands, then the tail. On the CPU the merges stay in double
- * (merge()): a long context merges thousands of partial results per layer. */
+ * (kvb_merge_double()): a long context merges thousands of partial results per layer. */
 static int full_layer(struct client *cl, struct seqstate *sq, uint32_t l, uint32_t n, uint32_t tail_valid, bool rec,
                       uint32_t t)
 {

@@ -262,34 +262,6 @@ static int wait_tail(struct client *cl, struct seqstate *sq, uint32_t l)
 }
 
 
-/*
- * acc/lse += part/plse: two softmax results over disjoint tokens merged
- * exactly through their log-sum-exp, in double so that thousands of merges
- * add no error of their own. The full policy merges one partial per --batch
- * blocks (256 per layer at 128K tokens with the default 32, 8192 with
- * --batch 1), the accuracy reference one per 64 blocks; both are the exact
- * baseline the others are measured against. kvk_lse_merge() keeps its
- * accumulator in fp32, whose rounding grows with the number of merges (about
- * 5e-8 sqrt(n) relative error after n, 3.4e-6 at 4096: kernels/README.md), so
- * it serves the kvdrive policy's two partials (decode-kvdrive.c), not these.
- */
-void merge(double *acc, double *lse, const float *part, const float *plse, uint32_t heads, uint32_t dim)
-{
-        for (uint32_t h = 0; h < heads; h++) {
-                double a = lse[h], b = plse[h], m, wa, wb, sum;
-
-                if (plse[h] == -INFINITY)
-                        continue;
-                m = a > b ? a : b;
-                wa = a == -INFINITY ? 0.0 : exp(a - m);
-                wb = exp(b - m);
-                sum = wa + wb;
-                for (uint32_t d = 0; d < dim; d++)
-                        acc[h * dim + d] = (wa * acc[h * dim + d] + wb * part[h * dim + d]) / sum;
-                lse[h] = m + log(sum);
-        }
-}
-
 int attend(struct client *cl, uint32_t n, bool part)
 {
         uint64_t t0 = bench_now_ns();

@@ -128,6 +128,8 @@ static void usage(FILE *f)
                 "  -b, --budget F           device slots per sequence as a fraction of its KV blocks\n"
                 "                           (all layers) [0.1]: lru's cache size\n"
                 "  -k, --topk F             fraction of a layer's blocks attended per step [= budget]\n"
+                "      --method M           how blocks are summarised and scored: quest, quest-heads,\n"
+                "                           rope-bound, mean, gauss, hybrid (kernels.h) [" KVK_METHOD_DEFAULT_NAME "]\n"
                 "      --predict HOW        sparse: layer l+1's speculative query is layer l's query\n"
                 "                           mapped into layer l+1's key space by a least-squares fit\n"
                 "                           over the prompt's keys (mapped), or as it is (raw) [mapped]\n"
@@ -279,6 +281,8 @@ static void print_results(const struct run *run, const struct totals *tt, const 
                         "kv_bytes_per_seq", (json_int_t)((uint64_t)run->prompt / run->T * run->layers * bb),
                         "budget_slots_per_seq", (json_int_t)run->budget_slots,
                         "device_slots_per_seq", (json_int_t)slots));
+                json_object_set_new(json_object_get(root, "config"), "method",
+                                    json_string(kvk_method_name(o->method)));
                 json_object_set_new(root, "throughput", json_pack("{s:I, s:f, s:o, s:o, s:o, s:o, s:f}",
                         "tokens", (json_int_t)tt->tokens, "decode_seconds", (double)wall / 1e9,
                         "tokens_per_s", jnum(tps), "step_ms_p50", jnum(p50), "step_ms_p99", jnum(p99),
@@ -323,8 +327,9 @@ static void print_results(const struct run *run, const struct totals *tt, const 
                policy_names[o->policy], o->device != DEV_CPU ? " on " : "",
                o->device != DEV_CPU ? device_names[o->device] : "", o->clients, o->seqs, run->prompt, run->layers, run->m->kv_heads,
                run->m->head_dim, run->m->q_heads, run->T, bb >> 10);
-        printf("  budget %.3g (%u slots/seq), top-k %.3g (up to %u blocks/layer), sink %u, local %u, compute %u us/layer\n",
-               o->budget, run->budget_slots, run->topk, run->kmax, o->sink, o->local, o->compute_us);
+        printf("  budget %.3g (%u slots/seq), top-k %.3g (up to %u blocks/layer) by %s, sink %u, local %u, compute %u "
+               "us/layer\n", o->budget, run->budget_slots, run->topk, run->kmax, kvk_method_name(o->method), o->sink,
+               o->local, o->compute_us);
         printf("  %-26s %.1f (%" PRIu64 " tokens in %.2f s; prefill %.2f s)\n", "tokens/s", tps, tt->tokens,
                (double)wall / 1e9, (double)tt->prefill_ns / 1e9);
         printf("  %-26s p50 %.2f  p99 %.2f  mean %.2f\n", "step latency (ms)", p50, p99, mean);
@@ -516,7 +521,7 @@ static int parse_frac(const char *s, double *ret)
 static int parse(int argc, char **argv, struct decode_opts *o)
 {
         enum { O_SINK = 256, O_LOCAL, O_BT, O_CUS, O_STEPS, O_ACC, O_BATCH, O_DEPTH, O_TOKENS, O_LAYERS, O_GSTEPS,
-               O_SEED, O_NS, O_PRED, O_STAGE, O_STAGE_LAYER, O_NOSCORES, O_ONE_PASS };
+               O_SEED, O_NS, O_PRED, O_STAGE, O_STAGE_LAYER, O_NOSCORES, O_ONE_PASS, O_METHOD };
         static const struct option opts[] = {
                 { "socket", required_argument, NULL, 's' },        { "policy", required_argument, NULL, 'p' },
                 { "device", required_argument, NULL, 'd' },
@@ -532,6 +537,7 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                 { "predict", required_argument, NULL, O_PRED },    { "stage", required_argument, NULL, O_STAGE },
                 { "no-scores", no_argument, NULL, O_NOSCORES },    { "stage-layer", required_argument, NULL, O_STAGE_LAYER },
                 { "one-pass", no_argument, NULL, O_ONE_PASS },
+                { "method", required_argument, NULL, O_METHOD },
                 { "json", no_argument, NULL, 'j' },                { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -557,7 +563,7 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                 .policy = POL_FULL, .clients = 1, .seqs = 1, .budget = 0.1, .sink = 1, .local = 2,
                 .block_tokens = 16, .compute_us = 200, .acc_every = 4, .batch = 32, .depth = 8,
                 .gen_tokens = 32768, .gen_layers = 4, .gen_steps = 64, .seed = 1,
-                .stage = 0, .report_scores = true,
+                .stage = 0, .report_scores = true, .method = KVK_METHOD_DEFAULT,
         };
         while ((c = getopt_long(argc, argv, "s:p:d:t:c:n:b:k:jh", opts, NULL)) != -1) {
                 bool done = false;
@@ -638,6 +644,15 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                                 return -EINVAL;
                         }
                         break;
+                case O_METHOD:
+                        c = kvk_method_from_name(optarg);
+                        if (c < 0) {
+                                fprintf(stderr, "kvdrive-bench decode: unknown --method '%s' (quest, quest-heads, "
+                                                "rope-bound, mean, gauss, hybrid)\n", optarg);
+                                return -EINVAL;
+                        }
+                        o->method = (enum kvk_method)c;
+                        break;
                 case O_SEED: {
                         uint64_t v;
 
@@ -711,7 +726,7 @@ static int plan(struct run *run)
         }
         run->g = (struct kvc_geometry){ m->layers, m->kv_heads, m->head_dim, KVC_DTYPE_F16, run->T };
         run->block_bytes = kvc_block_bytes(&run->g);
-        run->sum_floats = kvk_summary_floats(&run->shape);
+        run->sum_floats = kvk_method_summary_floats(&run->shape, o->method);
         run->qd = (size_t)m->q_heads * m->head_dim;
         run->max_blocks = (m->tokens + run->T - 1) / run->T;
         run->topk = o->topk > 0 ? o->topk : o->budget;

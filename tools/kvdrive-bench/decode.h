@@ -24,6 +24,7 @@
 
 #include "decode-device.h"
 #include "kernels.h"
+#include "metrics.h"
 #include "trace.h"
 
 #define MAX_GROUP 64u           /* requests of one group (a fetch of one layer) */
@@ -85,6 +86,7 @@ struct decode_opts {
         enum policy policy;
         enum device device;
         enum predict predict;
+        enum kvk_method method;         /* summaries and scores (kernels.h) */
         uint32_t clients, seqs;
         double budget, topk;            /* topk 0: = budget */
         uint32_t sink, local, block_tokens, compute_us;
@@ -190,7 +192,7 @@ struct client {
         kvc_pool *pool;
         void *dev;                      /* the device's own state (decode-device.h) */
         float *scores, *q, *q0, *out, *part, *plse;
-        double *acc, *acc_lse;          /* partial attentions merged so far (merge()) */
+        double *acc, *acc_lse;          /* partial attentions merged so far (kvb_merge_double()) */
         float *out_lse;                 /* kvdrive: out's lse, as the misses merge in */
         const void **ptrs;
         uint32_t *valid;
@@ -243,7 +245,6 @@ void *slot_ptr(const struct client *cl, uint32_t slot);
  * ret: the number written, or -1. */
 int select_blocks(struct client *cl, uint32_t l, const float *q, uint32_t n, uint32_t *ret);
 /* acc/lse += part/plse on the host, in double. */
-void merge(double *acc, double *lse, const float *part, const float *plse, uint32_t heads, uint32_t dim);
 /* Attention over cl->ptrs / cl->valid [0, n) on the run's device, timed:
  * into OUT, or (part) PART, each with its lse (decode-device.h). */
 int attend(struct client *cl, uint32_t n, bool part);

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "metrics.h"
 
@@ -163,4 +164,43 @@ double kvb_hit_rate(uint64_t hits, uint64_t misses)
 double kvb_rate(uint64_t count, uint64_t ns)
 {
         return ns ? (double)count * 1e9 / (double)ns : 0;
+}
+
+void kvb_merge_double(double *acc, double *lse, const float *part, const float *plse, uint32_t heads, uint32_t dim)
+{
+        for (uint32_t h = 0; h < heads; h++) {
+                double a = lse[h], b = plse[h], m, wa, wb, sum;
+
+                if (plse[h] == -INFINITY)
+                        continue;
+                m = a > b ? a : b;
+                wa = a == -INFINITY ? 0.0 : exp(a - m);
+                wb = exp(b - m);
+                sum = wa + wb;
+                for (uint32_t d = 0; d < dim; d++)
+                        acc[h * dim + d] = (wa * acc[h * dim + d] + wb * part[h * dim + d]) / sum;
+                lse[h] = m + log(sum);
+        }
+}
+
+int kvb_reference_attention(const struct kvk_shape *s, const float *q, const void *const *blocks,
+                            const uint32_t *valid, uint32_t n, float *part, float *plse, double *acc,
+                            double *acc_lse, float *ret_ref)
+{
+        size_t qd = (size_t)s->q_heads * s->head_dim;
+
+        for (uint32_t h = 0; h < s->q_heads; h++)
+                acc_lse[h] = -INFINITY;
+        memset(acc, 0, sizeof(double) * qd);
+        for (uint32_t first = 0; first < n; first += KVB_REF_CHUNK) {
+                uint32_t cnt = n - first < KVB_REF_CHUNK ? n - first : KVB_REF_CHUNK;
+                int r = kvk_full_attention(s, q, blocks + first, valid + first, cnt, part, plse);
+
+                if (r < 0)
+                        return r;
+                kvb_merge_double(acc, acc_lse, part, plse, s->q_heads, s->head_dim);
+        }
+        for (size_t i = 0; i < qd; i++)
+                ret_ref[i] = (float)acc[i];
+        return 0;
 }

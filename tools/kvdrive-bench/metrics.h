@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels.h"
+
 /*
  * Attention-mass recall of a selection: sum of mass[sel[i]] over the sum of
  * all n masses, in [0, 1] (1 when every block with weight is selected).
@@ -54,3 +56,34 @@ double kvb_hit_rate(uint64_t hits, uint64_t misses);
 
 /* count per second over ns nanoseconds, 0 when ns is 0. */
 double kvb_rate(uint64_t count, uint64_t ns);
+
+/*
+ * acc/lse += part/plse: two softmax results over disjoint tokens (part
+ * [heads][dim], plse [heads], as kvk_decode_attention() writes them; lse
+ * -inf: empty, and a head whose plse is -inf is skipped) merged exactly
+ * through their log-sum-exp, in double so that thousands of merges add no
+ * error of their own. The full policy merges one partial per --batch blocks
+ * (256 per layer at 128K tokens with the default 32, 8192 with --batch 1),
+ * the accuracy reference one per 64 blocks; both are the exact baseline the
+ * others are measured against. kvk_lse_merge() keeps its accumulator in
+ * fp32, whose rounding grows with the number of merges (about 5e-8 sqrt(n)
+ * relative error after n, 3.4e-6 at 4096: kernels/README.md), so it serves
+ * the kvdrive policy's two partials (decode-kvdrive.c), not these.
+ */
+void kvb_merge_double(double *acc, double *lse, const float *part, const float *plse, uint32_t heads,
+                      uint32_t dim);
+
+/* Blocks per partial of kvb_reference_attention(). */
+#define KVB_REF_CHUNK 64u
+
+/*
+ * The reference for accuracy: full attention of q over blocks[0, n) (valid
+ * tokens valid[i]) into ret_ref (q_heads * head_dim floats), partials of
+ * KVB_REF_CHUNK blocks merged in double so that the reference's own
+ * rounding stays far below what is measured against it. Scratch from the
+ * caller: part (q_heads * head_dim), plse (q_heads), acc (q_heads *
+ * head_dim doubles), acc_lse (q_heads doubles). 0 or kvk's -EINVAL.
+ */
+int kvb_reference_attention(const struct kvk_shape *s, const float *q, const void *const *blocks,
+                            const uint32_t *valid, uint32_t n, float *part, float *plse, double *acc,
+                            double *acc_lse, float *ret_ref);

@@ -512,34 +512,6 @@ static void md_row(FILE *f, const struct run_row *r)
                 fmt(m, sizeof(m), 2, true, r->err_max));
 }
 
-/* Runs a gnuplot script; 0 or -1. */
-static const char *terminal(void)
-{
-        static const char *t;
-
-        if (!t)
-                t = system("gnuplot -e 'set terminal pngcairo' >/dev/null 2>&1") == 0 ? "pngcairo size 900,560 font ',11'"
-                                                                                     : "png size 900,560";
-        return t;
-}
-
-/* A gnuplot process drawing into out/png: the caller writes the rest of
- * the script to it and ends with plot_close() (0 or -1). */
-static FILE *plot_open(const char *out, const char *png)
-{
-        FILE *f = popen("gnuplot", "w");
-
-        if (f)
-                fprintf(f, "set terminal %s\nset output '%s/%s'\n", terminal(), out, png);
-        return f;
-}
-
-static int plot_close(FILE *f)
-{
-        return pclose(f) == 0 ? 0 : -1;
-}
-
-
 /* The log-log context axis of the plots against context. */
 #define CTX_AXIS                                                                                        \
         "set xlabel 'context (tokens)'\nset logscale xy\nset grid\nset pointsize 1.3\n"                  \
@@ -549,7 +521,7 @@ static int plot_close(FILE *f)
 /* tokens/s vs context per policy (1 client, the main budget), log-log. */
 static int plot_tps(const char *out, const struct run_row *rows, size_t n, double budget)
 {
-        FILE *f = plot_open(out, "tokens_per_s_vs_context.png");
+        FILE *f = bench_plot_open(out, "tokens_per_s_vs_context.png");
 
         if (!f)
                 return -1;
@@ -567,13 +539,13 @@ static int plot_tps(const char *out, const struct run_row *rows, size_t n, doubl
                    "$sparse with linespoints lw 2 title 'sparse (InfiniGen-style)', "
                    "$lru with linespoints lw 2 title 'lru', "
                    "$kvdrive with linespoints lw 2 title 'kvdrive'\n");
-        return plot_close(f);
+        return bench_plot_close(f);
 }
 
 /* Mass recall (and top-k recall) vs budget per policy, at the budget context. */
 static int plot_recall(const char *out, const struct run_row *rows, size_t n, uint32_t ctx)
 {
-        FILE *f = plot_open(out, "mass_recall_vs_budget.png");
+        FILE *f = bench_plot_open(out, "mass_recall_vs_budget.png");
 
         if (!f)
                 return -1;
@@ -599,13 +571,13 @@ static int plot_recall(const char *out, const struct run_row *rows, size_t n, ui
                    "$lru using 1:2 with linespoints lw 2 dt 2 pt 5 lc rgb '#0072b2' title 'lru: mass recall', "
                    "$sparse using 1:3 with linespoints lw 3 pt 6 ps 2 lc rgb '#d55e00' title 'sparse: top-k block recall', "
                    "$lru using 1:3 with linespoints lw 2 dt 2 pt 4 lc rgb '#e69f00' title 'lru: top-k block recall'\n");
-        return plot_close(f);
+        return bench_plot_close(f);
 }
 
 /* Bytes host -> device per token vs context. */
 static int plot_bytes(const char *out, const struct run_row *rows, size_t n, double budget)
 {
-        FILE *f = plot_open(out, "bytes_per_token_vs_context.png");
+        FILE *f = bench_plot_open(out, "bytes_per_token_vs_context.png");
 
         if (!f)
                 return -1;
@@ -628,7 +600,7 @@ static int plot_bytes(const char *out, const struct run_row *rows, size_t n, dou
                    "$lru using 1:3 with linespoints lw 1 dt 2 pt 8 title 'lru: SSD->host', "
                    "$kvdrive using 1:2 with linespoints lw 2 pt 11 title 'kvdrive: host->device', "
                    "$kvdrive using 1:3 with linespoints lw 1 dt 2 pt 10 title 'kvdrive: SSD->host'\n");
-        return plot_close(f);
+        return bench_plot_close(f);
 }
 
 /* The 1-minute load average: the machine may be shared. */

@@ -102,3 +102,28 @@ double bench_median(double *v, size_t n)
         qsort(v, n, sizeof(*v), cmp_double);
         return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
 }
+
+/* The gnuplot terminal: pngcairo where gnuplot has it. */
+static const char *plot_terminal(void)
+{
+        static const char *t;
+
+        if (!t)
+                t = system("gnuplot -e 'set terminal pngcairo' >/dev/null 2>&1") == 0 ? "pngcairo size 900,560 font ',11'"
+                                                                                     : "png size 900,560";
+        return t;
+}
+
+FILE *bench_plot_open(const char *out, const char *png)
+{
+        FILE *f = popen("gnuplot", "w");
+
+        if (f)
+                fprintf(f, "set terminal %s\nset output '%s/%s'\n", plot_terminal(), out, png);
+        return f;
+}
+
+int bench_plot_close(FILE *f)
+{
+        return pclose(f) == 0 ? 0 : -1;
+}

@@ -1,0 +1,216 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Selection methods (kernels.h, "Selection methods"): the summaries each
+ * method keeps and the estimated attention mass of a block under a query.
+ * KVK_QUEST is kvk_block_summary() / kvk_block_scores(); the others are
+ * portable C written so that the compiler vectorises the inner loops over
+ * head_dim (they are memory-bound: one pass over the summaries per head).
+ */
+#include <errno.h>
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#include "kernels-internal.h"
+
+static const struct method {
+        const char *name;
+        uint32_t rows;          /* rows of head_dim floats per kv head */
+        bool pairs;             /* needs an even head_dim (RoPE pairs) */
+} methods[KVK_N_METHODS] = {
+        [KVK_QUEST] = { "quest", 2, false },
+        [KVK_QUEST_HEADS] = { "quest-heads", 2, false },
+        [KVK_ROPE_BOUND] = { "rope-bound", 3, true },
+        [KVK_MEAN] = { "mean", 1, false },
+        [KVK_GAUSS] = { "gauss", 2, false },
+        [KVK_HYBRID] = { "hybrid", 5, true },
+};
+
+/* Rows of a summary, by what they hold. */
+enum { R_MIN, R_MAX, R_RMAX };
+
+/* The row of the mean (then the variance) in m's summary. */
+static uint32_t mean_row(enum kvk_method m)
+{
+        return m == KVK_HYBRID ? 3 : 0;
+}
+
+const char *kvk_method_name(enum kvk_method m)
+{
+        return (unsigned)m < KVK_N_METHODS ? methods[m].name : NULL;
+}
+
+int kvk_method_from_name(const char *name)
+{
+        for (int m = 0; name && m < KVK_N_METHODS; m++)
+                if (strcmp(name, methods[m].name) == 0)
+                        return m;
+        return -EINVAL;
+}
+
+static uint32_t rows_of(const struct kvk_shape *s, enum kvk_method m)
+{
+        if (!kvk_shape_valid(s) || (unsigned)m >= KVK_N_METHODS || (methods[m].pairs && s->head_dim % 2))
+                return 0;
+        return methods[m].rows;
+}
+
+size_t kvk_method_summary_floats(const struct kvk_shape *s, enum kvk_method m)
+{
+        uint32_t rows = rows_of(s, m);
+
+        return rows ? (size_t)rows * s->kv_heads * s->head_dim : 0;
+}
+
+size_t kvk_method_work_floats(const struct kvk_shape *s, enum kvk_method m, uint32_t n)
+{
+        return rows_of(s, m) && m != KVK_QUEST ? (size_t)n * s->q_heads : 0;
+}
+
+static float elem(const uint16_t *k, size_t i, enum kvk_dtype dt)
+{
+        return dt == KVK_F16 ? kvk_f16_to_f32(k[i]) : kvk_bf16_to_f32(k[i]);
+}
+
+/* Mean and variance over ntok rows (two passes, in double: a block's keys
+ * may share a large offset, as outlier channels do). */
+static void mean_var(const uint16_t *k, uint32_t ntok, uint32_t d, enum kvk_dtype dt, float *mean, float *var)
+{
+        for (uint32_t i = 0; i < d; i++) {
+                double s = 0, ss = 0, mu;
+
+                for (uint32_t t = 0; t < ntok; t++)
+                        s += elem(k, (size_t)t * d + i, dt);
+                mu = s / ntok;
+                for (uint32_t t = 0; t < ntok; t++) {
+                        double x = elem(k, (size_t)t * d + i, dt) - mu;
+
+                        ss += x * x;
+                }
+                mean[i] = (float)mu;
+                if (var)
+                        var[i] = (float)(ss / ntok);
+        }
+}
+
+static void pair_rmax(const uint16_t *k, uint32_t ntok, uint32_t d, enum kvk_dtype dt, float *rmax)
+{
+        uint32_t h = d / 2;
+
+        for (uint32_t i = 0; i < d; i++)
+                rmax[i] = 0;
+        for (uint32_t t = 0; t < ntok; t++)
+                for (uint32_t i = 0; i < h; i++) {
+                        float a = elem(k, (size_t)t * d + i, dt), b = elem(k, (size_t)t * d + i + h, dt);
+                        float r = sqrtf(a * a + b * b);
+
+                        if (r > rmax[i])
+                                rmax[i] = r;
+                }
+}
+
+int kvk_method_summary(const struct kvk_shape *s, enum kvk_method m, const void *block,
+                       uint32_t valid_tokens, float *ret_summary)
+{
+        const struct kvk_ops *ops = kvk__ops();
+        uint32_t rows = rows_of(s, m), d;
+        const uint16_t *k = block;
+
+        if (!rows || !block || !ret_summary || valid_tokens == 0 || valid_tokens > s->block_tokens)
+                return -EINVAL;
+        d = s->head_dim;
+        for (uint32_t g = 0; g < s->kv_heads; g++) {
+                const uint16_t *kg = k + (size_t)g * s->block_tokens * d;
+                float *row = ret_summary + (size_t)g * rows * d;
+
+                if (m != KVK_MEAN && m != KVK_GAUSS)
+                        ops->summary(kg, valid_tokens, d, s->dtype, row + R_MIN * d, row + R_MAX * d);
+                if (m == KVK_ROPE_BOUND || m == KVK_HYBRID)
+                        pair_rmax(kg, valid_tokens, d, s->dtype, row + R_RMAX * d);
+                if (m == KVK_MEAN || m == KVK_GAUSS || m == KVK_HYBRID)
+                        mean_var(kg, valid_tokens, d, s->dtype, row + mean_row(m) * d,
+                                 m == KVK_MEAN ? NULL : row + (mean_row(m) + 1) * d);
+        }
+        return 0;
+}
+
+int kvk_method_scores(const struct kvk_shape *s, enum kvk_method m, const float *q,
+                      const float *summaries, uint32_t n_blocks, float *work, float *ret_scores)
+{
+        const struct kvk_ops *ops = kvk__ops();
+        uint32_t rows = rows_of(s, m), d, group;
+        size_t stride;
+        float sd, inv2sd, margin;
+
+        if (!rows || !q || !summaries || !ret_scores || (m != KVK_QUEST && !work && n_blocks))
+                return -EINVAL;
+        if (m == KVK_QUEST)
+                return kvk_block_scores(s, q, summaries, n_blocks, ret_scores);
+        if (n_blocks == 0)
+                return 0;
+        d = s->head_dim;
+        group = s->q_heads / s->kv_heads;
+        stride = kvk_method_summary_floats(s, m);
+        sd = sqrtf((float)d);
+        inv2sd = 0.5f / sd;
+        margin = KVK_HYBRID_MARGIN * sd;
+        /* Estimates, block-major so that each summary is read once for the
+         * heads of its group: work[b * q_heads + h]. */
+        for (uint32_t b = 0; b < n_blocks; b++) {
+                const float *sb = summaries + b * stride;
+                float *e = work + (size_t)b * s->q_heads;
+
+                for (uint32_t g = 0; g < s->kv_heads; g++) {
+                        const float *row = sb + (size_t)g * rows * d, *qg = q + (size_t)g * group * d;
+                        float *eg = e + (size_t)g * group;
+
+                        if (m == KVK_HYBRID) {
+                                float gs[KVK_HTILE];
+
+                                for (uint32_t h0 = 0; h0 < group; h0 += KVK_HTILE) {
+                                        uint32_t nh = group - h0 < KVK_HTILE ? group - h0 : KVK_HTILE;
+
+                                        ops->estimate(KVK_ROPE_BOUND, qg + (size_t)h0 * d, nh, d, row, inv2sd,
+                                                      eg + h0);
+                                        ops->estimate(KVK_GAUSS, qg + (size_t)h0 * d, nh, d, row + 3 * d, inv2sd,
+                                                      gs);
+                                        for (uint32_t j = 0; j < nh; j++)
+                                                eg[h0 + j] = fmaxf(gs[j], eg[h0 + j] - margin);
+                                }
+                        } else {
+                                for (uint32_t h0 = 0; h0 < group; h0 += KVK_HTILE) {
+                                        uint32_t nh = group - h0 < KVK_HTILE ? group - h0 : KVK_HTILE;
+
+                                        ops->estimate(m, qg + (size_t)h0 * d, nh, d, row, inv2sd, eg + h0);
+                                }
+                        }
+                }
+        }
+        /* Per head: a softmax over the blocks, averaged into the scores. */
+        for (uint32_t b = 0; b < n_blocks; b++)
+                ret_scores[b] = 0;
+        for (uint32_t h = 0; h < s->q_heads; h++) {
+                float top = -INFINITY, w;
+                double z = 0;
+
+                for (uint32_t b = 0; b < n_blocks; b++) {
+                        float *e = &work[(size_t)b * s->q_heads + h];
+
+                        *e = isnan(*e) ? -INFINITY : *e > FLT_MAX ? FLT_MAX : *e / sd;
+                        if (*e > top)
+                                top = *e;
+                }
+                if (top == -INFINITY)   /* no finite estimate: the head says nothing */
+                        continue;
+                for (uint32_t b = 0; b < n_blocks; b++) {
+                        float *e = &work[(size_t)b * s->q_heads + h];
+
+                        *e = expf(*e - top);
+                        z += *e;
+                }
+                w = (float)(1.0 / (z * s->q_heads));
+                for (uint32_t b = 0; b < n_blocks; b++)
+                        ret_scores[b] += work[(size_t)b * s->q_heads + h] * w;
+        }
+        return 0;
+}
