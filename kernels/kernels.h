@@ -194,14 +194,20 @@ int kvk_block_attention_mass(const struct kvk_shape *s, const float *q,
  *    of q.k at least as tight as Quest's (equal with no RoPE structure,
  *    tighter where RoPE spins a pair inside the block). Then the MASS.
  *  - KVK_MEAN: row mean (ShadowKV's landmark): estimate q.mean. MASS.
- *  - KVK_GAUSS: rows mean, var (per-dimension variance of K over the
- *    block): the log-mean-exp of the logits of keys ~ N(mean, diag var),
- *    q.mean + sum_d q[d]^2 var[d] / (2 sqrt(head_dim)) (unscaled). MASS.
- *  - KVK_HYBRID: rows min, max, rmax, mean, var: per block and head the
- *    larger of KVK_GAUSS's estimate and KVK_ROPE_BOUND's bound minus
- *    hybrid_margin * sqrt(head_dim) (a bound, lowered by a fixed logit
- *    margin so that it speaks only for blocks whose best key stands out of
- *    their mean; kvk_method_scores() says which margin). MASS.
+ *  - KVK_GAUSS: rows mean, var (per-dimension population variance of K
+ *    over the block): the log-mean-exp of the logits of keys ~ N(mean,
+ *    diag var), q.mean + sum_d q[d]^2 var[d] / (2 sqrt(head_dim))
+ *    (unscaled). MASS.
+ *  - KVK_HYBRID: rows spike, mean, var: spike is the block's key farthest
+ *    from the block's mean (the first of equals), mean and var those of
+ *    the other keys (of the one key when the block has one). A block as a
+ *    Gaussian bulk of block_tokens - 1 keys plus one explicit key, so that
+ *    a single sharp key (an attention sink, a large-norm key, a needle's
+ *    peak) is not averaged away: with T = block_tokens, g KVK_GAUSS's
+ *    estimate over the bulk and p = q.spike, the estimate is
+ *    sqrt(d) log(((T - 1) e^(g / sqrt(d)) + e^(p / sqrt(d))) / T)
+ *    (the block taken as full; only a sequence's last block is not, and it
+ *    is attended anyway). MASS. The default (KVK_METHOD_DEFAULT).
  *
  * MASS: from the per-head logit estimates e[b][h] (unscaled, as q.k), the
  * estimated share of head h's attention on block b is
@@ -223,8 +229,8 @@ enum kvk_method {
 
 /* The method engines should use unless they measured better on their model
  * (docs/decisions.md says why this one). */
-#define KVK_METHOD_DEFAULT KVK_QUEST
-#define KVK_METHOD_DEFAULT_NAME "quest"
+#define KVK_METHOD_DEFAULT KVK_HYBRID
+#define KVK_METHOD_DEFAULT_NAME "hybrid"
 
 /* The name of m ("quest", "quest-heads", "rope-bound", "mean", "gauss",
  * "hybrid"), NULL for an unknown one. Static strings. */
@@ -234,8 +240,7 @@ const char *kvk_method_name(enum kvk_method m);
 int kvk_method_from_name(const char *name);
 
 /* Floats of one block summary of method m, 0 when s or m is invalid (or
- * KVK_ROPE_BOUND and KVK_HYBRID with an odd head_dim: RoPE pairs need an
- * even one). */
+ * KVK_ROPE_BOUND with an odd head_dim: RoPE pairs need an even one). */
 size_t kvk_method_summary_floats(const struct kvk_shape *s, enum kvk_method m);
 
 /* Floats of scratch memory kvk_method_scores() needs for n blocks. */
@@ -255,10 +260,9 @@ int kvk_method_summary(const struct kvk_shape *s, enum kvk_method m, const void 
  * their method-m summaries: for KVK_QUEST the bounds of kvk_block_scores(),
  * for every other method the estimated masses (above). work holds
  * kvk_method_work_floats(s, m, n_blocks) floats (NULL when that is 0).
- * KVK_HYBRID's margin is KVK_HYBRID_MARGIN logits. Returns 0, or -EINVAL
- * (s, m or a pointer; nothing written); n_blocks == 0 is a no-op.
+ * Returns 0, or -EINVAL (s, m or a pointer; nothing written); n_blocks ==
+ * 0 is a no-op.
  */
-#define KVK_HYBRID_MARGIN 1.0f
 int kvk_method_scores(const struct kvk_shape *s, enum kvk_method m, const float *q,
                       const float *summaries, uint32_t n_blocks, float *work, float *ret_scores);
 

@@ -948,6 +948,17 @@ static AVX2 void avx2_estimate(enum kvk_method m, const float *q, uint32_t nh, u
         }
 }
 
+static AVX2 void avx2_exp_shift(float *x, uint32_t n, float shift)
+{
+        const __m256 s = _mm256_set1_ps(shift);
+        uint32_t i = 0;
+
+        for (; i + 8 <= n; i += 8)
+                _mm256_storeu_ps(x + i, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s)));
+        for (; i < n; i++)
+                x[i] = expf(x[i] - shift);
+}
+
 const struct kvk_ops kvk__ops_avx2 = {
         .name = "avx2",
         .summary = avx2_summary,
@@ -958,6 +969,7 @@ const struct kvk_ops kvk__ops_avx2 = {
         .merge_weights = avx2_merge_weights,
         .blend = avx2_blend,
         .estimate = avx2_estimate,
+        .exp_shift = avx2_exp_shift,
 };
 
 const struct kvk_ops kvk__ops_avx2_nof16c = {
@@ -969,4 +981,5 @@ const struct kvk_ops kvk__ops_avx2_nof16c = {
         .merge_weights = avx2_merge_weights,
         .blend = avx2_blend,
         .estimate = avx2_estimate,
+        .exp_shift = avx2_exp_shift,
 };

@@ -85,9 +85,12 @@ struct kvk_ops {
          * the method's rows) for nh query heads (rows of q, stride d):
          * ret[j]. m is KVK_QUEST_HEADS (the box bound), KVK_ROPE_BOUND,
          * KVK_MEAN or KVK_GAUSS (inv2sd = 1 / (2 sqrt(d))); select.c
-         * combines them for KVK_HYBRID. */
+         * combines KVK_MEAN and KVK_GAUSS for KVK_HYBRID. */
         void (*estimate)(enum kvk_method m, const float *q, uint32_t nh, uint32_t d, const float *rows,
                          float inv2sd, float *ret);
+
+        /* x[i] = e^(x[i] - shift) for i < n (x[i] <= shift; -inf gives 0). */
+        void (*exp_shift)(float *x, uint32_t n, float shift);
 };
 
 extern const struct kvk_ops kvk__ops_scalar;

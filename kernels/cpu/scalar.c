@@ -229,6 +229,12 @@ static void scalar_estimate(enum kvk_method m, const float *q, uint32_t nh, uint
         }
 }
 
+static void scalar_exp_shift(float *x, uint32_t n, float shift)
+{
+        for (uint32_t i = 0; i < n; i++)
+                x[i] = expf(x[i] - shift);
+}
+
 const struct kvk_ops kvk__ops_scalar = {
         .name = "scalar",
         .summary = scalar_summary,
@@ -238,4 +244,5 @@ const struct kvk_ops kvk__ops_scalar = {
         .merge_weights = scalar_merge_weights,
         .blend = scalar_blend,
         .estimate = scalar_estimate,
+        .exp_shift = scalar_exp_shift,
 };

@@ -23,7 +23,7 @@ static const struct method {
         [KVK_ROPE_BOUND] = { "rope-bound", 3, true },
         [KVK_MEAN] = { "mean", 1, false },
         [KVK_GAUSS] = { "gauss", 2, false },
-        [KVK_HYBRID] = { "hybrid", 5, true },
+        [KVK_HYBRID] = { "hybrid", 3, false },
 };
 
 /* Rows of a summary, by what they hold. */
@@ -32,7 +32,7 @@ enum { R_MIN, R_MAX, R_RMAX };
 /* The row of the mean (then the variance) in m's summary. */
 static uint32_t mean_row(enum kvk_method m)
 {
-        return m == KVK_HYBRID ? 3 : 0;
+        return m == KVK_HYBRID ? 1 : 0;
 }
 
 const char *kvk_method_name(enum kvk_method m)
@@ -64,7 +64,9 @@ size_t kvk_method_summary_floats(const struct kvk_shape *s, enum kvk_method m)
 
 size_t kvk_method_work_floats(const struct kvk_shape *s, enum kvk_method m, uint32_t n)
 {
-        return rows_of(s, m) && m != KVK_QUEST ? (size_t)n * s->q_heads : 0;
+        /* Per head the estimates of the n blocks; KVK_HYBRID's come in two
+         * terms (the bulk's and the spike's). */
+        return rows_of(s, m) && m != KVK_QUEST ? (size_t)n * s->q_heads * (m == KVK_HYBRID ? 2 : 1) : 0;
 }
 
 static float elem(const uint16_t *k, size_t i, enum kvk_dtype dt)
@@ -72,25 +74,59 @@ static float elem(const uint16_t *k, size_t i, enum kvk_dtype dt)
         return dt == KVK_F16 ? kvk_f16_to_f32(k[i]) : kvk_bf16_to_f32(k[i]);
 }
 
-/* Mean and variance over ntok rows (two passes, in double: a block's keys
- * may share a large offset, as outlier channels do). */
-static void mean_var(const uint16_t *k, uint32_t ntok, uint32_t d, enum kvk_dtype dt, float *mean, float *var)
+/* Mean and variance over ntok rows but row skip (UINT32_MAX: none; all of
+ * them when ntok is 1), two passes in double: a block's keys may share a
+ * large offset, as outlier channels do. */
+static void mean_var(const uint16_t *k, uint32_t ntok, uint32_t d, enum kvk_dtype dt, float *mean, float *var,
+                     uint32_t skip)
 {
+        uint32_t n = ntok > 1 && skip < ntok ? ntok - 1 : ntok;
+
+        if (ntok == 1)
+                skip = UINT32_MAX;
         for (uint32_t i = 0; i < d; i++) {
                 double s = 0, ss = 0, mu;
 
                 for (uint32_t t = 0; t < ntok; t++)
-                        s += elem(k, (size_t)t * d + i, dt);
-                mu = s / ntok;
+                        if (t != skip)
+                                s += elem(k, (size_t)t * d + i, dt);
+                mu = s / n;
                 for (uint32_t t = 0; t < ntok; t++) {
                         double x = elem(k, (size_t)t * d + i, dt) - mu;
 
-                        ss += x * x;
+                        if (t != skip)
+                                ss += x * x;
                 }
                 mean[i] = (float)mu;
                 if (var)
-                        var[i] = (float)(ss / ntok);
+                        var[i] = (float)(ss / n);
         }
+}
+
+/* The row farthest from the mean of the ntok rows (the first of equals)
+ * into spike; its index. mean: scratch of d floats. */
+static uint32_t spike_row(const uint16_t *k, uint32_t ntok, uint32_t d, enum kvk_dtype dt, float *mean, float *spike)
+{
+        uint32_t best = 0;
+        double far = -1;
+
+        mean_var(k, ntok, d, dt, mean, NULL, UINT32_MAX);
+        for (uint32_t t = 0; t < ntok; t++) {
+                double r = 0;
+
+                for (uint32_t i = 0; i < d; i++) {
+                        double x = elem(k, (size_t)t * d + i, dt) - mean[i];
+
+                        r += x * x;
+                }
+                if (r > far) {
+                        far = r;
+                        best = t;
+                }
+        }
+        for (uint32_t i = 0; i < d; i++)
+                spike[i] = elem(k, (size_t)best * d + i, dt);
+        return best;
 }
 
 static void pair_rmax(const uint16_t *k, uint32_t ntok, uint32_t d, enum kvk_dtype dt, float *rmax)
@@ -123,15 +159,26 @@ int kvk_method_summary(const struct kvk_shape *s, enum kvk_method m, const void 
                 const uint16_t *kg = k + (size_t)g * s->block_tokens * d;
                 float *row = ret_summary + (size_t)g * rows * d;
 
-                if (m != KVK_MEAN && m != KVK_GAUSS)
+                uint32_t skip = UINT32_MAX;
+
+                if (m == KVK_QUEST || m == KVK_QUEST_HEADS || m == KVK_ROPE_BOUND)
                         ops->summary(kg, valid_tokens, d, s->dtype, row + R_MIN * d, row + R_MAX * d);
-                if (m == KVK_ROPE_BOUND || m == KVK_HYBRID)
+                if (m == KVK_ROPE_BOUND)
                         pair_rmax(kg, valid_tokens, d, s->dtype, row + R_RMAX * d);
+                if (m == KVK_HYBRID)
+                        skip = spike_row(kg, valid_tokens, d, s->dtype, row + d, row);
                 if (m == KVK_MEAN || m == KVK_GAUSS || m == KVK_HYBRID)
                         mean_var(kg, valid_tokens, d, s->dtype, row + mean_row(m) * d,
-                                 m == KVK_MEAN ? NULL : row + (mean_row(m) + 1) * d);
+                                 m == KVK_MEAN ? NULL : row + (mean_row(m) + 1) * d, skip);
         }
         return 0;
+}
+
+/* An estimate as the softmax takes it: over sqrt(d), NaN as -inf (says
+ * nothing), +inf as the largest finite logit. */
+static float clamp_logit(float e, float sd)
+{
+        return isnan(e) ? -INFINITY : e > FLT_MAX ? FLT_MAX : e / sd;
 }
 
 int kvk_method_scores(const struct kvk_shape *s, enum kvk_method m, const float *q,
@@ -140,7 +187,7 @@ int kvk_method_scores(const struct kvk_shape *s, enum kvk_method m, const float 
         const struct kvk_ops *ops = kvk__ops();
         uint32_t rows = rows_of(s, m), d, group;
         size_t stride;
-        float sd, inv2sd, margin;
+        float sd, inv2sd, lrest;
 
         if (!rows || !q || !summaries || !ret_scores || (m != KVK_QUEST && !work && n_blocks))
                 return -EINVAL;
@@ -153,35 +200,36 @@ int kvk_method_scores(const struct kvk_shape *s, enum kvk_method m, const float 
         stride = kvk_method_summary_floats(s, m);
         sd = sqrtf((float)d);
         inv2sd = 0.5f / sd;
-        margin = KVK_HYBRID_MARGIN * sd;
+        /* The bulk's weight: T - 1 keys (none in a block of one). */
+        lrest = m != KVK_HYBRID ? 0 : s->block_tokens > 1 ? logf((float)(s->block_tokens - 1)) : -INFINITY;
         /* Estimates, block-major so that each summary is read once for the
-         * heads of its group: work[b * q_heads + h]. */
+         * heads of its group, into work[h][b] (a head's n blocks together
+         * for its softmax). KVK_HYBRID's block of T keys, a Gaussian bulk
+         * of T - 1 (log-mean-exp gs) and one spike (logit sp), has the mass
+         * (T - 1) e^gs + e^sp up to the factor 1/T that all blocks share:
+         * its two terms go to work[h][b] (gs + log(T - 1)) and to
+         * work[q_heads + h][b] (sp), and are added after the exp. */
         for (uint32_t b = 0; b < n_blocks; b++) {
                 const float *sb = summaries + b * stride;
-                float *e = work + (size_t)b * s->q_heads;
 
                 for (uint32_t g = 0; g < s->kv_heads; g++) {
                         const float *row = sb + (size_t)g * rows * d, *qg = q + (size_t)g * group * d;
-                        float *eg = e + (size_t)g * group;
 
-                        if (m == KVK_HYBRID) {
-                                float gs[KVK_HTILE];
+                        for (uint32_t h0 = 0; h0 < group; h0 += KVK_HTILE) {
+                                uint32_t nh = group - h0 < KVK_HTILE ? group - h0 : KVK_HTILE, h = g * group + h0;
+                                float e[KVK_HTILE], sp[KVK_HTILE];
 
-                                for (uint32_t h0 = 0; h0 < group; h0 += KVK_HTILE) {
-                                        uint32_t nh = group - h0 < KVK_HTILE ? group - h0 : KVK_HTILE;
-
-                                        ops->estimate(KVK_ROPE_BOUND, qg + (size_t)h0 * d, nh, d, row, inv2sd,
-                                                      eg + h0);
-                                        ops->estimate(KVK_GAUSS, qg + (size_t)h0 * d, nh, d, row + 3 * d, inv2sd,
-                                                      gs);
-                                        for (uint32_t j = 0; j < nh; j++)
-                                                eg[h0 + j] = fmaxf(gs[j], eg[h0 + j] - margin);
+                                if (m == KVK_HYBRID) {
+                                        ops->estimate(KVK_GAUSS, qg + (size_t)h0 * d, nh, d, row + d, inv2sd, e);
+                                        ops->estimate(KVK_MEAN, qg + (size_t)h0 * d, nh, d, row, inv2sd, sp);
+                                } else {
+                                        ops->estimate(m, qg + (size_t)h0 * d, nh, d, row, inv2sd, e);
                                 }
-                        } else {
-                                for (uint32_t h0 = 0; h0 < group; h0 += KVK_HTILE) {
-                                        uint32_t nh = group - h0 < KVK_HTILE ? group - h0 : KVK_HTILE;
-
-                                        ops->estimate(m, qg + (size_t)h0 * d, nh, d, row, inv2sd, eg + h0);
+                                for (uint32_t j = 0; j < nh; j++) {
+                                        work[(size_t)(h + j) * n_blocks + b] = clamp_logit(e[j], sd) + lrest;
+                                        if (m == KVK_HYBRID)
+                                                work[(size_t)(s->q_heads + h + j) * n_blocks + b] =
+                                                        clamp_logit(sp[j], sd);
                                 }
                         }
                 }
@@ -190,27 +238,26 @@ int kvk_method_scores(const struct kvk_shape *s, enum kvk_method m, const float 
         for (uint32_t b = 0; b < n_blocks; b++)
                 ret_scores[b] = 0;
         for (uint32_t h = 0; h < s->q_heads; h++) {
+                float *e = work + (size_t)h * n_blocks;
+                float *sp = m == KVK_HYBRID ? work + (size_t)(s->q_heads + h) * n_blocks : NULL;
                 float top = -INFINITY, w;
                 double z = 0;
 
-                for (uint32_t b = 0; b < n_blocks; b++) {
-                        float *e = &work[(size_t)b * s->q_heads + h];
-
-                        *e = isnan(*e) ? -INFINITY : *e > FLT_MAX ? FLT_MAX : *e / sd;
-                        if (*e > top)
-                                top = *e;
-                }
+                for (uint32_t b = 0; b < n_blocks; b++)
+                        top = fmaxf(top, sp ? fmaxf(e[b], sp[b]) : e[b]);
                 if (top == -INFINITY)   /* no finite estimate: the head says nothing */
                         continue;
-                for (uint32_t b = 0; b < n_blocks; b++) {
-                        float *e = &work[(size_t)b * s->q_heads + h];
-
-                        *e = expf(*e - top);
-                        z += *e;
+                ops->exp_shift(e, n_blocks, top);
+                if (sp) {
+                        ops->exp_shift(sp, n_blocks, top);
+                        for (uint32_t b = 0; b < n_blocks; b++)
+                                e[b] += sp[b];
                 }
+                for (uint32_t b = 0; b < n_blocks; b++)
+                        z += e[b];
                 w = (float)(1.0 / (z * s->q_heads));
                 for (uint32_t b = 0; b < n_blocks; b++)
-                        ret_scores[b] += work[(size_t)b * s->q_heads + h] * w;
+                        ret_scores[b] += e[b] * w;
         }
         return 0;
 }

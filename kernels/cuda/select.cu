@@ -10,7 +10,10 @@
  * order per column (one thread per column runs over the tokens), so they are
  * bit for bit the CPU's: min/max of exactly converted values, rmax with its
  * products rounded separately (no FMA, as the CPU's baseline x86-64 code),
- * mean and variance in two passes in double.
+ * mean and variance in two passes in double. KVK_HYBRID's spike (the key
+ * farthest from the block's mean) sums its distances over the columns in
+ * another order than the CPU: only keys at equal distances up to rounding
+ * could be chosen differently.
  */
 #include <float.h>
 
@@ -25,7 +28,7 @@
 struct rows_of {
         uint32_t rows;          /* rows of head_dim floats */
         uint32_t mean_row;      /* the mean's row (the variance's follows) */
-        bool box, rope, mean, var;
+        bool box, rope, mean, var, spike;
 };
 
 static bool method_rows(const struct kvk_shape *s, enum kvk_method m, struct rows_of *ret)
@@ -35,15 +38,39 @@ static bool method_rows(const struct kvk_shape *s, enum kvk_method m, struct row
         if (!sf)
                 return false;
         ret->rows = (uint32_t)(sf / ((size_t)s->kv_heads * s->head_dim));
-        ret->box = m != KVK_MEAN && m != KVK_GAUSS;
-        ret->rope = m == KVK_ROPE_BOUND || m == KVK_HYBRID;
+        ret->box = m == KVK_QUEST || m == KVK_QUEST_HEADS || m == KVK_ROPE_BOUND;
+        ret->rope = m == KVK_ROPE_BOUND;
         ret->mean = m == KVK_MEAN || m == KVK_GAUSS || m == KVK_HYBRID;
         ret->var = m == KVK_GAUSS || m == KVK_HYBRID;
-        ret->mean_row = m == KVK_HYBRID ? 3 : 0;
+        ret->spike = m == KVK_HYBRID;
+        ret->mean_row = m == KVK_HYBRID ? 1 : 0;
         return true;
 }
 
 /* ---- summaries ----------------------------------------------------------- */
+
+__device__ __forceinline__ double warp_sum_double(double v)
+{
+        for (int o = KVK_WARP / 2; o > 0; o /= 2)
+                v += __shfl_xor_sync(0xffffffffu, v, o);
+        return v;
+}
+
+/* kvk_block_sum() in double; scratch: KVK_WARP doubles of shared memory. */
+__device__ __forceinline__ double block_sum_double(double v, double *scratch)
+{
+        const unsigned lane = threadIdx.x % KVK_WARP, warp = threadIdx.x / KVK_WARP;
+        const unsigned nwarps = (blockDim.x + KVK_WARP - 1) / KVK_WARP;
+
+        v = warp_sum_double(v);
+        __syncthreads();
+        if (lane == 0)
+                scratch[warp] = v;
+        __syncthreads();
+        v = lane < nwarps ? scratch[lane] : 0.0;
+        return warp_sum_double(v);
+}
+
 
 /* One thread block per (block, kv head); a thread per column, so that the
  * threads of a warp read consecutive elements of each K row. Column i < d/2
@@ -59,6 +86,49 @@ __global__ void method_summary_kernel(const void *const *blocks, const uint32_t 
         const uint16_t *k = static_cast<const uint16_t *>(blocks[b]) +
                             (size_t)g * block_tokens * d;
         float *row = out + ((size_t)b * kv_heads + g) * ro.rows * d;
+        __shared__ uint32_t spike_tok;
+        uint32_t skip = UINT32_MAX;
+
+        if (ro.spike && nt > 0) {
+                /* The mean of every column (row[d ...] as scratch: the mean
+                 * row is rewritten below), then per token its squared
+                 * distance from it; the farthest (the first of equals). */
+                __shared__ double dscratch[KVK_WARP];
+                double far = -1;
+                uint32_t best = 0;
+
+                for (uint32_t i = threadIdx.x; i < d; i += blockDim.x) {
+                        double sum = 0;
+
+                        for (uint32_t t = 0; t < nt; t++)
+                                sum += kvk_ld<DT>(k + (size_t)t * d, i);
+                        row[d + i] = (float)(sum / nt);
+                }
+                __syncthreads();
+                for (uint32_t t = 0; t < nt; t++) {
+                        double r = 0;
+
+                        for (uint32_t i = threadIdx.x; i < d; i += blockDim.x) {
+                                double x = (double)kvk_ld<DT>(k + (size_t)t * d, i) - row[d + i];
+
+                                r += x * x;
+                        }
+                        r = block_sum_double(r, dscratch);
+                        if (r > far) {
+                                far = r;
+                                best = t;
+                        }
+                }
+                if (threadIdx.x == 0)
+                        spike_tok = best;
+                __syncthreads();
+                skip = nt > 1 ? spike_tok : UINT32_MAX;
+                for (uint32_t i = threadIdx.x; i < d; i += blockDim.x)
+                        row[i] = kvk_ld<DT>(k + (size_t)spike_tok * d, i);
+        } else if (ro.spike) {
+                for (uint32_t i = threadIdx.x; i < d; i += blockDim.x)
+                        row[i] = 0.0f;
+        }
 
         for (uint32_t i = threadIdx.x; i < d; i += blockDim.x) {
                 if (ro.box) {
@@ -87,20 +157,23 @@ __global__ void method_summary_kernel(const void *const *blocks, const uint32_t 
                         row[2 * d + i] = rm;
                 }
                 if (ro.mean) {
+                        const uint32_t cnt = skip < nt ? nt - 1 : nt;
                         double sum = 0, ss = 0, mu = 0;
 
                         for (uint32_t t = 0; t < nt; t++)
-                                sum += kvk_ld<DT>(k + (size_t)t * d, i);
-                        if (nt)
-                                mu = sum / nt;
+                                if (t != skip)
+                                        sum += kvk_ld<DT>(k + (size_t)t * d, i);
+                        if (cnt)
+                                mu = sum / cnt;
                         for (uint32_t t = 0; ro.var && t < nt; t++) {
                                 double x = kvk_ld<DT>(k + (size_t)t * d, i) - mu;
 
-                                ss += __dmul_rn(x, x);
+                                if (t != skip)
+                                        ss += __dmul_rn(x, x);
                         }
                         row[ro.mean_row * d + i] = (float)mu;
                         if (ro.var)
-                                row[(ro.mean_row + 1) * d + i] = nt ? (float)(ss / nt) : 0.0f;
+                                row[(ro.mean_row + 1) * d + i] = cnt ? (float)(ss / cnt) : 0.0f;
                 }
         }
 }
@@ -185,7 +258,7 @@ __device__ __forceinline__ float gauss_est(const float *q, const float *mean, co
 template <int M>
 __global__ void estimate_kernel(const float *q, const float *summaries, uint32_t q_heads,
                                 uint32_t group, uint32_t kv_heads, uint32_t rows, uint32_t d,
-                                float sd, float inv2sd, float margin, float *est)
+                                float sd, float inv2sd, float lrest, float lt, float *est)
 {
         const uint32_t b = blockIdx.x;
         const uint32_t lane = threadIdx.x % KVK_WARP, warp = threadIdx.x / KVK_WARP;
@@ -205,11 +278,12 @@ __global__ void estimate_kernel(const float *q, const float *summaries, uint32_t
                         e = gauss_est(qh, row, NULL, d, lane, inv2sd);
                 } else if (M == KVK_GAUSS) {
                         e = gauss_est(qh, row, row + d, d, lane, inv2sd);
-                } else {        /* KVK_HYBRID */
-                        float rb = kvk_warp_sum(rope_part(qh, row, row + d, row + 2 * d, d, lane));
-                        float gs = gauss_est(qh, row + 3 * d, row + 4 * d, d, lane, inv2sd);
+                } else {        /* KVK_HYBRID: cpu/select.c's spike_mix() */
+                        float sp = gauss_est(qh, row, NULL, d, lane, inv2sd) / sd;
+                        float gs = gauss_est(qh, row + d, row + 2 * d, d, lane, inv2sd) / sd + lrest;
+                        float top = fmaxf(sp, gs);
 
-                        e = fmaxf(gs, rb - margin);
+                        e = isfinite(top) ? sd * (top + logf(expf(gs - top) + expf(sp - top)) - lt) : top;
                 }
                 if (lane == 0)
                         est[(size_t)b * q_heads + h] =
@@ -218,28 +292,6 @@ __global__ void estimate_kernel(const float *q, const float *summaries, uint32_t
 }
 
 /* ---- the softmax per head, and the masses ------------------------------ */
-
-__device__ __forceinline__ double warp_sum_double(double v)
-{
-        for (int o = KVK_WARP / 2; o > 0; o /= 2)
-                v += __shfl_xor_sync(0xffffffffu, v, o);
-        return v;
-}
-
-/* kvk_block_sum() in double; scratch: KVK_WARP doubles of shared memory. */
-__device__ __forceinline__ double block_sum_double(double v, double *scratch)
-{
-        const unsigned lane = threadIdx.x % KVK_WARP, warp = threadIdx.x / KVK_WARP;
-        const unsigned nwarps = (blockDim.x + KVK_WARP - 1) / KVK_WARP;
-
-        v = warp_sum_double(v);
-        __syncthreads();
-        if (lane == 0)
-                scratch[warp] = v;
-        __syncthreads();
-        v = lane < nwarps ? scratch[lane] : 0.0;
-        return warp_sum_double(v);
-}
 
 /* One thread block per query head h: top[h] = max over the blocks of
  * est[b][h], w[h] = 1 / (q_heads * sum_b exp(est[b][h] - top[h])) (the sum in
@@ -306,7 +358,7 @@ extern "C" int kvk_cuda_method_scores(const struct kvk_shape *s, enum kvk_method
 {
         struct rows_of ro;
         cudaStream_t st = kvk_stream(stream);
-        float *est, *top, *w, sd;
+        float *est, *top, *w, sd, lt, lrest;
         uint32_t group;
         int r;
 
@@ -323,10 +375,12 @@ extern "C" int kvk_cuda_method_scores(const struct kvk_shape *s, enum kvk_method
         w = top + s->q_heads;
         group = s->q_heads / s->kv_heads;
         sd = sqrtf((float)s->head_dim);
+        lt = logf((float)s->block_tokens);
+        lrest = s->block_tokens > 1 ? logf((float)(s->block_tokens - 1)) : -INFINITY;
 #define ESTIMATE(M)                                                                        \
         estimate_kernel<M><<<n, ESTIMATE_THREADS, 0, st>>>(d_q, d_summaries, s->q_heads, group, \
                                                            s->kv_heads, ro.rows, s->head_dim, sd, \
-                                                           0.5f / sd, KVK_HYBRID_MARGIN * sd, est)
+                                                           0.5f / sd, lrest, lt, est)
         switch (m) {
         case KVK_QUEST_HEADS:
                 ESTIMATE(KVK_QUEST_HEADS);

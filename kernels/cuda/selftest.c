@@ -371,10 +371,10 @@ static void run_merge(uint32_t q_heads, uint32_t head_dim)
 }
 
 /* Row r of method m's summary holds a mean or a variance (computed in
- * double, so compared by rel L2), not a min, max or rmax (exact). */
+ * double, so compared by rel L2), not a min, max, rmax or spike key (exact). */
 static bool row_approx(enum kvk_method m, uint32_t r)
 {
-        return m == KVK_MEAN || m == KVK_GAUSS || (m == KVK_HYBRID && r >= 3);
+        return m == KVK_MEAN || m == KVK_GAUSS || (m == KVK_HYBRID && r >= 1);
 }
 
 /*
@@ -561,12 +561,13 @@ static void check_select_args(void)
         CHECK(kvk_cuda_method_work_bytes(&s, KVK_GAUSS, 10) == 12 * 4 * sizeof(float), "work bytes, gauss");
         CHECK(kvk_cuda_method_work_bytes(&s, none, 10) == 0, "work bytes, bad method");
         CHECK(kvk_cuda_method_work_bytes(&bad, KVK_GAUSS, 10) == 0, "work bytes, bad shape");
-        CHECK(kvk_cuda_method_work_bytes(&odd, KVK_HYBRID, 10) == 0, "work bytes, odd head_dim");
+        CHECK(kvk_cuda_method_work_bytes(&odd, KVK_ROPE_BOUND, 10) == 0, "work bytes, odd head_dim");
+        CHECK(kvk_cuda_method_work_bytes(&odd, KVK_HYBRID, 10) == 12 * sizeof(float), "work bytes, hybrid");
 
         CHECK(kvk_cuda_method_scores(NULL, KVK_MEAN, fake, fake, 1, fake, fake, NULL) == -EINVAL, "NULL shape");
         CHECK(kvk_cuda_method_scores(&bad, KVK_MEAN, fake, fake, 1, fake, fake, NULL) == -EINVAL, "bad shape");
         CHECK(kvk_cuda_method_scores(&s, none, fake, fake, 1, fake, fake, NULL) == -EINVAL, "bad method");
-        CHECK(kvk_cuda_method_scores(&odd, KVK_HYBRID, fake, fake, 1, fake, fake, NULL) == -EINVAL,
+        CHECK(kvk_cuda_method_scores(&odd, KVK_ROPE_BOUND, fake, fake, 1, fake, fake, NULL) == -EINVAL,
               "odd head_dim, RoPE pairs");
         CHECK(kvk_cuda_method_scores(&s, KVK_MEAN, NULL, fake, 1, fake, fake, NULL) == -EINVAL, "NULL q");
         CHECK(kvk_cuda_method_scores(&s, KVK_MEAN, fake, NULL, 1, fake, fake, NULL) == -EINVAL, "NULL summaries");

@@ -283,7 +283,7 @@ static int alloc_all(struct sel *x, uint64_t max_samples)
         x->mass = malloc(sizeof(float) * (mb + 1));
         x->mass2 = malloc(sizeof(float) * (mb + 1 + q));
         x->scores = malloc(sizeof(float) * mb);
-        x->work = malloc(sizeof(float) * kvk_method_work_floats(&x->shape, KVK_GAUSS, x->max_blocks));
+        x->work = malloc(sizeof(float) * kvk_method_work_floats(&x->shape, KVK_HYBRID, x->max_blocks));
         x->out = malloc(sizeof(float) * q);
         x->ref = malloc(sizeof(float) * q);
         x->part = malloc(sizeof(float) * q);
