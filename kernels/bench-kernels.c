@@ -9,6 +9,7 @@
  * a Llama-3-8B layer shape (8 kv heads, 32 query heads, head_dim 128).
  *
  *   kvk-bench scores [n_blocks [reps [kv_heads q_heads head_dim]]]
+ *   kvk-bench methods [n_blocks [reps]]
  *
  * times kvk_block_scores() over n_blocks summaries (default 4096 blocks,
  * 15 reps, 8/32/128) on each back end and prints the median, minimum and
@@ -166,6 +167,21 @@ static int call_scores(const void *arg)
         const struct scores_arg *a = arg;
 
         return kvk_block_scores(a->s, a->q, a->sum, a->n, a->sc);
+}
+
+struct method_arg {
+        const struct kvk_shape *s;
+        enum kvk_method m;
+        const float *q, *sum;
+        uint32_t n;
+        float *work, *sc;
+};
+
+static int call_method(const void *arg)
+{
+        const struct method_arg *a = arg;
+
+        return kvk_method_scores(a->s, a->m, a->q, a->sum, a->n, a->work, a->sc);
 }
 
 struct attn_arg {
@@ -429,6 +445,70 @@ out:
         return r < 0 ? 1 : 0;
 }
 
+/* kvk-bench methods [n_blocks [reps]]: kvk_method_scores() of every method
+ * over n_blocks summaries (default 4096; 64 distinct random blocks, their
+ * summaries repeated, so that each call reads n_blocks summaries from
+ * memory), on the back end CPUID chose. */
+static int bench_methods(int argc, char **argv)
+{
+        struct kvk_shape s = {
+                .kv_heads = 8, .q_heads = 32, .head_dim = 128, .block_tokens = 16,
+                .dtype = KVK_F16,
+        };
+        const uint32_t distinct = 64;
+        uint32_t n = argc > 2 ? (uint32_t)strtoul(argv[2], NULL, 10) : 4096;
+        int reps = argc > 3 ? atoi(argv[3]) : 15;
+        size_t bb = kvk_block_bytes(&s), nq = (size_t)s.q_heads * s.head_dim;
+        uint16_t *blk = malloc(bb * distinct);
+        float *q = malloc(nq * sizeof(float)), *sc = malloc(sizeof(float) * (n ? n : 1));
+        uint64_t st = 11;
+        int r = 0;
+
+        if (n == 0 || reps < 1 || reps > MAX_REPS) {
+                fprintf(stderr, "usage: kvk-bench methods [n_blocks [reps (1-%d)]]\n", MAX_REPS);
+                r = -EINVAL;
+                goto out;
+        }
+        if (!blk || !q || !sc) {
+                r = -ENOMEM;
+                goto out;
+        }
+        for (size_t i = 0; i < bb / 2 * distinct; i++)
+                blk[i] = kvk_f32_to_f16(frand(&st));
+        for (size_t i = 0; i < nq; i++)
+                q[i] = frand(&st);
+        printf("kvk_method_scores: %u blocks, kv_heads %u, q_heads %u, head_dim %u, backend %s\n", n, s.kv_heads,
+               s.q_heads, s.head_dim, kvk_backend_name());
+        for (int m = 0; m < KVK_N_METHODS && r == 0; m++) {
+                size_t sf = kvk_method_summary_floats(&s, (enum kvk_method)m);
+                float *sum = malloc(sizeof(float) * sf * n);
+                float *work = malloc(sizeof(float) * (kvk_method_work_floats(&s, (enum kvk_method)m, n) + 1));
+                struct method_arg a = { &s, (enum kvk_method)m, q, sum, n, work, sc };
+
+                if (!sum || !work) {
+                        r = -ENOMEM;
+                } else {
+                        for (uint32_t b = 0; b < distinct && b < n; b++)
+                                kvk_method_summary(&s, (enum kvk_method)m, blk + bb / 2 * b, s.block_tokens,
+                                                   sum + sf * b);
+                        for (uint32_t b = distinct; b < n; b++)
+                                memcpy(sum + sf * b, sum + sf * (b % distinct), sizeof(float) * sf);
+                        printf("%-12s %5zu B/block  ", kvk_method_name((enum kvk_method)m), sf * sizeof(float));
+                        r = time_reps(kvk_backend_name(), call_method, &a, reps, sf * sizeof(float) * n, n, 1e-9,
+                                      "ns/block");
+                }
+                free(sum);
+                free(work);
+        }
+out:
+        if (r < 0)
+                fprintf(stderr, "kvk-bench: %s\n", strerror(-r));
+        free(blk);
+        free(q);
+        free(sc);
+        return r < 0 ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
         struct kvk_shape s = {
@@ -447,6 +527,8 @@ int main(int argc, char **argv)
 
         if (argc > 1 && strcmp(argv[1], "scores") == 0)
                 return bench_scores(argc, argv);
+        if (argc > 1 && strcmp(argv[1], "methods") == 0)
+                return bench_methods(argc, argv);
         if (argc > 1 && strcmp(argv[1], "attn") == 0)
                 return bench_attn(argc, argv);
         if (argc > 1 && strcmp(argv[1], "merge") == 0)
@@ -459,6 +541,7 @@ int main(int argc, char **argv)
         if (!bb || n == 0) {
                 fprintf(stderr, "usage: kvk-bench [n_blocks [block_tokens [f16|bf16 [seconds]]]]\n"
                         "       kvk-bench scores [n_blocks [reps [kv_heads q_heads head_dim]]]\n"
+                        "       kvk-bench methods [n_blocks [reps]]\n"
                         "       kvk-bench attn [n_blocks [reps [kv_heads q_heads head_dim "
                         "[block_tokens]]]]\n"
                         "       kvk-bench merge [reps [q_heads head_dim [merges]]]\n");

@@ -230,7 +230,6 @@ enum kvk_method {
 /* The method engines should use unless they measured better on their model
  * (docs/decisions.md says why this one). */
 #define KVK_METHOD_DEFAULT KVK_HYBRID
-#define KVK_METHOD_DEFAULT_NAME "hybrid"
 
 /* The name of m ("quest", "quest-heads", "rope-bound", "mean", "gauss",
  * "hybrid"), NULL for an unknown one. Static strings. */

@@ -872,36 +872,45 @@ static AVX2 void soft_accum(float *acc, uint32_t nh, const float *p, const void 
 
 /* ---- selection estimates (select.c) ---------------------------------- */
 
-/* sum max(q mn, q mx) over d, and (rmax != NULL) per RoPE pair the smaller
- * of that and |q pair| rmax: one head. Masked lanes read 0 and add 0. */
+/* Loads 8 floats at p, or the first r < 8 (the rest 0) with mask m. */
+static AVX2 AI __m256 ld8f(const float *p, uint32_t r, __m256i m)
+{
+        return r >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m);
+}
+
+/* Quest's bound of one head: sum max(q mn, q mx) over d. Masked lanes read
+ * 0 and add 0. */
 static AVX2 float box8(const float *q, const float *mn, const float *mx, uint32_t d)
 {
         __m256 acc = _mm256_setzero_ps();
 
         for (uint32_t i = 0; i < d; i += 8) {
-                __m256i m = tail_mask(d - i < 8 ? d - i : 8);
-                __m256 qv = _mm256_maskload_ps(q + i, m);
+                uint32_t r = d - i;
+                __m256i m = tail_mask(r < 8 ? r : 8);
+                __m256 qv = ld8f(q + i, r, m);
 
-                acc = _mm256_add_ps(acc, _mm256_max_ps(_mm256_mul_ps(qv, _mm256_maskload_ps(mn + i, m)),
-                                                       _mm256_mul_ps(qv, _mm256_maskload_ps(mx + i, m))));
+                acc = _mm256_add_ps(acc, _mm256_max_ps(_mm256_mul_ps(qv, ld8f(mn + i, r, m)),
+                                                       _mm256_mul_ps(qv, ld8f(mx + i, r, m))));
         }
         return hsum(acc);
 }
 
+/* The RoPE-pair bound of one head: per pair the smaller of the box bound
+ * and |q pair| rmax. */
 static AVX2 float rope8(const float *q, const float *mn, const float *mx, const float *rmax, uint32_t d)
 {
         __m256 acc = _mm256_setzero_ps();
         uint32_t h = d / 2;
 
         for (uint32_t i = 0; i < h; i += 8) {
-                __m256i m = tail_mask(h - i < 8 ? h - i : 8);
-                __m256 q0 = _mm256_maskload_ps(q + i, m), q1 = _mm256_maskload_ps(q + h + i, m);
-                __m256 b0 = _mm256_max_ps(_mm256_mul_ps(q0, _mm256_maskload_ps(mn + i, m)),
-                                          _mm256_mul_ps(q0, _mm256_maskload_ps(mx + i, m)));
-                __m256 b1 = _mm256_max_ps(_mm256_mul_ps(q1, _mm256_maskload_ps(mn + h + i, m)),
-                                          _mm256_mul_ps(q1, _mm256_maskload_ps(mx + h + i, m)));
+                uint32_t r = h - i;
+                __m256i m = tail_mask(r < 8 ? r : 8);
+                __m256 q0 = ld8f(q + i, r, m), q1 = ld8f(q + h + i, r, m);
+                __m256 b0 = _mm256_max_ps(_mm256_mul_ps(q0, ld8f(mn + i, r, m)), _mm256_mul_ps(q0, ld8f(mx + i, r, m)));
+                __m256 b1 = _mm256_max_ps(_mm256_mul_ps(q1, ld8f(mn + h + i, r, m)),
+                                          _mm256_mul_ps(q1, ld8f(mx + h + i, r, m)));
                 __m256 disc = _mm256_mul_ps(_mm256_sqrt_ps(_mm256_fmadd_ps(q0, q0, _mm256_mul_ps(q1, q1))),
-                                            _mm256_maskload_ps(rmax + i, m));
+                                            ld8f(rmax + i, r, m));
 
                 acc = _mm256_add_ps(acc, _mm256_min_ps(_mm256_add_ps(b0, b1), disc));
         }
@@ -913,19 +922,76 @@ static AVX2 float meanvar8(const float *q, const float *mean, const float *var, 
         __m256 mu = _mm256_setzero_ps(), sg = _mm256_setzero_ps();
 
         for (uint32_t i = 0; i < d; i += 8) {
-                __m256i m = tail_mask(d - i < 8 ? d - i : 8);
-                __m256 qv = _mm256_maskload_ps(q + i, m);
+                uint32_t r = d - i;
+                __m256i m = tail_mask(r < 8 ? r : 8);
+                __m256 qv = ld8f(q + i, r, m);
 
-                mu = _mm256_fmadd_ps(qv, _mm256_maskload_ps(mean + i, m), mu);
+                mu = _mm256_fmadd_ps(qv, ld8f(mean + i, r, m), mu);
                 if (var)
-                        sg = _mm256_fmadd_ps(_mm256_mul_ps(qv, qv), _mm256_maskload_ps(var + i, m), sg);
+                        sg = _mm256_fmadd_ps(_mm256_mul_ps(qv, qv), ld8f(var + i, r, m), sg);
         }
         return hsum(mu) + hsum(sg) * inv2sd;
 }
 
-static AVX2 void avx2_estimate(enum kvk_method m, const float *q, uint32_t nh, uint32_t d, const float *rows,
-                               float inv2sd, float *ret)
+/* meanvar8() of NH heads at once, and (spike not NULL) the dot product of
+ * each with spike into ret2: each load of the summary rows serves all the
+ * heads, and the sums end in hsum4(). */
+static AVX2 AI void meanvar_nh(const uint32_t NH, const float *q, uint32_t d, const float *mean, const float *var,
+                               const float *spike, float inv2sd, float *ret, float *ret2)
 {
+        __m256 mu[KVK_HTILE], sg[KVK_HTILE], sp[KVK_HTILE];
+        uint32_t i = 0;
+
+        for (uint32_t j = 0; j < NH; j++)
+                mu[j] = sg[j] = sp[j] = _mm256_setzero_ps();
+        for (; i < d; i += 8) {
+                __m256i m = tail_mask(d - i < 8 ? d - i : 8);
+                const bool full = i + 8 <= d;
+                __m256 mv = full ? _mm256_loadu_ps(mean + i) : _mm256_maskload_ps(mean + i, m);
+                __m256 vv = !var ? _mm256_setzero_ps() : full ? _mm256_loadu_ps(var + i) : _mm256_maskload_ps(var + i, m);
+                __m256 pv = !spike ? _mm256_setzero_ps() : full ? _mm256_loadu_ps(spike + i)
+                                                                : _mm256_maskload_ps(spike + i, m);
+
+                for (uint32_t j = 0; j < NH; j++) {
+                        const float *qj = q + (size_t)j * d + i;
+                        __m256 qv = full ? _mm256_loadu_ps(qj) : _mm256_maskload_ps(qj, m);
+
+                        mu[j] = _mm256_fmadd_ps(qv, mv, mu[j]);
+                        if (var)
+                                sg[j] = _mm256_fmadd_ps(_mm256_mul_ps(qv, qv), vv, sg[j]);
+                        if (spike)
+                                sp[j] = _mm256_fmadd_ps(qv, pv, sp[j]);
+                }
+        }
+        {
+                float fa[4], fb[4], fc[4];
+
+                _mm_storeu_ps(fa, hsum4(mu[0], mu[1], mu[2], mu[3]));
+                _mm_storeu_ps(fb, hsum4(sg[0], sg[1], sg[2], sg[3]));
+                _mm_storeu_ps(fc, hsum4(sp[0], sp[1], sp[2], sp[3]));
+                for (uint32_t j = 0; j < NH; j++) {
+                        ret[j] = fa[j] + fb[j] * inv2sd;
+                        if (spike)
+                                ret2[j] = fc[j];
+                }
+        }
+}
+
+static AVX2 void avx2_estimate(enum kvk_method m, const float *q, uint32_t nh, uint32_t d, const float *rows,
+                               float inv2sd, float *ret, float *ret2)
+{
+        if (nh == KVK_HTILE && m == KVK_MEAN) {
+                meanvar_nh(KVK_HTILE, q, d, rows, NULL, NULL, 0, ret, NULL);
+                return;
+        }
+        if (nh == KVK_HTILE && m == KVK_GAUSS) {
+                meanvar_nh(KVK_HTILE, q, d, rows, rows + d, NULL, inv2sd, ret, NULL);
+                return;
+        }
+        if (nh == KVK_HTILE && m == KVK_HYBRID) {
+                meanvar_nh(KVK_HTILE, q, d, rows + d, rows + 2 * d, rows, inv2sd, ret, ret2);
+                return;
+        }
         for (uint32_t j = 0; j < nh; j++) {
                 const float *qj = q + (size_t)j * d;
 
@@ -942,21 +1008,26 @@ static AVX2 void avx2_estimate(enum kvk_method m, const float *q, uint32_t nh, u
                 case KVK_GAUSS:
                         ret[j] = meanvar8(qj, rows, rows + d, d, inv2sd);
                         break;
+                case KVK_HYBRID:
+                        ret[j] = meanvar8(qj, rows + d, rows + 2 * d, d, inv2sd);
+                        ret2[j] = meanvar8(qj, rows, NULL, d, 0);
+                        break;
                 default:
                         ret[j] = NAN;
                 }
         }
 }
 
-static AVX2 void avx2_exp_shift(float *x, uint32_t n, float shift)
+static AVX2 void avx2_exp_rows(float *x, uint32_t n, uint32_t width, const float *shift)
 {
-        const __m256 s = _mm256_set1_ps(shift);
-        uint32_t i = 0;
+        for (uint32_t r = 0; r < n; r++, x += width) {
+                uint32_t i = 0;
 
-        for (; i + 8 <= n; i += 8)
-                _mm256_storeu_ps(x + i, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s)));
-        for (; i < n; i++)
-                x[i] = expf(x[i] - shift);
+                for (; i + 8 <= width; i += 8)
+                        _mm256_storeu_ps(x + i, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(shift + i))));
+                for (; i < width; i++)
+                        x[i] = expf(x[i] - shift[i]);
+        }
 }
 
 const struct kvk_ops kvk__ops_avx2 = {
@@ -969,7 +1040,7 @@ const struct kvk_ops kvk__ops_avx2 = {
         .merge_weights = avx2_merge_weights,
         .blend = avx2_blend,
         .estimate = avx2_estimate,
-        .exp_shift = avx2_exp_shift,
+        .exp_rows = avx2_exp_rows,
 };
 
 const struct kvk_ops kvk__ops_avx2_nof16c = {
@@ -981,5 +1052,5 @@ const struct kvk_ops kvk__ops_avx2_nof16c = {
         .merge_weights = avx2_merge_weights,
         .blend = avx2_blend,
         .estimate = avx2_estimate,
-        .exp_shift = avx2_exp_shift,
+        .exp_rows = avx2_exp_rows,
 };

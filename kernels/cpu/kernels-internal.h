@@ -84,13 +84,15 @@ struct kvk_ops {
          * methods") of one kv head's summary rows (row r at rows + r * d,
          * the method's rows) for nh query heads (rows of q, stride d):
          * ret[j]. m is KVK_QUEST_HEADS (the box bound), KVK_ROPE_BOUND,
-         * KVK_MEAN or KVK_GAUSS (inv2sd = 1 / (2 sqrt(d))); select.c
-         * combines KVK_MEAN and KVK_GAUSS for KVK_HYBRID. */
+         * KVK_MEAN, KVK_GAUSS (inv2sd = 1 / (2 sqrt(d))) or KVK_HYBRID:
+         * ret[j] the Gaussian estimate of the bulk (rows 1, 2), ret2[j] q.spike
+         * (row 0); select.c combines the two. ret2 is used by KVK_HYBRID only. */
         void (*estimate)(enum kvk_method m, const float *q, uint32_t nh, uint32_t d, const float *rows,
-                         float inv2sd, float *ret);
+                         float inv2sd, float *ret, float *ret2);
 
-        /* x[i] = e^(x[i] - shift) for i < n (x[i] <= shift; -inf gives 0). */
-        void (*exp_shift)(float *x, uint32_t n, float shift);
+        /* x[r][i] = e^(x[r][i] - shift[i]) for n rows of width floats
+         * (x <= shift; -inf gives 0). */
+        void (*exp_rows)(float *x, uint32_t n, uint32_t width, const float *shift);
 };
 
 extern const struct kvk_ops kvk__ops_scalar;

@@ -205,7 +205,7 @@ static float mean_var(const float *q, const float *mean, const float *var, uint3
 }
 
 static void scalar_estimate(enum kvk_method m, const float *q, uint32_t nh, uint32_t d, const float *rows,
-                            float inv2sd, float *ret)
+                            float inv2sd, float *ret, float *ret2)
 {
         for (uint32_t j = 0; j < nh; j++) {
                 const float *qj = q + (size_t)j * d;
@@ -223,16 +223,21 @@ static void scalar_estimate(enum kvk_method m, const float *q, uint32_t nh, uint
                 case KVK_GAUSS:
                         ret[j] = mean_var(qj, rows, rows + d, d, inv2sd);
                         break;
+                case KVK_HYBRID:
+                        ret[j] = mean_var(qj, rows + d, rows + 2 * d, d, inv2sd);
+                        ret2[j] = mean_var(qj, rows, NULL, d, 0);
+                        break;
                 default:
                         ret[j] = NAN;
                 }
         }
 }
 
-static void scalar_exp_shift(float *x, uint32_t n, float shift)
+static void scalar_exp_rows(float *x, uint32_t n, uint32_t width, const float *shift)
 {
-        for (uint32_t i = 0; i < n; i++)
-                x[i] = expf(x[i] - shift);
+        for (uint32_t r = 0; r < n; r++, x += width)
+                for (uint32_t i = 0; i < width; i++)
+                        x[i] = expf(x[i] - shift[i]);
 }
 
 const struct kvk_ops kvk__ops_scalar = {
@@ -244,5 +249,5 @@ const struct kvk_ops kvk__ops_scalar = {
         .merge_weights = scalar_merge_weights,
         .blend = scalar_blend,
         .estimate = scalar_estimate,
-        .exp_shift = scalar_exp_shift,
+        .exp_rows = scalar_exp_rows,
 };

@@ -64,9 +64,9 @@ size_t kvk_method_summary_floats(const struct kvk_shape *s, enum kvk_method m)
 
 size_t kvk_method_work_floats(const struct kvk_shape *s, enum kvk_method m, uint32_t n)
 {
-        /* Per head the estimates of the n blocks; KVK_HYBRID's come in two
-         * terms (the bulk's and the spike's). */
-        return rows_of(s, m) && m != KVK_QUEST ? (size_t)n * s->q_heads * (m == KVK_HYBRID ? 2 : 1) : 0;
+        /* A row of estimates per block (KVK_HYBRID's in two terms: the
+         * bulk's and the spike's), then three rows of per-head sums. */
+        return rows_of(s, m) && m != KVK_QUEST ? ((size_t)n + 3) * s->q_heads * (m == KVK_HYBRID ? 2 : 1) : 0;
 }
 
 static float elem(const uint16_t *k, size_t i, enum kvk_dtype dt)
@@ -174,20 +174,20 @@ int kvk_method_summary(const struct kvk_shape *s, enum kvk_method m, const void 
         return 0;
 }
 
-/* An estimate as the softmax takes it: over sqrt(d), NaN as -inf (says
+/* An estimate as the softmax takes it: times 1/sqrt(d), NaN as -inf (says
  * nothing), +inf as the largest finite logit. */
-static float clamp_logit(float e, float sd)
+static float clamp_logit(float e, float isd)
 {
-        return isnan(e) ? -INFINITY : e > FLT_MAX ? FLT_MAX : e / sd;
+        return isnan(e) ? -INFINITY : e > FLT_MAX ? FLT_MAX : e * isd;
 }
 
 int kvk_method_scores(const struct kvk_shape *s, enum kvk_method m, const float *q,
                       const float *summaries, uint32_t n_blocks, float *work, float *ret_scores)
 {
         const struct kvk_ops *ops = kvk__ops();
-        uint32_t rows = rows_of(s, m), d, group;
+        uint32_t rows = rows_of(s, m), d, group, w;
         size_t stride;
-        float sd, inv2sd, lrest;
+        float sd, isd, inv2sd, lrest, *top, *z, *hw;
 
         if (!rows || !q || !summaries || !ret_scores || (m != KVK_QUEST && !work && n_blocks))
                 return -EINVAL;
@@ -199,65 +199,81 @@ int kvk_method_scores(const struct kvk_shape *s, enum kvk_method m, const float 
         group = s->q_heads / s->kv_heads;
         stride = kvk_method_summary_floats(s, m);
         sd = sqrtf((float)d);
+        isd = 1.0f / sd;
         inv2sd = 0.5f / sd;
         /* The bulk's weight: T - 1 keys (none in a block of one). */
         lrest = m != KVK_HYBRID ? 0 : s->block_tokens > 1 ? logf((float)(s->block_tokens - 1)) : -INFINITY;
-        /* Estimates, block-major so that each summary is read once for the
-         * heads of its group, into work[h][b] (a head's n blocks together
-         * for its softmax). KVK_HYBRID's block of T keys, a Gaussian bulk
-         * of T - 1 (log-mean-exp gs) and one spike (logit sp), has the mass
+        /* The estimates: a row per block, work[b][h] (each summary is read
+         * once for the heads of its group, and every pass below runs along
+         * rows). KVK_HYBRID's block of T keys, a Gaussian bulk of T - 1
+         * (log-mean-exp gs) and one spike (logit sp), has the mass
          * (T - 1) e^gs + e^sp up to the factor 1/T that all blocks share:
-         * its two terms go to work[h][b] (gs + log(T - 1)) and to
-         * work[q_heads + h][b] (sp), and are added after the exp. */
+         * its row holds gs + log(T - 1) for every head, then sp for every
+         * head, added up after the exp. */
+        w = s->q_heads * (m == KVK_HYBRID ? 2u : 1u);
         for (uint32_t b = 0; b < n_blocks; b++) {
                 const float *sb = summaries + b * stride;
+                float *e = work + (size_t)b * w;
 
                 for (uint32_t g = 0; g < s->kv_heads; g++) {
                         const float *row = sb + (size_t)g * rows * d, *qg = q + (size_t)g * group * d;
 
                         for (uint32_t h0 = 0; h0 < group; h0 += KVK_HTILE) {
                                 uint32_t nh = group - h0 < KVK_HTILE ? group - h0 : KVK_HTILE, h = g * group + h0;
-                                float e[KVK_HTILE], sp[KVK_HTILE];
 
-                                if (m == KVK_HYBRID) {
-                                        ops->estimate(KVK_GAUSS, qg + (size_t)h0 * d, nh, d, row + d, inv2sd, e);
-                                        ops->estimate(KVK_MEAN, qg + (size_t)h0 * d, nh, d, row, inv2sd, sp);
-                                } else {
-                                        ops->estimate(m, qg + (size_t)h0 * d, nh, d, row, inv2sd, e);
-                                }
-                                for (uint32_t j = 0; j < nh; j++) {
-                                        work[(size_t)(h + j) * n_blocks + b] = clamp_logit(e[j], sd) + lrest;
-                                        if (m == KVK_HYBRID)
-                                                work[(size_t)(s->q_heads + h + j) * n_blocks + b] =
-                                                        clamp_logit(sp[j], sd);
-                                }
+                                ops->estimate(m, qg + (size_t)h0 * d, nh, d, row, inv2sd, e + h,
+                                              m == KVK_HYBRID ? e + s->q_heads + h : NULL);
                         }
                 }
+                for (uint32_t i = 0; i < s->q_heads; i++)
+                        e[i] = clamp_logit(e[i], isd) + lrest;
+                for (uint32_t i = s->q_heads; i < w; i++)
+                        e[i] = clamp_logit(e[i], isd);
         }
-        /* Per head: a softmax over the blocks, averaged into the scores. */
+        /* Per head: a softmax over the blocks (shifted by the head's largest
+         * term), averaged over the heads into the scores. */
+        top = work + (size_t)n_blocks * w;
+        z = top + w;
+        hw = z + w;
+        for (uint32_t i = 0; i < w; i++)
+                top[i] = -INFINITY;
         for (uint32_t b = 0; b < n_blocks; b++)
-                ret_scores[b] = 0;
+                for (uint32_t i = 0; i < w; i++)
+                        top[i] = work[(size_t)b * w + i] > top[i] ? work[(size_t)b * w + i] : top[i];
         for (uint32_t h = 0; h < s->q_heads; h++) {
-                float *e = work + (size_t)h * n_blocks;
-                float *sp = m == KVK_HYBRID ? work + (size_t)(s->q_heads + h) * n_blocks : NULL;
-                float top = -INFINITY, w;
-                double z = 0;
+                if (m == KVK_HYBRID)
+                        top[h] = top[s->q_heads + h] = fmaxf(top[h], top[s->q_heads + h]);
+                if (top[h] == -INFINITY)        /* no finite estimate: the head says nothing */
+                        top[h] = m == KVK_HYBRID ? (top[s->q_heads + h] = 0) : 0;
+        }
+        ops->exp_rows(work, n_blocks, w, top);
+        for (uint32_t h = 0; h < s->q_heads; h++)
+                z[h] = 0;
+        for (uint32_t b0 = 0; b0 < n_blocks; b0 += 64) {        /* float sums, 64 rows at a time */
+                for (uint32_t h = 0; h < s->q_heads; h++)
+                        hw[h] = 0;
+                for (uint32_t b = b0; b < n_blocks && b < b0 + 64; b++) {
+                        const float *e = work + (size_t)b * w;
 
-                for (uint32_t b = 0; b < n_blocks; b++)
-                        top = fmaxf(top, sp ? fmaxf(e[b], sp[b]) : e[b]);
-                if (top == -INFINITY)   /* no finite estimate: the head says nothing */
-                        continue;
-                ops->exp_shift(e, n_blocks, top);
-                if (sp) {
-                        ops->exp_shift(sp, n_blocks, top);
-                        for (uint32_t b = 0; b < n_blocks; b++)
-                                e[b] += sp[b];
+                        for (uint32_t h = 0; h < s->q_heads; h++)
+                                hw[h] += e[h];
+                        for (uint32_t h = s->q_heads; h < w; h++)
+                                hw[h - s->q_heads] += e[h];
                 }
-                for (uint32_t b = 0; b < n_blocks; b++)
-                        z += e[b];
-                w = (float)(1.0 / (z * s->q_heads));
-                for (uint32_t b = 0; b < n_blocks; b++)
-                        ret_scores[b] += e[b] * w;
+                for (uint32_t h = 0; h < s->q_heads; h++)
+                        z[h] += hw[h];
+        }
+        for (uint32_t h = 0; h < s->q_heads; h++)
+                hw[h] = z[h] > 0 ? 1.0f / (z[h] * (float)s->q_heads) : 0;
+        for (uint32_t b = 0; b < n_blocks; b++) {
+                const float *e = work + (size_t)b * w;
+                float acc = 0;
+
+                for (uint32_t i = 0; i < s->q_heads; i++)
+                        acc += e[i] * hw[i];
+                for (uint32_t i = s->q_heads; i < w; i++)
+                        acc += e[i] * hw[i - s->q_heads];
+                ret_scores[b] = acc;
         }
         return 0;
 }

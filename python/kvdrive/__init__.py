@@ -12,8 +12,10 @@
 Modules: :mod:`kvdrive.client` (connection, namespaces, pools, requests),
 :mod:`kvdrive.sparse` (the kvc_sparse decode policy), :mod:`kvdrive.errors`,
 :mod:`kvdrive.connector` (the engine-independent connector core, and the
-vLLM and SGLang adapters), :mod:`kvdrive.reference` (a small PyTorch Llama
-that uses all of it). docs/python.md is the guide.
+vLLM and SGLang adapters), :mod:`kvdrive.select` (the kernels' block
+selection methods in torch; loaded on first use, it needs torch),
+:mod:`kvdrive.reference` (a small PyTorch Llama that uses all of it).
+docs/python.md is the guide.
 """
 from ._lib import library_path
 from .client import (DTYPES, Client, ItemStatus, Key, Namespace, Pool, Request, block_bytes,
@@ -23,6 +25,15 @@ from .errors import (BusyError, ConnectionError, Error, InvalidArgument, ItemErr
 from .sparse import Plan, Sparse, SparseSequence
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # kvdrive.select needs torch, which the rest of the package does not: loaded on first use.
+    if name == "select":
+        import importlib
+        return importlib.import_module(".select", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Client", "Namespace", "Pool", "Request", "Key", "ItemStatus", "DTYPES", "prefix_keys",

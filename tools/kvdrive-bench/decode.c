@@ -129,7 +129,8 @@ static void usage(FILE *f)
                 "                           (all layers) [0.1]: lru's cache size\n"
                 "  -k, --topk F             fraction of a layer's blocks attended per step [= budget]\n"
                 "      --method M           how blocks are summarised and scored: quest, quest-heads,\n"
-                "                           rope-bound, mean, gauss, hybrid (kernels.h) [" KVK_METHOD_DEFAULT_NAME "]\n"
+                "                           rope-bound, mean, gauss, hybrid (kernels.h) [quest: on\n"
+                "                           a CPU, at this trace's recall, the cheapest]\n"
                 "      --predict HOW        sparse: layer l+1's speculative query is layer l's query\n"
                 "                           mapped into layer l+1's key space by a least-squares fit\n"
                 "                           over the prompt's keys (mapped), or as it is (raw) [mapped]\n"
@@ -563,7 +564,7 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                 .policy = POL_FULL, .clients = 1, .seqs = 1, .budget = 0.1, .sink = 1, .local = 2,
                 .block_tokens = 16, .compute_us = 200, .acc_every = 4, .batch = 32, .depth = 8,
                 .gen_tokens = 32768, .gen_layers = 4, .gen_steps = 64, .seed = 1,
-                .stage = 0, .report_scores = true, .method = KVK_METHOD_DEFAULT,
+                .stage = 0, .report_scores = true, .method = KVK_QUEST,
         };
         while ((c = getopt_long(argc, argv, "s:p:d:t:c:n:b:k:jh", opts, NULL)) != -1) {
                 bool done = false;

@@ -2,12 +2,11 @@
 /*
  * kvdrive-bench gen: a synthetic decode trace (gen.h has the model,
  * docs/trace-format.md the format). kvb_gen() is the core and needs nothing
- * of the other subcommands, so tests link this file alone; bench_gen() only
- * parses options.
+ * of the other subcommands, so tests link this file (and gen-cmd.c, the
+ * options and presets) alone.
  */
 #include <errno.h>
 #include <float.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
@@ -16,9 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "bench.h"
+#include "gen-internal.h"
 #include "gen.h"
 #include "kernels.h"
 #include "trace.h"
@@ -41,100 +39,13 @@
 #define NEEDLE_BOOST 1.5
 /* The local logit falls by this much over `window` tokens. */
 #define WINDOW_DROP 2.0
-
-/* ---- random numbers ------------------------------------------------------ */
-
-/* Purposes of the streams: each (purpose, a, b) has its own sequence. */
-enum {
-        RNG_TOPICS = 1,
-        RNG_NEEDLES,
-        RNG_DICT,
-        RNG_PERM,
-        RNG_LOCAL,
-        RNG_KEYS,
-        RNG_VALUES,
-        RNG_QUERIES,
-};
-
-struct rng {
-        uint64_t s[4];          /* xoshiro256** */
-        bool have_spare;        /* Box-Muller makes normals in pairs */
-        float spare;
-};
-
-static uint64_t splitmix64(uint64_t *x)
-{
-        uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        return z ^ (z >> 31);
-}
-
-static void rng_init(struct rng *r, uint64_t seed, uint32_t purpose, uint32_t a, uint32_t b)
-{
-        uint64_t x = seed, k;
-
-        k = splitmix64(&x) ^ purpose;
-        k = splitmix64(&k) ^ a;
-        k = splitmix64(&k) ^ b;
-        for (int i = 0; i < 4; i++)
-                r->s[i] = splitmix64(&k);
-        r->have_spare = false;
-        r->spare = 0;
-}
-
-static inline uint64_t rotl(uint64_t x, int k)
-{
-        return (x << k) | (x >> (64 - k));
-}
-
-static inline uint64_t rng_next(struct rng *r)
-{
-        uint64_t *s = r->s, out = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = rotl(s[3], 45);
-        return out;
-}
-
-/* Uniform in [0, n) (multiply-shift; the bias is below 2^-32 n). */
-static uint32_t rng_below(struct rng *r, uint32_t n)
-{
-        return (uint32_t)(((rng_next(r) >> 32) * n) >> 32);
-}
-
-/* N(0, 1) by Box-Muller, in float (the tails end near 5.8 sigma, plenty
- * here): one 64-bit draw gives two 24-bit uniforms and two normals. */
-static float rng_normal(struct rng *r)
-{
-        uint64_t x;
-        float u1, u2, rad, s, c;
-
-        if (r->have_spare) {
-                r->have_spare = false;
-                return r->spare;
-        }
-        x = rng_next(r);
-        u1 = (float)((x >> 40) + 1) * 0x1p-24f;        /* (0, 1]: logf() is finite */
-        u2 = (float)((x >> 16) & 0xffffffu) * 0x1p-24f;
-        rad = sqrtf(-2.0f * logf(u1));
-        sincosf(2.0f * (float)M_PI * u2, &s, &c);
-        r->spare = rad * s;
-        r->have_spare = true;
-        return rad * c;
-}
-
-/* v[0..n) = sigma * N(0, 1). */
-static void rng_normals(struct rng *r, float *v, size_t n, double sigma)
-{
-        for (size_t i = 0; i < n; i++)
-                v[i] = (float)(sigma * rng_normal(r));
-}
+/* RoPE's local band: the pairs that turn by at least 1/(LOCAL_REACH window)
+ * rad per token. */
+#define LOCAL_REACH 16.0
+/* Outlier channels: the keys' jitter, the queries' weight (in normal query
+ * elements). */
+#define OUTLIER_JITTER 0.15
+#define OUTLIER_QUERY 1.0
 
 /* ---- vectors -------------------------------------------------------------- */
 
@@ -176,17 +87,48 @@ struct kvb_gen_opts kvb_gen_opts_default(void)
                 .drift = 0.05,
                 .layer_corr = 0.8,
                 .scale = 20.0,
+                .rope_theta = 0,
+                .outlier_channels = 0,
+                .outlier_scale = 6.0,
+                .norm_tail = 0,
+                .sink_norm = 1.0,
+                .needle_targets = 1,
+                .switch_every = 0,
+                .head_divergence = 0,
+                .preset = NULL,
         };
 }
 
-static uint32_t needle_steps(const struct kvb_gen_opts *o)
+/* The options of issue 13 (gen.h). */
+static int check_extras(const struct kvb_gen_opts *o, char *err, size_t errlen)
 {
-        uint32_t n;
+        uint32_t d = o->shape.head_dim, max_targets;
 
-        if (o->needle_steps > 0 || o->needles == 0)
-                return o->needle_steps;
-        n = o->shape.steps / o->needles / 2;
-        return n > 0 ? n : 1;
+        if (!(o->rope_theta == 0 || (o->rope_theta > 1 && o->rope_theta <= 1e9)))
+                return kvb_fail(err, errlen, -EINVAL, "gen: --rope-theta must be 0 (off) or in (1, 1e9]");
+        if (o->rope_theta > 0 && (d % 2 != 0 || d < 8))
+                return kvb_fail(err, errlen, -EINVAL,
+                                "gen: --rope-theta needs an even --head-dim of at least 8 (not %" PRIu32 ")", d);
+        if (o->outlier_channels > d / 8)
+                return kvb_fail(err, errlen, -EINVAL,
+                                "gen: --outlier-channels must be at most head_dim / 8 (%" PRIu32 ")", d / 8);
+        if (!(o->outlier_scale > 0 && o->outlier_scale <= 100))
+                return kvb_fail(err, errlen, -EINVAL, "gen: --outlier-scale must be in (0, 100]");
+        if (!(o->norm_tail >= 0 && o->norm_tail <= 3))
+                return kvb_fail(err, errlen, -EINVAL, "gen: --norm-tail must be in [0, 3]");
+        if (!(o->sink_norm >= 1 && o->sink_norm <= 100))
+                return kvb_fail(err, errlen, -EINVAL, "gen: --sink-norm must be in [1, 100]");
+        max_targets = o->needles > 0 && o->needles < KVB_GEN_MAX_TARGETS ? o->needles : KVB_GEN_MAX_TARGETS;
+        if (o->needle_targets < 1 || o->needle_targets > max_targets)
+                return kvb_fail(err, errlen, -EINVAL,
+                                "gen: --needle-targets must be in [1, %" PRIu32 "] (at most the needles, %u)",
+                                max_targets, KVB_GEN_MAX_TARGETS);
+        if (o->switch_every > o->shape.steps)
+                return kvb_fail(err, errlen, -EINVAL,
+                                "gen: --switch-every must be at most the steps (%" PRIu32 ")", o->shape.steps);
+        if (!(o->head_divergence >= 0 && o->head_divergence <= 1))
+                return kvb_fail(err, errlen, -EINVAL, "gen: --head-divergence must be in [0, 1]");
+        return 0;
 }
 
 int kvb_gen_check(const struct kvb_gen_opts *o, char *err, size_t errlen)
@@ -224,7 +166,7 @@ int kvb_gen_check(const struct kvb_gen_opts *o, char *err, size_t errlen)
                                         "gen: %" PRIu32 " needles of %" PRIu32 " tokens do not fit between "
                                         "the sinks and the local window of the prompt (%" PRIu32 " tokens)",
                                         o->needles, o->needle_len, hi > lo ? hi - lo : 0);
-                if ((uint64_t)o->needles * ns > m->steps)
+                if (o->switch_every == 0 && (uint64_t)o->needles * ns > m->steps)
                         return kvb_fail(err, errlen, -EINVAL,
                                         "gen: %" PRIu32 " needles of %" PRIu32 " steps do not fit in %" PRIu32 " steps",
                                         o->needles, ns, m->steps);
@@ -235,7 +177,7 @@ int kvb_gen_check(const struct kvb_gen_opts *o, char *err, size_t errlen)
                 return kvb_fail(err, errlen, -EINVAL, "gen: --layer-corr must be in [0, 1]");
         if (!(o->scale > 0 && o->scale <= 1000))
                 return kvb_fail(err, errlen, -EINVAL, "gen: --scale must be in (0, 1000]");
-        return 0;
+        return check_extras(o, err, errlen);
 }
 
 int kvb_gen_needles(const struct kvb_gen_opts *o, struct kvb_gen_needle *ret, char *err, size_t errlen)
@@ -258,9 +200,15 @@ int kvb_gen_needles(const struct kvb_gen_opts *o, struct kvb_gen_needle *ret, ch
         for (uint32_t i = 0; i < o->needles; i++) {
                 ret[i].token = lo + i * region + rng_below(&r, region - o->needle_len + 1);
                 ret[i].len = o->needle_len;
-                ret[i].step = i * sregion + (sregion - ns) / 2;
-                ret[i].steps = ns;
+                if (o->switch_every == 0) {
+                        ret[i].step = i * sregion + (sregion - ns) / 2;
+                        ret[i].steps = ns;
+                } else {
+                        ret[i].step = ret[i].steps = 0;
+                }
         }
+        if (o->switch_every > 0)
+                gen_first_runs(o, ret);
         return 0;
 }
 
@@ -290,6 +238,16 @@ struct gen {
         double b_topic, b_local, b_noise;       /* ordinary keys */
         double bn_needle, bn_local, bn_noise;   /* needle keys */
         float *tmp, *noise;     /* [dim] each */
+        /* RoPE (gen.h): latent dims i and i + half are a pair, as written */
+        bool rope;
+        uint32_t half, content_pairs, local_pairs;
+        uint32_t outliers;      /* outlier channels */
+        double *freq;           /* [half] theta^(-2i/dim) */
+        float *u;               /* [kv_heads][dim]: the local vector */
+        float *rot;             /* [tokens][half][2]: cos, sin of the angles */
+        float *out;             /* [dim] emit()'s */
+        float *ov;              /* [outliers] the values of the outlier channels */
+        float *mix;             /* [dim] the content of several targets */
 };
 
 static void gen_free(struct gen *g)
@@ -306,6 +264,12 @@ static void gen_free(struct gen *g)
         free(g->sign);
         free(g->tmp);
         free(g->noise);
+        free(g->freq);
+        free(g->u);
+        free(g->rot);
+        free(g->out);
+        free(g->ov);
+        free(g->mix);
 }
 
 static void *alloc_n(size_t n, size_t size)
@@ -410,22 +374,133 @@ static float *dict_dir(const struct gen *g, uint32_t h, uint32_t k)
         return g->needle + ((size_t)h * o->needles + k - 1 - o->topics) * d;
 }
 
+/* ---- RoPE and outlier channels (gen.h) ------------------------------------ */
+
+/* Pairs of the content band (topics, needles): head_dim/16, up to
+ * head_dim/8 for a larger dictionary, at least 1. */
+static uint32_t content_pairs(const struct kvb_gen_opts *o)
+{
+        uint32_t half = o->shape.head_dim / 2, lo = half / 8 > 0 ? half / 8 : 1, hi = half / 4 > lo ? half / 4 : lo;
+        uint64_t need = ((uint64_t)o->topics + o->needles + 1) / 2;
+
+        return need < lo ? lo : need > hi ? hi : (uint32_t)need;
+}
+
+/* With RoPE the latent pairs are, from the highest frequency: local, noise
+ * only, outliers, content, and the sink's own pair (the lowest frequency). */
+static uint32_t content_lo(const struct gen *g)
+{
+        return g->half - 1 - g->content_pairs;
+}
+
+/* The latent dim of outlier channel k (RoPE: the first dim of its pair). */
+static uint32_t outlier_dim(const struct gen *g, uint32_t k)
+{
+        return g->rope ? content_lo(g) - g->outliers + k : g->dim - g->outliers + k;
+}
+
+/* v without its part outside pairs [lo, hi) (RoPE). */
+static void pairs_only(const struct gen *g, float *v, uint32_t lo, uint32_t hi)
+{
+        for (uint32_t i = 0; i < g->half; i++)
+                if (i < lo || i >= hi)
+                        v[i] = v[i + g->half] = 0;
+}
+
+static void content_only(const struct gen *g, float *v)
+{
+        pairs_only(g, v, content_lo(g), g->half - 1);
+}
+
+/* Frequencies, the angles of every position, the local band and its vector
+ * u of each kv head. */
+static void gen_rope(struct gen *g)
+{
+        const struct kvb_gen_opts *o = g->o;
+        uint32_t d = g->dim, half = g->half, free_pairs = content_lo(g) - g->outliers, n = 0;
+        double sum = 0;
+
+        for (uint32_t i = 0; i < half; i++)
+                g->freq[i] = pow(o->rope_theta, -2.0 * i / d);
+        for (uint32_t j = 0; j < g->tokens; j++)
+                for (uint32_t i = 0; i < half; i++) {
+                        double s, c;
+
+                        sincos((double)j * g->freq[i], &s, &c);
+                        g->rot[((size_t)j * half + i) * 2] = (float)c;
+                        g->rot[((size_t)j * half + i) * 2 + 1] = (float)s;
+                }
+        if (o->window > 0)
+                while (n < free_pairs && g->freq[n] >= 1.0 / (LOCAL_REACH * o->window))
+                        n++;
+        g->local_pairs = n;
+        for (uint32_t i = 0; i < n; i++)
+                sum += 1 / (1 + pow(g->freq[i] * o->window / 2, 2));
+        for (uint32_t h = 0; h < g->kv_heads; h++) {
+                float *u = g->u + (size_t)h * d;
+                struct rng r;
+
+                /* A low-pass spectrum: u.R(m - j)u falls smoothly with the lag. */
+                rng_init(&r, o->seed, RNG_PHASES, h, 0);
+                for (uint32_t i = 0; i < n; i++) {
+                        double a = sqrt(1 / (1 + pow(g->freq[i] * o->window / 2, 2)) / sum), s, c;
+
+                        sincos(2 * M_PI * rng_unit(&r), &s, &c);
+                        u[i] = (float)(a * c);
+                        u[i + half] = (float)(a * s);
+                }
+        }
+}
+
+/* Shuffles p[lo, hi). */
+static void shuffle(struct rng *r, uint32_t *p, uint32_t lo, uint32_t hi)
+{
+        for (uint32_t i = hi - 1; hi > lo && i > lo; i--) {
+                uint32_t k = lo + rng_below(r, i - lo + 1), t = p[i];
+
+                p[i] = p[k];
+                p[k] = t;
+        }
+}
+
+/* One layer and kv head's permutation with RoPE: of the pairs, within the
+ * content and within the outlier pairs (each keeps its band), one sign a
+ * pair. */
+static void rope_perm(const struct gen *g, struct rng *r, uint32_t *p, float *sign)
+{
+        uint32_t half = g->half, lo = content_lo(g);
+
+        for (uint32_t i = 0; i < half; i++)
+                p[i] = i;
+        shuffle(r, p, lo, half - 1);
+        shuffle(r, p, lo - g->outliers, lo);
+        for (uint32_t i = 0; i < half; i++) {
+                p[i + half] = p[i] + half;
+                sign[i] = sign[i + half] = (rng_next(r) >> 63) ? -1.0f : 1.0f;
+        }
+}
+
 static void gen_dicts(struct gen *g)
 {
         const struct kvb_gen_opts *o = g->o;
-        uint32_t d = g->dim, n = 1 + o->topics + o->needles;
+        uint32_t d = g->dim, n = 1 + o->topics + o->needles, room = g->rope ? 1 + 2 * g->content_pairs : d;
 
         for (uint32_t h = 0; h < g->kv_heads; h++) {
                 struct rng r;
 
-                /* Orthonormal (Gram-Schmidt) as far as head_dim allows: no
-                 * chance alignment between the sink, topics and needles. */
+                /* Orthonormal (Gram-Schmidt) as far as head_dim (with RoPE:
+                 * the content band) allows: no chance alignment between the
+                 * sink, topics and needles. */
                 rng_init(&r, o->seed, RNG_DICT, h, 0);
                 for (uint32_t k = 0; k < n; k++) {
                         float *v = dict_dir(g, h, k);
 
                         rand_unit(&r, v, d);
-                        for (uint32_t j = 0; j < k && k < d; j++)
+                        if (g->rope && k == 0)
+                                pairs_only(g, v, g->half - 1, g->half);
+                        else if (g->rope)
+                                content_only(g, v);
+                        for (uint32_t j = 0; j < k && k < room; j++)
                                 project_out(v, dict_dir(g, h, j), d);
                         normalize(v, d);
                 }
@@ -437,6 +512,10 @@ static void gen_dicts(struct gen *g)
                         struct rng r;
 
                         rng_init(&r, o->seed, RNG_PERM, l, h);
+                        if (g->rope) {
+                                rope_perm(g, &r, p, g->sign + base);
+                                continue;
+                        }
                         for (uint32_t i = 0; i < d; i++)
                                 p[i] = i;
                         for (uint32_t i = d - 1; i > 0; i--) {
@@ -480,22 +559,43 @@ static void gen_local(struct gen *g, uint32_t h)
                (size_t)g->steps * d * sizeof(float));
 }
 
-/* v (unit, latent) times scale, permuted for (l, kv head h), as fp16. */
-static void emit(const struct gen *g, uint32_t l, uint32_t h, const float *v, double scale, uint16_t *out)
+/* v (unit, latent) times scale, the outlier channels set to ov[] (NULL:
+ * none), permuted for (l, kv head h), turned for position pos (RoPE), as
+ * fp16. */
+static void emit(struct gen *g, uint32_t l, uint32_t h, const float *v, double scale, const float *ov, uint32_t pos,
+                 uint16_t *out)
 {
         size_t base = ((size_t)l * g->kv_heads + h) * g->dim;
         const uint32_t *p = g->perm + base;
         const float *s = g->sign + base;
+        float *w = g->out;
 
         for (uint32_t i = 0; i < g->dim; i++)
-                out[p[i]] = kvk_f32_to_f16((float)(s[i] * scale * v[i]));
+                w[p[i]] = (float)(s[i] * scale * v[i]);
+        for (uint32_t k = 0; ov && k < g->outliers; k++) {
+                uint32_t i = outlier_dim(g, k);
+
+                w[p[i]] = s[i] * ov[k];
+        }
+        if (g->rope) {
+                const float *cs = g->rot + (size_t)pos * g->dim;
+
+                for (uint32_t i = 0; i < g->half; i++) {
+                        float x = w[i], y = w[i + g->half], c = cs[2 * i], sn = cs[2 * i + 1];
+
+                        w[i] = x * c - y * sn;
+                        w[i + g->half] = x * sn + y * c;
+                }
+        }
+        for (uint32_t i = 0; i < g->dim; i++)
+                out[i] = kvk_f32_to_f16(w[i]);
 }
 
 static void gen_key(struct gen *g, struct rng *r, uint32_t h, uint32_t j, float *k)
 {
         const struct kvb_gen_opts *o = g->o;
         uint32_t d = g->dim;
-        const float *loc = g->local + (size_t)j * d, *dir;
+        const float *loc = g->rope ? g->u + (size_t)h * d : g->local + (size_t)j * d, *dir;
         double bd, bl, bn;
 
         rng_normals(r, g->noise, d, 1.0 / sqrt(d));
@@ -539,19 +639,27 @@ static int gen_kv(struct gen *g, struct kvb_trace_writer *w, char *err, size_t e
                 goto out_free;
         }
         for (uint32_t h = 0; h < g->kv_heads; h++) {
-                if (o->window > 0)
+                if (o->window > 0 && !g->rope)
                         gen_local(g, h);
                 for (uint32_t l = 0; l < g->layers; l++) {
-                        struct rng kr, vr;
+                        struct rng kr, vr, nr, outr;
 
                         rng_init(&kr, o->seed, RNG_KEYS, l, h);
                         rng_init(&vr, o->seed, RNG_VALUES, l, h);
+                        rng_init(&nr, o->seed, RNG_NORMS, l, h);
+                        rng_init(&outr, o->seed, RNG_OUTLIERS, l, h);
                         for (uint32_t j = 0; j < g->tokens; j++) {
                                 uint16_t *vo = vs + (size_t)j * g->dim;
-                                double vscale = g->kind[j] == TOK_SINK ? SINK_VALUE : 1.0;
+                                double vscale = g->kind[j] == TOK_SINK ? SINK_VALUE : 1.0, norm = kscale;
 
                                 gen_key(g, &kr, h, j, g->tmp);
-                                emit(g, l, h, g->tmp, kscale, ks + (size_t)j * g->dim);
+                                if (g->kind[j] == TOK_SINK && o->sink_norm != 1)
+                                        norm *= o->sink_norm;
+                                else if (g->kind[j] != TOK_SINK && o->norm_tail > 0)
+                                        norm *= exp(o->norm_tail * rng_normal(&nr) - o->norm_tail * o->norm_tail / 2);
+                                for (uint32_t k = 0; k < g->outliers; k++)
+                                        g->ov[k] = (float)(o->outlier_scale * (1 + OUTLIER_JITTER * rng_normal(&outr)));
+                                emit(g, l, h, g->tmp, norm, g->outliers ? g->ov : NULL, j, ks + (size_t)j * g->dim);
                                 for (uint32_t i = 0; i < g->dim; i++)
                                         vo[i] = kvk_f32_to_f16((float)(vscale * rng_normal(&vr)));
                         }
@@ -571,13 +679,37 @@ out_free:
         return r;
 }
 
+/* The content part of a query retrieving set[0..n): the needle, or the
+ * normalised sum of the needles. */
+static const float *target_content(struct gen *g, uint32_t h, const uint32_t *set, uint32_t n)
+{
+        const struct kvb_gen_opts *o = g->o;
+        uint32_t d = g->dim;
+
+        if (n == 1)
+                return g->needle + ((size_t)h * o->needles + set[0]) * d;
+        memset(g->mix, 0, d * sizeof(*g->mix));
+        for (uint32_t k = 0; k < n; k++) {
+                const float *nv = g->needle + ((size_t)h * o->needles + set[k]) * d;
+
+                for (uint32_t i = 0; i < d; i++)
+                        g->mix[i] += nv[i];
+        }
+        normalize(g->mix, d);
+        return g->mix;
+}
+
 static int gen_queries(struct gen *g, struct kvb_trace_writer *w, char *err, size_t errlen)
 {
         const struct kvb_gen_opts *o = g->o;
-        uint32_t d = g->dim, group = g->q_heads / g->kv_heads;
+        uint32_t d = g->dim, group = g->q_heads / g->kv_heads, kt = o->needle_targets;
         size_t n = (size_t)g->steps * g->layers * g->q_heads * d;
-        double corr = o->layer_corr, fresh_w = sqrt(1 - corr * corr);
-        float *prev = NULL, *c = NULL, *f = NULL;
+        double corr = o->layer_corr, fresh_w = sqrt(1 - corr * corr), sink_cut = 1 - 1 / o->sink_norm;
+        /* With RoPE the content walk lives in the content band: the same
+         * step sizes over fewer dims. */
+        double band = g->rope ? sqrt((double)d / (2 * g->content_pairs)) : 1;
+        float *prev = NULL, *c = NULL, *f = NULL, *qo = NULL, *qov = NULL;
+        uint32_t *tset = NULL, *tn = NULL;
         uint16_t *qs = NULL;
         int r = 0;
 
@@ -585,44 +717,61 @@ static int gen_queries(struct gen *g, struct kvb_trace_writer *w, char *err, siz
         prev = alloc_n((size_t)g->steps * d, sizeof(*prev));
         c = alloc_n(d, sizeof(*c));
         f = alloc_n(d, sizeof(*f));
-        if (!qs || !prev || !c || !f) {
+        qo = alloc_n(d, sizeof(*qo));
+        qov = alloc_n(g->outliers, sizeof(*qov));
+        tset = alloc_n((size_t)g->steps * kt, sizeof(*tset));
+        tn = alloc_n(g->steps, sizeof(*tn));
+        if (!qs || !prev || !c || !f || !qo || !qov || !tset || !tn) {
                 r = kvb_fail(err, errlen, -ENOMEM, "gen: out of memory");
                 goto out_free;
         }
+        for (uint32_t k = 0; k < g->outliers; k++)
+                qov[k] = (float)(OUTLIER_QUERY * o->scale / sqrt(d));
         for (uint32_t qh = 0; qh < g->q_heads; qh++) {
                 uint32_t h = qh / group;
                 const float *sink = g->sink + (size_t)h * d;
+                struct gen_sched sc;
 
+                gen_sched_init(&sc, o, qh);
+                for (uint32_t t = 0; t < g->steps; t++) {
+                        tn[t] = gen_sched_at(&sc, t);
+                        memcpy(tset + (size_t)t * kt, sc.set, tn[t] * sizeof(*tset));
+                }
                 for (uint32_t l = 0; l < g->layers; l++) {
                         struct rng rr;
 
                         rng_init(&rr, o->seed, RNG_QUERIES, l, qh);
                         /* The content walk starts near one of the head's topics. */
-                        rng_normals(&rr, c, d, o->topics > 0 ? CONTENT_NOISE / sqrt(d) : 1.0);
+                        rng_normals(&rr, c, d, (o->topics > 0 ? CONTENT_NOISE / sqrt(d) : 1.0) * band);
                         if (o->topics > 0) {
                                 const float *tp = g->topic + ((size_t)h * o->topics + rng_below(&rr, o->topics)) * d;
 
                                 for (uint32_t i = 0; i < d; i++)
                                         c[i] += tp[i];
                         }
+                        if (g->rope)
+                                content_only(g, c);
                         normalize(c, d);
                         for (uint32_t t = 0; t < g->steps; t++) {
-                                const float *loc = g->local_tail + ((size_t)h * g->steps + t) * d, *content = c;
+                                const float *loc = g->rope ? g->u + (size_t)h * d
+                                                           : g->local_tail + ((size_t)h * g->steps + t) * d;
+                                const float *content = c, *qv;
                                 float *q = prev + (size_t)t * d;
                                 double wc;
 
                                 if (t > 0 && o->drift > 0) {
-                                        rng_normals(&rr, f, d, o->drift / sqrt(d));
+                                        rng_normals(&rr, f, d, o->drift / sqrt(d) * band);
+                                        if (g->rope)
+                                                content_only(g, f);
                                         for (uint32_t i = 0; i < d; i++)
                                                 c[i] += f[i];
                                         normalize(c, d);
                                 }
                                 wc = g->w_content;
-                                for (uint32_t i = 0; i < o->needles; i++)
-                                        if (t >= g->needles[i].step && t - g->needles[i].step < g->needles[i].steps) {
-                                                content = g->needle + ((size_t)h * o->needles + i) * d;
-                                                wc = g->w_content * NEEDLE_BOOST;
-                                        }
+                                if (tn[t] > 0) {
+                                        content = target_content(g, h, tset + (size_t)t * kt, tn[t]);
+                                        wc = g->w_content * NEEDLE_BOOST;
+                                }
                                 for (uint32_t i = 0; i < d; i++)
                                         f[i] = (float)(g->w_sink * sink[i] + wc * content[i] +
                                                        (g->w_local > 0 ? g->w_local * loc[i] : 0));
@@ -634,7 +783,19 @@ static int gen_queries(struct gen *g, struct kvb_trace_writer *w, char *err, siz
                                                 q[i] = (float)(corr * q[i] + fresh_w * f[i]);
                                         normalize(q, d);
                                 }
-                                emit(g, l, h, q, o->scale, qs + kvb_q_index(&o->shape, t, l, qh));
+                                qv = q;
+                                if (sink_cut > 0 && o->sinks > 0) {
+                                        /* A large-norm sink: its logit from the key's norm, not the query. */
+                                        double dot = 0;
+
+                                        for (uint32_t i = 0; i < d; i++)
+                                                dot += (double)q[i] * sink[i];
+                                        for (uint32_t i = 0; i < d; i++)
+                                                qo[i] = (float)(q[i] - sink_cut * dot * sink[i]);
+                                        qv = qo;
+                                }
+                                emit(g, l, h, qv, o->scale, g->outliers ? qov : NULL, g->prompt + t,
+                                     qs + kvb_q_index(&o->shape, t, l, qh));
                         }
                 }
         }
@@ -644,14 +805,102 @@ out_free:
         free(prev);
         free(c);
         free(f);
+        free(qo);
+        free(qov);
+        free(tset);
+        free(tn);
         return r;
+}
+
+/* Appends [from, to) to the "retrieved" runs of needle i, or extends the
+ * last run where it ends at from. */
+static int needle_run(json_t *needles, uint32_t i, uint32_t from, uint32_t to)
+{
+        json_t *runs = json_object_get(json_array_get(needles, i), "retrieved");
+        json_t *last = json_array_get(runs, json_array_size(runs) - 1);
+
+        if (!runs)
+                return -1;
+        if (last && json_integer_value(json_array_get(last, 1)) == from)
+                return json_array_set_new(last, 1, json_integer(to));
+        return json_array_append_new(runs, json_pack("[I, I]", (json_int_t)from, (json_int_t)to));
+}
+
+/* The targets of query head qh (KVB_GEN_SHARED: of the heads without their
+ * own) as runs of steps [{"from", "to", "needles"}]; those of the shared
+ * targets also go into each needle's "retrieved" (needles may be NULL). */
+static json_t *schedule_json(const struct gen *g, uint32_t qh, json_t *needles)
+{
+        json_t *runs = json_array(), *set = NULL;
+        uint32_t from = 0, n = 0, cur[KVB_GEN_MAX_TARGETS];
+        struct gen_sched s;
+
+        if (!runs)
+                return NULL;
+        gen_sched_init(&s, g->o, qh);
+        for (uint32_t t = 0; t <= g->steps; t++) {
+                uint32_t m = t < g->steps ? gen_sched_at(&s, t) : 0;
+
+                if (t < g->steps && m == n && memcmp(s.set, cur, m * sizeof(*cur)) == 0)
+                        continue;
+                if (n > 0) {
+                        set = json_array();
+                        for (uint32_t k = 0; set && k < n; k++)
+                                if (json_array_append_new(set, json_integer(cur[k])) < 0 ||
+                                    (needles && needle_run(needles, cur[k], from, t) < 0))
+                                        goto err;
+                        if (!set || json_array_append_new(runs, json_pack("{s:I, s:I, s:o}", "from", (json_int_t)from,
+                                                                          "to", (json_int_t)t, "needles", set)) < 0)
+                                goto err_runs;
+                        set = NULL;
+                }
+                from = t;
+                n = m;
+                memcpy(cur, s.set, m * sizeof(*cur));
+        }
+        return runs;
+err:
+        json_decref(set);
+err_runs:
+        json_decref(runs);
+        return NULL;
+}
+
+/* "retrieval": the targets of every step, shared and per query head. */
+static json_t *retrieval_json(const struct gen *g, json_t *needles)
+{
+        const struct kvb_gen_opts *o = g->o;
+        json_t *rj = json_object(), *heads = json_array(), *runs;
+
+        if (!rj || !heads)
+                goto err;
+        runs = schedule_json(g, KVB_GEN_SHARED, needles);
+        if (!runs || json_object_set_new(rj, "shared", runs) < 0)
+                goto err;
+        for (uint32_t qh = 0; qh < g->q_heads; qh++) {
+                if (!kvb_gen_own_targets(o, qh))
+                        continue;
+                runs = schedule_json(g, qh, NULL);
+                if (!runs || json_array_append_new(heads, json_pack("{s:I, s:o}", "q_head", (json_int_t)qh,
+                                                                    "schedule", runs)) < 0)
+                        goto err;
+        }
+        if (json_object_set_new(rj, "heads", heads) < 0) {
+                heads = NULL;
+                goto err;
+        }
+        return rj;
+err:
+        json_decref(heads);
+        json_decref(rj);
+        return NULL;
 }
 
 /* The options and the needles, recorded in meta.json for whoever replays. */
 static json_t *gen_json(const struct gen *g)
 {
         const struct kvb_gen_opts *o = g->o;
-        json_t *root = json_object(), *gj = json_object(), *nj = json_array();
+        json_t *root = json_object(), *gj = json_object(), *nj = json_array(), *rj = NULL;
 
         if (!root || !gj || !nj)
                 goto err;
@@ -666,16 +915,28 @@ static json_t *gen_json(const struct gen *g)
             json_object_set_new(gj, "needle_steps", json_integer(needle_steps(o))) < 0 ||
             json_object_set_new(gj, "drift", json_real(o->drift)) < 0 ||
             json_object_set_new(gj, "layer_corr", json_real(o->layer_corr)) < 0 ||
-            json_object_set_new(gj, "scale", json_real(o->scale)) < 0)
+            json_object_set_new(gj, "scale", json_real(o->scale)) < 0 ||
+            json_object_set_new(gj, "rope_theta", json_real(o->rope_theta)) < 0 ||
+            json_object_set_new(gj, "outlier_channels", json_integer(o->outlier_channels)) < 0 ||
+            json_object_set_new(gj, "outlier_scale", json_real(o->outlier_scale)) < 0 ||
+            json_object_set_new(gj, "norm_tail", json_real(o->norm_tail)) < 0 ||
+            json_object_set_new(gj, "sink_norm", json_real(o->sink_norm)) < 0 ||
+            json_object_set_new(gj, "needle_targets", json_integer(o->needle_targets)) < 0 ||
+            json_object_set_new(gj, "switch_every", json_integer(o->switch_every)) < 0 ||
+            json_object_set_new(gj, "head_divergence", json_real(o->head_divergence)) < 0 ||
+            json_object_set_new(gj, "preset", o->preset ? json_string(o->preset) : json_null()) < 0)
                 goto err;
         for (uint32_t i = 0; i < o->needles; i++) {
-                json_t *e = json_pack("{s:I, s:I, s:I, s:I}", "token", (json_int_t)g->needles[i].token, "len",
+                json_t *e = json_pack("{s:I, s:I, s:I, s:I, s:[]}", "token", (json_int_t)g->needles[i].token, "len",
                                       (json_int_t)g->needles[i].len, "step", (json_int_t)g->needles[i].step,
-                                      "steps", (json_int_t)g->needles[i].steps);
+                                      "steps", (json_int_t)g->needles[i].steps, "retrieved");
 
                 if (!e || json_array_append_new(nj, e) < 0)
                         goto err;
         }
+        rj = retrieval_json(g, nj);
+        if (!rj)
+                goto err;
         if (json_object_set_new(root, "generator", gj) < 0) {
                 gj = NULL;
                 goto err;
@@ -685,10 +946,16 @@ static json_t *gen_json(const struct gen *g)
                 nj = NULL;
                 goto err;
         }
+        nj = NULL;
+        if (json_object_set_new(root, "retrieval", rj) < 0) {
+                rj = NULL;
+                goto err;
+        }
         return root;
 err:
         json_decref(gj);
         json_decref(nj);
+        json_decref(rj);
         json_decref(root);
         return NULL;
 }
@@ -719,20 +986,32 @@ int kvb_gen(const struct kvb_gen_opts *o, const char *dir, char *err, size_t err
         g.sink = alloc_n((size_t)g.kv_heads * d, sizeof(float));
         g.topic = alloc_n((size_t)g.kv_heads * o->topics * d, sizeof(float));
         g.needle = alloc_n((size_t)g.kv_heads * o->needles * d, sizeof(float));
-        g.local = alloc_n((size_t)g.tokens * d, sizeof(float));
+        g.local = alloc_n(o->rope_theta > 0 ? 0 : (size_t)g.tokens * d, sizeof(float));
         g.local_tail = alloc_n((size_t)g.kv_heads * g.steps * d, sizeof(float));
         g.perm = alloc_n((size_t)g.layers * g.kv_heads * d, sizeof(*g.perm));
         g.sign = alloc_n((size_t)g.layers * g.kv_heads * d, sizeof(*g.sign));
         g.tmp = alloc_n(d, sizeof(float));
         g.noise = alloc_n(d, sizeof(float));
+        g.rope = o->rope_theta > 0;
+        g.half = g.dim / 2;
+        g.outliers = o->outlier_channels;
+        g.content_pairs = content_pairs(o);
+        g.freq = alloc_n(g.rope ? g.half : 0, sizeof(*g.freq));
+        g.u = alloc_n(g.rope ? (size_t)g.kv_heads * d : 0, sizeof(float));
+        g.rot = alloc_n(g.rope ? (size_t)g.tokens * d : 0, sizeof(float));
+        g.out = alloc_n(d, sizeof(float));
+        g.ov = alloc_n(g.outliers, sizeof(float));
+        g.mix = alloc_n(d, sizeof(float));
         if (!g.needles || !g.kind || !g.what || !g.sink || !g.topic || !g.needle || !g.local || !g.local_tail ||
-            !g.perm || !g.sign || !g.tmp || !g.noise) {
+            !g.perm || !g.sign || !g.tmp || !g.noise || !g.freq || !g.u || !g.rot || !g.out || !g.ov || !g.mix) {
                 r = kvb_fail(err, errlen, -ENOMEM, "gen: out of memory");
                 goto out;
         }
         r = kvb_gen_needles(o, g.needles, err, errlen);
         if (r < 0)
                 goto out;
+        if (g.rope)
+                gen_rope(&g);
         gen_weights(&g);
         gen_text(&g);
         gen_dicts(&g);
@@ -756,184 +1035,4 @@ out:
         json_decref(extra);
         gen_free(&g);
         return r;
-}
-
-/* ---- the command ---------------------------------------------------------- */
-
-enum opt_type {
-        OPT_U32,
-        OPT_U64,
-        OPT_DOUBLE,
-};
-
-/* Every knob of `kvdrive-bench gen`: the --help text and the parser. */
-static const struct gen_option {
-        const char *name, *arg;
-        enum opt_type type;
-        size_t offset;
-        const char *help;
-} gen_options[] = {
-        { "layers", "N", OPT_U32, offsetof(struct kvb_gen_opts, shape.layers), "layers" },
-        { "kv-heads", "N", OPT_U32, offsetof(struct kvb_gen_opts, shape.kv_heads), "kv heads" },
-        { "q-heads", "N", OPT_U32, offsetof(struct kvb_gen_opts, shape.q_heads),
-          "query heads, a multiple of kv-heads (GQA)" },
-        { "head-dim", "N", OPT_U32, offsetof(struct kvb_gen_opts, shape.head_dim), "dimensions of a head" },
-        { "tokens", "N", OPT_U32, offsetof(struct kvb_gen_opts, shape.tokens), "tokens: prompt + decode steps" },
-        { "steps", "N", OPT_U32, offsetof(struct kvb_gen_opts, shape.steps), "decode steps (< tokens)" },
-        { "seed", "N", OPT_U64, offsetof(struct kvb_gen_opts, seed), "random seed (same options and seed: same bytes)" },
-        { "sinks", "N", OPT_U32, offsetof(struct kvb_gen_opts, sinks),
-          "attention sinks: first tokens, attended by every query" },
-        { "window", "N", OPT_U32, offsetof(struct kvb_gen_opts, window),
-          "local window: logits fall by ~2 over the last N tokens (0: off)" },
-        { "topics", "N", OPT_U32, offsetof(struct kvb_gen_opts, topics),
-          "topics per kv head; key = its segment's topic + noise (0: off)" },
-        { "topic-span", "N", OPT_U32, offsetof(struct kvb_gen_opts, topic_span),
-          "topic segment length, uniform in [N/2, 3N/2] tokens" },
-        { "needles", "N", OPT_U32, offsetof(struct kvb_gen_opts, needles),
-          "needle spans in the prompt, each retrieved by a stretch of steps" },
-        { "needle-len", "N", OPT_U32, offsetof(struct kvb_gen_opts, needle_len), "tokens of a needle" },
-        { "needle-steps", "N", OPT_U32, offsetof(struct kvb_gen_opts, needle_steps),
-          "steps retrieving one needle (0: steps / needles / 2)" },
-        { "drift", "X", OPT_DOUBLE, offsetof(struct kvb_gen_opts, drift),
-          "query drift: c[t] = normalize(c[t-1] + X N(0, I/head_dim))" },
-        { "layer-corr", "X", OPT_DOUBLE, offsetof(struct kvb_gen_opts, layer_corr),
-          "layer correlation: q[l+1] = X q[l] + sqrt(1-X^2) fresh" },
-        { "scale", "S", OPT_DOUBLE, offsetof(struct kvb_gen_opts, scale),
-          "query norm: logit = S cos(q, k); sinks ~0.5 S, needles ~0.7 S" },
-};
-
-#define N_GEN_OPTIONS (sizeof(gen_options) / sizeof(gen_options[0]))
-
-static void gen_usage(FILE *f)
-{
-        struct kvb_gen_opts d = kvb_gen_opts_default();
-
-        fprintf(f, "Usage: kvdrive-bench gen --out DIR [options]\n\n"
-                   "Writes a synthetic decode trace (docs/trace-format.md) into DIR: attention\n"
-                   "sinks, a local window, topic segments, needles, drifting and layer-correlated\n"
-                   "queries. Deterministic: the same options and seed give the same bytes.\n\n"
-                   "  --out DIR            the trace directory (created if missing; required)\n");
-        for (size_t i = 0; i < N_GEN_OPTIONS; i++) {
-                const struct gen_option *op = &gen_options[i];
-                const char *p = (const char *)&d + op->offset;
-                char name[40], def[40];
-
-                snprintf(name, sizeof(name), "--%s %s", op->name, op->arg);
-                if (op->type == OPT_U32)
-                        snprintf(def, sizeof(def), "%" PRIu32, *(const uint32_t *)(const void *)p);
-                else if (op->type == OPT_U64)
-                        snprintf(def, sizeof(def), "%" PRIu64, *(const uint64_t *)(const void *)p);
-                else
-                        snprintf(def, sizeof(def), "%g", *(const double *)(const void *)p);
-                fprintf(f, "  %-20s %s (default %s)\n", name, op->help, def);
-        }
-        fprintf(f, "  %-20s this text\n", "--help");
-}
-
-static int parse_value(const struct gen_option *op, const char *s, struct kvb_gen_opts *o)
-{
-        char *p = (char *)o + op->offset, *end;
-
-        errno = 0;
-        if (op->type == OPT_DOUBLE) {
-                double v = strtod(s, &end);
-
-                if (errno || end == s || *end || !isfinite(v))
-                        return -EINVAL;
-                *(double *)(void *)p = v;
-                return 0;
-        }
-        if (*s < '0' || *s > '9')
-                return -EINVAL;
-        {
-                unsigned long long v = strtoull(s, &end, 10);
-
-                if (errno || *end)
-                        return -EINVAL;
-                if (op->type == OPT_U32) {
-                        if (v > UINT32_MAX)
-                                return -ERANGE;
-                        *(uint32_t *)(void *)p = (uint32_t)v;
-                } else {
-                        *(uint64_t *)(void *)p = v;
-                }
-        }
-        return 0;
-}
-
-static double now_s(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-int bench_gen(int argc, char **argv)
-{
-        enum { OPT_OUT = 'o', OPT_HELP = 'h', OPT_TABLE = 256 };
-        struct option longopts[N_GEN_OPTIONS + 3];
-        struct kvb_gen_opts o = kvb_gen_opts_default();
-        const char *out = NULL;
-        char err[512], kv[32], q[32];
-        double t0, secs, kv_mib, q_mib;
-        size_t kv_elems, q_elems;
-        int c, r;
-
-        for (size_t i = 0; i < N_GEN_OPTIONS; i++)
-                longopts[i] = (struct option){ gen_options[i].name, required_argument, NULL, OPT_TABLE + (int)i };
-        longopts[N_GEN_OPTIONS] = (struct option){ "out", required_argument, NULL, OPT_OUT };
-        longopts[N_GEN_OPTIONS + 1] = (struct option){ "help", no_argument, NULL, OPT_HELP };
-        longopts[N_GEN_OPTIONS + 2] = (struct option){ 0 };
-
-        while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
-                if (c == OPT_OUT) {
-                        out = optarg;
-                } else if (c == OPT_HELP) {
-                        gen_usage(stdout);
-                        return EXIT_SUCCESS;
-                } else if (c >= OPT_TABLE && c < OPT_TABLE + (int)N_GEN_OPTIONS) {
-                        const struct gen_option *op = &gen_options[c - OPT_TABLE];
-
-                        if (parse_value(op, optarg, &o) < 0) {
-                                fprintf(stderr, "kvdrive-bench gen: bad --%s '%s': expected %s\n", op->name, optarg,
-                                        op->type == OPT_DOUBLE ? "a number" : "an unsigned integer");
-                                return BENCH_EXIT_USAGE;
-                        }
-                } else {
-                        gen_usage(stderr);
-                        return BENCH_EXIT_USAGE;
-                }
-        }
-        if (optind < argc) {
-                fprintf(stderr, "kvdrive-bench gen: unexpected argument '%s'\n", argv[optind]);
-                return BENCH_EXIT_USAGE;
-        }
-        if (!out) {
-                fprintf(stderr, "kvdrive-bench gen: --out DIR is required\n");
-                gen_usage(stderr);
-                return BENCH_EXIT_USAGE;
-        }
-        r = kvb_gen_check(&o, err, sizeof(err));
-        if (r < 0) {
-                fprintf(stderr, "kvdrive-bench gen: %s\n", err);
-                return BENCH_EXIT_USAGE;
-        }
-        t0 = now_s();
-        r = kvb_gen(&o, out, err, sizeof(err));
-        if (r < 0) {
-                fprintf(stderr, "kvdrive-bench gen: %s\n", err);
-                return EXIT_FAILURE;
-        }
-        secs = now_s() - t0;
-        kvb_trace_meta_check(&o.shape, &kv_elems, &q_elems, NULL, 0);
-        kv_mib = (double)kv_elems * 2 / (1 << 20);
-        q_mib = (double)q_elems * 2 / (1 << 20);
-        snprintf(kv, sizeof(kv), "%.1f MiB", kv_mib);
-        snprintf(q, sizeof(q), "%.2f MiB", q_mib);
-        printf("gen: %s: %" PRIu32 " layers, %" PRIu32 "/%" PRIu32 " kv/q heads, head_dim %" PRIu32 ", %" PRIu32
-               " tokens (%" PRIu32 " prompt + %" PRIu32 " steps); k.bin %s, v.bin %s, q.bin %s; %.2f s\n",
-               out, o.shape.layers, o.shape.kv_heads, o.shape.q_heads, o.shape.head_dim, o.shape.tokens,
-               o.shape.tokens - o.shape.steps, o.shape.steps, kv, kv, q, secs);
-        return EXIT_SUCCESS;
 }

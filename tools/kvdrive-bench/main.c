@@ -22,6 +22,7 @@ static const struct bench_command commands[] = {
         { "decode", bench_decode, "long-context decode: full, sparse, lru policies; tokens/s and accuracy" },
         { "report", bench_report, "decode sweep (context, budget, clients) into Markdown, CSV and plots" },
         { "select", bench_select, "block selection methods against the oracle on one trace (no daemon)" },
+        { "selection", bench_selection, "the selection methods on the preset zoo: Markdown, CSV, plots" },
         { "interference", bench_interference, "how long one client's costliest requests delay another's Get" },
 };
 

@@ -11,8 +11,9 @@ Two engines over one model, each the way a real one does it:
   layer's attention, as vLLM does), compute only the rest, save each layer.
 - :class:`SparseDecoder` decodes through :class:`kvdrive.Sparse`
   (``kvc_sparse``): the blocks live in KVDrive, a layer attends only the
-  blocks the policy chose (Quest scores of per-block key summaries) and
-  its tail, in two passes merged exactly by :func:`lse_merge`.
+  blocks the policy chose (scores of per-block key summaries, by any
+  method of :mod:`kvdrive.select`) and its tail, in two passes merged
+  exactly by :func:`lse_merge`.
 
 :class:`DenseDecoder` is full attention over a contiguous cache, the
 reference both are measured against; :func:`compare_sparse` runs the two
@@ -36,16 +37,20 @@ import torch
 
 from ..client import Client
 from ..connector.core import ConnectorCore, KVLayout, ModelFingerprint
+from .. import select
 from ..errors import Error, InvalidArgument
 from ..sparse import Sparse, pool_slots
 from .model import LlamaModel, attention, lse_merge
 
 __all__ = ["MODEL_ID", "fingerprint", "sparse_fingerprint", "PagedEngine", "PrefillResult", "DenseDecoder",
-           "SparseDecoder", "SparseReport", "compare_sparse", "block_scores"]
+           "SparseDecoder", "SparseReport", "compare_sparse", "block_scores", "SCORE_MODES"]
 
 MODEL_ID = "kvdrive/reference-llama"   #: the model id in the fingerprint
 
 _EIO = -5
+
+#: SparseDecoder's score modes: block_scores()' two, then kvdrive.select's methods
+SCORE_MODES = ("softmax", "random") + select.METHODS
 
 
 def fingerprint(model: LlamaModel, *, tp_rank: int = 0, tp_world: int = 1) -> ModelFingerprint:
@@ -281,6 +286,11 @@ def block_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, *,
     scale (a head with large logits would otherwise decide alone).
     ``mode="random"``: uniform noise from ``generator``, the baseline a
     policy has to beat.
+
+    These are :class:`SparseDecoder`'s ``"softmax"`` and ``"random"`` modes.
+    Its other modes are :mod:`kvdrive.select`'s methods; note that its
+    ``"quest"`` is the kernels' (the max over all query heads), not this
+    function's ``mode="quest"`` (summed over kv heads).
     """
     if mode not in ("softmax", "quest", "random"):
         raise InvalidArgument(-22, f"score mode {mode!r}: 'softmax', 'quest' or 'random'")
@@ -336,18 +346,24 @@ class SparseDecoder:
     resident, ``layers * (ceil(topk * max_blocks) + sink + local)``).
     ``split``: ``"always"`` attends the resident blocks and the tail while
     the misses land whenever there are misses, then the rest, and merges;
-    ``"plan"`` follows the plan's ``two_pass`` advice. ``score`` is
-    :func:`block_scores`' mode (``"random"``: the baseline).
+    ``"plan"`` follows the plan's ``two_pass`` advice. ``score`` is a
+    method of :mod:`kvdrive.select` (``"quest"``, ``"quest-heads"``,
+    ``"rope-bound"``, ``"mean"``, ``"gauss"``, ``"hybrid"``, scored by
+    :func:`kvdrive.select.scores` as the C kernels score them) or one of
+    :func:`block_scores`' ``"softmax"`` (the default: Quest bounds through a
+    softmax per head) and ``"random"`` (the baseline); ``SCORE_MODES``.
 
     Its namespace is the model's (:func:`fingerprint`) at full budget, so it
     shares prompts with :class:`PagedEngine`; below it, the fingerprint also
     names the policy (``topk``, ``sink``, ``local``, ``score``), because the
     blocks that fill while decoding depend on it.
 
-    The engine keeps, per layer, the Quest summary of each stored block,
-    computed in torch when a block is stored. It writes each new token's K
-    and V into its layer's tail slot, and hands a full tail to the policy
-    (``tail_full``), which Puts it.
+    The engine keeps, per layer, the summary of each stored block that its
+    method needs (``summaries [layers, max_blocks, KVH, rows, D]``,
+    :func:`kvdrive.select.summarize`; Quest's min and max for ``"softmax"``
+    and ``"random"``), computed in torch when a block is stored. It writes
+    each new token's K and V into its layer's tail slot, and hands a full
+    tail to the policy (``tail_full``), which Puts it.
     """
 
     def __init__(self, model: LlamaModel, client: Client, *, max_tokens: int, topk: float = 0.1,
@@ -358,9 +374,11 @@ class SparseDecoder:
         if split not in ("always", "plan"):
             raise InvalidArgument(-22, f"split {split!r}: 'always' or 'plan'")
         self.model, self.client = model, client
-        if score not in ("softmax", "quest", "random"):
-            raise InvalidArgument(-22, f"score {score!r}: 'softmax', 'quest' or 'random'")
+        if score not in SCORE_MODES:
+            raise InvalidArgument(-22, f"score {score!r}: one of {', '.join(SCORE_MODES)}")
         self.bs, self.score_mode, self.split = c.block_size, score, split
+        #: the kvdrive.select method whose summaries the engine keeps
+        self.method = score if score in select.METHODS else "quest"
         self._rng = torch.Generator().manual_seed(0)
         self.wait_timeout = wait_timeout
         self.max_blocks = -(-max_tokens // c.block_size)
@@ -380,8 +398,8 @@ class SparseDecoder:
             n_slots, 2, c.n_kv_heads, c.block_size, c.head_dim)
         self.sparse = Sparse(client, self.namespace, self.pool, **opts)
         self.seq = None
-        self.kmin = torch.zeros(c.n_layers, self.max_blocks, c.n_kv_heads, c.head_dim)
-        self.kmax = torch.zeros_like(self.kmin)
+        self.summaries = torch.zeros(c.n_layers, self.max_blocks, c.n_kv_heads,
+                                     select.rows(self.method), c.head_dim)
         self.tokens: list[int] = []
         self.tail_n = 0
         #: per decode: layers run in two passes, layers that lost a block (-EIO)
@@ -389,9 +407,16 @@ class SparseDecoder:
         self.lost_layers = 0
 
     def _summarise(self, layer: int, b: int, k: torch.Tensor) -> None:
-        """Quest summary of block ``b`` of ``layer`` from its keys ``[KVH, bs, D]``."""
-        self.kmin[layer, b] = k.amin(dim=1)
-        self.kmax[layer, b] = k.amax(dim=1)
+        """Summary of block ``b`` of ``layer`` from its keys ``[KVH, bs, D]``."""
+        self.summaries[layer, b] = select.summarize(self.method, k[None])[0]
+
+    def block_scores(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """The scores of ``layer``'s stored blocks for the query ``q [H, D]``."""
+        summ = self.summaries[layer, :self.seq.stored(layer)]
+        if self.score_mode in ("softmax", "random"):
+            return block_scores(q, summ[:, :, 0], summ[:, :, 1], mode=self.score_mode,
+                                generator=self._rng)
+        return select.scores(self.score_mode, q, summ, self.bs)
 
     def start(self, prompt, kvs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> int:
         """Stores the prompt: its full blocks (computed ``kvs``, each layer's
@@ -416,8 +441,7 @@ class SparseDecoder:
                 self.slots[:n, 0] = kb[b0:b0 + n]
                 self.slots[:n, 1] = vb[b0:b0 + n]
                 self.client.put(self.pool, [(self.seq.key(b0 + i), l, i) for i in range(n)]).check()
-            self.kmin[l, :full] = kb.amin(dim=2)
-            self.kmax[l, :full] = kb.amax(dim=2)
+            self.summaries[l, :full] = select.summarize(self.method, kb)
         self.seq.set_stored(full)
         for l, (k, v) in enumerate(kvs):
             slot = self.seq.tail_slot(l)
@@ -447,9 +471,7 @@ class SparseDecoder:
 
     def _layer(self, l: int, q: torch.Tensor, tail: int) -> torch.Tensor:
         seq = self.seq
-        n = seq.stored(l)
-        scores = block_scores(q, self.kmin[l, :n], self.kmax[l, :n], mode=self.score_mode,
-                              generator=self._rng)
+        scores = self.block_scores(l, q)
         plan = seq.begin_layer(l, scores.numpy())
         masses = None
         try:
