@@ -252,13 +252,20 @@ __device__ __forceinline__ float gauss_est(const float *q, const float *mean, co
         return mu + kvk_warp_sum(sg) * inv2sd;
 }
 
+/* An estimate as the softmax takes it: over sqrt(d), NaN as -inf (says
+ * nothing), +inf as the largest finite logit (cpu/select.c's). */
+__device__ __forceinline__ float clamp_logit(float e, float sd)
+{
+        return isnan(e) ? -INFINITY : e > FLT_MAX ? FLT_MAX : e / sd;
+}
+
 /* One thread block per block; a warp per query head at a time (as
  * score_kernel). Writes est[b][h], the estimate of head h divided by
  * sqrt(head_dim), NaN as -inf and +inf as FLT_MAX (cpu/select.c). */
 template <int M>
 __global__ void estimate_kernel(const float *q, const float *summaries, uint32_t q_heads,
                                 uint32_t group, uint32_t kv_heads, uint32_t rows, uint32_t d,
-                                float sd, float inv2sd, float lrest, float lt, float *est)
+                                float sd, float inv2sd, float lrest, float *est)
 {
         const uint32_t b = blockIdx.x;
         const uint32_t lane = threadIdx.x % KVK_WARP, warp = threadIdx.x / KVK_WARP;
@@ -278,16 +285,23 @@ __global__ void estimate_kernel(const float *q, const float *summaries, uint32_t
                         e = gauss_est(qh, row, NULL, d, lane, inv2sd);
                 } else if (M == KVK_GAUSS) {
                         e = gauss_est(qh, row, row + d, d, lane, inv2sd);
-                } else {        /* KVK_HYBRID: cpu/select.c's spike_mix() */
-                        float sp = gauss_est(qh, row, NULL, d, lane, inv2sd) / sd;
-                        float gs = gauss_est(qh, row + d, row + 2 * d, d, lane, inv2sd) / sd + lrest;
+                } else {        /* KVK_HYBRID, below */
+                        e = 0.0f;
+                }
+                if (M == KVK_HYBRID) {
+                        /* As cpu/select.c: each term clamped on its own, the
+                         * bulk's weighted by T - 1, then log(e^gs + e^sp) (the
+                         * CPU adds the two after the exp: the same mass). */
+                        float sp = clamp_logit(gauss_est(qh, row, NULL, d, lane, inv2sd), sd);
+                        float gs = clamp_logit(gauss_est(qh, row + d, row + 2 * d, d, lane, inv2sd), sd) + lrest;
                         float top = fmaxf(sp, gs);
 
-                        e = isfinite(top) ? sd * (top + logf(expf(gs - top) + expf(sp - top)) - lt) : top;
+                        if (lane == 0)
+                                est[(size_t)b * q_heads + h] =
+                                        top == -INFINITY ? top : top + logf(expf(gs - top) + expf(sp - top));
+                } else if (lane == 0) {
+                        est[(size_t)b * q_heads + h] = clamp_logit(e, sd);
                 }
-                if (lane == 0)
-                        est[(size_t)b * q_heads + h] =
-                                isnan(e) ? -INFINITY : e > FLT_MAX ? FLT_MAX : e / sd;
         }
 }
 
@@ -358,7 +372,7 @@ extern "C" int kvk_cuda_method_scores(const struct kvk_shape *s, enum kvk_method
 {
         struct rows_of ro;
         cudaStream_t st = kvk_stream(stream);
-        float *est, *top, *w, sd, lt, lrest;
+        float *est, *top, *w, sd, lrest;
         uint32_t group;
         int r;
 
@@ -375,12 +389,11 @@ extern "C" int kvk_cuda_method_scores(const struct kvk_shape *s, enum kvk_method
         w = top + s->q_heads;
         group = s->q_heads / s->kv_heads;
         sd = sqrtf((float)s->head_dim);
-        lt = logf((float)s->block_tokens);
         lrest = s->block_tokens > 1 ? logf((float)(s->block_tokens - 1)) : -INFINITY;
 #define ESTIMATE(M)                                                                        \
         estimate_kernel<M><<<n, ESTIMATE_THREADS, 0, st>>>(d_q, d_summaries, s->q_heads, group, \
                                                            s->kv_heads, ro.rows, s->head_dim, sd, \
-                                                           0.5f / sd, lrest, lt, est)
+                                                           0.5f / sd, lrest, est)
         switch (m) {
         case KVK_QUEST_HEADS:
                 ESTIMATE(KVK_QUEST_HEADS);

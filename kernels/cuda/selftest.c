@@ -397,7 +397,7 @@ static void run_select(const struct kvk_shape *s, uint32_t n)
         float *q = malloc(nq * sizeof(float)), *q0 = malloc(nq * sizeof(float));
         float *sum = malloc(n * smax * sizeof(float)), *gsum = malloc(n * smax * sizeof(float));
         float *sc = malloc(n * sizeof(float)), *gsc = malloc(n * sizeof(float));
-        float *work = malloc(((size_t)n * s->q_heads + 1) * sizeof(float));
+        float *work = malloc((kvk_method_work_floats(s, KVK_HYBRID, n) + 1) * sizeof(float));  /* the most */
         uint8_t *dpool;
         void **dptrs, *dwork;
         uint32_t *dvalid;
