@@ -145,12 +145,22 @@ _public_ uint64_t kvc_sparse_pool_slots(const struct kvc_sparse_opts *o)
         return o ? (uint64_t)o->max_seqs * ((uint64_t)o->budget + o->layers) : 0;
 }
 
+_Static_assert(offsetof(struct kvc_sparse_opts, mass_target) == KVC_SPARSE_OPTS_SIZE_V1,
+               "mass_target must follow the fields of the first version");
+
+/* o's mass_target, 0 for a caller built before it. */
+static float mass_target_of(const struct kvc_sparse_opts *o)
+{
+        return o->size >= offsetof(struct kvc_sparse_opts, mass_target) + sizeof(o->mass_target) ? o->mass_target : 0;
+}
+
 static bool opts_valid(const struct kvc_sparse_opts *o)
 {
-        return o && o->size >= sizeof(*o) && o->layers > 0 && o->max_seqs > 0 && o->budget > 0 &&
+        return o && o->size >= KVC_SPARSE_OPTS_SIZE_V1 && o->layers > 0 && o->max_seqs > 0 && o->budget > 0 &&
                o->budget <= KVC_RESIDENCY_MAX_SLOTS && o->topk > 0 && o->topk <= 1 && o->stage >= 0 &&
                isfinite(o->half_life_layers) && o->half_life_layers >= 0 &&
-               (uint64_t)o->max_seqs * o->layers <= KVC_COUNTERS_MAX;
+               (uint64_t)o->max_seqs * o->layers <= KVC_COUNTERS_MAX &&
+               (mass_target_of(o) == 0 || (mass_target_of(o) > 0 && mass_target_of(o) <= 1));
 }
 
 static void seq_release(struct kvc_sparse_seq *q)
@@ -219,7 +229,8 @@ _public_ int kvc_sparse_open(kvc_client *c, uint32_t ns, kvc_pool *p, const stru
         sp->c = c;
         sp->ns = ns;
         sp->pool = p;
-        sp->o = *o;
+        memcpy(&sp->o, o, o->size < sizeof(sp->o) ? o->size : sizeof(sp->o));
+        sp->o.mass_target = mass_target_of(o);
         sp->o.size = sizeof(sp->o);
         if (sp->o.half_life_layers == 0)
                 sp->o.half_life_layers = 1.0f;
@@ -627,7 +638,11 @@ _public_ int kvc_sparse_begin_layer(kvc_sparse_seq *q, uint32_t layer, const flo
         slot0 = sp->o.slot0 + q->index * (sp->o.budget + sp->o.layers);
         q->tick++;
         (void)kvc_residency_begin_layer(q->res);
-        k = kvk_topk(scores, n_blocks, k_of(sp, n_blocks), sp->o.sink, sp->o.local, q->blocks);
+        if (sp->o.mass_target > 0)
+                k = kvk_select_mass(scores, n_blocks, sp->o.mass_target, 1, k_of(sp, n_blocks), sp->o.sink,
+                                    sp->o.local, q->blocks);
+        else
+                k = kvk_topk(scores, n_blocks, k_of(sp, n_blocks), sp->o.sink, sp->o.local, q->blocks);
         /* Pin the resident ones first, so that no miss below evicts them;
          * only the others need the acquire (one lookup per hit, not two). */
         for (uint32_t i = 0; i < k; i++) {

@@ -207,6 +207,7 @@ struct kvc_sparse_opts {
     uint32_t overlap_us;
     uint32_t flags;
     uint32_t report_every;
+    float mass_target;
 };
 uint64_t kvc_sparse_pool_slots(const struct kvc_sparse_opts *o);
 int kvc_sparse_open(kvc_client *c, uint32_t ns, kvc_pool *p, const struct kvc_sparse_opts *o,

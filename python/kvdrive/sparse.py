@@ -31,7 +31,8 @@ _KEYS_PRIVATE, _KEYS_PREFIX = 0, 1
 def _opts(layers: int, block_tokens: int, *, budget: int, max_seqs: int = 1, slot0: int = 0,
           topk: float = 0.1, topk_max: int = 0, sink: int = 1, local: int = 2,
           half_life_layers: float = 0.0, stage: float = 0.0, split_min: int = 0,
-          overlap_us: int = 0, report_scores: bool = False, report_every: int = 0):
+          overlap_us: int = 0, report_scores: bool = False, report_every: int = 0,
+          mass_target: float = 0.0):
     o = ffi.new("struct kvc_sparse_opts *")
     o.size = ffi.sizeof("struct kvc_sparse_opts")
     o.layers, o.block_tokens, o.max_seqs, o.slot0 = layers, block_tokens, max_seqs, slot0
@@ -40,6 +41,7 @@ def _opts(layers: int, block_tokens: int, *, budget: int, max_seqs: int = 1, slo
     o.split_min, o.overlap_us = split_min, overlap_us
     o.flags = 1 if report_scores else 0
     o.report_every = report_every
+    o.mass_target = mass_target
     return o
 
 
@@ -205,7 +207,10 @@ class Sparse(_Closing):
     sequence ``budget`` slots for chosen blocks and one tail slot per layer.
     It owns the client's counter page. Options are kvc_sparse_opts': budget
     (required), max_seqs, slot0, topk, topk_max, sink, local,
-    half_life_layers, stage, split_min, overlap_us, report_scores, report_every.
+    half_life_layers, stage, split_min, overlap_us, report_scores, report_every,
+    mass_target (a dynamic budget: the scores are estimated masses, such as
+    :func:`kvdrive.select.scores`', and a layer takes blocks until they sum to
+    it, at most the top-k).
     """
 
     def __init__(self, client: Client, namespace: Namespace, pool: Pool, **opts: Any):

@@ -12,10 +12,10 @@ GEO = dict(layers=2, kv_heads=1, head_dim=16, dtype="float32", block_tokens=16)
 N_BLOCKS = 40
 
 
-def stored_sequence(client, ns, tokens=None):
+def stored_sequence(client, ns, tokens=None, **more):
     """A Sparse of budget 12 (both layers' 6 chosen blocks) over a pool, and one sequence whose N_BLOCKS blocks per
     layer are stored: block b of layer l holds the byte (7 * b + l) % 251."""
-    opts = dict(budget=12, topk=0.15, topk_max=6, sink=1, local=1)
+    opts = dict(budget=12, topk=0.15, topk_max=6, sink=1, local=1, **more)
     pool = ns.pool(slots=pool_slots(ns, **opts) + N_BLOCKS)
     sp = kvdrive.Sparse(client, ns, pool, slot0=N_BLOCKS, **opts)
     seq = sp.sequence(tokens)
@@ -54,6 +54,22 @@ def test_a_layer_loads_the_chosen_blocks(client, ns_name):
         seq.end_layer()
         st = sp.stats
         assert st["layers"] == 3 and st["hits"] >= plan.n and st["misses"] >= plan.n
+
+
+def test_mass_target_takes_what_the_masses_need(client, ns_name):
+    ns = client.namespace(ns_name, **GEO)
+    pool, sp, seq = stored_sequence(client, ns, mass_target=0.9)
+    with sp, seq:
+        masses = np.full(N_BLOCKS, 0.1 / (N_BLOCKS - 1), dtype=np.float32)
+        masses[7] = 0.9                                 # one block holds the target
+        plan = seq.begin_layer(0, masses)
+        assert set(plan.blocks.tolist()) == {0, 7, N_BLOCKS - 1}
+        seq.wait_layer(timeout=10)
+        seq.end_layer()
+        plan = seq.begin_layer(1, np.full(N_BLOCKS, 1.0 / N_BLOCKS, dtype=np.float32))
+        assert plan.n == 6                              # flat: the top-k caps it
+        seq.wait_layer(timeout=10)
+        seq.end_layer()
 
 
 def test_prefix_keys_find_another_sequence_blocks(client, ns_name):

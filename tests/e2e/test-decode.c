@@ -259,6 +259,57 @@ START_TEST(test_kvdrive_two_clients)
 }
 END_TEST
 
+/* kvc_sparse's dynamic budget from the bench: on a generated trace whose
+ * attention is concentrated (preset llama), blocks until the hybrid
+ * method's estimated mass reaches 0.98 move fewer bytes than its top-k (10%)
+ * and keep most of the mass (0.954 of it, where the top-k keeps 0.985, on
+ * this small trace); a target with a method that scores bounds is refused. */
+START_TEST(test_kvdrive_mass_target)
+{
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        char trace[200];
+        const char *gen[] = { "gen", "--preset", "llama", "--out", trace, "--tokens", "2128", "--steps", "8",
+                              "--layers", "2", "--kv-heads", "2", "--q-heads", "8", NULL };
+        const char *args[] = { "decode", "--socket", NULL, "--policy", "kvdrive", "--trace", trace, "--method",
+                               "hybrid", "--accuracy-every", "2", "--json", NULL, NULL, NULL };
+        json_t *topk, *dyn;
+        double b_topk, b_dyn, recall;
+        char *out, *err;
+        int st;
+
+        ssd_dir_make(&dir);
+        snprintf(trace, sizeof(trace), "%s/trace", dir.path);
+        st = e2e_run_bench(dir.path, gen, RUN_TIMEOUT_MS, &out, &err);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "gen: 0x%x\n%s", (unsigned)st, err);
+        free(out);
+        free(err);
+        E2E_START(&d, "--ssd-dir", dir.path, "--ssd-bytes", "64M", );
+        args[2] = d.socket_path;
+        topk = run_json(dir.path, args);
+        args[11] = "--mass-target";
+        args[12] = "0.98";
+        args[13] = "--json";
+        dyn = run_json(dir.path, args);
+        ck_assert_double_eq_tol(jget(dyn, "config", "mass_target"), 0.98, 1e-6);
+        b_topk = jget(topk, "bytes", "host_to_device");
+        b_dyn = jget(dyn, "bytes", "host_to_device");
+        recall = jget(dyn, "accuracy", "mass_recall_mean");
+        ck_assert_msg(b_dyn < b_topk, "the dynamic budget moved %g bytes, the top-k %g", b_dyn, b_topk);
+        ck_assert_msg(recall > 0.9, "dynamic budget recall %g", recall);
+        json_decref(topk);
+        json_decref(dyn);
+        args[8] = "quest";
+        st = e2e_run_bench(dir.path, args, RUN_TIMEOUT_MS, &out, &err);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 2, "quest with --mass-target: 0x%x", (unsigned)st);
+        ck_assert_msg(strstr(err, "--mass-target"), "%s", err);
+        free(out);
+        free(err);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
 START_TEST(test_bad_trace)
 {
         struct ssd_dir dir;
@@ -318,6 +369,7 @@ static Suite *decode_suite(void)
         tcase_add_test(tc, test_policies);
         tcase_add_test(tc, test_two_clients_batch);
         tcase_add_test(tc, test_kvdrive_two_clients);
+        tcase_add_test(tc, test_kvdrive_mass_target);
         tcase_add_test(tc, test_bad_trace);
         tcase_add_test(tc, test_namespace_conflict);
         suite_add_tcase(s, tc);

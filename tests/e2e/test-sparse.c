@@ -638,6 +638,66 @@ START_TEST(test_scores_reported_every_n)
 }
 END_TEST
 
+/* The dynamic budget: the sink and local blocks, then blocks by estimated
+ * mass until mass_target, never more than the top-k; a caller built against
+ * the first version of the options (its smaller size) gets the top-k; a
+ * target out of (0, 1] is refused. */
+START_TEST(test_mass_target)
+{
+        struct kvd_test_daemon d;
+        struct kvc_sparse_opts o = opts(), v1, bad;
+        struct kvc_sparse_seq_opts so = { .size = sizeof(so), .keys = KVC_SPARSE_KEYS_PRIVATE };
+        const struct kvc_sparse_plan *pl;
+        float peaked[NB], flat[NB];
+        kvc_sparse *sp2;
+        struct engine e;
+
+        /* Masses: blocks 10 and 11 hold 0.9 between them; the rest share 0.1. */
+        for (uint32_t b = 0; b < NB; b++) {
+                peaked[b] = b == 10 || b == 11 ? 0.45f : 0.1f / (NB - 2);
+                flat[b] = 1.0f / NB;
+        }
+        o.mass_target = 0.9f;
+        E2E_START(&d);
+        ck_assert_int_eq(engine_open(d.socket_path, &o, &e), 0);
+        bad = o;
+        bad.mass_target = 1.5f;
+        ck_assert_int_eq(kvc_sparse_open(e.c, e.ns, e.p, &bad, &sp2), -EINVAL);
+        bad.mass_target = -0.1f;
+        ck_assert_int_eq(kvc_sparse_open(e.c, e.ns, e.p, &bad, &sp2), -EINVAL);
+        ck_assert_int_eq(kvc_sparse_seq_begin(e.sp, &so, &e.seq), 0);
+        ck_assert_int_eq(prefill(&e, 5), 0);
+        /* Peaked: sink, 10, 11, local: the two blocks bring the 0.9. */
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 0, peaked, NB, &pl), 0);
+        ck_assert_uint_eq(pl->n, 4);
+        ck_assert(chosen(pl, 0) && chosen(pl, 10) && chosen(pl, 11) && chosen(pl, NB - 1));
+        ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 10000), 0);
+        ck_assert(plan_bytes_ok(&e, pl, 5));
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        /* Flat: 0.9 would need 29 of 32 blocks; the top-k (25%: 8) caps it. */
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 1, flat, NB, &pl), 0);
+        ck_assert_uint_eq(pl->n, 8);
+        ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 10000), 0);
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        ck_assert_int_eq(kvc_sparse_seq_end(e.seq), 0);
+        engine_close(&e);
+
+        /* The options of the first version: no mass_target, so the top-k. */
+        v1 = o;
+        v1.size = KVC_SPARSE_OPTS_SIZE_V1;
+        ck_assert_int_eq(engine_open(d.socket_path, &v1, &e), 0);
+        ck_assert_int_eq(kvc_sparse_seq_begin(e.sp, &so, &e.seq), 0);
+        ck_assert_int_eq(prefill(&e, 6), 0);
+        ck_assert_int_eq(kvc_sparse_begin_layer(e.seq, 0, peaked, NB, &pl), 0);
+        ck_assert_uint_eq(pl->n, 8);
+        ck_assert_int_eq(kvc_sparse_wait_layer(e.seq, 10000), 0);
+        ck_assert_int_eq(kvc_sparse_end_layer(e.seq, NULL), 0);
+        ck_assert_int_eq(kvc_sparse_seq_end(e.seq), 0);
+        engine_close(&e);
+        E2E_STOP(&d);
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("sparse");
@@ -653,6 +713,7 @@ static Suite *suite(void)
         tcase_add_test(tc, test_two_engines_share_a_prefix);
         tcase_add_test(tc, test_stage_from_ssd);
         tcase_add_test(tc, test_scores_reported_every_n);
+        tcase_add_test(tc, test_mass_target);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -63,6 +63,7 @@ static int kv_client_init(struct client *cl)
                 .half_life_layers = 1.0f, .stage = run->o.stage,
                 .split_min = run->o.one_pass ? UINT32_MAX : 0,
                 .flags = run->o.report_scores ? KVC_SPARSE_REPORT_SCORES : 0,
+                .mass_target = (float)run->o.mass_target,
         };
         struct kv_client *x = calloc(1, sizeof(*x));
         int r;

@@ -142,6 +142,9 @@ static void usage(FILE *f)
                 "      --no-scores          kvdrive: do not report attention scores to the daemon\n"
                 "      --one-pass           kvdrive: wait for the misses, then attend in one pass,\n"
                 "                           on every layer (the two-pass rule off)\n"
+                "      --mass-target F      kvdrive: a dynamic budget, blocks until their estimated\n"
+                "                           mass reaches F, at most the top-k (needs a --method that\n"
+                "                           scores masses: any but quest)\n"
                 "      --sink-blocks N      first blocks always attended [1]\n"
                 "      --local-blocks N     most recent stored blocks always attended [2]\n"
                 "      --block-tokens T     tokens per block [16]\n"
@@ -284,6 +287,7 @@ static void print_results(const struct run *run, const struct totals *tt, const 
                         "device_slots_per_seq", (json_int_t)slots));
                 json_object_set_new(json_object_get(root, "config"), "method",
                                     json_string(kvk_method_name(o->method)));
+                json_object_set_new(json_object_get(root, "config"), "mass_target", json_real(o->mass_target));
                 json_object_set_new(root, "throughput", json_pack("{s:I, s:f, s:o, s:o, s:o, s:o, s:f}",
                         "tokens", (json_int_t)tt->tokens, "decode_seconds", (double)wall / 1e9,
                         "tokens_per_s", jnum(tps), "step_ms_p50", jnum(p50), "step_ms_p99", jnum(p99),
@@ -522,7 +526,7 @@ static int parse_frac(const char *s, double *ret)
 static int parse(int argc, char **argv, struct decode_opts *o)
 {
         enum { O_SINK = 256, O_LOCAL, O_BT, O_CUS, O_STEPS, O_ACC, O_BATCH, O_DEPTH, O_TOKENS, O_LAYERS, O_GSTEPS,
-               O_SEED, O_NS, O_PRED, O_STAGE, O_STAGE_LAYER, O_NOSCORES, O_ONE_PASS, O_METHOD };
+               O_SEED, O_NS, O_PRED, O_STAGE, O_STAGE_LAYER, O_NOSCORES, O_ONE_PASS, O_METHOD, O_MASS };
         static const struct option opts[] = {
                 { "socket", required_argument, NULL, 's' },        { "policy", required_argument, NULL, 'p' },
                 { "device", required_argument, NULL, 'd' },
@@ -539,6 +543,7 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                 { "no-scores", no_argument, NULL, O_NOSCORES },    { "stage-layer", required_argument, NULL, O_STAGE_LAYER },
                 { "one-pass", no_argument, NULL, O_ONE_PASS },
                 { "method", required_argument, NULL, O_METHOD },
+                { "mass-target", required_argument, NULL, O_MASS },
                 { "json", no_argument, NULL, 'j' },                { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -645,6 +650,13 @@ static int parse(int argc, char **argv, struct decode_opts *o)
                                 return -EINVAL;
                         }
                         break;
+                case O_MASS:
+                        if (parse_frac(optarg, &o->mass_target) < 0) {
+                                fprintf(stderr, "kvdrive-bench decode: bad --mass-target '%s' (a fraction in (0, 1])\n",
+                                        optarg);
+                                return -EINVAL;
+                        }
+                        break;
                 case O_METHOD:
                         c = kvk_method_from_name(optarg);
                         if (c < 0) {
@@ -670,6 +682,11 @@ static int parse(int argc, char **argv, struct decode_opts *o)
         }
         if (optind < argc) {
                 fprintf(stderr, "kvdrive-bench decode: unexpected argument '%s'\n", argv[optind]);
+                return -EINVAL;
+        }
+        if (o->mass_target > 0 && (o->policy != POL_KVDRIVE || o->method == KVK_QUEST)) {
+                fprintf(stderr, "kvdrive-bench decode: --mass-target is kvdrive's (--policy kvdrive), with a --method "
+                                "that scores masses (not quest)\n");
                 return -EINVAL;
         }
         return 0;

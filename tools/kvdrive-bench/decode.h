@@ -96,6 +96,7 @@ struct decode_opts {
         double stage_layer;             /* kvdrive: next-layer predictions staged, at most this x top-k */
         bool report_scores;             /* kvdrive: report attention scores to the daemon */
         bool one_pass;                  /* kvdrive: never two passes (kvc_sparse's split_min at its most) */
+        double mass_target;             /* kvdrive: kvc_sparse's dynamic budget (0: the top-k) */
         uint32_t batch, depth;
         /* the generated trace */
         uint32_t gen_tokens, gen_layers, gen_steps;

@@ -209,7 +209,19 @@ struct kvc_sparse_opts {
          * at every this many of its ends (0: 8). In the struct's tail
          * padding: its size is that of the version without it. */
         uint32_t report_every;
+        /* A dynamic budget (0: off, the top-k above). In (0, 1]: the scores
+         * are estimated attention masses (kvk_method_scores() of a mass
+         * method, such as KVK_METHOD_DEFAULT), and a layer takes the sink and
+         * local blocks, then blocks by score until the scores taken sum to
+         * mass_target (kvk_select_mass()); `topk` and `topk_max` are then the
+         * most it may take. Appended: a caller built against the struct
+         * without it passes the smaller size (KVC_SPARSE_OPTS_SIZE_V1) and
+         * gets 0. */
+        float mass_target;
 };
+
+/* The size of struct kvc_sparse_opts before mass_target. */
+#define KVC_SPARSE_OPTS_SIZE_V1 80u
 
 /* Pool slots a kvc_sparse with options o uses: max_seqs * (budget + layers). */
 uint64_t kvc_sparse_pool_slots(const struct kvc_sparse_opts *o);
