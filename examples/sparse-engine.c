@@ -239,6 +239,7 @@ struct engine {
         uint32_t max_blocks;
         size_t summary_floats;
         float *summaries;               /* [layers][max_blocks][summary_floats], kept by the engine */
+        float *score_work;              /* kvk_method_scores()'s scratch */
         uint32_t tail_n;                /* tokens in the tail block (every layer's) */
         /* one layer's scratch */
         float q[Q_HEADS * HEAD_DIM];                    /* its query */
@@ -320,7 +321,11 @@ static int engine_open(struct engine *e, const struct options *o)
 
         e->max_tokens = (uint64_t)o->prompt_tokens + o->steps;
         e->max_blocks = (uint32_t)(e->max_tokens / BLOCK_TOKENS) + 1;
-        e->summary_floats = kvk_summary_floats(&e->m.shape);
+        /* The selection method engines should use (kernels.h, "Selection
+         * methods"): each block's summary, and its estimated attention mass. */
+        e->summary_floats = kvk_method_summary_floats(&e->m.shape, KVK_METHOD_DEFAULT);
+        e->score_work = calloc(kvk_method_work_floats(&e->m.shape, KVK_METHOD_DEFAULT, e->max_blocks) + 1,
+                               sizeof(float));
         e->tokens = calloc(e->max_tokens, sizeof(*e->tokens));
         e->summaries = calloc((size_t)LAYERS * e->max_blocks * e->summary_floats, sizeof(float));
         e->scores = calloc(e->max_blocks, sizeof(float));
@@ -331,8 +336,8 @@ static int engine_open(struct engine *e, const struct options *o)
         e->which = calloc(e->max_blocks + 1, sizeof(*e->which));
         e->first_pass = calloc(e->max_blocks + 1, 1);
         e->ref_blocks = calloc(e->max_blocks, e->block_bytes);
-        if (!e->tokens || !e->summaries || !e->scores || !e->mass || !e->part_mass || !e->ptrs || !e->valid ||
-            !e->which || !e->first_pass || !e->ref_blocks)
+        if (!e->tokens || !e->summaries || !e->score_work || !e->scores || !e->mass || !e->part_mass || !e->ptrs ||
+            !e->valid || !e->which || !e->first_pass || !e->ref_blocks)
                 return fail(e, "memory", -ENOMEM);
         return 0;
 }
@@ -346,6 +351,7 @@ static void engine_close(struct engine *e)
         kvc_disconnect(e->c);
         free(e->tokens);
         free(e->summaries);
+        free(e->score_work);
         free(e->scores);
         free(e->mass);
         free(e->part_mass);
@@ -394,8 +400,8 @@ static int prefill_chunk(struct engine *e, uint32_t b0, uint32_t n, uint32_t cac
                         refs[m++] = refs[i];
                 }
                 for (uint32_t i = 0; i < n; i++)
-                        (void)kvk_block_summary(&e->m.shape, kvc_pool_slot(e->pool, i), BLOCK_TOKENS,
-                                                summary_of(e, l, b0 + i));
+                        (void)kvk_method_summary(&e->m.shape, KVK_METHOD_DEFAULT, kvc_pool_slot(e->pool, i),
+                                                 BLOCK_TOKENS, summary_of(e, l, b0 + i));
                 if (m == 0)
                         continue;
                 r = kvc_put(e->c, e->ns, e->pool, refs, m, st);
@@ -576,7 +582,8 @@ static int decode_layer(struct engine *e, uint32_t layer, uint32_t step, bool ch
 
         /* 1. Scores of the stored blocks, from the summaries the engine keeps. */
         t0 = now_ns();
-        r = kvk_block_scores(&e->m.shape, e->q, summary_of(e, layer, 0), n_stored, e->scores);
+        r = kvk_method_scores(&e->m.shape, KVK_METHOD_DEFAULT, e->q, summary_of(e, layer, 0), n_stored,
+                              e->score_work, e->scores);
         e->tm.scores_ns += now_ns() - t0;
         if (r < 0)
                 return fail(e, "scores", r);
@@ -661,8 +668,8 @@ static int tail_full(struct engine *e)
 
                 if (slot < 0)
                         return fail(e, "tail slot", slot);
-                r = kvk_block_summary(&e->m.shape, kvc_pool_slot(e->pool, (uint32_t)slot), BLOCK_TOKENS,
-                                      summary_of(e, l, b));
+                r = kvk_method_summary(&e->m.shape, KVK_METHOD_DEFAULT, kvc_pool_slot(e->pool, (uint32_t)slot),
+                                       BLOCK_TOKENS, summary_of(e, l, b));
                 if (r == 0)
                         r = kvc_sparse_tail_full(e->seq, l, tokens);
                 if (r < 0)
