@@ -73,8 +73,10 @@ def sparse_fingerprint(model: LlamaModel, *, topk: float = 0.1, sink: int = 1, l
     fp = fingerprint(model)
     if topk >= 1.0:
         return fp
+    # score "quest" was a sum over kv heads before kvdrive.select (the kernels'
+    # max over query heads now): the methods' version keeps the two apart.
     return dataclasses.replace(fp, extra=f"attention=kvc_sparse topk={topk!r} sink={sink} "
-                                         f"local={local} score={score}")
+                                         f"local={local} score={score} select=2")
 
 
 # ---- prefix reuse: the paged engine ------------------------------------------
