@@ -385,9 +385,8 @@ static void rm_trace(const char *dir)
 
 int bench_selection(int argc, char **argv)
 {
-        enum { O_OUT = 256, O_PRESETS, O_TRACES, O_TOKENS, O_STEPS, O_LAYERS, O_WORK, O_DEFAULT, O_METHODS,
-               O_BUDGETS, O_TARGETS, O_BT, O_SINK, O_LOCAL, O_SAMPLES, O_TARGET, O_HELP };
-        static const struct option lo[] = {
+        enum { O_OUT = 256, O_PRESETS, O_TRACES, O_TOKENS, O_STEPS, O_LAYERS, O_WORK, O_DEFAULT, O_TARGET, O_HELP };
+        struct option lo[24] = {
                 { "out", required_argument, NULL, O_OUT },
                 { "presets", required_argument, NULL, O_PRESETS },
                 { "traces", required_argument, NULL, O_TRACES },
@@ -396,16 +395,8 @@ int bench_selection(int argc, char **argv)
                 { "layers", required_argument, NULL, O_LAYERS },
                 { "work", required_argument, NULL, O_WORK },
                 { "default", required_argument, NULL, O_DEFAULT },
-                { "methods", required_argument, NULL, O_METHODS },
-                { "budgets", required_argument, NULL, O_BUDGETS },
-                { "targets", required_argument, NULL, O_TARGETS },
-                { "block-tokens", required_argument, NULL, O_BT },
-                { "sink", required_argument, NULL, O_SINK },
-                { "local", required_argument, NULL, O_LOCAL },
-                { "samples", required_argument, NULL, O_SAMPLES },
                 { "target", required_argument, NULL, O_TARGET },
                 { "help", no_argument, NULL, O_HELP },
-                { 0 },
         };
         struct kvb_sel_opts o = kvb_sel_opts_default();
         struct kvb_gen_opts g = kvb_gen_opts_default();
@@ -428,7 +419,14 @@ int bench_selection(int argc, char **argv)
         for (int i = 0; i < argc; i++)
                 len += (size_t)snprintf(cmd + len, len < sizeof(cmd) ? sizeof(cmd) - len : 0, "%s%s",
                                         i ? " " : "kvdrive-bench ", argv[i]);
+        kvb_sel_longopts(lo + 10);
         while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+                int p = kvb_sel_parse_option("selection", c, optarg, &o);
+
+                if (p < 0)
+                        return BENCH_EXIT_USAGE;
+                if (p > 0)
+                        continue;
                 switch (c) {
                 case O_OUT:
                         out = optarg;
@@ -450,35 +448,15 @@ int bench_selection(int argc, char **argv)
                         }
                         def = (enum kvk_method)n;
                         break;
-                case O_METHODS:
-                        if (kvb_sel_parse_methods(optarg, &o.methods) < 0) {
-                                fprintf(stderr, "kvdrive-bench selection: bad --methods '%s'\n", optarg);
-                                return BENCH_EXIT_USAGE;
-                        }
-                        break;
-                case O_BUDGETS:
-                case O_TARGETS:
-                        n = kvb_sel_parse_points(optarg, c == O_BUDGETS ? o.budgets : o.targets, c == O_BUDGETS);
-                        if (n < 0) {
-                                fprintf(stderr, "kvdrive-bench selection: bad --%s '%s'\n", lo[c - O_OUT].name, optarg);
-                                return BENCH_EXIT_USAGE;
-                        }
-                        *(c == O_BUDGETS ? &o.n_budgets : &o.n_targets) = (uint32_t)n;
-                        break;
                 case O_TOKENS:
                 case O_STEPS:
                 case O_LAYERS:
-                case O_BT:
-                case O_SINK:
-                case O_LOCAL:
-                case O_SAMPLES:
-                        if (bench_parse_uint(optarg, c == O_SINK || c == O_LOCAL ? 0 : 1, UINT32_MAX, &v) < 0) {
+                        if (bench_parse_uint(optarg, 1, UINT32_MAX, &v) < 0) {
                                 fprintf(stderr, "kvdrive-bench selection: bad --%s '%s'\n", lo[c - O_OUT].name, optarg);
                                 return BENCH_EXIT_USAGE;
                         }
-                        *(c == O_TOKENS ? &g.shape.tokens : c == O_STEPS ? &g.shape.steps
-                                        : c == O_LAYERS ? &g.shape.layers : c == O_BT ? &o.block_tokens
-                                        : c == O_SINK ? &o.sink : c == O_LOCAL ? &o.local : &o.samples) = (uint32_t)v;
+                        *(c == O_TOKENS ? &g.shape.tokens : c == O_STEPS ? &g.shape.steps : &g.shape.layers) =
+                                (uint32_t)v;
                         break;
                 case O_TARGET:
                         if (kvb_sel_parse_points(optarg, &target, false) != 1) {

@@ -583,21 +583,61 @@ void kvb_sel_print(FILE *f, const char *name, const struct kvb_sel_opts *o, cons
         }
 }
 
+/* The options select and selection share, in the order of enum sel_opt. */
+static const char *const sel_names[] = { "methods", "budgets", "targets", "block-tokens", "sink", "local", "samples" };
+#define N_SEL_OPTS (sizeof(sel_names) / sizeof(sel_names[0]))
+
+size_t kvb_sel_longopts(struct option *lo)
+{
+        for (size_t i = 0; i < N_SEL_OPTS; i++)
+                lo[i] = (struct option){ sel_names[i], required_argument, NULL, KVB_SEL_OPT0 + (int)i };
+        return N_SEL_OPTS;
+}
+
+int kvb_sel_parse_option(const char *cmd, int c, const char *arg, struct kvb_sel_opts *o)
+{
+        uint32_t *u[] = { NULL, NULL, NULL, &o->block_tokens, &o->sink, &o->local, &o->samples };
+        static const uint64_t lo[] = { 0, 0, 0, 1, 0, 0, 1 };
+        static const uint64_t hi[] = { 0, 0, 0, KVK_MAX_BLOCK_TOKENS, 1u << 20, 1u << 20, KVB_SEL_MAX_POINTS * 8 };
+        int i = c - KVB_SEL_OPT0, n;
+        uint64_t v;
+
+        if (i < 0 || i >= (int)N_SEL_OPTS)
+                return 0;
+        if (i == 0) {
+                if (kvb_sel_parse_methods(arg, &o->methods) == 0)
+                        return 1;
+                fprintf(stderr, "kvdrive-bench %s: bad --methods '%s': expected all or a list of quest,quest-heads,"
+                                "rope-bound,mean,gauss,hybrid\n", cmd, arg);
+                return -EINVAL;
+        }
+        if (i <= 2) {
+                n = kvb_sel_parse_points(arg, i == 1 ? o->budgets : o->targets, i == 1);
+                if (n > 0) {
+                        *(i == 1 ? &o->n_budgets : &o->n_targets) = (uint32_t)n;
+                        return 1;
+                }
+                fprintf(stderr, "kvdrive-bench %s: bad --%s '%s': expected up to %u numbers in (0, 1]%s, "
+                                "comma-separated\n", cmd, sel_names[i], arg, KVB_SEL_MAX_POINTS,
+                        i == 1 ? ", ascending" : "");
+                return -EINVAL;
+        }
+        if (bench_parse_uint(arg, lo[i], hi[i], &v) < 0) {
+                fprintf(stderr, "kvdrive-bench %s: bad --%s '%s': an integer in [%" PRIu64 ", %" PRIu64 "]\n", cmd,
+                        sel_names[i], arg, lo[i], hi[i]);
+                return -EINVAL;
+        }
+        *u[i] = (uint32_t)v;
+        return 1;
+}
+
 int bench_select(int argc, char **argv)
 {
-        enum { O_TRACE = 256, O_METHODS, O_BUDGETS, O_TARGETS, O_BT, O_SINK, O_LOCAL, O_SAMPLES, O_JSON, O_HELP };
-        static const struct option lo[] = {
+        enum { O_TRACE = 256, O_JSON, O_HELP };
+        struct option lo[N_SEL_OPTS + 4] = {
                 { "trace", required_argument, NULL, O_TRACE },
-                { "methods", required_argument, NULL, O_METHODS },
-                { "budgets", required_argument, NULL, O_BUDGETS },
-                { "targets", required_argument, NULL, O_TARGETS },
-                { "block-tokens", required_argument, NULL, O_BT },
-                { "sink", required_argument, NULL, O_SINK },
-                { "local", required_argument, NULL, O_LOCAL },
-                { "samples", required_argument, NULL, O_SAMPLES },
                 { "json", no_argument, NULL, O_JSON },
                 { "help", no_argument, NULL, O_HELP },
-                { 0 },
         };
         struct kvb_sel_opts o = kvb_sel_opts_default();
         struct kvb_sel_result *r = NULL;
@@ -605,45 +645,19 @@ int bench_select(int argc, char **argv)
         const char *dir = NULL;
         bool json = false;
         char err[512];
-        uint64_t v;
-        int c, n, ret = BENCH_EXIT_USAGE;
+        int c, ret = BENCH_EXIT_USAGE;
 
+        kvb_sel_longopts(lo + 3);
         while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+                int p = kvb_sel_parse_option("select", c, optarg, &o);
+
+                if (p < 0)
+                        return BENCH_EXIT_USAGE;
+                if (p > 0)
+                        continue;
                 switch (c) {
                 case O_TRACE:
                         dir = optarg;
-                        break;
-                case O_METHODS:
-                        if (kvb_sel_parse_methods(optarg, &o.methods) < 0) {
-                                fprintf(stderr, "kvdrive-bench select: bad --methods '%s': expected all or a list "
-                                                "of quest,quest-heads,rope-bound,mean,gauss,hybrid\n", optarg);
-                                return BENCH_EXIT_USAGE;
-                        }
-                        break;
-                case O_BUDGETS:
-                case O_TARGETS:
-                        n = kvb_sel_parse_points(optarg, c == O_BUDGETS ? o.budgets : o.targets, c == O_BUDGETS);
-                        if (n < 0) {
-                                fprintf(stderr, "kvdrive-bench select: bad --%s '%s': expected up to %u numbers in "
-                                                "(0, 1]%s, comma-separated\n", c == O_BUDGETS ? "budgets" : "targets",
-                                        optarg, KVB_SEL_MAX_POINTS, c == O_BUDGETS ? ", ascending" : "");
-                                return BENCH_EXIT_USAGE;
-                        }
-                        *(c == O_BUDGETS ? &o.n_budgets : &o.n_targets) = (uint32_t)n;
-                        break;
-                case O_BT:
-                case O_SINK:
-                case O_LOCAL:
-                case O_SAMPLES:
-                        if (bench_parse_uint(optarg, c == O_BT || c == O_SAMPLES ? 1 : 0,
-                                             c == O_BT ? KVK_MAX_BLOCK_TOKENS : c == O_SAMPLES ? KVB_SEL_MAX_POINTS * 8
-                                                                                                  : 1u << 20,
-                                             &v) < 0) {
-                                fprintf(stderr, "kvdrive-bench select: bad --%s '%s'\n", lo[c - O_TRACE].name, optarg);
-                                return BENCH_EXIT_USAGE;
-                        }
-                        *(c == O_BT ? &o.block_tokens : c == O_SINK ? &o.sink : c == O_LOCAL ? &o.local
-                                                                                            : &o.samples) = (uint32_t)v;
                         break;
                 case O_JSON:
                         json = true;

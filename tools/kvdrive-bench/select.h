@@ -84,6 +84,16 @@ int kvb_sel_parse_methods(const char *s, uint32_t *ret_mask);
 double kvb_sel_budget_needed(const struct kvb_sel_opts *o, const struct kvb_sel_result *r, enum kvk_method m,
                              double recall, double err);
 
+/* The options `select` and `selection` share (--methods, --budgets,
+ * --targets, --block-tokens, --sink, --local, --samples): their getopt
+ * entries, written to lo (7; their values from KVB_SEL_OPT0 up), and their
+ * parser: 1 when c was one of them and arg is good, 0 when c is not one of
+ * them, -EINVAL once it has said why on stderr (as `kvdrive-bench cmd`). */
+#define KVB_SEL_OPT0 512
+struct option;
+size_t kvb_sel_longopts(struct option *lo);
+int kvb_sel_parse_option(const char *cmd, int c, const char *arg, struct kvb_sel_opts *o);
+
 /* The result as JSON (`select --json`; NaN figures as null). */
 struct json_t *kvb_sel_json(const struct kvb_sel_opts *o, const struct kvb_sel_result *r);
 
