@@ -379,7 +379,7 @@ START_TEST(bad_arguments)
 {
         struct kvk_shape s = { 2, 4, 16, 4, KVK_F16 }, bad = s;
         uint16_t block[2 * 2 * 4 * 16] = { 0 };
-        float sum[2 * 2 * 2 * 16], q[4 * 16] = { 0 }, work[8], out[2] = { 42, 42 };
+        float sum[2 * 2 * 2 * 16], q[4 * 16] = { 0 }, work[(2 + 3) * 4], out[2] = { 42, 42 };
 
         bad.q_heads = 3;
         ck_assert_int_eq(kvk_method_summary(&s, KVK_N_METHODS, block, 4, sum), -EINVAL);
@@ -389,6 +389,7 @@ START_TEST(bad_arguments)
         ck_assert_int_eq(kvk_method_summary(&s, KVK_GAUSS, block, 5, sum), -EINVAL);
         ck_assert_int_eq(kvk_method_summary(&s, KVK_GAUSS, block, 4, NULL), -EINVAL);
         ck_assert_int_eq(kvk_method_summary(&s, KVK_GAUSS, block, 4, sum), 0);
+        ck_assert_uint_eq(kvk_method_work_floats(&s, KVK_GAUSS, 2), sizeof(work) / sizeof(work[0]));
         memcpy(sum + 2 * 2 * 16, sum, sizeof(float) * 2 * 2 * 16);
         ck_assert_int_eq(kvk_method_scores(&s, KVK_GAUSS, q, sum, 2, NULL, out), -EINVAL);
         ck_assert_int_eq(kvk_method_scores(&s, KVK_N_METHODS, q, sum, 2, work, out), -EINVAL);
