@@ -248,15 +248,9 @@ struct kvd_cache *kvd_cache_free(struct kvd_cache *c)
         return NULL;
 }
 
-int kvd_cache_ssd_fd(const struct kvd_cache *c)
+int kvd_cache_watch(struct kvd_cache *c, struct kvd_loop *l)
 {
-        return c->ssd ? kvd_ssd_fd(c->ssd) : -1;
-}
-
-void kvd_cache_ssd_reap(struct kvd_cache *c)
-{
-        if (c->ssd)
-                kvd_ssd_reap(c->ssd);
+        return c->ssd ? kvd_ssd_watch(c->ssd, l) : 0;
 }
 
 void kvd_cache_flush(struct kvd_cache *c)

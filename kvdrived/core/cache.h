@@ -120,9 +120,10 @@ uint64_t kvd_cache_write_back(struct kvd_cache *c);
 /* Finishes SSD I/O in flight (callbacks run) and frees. Accepts NULL. */
 struct kvd_cache *kvd_cache_free(struct kvd_cache *c);
 
-/* The SSD tier's completion eventfd (-1 without SSD) and its reaper. */
-int kvd_cache_ssd_fd(const struct kvd_cache *c);
-void kvd_cache_ssd_reap(struct kvd_cache *c);
+/* Registers the tiers' file descriptors (the SSD tier's completions) with
+ * the event loop. 0 or -errno. */
+struct kvd_loop;
+int kvd_cache_watch(struct kvd_cache *c, struct kvd_loop *l);
 /* Submits queued SSD I/O (one system call); call before sleeping. */
 void kvd_cache_flush(struct kvd_cache *c);
 bool kvd_cache_has_ssd(const struct kvd_cache *c);

@@ -12,15 +12,10 @@
 #include "counters.h"
 #include "device.h"
 #include "kvdrive.pb-c.h"
+#include "loop.h"
 #include "scheduler.h"
 #include "xfer.h"
 
-enum watch_type { WATCH_LISTEN, WATCH_SIGNAL, WATCH_XFER, WATCH_SSD, WATCH_TIMER, WATCH_SESSION };
-
-struct watch {
-        enum watch_type type;
-        int fd;
-};
 
 /*
  * Work of one request done in slices, so that no request holds the loop
@@ -51,7 +46,7 @@ struct outmsg {
 };
 
 struct kvd_session {
-        struct watch w;         /* first: epoll data.ptr */
+        struct kvd_loop_watch w;
         struct kvd_server *server;
         unsigned refs;          /* the server's list + each request in flight */
         bool closed;
@@ -86,10 +81,14 @@ struct kvd_server {
         struct kvd_xfer *xfer;
         struct kvd_cuda *cuda;  /* NULL: CUDA pools refused */
         uint32_t pools[2];      /* of connected sessions, per enum kvd_backend */
-        int epfd;
-        struct watch sig_w, xfer_w, ssd_w, timer_w;
+        struct kvd_loop loop;   /* every fd the daemon waits on */
+        struct kvd_loop_watch sig_w, timer_w;
+        int status;             /* of the loop turn: -ECANCELED once a signal said stop */
         char last_status[160];  /* last STATUS= sent to the service manager */
-        struct watch listeners[8];
+        struct kvd_listener {
+                struct kvd_loop_watch w;
+                struct kvd_server *server;
+        } listeners[8];
         unsigned n_listeners;
         bool bound_path;        /* we created cfg->socket: unlink on exit */
         struct kvd_session *sessions;
@@ -116,6 +115,8 @@ int kvd_session_accept(struct kvd_server *s, int listen_fd);
 int kvd_session_add(struct kvd_server *s, int fd);
 void kvd_session_readable(struct kvd_session *ss);
 void kvd_session_writable(struct kvd_session *ss);
+/* The session's loop callback: writable, then readable, unless closed. */
+void kvd_session_event(struct kvd_loop_watch *w, uint32_t events);
 void kvd_session_close(struct kvd_session *ss, const char *why);
 /* Drops the server's references to sessions closed since the last call. */
 void kvd_session_bury(struct kvd_server *s);

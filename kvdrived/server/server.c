@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
 #include <sys/socket.h>
@@ -23,12 +22,40 @@
 #include "macro.h"
 #include "server-internal.h"
 
-static int watch_add(struct kvd_server *s, struct watch *w)
+static void on_signal(struct kvd_loop_watch *w, uint32_t events)
 {
-        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = w };
+        struct kvd_server *s = container_of(w, struct kvd_server, sig_w);
+        struct signalfd_siginfo si;
 
-        return epoll_ctl(s->epfd, EPOLL_CTL_ADD, w->fd, &ev) < 0 ? -errno : 0;
+        (void)events;
+        if (read(w->fd, &si, sizeof(si)) != sizeof(si))
+                return;
+        if (si.ssi_signo == SIGHUP) {
+                log_notice("received SIGHUP: reloading the configuration is not supported yet; going on with "
+                           "the running one");
+                return;
+        }
+        log_info("received %s, stopping", strsignal((int)si.ssi_signo));
+        kvd_loop_stop(&s->loop);
 }
+
+static void notify_status(struct kvd_server *s);
+
+/* A tick a second (kvd_server_attach()). */
+static void on_timer(struct kvd_loop_watch *w, uint32_t events)
+{
+        struct kvd_server *s = container_of(w, struct kvd_server, timer_w);
+        uint64_t ticks;
+
+        (void)events;
+        if (read(w->fd, &ticks, sizeof(ticks)) != sizeof(ticks))
+                return;
+        if (getenv("NOTIFY_SOCKET"))
+                notify_status(s);
+        kvd_cache_tick(s->cache);
+}
+
+static void on_listen(struct kvd_loop_watch *w, uint32_t events);
 
 int kvd_server_new(const struct kvd_config *cfg, struct kvd_server **ret)
 {
@@ -42,29 +69,32 @@ int kvd_server_new(const struct kvd_config *cfg, struct kvd_server **ret)
         s->cfg = cfg;
         s->sig_w.fd = -1;
         s->timer_w.fd = -1;
+        s->loop.epfd = -1;
         s->started_ms = kvd_now_ms();
         kvd_sched_init(&s->sched);
         /* One byte more than the largest legal frame: MSG_TRUNC reports the
          * real size of anything longer. */
         s->rxcap = cfg->max_frame + KVD_FRAME_HDR + 1;
         s->rxbuf = malloc(s->rxcap);
-        s->epfd = epoll_create1(EPOLL_CLOEXEC);
-        if (!s->rxbuf || s->epfd < 0) {
-                r = s->rxbuf ? -errno : -ENOMEM;
+        if (!s->rxbuf) {
+                r = -ENOMEM;
                 goto err;
         }
+        r = kvd_loop_init(&s->loop);
+        if (r < 0)
+                goto err;
         /* The signals main() blocked: SIGHUP is read too, so that it does
          * not kill us (reload is not supported yet). */
         sigemptyset(&mask);
         sigaddset(&mask, SIGTERM);
         sigaddset(&mask, SIGINT);
         sigaddset(&mask, SIGHUP);
-        s->sig_w = (struct watch){ WATCH_SIGNAL, signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC) };
+        s->sig_w = (struct kvd_loop_watch){ signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC), on_signal };
         if (s->sig_w.fd < 0) {
                 r = -errno;
                 goto err;
         }
-        r = watch_add(s, &s->sig_w);
+        r = kvd_loop_add(&s->loop, &s->sig_w, KVD_LOOP_IN);
         if (r < 0)
                 goto err;
         *ret = s;
@@ -82,11 +112,10 @@ int kvd_server_attach(struct kvd_server *s, struct kvd_cache *cache, struct kvd_
         s->cache = cache;
         s->xfer = xfer;
         s->cuda = cuda;
-        s->xfer_w = (struct watch){ WATCH_XFER, kvd_xfer_fd(xfer) };
-        s->ssd_w = (struct watch){ WATCH_SSD, kvd_cache_ssd_fd(cache) };
-        r = watch_add(s, &s->xfer_w);
-        if (r == 0 && s->ssd_w.fd >= 0)
-                r = watch_add(s, &s->ssd_w);
+        /* The transfer engine and the tiers register their own fds. */
+        r = kvd_xfer_watch(xfer, &s->loop);
+        if (r == 0)
+                r = kvd_cache_watch(cache, &s->loop);
         if (r < 0)
                 return r;
         /* A tick a second: STATUS= for the service manager, at most once a
@@ -96,10 +125,11 @@ int kvd_server_attach(struct kvd_server *s, struct kvd_cache *cache, struct kvd_
         if (getenv("NOTIFY_SOCKET") || kvd_cache_has_ssd(cache)) {
                 struct itimerspec its = { .it_interval = { 1, 0 }, .it_value = { 1, 0 } };
 
-                s->timer_w = (struct watch){ WATCH_TIMER, timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC) };
+                s->timer_w = (struct kvd_loop_watch){ timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC),
+                                                      on_timer };
                 if (s->timer_w.fd < 0 || timerfd_settime(s->timer_w.fd, 0, &its, NULL) < 0)
                         return -errno;
-                r = watch_add(s, &s->timer_w);
+                r = kvd_loop_add(&s->loop, &s->timer_w, KVD_LOOP_IN);
         }
         return r;
 }
@@ -176,7 +206,7 @@ static int bind_socket(struct kvd_server *s)
                 return r;
         }
         s->bound_path = true;
-        s->listeners[s->n_listeners++] = (struct watch){ WATCH_LISTEN, fd };
+        s->listeners[s->n_listeners++] = (struct kvd_listener){ { fd, on_listen }, s };
         log_info("listening on %s", path);
         return 0;
 }
@@ -198,7 +228,7 @@ int kvd_server_listen(struct kvd_server *s)
                         return -EINVAL;
                 }
                 fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-                s->listeners[s->n_listeners++] = (struct watch){ WATCH_LISTEN, fd };
+                s->listeners[s->n_listeners++] = (struct kvd_listener){ { fd, on_listen }, s };
                 log_info("listening on socket-activated fd %d", fd);
         }
         if (n == 0) {
@@ -207,7 +237,7 @@ int kvd_server_listen(struct kvd_server *s)
                         return r;
         }
         for (unsigned i = 0; i < s->n_listeners; i++) {
-                r = watch_add(s, &s->listeners[i]);
+                r = kvd_loop_add(&s->loop, &s->listeners[i].w, KVD_LOOP_IN);
                 if (r < 0)
                         return r;
         }
@@ -319,9 +349,24 @@ static void turn_record(struct kvd_server *s, uint64_t ns)
         s->turn_max_ns = MAX(s->turn_max_ns, ns);
 }
 
+static void on_listen(struct kvd_loop_watch *w, uint32_t events)
+{
+        struct kvd_server *s = container_of(w, struct kvd_listener, w)->server;
+
+        (void)events;
+        for (int k = 0; k < 16; k++) {
+                int r = kvd_session_accept(s, w->fd);
+
+                if (r <= 0) {
+                        if (r < 0)
+                                log_warning("accept: %s", strerror(-r));
+                        break;
+                }
+        }
+}
+
 int kvd_server_run_once(struct kvd_server *s, int timeout_ms)
 {
-        struct epoll_event evs[64];
         uint64_t t0 = thread_cpu_ns(), held;
         bool busy;
         int n;
@@ -331,74 +376,9 @@ int kvd_server_run_once(struct kvd_server *s, int timeout_ms)
         busy = kvd_tasks_run(s);
         kvd_cache_flush(s->cache);
         held = thread_cpu_ns() - t0;
-        n = epoll_wait(s->epfd, evs, ARRAY_SIZE(evs), busy ? 0 : timeout_ms);
-        t0 = thread_cpu_ns();
-        if (n < 0) {
-                n = -errno;
-                if (n == -EINTR)
-                        return 0;
+        n = kvd_loop_run_once(&s->loop, busy ? 0 : timeout_ms);
+        if (n < 0 && n != -ECANCELED)
                 log_error("epoll_wait: %s", strerror(-n));
-                return n;
-        }
-        for (int i = 0; i < n; i++) {
-                struct watch *w = evs[i].data.ptr;
-                struct signalfd_siginfo si;
-                uint64_t ticks;
-
-                switch (w->type) {
-                case WATCH_SIGNAL:
-                        if (read(w->fd, &si, sizeof(si)) != sizeof(si))
-                                break;
-                        if (si.ssi_signo == SIGHUP) {
-                                log_notice("received SIGHUP: reloading the configuration is not "
-                                           "supported yet; going on with the running one");
-                                break;
-                        }
-                        log_info("received %s, stopping", strsignal((int)si.ssi_signo));
-                        n = -ECANCELED;
-                        goto out;
-                case WATCH_XFER:
-                        kvd_xfer_reap(s->xfer);
-                        break;
-                case WATCH_SSD:
-                        kvd_cache_ssd_reap(s->cache);
-                        break;
-                case WATCH_TIMER:
-                        if (read(w->fd, &ticks, sizeof(ticks)) != sizeof(ticks))
-                                break;
-                        if (getenv("NOTIFY_SOCKET"))
-                                notify_status(s);
-                        kvd_cache_tick(s->cache);
-                        break;
-                case WATCH_LISTEN:
-                        for (int k = 0; k < 16; k++) {
-                                int r = kvd_session_accept(s, w->fd);
-
-                                if (r <= 0) {
-                                        if (r < 0)
-                                                log_warning("accept: %s", strerror(-r));
-                                        break;
-                                }
-                        }
-                        break;
-                case WATCH_SESSION: {
-                        struct kvd_session *ss = (struct kvd_session *)w;
-
-                        /* A session closed earlier in this batch of
-                         * events is still referenced by it: skip. */
-                        if (ss->closed)
-                                break;
-                        kvd_session_ref(ss);
-                        if (evs[i].events & EPOLLOUT)
-                                kvd_session_writable(ss);
-                        if (!ss->closed && (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
-                                kvd_session_readable(ss);
-                        kvd_session_unref(ss);
-                        break;
-                }
-                }
-        }
-out:
         kvd_session_bury(s);
         if (n > 0 || busy)
                 turn_record(s, held + thread_cpu_ns() - t0);
@@ -450,15 +430,14 @@ struct kvd_server *kvd_server_free(struct kvd_server *s)
                 ;
         kvd_session_bury(s);
         for (unsigned i = 0; i < s->n_listeners; i++)
-                close(s->listeners[i].fd);
+                close(s->listeners[i].w.fd);
         if (s->bound_path)
                 unlink(s->cfg->socket);
         if (s->sig_w.fd >= 0)
                 close(s->sig_w.fd);
         if (s->timer_w.fd >= 0)
                 close(s->timer_w.fd);
-        if (s->epfd >= 0)
-                close(s->epfd);
+        kvd_loop_close(&s->loop);
         free(s->rxbuf);
         free(s);
         return NULL;

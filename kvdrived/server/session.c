@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -59,17 +58,31 @@ struct kvd_session *kvd_session_unref(struct kvd_session *ss)
 
 static void update_events(struct kvd_session *ss)
 {
-        struct epoll_event ev = {
-                .events = EPOLLIN | (ss->outq_head ? EPOLLOUT : 0),
-                .data.ptr = &ss->w,
-        };
         bool want = ss->outq_head != NULL;
+        int r;
 
         if (want == ss->want_write)
                 return;
         ss->want_write = want;
-        if (epoll_ctl(ss->server->epfd, EPOLL_CTL_MOD, ss->w.fd, &ev) < 0)
-                log_warning("session %llu: epoll_ctl: %m", (unsigned long long)ss->id);
+        r = kvd_loop_mod(&ss->server->loop, &ss->w, KVD_LOOP_IN | (want ? KVD_LOOP_OUT : 0));
+        if (r < 0)
+                log_warning("session %llu: epoll_ctl: %s", (unsigned long long)ss->id, strerror(-r));
+}
+
+void kvd_session_event(struct kvd_loop_watch *w, uint32_t events)
+{
+        struct kvd_session *ss = container_of(w, struct kvd_session, w);
+
+        /* A session closed earlier in this batch of events is still
+         * referenced by it (it is buried after the batch): skip. */
+        if (ss->closed)
+                return;
+        kvd_session_ref(ss);
+        if (events & KVD_LOOP_OUT)
+                kvd_session_writable(ss);
+        if (!ss->closed && (events & (KVD_LOOP_IN | KVD_LOOP_HUP | KVD_LOOP_ERR)))
+                kvd_session_readable(ss);
+        kvd_session_unref(ss);
 }
 
 /* Who the peer is: its uid and groups as the kernel saw them at connect
@@ -140,7 +153,6 @@ int kvd_session_add(struct kvd_server *s, int fd)
 {
         struct kvd_session *ss;
         socklen_t len = sizeof(struct ucred);
-        struct epoll_event ev;
 
         if (s->n_sessions >= s->cfg->max_clients) {
                 log_warning("refusing a client: max-clients (%u) reached", s->cfg->max_clients);
@@ -153,7 +165,7 @@ int kvd_session_add(struct kvd_server *s, int fd)
         ss->ns_rights = calloc(s->cfg->max_namespaces, 1);
         if (!ss->ns_rights)
                 goto err_free;
-        ss->w = (struct watch){ WATCH_SESSION, fd };
+        ss->w = (struct kvd_loop_watch){ fd, kvd_session_event };
         ss->server = s;
         ss->refs = 1;
         ss->id = ++s->next_session_id;
@@ -174,8 +186,7 @@ int kvd_session_add(struct kvd_server *s, int fd)
                 refuse(fd, msg);
                 return 0;
         }
-        ev = (struct epoll_event){ .events = EPOLLIN, .data.ptr = &ss->w };
-        if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        if (kvd_loop_add(&s->loop, &ss->w, KVD_LOOP_IN) < 0)
                 goto err_free;
         ss->next = s->sessions;
         if (s->sessions)
@@ -205,7 +216,7 @@ void kvd_session_close(struct kvd_session *ss, const char *why)
         ss->closed = true;
         log_info("session %llu (%s): closed: %s; %u requests still in flight", (unsigned long long)ss->id,
                  ss->name[0] ? ss->name : "unnamed", why, ss->inflight);
-        epoll_ctl(s->epfd, EPOLL_CTL_DEL, ss->w.fd, NULL);
+        (void)kvd_loop_del(&s->loop, &ss->w);
         close(ss->w.fd);
         ss->w.fd = -1;
         if (ss->prev)

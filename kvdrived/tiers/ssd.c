@@ -19,6 +19,7 @@
 
 #include "clock.h"
 #include "log.h"
+#include "loop.h"
 #include "macro.h"
 #include "slab.h"
 
@@ -63,6 +64,7 @@ struct kvd_ssd {
         struct io_uring ring;
         bool ring_ok;
         int efd;
+        struct kvd_loop_watch efd_w;    /* efd in the event loop */
         struct ssd_file files[MAX_DIRS];
         unsigned n_files;
         struct kvd_slab *slab;
@@ -699,9 +701,16 @@ void kvd_ssd_reap(struct kvd_ssd *s)
         pump(s);
 }
 
-int kvd_ssd_fd(const struct kvd_ssd *s)
+static void ssd_ready(struct kvd_loop_watch *w, uint32_t events)
 {
-        return s->efd;
+        (void)events;
+        kvd_ssd_reap(container_of(w, struct kvd_ssd, efd_w));
+}
+
+int kvd_ssd_watch(struct kvd_ssd *s, struct kvd_loop *l)
+{
+        s->efd_w = (struct kvd_loop_watch){ s->efd, ssd_ready };
+        return kvd_loop_add(l, &s->efd_w, KVD_LOOP_IN);
 }
 
 struct kvd_tier *kvd_ssd_tier(struct kvd_ssd *s)

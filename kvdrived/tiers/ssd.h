@@ -72,9 +72,12 @@ void kvd_ssd_drain(struct kvd_ssd *s);
 /* Drains (above), then closes. Accepts NULL. */
 struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s);
 
-/* eventfd that becomes readable when operations complete. */
-int kvd_ssd_fd(const struct kvd_ssd *s);
-/* Runs the callbacks of completed operations and queues the next ones. */
+/* Registers the tier's completion eventfd with the event loop, whose turns
+ * then run the callbacks of completed operations and queue the next ones
+ * (kvd_ssd_reap()). 0 or -errno. */
+struct kvd_loop;
+int kvd_ssd_watch(struct kvd_ssd *s, struct kvd_loop *l);
+/* What a turn runs when the eventfd is readable. */
 void kvd_ssd_reap(struct kvd_ssd *s);
 /* Submits the operations queued since the last flush in one system call;
  * the event loop calls it before it sleeps. */

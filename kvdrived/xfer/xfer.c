@@ -11,6 +11,7 @@
 #include "counters.h"
 #include "clock.h"
 #include "log.h"
+#include "loop.h"
 #include "macro.h"
 
 struct queue {
@@ -24,6 +25,7 @@ struct kvd_xfer {
         struct kvd_xfer_batch *completed;   /* LIFO, reversed on reap */
         bool stopping;
         int efd;
+        struct kvd_loop_watch efd_w;    /* efd in the event loop */
         unsigned n_workers;
         pthread_t *workers;
         atomic_uint_fast64_t bytes[2];
@@ -181,6 +183,18 @@ struct kvd_xfer *kvd_xfer_free(struct kvd_xfer *x)
 int kvd_xfer_fd(const struct kvd_xfer *x)
 {
         return x->efd;
+}
+
+static void xfer_ready(struct kvd_loop_watch *w, uint32_t events)
+{
+        (void)events;
+        kvd_xfer_reap(container_of(w, struct kvd_xfer, efd_w));
+}
+
+int kvd_xfer_watch(struct kvd_xfer *x, struct kvd_loop *l)
+{
+        x->efd_w = (struct kvd_loop_watch){ x->efd, xfer_ready };
+        return kvd_loop_add(l, &x->efd_w, KVD_LOOP_IN);
 }
 
 void kvd_xfer_submit(struct kvd_xfer *x, struct kvd_xfer_batch *b)

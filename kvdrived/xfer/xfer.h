@@ -63,6 +63,11 @@ struct kvd_xfer *kvd_xfer_free(struct kvd_xfer *x);
 /* eventfd that becomes readable when batches complete. */
 int kvd_xfer_fd(const struct kvd_xfer *x);
 
+/* Registers that eventfd with the event loop, whose turns then reap
+ * (kvd_xfer_reap()). 0 or -errno. */
+struct kvd_loop;
+int kvd_xfer_watch(struct kvd_xfer *x, struct kvd_loop *l);
+
 /* Queues b (n > 0). Never fails: the batch was fully built by the caller. */
 void kvd_xfer_submit(struct kvd_xfer *x, struct kvd_xfer_batch *b);
 

@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: MIT */
+#include "loop.h"
+
+#include <errno.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+_Static_assert(KVD_LOOP_IN == EPOLLIN && KVD_LOOP_OUT == EPOLLOUT && KVD_LOOP_ERR == EPOLLERR &&
+                       KVD_LOOP_HUP == EPOLLHUP,
+               "the loop's events are epoll's");
+
+/* Events a batch handles at most; the rest wait for the next turn. */
+#define LOOP_BATCH 64
+
+int kvd_loop_init(struct kvd_loop *l)
+{
+        l->stopping = false;
+        l->epfd = epoll_create1(EPOLL_CLOEXEC);
+        return l->epfd < 0 ? -errno : 0;
+}
+
+void kvd_loop_close(struct kvd_loop *l)
+{
+        if (l->epfd >= 0)
+                close(l->epfd);
+        l->epfd = -1;
+}
+
+static int ctl(struct kvd_loop *l, int op, struct kvd_loop_watch *w, uint32_t events)
+{
+        struct epoll_event ev = { .events = events, .data.ptr = w };
+
+        if (!w || w->fd < 0 || !w->fn)
+                return -EINVAL;
+        return epoll_ctl(l->epfd, op, w->fd, &ev) < 0 ? -errno : 0;
+}
+
+int kvd_loop_add(struct kvd_loop *l, struct kvd_loop_watch *w, uint32_t events)
+{
+        return ctl(l, EPOLL_CTL_ADD, w, events);
+}
+
+int kvd_loop_mod(struct kvd_loop *l, struct kvd_loop_watch *w, uint32_t events)
+{
+        return ctl(l, EPOLL_CTL_MOD, w, events);
+}
+
+int kvd_loop_del(struct kvd_loop *l, struct kvd_loop_watch *w)
+{
+        return ctl(l, EPOLL_CTL_DEL, w, 0);
+}
+
+void kvd_loop_stop(struct kvd_loop *l)
+{
+        l->stopping = true;
+}
+
+int kvd_loop_run_once(struct kvd_loop *l, int timeout_ms)
+{
+        struct epoll_event evs[LOOP_BATCH];
+        int n = epoll_wait(l->epfd, evs, LOOP_BATCH, timeout_ms);
+
+        if (n < 0)
+                return errno == EINTR ? 0 : -errno;
+        for (int i = 0; i < n; i++) {
+                struct kvd_loop_watch *w = evs[i].data.ptr;
+
+                w->fn(w, evs[i].events);
+                if (l->stopping) {
+                        l->stopping = false;
+                        return -ECANCELED;
+                }
+        }
+        return n;
+}
