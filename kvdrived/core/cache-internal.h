@@ -9,10 +9,9 @@
 #include <stdint.h>
 
 #include "cache.h"
-#include "host.h"
 #include "index.h"
 #include "slab.h"
-#include "ssd.h"
+#include "tiers.h"
 
 struct lru {
         uint32_t head, tail;    /* head: least recently used */
@@ -43,11 +42,13 @@ struct waiter {
 
 struct kvd_cache {
         const struct kvd_config *cfg;
-        struct kvd_host *host;
-        struct kvd_tier *host_tier;
-        struct kvd_ssd *ssd;    /* NULL without an SSD tier */
+        /* The tiers, fastest first (tiers/tiers.h): tiers[0] is the host
+         * tier (memory), then the SSD tier if there is one (storage). */
+        struct kvd_tier *tiers[KVD_MAX_TIERS];
+        unsigned n_tiers;
+        struct kvd_tier *host_tier;     /* tiers[0] */
+        struct kvd_tier *ssd_tier;      /* NULL without an SSD tier */
         uint32_t hdr;           /* bytes of slot header heading each host page */
-        struct kvd_tier *ssd_tier;
         struct kvd_index *index;
         struct kvd_ns *ns;      /* cfg->max_namespaces entries */
         uint32_t n_ns;          /* in use */
@@ -104,3 +105,28 @@ void kvd_ns_settle(struct kvd_cache *c, uint32_t id);
 /* cache.c */
 /* Deletes block id as a Delete request would: 1 if deleted or doomed. */
 int kvd_cache_delete_id(struct kvd_cache *c, uint32_t id);
+
+/* waiters.c: parks item of a request on block id until it is ready (0 or
+ * -ENOMEM); takes the waiters of block id (the head of their list, 0: none);
+ * wakes the list headed by w, each told ok; wakes the waiters for host room
+ * and quota that can go now. */
+int kvd_wait_on_block(struct kvd_cache *c, uint32_t id, kvd_wait_fn fn, void *ctx, uint32_t item);
+uint32_t kvd_take_block_waiters(struct kvd_cache *c, uint32_t id);
+void kvd_wake(struct kvd_cache *c, uint32_t w, bool ok);
+void kvd_wake_space(struct kvd_cache *c);
+
+/* recover.c: the storage tier's blocks back into the index (start-up).
+ * 0 or -errno (logged). */
+int kvd_cache_recover(struct kvd_cache *c);
+
+/* The host tier's page at loc. */
+static inline void *kvd_cache_host_ptr(const struct kvd_cache *c, uint32_t loc)
+{
+        return c->host_tier->ops->ptr(c->host_tier, loc);
+}
+
+/* Whether the SSD tier is there and can be trusted with blocks. */
+static inline bool kvd_cache_ssd_ok(const struct kvd_cache *c)
+{
+        return c->ssd_tier && !c->ssd_tier->ops->damaged(c->ssd_tier);
+}

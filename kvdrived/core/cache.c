@@ -29,148 +29,7 @@ struct ssd_ctx {
         bool durable;           /* a write with RWF_DSYNC, or a sync */
 };
 
-/* ---- waiters ------------------------------------------------------------ */
-
-static int waiter_new(struct kvd_cache *c, kvd_wait_fn fn, void *ctx, uint32_t item, uint32_t *ret)
-{
-        uint32_t w = c->free_waiter;
-
-        if (w) {
-                c->free_waiter = c->waiters[w].next;
-        } else {
-                if (c->n_waiters + 1 >= c->cap_waiters) {
-                        uint32_t cap = c->cap_waiters ? c->cap_waiters * 2 : 64;
-                        struct waiter *nw = realloc(c->waiters, cap * sizeof(*nw));
-
-                        if (!nw)
-                                return -ENOMEM;
-                        c->waiters = nw;
-                        c->cap_waiters = cap;
-                }
-                w = ++c->n_waiters;
-        }
-        c->waiters[w] = (struct waiter){ .fn = fn, .ctx = ctx, .item = item };
-        *ret = w;
-        return 0;
-}
-
-/* Block waiters hang off lru_prev of a PENDING or LOADING block. */
-static int wait_on_block(struct kvd_cache *c, uint32_t id, kvd_wait_fn fn, void *ctx, uint32_t item)
-{
-        struct kvd_block *b = blk(c, id);
-        uint32_t w;
-        int r = waiter_new(c, fn, ctx, item, &w);
-
-        if (r < 0)
-                return r;
-        c->waiters[w].next = b->lru_prev;
-        b->lru_prev = w;
-        return 0;
-}
-
-static uint32_t take_block_waiters(struct kvd_cache *c, uint32_t id)
-{
-        struct kvd_block *b = blk(c, id);
-        uint32_t head = b->lru_prev;
-
-        b->lru_prev = KVD_ID_NONE;
-        return head;
-}
-
-/* Runs a taken list, once the block's new state is in place: a callback may
- * complete a request, whose owner may then touch the cache again. */
-static void wake(struct kvd_cache *c, uint32_t w, bool ok)
-{
-        while (w) {
-                struct waiter x = c->waiters[w];
-
-                c->waiters[w].next = c->free_waiter;
-                c->free_waiter = w;
-                x.fn(x.ctx, x.item, ok);
-                w = x.next;
-        }
-}
-
-int kvd_cache_wait_pending(struct kvd_cache *c, uint32_t id, kvd_wait_fn fn, void *ctx, uint32_t item)
-{
-        assert(blk(c, id)->state == KVD_BLOCK_PENDING);
-        return wait_on_block(c, id, fn, ctx, item);
-}
-
-int kvd_cache_wait_space(struct kvd_cache *c, int why, kvd_wait_fn fn, void *ctx, uint32_t item)
-{
-        uint32_t w;
-        int r;
-
-        if (c->stopping)
-                return -ECANCELED;
-        r = waiter_new(c, fn, ctx, item, &w);
-        if (r < 0)
-                return r;
-        c->waiters[w].quota = why == -EXFULL;
-        if (c->space_tail)
-                c->waiters[c->space_tail].next = w;
-        else
-                c->space_head = w;
-        c->space_tail = w;
-        c->space_waiting++;
-        return 0;
-}
-
-/*
- * Host room may have been made: let the waiters try again, oldest first.
- * One that has to wait for the tier again stops the round (the rest would
- * too); one that waits for its owner's quota does not (the next may belong
- * to someone else). Each waiter is tried at most once per round.
- */
-static void wake_space(struct kvd_cache *c)
-{
-        uint32_t round;
-
-        if (c->waking_space)
-                return; /* a retry freed room: the loop below goes on anyway */
-        c->waking_space = true;
-        for (round = c->space_waiting; round > 0 && c->space_head; round--) {
-                uint32_t w = c->space_head, tail_before;
-                struct waiter x = c->waiters[w];
-
-                c->space_head = x.next;
-                if (!c->space_head)
-                        c->space_tail = 0;
-                c->space_waiting--;
-                c->waiters[w].next = c->free_waiter;
-                c->free_waiter = w;
-                tail_before = c->space_tail;
-                x.fn(x.ctx, x.item, true);
-                if (c->space_tail != tail_before && !c->waiters[c->space_tail].quota)
-                        break;  /* it queued itself again: no room in the tier yet */
-        }
-        c->waking_space = false;
-}
-
-void kvd_cache_quiesce(struct kvd_cache *c)
-{
-        c->stopping = true;
-        while (c->space_head) {
-                uint32_t w = c->space_head;
-                struct waiter x = c->waiters[w];
-
-                c->space_head = x.next;
-                if (!c->space_head)
-                        c->space_tail = 0;
-                c->space_waiting--;
-                c->waiters[w].next = c->free_waiter;
-                c->free_waiter = w;
-                x.fn(x.ctx, x.item, false);
-        }
-        if (c->ssd)
-                kvd_ssd_drain(c->ssd);
-}
-
 /* ---- set-up ------------------------------------------------------------- */
-
-static bool recover_slot(void *ctx, const struct kvd_slot_header *h, uint32_t loc, int klass);
-static void report_skipped(const struct kvd_cache *c);
 
 int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret)
 {
@@ -191,39 +50,20 @@ int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret)
                 r = -ENOMEM;
                 goto err;
         }
-        /* The SSD directories first: a daemon that may not have them (another
-         * holds them, one is missing) stops before it maps and mlocks memory. */
-        if (cfg->ssd_bytes) {
-                r = kvd_ssd_new(cfg, &c->ssd);
-                if (r < 0)
-                        goto err;
-        }
-        r = kvd_host_new(cfg, &c->host);
+        r = kvd_tiers_new(cfg, c->tiers);
         if (r < 0)
                 goto err;
-        c->host_tier = kvd_host_tier(c->host);
+        c->n_tiers = (unsigned)r;
+        c->host_tier = c->tiers[0];
+        c->ssd_tier = c->n_tiers > 1 ? c->tiers[1] : NULL;
         /* A 16 KiB block is small for KV (one layer, all heads, 16+ tokens). */
         expected = cfg->index_blocks ? cfg->index_blocks : (cfg->host_bytes + cfg->ssd_bytes) / (16u << 10);
         r = kvd_index_new(expected, &c->index);
         if (r < 0)
                 goto err;
-        if (cfg->ssd_bytes) {
-                uint64_t t0;
-                int64_t kept;
-
-                kvd_ssd_attach_host(c->ssd, c->host);
-                c->ssd_tier = kvd_ssd_tier(c->ssd);
-                t0 = kvd_now_ns();
-                kept = kvd_ssd_recover(c->ssd, recover_slot, c);
-                if (kept < 0) {
-                        r = (int)kept;
-                        log_error("SSD tier: recovery failed: %s", strerror(-r));
-                        goto err;
-                }
-                log_info("SSD tier: recovered %" PRId64 " blocks in %u namespaces in %.3f s", kept, c->n_ns,
-                         (double)(kvd_now_ns() - t0) / 1e9);
-                report_skipped(c);
-        }
+        r = kvd_cache_recover(c);
+        if (r < 0)
+                goto err;
         *ret = c;
         return 0;
 err:
@@ -235,7 +75,10 @@ struct kvd_cache *kvd_cache_free(struct kvd_cache *c)
 {
         if (!c)
                 return NULL;
-        kvd_ssd_free(c->ssd);   /* its callbacks still use the index */
+        /* The storage tiers first: their callbacks still use the index and
+         * the host pages. */
+        for (unsigned i = c->n_tiers; i-- > 1;)
+                c->tiers[i]->ops->destroy(c->tiers[i]);
         kvd_index_free(c->index);
         free(c->waiters);
         if (c->host_tier)
@@ -250,35 +93,41 @@ struct kvd_cache *kvd_cache_free(struct kvd_cache *c)
 
 int kvd_cache_watch(struct kvd_cache *c, struct kvd_loop *l)
 {
-        return c->ssd ? kvd_ssd_watch(c->ssd, l) : 0;
+        for (unsigned i = 0; i < c->n_tiers; i++) {
+                int r = c->tiers[i]->ops->watch ? c->tiers[i]->ops->watch(c->tiers[i], l) : 0;
+
+                if (r < 0)
+                        return r;
+        }
+        return 0;
 }
 
 void kvd_cache_flush(struct kvd_cache *c)
 {
-        if (c->ssd)
-                kvd_ssd_flush(c->ssd);
+        if (c->ssd_tier)
+                c->ssd_tier->ops->flush(c->ssd_tier);
 }
 
 bool kvd_cache_has_ssd(const struct kvd_cache *c)
 {
-        return c->ssd != NULL;
+        return c->ssd_tier != NULL;
 }
 
 bool kvd_cache_ssd_damaged(const struct kvd_cache *c)
 {
-        return c->ssd && kvd_ssd_damaged(c->ssd);
+        return c->ssd_tier && !kvd_cache_ssd_ok(c);
 }
 
 void kvd_cache_tick(struct kvd_cache *c)
 {
-        if (c->ssd && !kvd_ssd_damaged(c->ssd))
-                kvd_ssd_check(c->ssd);
+        if (kvd_cache_ssd_ok(c))
+                c->ssd_tier->ops->check(c->ssd_tier);
 }
 
 void kvd_cache_host_region(const struct kvd_cache *c, void **ret_base, uint64_t *ret_len,
                            uint64_t *ret_extent_bytes)
 {
-        kvd_host_region(c->host, ret_base, ret_len);
+        c->host_tier->ops->region(c->host_tier, ret_base, ret_len);
         *ret_extent_bytes = c->cfg->host_extent_bytes;
 }
 
@@ -318,7 +167,7 @@ static void free_ssd_copy(struct kvd_cache *c, uint32_t id, bool invalidate)
         ns->tenant->st.ssd_bytes -= ns->ssd_charge;
         b->synced = 0;
         if (invalidate)
-                kvd_ssd_discard(c->ssd, b->ssd_loc);
+                c->ssd_tier->ops->discard(c->ssd_tier, b->ssd_loc);
         else
                 c->ssd_tier->ops->free(c->ssd_tier, b->ssd_loc);
         b->ssd_loc = KVD_LOC_NONE;
@@ -415,7 +264,7 @@ static void write_done(void *ctx, int r)
         struct kvd_block *b = blk(c, x->id);
         bool evict = b->flags & KVD_BLOCK_EVICT;
         /* Durable Puts of this key that found it being written. */
-        uint32_t waiters = take_block_waiters(c, x->id);
+        uint32_t waiters = kvd_take_block_waiters(c, x->id);
 
         b->flags &= ~(KVD_BLOCK_WRITING | KVD_BLOCK_EVICT);
         b->synced = r == 0 && x->durable;
@@ -439,9 +288,9 @@ static void write_done(void *ctx, int r)
         if (x->fn)
                 x->fn(x->fn_ctx, x->item, r == 0);
         settle(c, x->id);
-        wake(c, waiters, r == 0);
+        kvd_wake(c, waiters, r == 0);
         free(x);
-        wake_space(c);
+        kvd_wake_space(c);
 }
 
 /* A sync of a block's SSD copy ended (kvd_cache_put_durable()). */
@@ -450,7 +299,7 @@ static void sync_done(void *ctx, int r)
         struct ssd_ctx *x = ctx;
         struct kvd_cache *c = x->c;
         struct kvd_block *b = blk(c, x->id);
-        uint32_t waiters = take_block_waiters(c, x->id);
+        uint32_t waiters = kvd_take_block_waiters(c, x->id);
 
         b->flags &= ~KVD_BLOCK_WRITING;
         if (r == 0)
@@ -458,9 +307,9 @@ static void sync_done(void *ctx, int r)
         else
                 log_warning("SSD tier: syncing a block for a durable Put failed: %s", strerror(-r));
         settle(c, x->id);
-        wake(c, waiters, r == 0);
+        kvd_wake(c, waiters, r == 0);
         free(x);
-        wake_space(c);
+        kvd_wake_space(c);
 }
 
 /* Writes block id's host copy to a new SSD slot (may_evict: making room for
@@ -504,8 +353,8 @@ static int start_write(struct kvd_cache *c, uint32_t id, bool durable, bool evic
         tmpl.ns_block_tokens = ns->geometry.block_tokens;
         memcpy(tmpl.ns_name, ns->name, sizeof(tmpl.ns_name));
         tmpl.ns_owner = ns->owner;
-        kvd_ssd_write(c->ssd, loc, &tmpl, kvd_host_ptr(c->host, b->loc), (uint32_t)ns->block_bytes, durable,
-                      durable || fn ? KVD_SSD_DEMAND : KVD_SSD_BACKGROUND, write_done, x);
+        c->ssd_tier->ops->write(c->ssd_tier, loc, &tmpl, kvd_cache_host_ptr(c, b->loc), (uint32_t)ns->block_bytes,
+                                durable, durable || fn ? KVD_PRIO_DEMAND : KVD_PRIO_BACKGROUND, write_done, x);
         return 0;
 }
 
@@ -518,7 +367,7 @@ uint64_t kvd_cache_write_back(struct kvd_cache *c)
 {
         uint64_t started = 0;
 
-        if (!c->ssd || kvd_ssd_damaged(c->ssd))
+        if (!kvd_cache_ssd_ok(c))
                 return 0;
         for (uint32_t t = 0; t < c->n_tenants; t++)
                 for (int k = 0; k < KVD_SLAB_MAX_CLASSES; k++) {
@@ -557,7 +406,7 @@ static int evict_host_copy(struct kvd_cache *c, uint32_t victim)
                 return 0;
         }
         /* Never into a damaged tier: the block is dropped, counted. */
-        if (c->ssd && admitted(c, b) && !kvd_ssd_damaged(c->ssd)) {
+        if (kvd_cache_ssd_ok(c) && admitted(c, b)) {
                 if (c->evict_writes >= MAX_EVICT_WRITES)
                         return -EAGAIN;
                 if (start_write(c, victim, false, true, true, NULL, NULL, 0) == 0)
@@ -597,7 +446,7 @@ static int make_room(struct kvd_cache *c, const struct kvd_ns *ns)
                         return -EXFULL;
                 t->st.quota_evictions++;
         }
-        while (!kvd_host_can_alloc(c->host, ns->klass)) {
+        while (!c->host_tier->ops->can_alloc(c->host_tier, ns->klass)) {
                 uint32_t victim = kvd_pick_victim(c, ns->klass, &c->evict_rr, false);
 
                 if (victim == KVD_ID_NONE) {
@@ -649,7 +498,7 @@ int kvd_cache_put_reserve(struct kvd_cache *c, const struct kvd_bkey *k, uint32_
         b->klass = (uint8_t)ns->klass;
         b->loc = loc;
         *ret_id = id;
-        *ret_host = (uint8_t *)kvd_host_ptr(c->host, loc) + c->hdr;
+        *ret_host = (uint8_t *)kvd_cache_host_ptr(c, loc) + c->hdr;
         return 0;
 }
 
@@ -661,25 +510,25 @@ int kvd_cache_put_commit(struct kvd_cache *c, uint32_t id, bool durable, kvd_wai
         int r = 0;
 
         assert(b->state == KVD_BLOCK_PENDING);
-        waiters = take_block_waiters(c, id);
+        waiters = kvd_take_block_waiters(c, id);
         b->state = KVD_BLOCK_READY;
         c->ns[b->ns].blocks++;
         c->puts++;
         kvd_lru_update(c, id, true);
         /* A damaged tier makes nothing durable: a durable Put fails (the
          * block stays in host memory); write-through stops (see cache.h). */
-        if (c->ssd && durable && kvd_ssd_damaged(c->ssd)) {
+        if (c->ssd_tier && durable && !kvd_cache_ssd_ok(c)) {
                 r = -EIO;
-        } else if (c->ssd && (durable || c->cfg->ssd_write_through) && !kvd_ssd_damaged(c->ssd)) {
+        } else if (kvd_cache_ssd_ok(c) && (durable || c->cfg->ssd_write_through)) {
                 r = start_write(c, id, durable, false, true, fn, ctx, item);
                 r = r == 0 ? 1 : r;
         }
-        wake(c, waiters, true);
+        kvd_wake(c, waiters, true);
         /* A Put that raced a drop of its namespace: stored, then deleted. */
         if (c->ns[b->ns].dropped)
                 kvd_cache_delete_id(c, id);
         /* It may go now: room for Puts waiting on its owner's quota. */
-        wake_space(c);
+        kvd_wake_space(c);
         return r;
 }
 
@@ -690,10 +539,10 @@ int kvd_cache_put_durable(struct kvd_cache *c, uint32_t id, kvd_wait_fn fn, void
         int r;
 
         assert(b->state == KVD_BLOCK_READY);
-        if (!c->ssd || kvd_ssd_damaged(c->ssd) || (b->flags & KVD_BLOCK_DOOMED))
+        if (!kvd_cache_ssd_ok(c) || (b->flags & KVD_BLOCK_DOOMED))
                 return -EIO;
         if (b->flags & KVD_BLOCK_WRITING)
-                return wait_on_block(c, id, fn, ctx, item) == 0 ? 1 : -ENOMEM;
+                return kvd_wait_on_block(c, id, fn, ctx, item) == 0 ? 1 : -ENOMEM;
         if (b->ssd_loc != KVD_LOC_NONE && b->synced)
                 return 0;
         if (b->ssd_loc == KVD_LOC_NONE) {
@@ -701,19 +550,19 @@ int kvd_cache_put_durable(struct kvd_cache *c, uint32_t id, kvd_wait_fn fn, void
                 r = start_write(c, id, true, false, true, NULL, NULL, 0);
                 if (r < 0)
                         return r;
-                return wait_on_block(c, id, fn, ctx, item) == 0 ? 1 : -ENOMEM;
+                return kvd_wait_on_block(c, id, fn, ctx, item) == 0 ? 1 : -ENOMEM;
         }
         /* On SSD, but written without RWF_DSYNC (a demotion, or found at
          * start-up): an fdatasync makes it durable. */
         x = malloc(sizeof(*x));
-        if (!x || wait_on_block(c, id, fn, ctx, item) < 0) {
+        if (!x || kvd_wait_on_block(c, id, fn, ctx, item) < 0) {
                 free(x);
                 return -ENOMEM;
         }
         *x = (struct ssd_ctx){ .c = c, .id = id, .durable = true };
         b->flags |= KVD_BLOCK_WRITING;
         kvd_lru_update(c, id, false);
-        kvd_ssd_sync(c->ssd, b->ssd_loc, KVD_SSD_DEMAND, sync_done, x);
+        c->ssd_tier->ops->sync(c->ssd_tier, b->ssd_loc, KVD_PRIO_DEMAND, sync_done, x);
         return 1;
 }
 
@@ -722,10 +571,10 @@ void kvd_cache_put_abort(struct kvd_cache *c, uint32_t id)
         uint32_t waiters;
 
         assert(blk(c, id)->state == KVD_BLOCK_PENDING);
-        waiters = take_block_waiters(c, id);
+        waiters = kvd_take_block_waiters(c, id);
         drop(c, id, false);
-        wake(c, waiters, false);
-        wake_space(c);
+        kvd_wake(c, waiters, false);
+        kvd_wake_space(c);
 }
 
 /* ---- Get ---------------------------------------------------------------- */
@@ -735,7 +584,7 @@ static void load_done(void *ctx, int r)
         struct ssd_ctx *x = ctx;
         struct kvd_cache *c = x->c;
         struct kvd_block *b = blk(c, x->id);
-        uint32_t waiters = take_block_waiters(c, x->id);
+        uint32_t waiters = kvd_take_block_waiters(c, x->id);
 
         b->flags &= ~KVD_BLOCK_LOADING;
         if (x->speculative)
@@ -760,11 +609,11 @@ static void load_done(void *ctx, int r)
                         b->flags |= KVD_BLOCK_DOOMED;
                 }
         }
-        wake(c, waiters, r == 0);
+        kvd_wake(c, waiters, r == 0);
         if (r == 0)
                 settle(c, x->id);
         free(x);
-        wake_space(c);
+        kvd_wake_space(c);
 }
 
 /*
@@ -773,7 +622,7 @@ static void load_done(void *ctx, int r)
  * else only free host memory is used (a guess must not push out what is
  * in use). 0 when the read was started, else -errno and nothing changed.
  */
-static int start_load(struct kvd_cache *c, uint32_t id, enum kvd_ssd_prio prio, bool may_evict, kvd_wait_fn fn,
+static int start_load(struct kvd_cache *c, uint32_t id, enum kvd_prio prio, bool may_evict, kvd_wait_fn fn,
                       void *ctx, uint32_t item)
 {
         struct kvd_block *b = blk(c, id);
@@ -792,12 +641,12 @@ static int start_load(struct kvd_cache *c, uint32_t id, enum kvd_ssd_prio prio, 
         else if (may_evict)
                 r = make_room(c, ns);
         else
-                r = kvd_host_can_alloc(c->host, ns->klass) &&
+                r = c->host_tier->ops->can_alloc(c->host_tier, ns->klass) &&
                     ns->tenant->st.host_bytes + ns->host_charge <= ns->tenant->st.quota.host_bytes ? 0 : -ENOSPC;
         if (r == 0)
                 r = host_alloc(c, ns, &loc);
         if (r == 0 && fn) {
-                r = wait_on_block(c, id, fn, ctx, item);
+                r = kvd_wait_on_block(c, id, fn, ctx, item);
                 if (r < 0)
                         host_release(c, ns, loc);
         }
@@ -808,11 +657,11 @@ static int start_load(struct kvd_cache *c, uint32_t id, enum kvd_ssd_prio prio, 
                 return r;
         }
         b->loc = loc;
-        *x = (struct ssd_ctx){ .c = c, .id = id, .speculative = prio == KVD_SSD_SPECULATIVE };
+        *x = (struct ssd_ctx){ .c = c, .id = id, .speculative = prio == KVD_PRIO_SPECULATIVE };
         if (x->speculative)
                 c->spec_inflight++;
-        kvd_ssd_read(c->ssd, b->ssd_loc, kvd_host_ptr(c->host, loc), (uint32_t)ns->block_bytes, b->key_hi,
-                     b->key_lo, b->layer, prio, load_done, x);
+        c->ssd_tier->ops->read(c->ssd_tier, b->ssd_loc, kvd_cache_host_ptr(c, loc), (uint32_t)ns->block_bytes,
+                               b->key_hi, b->key_lo, b->layer, prio, load_done, x);
         return 0;
 }
 
@@ -824,7 +673,7 @@ static void promote_next_layer(struct kvd_cache *c, const struct kvd_block *b)
         const struct kvd_block *n;
         uint32_t id;
 
-        if (!c->ssd || !c->cfg->promote_next_layer || c->spec_inflight >= MAX_SPEC_LOADS ||
+        if (!c->ssd_tier || !c->cfg->promote_next_layer || c->spec_inflight >= MAX_SPEC_LOADS ||
             k.layer >= c->ns[b->ns].geometry.layers)
                 return;
         id = kvd_index_find(c->index, &k);
@@ -834,7 +683,7 @@ static void promote_next_layer(struct kvd_cache *c, const struct kvd_block *b)
         if (n->state != KVD_BLOCK_READY || n->loc != KVD_LOC_NONE || n->ssd_loc == KVD_LOC_NONE ||
             (n->flags & (KVD_BLOCK_LOADING | KVD_BLOCK_DOOMED | KVD_BLOCK_WRITING)))
                 return;
-        if (start_load(c, id, KVD_SSD_SPECULATIVE, false, NULL, NULL, 0) == 0)
+        if (start_load(c, id, KVD_PRIO_SPECULATIVE, false, NULL, NULL, 0) == 0)
                 c->spec_promotions++;
 }
 
@@ -847,12 +696,12 @@ int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, bool prefet
 
         if (id == KVD_ID_NONE || (b = blk(c, id))->state != KVD_BLOCK_READY || (b->flags & KVD_BLOCK_DOOMED)) {
                 c->misses++;
-                if (c->ssd)
+                if (c->ssd_tier)
                         c->ssd_misses++;
                 return -ENOENT;
         }
         if (b->flags & KVD_BLOCK_LOADING)
-                return wait_on_block(c, id, fn, ctx, item) == 0 ? -EINPROGRESS : -ENOMEM;
+                return kvd_wait_on_block(c, id, fn, ctx, item) == 0 ? -EINPROGRESS : -ENOMEM;
         if (b->loc != KVD_LOC_NONE) {
                 if (b->pins == UINT16_MAX)
                         return -EBUSY;
@@ -867,11 +716,11 @@ int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, bool prefet
                 kvd_lru_update(c, id, true);
                 promote_next_layer(c, b);
                 *ret_id = id;
-                *ret_host = (uint8_t *)kvd_host_ptr(c->host, b->loc) + c->hdr;
+                *ret_host = (uint8_t *)kvd_cache_host_ptr(c, b->loc) + c->hdr;
                 return 0;
         }
         /* On SSD only: stage it in host, then the waiter pins it. */
-        r = start_load(c, id, prefetch ? KVD_SSD_PREFETCH : KVD_SSD_DEMAND, true, fn, ctx, item);
+        r = start_load(c, id, prefetch ? KVD_PRIO_PREFETCH : KVD_PRIO_DEMAND, true, fn, ctx, item);
         if (r < 0)
                 return r;
         c->misses++;
@@ -900,7 +749,7 @@ void kvd_cache_unpin(struct kvd_cache *c, uint32_t id)
         b->pins--;
         settle(c, id);
         if (b->pins == 0)
-                wake_space(c);
+                kvd_wake_space(c);
 }
 
 /* ---- lookups, deletes, stats, recovery ------------------------------------ */
@@ -932,72 +781,8 @@ int kvd_cache_delete_id(struct kvd_cache *c, uint32_t id)
                 return 1;
         }
         drop(c, id, true);
-        wake_space(c);
+        kvd_wake_space(c);
         return 1;
-}
-
-/*
- * A valid slot found at start-up: its block goes back into the index, in
- * the namespace of its owner (created as it would be by a client, so that
- * recovery never takes the table or an owner past a limit: a block that
- * would is left out, and its slot is reused).
- */
-static bool recover_slot(void *ctx, const struct kvd_slot_header *h, uint32_t loc, int klass)
-{
-        struct kvd_cache *c = ctx;
-        struct kvd_geometry g = { h->ns_layers, h->ns_kv_heads, h->ns_head_dim, h->ns_dtype, h->ns_block_tokens };
-        char name[KVD_NS_NAME_MAX];
-        struct kvd_bkey k;
-        struct kvd_block *b;
-        struct kvd_ns *ns;
-        bool created;
-        uint32_t ns_id, id;
-        int r;
-
-        memcpy(name, h->ns_name, sizeof(name));
-        name[sizeof(name) - 1] = '\0';
-        r = kvd_cache_ns_register(c, name, &g, h->ns_owner, true, &ns_id, &created);
-        if (r == -EDQUOT || r == -ENOSPC) {
-                c->recover_skipped_ns++;
-                return false;
-        }
-        if (r < 0)
-                return false;
-        ns = &c->ns[ns_id];
-        if (ns->ssd_klass != klass || ns->block_bytes != h->payload_len || h->layer >= g.layers)
-                goto skip;
-        if (ns->tenant->st.ssd_bytes + ns->ssd_charge > ns->tenant->st.quota.ssd_bytes) {
-                c->recover_skipped_quota++;
-                goto skip;
-        }
-        k = (struct kvd_bkey){ h->key_hi, h->key_lo, ns_id, h->layer };
-        /* A second copy of a key (left by a crash between writing a new copy
-         * and freeing an old one) holds the same bytes: keep the first. */
-        if (kvd_index_insert(c->index, &k, &id) < 0)
-                goto skip;
-        kvd_ns_record_added(c, ns_id);
-        ns->tenant->st.ssd_bytes += ns->ssd_charge;
-        b = blk(c, id);
-        b->state = KVD_BLOCK_READY;
-        b->klass = (uint8_t)ns->klass;
-        b->ssd_klass = (uint8_t)klass;
-        b->ssd_loc = loc;
-        ns->blocks++;
-        kvd_lru_update(c, id, false);
-        return true;
-skip:
-        kvd_ns_settle(c, ns_id); /* one just created for this block goes again */
-        return false;
-}
-
-static void report_skipped(const struct kvd_cache *c)
-{
-        if (c->recover_skipped_ns)
-                log_warning("SSD tier: %" PRIu64 " blocks left out: their namespaces would pass max-namespaces (%u) "
-                            "or their owner's quota-namespaces", c->recover_skipped_ns, c->cfg->max_namespaces);
-        if (c->recover_skipped_quota)
-                log_warning("SSD tier: %" PRIu64 " blocks left out: their owners' SSD quota is full",
-                            c->recover_skipped_quota);
 }
 
 void kvd_cache_stats(const struct kvd_cache *c, struct kvd_cache_stats *ret)
@@ -1009,17 +794,17 @@ void kvd_cache_stats(const struct kvd_cache *c, struct kvd_cache_stats *ret)
                 .index_entries = kvd_index_count(c->index),
                 .index_bytes = kvd_index_bytes(c->index),
                 .index_bytes_per_block = kvd_index_bytes_per_block(),
-                .have_ssd = c->ssd != NULL,
+                .have_ssd = c->ssd_tier != NULL,
                 .ssd_hits = c->ssd_hits, .ssd_misses = c->ssd_misses, .ssd_evictions = c->ssd_evictions,
                 .demotions = c->demotions, .promotions = c->promotions, .dropped = c->dropped,
                 .spec_promotions = c->spec_promotions, .scores = c->scores,
                 .eviction = c->cfg->eviction == KVD_EVICT_LRU ? "lru" : "heat",
         };
         c->host_tier->ops->usage(c->host_tier, &ret->host);
-        if (c->ssd) {
-                struct kvd_ssd_stats ss;
+        if (c->ssd_tier) {
+                struct kvd_tier_stats ss;
 
-                kvd_ssd_stats(c->ssd, &ss);
+                c->ssd_tier->ops->stats(c->ssd_tier, &ss);
                 ret->ssd = (struct kvd_tier_usage){ ss.capacity_bytes, ss.used_bytes, ss.blocks };
                 ret->ssd_reads = ss.reads;
                 ret->ssd_writes = ss.writes;

@@ -31,8 +31,6 @@
  * (a Lookup or Delete visits every layer of every key). */
 #define KVD_NS_MAX_LAYERS 1024
 
-struct kvd_ssd;
-struct kvd_host;
 
 struct kvd_geometry {
         uint32_t layers;

@@ -185,7 +185,7 @@ int kvd_cache_ns_register(struct kvd_cache *c, const char *name, const struct kv
         ns = &c->ns[id];
         *ns = (struct kvd_ns){ .id = id, .geometry = *g, .block_bytes = bytes, .klass = klass,
                                .ssd_klass = ssd_klass, .owner = owner, .in_use = true, .tenant = t,
-                               .host_charge = kvd_host_class_bytes(c->host, klass),
+                               .host_charge = c->host_tier->ops->class_bytes(c->host_tier, klass),
                                .ssd_charge = (uint32_t)(KVD_SLOT_HDR_BYTES + ALIGN_UP(bytes, KVD_PAGE)) };
         memcpy(ns->name, name, strlen(name) + 1);
         t->st.namespaces++;

@@ -71,6 +71,26 @@ static struct kvd_tier *host_destroy(struct kvd_tier *t)
         return NULL;
 }
 
+static void *host_ptr(const struct kvd_tier *t, uint32_t loc)
+{
+        return kvd_host_ptr(to_host_const(t), loc);
+}
+
+static uint32_t host_class_bytes(const struct kvd_tier *t, int klass)
+{
+        return kvd_host_class_bytes(to_host_const(t), klass);
+}
+
+static bool host_can_alloc(const struct kvd_tier *t, int klass)
+{
+        return kvd_host_can_alloc(to_host_const(t), klass);
+}
+
+static void host_region(const struct kvd_tier *t, void **ret_base, uint64_t *ret_len)
+{
+        kvd_host_region(to_host_const(t), ret_base, ret_len);
+}
+
 static const struct kvd_tier_ops host_ops = {
         .name = "host",
         .class_for = host_class_for,
@@ -78,6 +98,10 @@ static const struct kvd_tier_ops host_ops = {
         .free = host_free,
         .usage = host_usage,
         .destroy = host_destroy,
+        .ptr = host_ptr,
+        .class_bytes = host_class_bytes,
+        .can_alloc = host_can_alloc,
+        .region = host_region,
 };
 
 /* Maps len bytes aligned to 2 MiB: MAP_HUGETLB if the system has reserved

@@ -35,7 +35,7 @@ enum op_kind { OP_READ, OP_WRITE, OP_INVALIDATE, OP_SYNC };
 struct op {
         struct op *next;
         enum op_kind kind;
-        enum kvd_ssd_prio prio;
+        enum kvd_prio prio;
         bool dsync;
         uint32_t loc;
         uint32_t len;           /* payload bytes */
@@ -82,7 +82,7 @@ struct kvd_ssd {
         bool fixed;                     /* buffers registered */
         struct {
                 struct op *head, *tail;
-        } queue[KVD_SSD_PRIO_COUNT];
+        } queue[KVD_PRIO_COUNT];
         unsigned qd, inflight, queued;
         uint64_t busy_since_ns;         /* inflight went above 0 */
         bool unsubmitted;               /* SQEs prepared, not yet submitted */
@@ -91,7 +91,7 @@ struct kvd_ssd {
         uint64_t pass, files_checked_pass, extent_checked_pass;
         uint32_t extent_checked;
         uint32_t scrub_next;            /* next extent header kvd_ssd_check() reads */
-        struct kvd_ssd_stats st;        /* st.damaged: see ssd.h */
+        struct kvd_tier_stats st;        /* st.damaged: see ssd.h */
 };
 
 static uint32_t crc32c(const void *p, size_t n, uint32_t seed)
@@ -395,14 +395,7 @@ static struct kvd_tier *ssd_destroy(struct kvd_tier *t)
         return t ? (kvd_ssd_free(to_ssd(t)), NULL) : NULL;
 }
 
-static const struct kvd_tier_ops ssd_ops = {
-        .name = "ssd",
-        .class_for = ssd_class_for,
-        .alloc = ssd_alloc,
-        .free = ssd_free_loc,
-        .usage = ssd_usage,
-        .destroy = ssd_destroy,
-};
+static const struct kvd_tier_ops ssd_ops;
 
 /* ---- I/O ------------------------------------------------------------ */
 
@@ -486,7 +479,7 @@ static void pump(struct kvd_ssd *s)
 {
         bool any = false;
 
-        for (int p = 0; p < KVD_SSD_PRIO_COUNT; p++) {
+        for (int p = 0; p < KVD_PRIO_COUNT; p++) {
                 while (s->queue[p].head && s->inflight < s->qd) {
                         struct op *o = s->queue[p].head;
 
@@ -525,7 +518,7 @@ static void enqueue(struct kvd_ssd *s, struct op *o)
         pump(s);
 }
 
-static struct op *new_op(enum op_kind kind, uint32_t loc, void *page, uint32_t len, enum kvd_ssd_prio prio,
+static struct op *new_op(enum op_kind kind, uint32_t loc, void *page, uint32_t len, enum kvd_prio prio,
                          kvd_ssd_cb cb, void *ctx)
 {
         struct op *o = calloc(1, sizeof(*o));
@@ -544,7 +537,7 @@ static struct op *new_op(enum op_kind kind, uint32_t loc, void *page, uint32_t l
 }
 
 void kvd_ssd_write(struct kvd_ssd *s, uint32_t loc, const struct kvd_slot_header *tmpl, void *page,
-                   uint32_t len, bool dsync, enum kvd_ssd_prio prio, kvd_ssd_cb cb, void *ctx)
+                   uint32_t len, bool dsync, enum kvd_prio prio, kvd_ssd_cb cb, void *ctx)
 {
         struct op *o = new_op(OP_WRITE, loc, page, len, prio, cb, ctx);
 
@@ -558,7 +551,7 @@ void kvd_ssd_write(struct kvd_ssd *s, uint32_t loc, const struct kvd_slot_header
 }
 
 void kvd_ssd_read(struct kvd_ssd *s, uint32_t loc, void *page, uint32_t len, uint64_t key_hi,
-                  uint64_t key_lo, uint32_t layer, enum kvd_ssd_prio prio, kvd_ssd_cb cb, void *ctx)
+                  uint64_t key_lo, uint32_t layer, enum kvd_prio prio, kvd_ssd_cb cb, void *ctx)
 {
         struct op *o = new_op(OP_READ, loc, page, len, prio, cb, ctx);
 
@@ -572,7 +565,7 @@ void kvd_ssd_read(struct kvd_ssd *s, uint32_t loc, void *page, uint32_t len, uin
         enqueue(s, o);
 }
 
-void kvd_ssd_sync(struct kvd_ssd *s, uint32_t loc, enum kvd_ssd_prio prio, kvd_ssd_cb cb, void *ctx)
+void kvd_ssd_sync(struct kvd_ssd *s, uint32_t loc, enum kvd_prio prio, kvd_ssd_cb cb, void *ctx)
 {
         struct op *o = new_op(OP_SYNC, loc, NULL, 0, prio, cb, ctx);
 
@@ -585,7 +578,7 @@ void kvd_ssd_sync(struct kvd_ssd *s, uint32_t loc, enum kvd_ssd_prio prio, kvd_s
 
 void kvd_ssd_discard(struct kvd_ssd *s, uint32_t loc)
 {
-        struct op *o = new_op(OP_INVALIDATE, loc, NULL, 0, KVD_SSD_BACKGROUND, NULL, NULL);
+        struct op *o = new_op(OP_INVALIDATE, loc, NULL, 0, KVD_PRIO_BACKGROUND, NULL, NULL);
 
         if (o)
                 enqueue(s, o);
@@ -713,12 +706,96 @@ int kvd_ssd_watch(struct kvd_ssd *s, struct kvd_loop *l)
         return kvd_loop_add(l, &s->efd_w, KVD_LOOP_IN);
 }
 
+/* ---- the tier's ops (tier.h) -------------------------------------------- */
+
+static const struct kvd_ssd *to_ssd_const(const struct kvd_tier *t)
+{
+        return container_of(t, const struct kvd_ssd, tier);
+}
+
+static void op_write(struct kvd_tier *t, uint32_t loc, const struct kvd_slot_header *tmpl, void *page, uint32_t len,
+                     bool dsync, enum kvd_prio prio, kvd_tier_cb cb, void *ctx)
+{
+        kvd_ssd_write(to_ssd(t), loc, tmpl, page, len, dsync, prio, cb, ctx);
+}
+
+static void op_read(struct kvd_tier *t, uint32_t loc, void *page, uint32_t len, uint64_t key_hi, uint64_t key_lo,
+                    uint32_t layer, enum kvd_prio prio, kvd_tier_cb cb, void *ctx)
+{
+        kvd_ssd_read(to_ssd(t), loc, page, len, key_hi, key_lo, layer, prio, cb, ctx);
+}
+
+static void op_sync(struct kvd_tier *t, uint32_t loc, enum kvd_prio prio, kvd_tier_cb cb, void *ctx)
+{
+        kvd_ssd_sync(to_ssd(t), loc, prio, cb, ctx);
+}
+
+static void op_discard(struct kvd_tier *t, uint32_t loc)
+{
+        kvd_ssd_discard(to_ssd(t), loc);
+}
+
+static int64_t op_recover(struct kvd_tier *t, kvd_tier_recover_fn fn, void *ctx)
+{
+        return kvd_ssd_recover(to_ssd(t), fn, ctx);
+}
+
+static void op_stats(const struct kvd_tier *t, struct kvd_tier_stats *ret)
+{
+        kvd_ssd_stats(to_ssd_const(t), ret);
+}
+
+static int op_watch(struct kvd_tier *t, struct kvd_loop *l)
+{
+        return kvd_ssd_watch(to_ssd(t), l);
+}
+
+static void op_flush(struct kvd_tier *t)
+{
+        kvd_ssd_flush(to_ssd(t));
+}
+
+static void op_drain(struct kvd_tier *t)
+{
+        kvd_ssd_drain(to_ssd(t));
+}
+
+static bool op_check(struct kvd_tier *t)
+{
+        return kvd_ssd_check(to_ssd(t));
+}
+
+static bool op_damaged(const struct kvd_tier *t)
+{
+        return kvd_ssd_damaged(to_ssd_const(t));
+}
+
+static const struct kvd_tier_ops ssd_ops = {
+        .name = "ssd",
+        .class_for = ssd_class_for,
+        .alloc = ssd_alloc,
+        .free = ssd_free_loc,
+        .usage = ssd_usage,
+        .destroy = ssd_destroy,
+        .write = op_write,
+        .read = op_read,
+        .sync = op_sync,
+        .discard = op_discard,
+        .recover = op_recover,
+        .stats = op_stats,
+        .watch = op_watch,
+        .flush = op_flush,
+        .drain = op_drain,
+        .check = op_check,
+        .damaged = op_damaged,
+};
+
 struct kvd_tier *kvd_ssd_tier(struct kvd_ssd *s)
 {
         return &s->tier;
 }
 
-void kvd_ssd_stats(const struct kvd_ssd *s, struct kvd_ssd_stats *ret)
+void kvd_ssd_stats(const struct kvd_ssd *s, struct kvd_tier_stats *ret)
 {
         *ret = s->st;
         kvd_slab_usage(s->slab, &ret->capacity_bytes, &ret->used_bytes, &ret->blocks);
@@ -973,7 +1050,7 @@ struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s)
         if (!s)
                 return NULL;
         kvd_ssd_drain(s);
-        for (int p = 0; p < KVD_SSD_PRIO_COUNT; p++)
+        for (int p = 0; p < KVD_PRIO_COUNT; p++)
                 while (s->queue[p].head) { /* only if the ring failed */
                         struct op *o = s->queue[p].head;
 

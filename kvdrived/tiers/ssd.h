@@ -28,33 +28,17 @@
 
 #include "config.h"
 #include "host.h"
+#include "prio.h"
 #include "slot.h"
 #include "tier.h"
 
 struct kvd_ssd;
 
-enum kvd_ssd_prio {
-        KVD_SSD_DEMAND = 0,     /* a client waits for it */
-        KVD_SSD_PREFETCH = 1,   /* promotion a client asked for */
-        KVD_SSD_SPECULATIVE = 2, /* promotion the daemon guessed (next layer) */
-        KVD_SSD_BACKGROUND = 3, /* write-back, invalidation */
-        KVD_SSD_PRIO_COUNT,
-};
 
-struct kvd_ssd_stats {
-        uint64_t capacity_bytes, used_bytes, blocks;
-        uint64_t reads, writes, read_bytes, write_bytes;
-        uint64_t read_errors, write_errors, crc_failures;
-        uint32_t inflight, queued;
-        uint64_t busy_ns;       /* time with I/O in flight (as the loop saw it) */
-        bool full;              /* a directory refused more space (ENOSPC) */
-        bool damaged;           /* see above; condition says how */
-        char condition[96];     /* "ok" or what is wrong */
-};
-
-/* result: 0, -EBADMSG (torn or corrupt: bad crc, wrong block), -EIO (short
- * read: file truncated), or the I/O's -errno. */
-typedef void (*kvd_ssd_cb)(void *ctx, int result);
+/* An I/O's end (tier.h's kvd_tier_cb): 0, -EBADMSG (torn or corrupt: bad
+ * crc, wrong block), -EIO (short read: file truncated), or the I/O's
+ * -errno. */
+typedef kvd_tier_cb kvd_ssd_cb;
 
 /* Claims the directories in cfg->ssd_dirs (each must exist; -EBUSY with a
  * message naming it and the holder's pid if another daemon holds its lock)
@@ -98,26 +82,26 @@ struct kvd_tier *kvd_ssd_tier(struct kvd_ssd *s);
  * then len payload bytes) to slot loc. dsync: RWF_DSYNC, so the block
  * survives power loss once cb reports 0. */
 void kvd_ssd_write(struct kvd_ssd *s, uint32_t loc, const struct kvd_slot_header *tmpl, void *page,
-                   uint32_t len, bool dsync, enum kvd_ssd_prio prio, kvd_ssd_cb cb, void *ctx);
+                   uint32_t len, bool dsync, enum kvd_prio prio, kvd_ssd_cb cb, void *ctx);
 
 /* Reads slot loc into page and checks it is the block (key_hi, key_lo,
  * layer) of len payload bytes with good crcs. */
 void kvd_ssd_read(struct kvd_ssd *s, uint32_t loc, void *page, uint32_t len, uint64_t key_hi,
-                  uint64_t key_lo, uint32_t layer, enum kvd_ssd_prio prio, kvd_ssd_cb cb, void *ctx);
+                  uint64_t key_lo, uint32_t layer, enum kvd_prio prio, kvd_ssd_cb cb, void *ctx);
 
 /* Makes every write completed so far to the file that holds slot loc
  * durable (fdatasync through the ring), then checks the tier as a durable
  * write would; cb reports 0 or why not. */
-void kvd_ssd_sync(struct kvd_ssd *s, uint32_t loc, enum kvd_ssd_prio prio, kvd_ssd_cb cb, void *ctx);
+void kvd_ssd_sync(struct kvd_ssd *s, uint32_t loc, enum kvd_prio prio, kvd_ssd_cb cb, void *ctx);
 
 /* Frees slot loc after zeroing its header in the background, so a deleted
  * or corrupt block does not come back after a restart. The slot is reused
  * only once the wipe is done. Replaces the tier's free() for that slot. */
 void kvd_ssd_discard(struct kvd_ssd *s, uint32_t loc);
 
-/* Called for every valid slot found by kvd_ssd_recover(); return true to
- * keep it (the slot is then claimed), false to free it. */
-typedef bool (*kvd_ssd_recover_fn)(void *ctx, const struct kvd_slot_header *h, uint32_t loc, int klass);
+/* Called for every valid slot found by kvd_ssd_recover() (tier.h's
+ * kvd_tier_recover_fn). */
+typedef kvd_tier_recover_fn kvd_ssd_recover_fn;
 
 /* Rebuilds the allocator from the disk (start-up, before serving). Returns
  * the number of slots kept, or -errno. Slots with a bad header are free. */
@@ -130,4 +114,4 @@ int64_t kvd_ssd_recover(struct kvd_ssd *s, kvd_ssd_recover_fn fn, void *ctx);
 bool kvd_ssd_check(struct kvd_ssd *s);
 bool kvd_ssd_damaged(const struct kvd_ssd *s);
 
-void kvd_ssd_stats(const struct kvd_ssd *s, struct kvd_ssd_stats *ret);
+void kvd_ssd_stats(const struct kvd_ssd *s, struct kvd_tier_stats *ret);

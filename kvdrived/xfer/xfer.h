@@ -14,6 +14,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "prio.h"
+
 #include "device.h"
 
 enum kvd_xfer_dir {
@@ -21,12 +23,6 @@ enum kvd_xfer_dir {
         KVD_XFER_OUT,   /* host -> device pool slot (Get) */
 };
 
-enum kvd_xfer_prio {
-        KVD_PRIO_DEMAND = 0,
-        KVD_PRIO_PREFETCH = 1,
-        KVD_PRIO_SPECULATIVE = 2,
-        KVD_PRIO_COUNT,
-};
 
 struct kvd_copy {
         void *host;
@@ -43,7 +39,7 @@ struct kvd_xfer_batch {
         /* Filled by the submitter. */
         struct kvd_peer_pool *pool;     /* the submitter holds a reference */
         enum kvd_xfer_dir dir;
-        enum kvd_xfer_prio prio;
+        enum kvd_prio prio;
         struct kvd_copy *copies;
         uint32_t n;
         void (*done)(struct kvd_xfer_batch *b);

@@ -178,7 +178,7 @@ START_TEST(priorities)
         for (int p = 2; p >= 0; p--) {
                 c[p][0] = (struct kvd_copy){ .slot = (uint32_t)(p * 10) };
                 c[p][1] = (struct kvd_copy){ .slot = (uint32_t)(p * 10 + 1) };
-                b[p] = (struct kvd_xfer_batch){ .pool = &pool, .prio = (enum kvd_xfer_prio)p, .copies = c[p],
+                b[p] = (struct kvd_xfer_batch){ .pool = &pool, .prio = (enum kvd_prio)p, .copies = c[p],
                                                 .n = 2, .done = count_done };
                 kvd_xfer_submit(x, &b[p]);
         }

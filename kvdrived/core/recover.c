@@ -1,0 +1,94 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Recovery at start-up: the blocks a storage tier still holds go back into
+ * the index, in the namespaces of their owners.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+
+#include "cache-internal.h"
+#include "clock.h"
+#include "log.h"
+
+/*
+ * A valid slot found at start-up: its block goes back into the index, in
+ * the namespace of its owner (created as it would be by a client, so that
+ * recovery never takes the table or an owner past a limit: a block that
+ * would is left out, and its slot is reused).
+ */
+static bool recover_slot(void *ctx, const struct kvd_slot_header *h, uint32_t loc, int klass)
+{
+        struct kvd_cache *c = ctx;
+        struct kvd_geometry g = { h->ns_layers, h->ns_kv_heads, h->ns_head_dim, h->ns_dtype, h->ns_block_tokens };
+        char name[KVD_NS_NAME_MAX];
+        struct kvd_bkey k;
+        struct kvd_block *b;
+        struct kvd_ns *ns;
+        bool created;
+        uint32_t ns_id, id;
+        int r;
+
+        memcpy(name, h->ns_name, sizeof(name));
+        name[sizeof(name) - 1] = '\0';
+        r = kvd_cache_ns_register(c, name, &g, h->ns_owner, true, &ns_id, &created);
+        if (r == -EDQUOT || r == -ENOSPC) {
+                c->recover_skipped_ns++;
+                return false;
+        }
+        if (r < 0)
+                return false;
+        ns = &c->ns[ns_id];
+        if (ns->ssd_klass != klass || ns->block_bytes != h->payload_len || h->layer >= g.layers)
+                goto skip;
+        if (ns->tenant->st.ssd_bytes + ns->ssd_charge > ns->tenant->st.quota.ssd_bytes) {
+                c->recover_skipped_quota++;
+                goto skip;
+        }
+        k = (struct kvd_bkey){ h->key_hi, h->key_lo, ns_id, h->layer };
+        /* A second copy of a key (left by a crash between writing a new copy
+         * and freeing an old one) holds the same bytes: keep the first. */
+        if (kvd_index_insert(c->index, &k, &id) < 0)
+                goto skip;
+        kvd_ns_record_added(c, ns_id);
+        ns->tenant->st.ssd_bytes += ns->ssd_charge;
+        b = blk(c, id);
+        b->state = KVD_BLOCK_READY;
+        b->klass = (uint8_t)ns->klass;
+        b->ssd_klass = (uint8_t)klass;
+        b->ssd_loc = loc;
+        ns->blocks++;
+        kvd_lru_update(c, id, false);
+        return true;
+skip:
+        kvd_ns_settle(c, ns_id); /* one just created for this block goes again */
+        return false;
+}
+
+static void report_skipped(const struct kvd_cache *c)
+{
+        if (c->recover_skipped_ns)
+                log_warning("SSD tier: %" PRIu64 " blocks left out: their namespaces would pass max-namespaces (%u) "
+                            "or their owner's quota-namespaces", c->recover_skipped_ns, c->cfg->max_namespaces);
+        if (c->recover_skipped_quota)
+                log_warning("SSD tier: %" PRIu64 " blocks left out: their owners' SSD quota is full",
+                            c->recover_skipped_quota);
+}
+
+int kvd_cache_recover(struct kvd_cache *c)
+{
+        uint64_t t0 = kvd_now_ns();
+        int64_t kept;
+
+        if (!c->ssd_tier)
+                return 0;
+        kept = c->ssd_tier->ops->recover(c->ssd_tier, recover_slot, c);
+        if (kept < 0) {
+                log_error("SSD tier: recovery failed: %s", strerror((int)-kept));
+                return (int)kept;
+        }
+        log_info("SSD tier: recovered %" PRId64 " blocks in %u namespaces in %.3f s", kept, c->n_ns,
+                 (double)(kvd_now_ns() - t0) / 1e9);
+        report_skipped(c);
+        return 0;
+}
