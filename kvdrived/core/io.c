@@ -252,17 +252,19 @@ static void run_items(struct kvd_io *io, uint32_t end)
 
 int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_kind kind, bool durable,
                   const struct kvd_ns *ns, struct kvd_peer_pool *pool, struct kvd_counters *counters,
-                  const struct kvd_item *items, uint32_t n, kvd_io_done_fn done, void *userdata,
+                  struct kvd_item *items, uint32_t n, kvd_io_done_fn done, void *userdata,
                   struct kvd_io **ret_more)
 {
         size_t m = n ? n : 1;
         struct kvd_io *io;
 
         io = calloc(1, sizeof(*io));
-        if (!io)
+        if (!io) {
+                free(items);
                 return -ENOMEM;
+        }
         io->status = malloc(m);
-        io->items = malloc(sizeof(*items) * m);
+        io->items = items;
         io->item_of = malloc(sizeof(uint32_t) * m);
         io->block_of = malloc(sizeof(uint32_t) * m);
         io->batch.copies = malloc(sizeof(struct kvd_copy) * m);
@@ -270,7 +272,6 @@ int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_ki
                 kvd_io_free(io);
                 return -ENOMEM;
         }
-        memcpy(io->items, items, sizeof(*items) * n);
         io->cache = cache;
         io->xfer = xfer;
         io->kind = kind;

@@ -47,7 +47,10 @@ struct kvd_io;
 typedef void (*kvd_io_done_fn)(struct kvd_io *io, void *userdata);
 
 /*
- * Starts a request of n items of ns. ns (kvd_cache_ns_hold()), pool
+ * Starts a request of n items of ns. items (malloc'd, n entries, or 1 when
+ * n is 0) is taken: the request keeps it and frees it, on -ENOMEM too, so
+ * that items are copied once, by the caller that decodes them. ns
+ * (kvd_cache_ns_hold()), pool
  * (Put/Get) and counters are held until the request is freed. durable (Put): acknowledge each
  * block once it is on SSD with RWF_DSYNC. counters must be given when an
  * item names a counter, and every item's counter be 0..counters->count (the
@@ -65,7 +68,7 @@ typedef void (*kvd_io_done_fn)(struct kvd_io *io, void *userdata);
 
 int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_kind kind, bool durable,
                   const struct kvd_ns *ns, struct kvd_peer_pool *pool, struct kvd_counters *counters,
-                  const struct kvd_item *items, uint32_t n, kvd_io_done_fn done, void *userdata,
+                  struct kvd_item *items, uint32_t n, kvd_io_done_fn done, void *userdata,
                   struct kvd_io **ret_more);
 
 /* Starts up to budget more items of io. true once every item is started:

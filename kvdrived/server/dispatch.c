@@ -630,8 +630,7 @@ static void start_io(struct kvd_session *ss, uint64_t id, enum kvd_io_kind kind,
         *p = (struct pending){ .ss = kvd_session_ref(ss), .id = id, .kind = kind, .prefetch_depth = prefetch_depth };
         ss->inflight++;
         r = kvd_io_submit(ss->server->cache, ss->server->xfer, kind, durable, ns, pool, counters, items,
-                          (uint32_t)n, transfer_done, p, &more);
-        free(items);
+                          (uint32_t)n, transfer_done, p, &more);     /* items taken */
         if (r < 0) {
                 ss->inflight--;
                 kvd_session_unref(ss);
