@@ -670,7 +670,8 @@ static void handle_transfer(struct kvd_session *ss, uint64_t id, const Kvdrive__
                 return;
         }
         start_io(ss, id, put ? KVD_IO_PUT : KVD_IO_GET, m->durable, ns, pool, m->items, m->n_items,
-                 !put && m->compute_us ? kvd_sched_ask(ss, m->compute_us, ns->block_bytes) : 0);
+                 !put && m->compute_us ? kvd_prefetch_depth(&ss->server->prefetch, ss->id, m->compute_us,
+                                                             ns->block_bytes) : 0);
 }
 
 static void handle_prefetch(struct kvd_session *ss, uint64_t id, const Kvdrive__Prefetch *m)

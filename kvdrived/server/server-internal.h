@@ -13,7 +13,7 @@
 #include "device.h"
 #include "kvdrive.pb-c.h"
 #include "loop.h"
-#include "scheduler.h"
+#include "prefetch.h"
 #include "xfer.h"
 
 
@@ -64,8 +64,6 @@ struct kvd_session {
          * flight that count hold their own references. */
         struct kvd_counters *counters;
         uint32_t inflight;
-        uint64_t sched_ms;      /* last Get with a compute time, kvd_now_ms() */
-        uint32_t compute_us;    /* that compute time per layer */
         struct kvd_task *tasks_head, *tasks_tail; /* in order */
         struct kvd_session *task_next;  /* in the server's queue of sessions with tasks */
         bool task_queued;
@@ -98,7 +96,7 @@ struct kvd_server {
         uint64_t next_session_id;
         uint64_t requests, errors;
         uint64_t started_ms;
-        struct kvd_sched sched;
+        struct kvd_prefetch prefetch;   /* the adaptive scheduler, core's */
         /* Busy turns of the loop: the CPU time each took, a histogram by
          * powers of two of microseconds (bucket b: [2^(b-1), 2^b) us). */
         uint64_t turns, turn_max_ns, turn_hist[KVD_TURN_BUCKETS];
@@ -149,10 +147,3 @@ bool kvd_tasks_run(struct kvd_server *s);
 
 uint64_t kvd_now_ms(void);
 
-/* server.c: the adaptive prefetch scheduler fed from the server's counters
- * (core/scheduler.h does the arithmetic). kvd_sched_refresh() folds the
- * links' counters in at most once per window and counts the clients that
- * asked within the last second; kvd_sched_ask() records a Get's compute time
- * for its session and returns its prefetch depth. */
-void kvd_sched_refresh(struct kvd_server *s);
-uint32_t kvd_sched_ask(struct kvd_session *ss, uint32_t compute_us, uint64_t block_bytes);

@@ -71,7 +71,6 @@ int kvd_server_new(const struct kvd_config *cfg, struct kvd_server **ret)
         s->timer_w.fd = -1;
         s->loop.epfd = -1;
         s->started_ms = kvd_now_ms();
-        kvd_sched_init(&s->sched);
         /* One byte more than the largest legal frame: MSG_TRUNC reports the
          * real size of anything longer. */
         s->rxcap = cfg->max_frame + KVD_FRAME_HDR + 1;
@@ -112,6 +111,7 @@ int kvd_server_attach(struct kvd_server *s, struct kvd_cache *cache, struct kvd_
         s->cache = cache;
         s->xfer = xfer;
         s->cuda = cuda;
+        kvd_prefetch_init(&s->prefetch, cache, xfer, s->cfg->workers);
         /* The transfer engine and the tiers register their own fds. */
         r = kvd_xfer_watch(xfer, &s->loop);
         if (r == 0)
@@ -438,52 +438,8 @@ struct kvd_server *kvd_server_free(struct kvd_server *s)
         if (s->timer_w.fd >= 0)
                 close(s->timer_w.fd);
         kvd_loop_close(&s->loop);
+        kvd_prefetch_free(&s->prefetch);
         free(s->rxbuf);
         free(s);
         return NULL;
-}
-
-/* ---- the prefetch scheduler's inputs ------------------------------------ */
-
-/* A client that sent its compute time within this window prefetches now. */
-#define SCHED_ACTIVE_MS 1000
-
-/* Feeds the scheduler the links' counters, at most once per window, and
- * counts the clients that prefetch now and their mean compute time. */
-void kvd_sched_refresh(struct kvd_server *s)
-{
-        struct kvd_sched_sample now = { .now_ns = kvd_now_ns() };
-        struct kvd_cache_stats cs;
-        uint64_t sum = 0;
-        uint32_t active = 0;
-
-        if (s->sched.primed && now.now_ns - s->sched.last.now_ns < KVD_SCHED_MIN_WINDOW_NS)
-                return;
-        kvd_cache_stats(s->cache, &cs);
-        now.dev_bytes = kvd_xfer_bytes(s->xfer, KVD_XFER_OUT);
-        now.dev_busy_ns = kvd_xfer_busy_ns(s->xfer, KVD_XFER_OUT);
-        now.dev_lanes = s->cfg->workers;
-        now.ssd_bytes = cs.ssd_read_bytes;
-        now.ssd_busy_ns = cs.ssd_busy_ns;
-        now.host_hits = cs.hits;
-        now.host_misses = cs.misses;
-        (void)kvd_sched_update(&s->sched, &now);
-        for (struct kvd_session *x = s->sessions; x; x = x->next)
-                if (!x->closed && x->sched_ms && kvd_now_ms() - x->sched_ms < SCHED_ACTIVE_MS) {
-                        active++;
-                        sum += x->compute_us;
-                }
-        s->sched.active = active;
-        s->sched.compute_us = active ? (uint32_t)(sum / active) : 0;
-}
-
-/* A Get told us the client's compute time per layer: its prefetch depth. */
-uint32_t kvd_sched_ask(struct kvd_session *ss, uint32_t compute_us, uint64_t block_bytes)
-{
-        struct kvd_server *s = ss->server;
-
-        ss->sched_ms = kvd_now_ms();
-        ss->compute_us = compute_us;
-        kvd_sched_refresh(s);
-        return kvd_sched_depth(&s->sched, compute_us, block_bytes, s->sched.active ? s->sched.active : 1);
 }

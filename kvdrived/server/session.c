@@ -217,6 +217,7 @@ void kvd_session_close(struct kvd_session *ss, const char *why)
         log_info("session %llu (%s): closed: %s; %u requests still in flight", (unsigned long long)ss->id,
                  ss->name[0] ? ss->name : "unnamed", why, ss->inflight);
         (void)kvd_loop_del(&s->loop, &ss->w);
+        kvd_prefetch_forget(&s->prefetch, ss->id);
         close(ss->w.fd);
         ss->w.fd = -1;
         if (ss->prev)
