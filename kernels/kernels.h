@@ -177,7 +177,7 @@ int kvk_block_attention_mass(const struct kvk_shape *s, const float *q,
                              uint32_t n, float *ret_mass);
 
 /*
- * Selection methods (docs/bench/decode/selection.md measures them): the
+ * Selection methods (docs/bench/decode/README.md, "Block selection", measures them): the
  * summary a block keeps and how a query scores it. A method's summary is
  * fp32 [kv_heads][rows][head_dim] with the rows of its kind, n summaries
  * back to back (kvk_method_summary_floats() floats each):

@@ -3,7 +3,7 @@
  * kvdrive-bench selection: the selection methods against the oracle on the
  * preset zoo of `kvdrive-bench gen` (and on traces a user brings), into
  * results.md, results.csv, results.json and gnuplot PNGs
- * (docs/bench/decode/selection.md is such a report).
+ * (docs/bench/decode/selection/results.md is such a report).
  *
  * The verdict it prints is issue 13's: at a 10% budget, the default
  * method's mean mass recall within 0.02 of the best possible selection of

@@ -536,7 +536,7 @@ static void usage(FILE *f)
                    "Block selection methods against the best possible selection of the same size, on\n"
                    "one trace, with no daemon: mass recall, relative L2 error of the output, top-k\n"
                    "recall, blocks taken and scoring time, per method and budget, and the dynamic\n"
-                   "budget per estimated-mass target (docs/bench/decode/selection.md).\n\n"
+                   "budget per estimated-mass target (docs/bench/decode/README.md).\n\n"
                    "  --trace DIR          the trace (docs/trace-format.md; required)\n"
                    "  --methods LIST       all, or some of quest,quest-heads,rope-bound,mean,gauss,hybrid\n"
                    "  --budgets LIST       fixed budgets, ascending (default 0.02,0.05,0.1,...,0.5)\n"

@@ -3,7 +3,7 @@
  * Block selection methods (kernels.h, enum kvk_method) measured against the
  * best possible selection of the same size on a decode trace, with no
  * daemon: `kvdrive-bench select` for one trace, `kvdrive-bench selection`
- * for the preset zoo (docs/bench/decode/selection.md).
+ * for the preset zoo (docs/bench/decode/selection/results.md).
  *
  * For a spread of decode steps and every layer (a "sample"), with the
  * blocks of --block-tokens tokens stored before the step and its tail block:
