@@ -330,8 +330,9 @@ const char *kvk_backend_name(void);
  * Test and benchmark hook: switches the back end of the whole process to
  * "scalar", "avx2" or "auto" (CPUID and KVK_FORCE_SCALAR, as at start-up);
  * "avx2-nof16c" is the AVX2 back end as it runs on a CPU without F16C (fp16
- * converted in scalar code; its kvk_backend_name() is "avx2"). Not to be called while another thread runs a kernel. Returns 0, -EINVAL for
- * an unknown name, or -ENOTSUP when the CPU lacks AVX2 or FMA.
+ * converted in scalar code; its kvk_backend_name() is "avx2"). Not to be
+ * called while another thread runs a kernel. Returns 0, -EINVAL for an
+ * unknown name, or -ENOTSUP when the CPU lacks AVX2 or FMA.
  */
 int kvk_set_backend(const char *name);
 
