@@ -27,7 +27,7 @@
 #define FILE_NAME "kvdrive.ssd"
 #define LOCK_NAME "kvdrive.lock"
 #define PAGE KVD_SLAB_PAGE
-/* Extent headers kvd_ssd_check() reads back per call. */
+/* Extent headers ssd_check() reads back per call. */
 #define SCRUB_PER_CHECK 8
 
 enum op_kind { OP_READ, OP_WRITE, OP_INVALIDATE, OP_SYNC };
@@ -44,7 +44,7 @@ struct op {
         int arena;              /* invalidation's header buffer, else -1 */
         int result;
         bool short_io;          /* moved fewer bytes than asked */
-        kvd_ssd_cb cb;
+        kvd_tier_cb cb;
         void *ctx;
         struct kvd_slot_header hdr; /* write: header to write; read: expected key in it */
 };
@@ -90,13 +90,18 @@ struct kvd_ssd {
          * pass over the completions for the files, and for the extent. */
         uint64_t pass, files_checked_pass, extent_checked_pass;
         uint32_t extent_checked;
-        uint32_t scrub_next;            /* next extent header kvd_ssd_check() reads */
+        uint32_t scrub_next;            /* next extent header ssd_check() reads */
         struct kvd_tier_stats st;        /* st.damaged: see ssd.h */
 };
 
 static uint32_t crc32c(const void *p, size_t n, uint32_t seed)
 {
         return crc32_iscsi((unsigned char *)p, (int)n, seed);
+}
+
+static const struct kvd_ssd *to_ssd_const(const struct kvd_tier *t)
+{
+        return container_of(t, const struct kvd_ssd, tier);
 }
 
 static struct kvd_ssd *to_ssd(struct kvd_tier *t)
@@ -247,8 +252,9 @@ static int verify_durable(struct kvd_ssd *s, uint32_t loc)
         return 0;
 }
 
-bool kvd_ssd_check(struct kvd_ssd *s)
+static bool ssd_check(struct kvd_tier *t)
 {
+        struct kvd_ssd *s = to_ssd(t);
         uint32_t seen = 0, checked = 0;
 
         if (!check_files(s))
@@ -266,8 +272,9 @@ bool kvd_ssd_check(struct kvd_ssd *s)
         return !s->st.damaged;
 }
 
-bool kvd_ssd_damaged(const struct kvd_ssd *s)
+static bool ssd_damaged(const struct kvd_tier *t)
 {
+        const struct kvd_ssd *s = to_ssd_const(t);
         return s->st.damaged;
 }
 
@@ -494,8 +501,9 @@ static void pump(struct kvd_ssd *s)
         s->unsubmitted |= any;
 }
 
-void kvd_ssd_flush(struct kvd_ssd *s)
+static void ssd_flush(struct kvd_tier *t)
 {
+        struct kvd_ssd *s = to_ssd(t);
         int r;
 
         if (!s->unsubmitted)
@@ -519,7 +527,7 @@ static void enqueue(struct kvd_ssd *s, struct op *o)
 }
 
 static struct op *new_op(enum op_kind kind, uint32_t loc, void *page, uint32_t len, enum kvd_prio prio,
-                         kvd_ssd_cb cb, void *ctx)
+                         kvd_tier_cb cb, void *ctx)
 {
         struct op *o = calloc(1, sizeof(*o));
 
@@ -536,9 +544,10 @@ static struct op *new_op(enum op_kind kind, uint32_t loc, void *page, uint32_t l
         return o;
 }
 
-void kvd_ssd_write(struct kvd_ssd *s, uint32_t loc, const struct kvd_slot_header *tmpl, void *page,
-                   uint32_t len, bool dsync, enum kvd_prio prio, kvd_ssd_cb cb, void *ctx)
+static void ssd_write(struct kvd_tier *t, uint32_t loc, const struct kvd_slot_header *tmpl, void *page,
+                      uint32_t len, bool dsync, enum kvd_prio prio, kvd_tier_cb cb, void *ctx)
 {
+        struct kvd_ssd *s = to_ssd(t);
         struct op *o = new_op(OP_WRITE, loc, page, len, prio, cb, ctx);
 
         if (!o) {
@@ -550,9 +559,10 @@ void kvd_ssd_write(struct kvd_ssd *s, uint32_t loc, const struct kvd_slot_header
         enqueue(s, o);
 }
 
-void kvd_ssd_read(struct kvd_ssd *s, uint32_t loc, void *page, uint32_t len, uint64_t key_hi,
-                  uint64_t key_lo, uint32_t layer, enum kvd_prio prio, kvd_ssd_cb cb, void *ctx)
+static void ssd_read(struct kvd_tier *t, uint32_t loc, void *page, uint32_t len, uint64_t key_hi,
+                     uint64_t key_lo, uint32_t layer, enum kvd_prio prio, kvd_tier_cb cb, void *ctx)
 {
+        struct kvd_ssd *s = to_ssd(t);
         struct op *o = new_op(OP_READ, loc, page, len, prio, cb, ctx);
 
         if (!o) {
@@ -565,8 +575,9 @@ void kvd_ssd_read(struct kvd_ssd *s, uint32_t loc, void *page, uint32_t len, uin
         enqueue(s, o);
 }
 
-void kvd_ssd_sync(struct kvd_ssd *s, uint32_t loc, enum kvd_prio prio, kvd_ssd_cb cb, void *ctx)
+static void ssd_sync(struct kvd_tier *t, uint32_t loc, enum kvd_prio prio, kvd_tier_cb cb, void *ctx)
 {
+        struct kvd_ssd *s = to_ssd(t);
         struct op *o = new_op(OP_SYNC, loc, NULL, 0, prio, cb, ctx);
 
         if (!o) {
@@ -576,8 +587,9 @@ void kvd_ssd_sync(struct kvd_ssd *s, uint32_t loc, enum kvd_prio prio, kvd_ssd_c
         enqueue(s, o);
 }
 
-void kvd_ssd_discard(struct kvd_ssd *s, uint32_t loc)
+static void ssd_discard(struct kvd_tier *t, uint32_t loc)
 {
+        struct kvd_ssd *s = to_ssd(t);
         struct op *o = new_op(OP_INVALIDATE, loc, NULL, 0, KVD_PRIO_BACKGROUND, NULL, NULL);
 
         if (o)
@@ -679,7 +691,7 @@ static void process_cqe(struct kvd_ssd *s, const struct io_uring_cqe *cqe)
         finish_op(s, o);
 }
 
-void kvd_ssd_reap(struct kvd_ssd *s)
+static void ssd_reap(struct kvd_ssd *s)
 {
         struct io_uring_cqe *cqe;
         uint64_t v;
@@ -697,106 +709,24 @@ void kvd_ssd_reap(struct kvd_ssd *s)
 static void ssd_ready(struct kvd_loop_watch *w, uint32_t events)
 {
         (void)events;
-        kvd_ssd_reap(container_of(w, struct kvd_ssd, efd_w));
+        ssd_reap(container_of(w, struct kvd_ssd, efd_w));
 }
 
-int kvd_ssd_watch(struct kvd_ssd *s, struct kvd_loop *l)
+static int ssd_watch(struct kvd_tier *t, struct kvd_loop *l)
 {
+        struct kvd_ssd *s = to_ssd(t);
         s->efd_w = (struct kvd_loop_watch){ s->efd, ssd_ready };
         return kvd_loop_add(l, &s->efd_w, KVD_LOOP_IN);
 }
-
-/* ---- the tier's ops (tier.h) -------------------------------------------- */
-
-static const struct kvd_ssd *to_ssd_const(const struct kvd_tier *t)
-{
-        return container_of(t, const struct kvd_ssd, tier);
-}
-
-static void op_write(struct kvd_tier *t, uint32_t loc, const struct kvd_slot_header *tmpl, void *page, uint32_t len,
-                     bool dsync, enum kvd_prio prio, kvd_tier_cb cb, void *ctx)
-{
-        kvd_ssd_write(to_ssd(t), loc, tmpl, page, len, dsync, prio, cb, ctx);
-}
-
-static void op_read(struct kvd_tier *t, uint32_t loc, void *page, uint32_t len, uint64_t key_hi, uint64_t key_lo,
-                    uint32_t layer, enum kvd_prio prio, kvd_tier_cb cb, void *ctx)
-{
-        kvd_ssd_read(to_ssd(t), loc, page, len, key_hi, key_lo, layer, prio, cb, ctx);
-}
-
-static void op_sync(struct kvd_tier *t, uint32_t loc, enum kvd_prio prio, kvd_tier_cb cb, void *ctx)
-{
-        kvd_ssd_sync(to_ssd(t), loc, prio, cb, ctx);
-}
-
-static void op_discard(struct kvd_tier *t, uint32_t loc)
-{
-        kvd_ssd_discard(to_ssd(t), loc);
-}
-
-static int64_t op_recover(struct kvd_tier *t, kvd_tier_recover_fn fn, void *ctx)
-{
-        return kvd_ssd_recover(to_ssd(t), fn, ctx);
-}
-
-static void op_stats(const struct kvd_tier *t, struct kvd_tier_stats *ret)
-{
-        kvd_ssd_stats(to_ssd_const(t), ret);
-}
-
-static int op_watch(struct kvd_tier *t, struct kvd_loop *l)
-{
-        return kvd_ssd_watch(to_ssd(t), l);
-}
-
-static void op_flush(struct kvd_tier *t)
-{
-        kvd_ssd_flush(to_ssd(t));
-}
-
-static void op_drain(struct kvd_tier *t)
-{
-        kvd_ssd_drain(to_ssd(t));
-}
-
-static bool op_check(struct kvd_tier *t)
-{
-        return kvd_ssd_check(to_ssd(t));
-}
-
-static bool op_damaged(const struct kvd_tier *t)
-{
-        return kvd_ssd_damaged(to_ssd_const(t));
-}
-
-static const struct kvd_tier_ops ssd_ops = {
-        .name = "ssd",
-        .class_for = ssd_class_for,
-        .alloc = ssd_alloc,
-        .free = ssd_free_loc,
-        .usage = ssd_usage,
-        .destroy = ssd_destroy,
-        .write = op_write,
-        .read = op_read,
-        .sync = op_sync,
-        .discard = op_discard,
-        .recover = op_recover,
-        .stats = op_stats,
-        .watch = op_watch,
-        .flush = op_flush,
-        .drain = op_drain,
-        .check = op_check,
-        .damaged = op_damaged,
-};
 
 struct kvd_tier *kvd_ssd_tier(struct kvd_ssd *s)
 {
         return &s->tier;
 }
 
-void kvd_ssd_stats(const struct kvd_ssd *s, struct kvd_tier_stats *ret)
+static void ssd_stats(const struct kvd_tier *t, struct kvd_tier_stats *ret)
 {
+        const struct kvd_ssd *s = to_ssd_const(t);
         *ret = s->st;
         kvd_slab_usage(s->slab, &ret->capacity_bytes, &ret->used_bytes, &ret->blocks);
         ret->inflight = s->inflight;
@@ -1025,15 +955,16 @@ void kvd_ssd_attach_host(struct kvd_ssd *s, struct kvd_host *host)
                  s->n_files == 1 ? "y" : "ies", s->qd, s->fixed ? ", fixed buffers" : "");
 }
 
-void kvd_ssd_drain(struct kvd_ssd *s)
+static void ssd_drain(struct kvd_tier *t)
 {
+        struct kvd_ssd *s = to_ssd(t);
         while (s->ring_ok && (s->inflight > 0 || s->queued > 0)) {
                 struct io_uring_cqe *cqe;
 
                 int r;
 
                 pump(s);
-                kvd_ssd_flush(s);
+                ssd_flush(&s->tier);
                 /* A signal is no reason to leave I/O in flight. */
                 while ((r = io_uring_wait_cqe(&s->ring, &cqe)) == -EINTR)
                         ;
@@ -1049,7 +980,7 @@ struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s)
 {
         if (!s)
                 return NULL;
-        kvd_ssd_drain(s);
+        ssd_drain(&s->tier);
         for (int p = 0; p < KVD_PRIO_COUNT; p++)
                 while (s->queue[p].head) { /* only if the ring failed */
                         struct op *o = s->queue[p].head;
@@ -1141,8 +1072,9 @@ static void settle_sizes(struct kvd_ssd *s)
         }
 }
 
-int64_t kvd_ssd_recover(struct kvd_ssd *s, kvd_ssd_recover_fn fn, void *ctx)
+static int64_t ssd_recover(struct kvd_tier *t, kvd_tier_recover_fn fn, void *ctx)
 {
+        struct kvd_ssd *s = to_ssd(t);
         const struct kvd_extent_header *eh = s->sync_buf;
         uint32_t *locs = calloc(s->qd, sizeof(uint32_t));
         int64_t kept = 0;
@@ -1204,3 +1136,23 @@ out:
         free(locs);
         return r < 0 ? r : kept;
 }
+
+static const struct kvd_tier_ops ssd_ops = {
+        .name = "ssd",
+        .class_for = ssd_class_for,
+        .alloc = ssd_alloc,
+        .free = ssd_free_loc,
+        .usage = ssd_usage,
+        .destroy = ssd_destroy,
+        .write = ssd_write,
+        .read = ssd_read,
+        .sync = ssd_sync,
+        .discard = ssd_discard,
+        .recover = ssd_recover,
+        .stats = ssd_stats,
+        .watch = ssd_watch,
+        .flush = ssd_flush,
+        .drain = ssd_drain,
+        .check = ssd_check,
+        .damaged = ssd_damaged,
+};
