@@ -12,47 +12,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "kernels-ref.h"
 
-#include "check-main.h"
-
-#define EXPECT_MSG(cond, ...)                                           \
-        do {                                                            \
-                if (!(cond))                                            \
-                        ck_abort_msg(__VA_ARGS__);                      \
-        } while (0)
-
-static const char *const backends[] = { "scalar", "avx2", "avx2-nof16c" };
-#define N_BACKENDS ((int)(sizeof(backends) / sizeof(backends[0])))
-
-static bool use_backend(int i)
+/* Uniform in [0, 1). */
+static double unit(void)
 {
-        int r = kvk_set_backend(backends[i]);
-
-        if (r == -ENOTSUP)
-                return false;
-        ck_assert_int_eq(r, 0);
-        return true;
-}
-
-static uint64_t rng_state;
-
-static void rng_seed(uint64_t s)
-{
-        rng_state = s * 0x9e3779b97f4a7c15ull + 1;
-}
-
-static double rnd(void)         /* uniform in [0, 1) */
-{
-        rng_state ^= rng_state << 13;
-        rng_state ^= rng_state >> 7;
-        rng_state ^= rng_state << 17;
-        return (double)(rng_state >> 11) * 0x1p-53;
+        return (urand() + 1.0) / 2;
 }
 
 static double normal(void)
 {
-        double u = rnd() + 1e-12, v = rnd();
+        double u = unit() + 1e-12, v = unit();
 
         return sqrt(-2 * log(u)) * cos(2 * M_PI * v);
 }
@@ -71,7 +41,7 @@ static float from_dt(uint16_t h, enum kvk_dtype dt)
  * at: an offset on some dimensions (outlier channels), RoPE-like rotation
  * of the pairs (j, j + head_dim/2) by an angle that grows with the token,
  * and a per-token norm. */
-static uint16_t *make_blocks(const struct kvk_shape *s, uint32_t n)
+static uint16_t *rope_blocks(const struct kvk_shape *s, uint32_t n)
 {
         size_t bb = kvk_block_bytes(s), he = (size_t)s->block_tokens * s->head_dim;
         uint16_t *b = malloc(bb * n);
@@ -100,7 +70,7 @@ static uint16_t *make_blocks(const struct kvk_shape *s, uint32_t n)
         return b;
 }
 
-static float *make_query(const struct kvk_shape *s)
+static float *rand_query(const struct kvk_shape *s)
 {
         float *q = malloc(sizeof(float) * s->q_heads * s->head_dim);
 
@@ -238,13 +208,13 @@ static void ref_scores(const struct kvk_shape *s, enum kvk_method m, const uint1
         free(e);
 }
 
-static const struct kvk_shape shapes[] = {
+static const struct kvk_shape sel_shapes[] = {
         { 2, 8, 64, 16, KVK_F16 },      /* GQA 4 */
         { 1, 3, 24, 5, KVK_BF16 },      /* head_dim not a multiple of 8, pairs of 12 */
         { 3, 3, 38, 7, KVK_F16 },       /* MHA, pairs of 19 (a masked tail of 3) */
         { 1, 12, 128, 16, KVK_F16 },    /* GQA 12: heads cut in tiles */
 };
-#define N_SHAPES (sizeof(shapes) / sizeof(shapes[0]))
+#define N_SEL_SHAPES (sizeof(sel_shapes) / sizeof(sel_shapes[0]))
 
 /* ---- tests --------------------------------------------------------------- */
 
@@ -278,18 +248,18 @@ START_TEST(scores_match_reference)
 {
         if (!use_backend(_i))
                 return;
-        for (size_t si = 0; si < N_SHAPES; si++) {
-                const struct kvk_shape *s = &shapes[si];
+        for (size_t si = 0; si < N_SEL_SHAPES; si++) {
+                const struct kvk_shape *s = &sel_shapes[si];
                 const uint32_t n = 23;
                 uint16_t *blocks;
                 float *q;
                 uint32_t valid[23];
 
                 rng_seed(100 + si);
-                blocks = make_blocks(s, n);
-                q = make_query(s);
+                blocks = rope_blocks(s, n);
+                q = rand_query(s);
                 for (uint32_t b = 0; b < n; b++)
-                        valid[b] = b == n - 1 ? 1 + (uint32_t)(rnd() * s->block_tokens) % s->block_tokens
+                        valid[b] = b == n - 1 ? 1 + (uint32_t)(unit() * s->block_tokens) % s->block_tokens
                                               : s->block_tokens;
                 for (int mi = 0; mi < KVK_N_METHODS; mi++) {
                         enum kvk_method m = (enum kvk_method)mi;
@@ -344,8 +314,8 @@ START_TEST(bounds_hold_per_head)
         if (!use_backend(_i))
                 return;
         rng_seed(7);
-        blocks = make_blocks(&s, n);
-        q = make_query(&s);
+        blocks = rope_blocks(&s, n);
+        q = rand_query(&s);
         for (uint32_t b = 0; b < n; b++) {
                 float sq[2 * 2 * 64], sr[3 * 2 * 64];
 
@@ -410,17 +380,17 @@ START_TEST(select_mass_matches_reference)
 {
         rng_seed(11);
         for (int iter = 0; iter < 3000; iter++) {
-                uint32_t n = 1 + (uint32_t)(rnd() * 60), sink = (uint32_t)(rnd() * 4), local = (uint32_t)(rnd() * 4);
-                uint32_t kmax = 1 + (uint32_t)(rnd() * (n + 3)), kmin = (uint32_t)(rnd() * 5), idx[64], cnt;
-                float mass[64], target = (float)(rnd() * 1.1);
+                uint32_t n = 1 + (uint32_t)(unit() * 60), sink = (uint32_t)(unit() * 4), local = (uint32_t)(unit() * 4);
+                uint32_t kmax = 1 + (uint32_t)(unit() * (n + 3)), kmin = (uint32_t)(unit() * 5), idx[64], cnt;
+                float mass[64], target = (float)(unit() * 1.1);
                 bool chosen[64] = { false }, forced[64] = { false };
                 uint32_t k = kmax < n ? kmax : n, fs = sink < k ? sink : k, fl = local < k - fs ? local : k - fs;
                 double sum = 0, z = 0, best_out = -INFINITY, worst_in = INFINITY;
                 uint32_t scored = 0;
 
                 for (uint32_t i = 0; i < n; i++) {
-                        mass[i] = rnd() < 0.2 ? (float)(rnd() < 0.5 ? 0.25 : 0.0) : (float)(rnd() * rnd());
-                        if (rnd() < 0.03)
+                        mass[i] = unit() < 0.2 ? (float)(unit() < 0.5 ? 0.25 : 0.0) : (float)(unit() * unit());
+                        if (unit() < 0.03)
                                 mass[i] = NAN;
                         z += isnan(mass[i]) ? 0 : mass[i];
                 }
