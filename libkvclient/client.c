@@ -573,25 +573,37 @@ _public_ const char *kvc_last_error(const kvc_client *c)
         return c ? c->last_error : "";
 }
 
-_public_ int kvc_register_namespace(kvc_client *c, const char *name, const struct kvc_geometry *g,
-                                    uint32_t *ret_ns, uint64_t *ret_block_bytes)
+/* The first kvc_ns_opts ends at fingerprint_len: a caller built against it
+ * stays valid once fields are added after it (they are read only when size
+ * covers them). */
+#define NS_OPTS_SIZE_V0 (offsetof(struct kvc_ns_opts, fingerprint_len) + sizeof(size_t))
+
+_public_ int kvc_register_namespace_opts(kvc_client *c, const struct kvc_ns_opts *o, uint32_t *ret_ns,
+                                         uint64_t *ret_block_bytes)
 {
         Kvdrive__Geometry geo = KVDRIVE__GEOMETRY__INIT;
         Kvdrive__RegisterNamespace rn = KVDRIVE__REGISTER_NAMESPACE__INIT;
         Kvdrive__Request req = KVDRIVE__REQUEST__INIT;
         Kvdrive__Response *resp = NULL;
+        const struct kvc_geometry *g;
         int err;
 
-        if (!c || !name || !g || !ret_ns)
+        if (!c || !o || o->size < NS_OPTS_SIZE_V0 || !o->name || !o->geometry || !ret_ns)
                 return -EINVAL;
+        if (o->fingerprint_len > KVC_FINGERPRINT_MAX || (!o->fingerprint && o->fingerprint_len > 0))
+                return -EINVAL;
+        g = o->geometry;
         geo.layers = g->layers;
         geo.kv_heads = g->kv_heads;
         geo.head_dim = g->head_dim;
         geo.dtype = (Kvdrive__Dtype)g->dtype;
         geo.block_tokens = g->block_tokens;
-        rn.name.data = (uint8_t *)name;
-        rn.name.len = strlen(name);
+        rn.name.data = (uint8_t *)o->name;
+        rn.name.len = strlen(o->name);
         rn.geometry = &geo;
+        /* Empty is the field's default: not sent, as to a daemon before it. */
+        rn.fingerprint.data = (uint8_t *)o->fingerprint;
+        rn.fingerprint.len = o->fingerprint_len;
         req.body_case = KVDRIVE__REQUEST__BODY_REGISTER_NAMESPACE;
         req.register_namespace = &rn;
         err = kvc__call(c, &req, -1, KVDRIVE__RESPONSE__BODY_REGISTER_NAMESPACE, &resp);
@@ -609,10 +621,24 @@ out_free_resp:
         return err;
 }
 
-/* Put, Get (p given) or Prefetch (p NULL) of n blocks. */
+_public_ int kvc_register_namespace(kvc_client *c, const char *name, const struct kvc_geometry *g,
+                                    uint32_t *ret_ns, uint64_t *ret_block_bytes)
+{
+        struct kvc_ns_opts o = { .size = sizeof(o), .name = name, .geometry = g };
+
+        return kvc_register_namespace_opts(c, &o, ret_ns, ret_block_bytes);
+}
+
+/* Transfer flags of transfer_submit(), from the KVC_PUT_ and KVC_GET_ ones. */
+enum {
+        XFER_DURABLE = 1u << 0,
+        XFER_SHARED = 1u << 1,
+};
+
+/* Put, Get (p given) or Prefetch (p NULL) of n blocks; xflags: XFER_*. */
 static int transfer_submit(kvc_client *c, Kvdrive__Request__BodyCase body, uint32_t ns,
                            const kvc_pool *p, const struct kvc_block_ref *refs, uint32_t n,
-                           bool durable, uint8_t *ret_status, uint64_t *ret_id)
+                           unsigned xflags, uint8_t *ret_status, uint64_t *ret_id)
 {
         Kvdrive__Transfer t = KVDRIVE__TRANSFER__INIT;
         Kvdrive__Prefetch pf = KVDRIVE__PREFETCH__INIT;
@@ -660,7 +686,8 @@ static int transfer_submit(kvc_client *c, Kvdrive__Request__BodyCase body, uint3
                 t.pool_id = p->id;
                 t.n_items = n;
                 t.items = ptrs;
-                t.durable = durable;
+                t.durable = (xflags & XFER_DURABLE) != 0;
+                t.shared = (xflags & XFER_SHARED) != 0;
                 if (body == KVDRIVE__REQUEST__BODY_PUT) {
                         req.put = &t;
                 } else {
@@ -691,23 +718,38 @@ _public_ int kvc_put_submit(kvc_client *c, uint32_t ns, const kvc_pool *p,
                             const struct kvc_block_ref *refs, uint32_t n, uint8_t *ret_status,
                             uint64_t *ret_id)
 {
-        return transfer_submit(c, KVDRIVE__REQUEST__BODY_PUT, ns, p, refs, n, false, ret_status, ret_id);
+        return transfer_submit(c, KVDRIVE__REQUEST__BODY_PUT, ns, p, refs, n, 0, ret_status, ret_id);
 }
 
 _public_ int kvc_put_submit_flags(kvc_client *c, uint32_t ns, const kvc_pool *p,
                                   const struct kvc_block_ref *refs, uint32_t n, unsigned flags,
                                   uint8_t *ret_status, uint64_t *ret_id)
 {
-        if (flags & ~(unsigned)KVC_PUT_DURABLE)
+        unsigned xflags = 0;
+
+        if (flags & ~(unsigned)(KVC_PUT_DURABLE | KVC_PUT_SHARED))
                 return -EINVAL;
-        return transfer_submit(c, KVDRIVE__REQUEST__BODY_PUT, ns, p, refs, n, flags & KVC_PUT_DURABLE,
-                               ret_status, ret_id);
+        if (flags & KVC_PUT_DURABLE)
+                xflags |= XFER_DURABLE;
+        if (flags & KVC_PUT_SHARED)
+                xflags |= XFER_SHARED;
+        return transfer_submit(c, KVDRIVE__REQUEST__BODY_PUT, ns, p, refs, n, xflags, ret_status, ret_id);
+}
+
+_public_ int kvc_get_submit_flags(kvc_client *c, uint32_t ns, const kvc_pool *p,
+                                  const struct kvc_block_ref *refs, uint32_t n, unsigned flags,
+                                  uint8_t *ret_status, uint64_t *ret_id)
+{
+        if (flags & ~(unsigned)KVC_GET_SHARED)
+                return -EINVAL;
+        return transfer_submit(c, KVDRIVE__REQUEST__BODY_GET, ns, p, refs, n,
+                               flags & KVC_GET_SHARED ? XFER_SHARED : 0, ret_status, ret_id);
 }
 
 _public_ int kvc_prefetch_submit(kvc_client *c, uint32_t ns, const struct kvc_block_ref *refs, uint32_t n,
                                  uint8_t *ret_status, uint64_t *ret_id)
 {
-        return transfer_submit(c, KVDRIVE__REQUEST__BODY_PREFETCH, ns, NULL, refs, n, false, ret_status, ret_id);
+        return transfer_submit(c, KVDRIVE__REQUEST__BODY_PREFETCH, ns, NULL, refs, n, 0, ret_status, ret_id);
 }
 
 _public_ int kvc_report_scores(kvc_client *c, uint32_t ns, const struct kvc_block_score *scores, uint32_t n)
@@ -775,7 +817,7 @@ _public_ int kvc_get_submit(kvc_client *c, uint32_t ns, const kvc_pool *p,
                             const struct kvc_block_ref *refs, uint32_t n, uint8_t *ret_status,
                             uint64_t *ret_id)
 {
-        return transfer_submit(c, KVDRIVE__REQUEST__BODY_GET, ns, p, refs, n, false, ret_status, ret_id);
+        return transfer_submit(c, KVDRIVE__REQUEST__BODY_GET, ns, p, refs, n, 0, ret_status, ret_id);
 }
 
 _public_ int kvc_wait(kvc_client *c, uint64_t id, int timeout_ms)
@@ -995,6 +1037,57 @@ static void copy_str(char *dst, size_t size, const char *src)
  * it index kvc_stats.tiers[] with the same stride. */
 _Static_assert(sizeof(void *) != 8 || sizeof(struct kvc_tier_stats) == 248, "kvc_tier_stats keeps its size");
 
+/* The remote tier's part of the reply into r (zeroed by the caller); an
+ * unset w leaves r->have 0. r->nodes is allocated here, freed with the
+ * stats. */
+static int remote_from_wire(const Kvdrive__RemoteStats *w, struct kvc_remote_stats *r)
+{
+        if (!w)
+                return 0;
+        r->nodes = calloc(w->n_nodes ? w->n_nodes : 1, sizeof(*r->nodes));
+        if (!r->nodes)
+                return -ENOMEM;
+        r->have = 1;
+        copy_str(r->seeds, sizeof(r->seeds), w->seeds);
+        copy_str(r->condition, sizeof(r->condition), w->condition);
+        r->hits = w->hits;
+        r->misses = w->misses;
+        r->writes = w->writes;
+        r->write_skips = w->write_skips;
+        r->crc_failures = w->crc_failures;
+        r->errors = w->errors;
+        r->lookups = w->lookups;
+        r->lookup_hits = w->lookup_hits;
+        r->slot_map_refreshes = w->slot_map_refreshes;
+        r->read_bytes = w->read_bytes;
+        r->write_bytes = w->write_bytes;
+        r->inflight = w->inflight;
+        /* Bounded by the frame size, far below UINT32_MAX. */
+        r->n_nodes = (uint32_t)w->n_nodes;
+        for (size_t i = 0; i < w->n_nodes; i++) {
+                const Kvdrive__RemoteNodeStats *n = w->nodes[i];
+                struct kvc_remote_node_stats *o = &r->nodes[i];
+
+                copy_str(o->addr, sizeof(o->addr), n->addr);
+                o->up = n->up;
+                o->slots = n->slots;
+                o->requests = n->requests;
+                o->hits = n->hits;
+                o->misses = n->misses;
+                o->read_bytes = n->read_bytes;
+                o->write_bytes = n->write_bytes;
+                o->errors = n->errors;
+                o->timeouts = n->timeouts;
+                o->moved = n->moved;
+                o->ask = n->ask;
+                o->latency_us_sum = n->latency_us_sum;
+                o->latency_us_max = n->latency_us_max;
+                for (size_t b = 0; b < n->n_latency_hist && b < KVC_LOOP_BUCKETS; b++)
+                        o->latency_hist[b] = n->latency_hist[b];
+        }
+        return 0;
+}
+
 static int stats_from_wire(const Kvdrive__StatsReply *w, struct kvc_stats **ret)
 {
         struct kvc_stats *s = calloc(1, sizeof(*s));
@@ -1004,7 +1097,7 @@ static int stats_from_wire(const Kvdrive__StatsReply *w, struct kvc_stats **ret)
         s->tiers = calloc(w->n_tiers ? w->n_tiers : 1, sizeof(*s->tiers));
         s->namespaces = calloc(w->n_namespaces ? w->n_namespaces : 1, sizeof(*s->namespaces));
         s->tenants = calloc(w->n_tenants ? w->n_tenants : 1, sizeof(*s->tenants));
-        if (!s->tiers || !s->namespaces || !s->tenants) {
+        if (!s->tiers || !s->namespaces || !s->tenants || remote_from_wire(w->remote, &s->remote) < 0) {
                 kvc_stats_free(s);
                 return -ENOMEM;
         }
@@ -1135,6 +1228,7 @@ _public_ struct kvc_stats *kvc_stats_free(struct kvc_stats *s)
         free(s->tiers);
         free(s->namespaces);
         free(s->tenants);
+        free(s->remote.nodes);
         free(s);
         return NULL;
 }

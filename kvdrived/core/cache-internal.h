@@ -48,6 +48,7 @@ struct kvd_cache {
         unsigned n_tiers;
         struct kvd_tier *host_tier;     /* tiers[0] */
         struct kvd_tier *ssd_tier;      /* NULL without an SSD tier */
+        struct kvd_tier *remote_tier;   /* NULL without a remote tier */
         uint32_t hdr;           /* bytes of slot header heading each host page */
         struct kvd_index *index;
         struct kvd_ns *ns;      /* cfg->max_namespaces entries */
@@ -65,6 +66,7 @@ struct kvd_cache {
         uint64_t hits, misses, evictions, puts, gets;
         uint64_t ssd_hits, ssd_misses, ssd_evictions, demotions, promotions, dropped;
         uint64_t spec_promotions, scores;
+        uint64_t remote_fetches, remote_promotions; /* Gets asked of the remote tier, blocks it gave */
         uint32_t spec_inflight; /* speculative loads in flight */
         uint64_t recover_skipped_ns, recover_skipped_quota; /* blocks left out at start */
         uint64_t t0_ns;         /* the heat clock starts here */
@@ -105,6 +107,23 @@ void kvd_ns_settle(struct kvd_cache *c, uint32_t id);
 /* cache.c */
 /* Deletes block id as a Delete request would: 1 if deleted or doomed. */
 int kvd_cache_delete_id(struct kvd_cache *c, uint32_t id);
+/* Makes PENDING block id READY (kvd_cache_put_commit() without counting a
+ * Put): a copy to SSD if durable or written through, and fn for it. */
+int kvd_block_commit(struct kvd_cache *c, uint32_t id, bool durable, kvd_wait_fn fn, void *ctx, uint32_t item);
+/* Finishes a pending delete of a block nobody uses now. */
+void kvd_block_settle(struct kvd_cache *c, uint32_t id);
+/* The slot header naming block b (its identity; no crc, no magic). */
+void kvd_block_header(const struct kvd_cache *c, const struct kvd_block *b, struct kvd_slot_header *ret);
+
+/* share.c: the remote tier's policy. Block id may be worth sharing now
+ * (stored, or read again): written through if it is a shared block the
+ * remote tier lacks and admits. Fetches k, in no local tier, from the
+ * remote tier into a new PENDING block: -EINPROGRESS with fn waiting for
+ * it (called ok once it is READY, !ok if it was not there), or what
+ * kvd_cache_put_reserve() gives (-EAGAIN, -EXFULL: wait for room),
+ * -ENOENT when there is nothing to ask. */
+void kvd_share_offer(struct kvd_cache *c, uint32_t id);
+int kvd_share_fetch(struct kvd_cache *c, const struct kvd_bkey *k, kvd_wait_fn fn, void *ctx, uint32_t item);
 
 /* waiters.c: parks item of a request on block id until it is ready (0 or
  * -ENOMEM); takes the waiters of block id (the head of their list, 0: none);

@@ -55,7 +55,12 @@ int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret)
                 goto err;
         c->n_tiers = (unsigned)r;
         c->host_tier = c->tiers[0];
-        c->ssd_tier = c->n_tiers > 1 ? c->tiers[1] : NULL;
+        for (unsigned i = 1; i < c->n_tiers; i++) {
+                if (c->tiers[i]->ops->read)
+                        c->ssd_tier = c->tiers[i];
+                else if (c->tiers[i]->ops->get)
+                        c->remote_tier = c->tiers[i];
+        }
         /* A 16 KiB block is small for KV (one layer, all heads, 16+ tokens). */
         expected = cfg->index_blocks ? cfg->index_blocks : (cfg->host_bytes + cfg->ssd_bytes) / (16u << 10);
         r = kvd_index_new(expected, &c->index);
@@ -104,8 +109,8 @@ int kvd_cache_watch(struct kvd_cache *c, struct kvd_loop *l)
 
 void kvd_cache_flush(struct kvd_cache *c)
 {
-        if (c->ssd_tier)
-                c->ssd_tier->ops->flush(c->ssd_tier);
+        for (unsigned i = 1; i < c->n_tiers; i++)
+                c->tiers[i]->ops->flush(c->tiers[i]);
 }
 
 bool kvd_cache_has_ssd(const struct kvd_cache *c)
@@ -194,8 +199,25 @@ static void drop(struct kvd_cache *c, uint32_t id, bool invalidate)
         kvd_ns_record_removed(c, ns);
 }
 
+void kvd_block_header(const struct kvd_cache *c, const struct kvd_block *b, struct kvd_slot_header *ret)
+{
+        const struct kvd_ns *ns = &c->ns[b->ns];
+
+        *ret = (struct kvd_slot_header){
+                .key_hi = b->key_hi, .key_lo = b->key_lo, .layer = b->layer,
+                .payload_len = (uint32_t)ns->block_bytes,
+                .ns_layers = ns->geometry.layers, .ns_kv_heads = ns->geometry.kv_heads,
+                .ns_head_dim = ns->geometry.head_dim, .ns_dtype = ns->geometry.dtype,
+                .ns_block_tokens = ns->geometry.block_tokens, .ns_owner = ns->owner,
+                .ns_fingerprint_len = ns->fingerprint_len,
+                .flags = (b->rflags & KVD_BLOCK_SHARED) ? KVD_SLOT_SHARED : 0,
+        };
+        memcpy(ret->ns_name, ns->name, sizeof(ret->ns_name));
+        memcpy(ret->ns_fingerprint, ns->fingerprint, ns->fingerprint_len);
+}
+
 /* A block no request uses any more: finish a pending delete. */
-static void settle(struct kvd_cache *c, uint32_t id)
+void kvd_block_settle(struct kvd_cache *c, uint32_t id)
 {
         struct kvd_block *b = blk(c, id);
 
@@ -287,7 +309,7 @@ static void write_done(void *ctx, int r)
         }
         if (x->fn)
                 x->fn(x->fn_ctx, x->item, r == 0);
-        settle(c, x->id);
+        kvd_block_settle(c, x->id);
         kvd_wake(c, waiters, r == 0);
         free(x);
         kvd_wake_space(c);
@@ -306,7 +328,7 @@ static void sync_done(void *ctx, int r)
                 b->synced = 1;
         else
                 log_warning("SSD tier: syncing a block for a durable Put failed: %s", strerror(-r));
-        settle(c, x->id);
+        kvd_block_settle(c, x->id);
         kvd_wake(c, waiters, r == 0);
         free(x);
         kvd_wake_space(c);
@@ -320,7 +342,7 @@ static int start_write(struct kvd_cache *c, uint32_t id, bool durable, bool evic
 {
         struct kvd_block *b = blk(c, id);
         const struct kvd_ns *ns = &c->ns[b->ns];
-        struct kvd_slot_header tmpl = { 0 };
+        struct kvd_slot_header tmpl;
         struct ssd_ctx *x;
         uint32_t loc;
         int r;
@@ -343,16 +365,7 @@ static int start_write(struct kvd_cache *c, uint32_t id, bool durable, bool evic
                 ns->tenant->host_leaving += ns->host_charge;
         }
         kvd_lru_update(c, id, false);
-        tmpl.key_hi = b->key_hi;
-        tmpl.key_lo = b->key_lo;
-        tmpl.layer = b->layer;
-        tmpl.ns_layers = ns->geometry.layers;
-        tmpl.ns_kv_heads = ns->geometry.kv_heads;
-        tmpl.ns_head_dim = ns->geometry.head_dim;
-        tmpl.ns_dtype = ns->geometry.dtype;
-        tmpl.ns_block_tokens = ns->geometry.block_tokens;
-        memcpy(tmpl.ns_name, ns->name, sizeof(tmpl.ns_name));
-        tmpl.ns_owner = ns->owner;
+        kvd_block_header(c, b, &tmpl);
         c->ssd_tier->ops->write(c->ssd_tier, loc, &tmpl, kvd_cache_host_ptr(c, b->loc), (uint32_t)ns->block_bytes,
                                 durable, durable || fn ? KVD_PRIO_DEMAND : KVD_PRIO_BACKGROUND, write_done, x);
         return 0;
@@ -502,8 +515,16 @@ int kvd_cache_put_reserve(struct kvd_cache *c, const struct kvd_bkey *k, uint32_
         return 0;
 }
 
-int kvd_cache_put_commit(struct kvd_cache *c, uint32_t id, bool durable, kvd_wait_fn fn, void *ctx,
+int kvd_cache_put_commit(struct kvd_cache *c, uint32_t id, unsigned flags, kvd_wait_fn fn, void *ctx,
                          uint32_t item)
+{
+        c->puts++;
+        if (flags & KVD_PUT_SHARED)
+                blk(c, id)->rflags |= KVD_BLOCK_SHARED;
+        return kvd_block_commit(c, id, flags & KVD_PUT_DURABLE, fn, ctx, item);
+}
+
+int kvd_block_commit(struct kvd_cache *c, uint32_t id, bool durable, kvd_wait_fn fn, void *ctx, uint32_t item)
 {
         struct kvd_block *b = blk(c, id);
         uint32_t waiters;
@@ -513,7 +534,6 @@ int kvd_cache_put_commit(struct kvd_cache *c, uint32_t id, bool durable, kvd_wai
         waiters = kvd_take_block_waiters(c, id);
         b->state = KVD_BLOCK_READY;
         c->ns[b->ns].blocks++;
-        c->puts++;
         kvd_lru_update(c, id, true);
         /* A damaged tier makes nothing durable: a durable Put fails (the
          * block stays in host memory); write-through stops (see cache.h). */
@@ -523,6 +543,8 @@ int kvd_cache_put_commit(struct kvd_cache *c, uint32_t id, bool durable, kvd_wai
                 r = start_write(c, id, durable, false, true, fn, ctx, item);
                 r = r == 0 ? 1 : r;
         }
+        /* Worth sharing: to the remote tier (when it admits it). */
+        kvd_share_offer(c, id);
         kvd_wake(c, waiters, true);
         /* A Put that raced a drop of its namespace: stored, then deleted. */
         if (c->ns[b->ns].dropped)
@@ -611,7 +633,7 @@ static void load_done(void *ctx, int r)
         }
         kvd_wake(c, waiters, r == 0);
         if (r == 0)
-                settle(c, x->id);
+                kvd_block_settle(c, x->id);
         free(x);
         kvd_wake_space(c);
 }
@@ -687,17 +709,24 @@ static void promote_next_layer(struct kvd_cache *c, const struct kvd_block *b)
                 c->spec_promotions++;
 }
 
-int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, bool prefetch, kvd_wait_fn fn,
+int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, unsigned flags, kvd_wait_fn fn,
                       void *ctx, uint32_t item, uint32_t *ret_id, void **ret_host)
 {
+        bool prefetch = flags & KVD_GET_PREFETCH;
         uint32_t id = kvd_index_find(c->index, k);
         struct kvd_block *b;
         int r;
 
+        /* Being fetched from the remote tier for another request. */
+        if (id != KVD_ID_NONE && (b = blk(c, id))->state == KVD_BLOCK_PENDING && (b->rflags & KVD_BLOCK_RGET))
+                return kvd_wait_on_block(c, id, fn, ctx, item) == 0 ? -EINPROGRESS : -ENOMEM;
         if (id == KVD_ID_NONE || (b = blk(c, id))->state != KVD_BLOCK_READY || (b->flags & KVD_BLOCK_DOOMED)) {
                 c->misses++;
                 if (c->ssd_tier)
                         c->ssd_misses++;
+                /* Host, SSD, then the remote tier: a shared block only. */
+                if (id == KVD_ID_NONE && (flags & KVD_GET_SHARED))
+                        return kvd_share_fetch(c, k, fn, ctx, item);
                 return -ENOENT;
         }
         if (b->flags & KVD_BLOCK_LOADING)
@@ -715,6 +744,7 @@ int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, bool prefet
                 kvd_heat_add(c, b, DEMAND_HEAT);
                 kvd_lru_update(c, id, true);
                 promote_next_layer(c, b);
+                kvd_share_offer(c, id); /* read often enough to be shared now? */
                 *ret_id = id;
                 *ret_host = (uint8_t *)kvd_cache_host_ptr(c, b->loc) + c->hdr;
                 return 0;
@@ -747,7 +777,7 @@ void kvd_cache_unpin(struct kvd_cache *c, uint32_t id)
         assert(b->state == KVD_BLOCK_READY && b->pins > 0);
         c->gets++;
         b->pins--;
-        settle(c, id);
+        kvd_block_settle(c, id);
         if (b->pins == 0)
                 kvd_wake_space(c);
 }
@@ -798,6 +828,7 @@ void kvd_cache_stats(const struct kvd_cache *c, struct kvd_cache_stats *ret)
                 .ssd_hits = c->ssd_hits, .ssd_misses = c->ssd_misses, .ssd_evictions = c->ssd_evictions,
                 .demotions = c->demotions, .promotions = c->promotions, .dropped = c->dropped,
                 .spec_promotions = c->spec_promotions, .scores = c->scores,
+                .remote_fetches = c->remote_fetches, .remote_promotions = c->remote_promotions,
                 .eviction = c->cfg->eviction == KVD_EVICT_LRU ? "lru" : "heat",
         };
         c->host_tier->ops->usage(c->host_tier, &ret->host);

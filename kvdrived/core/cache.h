@@ -51,6 +51,8 @@ struct kvd_ns {
         uint32_t id;
         char name[KVD_NS_NAME_MAX];
         struct kvd_geometry geometry;
+        uint8_t fingerprint[KVD_FINGERPRINT_MAX]; /* what computed its bytes: part of its identity */
+        uint8_t fingerprint_len;
         uint64_t block_bytes;
         int klass;              /* host size class */
         int ssd_klass;          /* SSD size class, -1 without SSD */
@@ -92,6 +94,7 @@ struct kvd_cache_stats {
         bool ssd_damaged;       /* see tiers/ssd.h */
         char ssd_condition[96];
         uint64_t spec_promotions, scores;
+        uint64_t remote_fetches, remote_promotions;     /* Gets asked of the remote tier, blocks it gave */
         const char *eviction;   /* "heat" or "lru" */
 };
 
@@ -154,6 +157,20 @@ int kvd_geometry_block_bytes(const struct kvd_geometry *g, uint64_t *ret);
  */
 int kvd_cache_ns_register(struct kvd_cache *c, const char *name, const struct kvd_geometry *g, uint32_t owner,
                           bool create, uint32_t *ret_id, bool *ret_created);
+/* A namespace's identity: (owner, name), and what must match to join it. */
+struct kvd_ns_ident {
+        const char *name;
+        const struct kvd_geometry *geometry;
+        uint32_t owner;
+        const uint8_t *fingerprint;     /* fingerprint_len bytes, at most KVD_FINGERPRINT_MAX */
+        size_t fingerprint_len;
+};
+
+/* kvd_cache_ns_register() with a fingerprint: another fingerprint under
+ * the same (owner, name) is -EEXIST like another geometry; one too long is
+ * -EINVAL. kvd_cache_ns_register() is this with none. */
+int kvd_cache_ns_register_ident(struct kvd_cache *c, const struct kvd_ns_ident *ident, bool create,
+                                uint32_t *ret_id, bool *ret_created);
 /* The namespace at id, NULL if that table entry is free. */
 const struct kvd_ns *kvd_cache_ns(const struct kvd_cache *c, uint32_t id);
 /* Size of the namespace table (ids are below it); namespaces in use. */
@@ -195,14 +212,19 @@ uint32_t kvd_cache_tenants(const struct kvd_cache *c, struct kvd_tenant_stats *r
 int kvd_cache_put_reserve(struct kvd_cache *c, const struct kvd_bkey *k, uint32_t *ret_id,
                           void **ret_host);
 /*
- * Makes a PENDING block READY. With durable (and an SSD tier), or when the
+ * Makes a PENDING block READY. With KVD_PUT_DURABLE (and an SSD tier), or when the
  * tier writes through, the block is also written to SSD (RWF_DSYNC when
  * durable) and fn(ctx, item, ok) runs when that write ends. Returns 1 if fn
  * will be called, 0 if there is nothing to wait for, -errno if no write
  * could be started (the block is READY in host all the same). A damaged SSD
  * tier: durable gets -EIO; write-through writes nothing (0).
  */
-int kvd_cache_put_commit(struct kvd_cache *c, uint32_t id, bool durable, kvd_wait_fn fn, void *ctx,
+/* kvd_cache_put_commit()'s flags (true: durable, as before). */
+enum {
+        KVD_PUT_DURABLE = 1u << 0,
+        KVD_PUT_SHARED = 1u << 1,       /* a prefix-chain block: write it through to the remote tier */
+};
+int kvd_cache_put_commit(struct kvd_cache *c, uint32_t id, unsigned flags, kvd_wait_fn fn, void *ctx,
                           uint32_t item);
 void kvd_cache_put_abort(struct kvd_cache *c, uint32_t id);
 /*
@@ -221,9 +243,15 @@ int kvd_cache_wait_pending(struct kvd_cache *c, uint32_t id, kvd_wait_fn fn, voi
  * called when it is in host, then call get_pin again); -EAGAIN / -EXFULL
  * host room is being made (wait_space); -ENOENT miss; -ENOSPC no host room;
  * -EDQUOT over the owner's quota; -ENOMEM.
- * prefetch: reads from SSD at the lower priority.
+ * KVD_GET_PREFETCH (true, as before): reads from SSD at the lower priority.
+ * KVD_GET_SHARED: k is a prefix-chain key: a block in no local tier is
+ * asked of the remote tier (-EINPROGRESS, fn called when it came, or not).
  */
-int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, bool prefetch, kvd_wait_fn fn,
+enum {
+        KVD_GET_PREFETCH = 1u << 0,
+        KVD_GET_SHARED = 1u << 1,
+};
+int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, unsigned flags, kvd_wait_fn fn,
                       void *ctx, uint32_t item, uint32_t *ret_id, void **ret_host);
 void kvd_cache_unpin(struct kvd_cache *c, uint32_t id);
 
@@ -244,3 +272,18 @@ bool kvd_cache_contains(const struct kvd_cache *c, const struct kvd_bkey *k);
 int kvd_cache_delete(struct kvd_cache *c, const struct kvd_bkey *k);
 
 void kvd_cache_stats(const struct kvd_cache *c, struct kvd_cache_stats *ret);
+
+/* The remote tier (a store shared with other machines), if there is one. */
+bool kvd_cache_has_remote(const struct kvd_cache *c);
+/*
+ * Asks the remote tier, in one round, whether it has blocks (keys[i],
+ * layers[i]) of namespace ns: ret[i] = 1 if so, once cb(ctx, 0) runs (a
+ * key it could not answer for is 0). 0 when asked, -ENODEV without a
+ * remote tier, -errno.
+ */
+int kvd_cache_remote_probe(struct kvd_cache *c, uint32_t ns, const uint64_t (*keys)[2], const uint32_t *layers,
+                           uint32_t n, uint8_t *ret, kvd_tier_cb cb, void *ctx);
+/* The remote tier's figures and up to max of its nodes'; the number of
+ * nodes, or -ENODEV without a remote tier. */
+int kvd_cache_remote_stats(const struct kvd_cache *c, struct kvd_tier_stats *ret,
+                           struct kvd_tier_node_stats *nodes, unsigned max);

@@ -34,6 +34,14 @@ enum kvd_block_flags {
         KVD_BLOCK_NO_SSD = 1u << 7,     /* an SSD write of it failed: never demote it */
 };
 
+/* A block and the remote tier (a store shared with other machines). */
+enum kvd_block_rflags {
+        KVD_BLOCK_SHARED = 1u << 0,     /* a prefix-chain block: it may leave the machine */
+        KVD_BLOCK_REMOTE = 1u << 1,     /* the remote tier has it (we wrote it, or it came from there) */
+        KVD_BLOCK_RPUT = 1u << 2,       /* being written to the remote tier (holds a pin) */
+        KVD_BLOCK_RGET = 1u << 3,       /* PENDING: being fetched from the remote tier */
+};
+
 struct kvd_bkey {
         uint64_t hi, lo;
         uint32_t ns;
@@ -57,7 +65,8 @@ struct kvd_block {
         uint8_t ssd_klass;
         uint8_t reads;          /* saturating: SSD admission */
         uint8_t synced;         /* its SSD copy is on stable storage (RWF_DSYNC, or fdatasync since) */
-        uint8_t pad[2];
+        uint8_t rflags;         /* enum kvd_block_rflags: the shared (remote) tier */
+        uint8_t pad;
         float heat;             /* attention mass + demand, decayed to heat_ms */
         uint32_t heat_ms;       /* cache clock of the last update */
 };

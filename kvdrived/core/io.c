@@ -23,6 +23,7 @@ struct kvd_io {
         struct kvd_xfer *xfer;
         enum kvd_io_kind kind;
         bool durable;
+        bool shared;            /* prefix-chain keys (KVD_IO_SHARED) */
         bool first_pass;
         const struct kvd_ns *ns;
         struct kvd_peer_pool *pool;
@@ -75,13 +76,17 @@ static void durable_done(void *ctx, uint32_t i, bool ok)
         io_put(io);
 }
 
-/* Another Put of the same key ended: acknowledge ours only now, so a Get
- * sent after our reply finds the block. */
+/* Another Put of the same key (or a fetch of it from the remote tier)
+ * ended: acknowledge ours only now, so a Get sent after our reply finds the
+ * block. If it did not store the block, ours stores its own bytes. */
 static void pending_done(void *ctx, uint32_t i, bool ok)
 {
         struct kvd_io *io = ctx;
 
-        finish(io, i, ok ? KVD_ITEM_EXISTS : KVD_ITEM_ERROR);
+        if (ok)
+                finish(io, i, KVD_ITEM_EXISTS);
+        else
+                item_run(io, i);
         io_put(io);
 }
 
@@ -118,7 +123,8 @@ static void copy_done(struct kvd_io *io, uint32_t i, uint32_t id, int result)
                 finish(io, i, KVD_ITEM_ERROR);
                 return;
         }
-        r = kvd_cache_put_commit(io->cache, id, io->durable, durable_done, io, i);
+        r = kvd_cache_put_commit(io->cache, id, (io->durable ? KVD_PUT_DURABLE : 0) | (io->shared ? KVD_PUT_SHARED : 0),
+                                 durable_done, io, i);
         if (r == 1)
                 io->outstanding++;
         else if (r == 0 || !io->durable)
@@ -208,7 +214,10 @@ static void item_run(struct kvd_io *io, uint32_t i)
                         r = r == 0 ? -EEXIST : r == 1 ? -EINPROGRESS : r == -EDQUOT ? r : -EIO;
                 }
         } else {
-                r = kvd_cache_get_pin(io->cache, &k, io->kind == KVD_IO_PREFETCH, retry, io, i, &id, &host);
+                r = kvd_cache_get_pin(io->cache, &k,
+                                      (io->kind == KVD_IO_PREFETCH ? KVD_GET_PREFETCH : 0) |
+                                              (io->shared ? KVD_GET_SHARED : 0),
+                                      retry, io, i, &id, &host);
         }
         if (r == -EAGAIN || r == -EXFULL)
                 r = kvd_cache_wait_space(io->cache, r, retry, io, i) == 0 ? -EINPROGRESS : -ENOMEM;
@@ -250,7 +259,7 @@ static void run_items(struct kvd_io *io, uint32_t end)
                 item_run(io, io->next);
 }
 
-int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_kind kind, bool durable,
+int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_kind kind, unsigned flags,
                   const struct kvd_ns *ns, struct kvd_peer_pool *pool, struct kvd_counters *counters,
                   struct kvd_item *items, uint32_t n, kvd_io_done_fn done, void *userdata,
                   struct kvd_io **ret_more)
@@ -275,7 +284,8 @@ int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_ki
         io->cache = cache;
         io->xfer = xfer;
         io->kind = kind;
-        io->durable = durable;
+        io->durable = flags & KVD_IO_DURABLE;
+        io->shared = flags & KVD_IO_SHARED;
         io->ns = ns;
         kvd_cache_ns_hold(cache, ns->id);
         io->pool = pool ? kvd_peer_pool_ref(pool) : NULL;

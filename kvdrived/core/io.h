@@ -51,8 +51,10 @@ typedef void (*kvd_io_done_fn)(struct kvd_io *io, void *userdata);
  * n is 0) is taken: the request keeps it and frees it, on -ENOMEM too, so
  * that items are copied once, by the caller that decodes them. ns
  * (kvd_cache_ns_hold()), pool
- * (Put/Get) and counters are held until the request is freed. durable (Put): acknowledge each
- * block once it is on SSD with RWF_DSYNC. counters must be given when an
+ * (Put/Get) and counters are held until the request is freed. flags:
+ * KVD_IO_DURABLE (Put) acknowledges each block once it is on SSD with
+ * RWF_DSYNC; KVD_IO_SHARED: the keys are prefix-chain keys, which a Put
+ * writes through to the remote tier and a Get asks of it. counters must be given when an
  * item names a counter, and every item's counter be 0..counters->count (the
  * caller checked): each such item is counted exactly once when its status
  * is final — a Get's successful copy by the transfer worker right after it,
@@ -66,7 +68,13 @@ typedef void (*kvd_io_done_fn)(struct kvd_io *io, void *userdata);
  */
 #define KVD_IO_SLICE 256u
 
-int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_kind kind, bool durable,
+/* kvd_io_submit()'s flags. */
+enum {
+        KVD_IO_DURABLE = 1u << 0,       /* Put: acknowledged once on SSD (RWF_DSYNC) */
+        KVD_IO_SHARED = 1u << 1,        /* prefix-chain keys: through the remote tier too */
+};
+
+int kvd_io_submit(struct kvd_cache *cache, struct kvd_xfer *xfer, enum kvd_io_kind kind, unsigned flags,
                   const struct kvd_ns *ns, struct kvd_peer_pool *pool, struct kvd_counters *counters,
                   struct kvd_item *items, uint32_t n, kvd_io_done_fn done, void *userdata,
                   struct kvd_io **ret_more);

@@ -145,6 +145,17 @@ static struct kvd_ns *ns_find(struct kvd_cache *c, const char *name, uint32_t ow
 int kvd_cache_ns_register(struct kvd_cache *c, const char *name, const struct kvd_geometry *g, uint32_t owner,
                           bool create, uint32_t *ret_id, bool *ret_created)
 {
+        const struct kvd_ns_ident id = { .name = name, .geometry = g, .owner = owner };
+
+        return kvd_cache_ns_register_ident(c, &id, create, ret_id, ret_created);
+}
+
+int kvd_cache_ns_register_ident(struct kvd_cache *c, const struct kvd_ns_ident *ident, bool create,
+                                uint32_t *ret_id, bool *ret_created)
+{
+        const struct kvd_geometry *g = ident->geometry;
+        const char *name = ident->name;
+        uint32_t owner = ident->owner;
         int klass, ssd_klass = -1;
         struct kvd_tenant *t;
         struct kvd_ns *ns;
@@ -156,8 +167,11 @@ int kvd_cache_ns_register(struct kvd_cache *c, const char *name, const struct kv
         if (kvd_geometry_block_bytes(g, &bytes) < 0 || g->layers > KVD_NS_MAX_LAYERS)
                 return -EINVAL;
         ns = ns_find(c, name, owner);
+        if (ident->fingerprint_len > KVD_FINGERPRINT_MAX)
+                return -EINVAL;
         if (ns) {
-                if (memcmp(&ns->geometry, g, sizeof(*g)) != 0)
+                if (memcmp(&ns->geometry, g, sizeof(*g)) != 0 || ns->fingerprint_len != ident->fingerprint_len ||
+                    memcmp(ns->fingerprint, ident->fingerprint, ident->fingerprint_len) != 0)
                         return -EEXIST;
                 *ret_id = ns->id;
                 *ret_created = false;
@@ -188,6 +202,9 @@ int kvd_cache_ns_register(struct kvd_cache *c, const char *name, const struct kv
                                .host_charge = c->host_tier->ops->class_bytes(c->host_tier, klass),
                                .ssd_charge = (uint32_t)(KVD_SLOT_HDR_BYTES + ALIGN_UP(bytes, KVD_PAGE)) };
         memcpy(ns->name, name, strlen(name) + 1);
+        if (ident->fingerprint_len)
+                memcpy(ns->fingerprint, ident->fingerprint, ident->fingerprint_len);
+        ns->fingerprint_len = (uint8_t)ident->fingerprint_len;
         t->st.namespaces++;
         c->n_ns++;
         log_info("namespace %u '%s' of uid %u: %u layers, %u kv heads, head dim %u, dtype %u, %u tokens/block, "

@@ -22,6 +22,7 @@ static bool recover_slot(void *ctx, const struct kvd_slot_header *h, uint32_t lo
         struct kvd_cache *c = ctx;
         struct kvd_geometry g = { h->ns_layers, h->ns_kv_heads, h->ns_head_dim, h->ns_dtype, h->ns_block_tokens };
         char name[KVD_NS_NAME_MAX];
+        struct kvd_ns_ident ident;
         struct kvd_bkey k;
         struct kvd_block *b;
         struct kvd_ns *ns;
@@ -31,7 +32,9 @@ static bool recover_slot(void *ctx, const struct kvd_slot_header *h, uint32_t lo
 
         memcpy(name, h->ns_name, sizeof(name));
         name[sizeof(name) - 1] = '\0';
-        r = kvd_cache_ns_register(c, name, &g, h->ns_owner, true, &ns_id, &created);
+        ident = (struct kvd_ns_ident){ .name = name, .geometry = &g, .owner = h->ns_owner,
+                                       .fingerprint = h->ns_fingerprint, .fingerprint_len = h->ns_fingerprint_len };
+        r = kvd_cache_ns_register_ident(c, &ident, true, &ns_id, &created);
         if (r == -EDQUOT || r == -ENOSPC) {
                 c->recover_skipped_ns++;
                 return false;
@@ -57,6 +60,8 @@ static bool recover_slot(void *ctx, const struct kvd_slot_header *h, uint32_t lo
         b->klass = (uint8_t)ns->klass;
         b->ssd_klass = (uint8_t)klass;
         b->ssd_loc = loc;
+        if (h->flags & KVD_SLOT_SHARED)
+                b->rflags |= KVD_BLOCK_SHARED;
         ns->blocks++;
         kvd_lru_update(c, id, false);
         return true;

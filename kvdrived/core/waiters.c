@@ -142,6 +142,6 @@ void kvd_cache_quiesce(struct kvd_cache *c)
                 c->free_waiter = w;
                 x.fn(x.ctx, x.item, false);
         }
-        if (c->ssd_tier)
-                c->ssd_tier->ops->drain(c->ssd_tier);
+        for (unsigned i = 1; i < c->n_tiers; i++)
+                c->tiers[i]->ops->drain(c->tiers[i]);
 }

@@ -99,6 +99,7 @@ static void handle_register_ns(struct kvd_session *ss, uint64_t id, const Kvdriv
         struct kvd_geometry g = { 0 };
         char name[KVD_NS_NAME_MAX];
         struct kvd_tenant_stats ts;
+        struct kvd_ns_ident ident;
         uint32_t ns_id, owner;
         unsigned rights;
         bool created;
@@ -118,14 +119,22 @@ static void handle_register_ns(struct kvd_session *ss, uint64_t id, const Kvdriv
         }
         g = (struct kvd_geometry){ m->geometry->layers, m->geometry->kv_heads, m->geometry->head_dim,
                                    (uint32_t)m->geometry->dtype, m->geometry->block_tokens };
+        if (m->fingerprint.len > KVD_FINGERPRINT_MAX) {
+                kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_BAD_ARG,
+                                       "fingerprint of %zu bytes: at most %u", m->fingerprint.len,
+                                       KVD_FINGERPRINT_MAX);
+                return;
+        }
         resolve_ns(ss, name, &owner, &rights);
-        r = kvd_cache_ns_register(cache, name, &g, owner, rights & KVD_RIGHT_WRITE, &ns_id, &created);
+        ident = (struct kvd_ns_ident){ .name = name, .geometry = &g, .owner = owner,
+                                       .fingerprint = m->fingerprint.data, .fingerprint_len = m->fingerprint.len };
+        r = kvd_cache_ns_register_ident(cache, &ident, rights & KVD_RIGHT_WRITE, &ns_id, &created);
         switch (r) {
         case 0:
                 break;
         case -EEXIST:
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_NS_CONFLICT,
-                                       "namespace '%s' exists with a different geometry", name);
+                                       "namespace '%s' exists with a different geometry or fingerprint", name);
                 return;
         case -ENOENT:
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_NO_NAMESPACE,
@@ -577,7 +586,7 @@ static void io_task_queue(struct kvd_session *ss, struct kvd_io *io)
 
 /* Checks items against ns (and pool when given), then starts the request.
  * Every check comes before any state changes. */
-static void start_io(struct kvd_session *ss, uint64_t id, enum kvd_io_kind kind, bool durable,
+static void start_io(struct kvd_session *ss, uint64_t id, enum kvd_io_kind kind, unsigned flags,
                      const struct kvd_ns *ns, struct kvd_peer_pool *pool, Kvdrive__BlockRef *const *refs,
                      size_t n, uint32_t prefetch_depth)
 {
@@ -629,7 +638,7 @@ static void start_io(struct kvd_session *ss, uint64_t id, enum kvd_io_kind kind,
                                               refs[i]->counter };
         *p = (struct pending){ .ss = kvd_session_ref(ss), .id = id, .kind = kind, .prefetch_depth = prefetch_depth };
         ss->inflight++;
-        r = kvd_io_submit(ss->server->cache, ss->server->xfer, kind, durable, ns, pool, counters, items,
+        r = kvd_io_submit(ss->server->cache, ss->server->xfer, kind, flags, ns, pool, counters, items,
                           (uint32_t)n, transfer_done, p, &more);     /* items taken */
         if (r < 0) {
                 ss->inflight--;
@@ -669,7 +678,8 @@ static void handle_transfer(struct kvd_session *ss, uint64_t id, const Kvdrive__
                                            : "durable applies to Put only");
                 return;
         }
-        start_io(ss, id, put ? KVD_IO_PUT : KVD_IO_GET, m->durable, ns, pool, m->items, m->n_items,
+        start_io(ss, id, put ? KVD_IO_PUT : KVD_IO_GET,
+                 (m->durable ? KVD_IO_DURABLE : 0) | (m->shared ? KVD_IO_SHARED : 0), ns, pool, m->items, m->n_items,
                  !put && m->compute_us ? kvd_prefetch_depth(&ss->server->prefetch, ss->id, m->compute_us,
                                                              ns->block_bytes) : 0);
 }
@@ -679,7 +689,7 @@ static void handle_prefetch(struct kvd_session *ss, uint64_t id, const Kvdrive__
         const struct kvd_ns *ns = session_ns(ss, id, m->ns_id, KVD_RIGHT_READ);
 
         if (ns)
-                start_io(ss, id, KVD_IO_PREFETCH, false, ns, NULL, m->items, m->n_items, 0);
+                start_io(ss, id, KVD_IO_PREFETCH, 0, ns, NULL, m->items, m->n_items, 0);
 }
 
 static void handle_scores(struct kvd_session *ss, uint64_t id, const Kvdrive__Scores *m)
@@ -727,6 +737,14 @@ struct key_task {
         uint32_t first, last;   /* Delete: the layers */
         uint32_t layer, k;      /* where the next slice starts */
         uint32_t *prefix;       /* Lookup: the answer, per layer */
+        /* Lookup, the remote tier's round: the (key, layer) pairs asked
+         * (past each layer's local prefix), its answers; while asked, the
+         * task is the probe's, freed when it ends. */
+        uint64_t (*rkeys)[2];
+        uint32_t *rlayers;
+        uint8_t *rfound;
+        uint32_t n_remote;
+        bool probing;
         uint64_t deleted;       /* Delete, DropNamespace */
         uint64_t cursor;        /* DropNamespace: the next index record */
         uint32_t units;         /* probes done so far */
@@ -736,7 +754,12 @@ static void key_task_free(struct kvd_task *t)
 {
         struct key_task *kt = container_of(t, struct key_task, task);
 
+        if (kt->probing)
+                return; /* the remote tier's answer frees it */
         kvd_cache_ns_release(t->ss->server->cache, kt->ns);
+        free(kt->rkeys);
+        free(kt->rlayers);
+        free(kt->rfound);
         free(kt->keys);
         free(kt->prefix);
         free(kt);
@@ -782,12 +805,88 @@ static uint32_t key_task_start(struct kvd_session *ss, struct key_task *kt)
         return units;
 }
 
+static void lookup_reply(struct key_task *kt)
+{
+        Kvdrive__LookupReply lr = KVDRIVE__LOOKUP_REPLY__INIT;
+        Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
+
+        lr.prefix = kt->prefix;
+        lr.n_prefix = kt->layers;
+        resp.body_case = KVDRIVE__RESPONSE__BODY_LOOKUP;
+        resp.lookup = &lr;
+        reply(kt->task.ss, kt->id, &resp);
+}
+
+/* The remote tier answered: each layer's prefix goes on while it has the
+ * next key. */
+static void lookup_probed(void *ctx, int result)
+{
+        struct key_task *kt = ctx;
+        struct kvd_session *ss = kt->task.ss;
+        uint32_t i = 0;
+
+        (void)result; /* a key it could not answer for is not there */
+        for (uint32_t l = 0; l < kt->layers && i < kt->n_remote; l++) {
+                bool run = true;
+
+                for (; i < kt->n_remote && kt->rlayers[i] == l; i++)
+                        if (run && kt->rfound[i])
+                                kt->prefix[l]++;
+                        else
+                                run = false;
+        }
+        lookup_reply(kt);
+        kt->probing = false;
+        ss->inflight--;
+        key_task_free(&kt->task);
+        kvd_session_unref(ss);
+}
+
+/* Lookups ask the remote tier about this many (key, layer) pairs at most:
+ * the answer is a prefix, so a lower bound stays true. */
+#define LOOKUP_REMOTE_MAX 16384u
+
+/* After the local pass: asks the remote tier about the keys past each
+ * layer's prefix, in one round. true if asked (it replies). */
+static bool lookup_remote(struct key_task *kt)
+{
+        struct kvd_cache *cache = kt->task.ss->server->cache;
+        uint64_t want = 0;
+        uint32_t n = 0;
+
+        if (!kvd_cache_has_remote(cache))
+                return false;
+        for (uint32_t l = 0; l < kt->layers; l++)
+                want += kt->n_keys - kt->prefix[l];
+        if (want == 0)
+                return false;
+        want = want < LOOKUP_REMOTE_MAX ? want : LOOKUP_REMOTE_MAX;
+        kt->rkeys = malloc(sizeof(*kt->rkeys) * want);
+        kt->rlayers = malloc(sizeof(*kt->rlayers) * want);
+        kt->rfound = malloc(want);
+        if (!kt->rkeys || !kt->rlayers || !kt->rfound)
+                return false; /* the local answer stands */
+        for (uint32_t l = 0; l < kt->layers && n < want; l++)
+                for (uint32_t k = kt->prefix[l]; k < kt->n_keys && n < want; k++, n++) {
+                        kt->rkeys[n][0] = kt->keys[k][0];
+                        kt->rkeys[n][1] = kt->keys[k][1];
+                        kt->rlayers[n] = l;
+                }
+        kt->n_remote = n;
+        if (kvd_cache_remote_probe(cache, kt->ns, (const uint64_t (*)[2])kt->rkeys, kt->rlayers, n, kt->rfound,
+                                   lookup_probed, kt) < 0)
+                return false;
+        /* The session stays, and counts the Lookup in flight, until it ends. */
+        kt->probing = true;
+        kvd_session_ref(kt->task.ss);
+        kt->task.ss->inflight++;
+        return true;
+}
+
 static bool lookup_step(struct kvd_task *t, uint32_t budget)
 {
         struct key_task *kt = container_of(t, struct key_task, task);
         struct kvd_cache *cache = t->ss->server->cache;
-        Kvdrive__LookupReply lr = KVDRIVE__LOOKUP_REPLY__INIT;
-        Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
 
         while (kt->layer < kt->layers && budget-- > 0) {
                 kt->units++;
@@ -802,11 +901,8 @@ static bool lookup_step(struct kvd_task *t, uint32_t budget)
         }
         if (kt->layer < kt->layers)
                 return false;
-        lr.prefix = kt->prefix;
-        lr.n_prefix = kt->layers;
-        resp.body_case = KVDRIVE__RESPONSE__BODY_LOOKUP;
-        resp.lookup = &lr;
-        reply(t->ss, kt->id, &resp);
+        if (!lookup_remote(kt))
+                lookup_reply(kt);
         return true;
 }
 

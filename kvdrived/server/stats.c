@@ -33,13 +33,85 @@ static void tenant_to_wire(const struct kvd_tenant_stats *t, Kvdrive__TenantStat
         *ret = w;
 }
 
+#define REMOTE_NODES_MAX 64
+
+/* The remote tier: its line in the tier table and its own section (with
+ * its nodes: the arrays are the caller's, REMOTE_NODES_MAX long). */
+static bool remote_stats(const struct kvd_server *s, Kvdrive__TierStats *tier, Kvdrive__RemoteStats *rs,
+                         struct kvd_tier_node_stats *ns, Kvdrive__RemoteNodeStats *nw, Kvdrive__RemoteNodeStats **nwp,
+                         struct kvd_tier_stats *st)
+{
+        struct kvd_cache_stats cs;
+        int n = kvd_cache_remote_stats(s->cache, st, ns, REMOTE_NODES_MAX);
+
+        if (n < 0)
+                return false;
+        kvd_cache_stats(s->cache, &cs);
+        n = n < REMOTE_NODES_MAX ? n : REMOTE_NODES_MAX;
+        tier->name = (char *)"remote";
+        tier->hits = st->hits;
+        tier->misses = st->misses;
+        tier->reads = st->reads;
+        tier->writes = st->writes;
+        tier->read_bytes = st->read_bytes;
+        tier->write_bytes = st->write_bytes;
+        tier->read_errors = st->read_errors;
+        tier->write_errors = st->write_errors;
+        tier->crc_failures = st->crc_failures;
+        tier->promotions = cs.remote_promotions;
+        tier->condition = st->condition;
+        rs->seeds = (char *)s->cfg->remote;
+        rs->condition = st->condition;
+        rs->hits = st->hits;
+        rs->misses = st->misses;
+        rs->writes = st->writes;
+        rs->write_skips = st->write_skips;
+        rs->crc_failures = st->crc_failures;
+        rs->errors = st->read_errors + st->write_errors;
+        rs->lookups = st->probes;
+        rs->lookup_hits = st->probe_hits;
+        rs->slot_map_refreshes = st->map_refreshes;
+        rs->read_bytes = st->read_bytes;
+        rs->write_bytes = st->write_bytes;
+        rs->inflight = st->inflight;
+        for (int i = 0; i < n; i++) {
+                kvdrive__remote_node_stats__init(&nw[i]);
+                nw[i].addr = ns[i].addr;
+                nw[i].up = ns[i].up;
+                nw[i].slots = ns[i].slots;
+                nw[i].requests = ns[i].requests;
+                nw[i].hits = ns[i].hits;
+                nw[i].misses = ns[i].misses;
+                nw[i].read_bytes = ns[i].read_bytes;
+                nw[i].write_bytes = ns[i].write_bytes;
+                nw[i].errors = ns[i].errors;
+                nw[i].timeouts = ns[i].timeouts;
+                nw[i].moved = ns[i].moved;
+                nw[i].ask = ns[i].ask;
+                nw[i].latency_us_sum = ns[i].latency_us_sum;
+                nw[i].latency_us_max = ns[i].latency_us_max;
+                nw[i].n_latency_hist = KVD_TIER_LAT_BUCKETS;
+                nw[i].latency_hist = ns[i].latency_hist;
+                nwp[i] = &nw[i];
+        }
+        rs->n_nodes = (size_t)n;
+        rs->nodes = nwp;
+        return true;
+}
+
 void kvd_handle_stats(struct kvd_session *ss, uint64_t id)
 {
         struct kvd_server *s = ss->server;
         Kvdrive__StatsReply sr = KVDRIVE__STATS_REPLY__INIT;
         Kvdrive__Response resp = KVDRIVE__RESPONSE__INIT;
         Kvdrive__TierStats host = KVDRIVE__TIER_STATS__INIT, ssd = KVDRIVE__TIER_STATS__INIT;
-        Kvdrive__TierStats *tiers[2] = { &host, &ssd };
+        Kvdrive__TierStats remote = KVDRIVE__TIER_STATS__INIT;
+        Kvdrive__TierStats *tiers[3] = { &host, &ssd, &remote };
+        Kvdrive__RemoteStats rs = KVDRIVE__REMOTE_STATS__INIT;
+        struct kvd_tier_node_stats *rn = calloc(REMOTE_NODES_MAX, sizeof(*rn));
+        Kvdrive__RemoteNodeStats *rnw = calloc(REMOTE_NODES_MAX, sizeof(*rnw));
+        Kvdrive__RemoteNodeStats **rnwp = calloc(REMOTE_NODES_MAX, sizeof(*rnwp));
+        struct kvd_tier_stats rst;
         uint32_t n_ns = kvd_cache_ns_count(s->cache), n_shown = 0;
         uint32_t n_ten = ss->peer.admin ? kvd_cache_tenants(s->cache, NULL, 0) : 1;
         Kvdrive__NamespaceStats *nss = calloc(n_ns ? n_ns : 1, sizeof(*nss));
@@ -50,7 +122,7 @@ void kvd_handle_stats(struct kvd_session *ss, uint64_t id)
         Kvdrive__TenantStats **twp = calloc(n_ten ? n_ten : 1, sizeof(*twp));
         struct kvd_cache_stats cs;
 
-        if (!nss || !nsp || !geo || !ts || !tw || !twp) {
+        if (!nss || !nsp || !geo || !ts || !tw || !twp || !rn || !rnw || !rnwp) {
                 kvd_session_send_error(ss, id, KVDRIVE__ERROR_CODE__E_INTERNAL, "out of memory");
                 goto out;
         }
@@ -128,6 +200,10 @@ void kvd_handle_stats(struct kvd_session *ss, uint64_t id)
         sr.clients = s->n_sessions;
         sr.clients_total = s->sessions_total;
         sr.n_tiers = cs.have_ssd ? 2 : 1;
+        if (remote_stats(s, &remote, &rs, rn, rnw, rnwp, &rst)) {
+                tiers[sr.n_tiers++] = &remote;
+                sr.remote = &rs;
+        }
         sr.tiers = tiers;
         sr.n_namespaces = n_shown;
         sr.namespaces = nsp;
@@ -178,4 +254,7 @@ out:
         free(ts);
         free(tw);
         free(twp);
+        free(rn);
+        free(rnw);
+        free(rnwp);
 }

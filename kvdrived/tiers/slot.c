@@ -31,7 +31,7 @@ static bool header_crc_ok(const struct kvd_slot_header *h)
 
 bool kvd_slot_header_valid(const struct kvd_slot_header *h, uint64_t extent_gen)
 {
-        return h->magic == KVD_SLOT_MAGIC && h->version == KVD_FORMAT_VERSION && header_crc_ok(h) &&
+        return h->magic == KVD_SLOT_MAGIC && h->version == KVD_SLOT_VERSION && header_crc_ok(h) &&
                h->extent_generation == extent_gen;
 }
 

@@ -21,8 +21,14 @@
 #define KVD_EXTENT_HDR_BYTES 4096u
 #define KVD_SLOT_MAGIC       0x534b564bu /* "KVKS" */
 #define KVD_EXTENT_MAGIC     0x454b564bu /* "KVKE" */
-#define KVD_FORMAT_VERSION   2u /* 2: the slot header names its namespace's owner */
+#define KVD_FORMAT_VERSION   2u /* of extent headers */
+/* Of slot headers: 2 names its namespace's owner, 3 its fingerprint too
+ * (slots of an older version are not recovered: the cache forgets them). */
+#define KVD_SLOT_VERSION     3u
 #define KVD_CODEC_NONE       0u
+#define KVD_FINGERPRINT_MAX  64u
+/* kvd_slot_header.flags */
+#define KVD_SLOT_SHARED      1u /* a prefix-chain block: it may be shared through the remote tier */
 
 struct kvd_extent_header {
         uint32_t magic;
@@ -48,6 +54,10 @@ struct kvd_slot_header {
         uint32_t ns_layers, ns_kv_heads, ns_head_dim, ns_dtype, ns_block_tokens;
         char ns_name[128];
         uint32_t ns_owner;              /* uid owning the namespace (v2) */
+        uint8_t ns_fingerprint_len;     /* v3: what computed the bytes (RegisterNamespace.fingerprint) */
+        uint8_t flags;                  /* KVD_SLOT_* */
+        uint8_t reserved3[2];
+        uint8_t ns_fingerprint[KVD_FINGERPRINT_MAX];
         uint32_t header_crc;            /* crc32c of the bytes before it */
 };
 

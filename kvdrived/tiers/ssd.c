@@ -463,7 +463,7 @@ static void submit_op(struct kvd_ssd *s, struct op *o)
                 memset(h, 0, KVD_SLOT_HDR_BYTES);
                 *h = o->hdr;
                 h->magic = KVD_SLOT_MAGIC;
-                h->version = KVD_FORMAT_VERSION;
+                h->version = KVD_SLOT_VERSION;
                 h->codec = KVD_CODEC_NONE;
                 h->generation = ++s->next_gen;
                 h->extent_generation = s->extent_gen[kvd_slab_extent_of(s->slab, o->loc)];

@@ -14,6 +14,12 @@
  *    locations and a memory tier's page, asynchronously: read(), write(),
  *    sync(); its completions come through an fd it registers with the
  *    event loop (watch()), and run their callbacks on the loop's thread.
+ *  - a SHARED tier (a remote store that other machines read and write
+ *    too) is not allocated from: a block is found there by its identity
+ *    (its namespace's identity, key and layer, as a slot header names
+ *    them), never at a location of ours. It puts, gets and probes blocks,
+ *    asynchronously, and may not have what it once took (other machines,
+ *    expiry, its own eviction): a get that finds nothing usable is a miss.
  * An op a kind does not have is NULL. All calls happen on the event-loop
  * thread; only the bytes behind a memory location are touched by transfer
  * workers.
@@ -47,6 +53,24 @@ struct kvd_tier_stats {
         bool full;              /* it refused more space (ENOSPC) */
         bool damaged;           /* it cannot be trusted to keep what it is given */
         char condition[96];     /* "ok" or what is wrong */
+        /* shared tiers */
+        uint64_t hits, misses;          /* gets that found the block (verified) / nothing usable */
+        uint64_t write_skips;           /* puts refused: busy, too large, down */
+        uint64_t probes, probe_hits;    /* blocks asked by exists() / found */
+        uint64_t map_refreshes;         /* its routing was fetched again */
+};
+
+#define KVD_TIER_LAT_BUCKETS 32
+
+/* One node of a tier made of several (a cluster). */
+struct kvd_tier_node_stats {
+        char addr[64];
+        bool up;
+        uint32_t slots;                 /* the share of the keys it serves (hash slots) */
+        uint64_t requests, hits, misses, read_bytes, write_bytes;
+        uint64_t errors, timeouts, moved, ask;
+        uint64_t latency_us_sum, latency_us_max;
+        uint64_t latency_hist[KVD_TIER_LAT_BUCKETS]; /* [b]: answered in [2^(b-1), 2^b) us */
 };
 
 /* An I/O's end: 0, -EBADMSG (the bytes are not the block: torn, corrupt,
@@ -106,6 +130,26 @@ struct kvd_tier_ops {
          * tier is not damaged; damaged() says it without checking. */
         bool (*check)(struct kvd_tier *t);
         bool (*damaged)(const struct kvd_tier *t);
+
+        /* ---- shared tiers: blocks by identity (id: a slot header naming
+         * the namespace, key, layer and payload_len; the tier fills in and
+         * seals the rest). 0 when started (cb will run), else -errno and
+         * nothing happens: -EBUSY too much in flight, -EMSGSIZE too large,
+         * -EHOSTDOWN it is not there at all. */
+        /* Stores len bytes of payload (which stays untouched until cb). */
+        int (*put)(struct kvd_tier *t, const struct kvd_slot_header *id, const void *payload, uint32_t len,
+                   kvd_tier_cb cb, void *ctx);
+        /* Fetches the block into payload (len bytes); cb's result 0 only if
+         * it is that block, intact: -ENOENT it is not there, -EBADMSG it is
+         * not the block (never copied out as good), other -errno. */
+        int (*get)(struct kvd_tier *t, const struct kvd_slot_header *id, void *payload, uint32_t len,
+                   enum kvd_prio prio, kvd_tier_cb cb, void *ctx);
+        /* Asks in one round whether it has blocks (key, layer) of ids[i]
+         * (the namespace of ids[0] for all): ret[i] = 1 if so. */
+        int (*exists)(struct kvd_tier *t, const struct kvd_slot_header *ns, const uint64_t (*keys)[2],
+                      const uint32_t *layers, uint32_t n, uint8_t *ret, kvd_tier_cb cb, void *ctx);
+        /* Its nodes (up to max into ret); returns how many it has. */
+        unsigned (*nodes)(const struct kvd_tier *t, struct kvd_tier_node_stats *ret, unsigned max);
 };
 
 struct kvd_tier {

@@ -2,13 +2,15 @@
 #include "tiers.h"
 
 #include "host.h"
+#include "remote.h"
 #include "ssd.h"
 
 int kvd_tiers_new(const struct kvd_config *cfg, struct kvd_tier **ret)
 {
+        struct kvd_remote *remote = NULL;
         struct kvd_ssd *ssd = NULL;
         struct kvd_host *host;
-        int r;
+        int n = 0, r;
 
         if (cfg->ssd_bytes) {
                 r = kvd_ssd_new(cfg, &ssd);
@@ -20,10 +22,20 @@ int kvd_tiers_new(const struct kvd_config *cfg, struct kvd_tier **ret)
                 kvd_ssd_free(ssd);
                 return r;
         }
-        ret[0] = kvd_host_tier(host);
-        if (!ssd)
-                return 1;
-        kvd_ssd_attach_host(ssd, host);
-        ret[1] = kvd_ssd_tier(ssd);
-        return 2;
+        if (cfg->remote[0]) {
+                r = kvd_remote_new(cfg, &remote);
+                if (r < 0) {
+                        kvd_ssd_free(ssd);
+                        kvd_host_tier(host)->ops->destroy(kvd_host_tier(host));
+                        return r;
+                }
+        }
+        ret[n++] = kvd_host_tier(host);
+        if (ssd) {
+                kvd_ssd_attach_host(ssd, host);
+                ret[n++] = kvd_ssd_tier(ssd);
+        }
+        if (remote)
+                ret[n++] = kvd_remote_tier(remote);
+        return n;
 }

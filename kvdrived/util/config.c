@@ -65,6 +65,21 @@ static const struct option_def options[] = {
           "write every stored block to SSD at once, and acknowledge Puts once on SSD", false },
         { "ssd-admit-reads", OPT_U32, OFF(ssd_admit_reads), "0", 0, 255,
           "demote to SSD only blocks read at least this often (0: all)", false },
+        { "remote", OPT_STRING, OFF(remote), "", 0, 0,
+          "remote tier shared by many machines: redis-cluster://HOST:PORT[,HOST:PORT...] (empty: none)", false },
+        { "remote-timeout-ms", OPT_U32, OFF(remote_timeout_ms), "500", 1, 60000,
+          "a remote request that takes longer fails (and its node is reconnected)", false },
+        { "remote-connect-timeout-ms", OPT_U32, OFF(remote_connect_timeout_ms), "200", 1, 60000,
+          "connecting to a remote node", false },
+        { "remote-ttl-s", OPT_U32, OFF(remote_ttl_s), "86400", 0, 31536000,
+          "blocks written to the remote tier expire after this (0: never; the cluster's maxmemory policy still applies)",
+          false },
+        { "remote-max-value-bytes", OPT_SIZE, OFF(remote_max_value_bytes), "16M", 4096, 512u << 20,
+          "larger blocks are not written to the remote tier", false },
+        { "remote-max-inflight-bytes", OPT_SIZE, OFF(remote_max_inflight_bytes), "64M", 1u << 20, UINT64_C(1) << 40,
+          "remote writes in flight, at most (beyond: skipped and counted, never waited for)", false },
+        { "remote-admit-reads", OPT_U32, OFF(remote_admit_reads), "0", 0, 255,
+          "write shared blocks to the remote tier once read this often here (0: when stored)", false },
         { "eviction", OPT_EVICT, OFF(eviction), "heat", 0, 0,
           "which block leaves a full tier: heat (decayed attention + demand) or lru", false },
         { "heat-half-life-ms", OPT_U32, OFF(heat_half_life_ms), "10000", 10, 86400000,
@@ -314,6 +329,38 @@ int kvd_config_load(struct kvd_config *cfg, int argc, char **argv)
         return r;
 }
 
+/* remote = redis-cluster://HOST:PORT[,HOST:PORT...]: says what is wrong. */
+static int remote_check(const char *url)
+{
+        static const char scheme[] = "redis-cluster://";
+        const char *p = url + strlen(scheme);
+
+        if (strncmp(url, scheme, strlen(scheme)) != 0) {
+                fprintf(stderr, "kvdrived: remote '%s': want redis-cluster://HOST:PORT[,HOST:PORT...]\n", url);
+                return -EINVAL;
+        }
+        for (;;) {
+                size_t n = strcspn(p, ",");
+                const char *colon = memrchr(p, ':', n);
+                unsigned long port;
+                char *end;
+
+                if (!colon || colon == p) {
+                        fprintf(stderr, "kvdrived: remote '%s': '%.*s' is not HOST:PORT\n", url, (int)n, p);
+                        return -EINVAL;
+                }
+                errno = 0;
+                port = strtoul(colon + 1, &end, 10);
+                if (errno || end != p + n || end == colon + 1 || port == 0 || port > 65535) {
+                        fprintf(stderr, "kvdrived: remote '%s': bad port in '%.*s'\n", url, (int)n, p);
+                        return -EINVAL;
+                }
+                if (!p[n])
+                        return 0;
+                p += n + 1;
+        }
+}
+
 static int config_finish(struct kvd_config *cfg)
 {
         char err[256];
@@ -445,6 +492,8 @@ static int config_load(struct kvd_config *cfg, int argc, char **argv)
                 fprintf(stderr, "kvdrived: ssd-dir needs ssd-bytes\n");
                 return -EINVAL;
         }
+        if (cfg->remote[0] && remote_check(cfg->remote) < 0)
+                return -EINVAL;
         if (cfg->ssd_extent_bytes % KVD_PAGE) {
                 fprintf(stderr, "kvdrived: ssd-extent-bytes must be a multiple of 4 KiB\n");
                 return -EINVAL;

@@ -44,6 +44,13 @@ struct kvd_config {
         uint32_t ssd_queue_depth;
         bool ssd_write_through;         /* every Put is written to SSD at once */
         uint32_t ssd_admit_reads;       /* demote only blocks read this often */
+        char remote[1024];              /* redis-cluster://HOST:PORT[,...]; empty: no remote tier */
+        uint32_t remote_timeout_ms;
+        uint32_t remote_connect_timeout_ms;
+        uint32_t remote_ttl_s;          /* 0: no expiry */
+        uint64_t remote_max_value_bytes;
+        uint64_t remote_max_inflight_bytes;
+        uint32_t remote_admit_reads;    /* 0: write-through at Put */
         int eviction;                   /* enum kvd_eviction */
         uint32_t heat_half_life_ms;
         bool promote_next_layer;        /* stage layer l+1 from SSD when l is read */

@@ -18,8 +18,8 @@ selection methods in torch; loaded on first use, it needs torch),
 docs/python.md is the guide.
 """
 from ._lib import library_path
-from .client import (DTYPES, Client, ItemStatus, Key, Namespace, Pool, Request, block_bytes,
-                     chain_key, new_sequence, prefix_keys, private_key)
+from .client import (DTYPES, FINGERPRINT_MAX, Client, ItemStatus, Key, Namespace, Pool, Request,
+                     block_bytes, chain_key, new_sequence, prefix_keys, private_key)
 from .errors import (BusyError, ConnectionError, Error, InvalidArgument, ItemError,
                      NamespaceError, PermissionError, QuotaError, TimeoutError, strerror)
 from .sparse import Plan, Sparse, SparseSequence
@@ -36,9 +36,9 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Client", "Namespace", "Pool", "Request", "Key", "ItemStatus", "DTYPES", "prefix_keys",
-    "chain_key", "private_key", "new_sequence", "block_bytes", "Sparse", "SparseSequence",
-    "Plan", "Error", "ConnectionError", "TimeoutError", "BusyError", "InvalidArgument",
-    "NamespaceError", "PermissionError", "QuotaError", "ItemError", "strerror",
-    "library_path", "__version__",
+    "Client", "Namespace", "Pool", "Request", "Key", "ItemStatus", "DTYPES", "FINGERPRINT_MAX",
+    "prefix_keys", "chain_key", "private_key", "new_sequence", "block_bytes", "Sparse",
+    "SparseSequence", "Plan", "Error", "ConnectionError", "TimeoutError", "BusyError",
+    "InvalidArgument", "NamespaceError", "PermissionError", "QuotaError", "ItemError",
+    "strerror", "library_path", "__version__",
 ]

@@ -47,6 +47,15 @@ const char *kvc_last_error(const kvc_client *c);
 
 int kvc_register_namespace(kvc_client *c, const char *name, const struct kvc_geometry *g,
                            uint32_t *ret_ns, uint64_t *ret_block_bytes);
+struct kvc_ns_opts {
+    size_t size;
+    const char *name;
+    const struct kvc_geometry *geometry;
+    const void *fingerprint;
+    size_t fingerprint_len;
+};
+int kvc_register_namespace_opts(kvc_client *c, const struct kvc_ns_opts *o, uint32_t *ret_ns,
+                                uint64_t *ret_block_bytes);
 int kvc_pool_create(kvc_client *c, uint32_t slot_count, uint64_t slot_bytes, kvc_pool **ret);
 
 struct kvc_cuda_alloc {
@@ -83,6 +92,9 @@ int kvc_put_submit_flags(kvc_client *c, uint32_t ns, const kvc_pool *p,
 int kvc_get_submit(kvc_client *c, uint32_t ns, const kvc_pool *p,
                    const struct kvc_block_ref *refs, uint32_t n, uint8_t *ret_status,
                    uint64_t *ret_id);
+int kvc_get_submit_flags(kvc_client *c, uint32_t ns, const kvc_pool *p,
+                         const struct kvc_block_ref *refs, uint32_t n, unsigned flags,
+                         uint8_t *ret_status, uint64_t *ret_id);
 int kvc_wait(kvc_client *c, uint64_t id, int timeout_ms);
 int kvc_poll(kvc_client *c);
 int kvc_done(const kvc_client *c, uint64_t id);
@@ -141,6 +153,42 @@ struct kvc_tenant_stats {
     uint64_t quota_evictions;
     uint64_t quota_refusals;
 };
+struct kvc_remote_node_stats {
+    char addr[64];
+    int up;
+    uint32_t slots;
+    uint64_t requests;
+    uint64_t hits;
+    uint64_t misses;
+    uint64_t read_bytes;
+    uint64_t write_bytes;
+    uint64_t errors;
+    uint64_t timeouts;
+    uint64_t moved;
+    uint64_t ask;
+    uint64_t latency_us_sum;
+    uint64_t latency_us_max;
+    uint64_t latency_hist[32];
+};
+struct kvc_remote_stats {
+    int have;
+    char seeds[256];
+    char condition[96];
+    uint64_t hits;
+    uint64_t misses;
+    uint64_t writes;
+    uint64_t write_skips;
+    uint64_t crc_failures;
+    uint64_t errors;
+    uint64_t lookups;
+    uint64_t lookup_hits;
+    uint64_t slot_map_refreshes;
+    uint64_t read_bytes;
+    uint64_t write_bytes;
+    uint32_t inflight;
+    uint32_t n_nodes;
+    struct kvc_remote_node_stats *nodes;
+};
 struct kvc_stats {
     char daemon_version[32];
     uint32_t pid;
@@ -185,6 +233,7 @@ struct kvc_stats {
     uint64_t loop_turns;
     uint64_t loop_turn_max_us;
     uint64_t loop_turn_hist[32];
+    struct kvc_remote_stats remote;
 };
 int kvc_stats_get(kvc_client *c, struct kvc_stats **ret);
 struct kvc_stats *kvc_stats_free(struct kvc_stats *s);
@@ -257,8 +306,9 @@ void kvc_sparse_get_stats(const kvc_sparse *sp, struct kvc_sparse_stats *ret);
 
 # Structs whose layout tests/test_abi.py checks against the C compiler.
 STRUCTS = (
-    "kvc_geometry", "kvc_key", "kvc_connect_opts", "kvc_cuda_alloc", "kvc_cuda_pool_opts",
-    "kvc_block_ref", "kvc_block_score", "kvc_tier_stats", "kvc_ns_stats", "kvc_tenant_stats",
-    "kvc_stats", "kvc_sparse_opts", "kvc_sparse_seq_opts", "kvc_sparse_plan",
+    "kvc_geometry", "kvc_key", "kvc_connect_opts", "kvc_ns_opts", "kvc_cuda_alloc",
+    "kvc_cuda_pool_opts", "kvc_block_ref", "kvc_block_score", "kvc_tier_stats", "kvc_ns_stats",
+    "kvc_tenant_stats", "kvc_remote_node_stats", "kvc_remote_stats", "kvc_stats",
+    "kvc_sparse_opts", "kvc_sparse_seq_opts", "kvc_sparse_plan",
     "kvc_sparse_stats",
 )

@@ -24,12 +24,20 @@ from ._lib import ffi, lib
 from .errors import Error, InvalidArgument, ItemError, TimeoutError, check, error
 
 __all__ = [
-    "DTYPES", "Client", "Namespace", "Pool", "Request", "Key", "ItemStatus",
+    "DTYPES", "FINGERPRINT_MAX", "Client", "Namespace", "Pool", "Request", "Key", "ItemStatus",
     "prefix_keys", "chain_key", "private_key", "new_sequence", "block_bytes",
 ]
 
 #: Element types a namespace may hold, by name (numpy/torch spelling) and code.
 DTYPES = {"float16": 1, "bfloat16": 2, "float32": 3, "fp8": 4}
+
+#: Bytes a namespace fingerprint may have (KVC_FINGERPRINT_MAX).
+FINGERPRINT_MAX = 64
+
+# Flags of kvc_put_submit_flags() and kvc_get_submit_flags() (KVC_PUT_*, KVC_GET_*).
+_PUT_DURABLE = 1 << 0
+_PUT_SHARED = 1 << 1
+_GET_SHARED = 1 << 1
 
 _WAIT_SLICE_MS = 50     # a wait gives the client's lock up this often
 
@@ -159,6 +167,22 @@ def block_bytes(layers: int, kv_heads: int, head_dim: int, dtype: str | int = "f
     if b == 0:
         raise InvalidArgument(-22, "invalid geometry")
     return int(b)
+
+
+def _fingerprint(fp) -> bytes:
+    """A namespace fingerprint as bytes: None is none (b""), a str is its UTF-8."""
+    if fp is None:
+        return b""
+    if isinstance(fp, str):
+        fp = fp.encode()
+    elif isinstance(fp, (bytes, bytearray, memoryview)):
+        fp = bytes(fp)
+    else:
+        raise InvalidArgument(-22, f"a fingerprint is bytes or str, not {type(fp).__name__}")
+    if len(fp) > FINGERPRINT_MAX:
+        raise InvalidArgument(-22, f"a fingerprint is at most {FINGERPRINT_MAX} bytes, not "
+                                   f"{len(fp)} (hash what it names)")
+    return fp
 
 
 def _cstr(b) -> str:
@@ -369,11 +393,14 @@ class Pool(_Closing):
 
 
 class Namespace:
-    """A registered namespace: one model geometry, its blocks and its pools."""
+    """A registered namespace: one model geometry, its fingerprint (bytes, b"" for
+    none), its blocks and its pools."""
 
-    def __init__(self, client: "Client", name: str, ns_id: int, geometry: dict, block_bytes: int):
+    def __init__(self, client: "Client", name: str, ns_id: int, geometry: dict, block_bytes: int,
+                 fingerprint: bytes = b""):
         self.client = client
         self.name = name
+        self.fingerprint = fingerprint
         self.id = ns_id
         self.layers = geometry["layers"]
         self.kv_heads = geometry["kv_heads"]
@@ -491,18 +518,36 @@ class Client(_Closing):
     # -- namespaces --------------------------------------------------------
 
     def namespace(self, name: str, *, layers: int, kv_heads: int, head_dim: int,
-                  dtype: str | int = "float16", block_tokens: int = 16) -> Namespace:
-        """Registers (or joins, same geometry) namespace ``name``."""
+                  dtype: str | int = "float16", block_tokens: int = 16,
+                  fingerprint: bytes | str | None = None) -> Namespace:
+        """Registers (or joins, same geometry and fingerprint) namespace ``name``.
+
+        ``fingerprint`` (bytes, or a str taken as UTF-8; at most
+        :data:`FINGERPRINT_MAX` bytes; None: none) says what computed the
+        blocks: put in it a hash of the model's name and weights' revision,
+        the KV dtype, the tensor-parallel rank and size, and anything else
+        that changes the KV bytes. It is part of the namespace's identity (the
+        same name with another fingerprint raises :class:`NamespaceError`),
+        and the remote tier shares blocks (``put``/``get`` with ``shared``)
+        only between machines whose fingerprints are equal.
+        """
         g = _geometry(layers, kv_heads, head_dim, dtype, block_tokens)
+        fp = _fingerprint(fingerprint)
+        cname = ffi.new("char[]", name.encode())
+        cfp = ffi.new("char[]", fp) if fp else ffi.NULL
+        opts = ffi.new("struct kvc_ns_opts *")
+        opts.size = ffi.sizeof("struct kvc_ns_opts")
+        opts.name, opts.geometry = cname, g
+        opts.fingerprint, opts.fingerprint_len = cfp, len(fp)
         ns = ffi.new("uint32_t *")
         bb = ffi.new("uint64_t *")
         with self._lock:
             self._check_open()
-            check(lib.kvc_register_namespace(self._c, name.encode(), g, ns, bb),
+            check(lib.kvc_register_namespace_opts(self._c, opts, ns, bb),
                   f"namespace {name!r}", self._c)
         geo = {"layers": g.layers, "kv_heads": g.kv_heads, "head_dim": g.head_dim,
                "dtype": g.dtype, "block_tokens": g.block_tokens}
-        return Namespace(self, name, int(ns[0]), geo, int(bb[0]))
+        return Namespace(self, name, int(ns[0]), geo, int(bb[0]), fp)
 
     def drop_namespace(self, ns: Namespace | int) -> int:
         """Drops a namespace and all its blocks (owner or admin); returns their count."""
@@ -552,25 +597,31 @@ class Client(_Closing):
             req._result = 0
         return req
 
-    def put(self, pool: Pool, items: Iterable[tuple], *, durable: bool = False) -> Request:
+    def put(self, pool: Pool, items: Iterable[tuple], *, durable: bool = False,
+            shared: bool = False) -> Request:
         """Stores blocks: items are ``(key, layer, slot)``, copied from the pool's
         slots into the cache. ``durable``: completes only once each block is on
-        SSD (needs the SSD tier). Returns a :class:`Request`; do not write the
-        slots until it is done."""
+        SSD (needs the SSD tier). ``shared``: the keys are prefix keys
+        (:func:`prefix_keys`), so the daemon may also write the blocks through
+        to its remote tier, for other machines with the same namespace
+        fingerprint (never for private keys). Returns a :class:`Request`; do
+        not write the slots until it is done."""
         refs, n = self._refs(items, True, pool)
-        flags = 1 if durable else 0
+        flags = (_PUT_DURABLE if durable else 0) | (_PUT_SHARED if shared else 0)
         ns = pool.namespace.id
         return self._submit("put", lambda r, m, st, rid: lib.kvc_put_submit_flags(
             self._c, ns, pool._p, r, m, flags, st, rid), refs, n)
 
-    def get(self, pool: Pool, items: Iterable[tuple]) -> Request:
+    def get(self, pool: Pool, items: Iterable[tuple], *, shared: bool = False) -> Request:
         """Loads blocks: items are ``(key, layer, slot)``. A block not cached is
-        ``ItemStatus.MISS`` and leaves its slot untouched. Do not read the slots
-        until the request is done."""
+        ``ItemStatus.MISS`` and leaves its slot untouched. ``shared``: the keys
+        are prefix keys, so a block missing here is asked of the remote tier.
+        Do not read the slots until the request is done."""
         refs, n = self._refs(items, True, pool)
+        flags = _GET_SHARED if shared else 0
         ns = pool.namespace.id
-        return self._submit("get", lambda r, m, st, rid: lib.kvc_get_submit(
-            self._c, ns, pool._p, r, m, st, rid), refs, n)
+        return self._submit("get", lambda r, m, st, rid: lib.kvc_get_submit_flags(
+            self._c, ns, pool._p, r, m, flags, st, rid), refs, n)
 
     def prefetch(self, ns: Namespace | int, items: Iterable[tuple]) -> Request:
         """Brings blocks ``(key, layer)`` from SSD into host memory ahead of a Get,
@@ -661,7 +712,9 @@ class Client(_Closing):
 
     def stats(self) -> dict:
         """The daemon's statistics (struct kvc_stats as a dict; tiers, namespaces and
-        tenants as lists of dicts)."""
+        tenants as lists of dicts). ``remote`` is None without a remote tier, else
+        struct kvc_remote_stats as a dict (``up`` a bool) with ``nodes`` a list
+        of dicts (struct kvc_remote_node_stats)."""
         out = ffi.new("struct kvc_stats **")
         with self._lock:
             self._check_open()
@@ -675,6 +728,7 @@ class Client(_Closing):
                                for i in range(s.n_namespaces)]
             d["tenants"] = [_struct_dict(s.tenants[i], "struct kvc_tenant_stats")
                             for i in range(s.n_tenants)]
+            d["remote"] = _remote_dict(s.remote)
         finally:
             lib.kvc_stats_free(s)
         return d
@@ -682,6 +736,21 @@ class Client(_Closing):
     def __repr__(self) -> str:
         state = "closed" if self._c is None else f"daemon {self.version}"
         return f"<kvdrive.Client {state}>"
+
+
+def _remote_dict(r) -> dict | None:
+    """struct kvc_remote_stats as a dict with its nodes, None when ``have`` is 0."""
+    if not r.have:
+        return None
+    d = _struct_dict(r, "struct kvc_remote_stats")
+    del d["have"]
+    nodes = []
+    for i in range(r.n_nodes):
+        n = _struct_dict(r.nodes[i], "struct kvc_remote_node_stats")
+        n["up"] = bool(n["up"])
+        nodes.append(n)
+    d["nodes"] = nodes
+    return d
 
 
 def _ns_id(ns: Namespace | int) -> int:

@@ -185,6 +185,79 @@ def test_errors_are_typed_and_change_nothing(client, ns_name):
         kvdrive.Key.of(b"short")
 
 
+def test_namespace_fingerprint(client, ns_name):
+    """A fingerprint of up to 64 bytes, bytes or str (UTF-8); the same joins again.
+    (Another fingerprint under the same name conflicts once the daemon compares
+    them: the daemon's own tests.)"""
+    fp = bytes(range(kvdrive.FINGERPRINT_MAX))
+    ns = client.namespace(ns_name, **GEO, fingerprint=fp)
+    assert ns.fingerprint == fp
+    again = client.namespace(ns_name, **GEO, fingerprint=bytearray(fp))
+    assert again.id == ns.id and again.fingerprint == fp
+    s = client.namespace(ns_name + "-s", **GEO, fingerprint="llama-3 rev=abc tp=2/1 é")
+    assert s.fingerprint == "llama-3 rev=abc tp=2/1 é".encode()
+    none = client.namespace(ns_name + "-n", **GEO)
+    assert none.fingerprint == b"" == client.namespace(ns_name + "-e", **GEO,
+                                                       fingerprint=b"").fingerprint
+
+
+def test_fingerprint_bad_arguments_change_nothing(client, ns_name):
+    bad = [b"x" * (kvdrive.FINGERPRINT_MAX + 1),
+           "é" * (kvdrive.FINGERPRINT_MAX // 2 + 1),        # 66 bytes of UTF-8
+           12345, ["not", "bytes"]]
+    for fp in bad:
+        with pytest.raises(kvdrive.InvalidArgument):
+            client.namespace(ns_name, **GEO, fingerprint=fp)
+    assert not [n for n in client.stats()["namespaces"] if n["name"] == ns_name]
+
+
+def test_shared_put_get_round_trip(client, ns_name):
+    """shared=True on prefix blocks: the same results as private ones on a daemon
+    without a remote tier (which the flag does not change)."""
+    ns = client.namespace(ns_name, **GEO, fingerprint=b"fp")
+    keys = kvdrive.prefix_keys(np.arange(32), 16)
+    with ns.pool(slots=4) as pool:
+        want = [fill(pool, i, 50 + i) for i in range(2)]
+        r = client.put(pool, [(k, 1, i) for i, k in enumerate(keys)], shared=True)
+        assert r.wait(timeout=10) == 2
+        assert client.put(pool, [(keys[0], 1, 0)], shared=True).status == [
+            kvdrive.ItemStatus.EXISTS]
+        g = client.get(pool, [(k, 1, 2 + i) for i, k in enumerate(keys)], shared=True)
+        assert g.wait(timeout=10) == 2
+        for i in range(2):
+            assert np.array_equal(pool.array[2 + i], want[i])
+        miss = client.get(pool, [(kvdrive.chain_key(keys[1], np.arange(16)), 1, 3)], shared=True)
+        assert miss.status == [kvdrive.ItemStatus.MISS]
+        assert np.array_equal(pool.array[3], want[1])
+        del g, r, miss
+
+
+def test_stats_remote_is_none_without_a_remote_tier(client):
+    assert client.stats()["remote"] is None
+
+
+def test_remote_stats_as_a_dict():
+    """The conversion of struct kvc_remote_stats (no daemon sends one here)."""
+    from kvdrive._lib import ffi
+    from kvdrive.client import _remote_dict
+    r = ffi.new("struct kvc_remote_stats *")
+    assert _remote_dict(r) is None
+    nodes = ffi.new("struct kvc_remote_node_stats[]", 2)
+    r.have, r.seeds, r.condition, r.hits, r.inflight = 1, b"a:1,b:2", b"ok", 7, 3
+    r.n_nodes, r.nodes = 2, nodes
+    nodes[0].addr, nodes[0].up, nodes[0].slots, nodes[0].moved = b"a:1", 1, 8192, 4
+    nodes[0].latency_hist[3] = 9
+    nodes[1].addr = b"b:2"
+    d = _remote_dict(r)
+    assert "have" not in d
+    assert d["seeds"] == "a:1,b:2" and d["condition"] == "ok" and d["hits"] == 7
+    assert d["inflight"] == 3 and d["n_nodes"] == 2
+    assert [n["addr"] for n in d["nodes"]] == ["a:1", "b:2"]
+    assert d["nodes"][0]["up"] is True and d["nodes"][1]["up"] is False
+    assert d["nodes"][0]["slots"] == 8192 and d["nodes"][0]["moved"] == 4
+    assert len(d["nodes"][0]["latency_hist"]) == 32 and d["nodes"][0]["latency_hist"][3] == 9
+
+
 def test_pool_close_refuses_while_views_exist(client, ns_name):
     ns = client.namespace(ns_name, **GEO)
     pool = ns.pool(slots=2)

@@ -4,6 +4,7 @@ staging, layouts, fingerprints, misses, errors; and the adapters' parts
 that need no engine (the engine's own tests are skipped without it)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -240,6 +241,81 @@ def test_fingerprint_names():
                 dict(model="m", dtype="float16", tp_rank=-1)):
         with pytest.raises(kvdrive.InvalidArgument):
             ModelFingerprint(**bad)
+
+
+def test_fingerprint_bytes():
+    """The namespace's fingerprint for the daemon: 32 bytes, the same for the same
+    model and geometry in every process, different when anything differs."""
+    geo = dict(layers=LAYERS, kv_heads=HEADS, head_dim=HD, block_tokens=BT)
+    a = ModelFingerprint(model="meta-llama/Llama-3.1-8B-Instruct", dtype="bfloat16",
+                         tp_rank=1, tp_world=2, revision="0e9e39f")
+    got = a.fingerprint_bytes(**geo)
+    assert isinstance(got, bytes) and len(got) == 32 <= kvdrive.FINGERPRINT_MAX
+    assert got == ModelFingerprint(model="meta-llama/Llama-3.1-8B-Instruct", dtype="bfloat16",
+                                   tp_rank=1, tp_world=2,
+                                   revision="0e9e39f").fingerprint_bytes(**geo)
+    seen = {got}
+    for change in (dict(model="other"), dict(dtype="float16"), dict(tp_rank=0),
+                   dict(tp_world=4), dict(revision="1234567"), dict(layout_version=2),
+                   dict(extra="pp=2")):
+        seen.add(dataclasses.replace(a, **change).fingerprint_bytes(**geo))
+    for change in (dict(layers=LAYERS + 1), dict(kv_heads=HEADS * 2), dict(head_dim=HD * 2),
+                   dict(block_tokens=BT * 2)):
+        seen.add(a.fingerprint_bytes(**dict(geo, **change)))
+    assert len(seen) == 1 + 7 + 4
+
+
+def test_connector_registers_the_fingerprint_and_shares(client, ns_name, monkeypatch):
+    """The core's namespace carries the fingerprint (the same as the scheduler's
+    PrefixIndex, or one of them would conflict), and every Put and Get of its
+    prefix blocks says shared; shared=False says private."""
+    from kvdrive.connector.core import PrefixIndex
+    calls = []
+    real_put, real_get = client.put, client.get
+
+    def put(*a, **kw):
+        calls.append(("put", kw.get("shared")))
+        return real_put(*a, **kw)
+
+    def get(*a, **kw):
+        calls.append(("get", kw.get("shared")))
+        return real_get(*a, **kw)
+
+    monkeypatch.setattr(client, "put", put)
+    monkeypatch.setattr(client, "get", get)
+    f = fp(ns_name)
+    want = f.fingerprint_bytes(layers=LAYERS, kv_heads=HEADS, head_dim=HD, block_tokens=BT)
+    kv = vllm_caches(seed=31)
+    toks = tokens(3 * BT, seed=32)
+    with ConnectorCore(client, f, KVLayout.vllm(kv, BT), staging_slots=4) as core:
+        assert core.shared is True
+        assert core.namespace.fingerprint == want
+        index = PrefixIndex(client, [f], layers=LAYERS, kv_heads=HEADS, head_dim=HD,
+                            block_tokens=BT)
+        assert index.namespaces[0].id == core.namespace.id
+        assert index.namespaces[0].fingerprint == want
+        save_all(core, "r", toks, [0, 1, 2])
+        load_all(core, "s", toks, [3, 4, 5])
+    assert {k for k, _ in calls} == {"put", "get"}
+    assert all(shared is True for _, shared in calls), calls
+    calls.clear()
+    with ConnectorCore(client, f, KVLayout.vllm(vllm_caches(), BT), staging_slots=4,
+                       shared=False) as private:
+        load_all(private, "t", toks, [0, 1, 2])
+        save_all(private, "u", toks, [0, 1, 2])     # all EXISTS: still sent, private
+    assert {k for k, _ in calls} == {"put", "get"}
+    assert all(shared is False for _, shared in calls), calls
+    with pytest.raises(kvdrive.InvalidArgument):
+        ConnectorCore(client, f, KVLayout.vllm(vllm_caches(), BT), staging_slots=4, shared=1)
+
+
+def test_vllm_extra_config_flag():
+    from kvdrive.connector.vllm import _flag
+    assert _flag("k", True) is True and _flag("k", False) is False
+    assert _flag("k", "true") is True and _flag("k", " Off ") is False
+    for bad in ("maybe", 1, None):
+        with pytest.raises(ValueError):
+            _flag("k", bad)
 
 
 # -- misses, the staging bound, completions ----------------------------------------------

@@ -54,7 +54,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 fuzz_fail("a slot header both valid and torn");
         if (torn && h.magic != KVD_SLOT_MAGIC)
                 fuzz_fail("a slot header without the magic counted as torn");
-        if (valid && (h.magic != KVD_SLOT_MAGIC || h.version != KVD_FORMAT_VERSION ||
+        if (valid && (h.magic != KVD_SLOT_MAGIC || h.version != KVD_SLOT_VERSION ||
                       h.extent_generation != eh.generation))
                 fuzz_fail("a slot header of magic %x version %u generation %llu passed", h.magic, h.version,
                           (unsigned long long)h.extent_generation);

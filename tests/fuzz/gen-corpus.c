@@ -335,7 +335,7 @@ static void slot_seed(const char *name, uint8_t flags, bool torn, uint32_t paylo
         struct kvd_extent_header eh = { .magic = KVD_EXTENT_MAGIC, .version = KVD_FORMAT_VERSION,
                                         .slot_bytes = KVD_SLOT_HDR_BYTES + 4096, .generation = 3 };
         struct kvd_slot_header h = {
-                .magic = KVD_SLOT_MAGIC, .version = KVD_FORMAT_VERSION, .codec = KVD_CODEC_NONE,
+                .magic = KVD_SLOT_MAGIC, .version = KVD_SLOT_VERSION, .codec = KVD_CODEC_NONE,
                 .generation = 9, .extent_generation = 3, .key_hi = 0x1000, .key_lo = 0x2000, .layer = 1,
                 .payload_len = payload_len, .ns_layers = 2, .ns_kv_heads = 1, .ns_head_dim = 64, .ns_dtype = 1,
                 .ns_block_tokens = 16, .ns_name = NS_NAME,
@@ -384,7 +384,7 @@ static void recover_seed(const char *name, unsigned slots, bool session)
         add_record(&s, FUZZ_SEAL_EXTENT, 0, &eh, sizeof(eh));
         for (unsigned i = 0; i < slots; i++) {
                 struct kvd_slot_header h = {
-                        .magic = KVD_SLOT_MAGIC, .version = KVD_FORMAT_VERSION, .codec = KVD_CODEC_NONE,
+                        .magic = KVD_SLOT_MAGIC, .version = KVD_SLOT_VERSION, .codec = KVD_CODEC_NONE,
                         .generation = 10 + i, .extent_generation = 1, .key_hi = refs[i].key_hi,
                         .key_lo = refs[i].key_lo, .layer = refs[i].layer, .payload_len = 4096,
                         .ns_layers = geom.layers, .ns_kv_heads = geom.kv_heads, .ns_head_dim = geom.head_dim,

@@ -159,6 +159,33 @@ static struct kvd_peer peer(uid_t uid, gid_t gid, const gid_t *groups, uint32_t 
 }
 
 /* [namespace PATTERN] shares one owner's namespaces; [quota USER] caps. */
+/* --remote: redis-cluster://HOST:PORT[,HOST:PORT...] or refused. */
+START_TEST(remote_addresses)
+{
+        static const char *const good[] = { "redis-cluster://127.0.0.1:7000",
+                                            "redis-cluster://a:1,b.example:65535,[::1]:7001" };
+        static const char *const bad[] = { "redis://127.0.0.1:6379", "redis-cluster://", "redis-cluster://host",
+                                           "redis-cluster://127.0.0.1:0", "redis-cluster://h:70000",
+                                           "redis-cluster://h:1,", "redis-cluster://:7", "redis-cluster://h:1x" };
+        struct kvd_config cfg;
+
+        for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+                const char *a[] = { "--remote", good[i], "--remote-ttl-s", "60" };
+
+                ck_assert_msg(load(&cfg, a, 4) == 0, "%s refused", good[i]);
+                ck_assert_str_eq(cfg.remote, good[i]);
+                ck_assert_uint_eq(cfg.remote_ttl_s, 60);
+                ck_assert_uint_eq(cfg.remote_timeout_ms, 500);
+                kvd_config_free(&cfg);
+        }
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                const char *a[] = { "--remote", bad[i] };
+
+                ck_assert_msg(load(&cfg, a, 2) < 0, "%s taken", bad[i]);
+        }
+}
+END_TEST
+
 START_TEST(access_sections)
 {
         static const gid_t g42[] = { 42 };
@@ -220,6 +247,7 @@ static Suite *config_suite(void)
         tcase_add_test(tc, file_then_command_line);
         tcase_add_test(tc, bad_input);
         tcase_add_test(tc, access_sections);
+        tcase_add_test(tc, remote_addresses);
         suite_add_tcase(s, tc);
         return s;
 }

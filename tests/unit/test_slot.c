@@ -15,7 +15,7 @@ static uint8_t payload[8192];
 static struct kvd_slot_header good_slot(void)
 {
         struct kvd_slot_header h = {
-                .magic = KVD_SLOT_MAGIC, .version = KVD_FORMAT_VERSION, .codec = KVD_CODEC_NONE,
+                .magic = KVD_SLOT_MAGIC, .version = KVD_SLOT_VERSION, .codec = KVD_CODEC_NONE,
                 .generation = 42, .extent_generation = GEN, .key_hi = 0x1122, .key_lo = 0x3344, .layer = 3,
                 .payload_len = sizeof(payload), .ns_layers = 4, .ns_kv_heads = 2, .ns_head_dim = 64,
                 .ns_dtype = 1, .ns_block_tokens = 16, .ns_name = "unit",

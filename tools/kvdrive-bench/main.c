@@ -24,6 +24,7 @@ static const struct bench_command commands[] = {
         { "select", bench_select, "block selection methods against the oracle on one trace (no daemon)" },
         { "selection", bench_selection, "the selection methods on the preset zoo: Markdown, CSV, plots" },
         { "interference", bench_interference, "how long one client's costliest requests delay another's Get" },
+        { "remote", bench_remote, "Get of blocks only the remote tier (Redis Cluster) has, against redis-benchmark" },
 };
 
 static void usage(FILE *f)

@@ -176,6 +176,29 @@ static uint64_t loop_p99_us(const struct kvc_stats *s)
         return s->loop_turn_max_us + 1;
 }
 
+/* Requests a node answered: its latency histogram counts each once. */
+static uint64_t node_answered(const struct kvc_remote_node_stats *n)
+{
+        uint64_t sum = 0;
+
+        for (unsigned b = 0; b < KVC_LOOP_BUCKETS; b++)
+                sum += n->latency_hist[b];
+        return sum;
+}
+
+/* Mean latency of a node's answered requests, whole microseconds (rounded). */
+static uint64_t node_latency_mean_us(const struct kvc_remote_node_stats *n)
+{
+        uint64_t answered = node_answered(n);
+
+        return answered ? (n->latency_us_sum + answered / 2) / answered : 0;
+}
+
+static double mib(uint64_t bytes)
+{
+        return (double)bytes / (1024.0 * 1024.0);
+}
+
 /* "rwo" for the caller's rights, "admin" for none (seen as an admin). */
 static const char *rights_name(uint32_t r)
 {
@@ -212,6 +235,40 @@ static int cmd_status(struct ctl *ctl)
         }
         kvc_stats_free(s);
         return EXIT_SUCCESS;
+}
+
+/* The remote tier's section of `stats`: nothing without one. */
+static void print_remote(const struct kvc_remote_stats *r)
+{
+        char b1[32], b2[32];
+
+        if (!r->have)
+                return;
+        printf("\nremote     seeds %s; condition: %s; %" PRIu32 " requests in flight\n",
+               *r->seeds ? r->seeds : "(none)", r->condition, r->inflight);
+        printf("           %" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64 " crc failures; %" PRIu64
+               " writes, %" PRIu64 " write skips; %" PRIu64 " errors\n",
+               r->hits, r->misses, r->crc_failures, r->writes, r->write_skips, r->errors);
+        printf("           %" PRIu64 " lookup keys, %" PRIu64 " found; read %s, written %s; %" PRIu64
+               " slot map refreshes\n",
+               r->lookups, r->lookup_hits, format_bytes(b1, sizeof(b1), r->read_bytes),
+               format_bytes(b2, sizeof(b2), r->write_bytes), r->slot_map_refreshes);
+        if (r->n_nodes == 0)
+                return;
+        printf("\n%-24s %5s %5s %10s %10s %10s %10s %10s %8s %8s %11s %8s %8s\n", "NODE", "STATE", "SLOTS",
+               "REQUESTS", "HITS", "MISSES", "READ_MIB", "WRITE_MIB", "ERRORS", "TIMEOUTS", "MOVED/ASK", "MEAN_US",
+               "MAX_US");
+        for (uint32_t i = 0; i < r->n_nodes; i++) {
+                const struct kvc_remote_node_stats *n = &r->nodes[i];
+                char redirects[48];
+
+                snprintf(redirects, sizeof(redirects), "%" PRIu64 "/%" PRIu64, n->moved, n->ask);
+                printf("%-24s %5s %5" PRIu32 " %10" PRIu64 " %10" PRIu64 " %10" PRIu64 " %10.1f %10.1f %8" PRIu64
+                       " %8" PRIu64 " %11s %8" PRIu64 " %8" PRIu64 "\n",
+                       n->addr, n->up ? "up" : "down", n->slots, n->requests, n->hits, n->misses,
+                       mib(n->read_bytes), mib(n->write_bytes), n->errors, n->timeouts, redirects,
+                       node_latency_mean_us(n), n->latency_us_max);
+        }
 }
 
 static void print_stats(const struct kvc_stats *s)
@@ -267,6 +324,8 @@ static void print_stats(const struct kvc_stats *s)
                 if (t->damaged)
                         printf("           DAMAGED: no more writes, durable Puts fail; restart once the file is fixed\n");
         }
+
+        print_remote(&s->remote);
 
         if (s->n_tenants)
                 printf("\n%-8s %12s %12s %12s %12s %10s %10s   (%s)\n", "UID", "HOST", "SSD", "POOLS", "NAMESPACES",
@@ -331,9 +390,69 @@ static json_t *backends_json(const char *list)
         return a;
 }
 
+/* The "remote" object of stats --json (docs/stats-json.md), NULL on
+ * failure. */
+static json_t *remote_json(const struct kvc_remote_stats *r)
+{
+        json_t *nodes = json_array();
+
+        if (!nodes)
+                return NULL;
+        for (uint32_t i = 0; i < r->n_nodes; i++) {
+                const struct kvc_remote_node_stats *n = &r->nodes[i];
+                json_t *hist = json_array();
+
+                for (unsigned b = 0; hist && b < KVC_LOOP_BUCKETS; b++)
+                        if (json_array_append_new(hist, json_integer(ji(n->latency_hist[b]))) < 0) {
+                                json_decref(hist);
+                                hist = NULL;
+                        }
+                /* "o" takes hist, also when json_pack fails (NULL: it fails). */
+                if (json_array_append_new(
+                            nodes, json_pack("{s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
+                                             " s:I, s:I, s:I, s:o}",
+                                             "addr", n->addr,
+                                             "up", n->up,
+                                             "slots", (json_int_t)n->slots,
+                                             "requests", ji(n->requests),
+                                             "hits", ji(n->hits),
+                                             "misses", ji(n->misses),
+                                             "read_bytes", ji(n->read_bytes),
+                                             "write_bytes", ji(n->write_bytes),
+                                             "errors", ji(n->errors),
+                                             "timeouts", ji(n->timeouts),
+                                             "moved", ji(n->moved),
+                                             "ask", ji(n->ask),
+                                             "latency_us_sum", ji(n->latency_us_sum),
+                                             "latency_us_max", ji(n->latency_us_max),
+                                             "latency_us_mean", ji(node_latency_mean_us(n)),
+                                             "latency_hist", hist)) < 0) {
+                        json_decref(nodes);
+                        return NULL;
+                }
+        }
+        return json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}",
+                         "seeds", r->seeds,
+                         "condition", r->condition,
+                         "hits", ji(r->hits),
+                         "misses", ji(r->misses),
+                         "writes", ji(r->writes),
+                         "write_skips", ji(r->write_skips),
+                         "crc_failures", ji(r->crc_failures),
+                         "errors", ji(r->errors),
+                         "lookups", ji(r->lookups),
+                         "lookup_hits", ji(r->lookup_hits),
+                         "slot_map_refreshes", ji(r->slot_map_refreshes),
+                         "read_bytes", ji(r->read_bytes),
+                         "write_bytes", ji(r->write_bytes),
+                         "inflight", (json_int_t)r->inflight,
+                         "nodes", nodes);
+}
+
 static json_t *stats_json(const struct kvc_stats *s)
 {
         json_t *tiers = json_object(), *nss = json_array(), *tns = json_array(), *hist = json_array();
+        json_t *root;
 
         if (!tiers || !nss || !tns || !hist)
                 goto err_free;
@@ -417,7 +536,7 @@ static json_t *stats_json(const struct kvc_stats *s)
         }
         /* "o" hands tiers, nss, tns, hist and the backends array to the
          * result, also when json_pack fails. */
-        return json_pack("{s:i,"
+        root = json_pack("{s:i,"
                          " s:{s:s, s:I, s:I, s:I, s:o, s:s, s:{s:I, s:I}},"
                          " s:{s:I, s:I},"
                          " s:o,"
@@ -472,6 +591,14 @@ static json_t *stats_json(const struct kvc_stats *s)
                          "tenants", tns,
                          "loop", "turns", ji(s->loop_turns), "turn_max_us", ji(s->loop_turn_max_us),
                          "turn_hist", hist);
+        /* Only a daemon with a remote tier has the key, as only one with an
+         * SSD tier has tiers.ssd. json_object_set_new() takes the value, a
+         * NULL one included (it fails). */
+        if (root && s->remote.have && json_object_set_new(root, "remote", remote_json(&s->remote)) < 0) {
+                json_decref(root);
+                return NULL;
+        }
+        return root;
 
 err_free:
         json_decref(tiers);

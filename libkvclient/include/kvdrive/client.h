@@ -169,13 +169,14 @@ uint32_t kvc_max_items(const kvc_client *c);
 const char *kvc_last_error(const kvc_client *c);
 
 /*
- * Registers (or joins, when the name exists with the same geometry) a
- * namespace. Returns its id in *ret_ns and, if ret_block_bytes is not NULL,
- * the block size in *ret_block_bytes. -KVC_E_NS_CONFLICT if the name exists
- * with another geometry, -KVC_E_GEOMETRY if g is invalid, -KVC_E_BAD_ARG
- * if the name is not 1-127 bytes of printable ASCII, -KVC_E_QUOTA if the
- * uid owns as many namespaces as its quota allows, -KVC_E_LIMIT if the
- * daemon's table is full.
+ * Registers (or joins, when the name exists with the same geometry and no
+ * fingerprint) a namespace. Returns its id in *ret_ns and, if
+ * ret_block_bytes is not NULL, the block size in *ret_block_bytes.
+ * -KVC_E_NS_CONFLICT if the name exists with another geometry or with a
+ * fingerprint (kvc_register_namespace_opts()), -KVC_E_GEOMETRY if g is
+ * invalid, -KVC_E_BAD_ARG if the name is not 1-127 bytes of printable
+ * ASCII, -KVC_E_QUOTA if the uid owns as many namespaces as its quota
+ * allows, -KVC_E_LIMIT if the daemon's table is full.
  *
  * A namespace belongs to the uid that created it and is private to it: the
  * same name registered by another uid is another namespace — unless the
@@ -185,6 +186,53 @@ const char *kvc_last_error(const kvc_client *c);
  */
 int kvc_register_namespace(kvc_client *c, const char *name, const struct kvc_geometry *g,
                            uint32_t *ret_ns, uint64_t *ret_block_bytes);
+
+/* Bytes a namespace fingerprint may have (kvc_ns_opts.fingerprint_len). */
+#define KVC_FINGERPRINT_MAX 64
+
+/* Options of kvc_register_namespace_opts(). Zero it, set size, then what
+ * you need. */
+struct kvc_ns_opts {
+        size_t size;                            /* sizeof(struct kvc_ns_opts) */
+        const char *name;                       /* as kvc_register_namespace()'s */
+        const struct kvc_geometry *geometry;    /* as kvc_register_namespace()'s g */
+        /*
+         * What computed the cached bytes: 0..KVC_FINGERPRINT_MAX bytes of the
+         * engine's choice (copied by the call; NULL with length 0: none). The
+         * daemon does not interpret it, only compares it. It is part of the
+         * namespace's identity like the geometry (the same name with another
+         * fingerprint is -KVC_E_NS_CONFLICT), and the remote tier keys
+         * shared blocks by it, so machines share blocks only between equal
+         * fingerprints: two engines whose KV bytes for the same tokens could
+         * differ must give different fingerprints, and engines whose bytes
+         * are the same should give the same one.
+         *
+         * Put in it a hash (e.g. BLAKE2b or XXH3-128) of everything that
+         * changes the K and V a token gets or the bytes they are stored as:
+         * the model's name and the revision of its weights (a commit id, not
+         * a branch name), the KV dtype and any KV quantisation, the
+         * tensor-parallel rank and size (each rank holds its own kv heads),
+         * the pipeline stage, RoPE scaling, the block layout, and anything
+         * else that changes the bytes. Hash a canonical text of them (one
+         * "key=value" a line, say), so that every engine that means the
+         * same thing computes the same bytes. No fingerprint (length 0) is
+         * a value too, equal to every other empty one: give one wherever
+         * blocks may be shared (KVC_PUT_SHARED, KVC_GET_SHARED).
+         */
+        const void *fingerprint;
+        size_t fingerprint_len;
+};
+
+/*
+ * kvc_register_namespace() with options: the name and geometry, and the
+ * namespace's fingerprint. Returns what kvc_register_namespace() does (an
+ * existing name with another geometry or another fingerprint is
+ * -KVC_E_NS_CONFLICT), or -EINVAL: o NULL, o->size too small, no name or
+ * geometry, o->fingerprint_len > KVC_FINGERPRINT_MAX, or a NULL fingerprint
+ * with a length. kvc_register_namespace() is this with no fingerprint.
+ */
+int kvc_register_namespace_opts(kvc_client *c, const struct kvc_ns_opts *o, uint32_t *ret_ns,
+                                uint64_t *ret_block_bytes);
 
 /*
  * Creates a "device pool" of slot_count slots of slot_bytes each as a sealed
@@ -307,10 +355,32 @@ enum {
          * (-KVC_E_BAD_ARG without it). Items that could not be made durable
          * report KVC_ITEM_ERROR. */
         KVC_PUT_DURABLE = 1u << 0,
+        /* The keys are prefix-chain keys (kvc_key_prefix_chain(): content
+         * hashes of the token prefix), so the blocks may be shared beyond
+         * this machine: the daemon also writes them through to its remote
+         * tier, when it has one and admits them, where other machines whose
+         * namespace has the same fingerprint (kvc_ns_opts) find them. Never set
+         * it for private keys (kvc_key_private()) or anything else that must
+         * not leave the machine. Without a remote tier it changes nothing. */
+        KVC_PUT_SHARED = 1u << 1,
 };
 
 /* kvc_put_submit() with flags (KVC_PUT_*); -EINVAL for unknown flags. */
 int kvc_put_submit_flags(kvc_client *c, uint32_t ns, const kvc_pool *p,
+                         const struct kvc_block_ref *refs, uint32_t n, unsigned flags,
+                         uint8_t *ret_status, uint64_t *ret_id);
+
+/* Flags of kvc_get_submit_flags(). */
+enum {
+        /* The keys are prefix-chain keys, as for KVC_PUT_SHARED (the same
+         * bit): a block that misses locally is asked of the remote tier, and
+         * if found there it is loaded (and kept in host memory) as a hit.
+         * Without a remote tier it changes nothing. */
+        KVC_GET_SHARED = 1u << 1,
+};
+
+/* kvc_get_submit() with flags (KVC_GET_*); -EINVAL for unknown flags. */
+int kvc_get_submit_flags(kvc_client *c, uint32_t ns, const kvc_pool *p,
                          const struct kvc_block_ref *refs, uint32_t n, unsigned flags,
                          uint8_t *ret_status, uint64_t *ret_id);
 
@@ -492,6 +562,48 @@ struct kvc_tenant_stats {
         uint64_t quota_refusals;        /* items and registrations refused for quota */
 };
 
+/* One node of the remote tier's Redis Cluster, as the daemon sees it. */
+struct kvc_remote_node_stats {
+        char addr[64];                  /* "host:port" */
+        int up;                         /* connected (or not needed yet) */
+        uint32_t slots;                 /* hash slots it serves in the daemon's slot map */
+        uint64_t requests;              /* commands sent */
+        uint64_t hits;                  /* GET / EXISTS found */
+        uint64_t misses;                /* GET nil / EXISTS 0 */
+        uint64_t read_bytes;            /* values received */
+        uint64_t write_bytes;           /* values sent */
+        uint64_t errors;                /* error replies, resets, refused connections */
+        uint64_t timeouts;
+        uint64_t moved;                 /* MOVED redirections received */
+        uint64_t ask;                   /* ASK redirections received */
+        uint64_t latency_us_sum;        /* of answered requests */
+        uint64_t latency_us_max;
+        /* latency_hist[b]: requests answered in [2^(b-1), 2^b) us (b = 0:
+         * under 1 us), the loop's buckets. */
+        uint64_t latency_hist[KVC_LOOP_BUCKETS];
+};
+
+/* The remote tier. All zero, have included, when the daemon runs none. */
+struct kvc_remote_stats {
+        int have;                       /* 1: the daemon has a remote tier */
+        char seeds[256];                /* as configured (cut to fit) */
+        char condition[96];             /* "ok", or what is wrong */
+        uint64_t hits;                  /* blocks fetched and verified (promoted to host) */
+        uint64_t misses;                /* asked, not there (or not usable) */
+        uint64_t writes;                /* blocks written through */
+        uint64_t write_skips;           /* shared blocks not written: remote down, busy, too large */
+        uint64_t crc_failures;          /* values that were not the block (never served) */
+        uint64_t errors;                /* requests that failed (node down, timeout, error reply) */
+        uint64_t lookups;               /* keys asked by prefix Lookups */
+        uint64_t lookup_hits;
+        uint64_t slot_map_refreshes;
+        uint64_t read_bytes;
+        uint64_t write_bytes;
+        uint32_t inflight;              /* requests in flight now */
+        uint32_t n_nodes;
+        struct kvc_remote_node_stats *nodes;    /* n_nodes, the library's */
+};
+
 struct kvc_stats {
         char daemon_version[32];
         uint32_t pid;
@@ -544,9 +656,13 @@ struct kvc_stats {
         uint64_t loop_turns;
         uint64_t loop_turn_max_us;
         uint64_t loop_turn_hist[KVC_LOOP_BUCKETS];
+        /* The remote tier (a Redis Cluster shared by many machines):
+         * remote.have is 0 when the daemon runs none. */
+        struct kvc_remote_stats remote;
 };
 
-/* Fetches the daemon's statistics; free with kvc_stats_free(). */
+/* Fetches the daemon's statistics; free with kvc_stats_free(), which
+ * frees the arrays it points to (tiers, namespaces, tenants, remote.nodes). */
 int kvc_stats_get(kvc_client *c, struct kvc_stats **ret);
 struct kvc_stats *kvc_stats_free(struct kvc_stats *s);
 

@@ -40,6 +40,15 @@ rank and world size, layout version): equal prompts give equal keys in every
 process, and different models, dtypes or TP ranks land in different
 namespaces, so they never see each other's blocks.
 
+**Sharing between machines.** The namespace is registered with a fingerprint
+too (:meth:`ModelFingerprint.fingerprint_bytes`: BLAKE2b-256 of the same
+identity plus the geometry, block size included), which the daemon's remote
+tier keys blocks by. Since every block here is a prefix block, the core's
+Puts and Gets say ``shared=True``: a daemon with a remote tier writes the
+blocks through to it, and a Get that misses on this machine is asked of it,
+so machines serving the same model (same fingerprint) reuse each other's
+prefixes. ``ConnectorCore(shared=False)`` keeps them on this machine.
+
 **Threads.** A core may be called from several threads (one lock); an
 engine's single worker thread is what it is made for.
 """
@@ -94,7 +103,10 @@ class ModelFingerprint:
     own kv heads), ``layout_version`` the block layout, and ``extra`` any
     further ``key=value`` lines (RoPE scaling, KV quantisation, pipeline
     stage). Two fingerprints that differ in any field give different
-    namespace names, hence no shared blocks.
+    namespace names, hence no shared blocks; and different
+    :meth:`fingerprint_bytes`, the namespace's fingerprint for the daemon,
+    by which its remote tier keeps machines from sharing blocks of
+    different models.
     """
     model: str
     dtype: str
@@ -128,6 +140,20 @@ class ModelFingerprint:
         """128-bit hash of :meth:`identity`, as 32 hex digits."""
         return hashlib.blake2b(self.identity().encode(), digest_size=16).hexdigest()
 
+    def fingerprint_bytes(self, *, layers: int, kv_heads: int, head_dim: int,
+                          block_tokens: int) -> bytes:
+        """The namespace's fingerprint for the daemon (``Client.namespace(fingerprint=)``,
+        kvc_ns_opts): BLAKE2b-256 (32 bytes) of :meth:`identity` followed by a
+        ``geometry=<layers>x<kv_heads>x<head_dim>,block_tokens=<n>`` line. The
+        remote tier keys shared blocks by it, so it names everything that
+        changes a block's bytes: the model and its revision, the KV dtype, the
+        TP rank and size, the layout, the extra lines, and the geometry with the
+        engine's block size (a wrong ``model`` override on another model still
+        differs there)."""
+        text = (self.identity() + f"geometry={int(layers)}x{int(kv_heads)}x{int(head_dim)},"
+                f"block_tokens={int(block_tokens)}\n")
+        return hashlib.blake2b(text.encode(), digest_size=32).digest()
+
     def namespace_name(self) -> str:
         """``<short model id>@<digest>/kv<layout version>``: the recipe of
         docs/engine-integration.md ("Keys"), at most 127 printable bytes."""
@@ -137,8 +163,13 @@ class ModelFingerprint:
 
 def _register(client: Client, fingerprint: ModelFingerprint, *, layers: int, kv_heads: int,
               head_dim: int, block_tokens: int):
+    # The scheduler's PrefixIndex and every worker register the same name: they
+    # must give the same fingerprint, or the second gets E_NS_CONFLICT.
+    fp = fingerprint.fingerprint_bytes(layers=layers, kv_heads=kv_heads, head_dim=head_dim,
+                                       block_tokens=block_tokens)
     return client.namespace(fingerprint.namespace_name(), layers=layers, kv_heads=kv_heads,
-                            head_dim=head_dim, dtype=fingerprint.dtype, block_tokens=block_tokens)
+                            head_dim=head_dim, dtype=fingerprint.dtype, block_tokens=block_tokens,
+                            fingerprint=fp)
 
 
 class PrefixIndex:
@@ -318,10 +349,14 @@ class ConnectorCore:
     already saved for it; anything else already cached comes back as the
     Put's ``EXISTS`` (the daemon copies nothing), which is cheaper than a
     Lookup round trip before every Put and has no race with other writers.
+
+    ``shared`` (default True): Puts and Gets carry ``shared=True`` (the keys
+    are prefix keys), so a daemon with a remote tier shares the blocks with
+    other machines of the same namespace fingerprint; False keeps them here.
     """
 
     def __init__(self, client: Client, fingerprint: ModelFingerprint, layout: KVLayout,
-                 staging_slots: int = 64, *, timeout: float | None = 60.0):
+                 staging_slots: int = 64, *, timeout: float | None = 60.0, shared: bool = True):
         if not isinstance(fingerprint, ModelFingerprint):
             raise _bad("fingerprint must be a ModelFingerprint")
         if not isinstance(layout, KVLayout):
@@ -334,6 +369,9 @@ class ConnectorCore:
         self.fingerprint = fingerprint
         self.layout = layout
         self.timeout = timeout
+        if not isinstance(shared, bool):
+            raise _bad(f"shared must be a bool, not {shared!r}")
+        self.shared = shared
         self.namespace = _register(client, fingerprint, layers=layout.num_layers,
                                    kv_heads=layout.kv_heads, head_dim=layout.head_dim,
                                    block_tokens=layout.block_tokens)
@@ -468,7 +506,8 @@ class ConnectorCore:
         op.slots = [self._free.popleft() for _ in op.block_ids]
         try:
             op.request = self.client.get(self.pool, [(k, op.layer, s)
-                                                     for k, s in zip(op.keys, op.slots)])
+                                                     for k, s in zip(op.keys, op.slots)],
+                                         shared=self.shared)
         except BaseException:
             self._free.extend(op.slots)
             self._fail_load(op)
@@ -542,7 +581,8 @@ class ConnectorCore:
             self._staging.index_copy_(0, torch.tensor(op.slots, dtype=torch.long),
                                       blocks.to("cpu"))
             op.request = self.client.put(self.pool, [(k, op.layer, s)
-                                                     for k, s in zip(op.keys, op.slots)])
+                                                     for k, s in zip(op.keys, op.slots)],
+                                         shared=self.shared)
         except BaseException:
             self._free.extend(op.slots)
             raise

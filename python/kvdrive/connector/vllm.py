@@ -15,7 +15,20 @@ this module imports without it. Use it with::
 Extra config keys: ``kvdrive_socket`` (default: libkvclient's search),
 ``kvdrive_staging_slots`` (64), ``kvdrive_model_id`` (the fingerprint's
 model, default the served model), ``kvdrive_revision`` (default the model
-config's revision), ``kvdrive_timeout`` (seconds, 60).
+config's revision), ``kvdrive_timeout`` (seconds, 60), ``kvdrive_shared``
+(true: share blocks through the daemon's remote tier, false: keep them on
+this machine).
+
+The namespace fingerprint: each TP rank's namespace is registered with
+:meth:`~kvdrive.connector.core.ModelFingerprint.fingerprint_bytes`, a
+BLAKE2b-256 of what the connector knows of the model: the model id
+(``kvdrive_model_id`` or the served model), the weights' revision, the KV
+cache dtype (``cache_dtype``, else the model's dtype), the TP rank and size,
+the pipeline-parallel size when above 1, the block layout version, and the
+geometry (layers, kv heads, head size) with vLLM's block size. Its blocks
+are prefix-chain keys, so every Put and Get of them says ``shared``: a
+daemon with a remote tier shares them with every machine whose fingerprint
+is the same, and with no other.
 
 What it does: the scheduler side looks up each new request's prompt (all
 but its last token: vLLM computes at least one) in KVDrive, in every TP
@@ -194,6 +207,16 @@ def _torch_dtype_name(dtype: Any) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def _flag(name: str, v: Any) -> bool:
+    """An extra-config boolean: JSON's true/false, or their spelling as a string."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no",
+                                                     "off"):
+        return v.strip().lower() in ("true", "1", "yes", "on")
+    raise ValueError(f"{name}: true or false, not {v!r}")
+
+
 def _fingerprints(vllm_config: Any, extra: Callable[[str, Any], Any], ranks: Sequence[int]):
     from .core import ModelFingerprint
     mc, cc, pc = vllm_config.model_config, vllm_config.cache_config, vllm_config.parallel_config
@@ -257,7 +280,9 @@ def _build():
                                [get_tensor_model_parallel_rank()])[0]
             core = ConnectorCore(self._client, fp, layout,
                                  staging_slots=int(self._extra("kvdrive_staging_slots", 64)),
-                                 timeout=float(self._extra("kvdrive_timeout", 60.0)))
+                                 timeout=float(self._extra("kvdrive_timeout", 60.0)),
+                                 shared=_flag("kvdrive_shared",
+                                              self._extra("kvdrive_shared", True)))
             self._worker = WorkerState(core, kv_caches.keys())
             logger.info("kvdrive: %r", core)
 

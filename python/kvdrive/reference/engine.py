@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..client import Client
-from ..connector.core import ConnectorCore, KVLayout, ModelFingerprint
+from ..connector.core import ConnectorCore, KVLayout, ModelFingerprint, _register
 from .. import select
 from ..errors import Error, InvalidArgument
 from ..sparse import Sparse, pool_slots
@@ -388,9 +388,10 @@ class SparseDecoder:
         self.budget = budget if budget is not None else c.n_layers * per_layer
         self.fingerprint = fp = sparse_fingerprint(model, topk=topk, sink=sink, local=local,
                                                    score=score)
-        self.namespace = client.namespace(fp.namespace_name(), layers=c.n_layers,
-                                          kv_heads=c.n_kv_heads, head_dim=c.head_dim,
-                                          dtype="float32", block_tokens=c.block_size)
+        # As the connector registers it (name and fingerprint): at full budget it
+        # is PagedEngine's namespace, which another fingerprint would conflict with.
+        self.namespace = _register(client, fp, layers=c.n_layers, kv_heads=c.n_kv_heads,
+                                   head_dim=c.head_dim, block_tokens=c.block_size)
         opts = dict(budget=self.budget, topk=topk, sink=sink, local=local, slot0=staging_slots,
                     report_scores=report_scores)
         self.staging = staging_slots
