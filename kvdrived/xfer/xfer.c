@@ -26,7 +26,8 @@ struct kvd_xfer {
         bool stopping;
         int efd;
         struct kvd_loop_watch efd_w;    /* efd in the event loop */
-        unsigned n_workers;
+        unsigned n_workers;     /* started */
+        unsigned share;         /* workers a batch is spread over (set before any starts) */
         pthread_t *workers;
         atomic_uint_fast64_t bytes[2];
         atomic_uint_fast64_t busy_ns[2];        /* summed over workers, successful copies */
@@ -49,20 +50,35 @@ static void queue_pop(struct queue *q)
                 q->tail = NULL;
 }
 
-/* Under lock: claims the next copy of the most urgent batch. A batch leaves
- * its queue when its last copy is claimed, so no queue ever points at a batch
- * that may complete (and be freed by its owner). */
-static struct kvd_xfer_batch *claim_locked(struct kvd_xfer *x, unsigned *ret_i)
+/* Bytes of small copies a worker claims at once: one lock round per run of
+ * copies instead of per copy (a 4 KiB copy takes about as long as taking
+ * the lock and waking a waiter). */
+#define CLAIM_BYTES (256u << 10)
+
+/* Under lock: claims the next copies [*ret_i, *ret_i + *ret_n) of the most
+ * urgent batch: as many as make CLAIM_BYTES, but no more than a worker's
+ * share of what is left, so that a batch still spreads over every worker.
+ * A batch leaves its queue when its last copy is claimed, so no queue ever
+ * points at a batch that may complete (and be freed by its owner). */
+static struct kvd_xfer_batch *claim_locked(struct kvd_xfer *x, unsigned *ret_i, unsigned *ret_n)
 {
         for (int p = 0; p < KVD_PRIO_COUNT; p++) {
                 struct queue *q = &x->pending[p];
                 struct kvd_xfer_batch *b = q->head;
+                unsigned i, left, n;
 
                 if (!b)
                         continue;
-                *ret_i = atomic_fetch_add(&b->next, 1);
-                if (*ret_i + 1 == b->n)
+                i = atomic_load(&b->next);
+                left = b->n - i;
+                n = CLAIM_BYTES / MAX(b->copies[i].len, 1u);
+                n = MIN(n, (left + x->share - 1) / x->share);
+                n = MAX(n, 1u);
+                atomic_store(&b->next, i + n);
+                if (i + n == b->n)
                         queue_pop(q);
+                *ret_i = i;
+                *ret_n = n;
                 return b;
         }
         return NULL;
@@ -81,14 +97,34 @@ static void complete(struct kvd_xfer *x, struct kvd_xfer_batch *b)
         (void)n; /* eventfd write only fails on counter overflow */
 }
 
+/* Copy c of batch b; its figures and its client counter. */
+static void copy_one(struct kvd_xfer *x, struct kvd_xfer_batch *b, struct kvd_copy *c)
+{
+        const struct kvd_device_ops *ops = b->pool->ops;
+        uint64_t t0 = kvd_now_ns();
+
+        c->result = b->dir == KVD_XFER_IN ? ops->copy_in(b->pool, c->slot, c->host, c->len)
+                                          : ops->copy_out(b->pool, c->slot, c->host, c->len);
+        if (c->result == 0) {
+                atomic_fetch_add(&x->bytes[b->dir], c->len);
+                atomic_fetch_add(&x->busy_ns[b->dir], kvd_now_ns() - t0);
+                /* The release orders the copy before the count the
+                 * client acquires: its bytes are there once seen. */
+                if (c->done_ctr) {
+                        atomic_fetch_add_explicit(c->done_ctr, 1, memory_order_release);
+                        kvd_counter_signal(c->done_ctr);
+                }
+        }
+}
+
 static void *worker_main(void *arg)
 {
         struct kvd_xfer *x = arg;
 
         pthread_mutex_lock(&x->lock);
         for (;;) {
-                unsigned i;
-                struct kvd_xfer_batch *b = claim_locked(x, &i);
+                unsigned i, n;
+                struct kvd_xfer_batch *b = claim_locked(x, &i, &n);
 
                 if (!b) {
                         if (x->stopping)
@@ -97,25 +133,9 @@ static void *worker_main(void *arg)
                         continue;
                 }
                 pthread_mutex_unlock(&x->lock);
-
-                struct kvd_copy *c = &b->copies[i];
-                const struct kvd_device_ops *ops = b->pool->ops;
-
-                uint64_t t0 = kvd_now_ns();
-
-                c->result = b->dir == KVD_XFER_IN ? ops->copy_in(b->pool, c->slot, c->host, c->len)
-                                                  : ops->copy_out(b->pool, c->slot, c->host, c->len);
-                if (c->result == 0) {
-                        atomic_fetch_add(&x->bytes[b->dir], c->len);
-                        atomic_fetch_add(&x->busy_ns[b->dir], kvd_now_ns() - t0);
-                        /* The release orders the copy before the count the
-                         * client acquires: its bytes are there once seen. */
-                        if (c->done_ctr) {
-                                atomic_fetch_add_explicit(c->done_ctr, 1, memory_order_release);
-                                kvd_counter_signal(c->done_ctr);
-                        }
-                }
-                if (atomic_fetch_sub(&b->remaining, 1) == 1)
+                for (unsigned k = 0; k < n; k++)
+                        copy_one(x, b, &b->copies[i + k]);
+                if (atomic_fetch_sub(&b->remaining, n) == n)
                         complete(x, b);
                 pthread_mutex_lock(&x->lock);
         }
@@ -143,6 +163,7 @@ int kvd_xfer_new(unsigned workers, struct kvd_xfer **ret)
                 r = -errno;
                 goto err_free;
         }
+        x->share = MAX(workers, 1u);
         for (unsigned i = 0; i < workers; i++) {
                 r = -pthread_create(&x->workers[i], NULL, worker_main, x);
                 if (r < 0)
