@@ -817,8 +817,8 @@ static void lookup_reply(struct key_task *kt)
         reply(kt->task.ss, kt->id, &resp);
 }
 
-/* The remote tier answered: each layer's prefix goes on while it has the
- * next key. */
+/* The remote tier answered: each layer's prefix goes on while it (or,
+ * again, this daemon) has the next key. */
 static void lookup_probed(void *ctx, int result)
 {
         struct key_task *kt = ctx;
@@ -829,11 +829,15 @@ static void lookup_probed(void *ctx, int result)
         for (uint32_t l = 0; l < kt->layers && i < kt->n_remote; l++) {
                 bool run = true;
 
-                for (; i < kt->n_remote && kt->rlayers[i] == l; i++)
-                        if (run && kt->rfound[i])
+                for (; i < kt->n_remote && kt->rlayers[i] == l; i++) {
+                        struct kvd_bkey key = { kt->rkeys[i][0], kt->rkeys[i][1], kt->ns, l };
+
+                        /* Past the first local miss, a key may be here again. */
+                        if (run && (kt->rfound[i] || kvd_cache_contains(ss->server->cache, &key)))
                                 kt->prefix[l]++;
                         else
                                 run = false;
+                }
         }
         lookup_reply(kt);
         kt->probing = false;

@@ -89,18 +89,26 @@ static void refs_of(const struct kvc_key *keys, struct kvc_block_ref *refs)
                                                                            .slot = b * E2E_LAYERS + l };
 }
 
-/* Stores every block of keys from m (shared or not); all OK. */
-static void put_all(struct machine *m, const struct kvc_key *keys, unsigned flags)
+/* Stores blocks [first, first + n) of keys from m, every layer (shared or
+ * not); all OK. */
+static void put_range(struct machine *m, const struct kvc_key *keys, uint32_t first, uint32_t n, unsigned flags)
 {
         struct kvc_block_ref refs[NITEMS];
         uint8_t st[NITEMS];
+        uint32_t items = n * E2E_LAYERS;
         uint64_t id;
 
         refs_of(keys, refs);
-        for (uint32_t i = 0; i < NITEMS; i++)
+        for (uint32_t i = first * E2E_LAYERS; i < (first + n) * E2E_LAYERS; i++)
                 e2e_fill_block(kvc_pool_slot(m->p, i), E2E_BLOCK_BYTES, &keys[i / E2E_LAYERS], i % E2E_LAYERS, 7);
-        E2E_ASSERT_RC(m->c, kvc_put_submit_flags(m->c, m->ns, m->p, refs, NITEMS, flags, st, &id), 0);
-        E2E_ASSERT_RC(m->c, kvc_wait(m->c, id, E2E_WAIT_MS), (int)NITEMS);
+        E2E_ASSERT_RC(m->c,
+                      kvc_put_submit_flags(m->c, m->ns, m->p, refs + first * E2E_LAYERS, items, flags, st, &id), 0);
+        E2E_ASSERT_RC(m->c, kvc_wait(m->c, id, E2E_WAIT_MS), (int)items);
+}
+
+static void put_all(struct machine *m, const struct kvc_key *keys, unsigned flags)
+{
+        put_range(m, keys, 0, NBLK, flags);
 }
 
 /* Gets every block of keys into m's pool: how many came, each checked
@@ -236,6 +244,36 @@ START_TEST(test_share_between_machines)
         s = stats(&b);
         ck_assert_uint_eq(s->remote.hits, NITEMS);
         kvc_stats_free(s);
+        machine_stop(&a);
+        machine_stop(&b);
+}
+END_TEST
+
+/* A Lookup's prefix goes on through the remote tier's blocks and then
+ * through this daemon's own again. */
+START_TEST(test_lookup_remote_then_local)
+{
+        struct machine a, b;
+        struct kvc_key keys[NBLK];
+        uint32_t prefix[E2E_LAYERS];
+        uint64_t seed;
+
+        flush_cluster();
+        machine_start(&a, FP_A, false, "2000");
+        machine_start(&b, FP_A, false, "2000");
+        ck_assert_int_eq(e2e_random(&seed, sizeof(seed)), 0);
+        chain(seed, keys);
+        put_range(&a, keys, 0, 10, KVC_PUT_SHARED);
+        wait_writes(&a, 10 * E2E_LAYERS);
+        put_range(&b, keys, 10, NBLK - 10, 0);
+        lookup(&b, keys, prefix);
+        for (uint32_t l = 0; l < E2E_LAYERS; l++)
+                ck_assert_uint_eq(prefix[l], NBLK);
+        /* Without the remote tier's part, nothing: the chain starts there. */
+        flush_cluster();
+        lookup(&b, keys, prefix);
+        for (uint32_t l = 0; l < E2E_LAYERS; l++)
+                ck_assert_uint_eq(prefix[l], 0);
         machine_stop(&a);
         machine_stop(&b);
 }
@@ -532,6 +570,7 @@ static Suite *remote_suite(void)
         tcase_set_timeout(tc, 240);
         tcase_add_unchecked_fixture(tc, e2e_cluster_setup, e2e_cluster_teardown);
         tcase_add_test(tc, test_share_between_machines);
+        tcase_add_test(tc, test_lookup_remote_then_local);
         tcase_add_test(tc, test_fingerprints_never_mix);
         tcase_add_test(tc, test_corrupt_value_is_a_miss);
         tcase_add_test(tc, test_node_killed);
