@@ -171,7 +171,7 @@ int kvd_cache_ns_register_ident(struct kvd_cache *c, const struct kvd_ns_ident *
                 return -EINVAL;
         if (ns) {
                 if (memcmp(&ns->geometry, g, sizeof(*g)) != 0 || ns->fingerprint_len != ident->fingerprint_len ||
-                    memcmp(ns->fingerprint, ident->fingerprint, ident->fingerprint_len) != 0)
+                    (ident->fingerprint_len && memcmp(ns->fingerprint, ident->fingerprint, ident->fingerprint_len)))
                         return -EEXIST;
                 *ret_id = ns->id;
                 *ret_created = false;
