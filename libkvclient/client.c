@@ -680,6 +680,7 @@ static int transfer_submit(kvc_client *c, Kvdrive__Request__BodyCase body, uint3
                 pf.ns_id = ns;
                 pf.n_items = n;
                 pf.items = ptrs;
+                pf.shared = (xflags & XFER_SHARED) != 0;
                 req.prefetch = &pf;
         } else {
                 t.ns_id = ns;
@@ -749,7 +750,16 @@ _public_ int kvc_get_submit_flags(kvc_client *c, uint32_t ns, const kvc_pool *p,
 _public_ int kvc_prefetch_submit(kvc_client *c, uint32_t ns, const struct kvc_block_ref *refs, uint32_t n,
                                  uint8_t *ret_status, uint64_t *ret_id)
 {
-        return transfer_submit(c, KVDRIVE__REQUEST__BODY_PREFETCH, ns, NULL, refs, n, 0, ret_status, ret_id);
+        return kvc_prefetch_submit_flags(c, ns, refs, n, 0, ret_status, ret_id);
+}
+
+_public_ int kvc_prefetch_submit_flags(kvc_client *c, uint32_t ns, const struct kvc_block_ref *refs, uint32_t n,
+                                       unsigned flags, uint8_t *ret_status, uint64_t *ret_id)
+{
+        if (flags & ~(unsigned)KVC_GET_SHARED)
+                return -EINVAL;
+        return transfer_submit(c, KVDRIVE__REQUEST__BODY_PREFETCH, ns, NULL, refs, n,
+                               flags & KVC_GET_SHARED ? XFER_SHARED : 0, ret_status, ret_id);
 }
 
 _public_ int kvc_report_scores(kvc_client *c, uint32_t ns, const struct kvc_block_score *scores, uint32_t n)

@@ -689,7 +689,7 @@ static void handle_prefetch(struct kvd_session *ss, uint64_t id, const Kvdrive__
         const struct kvd_ns *ns = session_ns(ss, id, m->ns_id, KVD_RIGHT_READ);
 
         if (ns)
-                start_io(ss, id, KVD_IO_PREFETCH, 0, ns, NULL, m->items, m->n_items, 0);
+                start_io(ss, id, KVD_IO_PREFETCH, m->shared ? KVD_IO_SHARED : 0, ns, NULL, m->items, m->n_items, 0);
 }
 
 static void handle_scores(struct kvd_session *ss, uint64_t id, const Kvdrive__Scores *m)

@@ -100,6 +100,8 @@ int kvc_poll(kvc_client *c);
 int kvc_done(const kvc_client *c, uint64_t id);
 int kvc_prefetch_submit(kvc_client *c, uint32_t ns, const struct kvc_block_ref *refs, uint32_t n,
                         uint8_t *ret_status, uint64_t *ret_id);
+int kvc_prefetch_submit_flags(kvc_client *c, uint32_t ns, const struct kvc_block_ref *refs, uint32_t n,
+                              unsigned flags, uint8_t *ret_status, uint64_t *ret_id);
 
 struct kvc_block_score {
     struct kvc_key key;

@@ -623,13 +623,16 @@ class Client(_Closing):
         return self._submit("get", lambda r, m, st, rid: lib.kvc_get_submit_flags(
             self._c, ns, pool._p, r, m, flags, st, rid), refs, n)
 
-    def prefetch(self, ns: Namespace | int, items: Iterable[tuple]) -> Request:
+    def prefetch(self, ns: Namespace | int, items: Iterable[tuple], *, shared: bool = False) -> Request:
         """Brings blocks ``(key, layer)`` from SSD into host memory ahead of a Get,
-        behind Gets in priority. Waiting is optional."""
+        behind Gets in priority. ``shared``: the keys are prefix keys, so a block
+        in no local tier is fetched from the remote tier too. Waiting is
+        optional."""
         refs, n = self._refs(items, False)
         nid = _ns_id(ns)
-        return self._submit("prefetch", lambda r, m, st, rid: lib.kvc_prefetch_submit(
-            self._c, nid, r, m, st, rid), refs, n)
+        flags = _GET_SHARED if shared else 0
+        return self._submit("prefetch", lambda r, m, st, rid: lib.kvc_prefetch_submit_flags(
+            self._c, nid, r, m, flags, st, rid), refs, n)
 
     def lookup(self, ns: Namespace | int, keys: Sequence) -> list[int]:
         """For each layer, how many leading keys of the chain ``keys`` are cached."""

@@ -279,6 +279,38 @@ START_TEST(test_lookup_remote_then_local)
 }
 END_TEST
 
+/* A shared Prefetch brings the remote tier's blocks into host memory: the
+ * Gets after it need not ask (a plain Get finds them). */
+START_TEST(test_prefetch_from_remote)
+{
+        struct machine a, b;
+        struct kvc_key keys[NBLK];
+        struct kvc_block_ref refs[NITEMS];
+        uint8_t st[NITEMS];
+        struct kvc_stats *s;
+        uint64_t seed, id;
+
+        flush_cluster();
+        machine_start(&a, FP_A, false, "2000");
+        machine_start(&b, FP_A, false, "2000");
+        ck_assert_int_eq(e2e_random(&seed, sizeof(seed)), 0);
+        chain(seed, keys);
+        put_all(&a, keys, KVC_PUT_SHARED);
+        wait_writes(&a, NITEMS);
+        refs_of(keys, refs);
+        E2E_ASSERT_RC(b.c, kvc_prefetch_submit_flags(b.c, b.ns, refs, NITEMS, KVC_GET_SHARED | 4u, st, &id),
+                      -EINVAL);
+        E2E_ASSERT_RC(b.c, kvc_prefetch_submit_flags(b.c, b.ns, refs, NITEMS, KVC_GET_SHARED, st, &id), 0);
+        E2E_ASSERT_RC(b.c, kvc_wait(b.c, id, E2E_WAIT_MS), (int)NITEMS);
+        ck_assert_int_eq(get_all(&b, keys, 0, st), (int)NITEMS);
+        s = stats(&b);
+        ck_assert_uint_eq(s->remote.hits, NITEMS);
+        kvc_stats_free(s);
+        machine_stop(&a);
+        machine_stop(&b);
+}
+END_TEST
+
 START_TEST(test_fingerprints_never_mix)
 {
         struct machine a, b;
@@ -571,6 +603,7 @@ static Suite *remote_suite(void)
         tcase_add_unchecked_fixture(tc, e2e_cluster_setup, e2e_cluster_teardown);
         tcase_add_test(tc, test_share_between_machines);
         tcase_add_test(tc, test_lookup_remote_then_local);
+        tcase_add_test(tc, test_prefetch_from_remote);
         tcase_add_test(tc, test_fingerprints_never_mix);
         tcase_add_test(tc, test_corrupt_value_is_a_miss);
         tcase_add_test(tc, test_node_killed);

@@ -395,6 +395,11 @@ int kvc_prefetch_submit(kvc_client *c, uint32_t ns, const struct kvc_block_ref *
                         uint8_t *ret_status, uint64_t *ret_id);
 int kvc_prefetch(kvc_client *c, uint32_t ns, const struct kvc_block_ref *refs, uint32_t n,
                  uint8_t *ret_status);
+/* kvc_prefetch_submit() with flags: KVC_GET_SHARED brings shared blocks
+ * that are in no local tier from the remote tier into host memory (start
+ * it while the layers before compute); -EINVAL for unknown flags. */
+int kvc_prefetch_submit_flags(kvc_client *c, uint32_t ns, const struct kvc_block_ref *refs, uint32_t n,
+                              unsigned flags, uint8_t *ret_status, uint64_t *ret_id);
 
 /* Attention a client measured on a block it used in one step. */
 struct kvc_block_score {
