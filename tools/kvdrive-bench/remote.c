@@ -27,8 +27,10 @@
  *
  * Rounds interleave the two (alternating which goes first). GiB/s are 2^30
  * bytes of block payload per second; the ratio is the median of per-round
- * ratios. The cluster, the daemons and the temporary directory go at the
- * end; a watchdog process removes them if we die first (SIGINT, SIGKILL).
+ * ratios. Each pass also records the CPU time of every party: B, the client
+ * (us), redis-benchmark, and the masters (INFO used_cpu_*). The cluster, the
+ * daemons and the temporary directory go at the end; a watchdog process
+ * removes them if we die first (SIGINT, SIGKILL). docs/bench/remote.md.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -58,7 +60,7 @@
 #define PUT_BATCH 32u
 #define SAMPLES 16u
 #define BLOCK_UNIT 4096u                /* block bytes per token of the geometry */
-#define DEFAULT_BYTES (1ull << 30)      /* per block size, without --blocks */
+#define DEFAULT_BYTES (2ull << 30)      /* per block size, without --blocks: runs of ~0.5 s and more */
 #define MAX_BLOCK (8ull << 20)          /* under the daemon's remote-max-value-bytes (16M) */
 #define LOAD_PASSES 40                  /* redis-benchmark -t set passes, at most */
 #define CMD_TIMEOUT_S 600
@@ -112,7 +114,7 @@ struct bench {
 /* B's remote tier, summed over its nodes. */
 struct remote_snap {
         uint64_t hits, misses, writes, write_skips, crc_failures, errors;
-        uint64_t node_hits, node_requests, node_read_bytes, node_lat_sum;
+        uint64_t node_hits, node_read_bytes, node_lat_sum;
         uint64_t node_hist[KVC_LOOP_BUCKETS];
         uint32_t n_nodes, nodes_up;
         char condition[96];
@@ -145,7 +147,7 @@ static void usage(FILE *f)
                 "  -k, --kvdrived PATH       kvdrived (default: $KVDRIVED, else the build tree's,\n"
                 "                            else the one on PATH)\n"
                 "  -z, --block-bytes LIST    block sizes, multiples of 4K up to 8M (default 64K,1M)\n"
-                "  -n, --blocks N            blocks per size (default: 1 GiB of blocks per size)\n"
+                "  -n, --blocks N            blocks per size (default: 2 GiB of blocks per size)\n"
                 "  -d, --depth D             blocks in flight from the client (default 32)\n"
                 "  -B, --batch N             blocks per Get request; divides D (default 8)\n"
                 "  -r, --repeat R            timed rounds, interleaved; medians (default 5, at most %d)\n"
@@ -441,7 +443,7 @@ out:
         return r;
 }
 
-/* INFO SECTION of every master, the named fields summed into ret[]. */
+/* INFO section of every master, the named fields summed into ret[]. */
 static int masters_info(const struct bench *b, const char *section, const char *const *names, size_t n,
                         double *ret)
 {
@@ -449,7 +451,8 @@ static int masters_info(const struct bench *b, const char *section, const char *
 
         memset(ret, 0, sizeof(*ret) * n);
         for (unsigned m = 0; m < b->n_masters; m++) {
-                if (redis_cli(&b->masters[m], out, sizeof(out), "info", section, NULL) < 0) { /* NULL: the default sections */
+                /* section NULL: INFO's default sections */
+                if (redis_cli(&b->masters[m], out, sizeof(out), "info", section, NULL) < 0) {
                         fprintf(stderr, "kvdrive-bench: INFO on %s:%s failed\n", b->masters[m].host,
                                 b->masters[m].port);
                         return -EIO;
@@ -501,7 +504,6 @@ static int remote_snap(kvc_client *c, struct remote_snap *ret)
 
                 ret->nodes_up += n->up != 0;
                 ret->node_hits += n->hits;
-                ret->node_requests += n->requests;
                 ret->node_read_bytes += n->read_bytes;
                 ret->node_lat_sum += n->latency_us_sum;
                 for (int k = 0; k < KVC_LOOP_BUCKETS; k++)
@@ -549,8 +551,9 @@ static int daemon_start(struct bench *b, struct daemon *d, const char *sub, uint
 
                 if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() != parent)
                         _exit(127);
-                if (devnull >= 0)
-                        dup2(devnull, STDIN_FILENO);
+                /* Its log on our stderr; our stdout may be JSON. */
+                if (devnull < 0 || dup2(devnull, STDIN_FILENO) < 0 || dup2(STDERR_FILENO, STDOUT_FILENO) < 0)
+                        _exit(127);
                 close_range(3, ~0u, 0);
                 execv(argv[0], (char *const *)argv);
                 fprintf(stderr, "kvdrive-bench: exec %s: %s\n", argv[0], strerror(errno));
@@ -639,6 +642,7 @@ static void fill(void *p, uint64_t bytes, uint64_t seed, uint64_t i)
 struct set {
         uint64_t size, seed;
         uint32_t n, ns_a, ns_b;
+        bool on_a, on_b;                /* registered there */
         struct kvc_key *keys;
 };
 
@@ -670,8 +674,10 @@ static int set_open(struct bench *b, struct set *s, uint64_t size, uint32_t n)
         memcpy(fp + 16, &size, 8);
         snprintf(name, sizeof(name), "bench-remote-%s", bench_format_size(sz, sizeof(sz), size));
         r = kvc_register_namespace_opts(b->a.c, &o, &s->ns_a, &bb);
+        s->on_a = r == 0;
         if (r == 0)
                 r = kvc_register_namespace_opts(b->b.c, &o, &s->ns_b, NULL);
+        s->on_b = s->on_a && r == 0;
         if (r < 0) {
                 fprintf(stderr, "kvdrive-bench: register namespace %s: %s\n", name, kvc_strerror(r));
                 return r;
@@ -929,14 +935,23 @@ static double kvdrive_pass(struct bench *b, const struct set *s, kvc_pool *pool,
         return secs;
 }
 
-/* The upper bound (us) of the bucket holding the q-quantile of the
- * latency histogram delta. */
-static uint64_t hist_quantile(const struct remote_snap *s0, const struct remote_snap *s1, double q)
+/* Requests B's nodes answered between s0 and s1 (each is in the latency
+ * histogram once). */
+static uint64_t hist_count(const struct remote_snap *s0, const struct remote_snap *s1)
 {
-        uint64_t total = 0, acc = 0;
+        uint64_t total = 0;
 
         for (int k = 0; k < KVC_LOOP_BUCKETS; k++)
                 total += s1->node_hist[k] - s0->node_hist[k];
+        return total;
+}
+
+/* The upper bound (us) of the bucket holding the q-quantile of the
+ * latency histogram between s0 and s1. */
+static uint64_t hist_quantile(const struct remote_snap *s0, const struct remote_snap *s1, double q)
+{
+        uint64_t total = hist_count(s0, s1), acc = 0;
+
         for (int k = 0; k < KVC_LOOP_BUCKETS; k++) {
                 acc += s1->node_hist[k] - s0->node_hist[k];
                 if (total && (double)acc >= q * (double)total)
@@ -945,47 +960,26 @@ static uint64_t hist_quantile(const struct remote_snap *s0, const struct remote_
         return 0;
 }
 
-/* redis-benchmark's arguments for block size s: a command line in argv (and
- * its text in text), SET or GET. */
+/* redis-benchmark's command line for row w: -t set or -t get. */
 struct rb_cmd {
-        char n[24], r[24], d[24], c[8], p[8], t[8], host[64], port[8];
-        const char *argv[32];
+        char n[24], r[24], d[24], c[8], p[8], t[8];
+        const char *argv[24];
 };
 
-static void rb_cmd_make(const struct bench *b, const struct row *w, uint64_t requests, bool set, struct rb_cmd *rc)
+static void rb_cmd_make(const struct bench *b, const struct row *w, bool set, struct rb_cmd *rc)
 {
-        size_t k = 0;
+        const char *argv[] = { env_or("REDIS_BENCHMARK", "redis-benchmark"), "--cluster", "-h", b->masters[0].host,
+                               "-p", b->masters[0].port, "-t", set ? "set" : "get", "-n", rc->n, "-r", rc->r, "-d",
+                               rc->d, "-c", rc->c, "-P", rc->p, "--threads", rc->t, "--csv", NULL };
 
-        snprintf(rc->n, sizeof(rc->n), "%" PRIu64, requests);
+        _Static_assert(sizeof(argv) <= sizeof(rc->argv), "rb_cmd.argv");
+        snprintf(rc->n, sizeof(rc->n), "%" PRIu64, w->blocks);
         snprintf(rc->r, sizeof(rc->r), "%" PRIu64, w->rb_keys);
         snprintf(rc->d, sizeof(rc->d), "%" PRIu64, w->value_bytes);
         snprintf(rc->c, sizeof(rc->c), "%u", b->n_masters);
         snprintf(rc->p, sizeof(rc->p), "%u", w->rb_pipeline);
         snprintf(rc->t, sizeof(rc->t), "%" PRIu64, b->o.rb_threads);
-        snprintf(rc->host, sizeof(rc->host), "%s", b->masters[0].host);
-        snprintf(rc->port, sizeof(rc->port), "%s", b->masters[0].port);
-        rc->argv[k++] = env_or("REDIS_BENCHMARK", "redis-benchmark");
-        rc->argv[k++] = "--cluster";
-        rc->argv[k++] = "-h";
-        rc->argv[k++] = rc->host;
-        rc->argv[k++] = "-p";
-        rc->argv[k++] = rc->port;
-        rc->argv[k++] = "-t";
-        rc->argv[k++] = set ? "set" : "get";
-        rc->argv[k++] = "-n";
-        rc->argv[k++] = rc->n;
-        rc->argv[k++] = "-r";
-        rc->argv[k++] = rc->r;
-        rc->argv[k++] = "-d";
-        rc->argv[k++] = rc->d;
-        rc->argv[k++] = "-c";
-        rc->argv[k++] = rc->c;
-        rc->argv[k++] = "-P";
-        rc->argv[k++] = rc->p;
-        rc->argv[k++] = "--threads";
-        rc->argv[k++] = rc->t;
-        rc->argv[k++] = "--csv";
-        rc->argv[k] = NULL;
+        memcpy(rc->argv, argv, sizeof(argv));
 }
 
 static void rb_cmd_text(const struct rb_cmd *rc, char *buf, size_t size)
@@ -1025,7 +1019,7 @@ static int rb_load(const struct bench *b, struct row *w)
         struct rb_cmd rc;
         double rps, avg;
 
-        rb_cmd_make(b, w, w->blocks, true, &rc);
+        rb_cmd_make(b, w, true, &rc);
         for (w->load_passes = 1; w->load_passes <= LOAD_PASSES; w->load_passes++) {
                 bool full = true;
                 int r = rb_run(&rc, "SET", &rps, &avg, NULL);
@@ -1067,7 +1061,7 @@ static int rb_pass(const struct bench *b, const struct row *w, double *ret_gibps
         struct rb_cmd rc;
         int r;
 
-        rb_cmd_make(b, w, w->blocks, false, &rc);
+        rb_cmd_make(b, w, false, &rc);
         r = masters_figures(b, i0);
         if (r == 0)
                 r = rb_run(&rc, "GET", &rps, ret_avg_ms, &ret_cpu[0]);
@@ -1100,8 +1094,7 @@ static int kvdrive_round(struct bench *b, const struct set *s, kvc_pool *pool, c
         if (r < 0)
                 return r;
         w->kvd[rep] = gib / secs;
-        w->lat_mean_us[rep] = (double)(s1.node_lat_sum - s0.node_lat_sum) /
-                              (double)(s1.node_requests - s0.node_requests ?: 1);
+        w->lat_mean_us[rep] = (double)(s1.node_lat_sum - s0.node_lat_sum) / (double)(hist_count(&s0, &s1) ?: 1);
         w->lat_p99_us[rep] = hist_quantile(&s0, &s1, 0.99);
         w->kvd_cpu[0][rep] = cpu[0] / gib;
         w->kvd_cpu[1][rep] = cpu[1] / gib;
@@ -1225,10 +1218,10 @@ static int run_size(struct bench *b, size_t idx, struct row *w)
         r = 0;
 out:
         /* Neither machine keeps the set; the cluster does, unless ours. */
-        if (s.keys) {
-                delete_all(b->a.c, s.ns_a, &s);
-                delete_all(b->b.c, s.ns_b, &s);
-        }
+        if (s.on_a)
+                kvc_drop_namespace(b->a.c, s.ns_a, NULL);
+        if (s.on_b)
+                kvc_drop_namespace(b->b.c, s.ns_b, NULL);
         if (r == 0 && b->cluster_dir[0])
                 r = flush_cluster(b);
         for (uint32_t j = 0; j < n_sample; j++)
@@ -1344,7 +1337,6 @@ static uint64_t cluster_room(const struct bench *b)
         for (unsigned m = 0; m < b->n_masters; m++) {
                 uint64_t max = 0, used;
 
-
                 if (redis_cli(&b->masters[m], out, sizeof(out), "config", "get", "maxmemory", NULL) < 0)
                         return 0;
                 if (strchr(out, '\n'))
@@ -1436,7 +1428,7 @@ static void print_table(const struct bench *b, const struct row *rows)
                 struct rb_cmd rc;
                 char text[512];
 
-                rb_cmd_make(b, &rows[i], rows[i].blocks, false, &rc);
+                rb_cmd_make(b, &rows[i], false, &rc);
                 rb_cmd_text(&rc, text, sizeof(text));
                 printf("%s: %s\n", bench_format_size(sz, sizeof(sz), rows[i].size), text);
         }
@@ -1454,7 +1446,7 @@ static int print_json(const struct bench *b, const struct row *rows)
                 struct rb_cmd rc;
                 char text[512];
 
-                rb_cmd_make(b, w, w->blocks, false, &rc);
+                rb_cmd_make(b, w, false, &rc);
                 rb_cmd_text(&rc, text, sizeof(text));
                 stats3(w->kvd, n, &km, &kl, &kh);
                 stats3(w->rb, n, &rm, &rl, &rh);
@@ -1537,9 +1529,11 @@ static int parse(int argc, char **argv, struct remote_opts *o)
                 fprintf(stderr, "kvdrive-bench remote: unexpected '%s'\n", argv[optind]);
                 return -EINVAL;
         }
-        if (o->depth % o->batch) {
-                fprintf(stderr, "kvdrive-bench remote: --batch %" PRIu64 " does not divide --depth %" PRIu64 "\n",
-                        o->batch, o->depth);
+        /* The requests in flight within the daemon's default
+         * max-inflight-per-client. */
+        if (o->depth % o->batch || o->depth / o->batch > 64) {
+                fprintf(stderr, "kvdrive-bench remote: --batch %" PRIu64 " must divide --depth %" PRIu64
+                        ", at most 64 times\n", o->batch, o->depth);
                 return -EINVAL;
         }
         if (o->seeds && (!*o->seeds || strlen(o->seeds) >= sizeof(((struct bench *)0)->seeds))) {
