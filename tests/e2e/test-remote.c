@@ -9,6 +9,7 @@
  * while B reads: both keep serving, count what failed, and recover.
  */
 #include <errno.h>
+#include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -575,6 +576,35 @@ START_TEST(test_reshard_during_reads)
 }
 END_TEST
 
+/* kvdrive-bench remote as a user runs it, small: its own cluster and
+ * daemons, every block checked, both sides measured. */
+START_TEST(test_bench_remote_runs)
+{
+        const char *const args[] = { "remote", "--blocks", "48", "--repeat", "1", "--block-bytes", "64K", "--json",
+                                     NULL };
+        struct ssd_dir tmp;
+        char *out = NULL, *err = NULL;
+        json_error_t jerr;
+        json_t *root, *row;
+        int st;
+
+        ssd_dir_make(&tmp);
+        st = e2e_run_bench(tmp.path, args, E2E_CLUSTER_TIMEOUT_MS, &out, &err);
+        ck_assert_msg(st == 0, "kvdrive-bench remote: status %d: %s", st, err);
+        root = json_loads(out, 0, &jerr);
+        ck_assert_msg(root, "not JSON: %s", jerr.text);
+        row = json_array_get(json_object_get(root, "rows"), 0);
+        ck_assert_ptr_nonnull(row);
+        ck_assert_int_eq(json_integer_value(json_object_get(row, "size")), 65536);
+        ck_assert(json_real_value(json_object_get(json_object_get(row, "kvdrive_gibps"), "median")) > 0);
+        ck_assert(json_real_value(json_object_get(json_object_get(row, "redis_benchmark_gibps"), "median")) > 0);
+        json_decref(root);
+        free(out);
+        free(err);
+        ssd_dir_remove(&tmp);
+}
+END_TEST
+
 /* A remote address that is not one: the daemon refuses to start (its
  * message, on its stderr, says why: tests/unit/test_config.c). */
 START_TEST(test_bad_remote_refused)
@@ -612,6 +642,8 @@ static Suite *remote_suite(void)
         suite_add_tcase(s, tc);
         tc = tcase_create("config");
         tcase_add_test(tc, test_bad_remote_refused);
+        tcase_set_timeout(tc, 240);
+        tcase_add_test(tc, test_bench_remote_runs);
         suite_add_tcase(s, tc);
         return s;
 }
