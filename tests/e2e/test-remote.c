@@ -10,10 +10,12 @@
  */
 #include <errno.h>
 #include <jansson.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check-main.h"
 #include "common.h"
@@ -495,7 +497,8 @@ END_TEST
 struct reader {
         const char *sock;
         uint64_t seed;
-        int rounds;
+        int stop_fd;            /* read end: EOF once the slots have moved */
+        int stop_wfd;           /* the parent's write end: closed in the reader */
 };
 
 /* Reads the chain from the remote tier over and over (a Delete between
@@ -520,8 +523,13 @@ static int reader(void *arg)
         CHILD_ASSERT(kvc_register_namespace_opts(c, &o, &ns, &bb) == 0, "register");
         CHILD_ASSERT(kvc_pool_create(c, NITEMS, E2E_BLOCK_BYTES, &p) == 0, "pool");
         refs_of(keys, refs);
-        for (int round = 0; round < r->rounds; round++) {
+        close(r->stop_wfd);
+        /* Until the parent has moved the slots, then one round more. */
+        for (int round = 0, last = 0; !last; round++) {
+                struct pollfd pf = { .fd = r->stop_fd, .events = POLLIN };
                 int n;
+
+                last = poll(&pf, 1, 0) > 0;
 
                 CHILD_ASSERT(kvc_get_submit_flags(c, ns, p, refs, NITEMS, KVC_GET_SHARED, st, &id) == 0, "get");
                 n = kvc_wait(c, id, E2E_WAIT_MS);
@@ -547,6 +555,7 @@ START_TEST(test_reshard_during_reads)
         struct reader r;
         struct kvc_stats *s;
         uint64_t redirects = 0;
+        int stop[2];
         pid_t pid;
 
         flush_cluster();
@@ -558,11 +567,15 @@ START_TEST(test_reshard_during_reads)
         wait_writes(&a, NITEMS);
 
         r.sock = b.d.socket_path;
-        r.rounds = 400;
+        ck_assert_int_eq(pipe(stop), 0);
+        r.stop_fd = stop[0];
+        r.stop_wfd = stop[1];
         pid = e2e_fork(reader, &r);
         ck_assert_int_gt(pid, 0);
-        ck_assert_int_eq(e2e_cluster_reshard(cl, 1, 2, 3000), 0);
-        ck_assert_int_eq(e2e_cluster_reshard(cl, 3, 1, 2000), 0);
+        close(stop[0]);
+        ck_assert_int_eq(e2e_cluster_reshard(cl, 1, 2, 1000), 0);
+        ck_assert_int_eq(e2e_cluster_reshard(cl, 3, 1, 600), 0);
+        close(stop[1]);
         E2E_ASSERT_CHILD_OK(pid, "reader during resharding");
         s = stats(&b);
         for (uint32_t i = 0; i < s->remote.n_nodes; i++)
