@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -56,8 +57,9 @@ static void signal_ready(int ready_fd)
                         log_warning("cannot tell the parent we are ready: %m");
                 close(ready_fd);
                 /* Detached: let go of the terminal (or pipe) that started
-                 * us, so that `kvdrived | tail` ends; logs go to syslog. */
-                kvd_log_to_syslog();
+                 * us, so that `kvdrived | tail` ends; logs go to the file
+                 * opened before detaching. */
+                kvd_log_detached();
                 if (devnull >= 0) {
                         dup2(devnull, STDIN_FILENO);
                         dup2(devnull, STDOUT_FILENO);
@@ -65,6 +67,76 @@ static void signal_ready(int ready_fd)
                         close(devnull);
                 }
         }
+}
+
+/* The log file of a detached daemon: opened before it detaches, so that
+ * one it cannot write stops the start with a message where it was started
+ * (never a daemon that logs to nowhere). */
+static int open_log_file(const struct kvd_config *cfg)
+{
+        char path[sizeof(cfg->log_file)];
+        int r;
+
+        if (cfg->log_file[0])
+                snprintf(path, sizeof(path), "%s", cfg->log_file);
+        else if (kvd_log_default_file(path, sizeof(path)) < 0)
+                path[0] = '\0';
+        r = path[0] ? kvd_log_open_file(path) : -ENAMETOOLONG;
+        if (r < 0)
+                fprintf(stderr, "kvdrived: cannot open the log file %s: %s (set log-file, or run with --foreground)\n",
+                        path[0] ? path : "(default)", strerror(-r));
+        return r;
+}
+
+/* Started by systemd with stderr thrown away (StandardError=null): the
+ * journal directly. */
+static bool stderr_is_null(void)
+{
+        struct stat st, null;
+
+        if (fstat(STDERR_FILENO, &st) < 0)
+                return true;
+        return stat("/dev/null", &null) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == null.st_rdev;
+}
+
+struct reload {
+        struct kvd_config *cfg;
+        struct kvd_cache *cache;
+        int argc;
+        char **argv;
+};
+
+/* SIGHUP, on the loop thread: the log file reopened (rotation), then the
+ * configuration reloaded (kvd_config_reload() keeps every old setting if
+ * the file is bad) and what changed handed to who keeps a copy. */
+static void on_reload(void *userdata)
+{
+        struct reload *rl = userdata;
+        char old_file[sizeof(rl->cfg->log_file)];
+        int r;
+
+        r = kvd_log_reopen(NULL);
+        if (r < 0)
+                log_error("cannot reopen the log file: %s; logging on to the old one", strerror(-r));
+        memcpy(old_file, rl->cfg->log_file, sizeof(old_file));
+        if (kvd_config_reload(rl->cfg, rl->argc, rl->argv) < 0)
+                return;
+        kvd_log_set_level(rl->cfg->log_level);
+        if (strcmp(old_file, rl->cfg->log_file) != 0) {
+                char path[sizeof(old_file)];
+
+                if (rl->cfg->log_file[0])
+                        snprintf(path, sizeof(path), "%s", rl->cfg->log_file);
+                else if (kvd_log_default_file(path, sizeof(path)) < 0)
+                        path[0] = '\0';
+                r = path[0] ? kvd_log_reopen(path) : -ENAMETOOLONG;
+                if (r < 0) {
+                        log_error("cannot open the log file %s: %s; logging on to the old one", path, strerror(-r));
+                        memcpy(rl->cfg->log_file, old_file, sizeof(old_file));
+                }
+        }
+        if (rl->cache)
+                kvd_cache_quotas_refresh(rl->cache);
 }
 
 int main(int argc, char **argv)
@@ -76,6 +148,7 @@ int main(int argc, char **argv)
         uint64_t host_len, extent;
         void *host_base;
         struct kvd_server *server = NULL;
+        struct reload rl;
         int ready_fd = -1, r;
         sigset_t mask;
         char status[160];
@@ -86,11 +159,17 @@ int main(int argc, char **argv)
         kvd_log_set_level(cfg.log_level);
 
         if (!cfg.foreground && !getenv("NOTIFY_SOCKET") && !getenv("LISTEN_FDS")) {
+                if (open_log_file(&cfg) < 0) {
+                        kvd_config_free(&cfg);
+                        return EXIT_FAILURE;
+                }
                 r = detach(&ready_fd);
                 if (r < 0) {
                         log_error("cannot detach: %s", strerror(-r));
                         return EXIT_FAILURE;
                 }
+        } else if (getenv("INVOCATION_ID") && stderr_is_null()) {
+                kvd_log_to_journal();
         }
         /* Signals are read from a signalfd by the loop; SIGPIPE never kills
          * us (sends use MSG_NOSIGNAL, but be safe), nor SIGXFSZ (an SSD write
@@ -132,6 +211,8 @@ int main(int argc, char **argv)
                 log_error("cannot start %u transfer workers: %s", cfg.workers, strerror(-r));
                 goto out;
         }
+        rl = (struct reload){ &cfg, cache, argc, argv };
+        kvd_server_on_reload(server, on_reload, &rl);
         r = kvd_server_attach(server, cache, xfer, cuda);
         if (r < 0) {
                 log_error("cannot start serving: %s", strerror(-r));

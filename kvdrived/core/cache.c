@@ -405,6 +405,88 @@ uint64_t kvd_cache_write_back(struct kvd_cache *c)
         return started;
 }
 
+/* Drops block id's host copy for an operator's evict (kvd_cache_ns_evict()). */
+static void evict_host_admin(struct kvd_cache *c, uint32_t id, struct kvd_evict_result *res)
+{
+        struct kvd_block *b = blk(c, id);
+
+        if (b->pins || (b->flags & (KVD_BLOCK_LOADING | KVD_BLOCK_WRITING))) {
+                res->busy++;
+                return;
+        }
+        if (b->ssd_loc != KVD_LOC_NONE) {
+                free_host_copy(c, id);
+                c->evictions++;
+                res->freed++;
+                return;
+        }
+        /* No cap on demotions in flight here: the SSD tier queues them, and
+         * the operator asked for all of them. */
+        if (kvd_cache_ssd_ok(c) && admitted(c, b) && start_write(c, id, false, true, true, NULL, NULL, 0) == 0) {
+                res->demoting++;
+                return;
+        }
+        drop(c, id, false);
+        c->evictions++;
+        c->dropped++;
+        res->dropped++;
+}
+
+static void evict_ssd_admin(struct kvd_cache *c, uint32_t id, struct kvd_evict_result *res)
+{
+        struct kvd_block *b = blk(c, id);
+
+        if (b->flags & (KVD_BLOCK_LOADING | KVD_BLOCK_WRITING) || (b->loc == KVD_LOC_NONE && b->pins)) {
+                res->busy++;
+                return;
+        }
+        if (b->loc != KVD_LOC_NONE)
+                res->freed++;
+        else
+                res->dropped++;
+        evict_ssd_copy(c, id);
+}
+
+bool kvd_cache_ns_evict(struct kvd_cache *c, uint32_t id, bool ssd, uint64_t *cursor, uint32_t budget,
+                        struct kvd_evict_result *res)
+{
+        uint64_t end = kvd_index_id_end(c->index);
+        uint64_t i = *cursor ? *cursor : 1;
+
+        if (ssd && !c->ssd_tier)
+                return true;
+        for (; i < end && budget > 0; i++, budget--) {
+                const struct kvd_block *b = blk(c, (uint32_t)i);
+
+                if (b->state != KVD_BLOCK_READY || b->ns != id || (b->flags & KVD_BLOCK_DOOMED))
+                        continue;
+                if (ssd && b->ssd_loc != KVD_LOC_NONE)
+                        evict_ssd_admin(c, (uint32_t)i, res);
+                else if (!ssd && b->loc != KVD_LOC_NONE)
+                        evict_host_admin(c, (uint32_t)i, res);
+        }
+        *cursor = i;
+        if (i >= end)
+                kvd_wake_space(c);
+        return i >= end;
+}
+
+void kvd_cache_ns_copies(const struct kvd_cache *c, uint64_t *host, uint64_t *ssd)
+{
+        uint64_t end = kvd_index_id_end(c->index);
+
+        memset(host, 0, sizeof(*host) * c->cfg->max_namespaces);
+        memset(ssd, 0, sizeof(*ssd) * c->cfg->max_namespaces);
+        for (uint64_t i = 1; i < end; i++) {
+                const struct kvd_block *b = blk(c, (uint32_t)i);
+
+                if (b->state != KVD_BLOCK_READY)
+                        continue;
+                host[b->ns] += b->loc != KVD_LOC_NONE;
+                ssd[b->ns] += b->ssd_loc != KVD_LOC_NONE;
+        }
+}
+
 /* Evicts host copy victim: a clean one is dropped at once, a dirty one
  * admitted to SSD is demoted (room comes when the write ends: -EAGAIN if
  * too many demotions are in flight already), any other is dropped

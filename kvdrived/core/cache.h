@@ -118,6 +118,31 @@ void kvd_cache_quiesce(struct kvd_cache *c);
  * Returns the number of writes started; kvd_cache_free() waits for them. */
 uint64_t kvd_cache_write_back(struct kvd_cache *c);
 
+/* What kvd_cache_ns_evict() did, added up over its slices. */
+struct kvd_evict_result {
+        uint64_t freed;         /* copies freed at once: clean host copies, SSD copies of host-resident blocks */
+        uint64_t demoting;      /* dirty host copies being written to SSD, freed once written */
+        uint64_t dropped;       /* blocks lost: no other tier holds or takes them */
+        uint64_t busy;          /* copies in use (pinned, being loaded or written): left where they are */
+};
+
+/*
+ * An operator's evict: drops namespace id's copies from one tier (ssd:
+ * the SSD tier, else the host tier), in slices as kvd_cache_ns_purge()
+ * (up to budget index records from *cursor, 0 to start; true once done).
+ * From host, as making room would: a clean copy goes, a dirty one is
+ * demoted if the SSD tier runs and admits it (the SSD may evict for it),
+ * else its block is dropped. From SSD: a block with a host copy keeps it
+ * (dirty again), one without is dropped. Counted in *res.
+ */
+bool kvd_cache_ns_evict(struct kvd_cache *c, uint32_t id, bool ssd, uint64_t *cursor, uint32_t budget,
+                        struct kvd_evict_result *res);
+
+/* Copies per namespace: host[i] and ssd[i] (arrays of kvd_cache_ns_slots()
+ * entries, the caller's) count namespace i's READY blocks with a host copy
+ * and with an SSD copy. Visits every index record. */
+void kvd_cache_ns_copies(const struct kvd_cache *c, uint64_t *host, uint64_t *ssd);
+
 /* Finishes SSD I/O in flight (callbacks run) and frees. Accepts NULL. */
 struct kvd_cache *kvd_cache_free(struct kvd_cache *c);
 
@@ -200,6 +225,11 @@ void kvd_cache_tenant(const struct kvd_cache *c, uint32_t uid, struct kvd_tenant
 /* Tenants with any usage, in no order: up to max into ret; returns how
  * many there are. */
 uint32_t kvd_cache_tenants(const struct kvd_cache *c, struct kvd_tenant_stats *ret, uint32_t max);
+
+/* The config's quotas changed (reload): every tenant takes its new quota.
+ * Usage over a lowered quota stays (nothing is evicted for it); new
+ * charges are refused until usage is under it again. */
+void kvd_cache_quotas_refresh(struct kvd_cache *c);
 
 /*
  * Starts storing k: 0 with a PENDING block and its host page to fill;

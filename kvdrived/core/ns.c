@@ -103,6 +103,12 @@ uint32_t kvd_cache_tenants(const struct kvd_cache *c, struct kvd_tenant_stats *r
         return c->n_tenants;
 }
 
+void kvd_cache_quotas_refresh(struct kvd_cache *c)
+{
+        for (uint32_t i = 0; i < c->n_tenants; i++)
+                kvd_config_quota(c->cfg, (uid_t)c->tenants[i]->st.uid, &c->tenants[i]->st.quota);
+}
+
 /* ---- the namespace table ------------------------------------------------- */
 
 int kvd_geometry_block_bytes(const struct kvd_geometry *g, uint64_t *ret)

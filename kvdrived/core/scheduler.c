@@ -19,10 +19,16 @@ static double ewma(double old, double now)
         return old > 0 ? (1 - EWMA_NEW) * old + EWMA_NEW * now : now;
 }
 
-static double ewma_util(double old, double now)
+/* A busy share averages over time, not over windows: a window of wall_ns
+ * weighs 1 - e^(-wall/tau), so that a link idle for a while reads as idle
+ * at the next sample however long the window (one window of 10 s idle
+ * leaves e^-10 of the old figure, not 3/4 of it). */
+static double ewma_util(double old, double now, uint64_t wall_ns)
 {
+        double w = -expm1(-(double)wall_ns / (double)KVD_SCHED_UTIL_TAU_NS);
+
         now = now > 1.0 ? 1.0 : now;
-        return (1 - EWMA_NEW) * old + EWMA_NEW * now;
+        return (1 - w) * old + w * now;
 }
 
 int kvd_sched_update(struct kvd_sched *s, const struct kvd_sched_sample *now)
@@ -43,8 +49,8 @@ int kvd_sched_update(struct kvd_sched *s, const struct kvd_sched_sample *now)
                 return 0;
         wall = now->now_ns - o->now_ns;
         s->dev_util = ewma_util(s->dev_util, (double)(now->dev_busy_ns - o->dev_busy_ns) /
-                                                     ((double)wall * (now->dev_lanes ? now->dev_lanes : 1)));
-        s->ssd_util = ewma_util(s->ssd_util, (double)(now->ssd_busy_ns - o->ssd_busy_ns) / (double)wall);
+                                                     ((double)wall * (now->dev_lanes ? now->dev_lanes : 1)), wall);
+        s->ssd_util = ewma_util(s->ssd_util, (double)(now->ssd_busy_ns - o->ssd_busy_ns) / (double)wall, wall);
         /* A link's rate counts only for windows it was busy in: no work, no news. */
         if (now->dev_busy_ns > o->dev_busy_ns && now->dev_bytes > o->dev_bytes)
                 s->dev_rate = ewma(s->dev_rate, (double)(now->dev_bytes - o->dev_bytes) * 1e9 /

@@ -56,6 +56,11 @@ struct kvd_sched {
 /* Least spare share of a link counted (a link never looks fully closed:
  * the averages lag). */
 #define KVD_SCHED_MIN_SPARE 0.02
+/* Time constant of the busy shares (dev_util, ssd_util): they average over
+ * about the last second of wall time, whatever the number of windows in it,
+ * so that they decay with time while the daemon is idle, as of the next
+ * sample (kvd_prefetch_refresh() takes one whenever they are read). */
+#define KVD_SCHED_UTIL_TAU_NS 1000000000ull
 /* Largest depth given. */
 #define KVD_SCHED_MAX_DEPTH 4096u
 

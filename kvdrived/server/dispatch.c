@@ -1062,6 +1062,7 @@ uint32_t kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int 
                 kvd_session_send_error(ss, 0, KVDRIVE__ERROR_CODE__E_MALFORMED, "cannot decode the request");
                 return work;
         }
+        ss->server->requests_by_type[(unsigned)req->body_case < KVD_REQ_TYPES ? req->body_case : 0]++;
         if (!ss->hello && req->body_case != KVDRIVE__REQUEST__BODY_HELLO) {
                 kvd_session_send_error(ss, req->id, KVDRIVE__ERROR_CODE__E_NO_HELLO, "send Hello first");
                 goto out;
@@ -1095,6 +1096,24 @@ uint32_t kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int 
                 break;
         case KVDRIVE__REQUEST__BODY_STATS:
                 kvd_handle_stats(ss, req->id);
+                break;
+        case KVDRIVE__REQUEST__BODY_LIST_CLIENTS:
+                kvd_handle_list_clients(ss, req->id);
+                break;
+        case KVDRIVE__REQUEST__BODY_LIST_NAMESPACES:
+                kvd_handle_list_namespaces(ss, req->id);
+                break;
+        case KVDRIVE__REQUEST__BODY_EVICT:
+                work += kvd_handle_evict(ss, req->id, req->evict);
+                break;
+        case KVDRIVE__REQUEST__BODY_FLUSH:
+                kvd_handle_flush(ss, req->id);
+                break;
+        case KVDRIVE__REQUEST__BODY_GET_CONFIG:
+                kvd_handle_get_config(ss, req->id);
+                break;
+        case KVDRIVE__REQUEST__BODY_SHUTDOWN:
+                kvd_handle_shutdown(ss, req->id);
                 break;
         case KVDRIVE__REQUEST__BODY_PREFETCH:
                 handle_prefetch(ss, req->id, req->prefetch);

@@ -35,6 +35,8 @@ struct kvd_task {
 };
 
 #define KVD_TURN_BUCKETS 32
+#define KVD_REQ_TYPES 64      /* Request body cases counted apart (above: in 0) */
+#define KVD_ERR_CODES 64      /* ErrorCode values counted apart (above: in 0) */
 
 /* Units (index probes) per slice. */
 #define KVD_TASK_SLICE 2048u
@@ -81,6 +83,8 @@ struct kvd_server {
         uint32_t pools[2];      /* of connected sessions, per enum kvd_backend */
         struct kvd_loop loop;   /* every fd the daemon waits on */
         struct kvd_loop_watch sig_w, timer_w;
+        void (*reload)(void *userdata); /* on SIGHUP (kvd_server_on_reload) */
+        void *reload_data;
         int status;             /* of the loop turn: -ECANCELED once a signal said stop */
         char last_status[160];  /* last STATUS= sent to the service manager */
         struct kvd_listener {
@@ -95,11 +99,15 @@ struct kvd_server {
         uint64_t sessions_total;
         uint64_t next_session_id;
         uint64_t requests, errors;
+        /* Requests by type (the Request body case; 0: not decoded) and
+         * Errors sent by code, for the metrics endpoint. */
+        uint64_t requests_by_type[KVD_REQ_TYPES], errors_by_code[KVD_ERR_CODES];
+        struct kvd_metrics *metrics;    /* NULL: metrics-listen off */
         uint64_t started_ms;
         struct kvd_prefetch prefetch;   /* the adaptive scheduler, core's */
         /* Busy turns of the loop: the CPU time each took, a histogram by
          * powers of two of microseconds (bucket b: [2^(b-1), 2^b) us). */
-        uint64_t turns, turn_max_ns, turn_hist[KVD_TURN_BUCKETS];
+        uint64_t turns, turn_max_ns, turn_ns_sum, turn_hist[KVD_TURN_BUCKETS];
         /* Sessions with tasks, FIFO through task_next: the next to run first. */
         struct kvd_session *task_first, *task_last;
         uint8_t *rxbuf;
@@ -136,8 +144,18 @@ uint32_t kvd_dispatch(struct kvd_session *ss, const uint8_t *buf, size_t n, int 
  * kvd_right; 0: it may not even see it). */
 unsigned kvd_peer_rights(const struct kvd_session *ss, const struct kvd_ns *ns);
 
-/* stats.c: answers a Stats request. */
+/* stats.c: answers a Stats request; a geometry as the protocol has it. */
 void kvd_handle_stats(struct kvd_session *ss, uint64_t id);
+void kvd_geometry_wire(const struct kvd_geometry *g, Kvdrive__Geometry *ret);
+
+/* admin.c: kvdrivectl's requests (each replies, an error included).
+ * Evict returns the units of work it did at once, as kvd_dispatch(). */
+void kvd_handle_list_clients(struct kvd_session *ss, uint64_t id);
+void kvd_handle_list_namespaces(struct kvd_session *ss, uint64_t id);
+uint32_t kvd_handle_evict(struct kvd_session *ss, uint64_t id, const Kvdrive__Evict *m);
+void kvd_handle_flush(struct kvd_session *ss, uint64_t id);
+void kvd_handle_get_config(struct kvd_session *ss, uint64_t id);
+void kvd_handle_shutdown(struct kvd_session *ss, uint64_t id);
 
 /* server.c: queues t behind ss's other tasks (ss->inflight counts it until
  * it is freed). */

@@ -20,6 +20,7 @@
 #include "frame.h"
 #include "log.h"
 #include "macro.h"
+#include "metrics.h"
 #include "server-internal.h"
 
 static void on_signal(struct kvd_loop_watch *w, uint32_t events)
@@ -31,8 +32,9 @@ static void on_signal(struct kvd_loop_watch *w, uint32_t events)
         if (read(w->fd, &si, sizeof(si)) != sizeof(si))
                 return;
         if (si.ssi_signo == SIGHUP) {
-                log_notice("received SIGHUP: reloading the configuration is not supported yet; going on with "
-                           "the running one");
+                log_info("received SIGHUP: reloading the configuration");
+                if (s->reload)
+                        s->reload(s->reload_data);
                 return;
         }
         log_info("received %s, stopping", strsignal((int)si.ssi_signo));
@@ -40,6 +42,12 @@ static void on_signal(struct kvd_loop_watch *w, uint32_t events)
 }
 
 static void notify_status(struct kvd_server *s);
+
+void kvd_server_on_reload(struct kvd_server *s, void (*fn)(void *userdata), void *userdata)
+{
+        s->reload = fn;
+        s->reload_data = userdata;
+}
 
 /* A tick a second (kvd_server_attach()). */
 static void on_timer(struct kvd_loop_watch *w, uint32_t events)
@@ -82,8 +90,8 @@ int kvd_server_new(const struct kvd_config *cfg, struct kvd_server **ret)
         r = kvd_loop_init(&s->loop);
         if (r < 0)
                 goto err;
-        /* The signals main() blocked: SIGHUP is read too, so that it does
-         * not kill us (reload is not supported yet). */
+        /* The signals main() blocked: SIGHUP asks for a reload
+         * (kvd_server_on_reload()). */
         sigemptyset(&mask);
         sigaddset(&mask, SIGTERM);
         sigaddset(&mask, SIGINT);
@@ -236,6 +244,13 @@ int kvd_server_listen(struct kvd_server *s)
                 if (r < 0)
                         return r;
         }
+        /* The metrics endpoint with the socket: a daemon that cannot bind it
+         * stops before it builds the cache. */
+        if (!kvd_metrics_off(s->cfg->metrics_listen)) {
+                r = kvd_metrics_new(s, &s->loop, s->cfg->metrics_listen, &s->metrics);
+                if (r < 0)
+                        return r;
+        }
         for (unsigned i = 0; i < s->n_listeners; i++) {
                 r = kvd_loop_add(&s->loop, &s->listeners[i].w, KVD_LOOP_IN);
                 if (r < 0)
@@ -345,6 +360,7 @@ static void turn_record(struct kvd_server *s, uint64_t ns)
         unsigned b = us ? 64 - (unsigned)__builtin_clzll(us) : 0; /* us in [2^(b-1), 2^b) */
 
         s->turns++;
+        s->turn_ns_sum += ns;
         s->turn_hist[MIN(b, KVD_TURN_BUCKETS - 1)]++;
         s->turn_max_ns = MAX(s->turn_max_ns, ns);
 }
@@ -429,6 +445,7 @@ struct kvd_server *kvd_server_free(struct kvd_server *s)
         while (kvd_tasks_run(s))
                 ;
         kvd_session_bury(s);
+        s->metrics = kvd_metrics_free(s->metrics);
         for (unsigned i = 0; i < s->n_listeners; i++)
                 close(s->listeners[i].w.fd);
         if (s->bound_path)

@@ -38,8 +38,13 @@ int kvd_server_listen(struct kvd_server *s);
 int kvd_server_attach(struct kvd_server *s, struct kvd_cache *cache, struct kvd_xfer *xfer,
                       struct kvd_cuda *cuda);
 
+/* On SIGHUP the loop calls fn(userdata), on the loop thread, between
+ * requests: the owner of the (otherwise const) config reloads it there
+ * (kvd_config_reload()). Without one SIGHUP is logged and ignored. */
+void kvd_server_on_reload(struct kvd_server *s, void (*fn)(void *userdata), void *userdata);
+
 /* Runs until SIGTERM/SIGINT (blocked by the caller and read via signalfd;
- * SIGHUP is logged and ignored). Returns 0 on a clean stop, -errno on a
+ * SIGHUP: see kvd_server_on_reload()). Returns 0 on a clean stop, -errno on a
  * fatal error. */
 int kvd_server_run(struct kvd_server *s);
 

@@ -416,6 +416,7 @@ void kvd_session_send_error(struct kvd_session *ss, uint64_t id, Kvdrive__ErrorC
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
         ss->server->errors++;
+        ss->server->errors_by_code[(unsigned)code < KVD_ERR_CODES ? code : 0]++;
         log_debug("session %llu: request %llu: error %d: %s", (unsigned long long)ss->id,
                   (unsigned long long)id, (int)code, msg);
         err.code = code;

@@ -33,6 +33,16 @@ static void tenant_to_wire(const struct kvd_tenant_stats *t, Kvdrive__TenantStat
         *ret = w;
 }
 
+void kvd_geometry_wire(const struct kvd_geometry *g, Kvdrive__Geometry *ret)
+{
+        kvdrive__geometry__init(ret);
+        ret->layers = g->layers;
+        ret->kv_heads = g->kv_heads;
+        ret->head_dim = g->head_dim;
+        ret->dtype = (Kvdrive__Dtype)g->dtype;
+        ret->block_tokens = g->block_tokens;
+}
+
 #define REMOTE_NODES_MAX 64
 
 /* The remote tier: its line in the tier table and its own section (with
@@ -170,12 +180,7 @@ void kvd_handle_stats(struct kvd_session *ss, uint64_t id)
                 if (!rights && !ss->peer.admin)
                         continue;
                 kvdrive__namespace_stats__init(&nss[i]);
-                kvdrive__geometry__init(&geo[i]);
-                geo[i].layers = ns->geometry.layers;
-                geo[i].kv_heads = ns->geometry.kv_heads;
-                geo[i].head_dim = ns->geometry.head_dim;
-                geo[i].dtype = (Kvdrive__Dtype)ns->geometry.dtype;
-                geo[i].block_tokens = ns->geometry.block_tokens;
+                kvd_geometry_wire(&ns->geometry, &geo[i]);
                 nss[i].id = ns->id;
                 nss[i].name = (char *)ns->name;
                 nss[i].geometry = &geo[i];

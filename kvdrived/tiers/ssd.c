@@ -781,6 +781,18 @@ static int lock_dir(struct ssd_file *f, const char *dir)
         return -EBUSY;
 }
 
+/* A directory we may not write, under systemd: most likely the unit's
+ * ProtectSystem=strict, which only a drop-in lifts (systemd/kvdrived.service). */
+static void hint_unwritable(const char *dir, int r)
+{
+        if (!getenv("INVOCATION_ID") || (r != -EROFS && r != -EACCES && r != -EPERM))
+                return;
+        log_error("SSD tier: %s is not writable under this service: kvdrived.service makes everything but "
+                  "/var/lib/kvdrive read-only (ProtectSystem=strict); allow it with a drop-in, `systemctl edit "
+                  "kvdrived`: [Service] ReadWritePaths=%s, then restart (README.md, \"SSD directories under "
+                  "systemd\")", dir, dir);
+}
+
 static int open_dir(struct kvd_ssd *s, const char *dir, uint64_t bytes)
 {
         struct ssd_file *f = &s->files[s->n_files];
@@ -799,8 +811,10 @@ static int open_dir(struct kvd_ssd *s, const char *dir, uint64_t bytes)
                 return -ENOTDIR;
         }
         r = lock_dir(f, dir);
-        if (r < 0)
+        if (r < 0) {
+                hint_unwritable(dir, r);
                 return r;
+        }
         if ((size_t)snprintf(f->path, sizeof(f->path), "%s/" FILE_NAME, dir) >= sizeof(f->path))
                 return -ENAMETOOLONG;
         f->fd = open(f->path, O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
@@ -815,6 +829,7 @@ static int open_dir(struct kvd_ssd *s, const char *dir, uint64_t bytes)
                                   "refusing to run the SSD tier through the page cache", dir, type);
                 } else {
                         log_error("SSD tier: cannot open %s: %s", f->path, strerror(-r));
+                        hint_unwritable(dir, r);
                 }
                 return r;
         }

@@ -19,6 +19,19 @@
 
 static int config_load(struct kvd_config *cfg, int argc, char **argv);
 
+/* getopt's value for --dump-options (past any option's index). */
+#define OPT_DUMP 1000
+
+/* Where loading says what is wrong: stderr at start, a buffer that
+ * kvd_config_reload() turns into log lines (a detached daemon has no
+ * stderr). Set only by kvd_config_reload(), on the loop thread. */
+static FILE *reload_errf;
+
+static FILE *config_errf(void)
+{
+        return reload_errf ? reload_errf : stderr;
+}
+
 enum opt_type { OPT_STRING, OPT_SIZE, OPT_U32, OPT_INT, OPT_BOOL, OPT_MODE, OPT_LOCK, OPT_LEVEL, OPT_EVICT };
 
 struct option_def {
@@ -41,6 +54,10 @@ static const struct option_def options[] = {
         { "foreground", OPT_BOOL, OFF(foreground), "false", 0, 0,
           "stay in the foreground (otherwise detach once ready)", true },
         { "log-level", OPT_LEVEL, OFF(log_level), "info", 0, 0, "debug, info, notice, warning or err", false },
+        { "log-file", OPT_STRING, OFF(log_file), "", 0, 0,
+          "log file of a detached daemon outside systemd, reopened on SIGHUP (default: "
+          "/var/log/kvdrive/kvdrived.log as root, else $XDG_STATE_HOME/kvdrive/kvdrived.log, else "
+          "/tmp/kvdrive-$UID/kvdrived.log)", false },
         { "socket-mode", OPT_MODE, OFF(socket_mode), "0660", 0, 0777, "permissions of the socket file", false },
         { "host-bytes", OPT_SIZE, OFF(host_bytes), "256M", 16u << 20, UINT64_C(1) << 46,
           "size of the host DRAM tier", false },
@@ -105,6 +122,10 @@ static const struct option_def options[] = {
           "else the installed one)", false },
         { "max-outq-bytes", OPT_SIZE, OFF(max_outq_bytes), "4M", 64u << 10, 1u << 30,
           "replies queued for a client that does not read before it is dropped", false },
+        { "metrics-listen", OPT_STRING, OFF(metrics_listen), "127.0.0.1:9464", 0, 0,
+          "Prometheus endpoint (GET /metrics), ADDR:PORT or [IPv6]:PORT; off or empty: none; port 0: any "
+          "(logged). The daemon refuses to start if it cannot bind it (default: $KVDRIVE_METRICS_LISTEN, "
+          "else 127.0.0.1:9464)", false },
         { "admin-group", OPT_STRING, OFF(admin_group), "root", 0, 0,
           "group whose members (and uid 0) see and manage every namespace", false },
         { "quota-host-bytes", OPT_SIZE, OFF(quota.host_bytes), "0", 0, UINT64_C(1) << 50,
@@ -116,6 +137,8 @@ static const struct option_def options[] = {
         { "quota-namespaces", OPT_U32, OFF(quota.namespaces), "16", 0, 4096,
           "namespaces one uid may own (0: no cap)", false },
 };
+
+_Static_assert(ARRAY_SIZE(options) <= KVD_CONFIG_OPTIONS_MAX, "raise KVD_CONFIG_OPTIONS_MAX");
 
 static int parse_bool(const char *s, bool *ret)
 {
@@ -229,10 +252,10 @@ static int apply(struct kvd_config *cfg, const struct option_def *o, const char 
 
         if (r < 0) {
                 if (r == -ERANGE && o->max)
-                        fprintf(stderr, "kvdrived: %s: %s=%s is out of range [%" PRIu64 ", %" PRIu64 "]\n",
+                        fprintf(config_errf(), "kvdrived: %s: %s=%s is out of range [%" PRIu64 ", %" PRIu64 "]\n",
                                 where, o->name, value, o->min, o->max);
                 else
-                        fprintf(stderr, "kvdrived: %s: invalid value for %s: '%s'\n", where, o->name, value);
+                        fprintf(config_errf(), "kvdrived: %s: invalid value for %s: '%s'\n", where, o->name, value);
         }
         return r;
 }
@@ -255,16 +278,16 @@ static int config_ini_line(void *user, const char *section, const char *name, co
                 if (r > 0)
                         return 1;
                 if (r == 0)
-                        fprintf(stderr, "kvdrived: %s: unknown section [%s] (kvdrived, namespace PATTERN, "
+                        fprintf(config_errf(), "kvdrived: %s: unknown section [%s] (kvdrived, namespace PATTERN, "
                                 "quota USER)\n", ctx->path, section);
                 else
-                        fprintf(stderr, "kvdrived: %s: %s\n", ctx->path, r == -ENOMEM ? "out of memory" : err);
+                        fprintf(config_errf(), "kvdrived: %s: %s\n", ctx->path, r == -ENOMEM ? "out of memory" : err);
                 ctx->error = r < 0 ? r : -EINVAL;
                 return 0;
         }
         o = find_option(name);
         if (!o || o->cli_only) {
-                fprintf(stderr, "kvdrived: %s: unknown option '%s'\n", ctx->path, name);
+                fprintf(config_errf(), "kvdrived: %s: unknown option '%s'\n", ctx->path, name);
                 ctx->error = -EINVAL;
                 return 0;
         }
@@ -272,6 +295,7 @@ static int config_ini_line(void *user, const char *section, const char *name, co
                 ctx->error = -EINVAL;
                 return 0;
         }
+        ctx->cfg->source[o - options] = KVD_SOURCE_FILE;
         return 1;
 }
 
@@ -289,6 +313,8 @@ void kvd_config_help(FILE *f)
                 fputc('\n', f);
         }
         fprintf(f, "  %-32s %s\n  %-32s %s\n", "--help", "show this help", "--version", "show the version");
+        fprintf(f, "  %-32s %s\n", "--dump-options=ini|scdoc",
+                "print every option as an example config file, or as kvdrived.conf(5)'s list");
         fprintf(f, "\nSizes take K, M, G, T suffixes (powers of 1024). The config file uses the\n"
                    "same names in a [kvdrived] section; the command line wins.\n");
 }
@@ -318,7 +344,7 @@ int kvd_config_load(struct kvd_config *cfg, int argc, char **argv)
 
         memset(cfg, 0, sizeof(*cfg));
         if (kvd_access_new(&cfg->access) < 0) {
-                fprintf(stderr, "kvdrived: out of memory\n");
+                fprintf(config_errf(), "kvdrived: out of memory\n");
                 return -ENOMEM;
         }
         r = config_load(cfg, argc, argv);
@@ -336,7 +362,7 @@ static int remote_check(const char *url)
         const char *p = url + strlen(scheme);
 
         if (strncmp(url, scheme, strlen(scheme)) != 0) {
-                fprintf(stderr, "kvdrived: remote '%s': want redis-cluster://HOST:PORT[,HOST:PORT...]\n", url);
+                fprintf(config_errf(), "kvdrived: remote '%s': want redis-cluster://HOST:PORT[,HOST:PORT...]\n", url);
                 return -EINVAL;
         }
         for (;;) {
@@ -346,13 +372,13 @@ static int remote_check(const char *url)
                 char *end;
 
                 if (!colon || colon == p) {
-                        fprintf(stderr, "kvdrived: remote '%s': '%.*s' is not HOST:PORT\n", url, (int)n, p);
+                        fprintf(config_errf(), "kvdrived: remote '%s': '%.*s' is not HOST:PORT\n", url, (int)n, p);
                         return -EINVAL;
                 }
                 errno = 0;
                 port = strtoul(colon + 1, &end, 10);
                 if (errno || end != p + n || end == colon + 1 || port == 0 || port > 65535) {
-                        fprintf(stderr, "kvdrived: remote '%s': bad port in '%.*s'\n", url, (int)n, p);
+                        fprintf(config_errf(), "kvdrived: remote '%s': bad port in '%.*s'\n", url, (int)n, p);
                         return -EINVAL;
                 }
                 if (!p[n])
@@ -368,11 +394,11 @@ static int config_finish(struct kvd_config *cfg)
 
         r = kvd_access_check(cfg->access, err, sizeof(err));
         if (r < 0) {
-                fprintf(stderr, "kvdrived: %s: %s\n", cfg->config_file[0] ? cfg->config_file : "config", err);
+                fprintf(config_errf(), "kvdrived: %s: %s\n", cfg->config_file[0] ? cfg->config_file : "config", err);
                 return r;
         }
         if (kvd_resolve_group(cfg->admin_group, &cfg->admin_gid) < 0) {
-                fprintf(stderr, "kvdrived: admin-group: unknown group '%s'\n", cfg->admin_group);
+                fprintf(config_errf(), "kvdrived: admin-group: unknown group '%s'\n", cfg->admin_group);
                 return -EINVAL;
         }
         uncap(&cfg->quota.host_bytes);
@@ -385,7 +411,7 @@ static int config_finish(struct kvd_config *cfg)
 
 static int config_load(struct kvd_config *cfg, int argc, char **argv)
 {
-        struct option longopts[ARRAY_SIZE(options) + 3];
+        struct option longopts[ARRAY_SIZE(options) + 4];
         const char *config_path = NULL;
         int r, c, idx;
 
@@ -398,19 +424,33 @@ static int config_load(struct kvd_config *cfg, int argc, char **argv)
         }
         longopts[ARRAY_SIZE(options)] = (struct option){ "help", no_argument, NULL, 'h' };
         longopts[ARRAY_SIZE(options) + 1] = (struct option){ "version", no_argument, NULL, 'V' };
-        longopts[ARRAY_SIZE(options) + 2] = (struct option){ 0 };
+        longopts[ARRAY_SIZE(options) + 2] = (struct option){ "dump-options", required_argument, NULL, OPT_DUMP };
+        longopts[ARRAY_SIZE(options) + 3] = (struct option){ 0 };
         r = kvd_default_socket_path(cfg->socket, sizeof(cfg->socket));
         if (r < 0) {
-                fprintf(stderr, "kvdrived: default socket path too long\n");
+                fprintf(config_errf(), "kvdrived: default socket path too long\n");
                 return r;
+        }
+        /* Test suites start many daemons at once: they turn the endpoint
+         * off (or move it) here; the file and the command line still win. */
+        if (getenv("KVDRIVE_METRICS_LISTEN") &&
+            set_option(cfg, find_option("metrics-listen"), getenv("KVDRIVE_METRICS_LISTEN")) < 0) {
+                fprintf(config_errf(), "kvdrived: $KVDRIVE_METRICS_LISTEN too long\n");
+                return -ENAMETOOLONG;
         }
         /* The build tree's module for tests and development; the file and
          * the command line still win. */
         if (getenv("KVDRIVE_CUDA_MODULE") &&
             set_option(cfg, find_option("cuda-module"), getenv("KVDRIVE_CUDA_MODULE")) < 0) {
-                fprintf(stderr, "kvdrived: $KVDRIVE_CUDA_MODULE too long\n");
+                fprintf(config_errf(), "kvdrived: $KVDRIVE_CUDA_MODULE too long\n");
                 return -ENAMETOOLONG;
         }
+        if (getenv("KVDRIVE_CUDA_MODULE"))
+                cfg->source[find_option("cuda-module") - options] = KVD_SOURCE_ENV;
+        if (getenv("KVDRIVE_SOCKET"))
+                cfg->source[find_option("socket") - options] = KVD_SOURCE_ENV;
+        if (getenv("KVDRIVE_METRICS_LISTEN") && find_option("metrics-listen"))
+                cfg->source[find_option("metrics-listen") - options] = KVD_SOURCE_ENV;
 
         /* First pass: only --config, --help, --version, so the file is read
          * before the command line overrides it. */
@@ -425,6 +465,8 @@ static int config_load(struct kvd_config *cfg, int argc, char **argv)
                         printf("kvdrived %s\n", KVD_VERSION);
                         return 1;
                 }
+                if (c == OPT_DUMP)
+                        return kvd_config_dump(stdout, optarg) < 0 ? -EINVAL : 1;
                 if (c >= 0 && (size_t)c < ARRAY_SIZE(options) && strcmp(options[c].name, "config") == 0)
                         config_path = optarg;
         }
@@ -433,13 +475,13 @@ static int config_load(struct kvd_config *cfg, int argc, char **argv)
 
                 r = ini_parse(config_path, config_ini_line, &ctx);
                 if (r < 0) {
-                        fprintf(stderr, "kvdrived: cannot open config file %s\n", config_path);
+                        fprintf(config_errf(), "kvdrived: cannot open config file %s\n", config_path);
                         return -ENOENT;
                 }
                 if (ctx.error < 0)
                         return ctx.error;
                 if (r > 0) {
-                        fprintf(stderr, "kvdrived: %s:%d: syntax error\n", config_path, r);
+                        fprintf(config_errf(), "kvdrived: %s:%d: syntax error\n", config_path, r);
                         return -EINVAL;
                 }
         }
@@ -451,18 +493,19 @@ static int config_load(struct kvd_config *cfg, int argc, char **argv)
 
                 if (c == '?')
                         return -EINVAL;
-                if (c == 'h' || c == 'V')
+                if (c == 'h' || c == 'V' || c == OPT_DUMP)
                         continue;
                 o = &options[c];
                 if (apply(cfg, o, optarg ? optarg : (o->type == OPT_BOOL ? "true" : ""), "command line") < 0)
                         return -EINVAL;
+                cfg->source[c] = KVD_SOURCE_CLI;
         }
         if (optind < argc) {
-                fprintf(stderr, "kvdrived: unexpected argument '%s'\n", argv[optind]);
+                fprintf(config_errf(), "kvdrived: unexpected argument '%s'\n", argv[optind]);
                 return -EINVAL;
         }
         if (cfg->socket[0] == '\0') {
-                fprintf(stderr, "kvdrived: empty socket path\n");
+                fprintf(config_errf(), "kvdrived: empty socket path\n");
                 return -EINVAL;
         }
         if (cfg->host_extent_bytes == 0) {
@@ -476,31 +519,329 @@ static int config_load(struct kvd_config *cfg, int argc, char **argv)
                 cfg->host_extent_bytes = e;
         }
         if (cfg->host_extent_bytes < (64u << 10)) {
-                fprintf(stderr, "kvdrived: host-extent-bytes must be at least 64K\n");
+                fprintf(config_errf(), "kvdrived: host-extent-bytes must be at least 64K\n");
                 return -EINVAL;
         }
         if (cfg->host_bytes < cfg->host_extent_bytes * 4) {
-                fprintf(stderr, "kvdrived: host-bytes must hold at least 4 extents of %" PRIu64 " bytes\n",
+                fprintf(config_errf(), "kvdrived: host-bytes must hold at least 4 extents of %" PRIu64 " bytes\n",
                         cfg->host_extent_bytes);
                 return -EINVAL;
         }
         if (cfg->ssd_bytes && !cfg->ssd_dirs[0]) {
-                fprintf(stderr, "kvdrived: ssd-bytes needs ssd-dir\n");
+                fprintf(config_errf(), "kvdrived: ssd-bytes needs ssd-dir\n");
                 return -EINVAL;
         }
         if (cfg->ssd_dirs[0] && !cfg->ssd_bytes) {
-                fprintf(stderr, "kvdrived: ssd-dir needs ssd-bytes\n");
+                fprintf(config_errf(), "kvdrived: ssd-dir needs ssd-bytes\n");
                 return -EINVAL;
         }
         if (cfg->remote[0] && remote_check(cfg->remote) < 0)
                 return -EINVAL;
         if (cfg->ssd_extent_bytes % KVD_PAGE) {
-                fprintf(stderr, "kvdrived: ssd-extent-bytes must be a multiple of 4 KiB\n");
+                fprintf(config_errf(), "kvdrived: ssd-extent-bytes must be a multiple of 4 KiB\n");
                 return -EINVAL;
         }
         if (cfg->host_extent_bytes % KVD_PAGE) {
-                fprintf(stderr, "kvdrived: host-extent-bytes must be a multiple of 4 KiB\n");
+                fprintf(config_errf(), "kvdrived: host-extent-bytes must be a multiple of 4 KiB\n");
                 return -EINVAL;
         }
+        return 0;
+}
+
+static const char *level_name(int level)
+{
+        switch (level) {
+        case LOG_DEBUG:
+                return "debug";
+        case LOG_INFO:
+                return "info";
+        case LOG_NOTICE:
+                return "notice";
+        case LOG_WARNING:
+                return "warning";
+        }
+        return "err";
+}
+
+int kvd_config_item(const struct kvd_config *cfg, size_t i, struct kvd_config_item *ret)
+{
+        static const char *const sources[] = { "default", "file", "command line", "environment" };
+        const struct option_def *o;
+        const void *field;
+        uint64_t u;
+
+        if (i >= ARRAY_SIZE(options))
+                return -ENOENT;
+        o = &options[i];
+        field = (const char *)cfg + o->offset;
+        ret->name = o->name;
+        ret->source = sources[cfg->source[i] < ARRAY_SIZE(sources) ? cfg->source[i] : 0];
+        switch (o->type) {
+        case OPT_STRING:
+                snprintf(ret->value, sizeof(ret->value), "%s", (const char *)field);
+                break;
+        case OPT_BOOL:
+                snprintf(ret->value, sizeof(ret->value), "%s", *(const bool *)field ? "true" : "false");
+                break;
+        case OPT_LEVEL:
+                snprintf(ret->value, sizeof(ret->value), "%s", level_name(*(const int *)field));
+                break;
+        case OPT_LOCK:
+                snprintf(ret->value, sizeof(ret->value), "%s",
+                         *(const int *)field == KVD_LOCK_REQUIRED ? "required"
+                         : *(const int *)field == KVD_LOCK_OFF   ? "off"
+                                                                 : "try");
+                break;
+        case OPT_EVICT:
+                snprintf(ret->value, sizeof(ret->value), "%s", *(const int *)field == KVD_EVICT_LRU ? "lru" : "heat");
+                break;
+        case OPT_INT:
+                snprintf(ret->value, sizeof(ret->value), "%d", *(const int *)field);
+                break;
+        case OPT_MODE:
+                snprintf(ret->value, sizeof(ret->value), "%04" PRIo32, *(const uint32_t *)field);
+                break;
+        case OPT_U32:
+        case OPT_SIZE:
+                /* No cap is kept as the type's maximum, and set as 0. */
+                if (o->size == sizeof(uint32_t))
+                        u = *(const uint32_t *)field == UINT32_MAX ? 0 : *(const uint32_t *)field;
+                else
+                        u = *(const uint64_t *)field == UINT64_MAX ? 0 : *(const uint64_t *)field;
+                snprintf(ret->value, sizeof(ret->value), "%" PRIu64, u);
+                break;
+        }
+        return 0;
+}
+
+/* ---- reload (SIGHUP) ------------------------------------------------------- */
+
+/* What a reload may change in a running daemon: every reader of these runs
+ * on the loop thread and reads them from the config at each use (quotas:
+ * the caller refreshes the tenants' copies; log-level and log-file: the
+ * caller hands them to util/log). Everything else sizes something built at
+ * start (tables, buffers, tiers, threads) or was told to clients (max-items,
+ * max-frame in HelloReply) and needs a restart. */
+static const char *const live_options[] = {
+        "log-level", "log-file", "max-clients", "max-clients-per-uid", "max-pools-per-client",
+        "max-pool-bytes-per-client", "max-inflight-per-client", "max-outq-bytes", "ssd-admit-reads",
+        "remote-admit-reads", "admin-group", "quota-host-bytes", "quota-ssd-bytes", "quota-pool-bytes",
+        "quota-namespaces",
+};
+
+static bool option_live(const struct option_def *o)
+{
+        for (size_t i = 0; i < ARRAY_SIZE(live_options); i++)
+                if (strcmp(live_options[i], o->name) == 0)
+                        return true;
+        return false;
+}
+
+/* The value of o in cfg as the config file would spell it. */
+static void option_format(const struct kvd_config *cfg, const struct option_def *o, char *buf, size_t size)
+{
+        static const char *const locks[] = { [KVD_LOCK_TRY] = "try", [KVD_LOCK_REQUIRED] = "required",
+                                             [KVD_LOCK_OFF] = "off" };
+        const void *field = (const char *)cfg + o->offset;
+        uint64_t u;
+
+        switch (o->type) {
+        case OPT_STRING:
+                snprintf(buf, size, "'%s'", (const char *)field);
+                return;
+        case OPT_BOOL:
+                snprintf(buf, size, "%s", *(const bool *)field ? "true" : "false");
+                return;
+        case OPT_LEVEL:
+                snprintf(buf, size, "%s", kvd_log_level_name(*(const int *)field));
+                return;
+        case OPT_LOCK:
+                snprintf(buf, size, "%s", locks[*(const int *)field]);
+                return;
+        case OPT_EVICT:
+                snprintf(buf, size, "%s", *(const int *)field == KVD_EVICT_LRU ? "lru" : "heat");
+                return;
+        case OPT_INT:
+                snprintf(buf, size, "%d", *(const int *)field);
+                return;
+        case OPT_MODE:
+                snprintf(buf, size, "%04o", *(const uint32_t *)field);
+                return;
+        case OPT_U32:
+        case OPT_SIZE:
+                u = o->size == sizeof(uint32_t) ? *(const uint32_t *)field : *(const uint64_t *)field;
+                /* config_finish() stores a quota's 0 as "no cap". */
+                if (strncmp(o->name, "quota-", 6) == 0 && u == (o->size == sizeof(uint32_t) ? UINT32_MAX : UINT64_MAX))
+                        snprintf(buf, size, "0 (no cap)");
+                else
+                        snprintf(buf, size, "%" PRIu64, u);
+                return;
+        }
+        snprintf(buf, size, "?");
+}
+
+/* Logs what loading wrote into its error buffer, a line at a time. */
+static void log_reload_errors(char *text)
+{
+        char *save = NULL;
+        bool any = false;
+
+        for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+                if (strncmp(line, "kvdrived: ", 10) == 0)
+                        line += 10;
+                log_error("reload refused: %s", line);
+                any = true;
+        }
+        if (!any)
+                log_error("reload refused: the configuration cannot be loaded");
+}
+
+int kvd_config_reload(struct kvd_config *cfg, int argc, char **argv)
+{
+        struct kvd_config next;
+        char *errbuf = NULL;
+        size_t errlen = 0;
+        unsigned changed = 0, kept = 0;
+        int r;
+
+        reload_errf = open_memstream(&errbuf, &errlen);
+        if (!reload_errf) {
+                log_error("reload refused: out of memory; keeping the running configuration");
+                return -ENOMEM;
+        }
+        r = kvd_config_load(&next, argc, argv);
+        fclose(reload_errf);
+        reload_errf = NULL;
+        if (r != 0) {
+                log_reload_errors(errbuf ? errbuf : (char *)"");
+                log_error("keeping the running configuration");
+                free(errbuf);
+                return r < 0 ? r : -EINVAL;
+        }
+        free(errbuf);
+
+        for (size_t i = 0; i < ARRAY_SIZE(options); i++) {
+                const struct option_def *o = &options[i];
+                char *field = (char *)cfg + o->offset;
+                const char *nfield = (const char *)&next + o->offset;
+                char old_v[300], new_v[300];
+
+                if (o->cli_only)
+                        continue;
+                if (o->type == OPT_STRING ? strcmp(field, nfield) == 0 : memcmp(field, nfield, o->size) == 0)
+                        continue;
+                option_format(cfg, o, old_v, sizeof(old_v));
+                option_format(&next, o, new_v, sizeof(new_v));
+                if (!option_live(o)) {
+                        log_warning("reload: %s: %s -> %s needs a restart; keeping %s", o->name, old_v, new_v,
+                                    old_v);
+                        kept++;
+                        continue;
+                }
+                log_notice("reload: %s: %s -> %s", o->name, old_v, new_v);
+                memcpy(field, nfield, o->size);
+                cfg->source[i] = next.source[i];
+                changed++;
+        }
+        cfg->admin_gid = next.admin_gid;
+        /* The [namespace] and [quota] sections: always the file's. Only the
+         * loop thread looks rules up, and nothing keeps a pointer into
+         * them past a request's handling. */
+        kvd_access_free(cfg->access);
+        cfg->access = next.access;
+        next.access = NULL;
+        log_notice("reloaded the configuration%s%s: %u setting%s changed, %u kept until a restart; "
+                   "[namespace] and [quota] sections re-read",
+                   cfg->config_file[0] ? " from " : "", cfg->config_file, changed, changed == 1 ? "" : "s",
+                   kept);
+        kvd_config_free(&next);
+        return changed > 0;
+}
+
+/* ---- the option table as documents (--dump-options) ------------------------- */
+
+/* Prints text wrapped at width columns, each line after prefix. */
+static void print_wrapped(FILE *f, const char *prefix, const char *text, size_t width)
+{
+        const char *p = text;
+
+        while (*p) {
+                size_t n = strlen(p);
+
+                if (n > width) {
+                        n = width;
+                        while (n > 0 && p[n] != ' ')
+                                n--;
+                        if (n == 0)
+                                n = strcspn(p, " ");
+                }
+                fprintf(f, "%s%.*s\n", prefix, (int)n, p);
+                p += n;
+                while (*p == ' ')
+                        p++;
+        }
+}
+
+/* scdoc markup: '*', '_' and '\' are formatting unless escaped. */
+static void print_scdoc_escaped(FILE *f, const char *s)
+{
+        for (; *s; s++) {
+                if (*s == '*' || *s == '_' || *s == '\\')
+                        fputc('\\', f);
+                fputc(*s, f);
+        }
+}
+
+int kvd_config_dump(FILE *f, const char *format)
+{
+        bool ini = strcmp(format, "ini") == 0;
+
+        if (!ini && strcmp(format, "scdoc") != 0) {
+                fprintf(stderr, "kvdrived: --dump-options: want ini or scdoc, not '%s'\n", format);
+                return -EINVAL;
+        }
+        if (ini)
+                fprintf(f, "# kvdrived configuration: every option with its default, generated from the\n"
+                           "# daemon's option table (kvdrived --dump-options=ini; kvdrived.conf(5)).\n"
+                           "# Uncomment a line to change it; the command line wins over this file, and\n"
+                           "# SIGHUP reloads it. Sizes take K, M, G, T suffixes (powers of 1024).\n"
+                           "\n[kvdrived]\n");
+        for (size_t i = 0; i < ARRAY_SIZE(options); i++) {
+                const struct option_def *o = &options[i];
+
+                /* The build's install path: not in a document of every build. */
+                bool builtin = strcmp(o->name, "cuda-module") == 0;
+                const char *def = builtin ? "" : o->def;
+
+                if (o->cli_only)
+                        continue;
+                if (ini) {
+                        fputc('\n', f);
+                        print_wrapped(f, "# ", o->help, 76);
+                        fprintf(f, "#%s =%s%s\n", o->name, def && *def ? " " : "", def ? def : "");
+                        continue;
+                }
+                fprintf(f, "*%s* = ", o->name);
+                if (def && *def) {
+                        fputc('_', f);
+                        print_scdoc_escaped(f, def);
+                        fputc('_', f);
+                } else {
+                        fputs("(empty)", f);
+                }
+                fprintf(f, "%s\n\t", option_live(o) ? " (reloaded on SIGHUP)" : "");
+                print_scdoc_escaped(f, o->help);
+                fputs(".\n\n", f);
+        }
+        if (ini)
+                fprintf(f, "\n# Namespaces are private to the uid that creates them. A section shares those of one\n"
+                           "# owner whose name matches the pattern (fnmatch; the first matching section applies):\n"
+                           "# [namespace llama-3-8b*]\n"
+                           "# owner = vllm                          ; user name or uid\n"
+                           "# readers = @inference, 1001            ; users, uids, @groups, or * for any peer\n"
+                           "# writers = vllm-prefill                ; writers may also read\n"
+                           "\n# Quotas of one uid (user name or uid); unset keys keep the quota-* defaults:\n"
+                           "# [quota vllm]\n# host-bytes = 64G\n# ssd-bytes = 1T\n# pool-bytes = 160G\n"
+                           "# namespaces = 32\n");
         return 0;
 }

@@ -26,11 +26,29 @@ enum kvd_lock_mode {
         KVD_LOCK_OFF,
 };
 
+/* Options in the table, at most (a static check in config.c). */
+#define KVD_CONFIG_OPTIONS_MAX 96
+
+enum kvd_config_source {
+        KVD_SOURCE_DEFAULT = 0,
+        KVD_SOURCE_FILE,
+        KVD_SOURCE_CLI,
+        KVD_SOURCE_ENV,
+};
+
+/* One option's effective setting, for kvdrivectl config. */
+struct kvd_config_item {
+        const char *name;
+        char value[1024];       /* as text; sizes in bytes, 0 for no cap */
+        const char *source;     /* "default", "file", "command line", "environment" */
+};
+
 struct kvd_config {
         char socket[sizeof(((struct sockaddr_un *)0)->sun_path)];
         char config_file[256];
         bool foreground;
         int log_level;
+        char log_file[256];             /* detached: log here (empty: the default) */
         uint32_t socket_mode;
         uint64_t host_bytes;
         uint64_t host_extent_bytes;     /* slab extent; also the largest block */
@@ -66,10 +84,14 @@ struct kvd_config {
         uint64_t max_outq_bytes;        /* replies queued for a slow client */
         char cuda_module[256];          /* path of kvdrive-cuda.so */
         char admin_group[64];           /* its members (and uid 0) manage everything */
+        char metrics_listen[80];        /* ADDR:PORT of the Prometheus endpoint; empty: off */
         gid_t admin_gid;                /* admin_group resolved */
         struct kvd_quota quota;         /* per uid, unless a [quota] section says otherwise */
         /* [namespace] and [quota] sections of the config file; owned. */
         struct kvd_access *access;
+        /* Where each option's value came from (enum kvd_config_source),
+         * by its index in the option table. */
+        uint8_t source[KVD_CONFIG_OPTIONS_MAX];
 };
 
 /* Fills cfg from defaults, the config file and argv. Returns 0, 1 when the
@@ -78,11 +100,32 @@ struct kvd_config {
  * kvd_config_free(); otherwise nothing needs freeing. */
 int kvd_config_load(struct kvd_config *cfg, int argc, char **argv);
 
+/*
+ * SIGHUP: reads the configuration again as kvd_config_load() did at start
+ * (argv still wins over the file) into a new struct, and, only if all of it
+ * is valid, copies the settings that can change live into cfg (limits,
+ * quotas and access rules, log-level and log-file, admission). Logs one line
+ * per changed setting, and keeps the old value of those that need a restart.
+ * Call on the thread that reads cfg (the loop). Returns 1 if something
+ * changed, 0 if nothing did, -errno (cfg untouched, the reason logged) for
+ * a bad file.
+ */
+int kvd_config_reload(struct kvd_config *cfg, int argc, char **argv);
+
 /* Frees what cfg owns (the access rules). */
 void kvd_config_free(struct kvd_config *cfg);
 
+/* The i-th option of the table: its effective value and where it came
+ * from. 0 with *ret filled, -ENOENT past the end. */
+int kvd_config_item(const struct kvd_config *cfg, size_t i, struct kvd_config_item *ret);
+
 /* The quota of uid under cfg. */
 void kvd_config_quota(const struct kvd_config *cfg, uid_t uid, struct kvd_quota *ret);
+
+/* Prints every option but the command line's own, with its default and
+ * help: format "ini" as an example config file, "scdoc" as the option list
+ * of kvdrived.conf(5). 0, or -EINVAL for another format. */
+int kvd_config_dump(FILE *f, const char *format);
 
 /* Prints the options table as --help text. */
 void kvd_config_help(FILE *f);

@@ -141,17 +141,18 @@ END_TEST
 
 START_TEST(test_detach_when_ready)
 {
-        char dir[] = "/tmp/kvd-startup-XXXXXX", sock[128];
+        char dir[] = "/tmp/kvd-startup-XXXXXX", sock[128], logf[128];
         struct kvc_stats *st = NULL;
         kvc_client *c = NULL;
         pid_t pid;
 
         ck_assert_ptr_nonnull(mkdtemp(dir));
         snprintf(sock, sizeof(sock), "%s/s.sock", dir);
+        snprintf(logf, sizeof(logf), "%s/kvdrived.log", dir); /* not the default: /var/log as root */
         unsetenv("NOTIFY_SOCKET");
         unsetenv("LISTEN_FDS");
         {
-                const char *a[] = { "--socket", sock, "--host-bytes", "32M", NULL };
+                const char *a[] = { "--socket", sock, "--host-bytes", "32M", "--log-file", logf, NULL };
                 ck_assert_int_eq(run_daemon(a), 0); /* returns only once serving */
         }
         ck_assert_int_eq(kvc_connect(sock, "probe", &c), 0); /* no retry needed */
@@ -165,6 +166,7 @@ START_TEST(test_detach_when_ready)
                 usleep(50000);
         ck_assert_msg(kill(pid, 0) < 0, "detached daemon did not stop on SIGTERM");
         ck_assert_int_ne(access(sock, F_OK), 0); /* it removed its socket */
+        unlink(logf);
         rmdir(dir);
 }
 END_TEST

@@ -749,6 +749,9 @@ int kvd_test_daemon_start_opts(struct kvd_test_daemon *d, const struct kvd_test_
         argv[n++] = d->socket_path;
         argv[n++] = "--host-bytes";
         argv[n++] = "64M";
+        /* Test daemons run side by side: no metrics endpoint unless a test
+         * asks for one (its --metrics-listen comes later and wins). */
+        argv[n++] = "--metrics-listen=off";
         for (const char *const *a = extra_args; a && *a; a++) {
                 if (n + 1 >= sizeof(argv) / sizeof(argv[0])) {
                         rc = fail(d, -E2BIG, "too many daemon arguments");

@@ -2,6 +2,7 @@
 /* The adaptive prefetch scheduler: rates from counters, depth from rates. */
 #include <check.h>
 #include <errno.h>
+#include <math.h>
 
 #include "check-main.h"
 #include "scheduler.h"
@@ -30,9 +31,51 @@ START_TEST(rates_while_busy)
         ck_assert_double_eq_tol(s.dev_rate, 8e9, 1);
         ck_assert_double_eq_tol(s.ssd_rate, 1e9, 1);
         ck_assert_double_eq_tol(s.host_hit, 0.75, 1e-9);
-        /* busy 0.5 s and 1 s of a 1 s window: the first average moves by 1/4 */
-        ck_assert_double_eq_tol(s.dev_util, 0.25 * 0.5, 1e-9);
-        ck_assert_double_eq_tol(s.ssd_util, 0.25 * 1.0, 1e-9);
+        /* busy 0.5 s and 1 s of a 1 s window: one time constant, the
+         * average moves by 1 - 1/e */
+        ck_assert_double_eq_tol(s.dev_util, (1 - exp(-1)) * 0.5, 1e-9);
+        ck_assert_double_eq_tol(s.ssd_util, (1 - exp(-1)) * 1.0, 1e-9);
+}
+END_TEST
+
+/* The busy shares decay with the time the links were idle, not with the
+ * number of samples: one sample after 10 s idle finds them near 0, and one
+ * long window equals many short ones over the same time. */
+START_TEST(busy_decays_with_time)
+{
+        struct kvd_sched one, many;
+        struct kvd_sched_sample a = at(0, 0, 0, 0, 0, 0, 0);
+        struct kvd_sched_sample busy = at(2000, 1000000, 2000, 1000000, 2000, 0, 0);
+        double dev0;
+
+        kvd_sched_init(&one);
+        kvd_sched_update(&one, &a);
+        ck_assert_int_eq(kvd_sched_update(&one, &busy), 1);     /* 2 s all busy */
+        dev0 = one.dev_util;
+        ck_assert_double_eq_tol(dev0, 1 - exp(-2), 1e-9);
+        ck_assert_double_eq_tol(one.ssd_util, 1 - exp(-2), 1e-9);
+        many = one;
+        /* 10 s idle in one window (nothing polled meanwhile) ... */
+        {
+                struct kvd_sched_sample idle = busy;
+
+                idle.now_ns += 10000 * MS;
+                ck_assert_int_eq(kvd_sched_update(&one, &idle), 1);
+        }
+        ck_assert_double_eq_tol(one.dev_util, dev0 * exp(-10), 1e-12);
+        ck_assert_double_lt(one.dev_util, 1e-4);
+        ck_assert_double_lt(one.ssd_util, 1e-4);
+        /* ... reads as 100 windows of 100 ms. */
+        for (int i = 1; i <= 100; i++) {
+                struct kvd_sched_sample idle = busy;
+
+                idle.now_ns += (uint64_t)i * 100 * MS;
+                ck_assert_int_eq(kvd_sched_update(&many, &idle), 1);
+        }
+        ck_assert_double_eq_tol(many.dev_util, one.dev_util, 1e-12);
+        ck_assert_double_eq_tol(many.ssd_util, one.ssd_util, 1e-12);
+        /* Rates measured while busy stay. */
+        ck_assert_double_eq(many.dev_rate, one.dev_rate);
 }
 END_TEST
 
@@ -136,6 +179,7 @@ static Suite *scheduler_suite(void)
         tcase_add_test(tc, short_window_and_backwards_counters);
         tcase_add_test(tc, depth_from_rates);
         tcase_add_test(tc, busy_links_leave_less_room);
+        tcase_add_test(tc, busy_decays_with_time);
         tcase_add_test(tc, depth_before_measuring);
         suite_add_tcase(s, tc);
         return s;

@@ -279,17 +279,23 @@ static void delete_all(struct client *cl)
 int client_main(struct client *cl)
 {
         const struct run *run = cl->run;
+        bool progress = isatty(STDERR_FILENO);
         int ret = EXIT_FAILURE;
 
         if (client_setup(cl) < 0 || prefill(cl) < 0 || send_msg(cl, MSG_READY) < 0 || wait_go(cl) < 0)
                 goto out;
         cl->res.start_ns = bench_now_ns();
-        for (uint32_t t = 0; t < run->steps; t++) {
+        for (uint32_t t = 0, shown = 0; t < run->steps; t++) {
                 uint64_t t0 = bench_now_ns();
 
                 if (decode_step(cl, t) < 0)
                         goto out_delete;
                 cl->lat[t] = bench_now_ns() - t0;
+                /* Progress on a terminal, from the first client, twice a second. */
+                if (cl->idx == 0 && progress && (t + 1 == run->steps || (t0 - cl->res.start_ns) / 500000000u > shown)) {
+                        shown = (uint32_t)((t0 - cl->res.start_ns) / 500000000u);
+                        fprintf(stderr, "\rdecode: step %u of %u%s", t + 1, run->steps, t + 1 == run->steps ? "\n" : "");
+                }
         }
         cl->res.end_ns = bench_now_ns();
         if (run->pol->finish)

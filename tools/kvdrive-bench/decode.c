@@ -105,23 +105,23 @@ static void usage(FILE *f)
                 "and layer, choose blocks, make them resident in device slots, attend, append.\n"
                 "Measures tokens/s, step latency, bytes per tier link, hit rates, and accuracy\n"
                 "against full attention over the same trace. Run it against a daemon with an SSD\n"
-                "tier and a host tier smaller than the KV (e.g. --host-bytes 128M --ssd-dir D\n"
-                "--ssd-bytes 4G): the default workload's 512 MiB of KV then spills to SSD.\n\n"
+                "tier and a host tier smaller than the KV (e.g. --host-bytes 64M --ssd-dir D\n"
+                "--ssd-bytes 4G): the default workload's 128 MiB of KV then spills to SSD.\n\n"
                 "  -s, --socket PATH        daemon socket (default: $KVDRIVE_SOCKET or the system one)\n"
                 "  -p, --policy NAME        full (FlexGen-style, every block every step), sparse\n"
                 "                           (InfiniGen-style, next layer's top-k prefetched), lru\n"
                 "                           (top-k through an LRU device cache), kvdrive (a device cache\n"
                 "                           by attention score, misses fetched while the hits are\n"
-                "                           attended, likely newcomers staged SSD -> host) [full]\n"
+                "                           attended, likely newcomers staged SSD -> host) [kvdrive]\n"
                 "  -d, --device NAME        where the device pool and the kernels are: cpu (a memfd pool,\n"
                 "                           the C kernels) or cuda (GPU memory registered with the daemon,\n"
                 "                           the CUDA kernels; exits 77 at once where no GPU can run\n"
                 "                           them) [cpu]\n"
                 "  -t, --trace DIR          decode trace (docs/trace-format.md); default: generate one\n"
                 "                           with `kvdrive-bench gen`'s defaults into a temporary dir\n"
-                "      --tokens N           generated trace: context (prompt) tokens [32768]\n"
+                "      --tokens N           generated trace: context (prompt) tokens [8192]\n"
                 "      --layers N           generated trace: layers [4] (8 kv heads x 128, 32 q heads)\n"
-                "      --gen-steps N        generated trace: decode steps [64]\n"
+                "      --gen-steps N        generated trace: decode steps [32]\n"
                 "      --seed N             generated trace: seed [1]\n"
                 "  -c, --clients N          client processes [1]\n"
                 "  -n, --seqs N             sequences per client, decoded as one batch [1]\n"
@@ -566,9 +566,9 @@ static int parse(int argc, char **argv, struct decode_opts *o)
         int c;
 
         *o = (struct decode_opts){
-                .policy = POL_FULL, .clients = 1, .seqs = 1, .budget = 0.1, .sink = 1, .local = 2,
+                .policy = POL_KVDRIVE, .clients = 1, .seqs = 1, .budget = 0.1, .sink = 1, .local = 2,
                 .block_tokens = 16, .compute_us = 200, .acc_every = 4, .batch = 32, .depth = 8,
-                .gen_tokens = 32768, .gen_layers = 4, .gen_steps = 64, .seed = 1,
+                .gen_tokens = 8192, .gen_layers = 4, .gen_steps = 32, .seed = 1,
                 .stage = 0, .report_scores = true, .method = KVK_QUEST,
         };
         while ((c = getopt_long(argc, argv, "s:p:d:t:c:n:b:k:jh", opts, NULL)) != -1) {
@@ -770,6 +770,19 @@ static int plan(struct run *run)
         return 0;
 }
 
+/* Whether the daemon answers (says why not). */
+static bool reachable(const struct decode_opts *o)
+{
+        kvc_client *c = NULL;
+        int r = kvc_connect(o->socket, "kvdrive-bench decode (check)", &c);
+
+        if (r < 0)
+                fprintf(stderr, "kvdrive-bench decode: cannot reach kvdrived: %s (start one, or give --socket)\n",
+                        kvc_strerror(r));
+        kvc_disconnect(c);
+        return r == 0;
+}
+
 /* Before forking: the daemon answers and takes the namespace. */
 static int preflight(struct run *run, struct snap *s0)
 {
@@ -811,7 +824,9 @@ int bench_decode(int argc, char **argv)
         run.dev = devices[run.o.device];
         if (run.dev->probe() < 0)
                 return BENCH_EXIT_NODEV;
-        if (!run.o.trace_dir && generate(&run) < 0)
+        /* The daemon before generating a trace, which takes seconds (a
+         * trace given is checked first: that is quick). */
+        if (!run.o.trace_dir && (!reachable(&run.o) || generate(&run) < 0))
                 goto out;
         r = kvb_trace_open(run.gen_dir[0] ? run.gen_dir : run.o.trace_dir, &run.tr, err, sizeof(err));
         if (r < 0) {

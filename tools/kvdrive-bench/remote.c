@@ -502,7 +502,8 @@ static int daemon_start(struct bench *b, struct daemon *d, const char *sub, uint
                  * small RLIMIT_MEMLOCK anyway, and "try" would say so. */
                 const char *argv[] = { b->kvdrived, "--foreground", "--socket", d->sock, "--host-bytes", hb,
                                        "--host-lock", "off", "--remote", remote, "--remote-ttl-s", "3600",
-                                       "--remote-max-inflight-bytes", "256M", "--log-level", "warning", NULL };
+                                       "--remote-max-inflight-bytes", "256M", "--log-level", "warning",
+                                       "--metrics-listen", "off", NULL };
                 int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
 
                 if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() != parent)

@@ -32,7 +32,7 @@ static pid_t spawn(const char *kvdrived, const char *sock, const char *dir, cons
 
         if (pid == 0) {
                 execl(kvdrived, kvdrived, "--foreground", "--socket", sock, "--host-bytes", "64M", "--ssd-dir", dir,
-                      "--ssd-bytes", ssd_bytes, "--log-level", "warning", (char *)NULL);
+                      "--ssd-bytes", ssd_bytes, "--log-level", "warning", "--metrics-listen", "off", (char *)NULL);
                 _exit(127);
         }
         return pid;

@@ -2,13 +2,15 @@
 /*
  * kvdrivectl: the operator's view of a running kvdrived.
  *
- *   kvdrivectl [--socket PATH] status
- *   kvdrivectl [--socket PATH] stats [--json]
- *   kvdrivectl [--socket PATH] drop-namespace NAME|ID [--owner UID]
+ *   kvdrivectl [--socket PATH] [--json] COMMAND [ARGS]
+ *
+ * status, stats, drop here; the administration commands (clients,
+ * namespaces, evict, flush, config, top, shutdown) in admin.c.
  *
  * Exit status: 0 success, 1 the daemon is unreachable or failed the
- * request, 2 usage error. The --json layout is a stable interface,
- * documented in docs/stats-json.md.
+ * request (a namespace not found, a request denied), 2 usage error. The
+ * stats --json layout is a stable interface, documented in
+ * docs/stats-json.md.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -21,19 +23,12 @@
 
 #include <kvdrive/client.h>
 
+#include "ctl.h"
 #include "kvd-build.h"
 
-#define EXIT_USAGE 2
+#define EXIT_USAGE CTL_EXIT_USAGE
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 #define STATS_JSON_SCHEMA 1
-
-struct ctl {
-        const char *socket;     /* NULL: the library's default */
-        bool json;
-        const char *owner;      /* drop-namespace --owner */
-        char **args;            /* the command's arguments */
-        int n_args;
-};
 
 struct command {
         const char *name;
@@ -45,31 +40,51 @@ static int cmd_status(struct ctl *ctl);
 static int cmd_stats(struct ctl *ctl);
 static int cmd_drop_namespace(struct ctl *ctl);
 
+/* Who may: (admin) uid 0 or admin-group; (owner) the namespace's owner or an admin. */
 static const struct command commands[] = {
         { "status", cmd_status, "is the daemon up; version, clients, tier fill" },
-        { "stats", cmd_stats, "all counters (--json: one JSON object, docs/stats-json.md)" },
-        { "drop-namespace", cmd_drop_namespace,
-          "NAME|ID [--owner UID]: delete a namespace and all its blocks (its owner or an admin)" },
+        { "stats", cmd_stats, "all counters (--json: docs/stats-json.md)" },
+        { "clients", cmd_clients, "connected clients: pid, uid, name, pools, in flight (all: admin; else yours)" },
+        { "namespaces", cmd_namespaces, "namespaces: owner, geometry, blocks per tier, fingerprint" },
+        { "evict", cmd_evict,
+          "--namespace NAME|ID [--tier host|ssd] [--owner UID]: drop its copies from a tier (owner)" },
+        { "drop", cmd_drop_namespace,
+          "NAME|ID [--owner UID]: delete a namespace and all its blocks (owner)" },
+        { "drop-namespace", cmd_drop_namespace, "the same as drop" },
+        { "flush", cmd_flush, "write host-only blocks to SSD, as a clean stop does (admin)" },
+        { "config", cmd_config, "the effective settings and where each came from (admin)" },
+        { "top", cmd_top, "[--count N]: rates per tier and link, once a second, until interrupted" },
+        { "shutdown", cmd_shutdown, "stop the daemon cleanly, as SIGTERM does (admin)" },
 };
 
 static void usage(FILE *f)
 {
         fprintf(f,
-                "Usage: kvdrivectl [--socket PATH] COMMAND [--json]\n"
+                "Usage: kvdrivectl [--socket PATH] [--json] COMMAND [ARGS]\n"
                 "\n"
                 "Options:\n"
-                "  -s, --socket PATH  daemon socket (default: $KVDRIVE_SOCKET, else the\n"
-                "                     system or per-user socket)\n"
-                "  -j, --json         stats: print one JSON object\n"
-                "  -o, --owner UID    drop-namespace: the owner of NAME (default: yours,\n"
-                "                     else the only one you can see)\n"
-                "  -h, --help         this help\n"
-                "  -V, --version      print the version\n"
+                "  -s, --socket PATH     daemon socket (default: $KVDRIVE_SOCKET, else the\n"
+                "                        system or per-user socket)\n"
+                "  -j, --json            print JSON (every command; top: one object a line;\n"
+                "                        a failure: {\"error\": {...}})\n"
+                "  -o, --owner UID       drop, evict: the owner of NAME (default: yours,\n"
+                "                        else the only one you can see)\n"
+                "  -n, --namespace NAME  evict: the namespace (a name or an id)\n"
+                "  -t, --tier TIER       evict: host (default) or ssd\n"
+                "  -c, --count N         top: N samples, then exit (default: until interrupted)\n"
+                "  -h, --help            this help\n"
+                "  -V, --version         print the version\n"
                 "\n"
                 "Commands:\n");
         for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
                 fprintf(f, "  %-15s %s\n", commands[i].name, commands[i].help);
-        fprintf(f, "\nExit status: 0 ok, 1 daemon unreachable or request failed, 2 usage.\n");
+        fprintf(f, "\nExit status:\n"
+                   "  0  ok\n"
+                   "  1  the daemon is unreachable, or the request failed: a namespace not\n"
+                   "     found, a request denied (not its owner, not an admin), no SSD tier;\n"
+                   "     with --json, stdout has {\"error\": {\"code\": \"not_found\" | \"denied\"\n"
+                   "     | \"unreachable\" | \"unsupported\" | \"failed\", ...}}\n"
+                   "  2  usage: unknown command or option, missing or extra argument\n");
 }
 
 /* Prints each line of the library's connect report, indented. */
@@ -83,7 +98,7 @@ static void print_report(const char *report)
         }
 }
 
-static int connect_daemon(const struct ctl *ctl, kvc_client **ret)
+int ctl_connect(const struct ctl *ctl, kvc_client **ret)
 {
         char report[1024];
         struct kvc_connect_opts o = { .size = sizeof(o), .path = ctl->socket, .name = "kvdrivectl",
@@ -103,7 +118,7 @@ static int fetch_stats(const struct ctl *ctl, struct kvc_stats **ret)
         kvc_client *c = NULL;
         int err;
 
-        err = connect_daemon(ctl, &c);
+        err = ctl_connect(ctl, &c);
         if (err < 0)
                 return err;
         err = kvc_stats_get(c, ret);
@@ -114,7 +129,7 @@ static int fetch_stats(const struct ctl *ctl, struct kvc_stats **ret)
         return err;
 }
 
-static const char *format_bytes(char *buf, size_t size, uint64_t v)
+const char *ctl_format_bytes(char *buf, size_t size, uint64_t v)
 {
         static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
         double d = (double)v;
@@ -148,7 +163,7 @@ static const char *format_uptime(char *buf, size_t size, uint64_t ms)
         return buf;
 }
 
-static const char *dtype_name(uint32_t dtype)
+const char *ctl_dtype_name(uint32_t dtype)
 {
         switch (dtype) {
         case KVC_DTYPE_F16:
@@ -213,7 +228,13 @@ static int cmd_status(struct ctl *ctl)
         char b1[32], b2[32];
 
         if (fetch_stats(ctl, &s) < 0)
-                return EXIT_FAILURE;
+                return ctl->json ? ctl_fail(ctl, "status", -ECONNREFUSED, "kvdrived is not reachable") : EXIT_FAILURE;
+        if (ctl->json) {
+                int ret = ctl_status_json(ctl, s);
+
+                kvc_stats_free(s);
+                return ret;
+        }
         printf("kvdrived:  up\n");
         printf("version:   %s\n", s->daemon_version);
         printf("pid:       %" PRIu32 "\n", s->pid);
@@ -230,8 +251,8 @@ static int cmd_status(struct ctl *ctl)
                                      : 0.0;
 
                 printf("tier %-5s %s / %s used (%.1f%%), %" PRIu64 " blocks\n", t->name,
-                       format_bytes(b1, sizeof(b1), t->used_bytes),
-                       format_bytes(b2, sizeof(b2), t->capacity_bytes), pct, t->blocks);
+                       ctl_format_bytes(b1, sizeof(b1), t->used_bytes),
+                       ctl_format_bytes(b2, sizeof(b2), t->capacity_bytes), pct, t->blocks);
         }
         kvc_stats_free(s);
         return EXIT_SUCCESS;
@@ -251,8 +272,8 @@ static void print_remote(const struct kvc_remote_stats *r)
                r->hits, r->misses, r->crc_failures, r->writes, r->write_skips, r->errors);
         printf("           %" PRIu64 " lookup keys, %" PRIu64 " found; read %s, written %s; %" PRIu64
                " slot map refreshes\n",
-               r->lookups, r->lookup_hits, format_bytes(b1, sizeof(b1), r->read_bytes),
-               format_bytes(b2, sizeof(b2), r->write_bytes), r->slot_map_refreshes);
+               r->lookups, r->lookup_hits, ctl_format_bytes(b1, sizeof(b1), r->read_bytes),
+               ctl_format_bytes(b2, sizeof(b2), r->write_bytes), r->slot_map_refreshes);
         if (r->n_nodes == 0)
                 return;
         printf("\n%-24s %5s %5s %10s %10s %10s %10s %10s %8s %8s %11s %8s %8s\n", "NODE", "STATE", "SLOTS",
@@ -286,18 +307,18 @@ static void print_stats(const struct kvc_stats *s)
                s->eviction, s->scores, s->speculative_promotions);
         printf("scheduler  device %s/s (busy %.2f), SSD %s/s (busy %.2f), host hits %.2f; %" PRIu32
                " clients prefetching, %" PRIu32 " us compute per layer -> depth %" PRIu32 " (%" PRIu64 " decisions)\n",
-               format_bytes(b1, sizeof(b1), s->sched_device_bytes_per_s), s->sched_device_busy,
-               format_bytes(b2, sizeof(b2), s->sched_ssd_bytes_per_s), s->sched_ssd_busy, s->sched_host_hit_rate,
+               ctl_format_bytes(b1, sizeof(b1), s->sched_device_bytes_per_s), s->sched_device_busy,
+               ctl_format_bytes(b2, sizeof(b2), s->sched_ssd_bytes_per_s), s->sched_ssd_busy, s->sched_host_hit_rate,
                s->sched_active_clients, s->sched_compute_us, s->sched_prefetch_depth, s->sched_decisions);
         printf("requests   %" PRIu64 " total, %" PRIu64 " errors\n", s->requests, s->errors);
         printf("loop       %" PRIu64 " busy turns, p99 under %" PRIu64 " us, longest %" PRIu64 " us\n",
                s->loop_turns, loop_p99_us(s), s->loop_turn_max_us);
         printf("transfer   in %s (%" PRIu64 " blocks put), out %s (%" PRIu64 " blocks got)\n",
-               format_bytes(b1, sizeof(b1), s->bytes_in), s->puts,
-               format_bytes(b2, sizeof(b2), s->bytes_out), s->gets);
+               ctl_format_bytes(b1, sizeof(b1), s->bytes_in), s->puts,
+               ctl_format_bytes(b2, sizeof(b2), s->bytes_out), s->gets);
         printf("index      %" PRIu64 " entries / %" PRIu64 " slots, %s (%" PRIu32
                " B per block)\n",
-               s->index_entries, s->index_capacity, format_bytes(b3, sizeof(b3), s->index_bytes),
+               s->index_entries, s->index_capacity, ctl_format_bytes(b3, sizeof(b3), s->index_bytes),
                s->index_bytes_per_block);
 
         printf("\n%-8s %12s %12s %10s %12s %12s %10s\n", "TIER", "CAPACITY", "USED", "BLOCKS",
@@ -306,8 +327,8 @@ static void print_stats(const struct kvc_stats *s)
                 const struct kvc_tier_stats *t = &s->tiers[i];
 
                 printf("%-8s %12s %12s %10" PRIu64 " %12" PRIu64 " %12" PRIu64 " %10" PRIu64 "\n",
-                       t->name, format_bytes(b1, sizeof(b1), t->capacity_bytes),
-                       format_bytes(b2, sizeof(b2), t->used_bytes), t->blocks, t->hits,
+                       t->name, ctl_format_bytes(b1, sizeof(b1), t->capacity_bytes),
+                       ctl_format_bytes(b2, sizeof(b2), t->used_bytes), t->blocks, t->hits,
                        t->misses, t->evictions);
         }
         for (uint32_t i = 0; i < s->n_tiers; i++) {
@@ -316,8 +337,8 @@ static void print_stats(const struct kvc_stats *s)
                 if (strcmp(t->name, "ssd") != 0)
                         continue;
                 printf("\nssd        %" PRIu64 " reads (%s), %" PRIu64 " writes (%s), %" PRIu64 " demotions, %" PRIu64
-                       " promotions\n", t->reads, format_bytes(b1, sizeof(b1), t->read_bytes), t->writes,
-                       format_bytes(b2, sizeof(b2), t->write_bytes), t->demotions, t->promotions);
+                       " promotions\n", t->reads, ctl_format_bytes(b1, sizeof(b1), t->read_bytes), t->writes,
+                       ctl_format_bytes(b2, sizeof(b2), t->write_bytes), t->demotions, t->promotions);
                 printf("           %" PRIu64 " crc failures, %" PRIu64 " read / %" PRIu64 " write errors, %" PRIu64
                        " blocks dropped; condition: %s\n", t->crc_failures, t->read_errors, t->write_errors,
                        t->dropped, t->condition);
@@ -334,12 +355,12 @@ static void print_stats(const struct kvc_stats *s)
                 const struct kvc_tenant_stats *t = &s->tenants[i];
                 char q1[32], q2[32], q3[32], h[80], d[80], p[80], n[32];
 
-                snprintf(h, sizeof(h), "%s/%s", format_bytes(b1, sizeof(b1), t->host_bytes),
-                         t->quota_host_bytes ? format_bytes(q1, sizeof(q1), t->quota_host_bytes) : "-");
-                snprintf(d, sizeof(d), "%s/%s", format_bytes(b2, sizeof(b2), t->ssd_bytes),
-                         t->quota_ssd_bytes ? format_bytes(q2, sizeof(q2), t->quota_ssd_bytes) : "-");
-                snprintf(p, sizeof(p), "%s/%s", format_bytes(b3, sizeof(b3), t->pool_bytes),
-                         t->quota_pool_bytes ? format_bytes(q3, sizeof(q3), t->quota_pool_bytes) : "-");
+                snprintf(h, sizeof(h), "%s/%s", ctl_format_bytes(b1, sizeof(b1), t->host_bytes),
+                         t->quota_host_bytes ? ctl_format_bytes(q1, sizeof(q1), t->quota_host_bytes) : "-");
+                snprintf(d, sizeof(d), "%s/%s", ctl_format_bytes(b2, sizeof(b2), t->ssd_bytes),
+                         t->quota_ssd_bytes ? ctl_format_bytes(q2, sizeof(q2), t->quota_ssd_bytes) : "-");
+                snprintf(p, sizeof(p), "%s/%s", ctl_format_bytes(b3, sizeof(b3), t->pool_bytes),
+                         t->quota_pool_bytes ? ctl_format_bytes(q3, sizeof(q3), t->quota_pool_bytes) : "-");
                 if (t->quota_namespaces)
                         snprintf(n, sizeof(n), "%" PRIu32 "/%" PRIu32, t->namespaces, t->quota_namespaces);
                 else
@@ -358,16 +379,30 @@ static void print_stats(const struct kvc_stats *s)
                 printf("%-24s %5" PRIu32 " %6" PRIu32 " %6s %6" PRIu32 " %8" PRIu32 " %8" PRIu32 " %5s %12" PRIu32
                        " %11s %10" PRIu64 "%s\n",
                        n->name, n->id, n->owner, rights_name(n->rights), n->geometry.layers, n->geometry.kv_heads,
-                       n->geometry.head_dim, dtype_name(n->geometry.dtype),
-                       n->geometry.block_tokens, format_bytes(b1, sizeof(b1), n->block_bytes),
+                       n->geometry.head_dim, ctl_dtype_name(n->geometry.dtype),
+                       n->geometry.block_tokens, ctl_format_bytes(b1, sizeof(b1), n->block_bytes),
                        n->blocks, n->dropped ? " (dropping)" : "");
         }
 }
 
-/* JSON integers are signed 64-bit: saturate rather than wrap. */
-static json_int_t ji(uint64_t v)
+json_int_t ctl_ji(uint64_t v)
 {
         return v > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)v;
+}
+
+/* The stats --json code calls it ji. */
+#define ji ctl_ji
+
+int ctl_print_json(json_t *j)
+{
+        int ret = EXIT_SUCCESS;
+
+        if (!j || json_dumpf(j, stdout, JSON_INDENT(2)) < 0 || putchar('\n') == EOF || fflush(stdout) == EOF) {
+                fprintf(stderr, "kvdrivectl: cannot write the JSON output\n");
+                ret = EXIT_FAILURE;
+        }
+        json_decref(j);
+        return ret;
 }
 
 /* device_backends is comma-separated on the wire; an array in JSON. */
@@ -449,6 +484,14 @@ static json_t *remote_json(const struct kvc_remote_stats *r)
                          "nodes", nodes);
 }
 
+static bool has_tier(const struct kvc_stats *s, const char *name)
+{
+        for (uint32_t i = 0; i < s->n_tiers; i++)
+                if (strcmp(s->tiers[i].name, name) == 0)
+                        return true;
+        return false;
+}
+
 static json_t *stats_json(const struct kvc_stats *s)
 {
         json_t *tiers = json_object(), *nss = json_array(), *tns = json_array(), *hist = json_array();
@@ -489,6 +532,13 @@ static json_t *stats_json(const struct kvc_stats *s)
                         json_decref(o);
                         goto err_free;
                 }
+                /* Without an SSD tier every host eviction drops a block
+                 * (docs/stats-json.md); with one, ssd.dropped counts them. */
+                if (o && strcmp(t->name, "host") == 0 && !has_tier(s, "ssd") &&
+                    json_object_set_new(o, "dropped", json_integer(ji(t->dropped))) < 0) {
+                        json_decref(o);
+                        goto err_free;
+                }
                 if (json_object_set_new(tiers, t->name, o) < 0)
                         goto err_free;
         }
@@ -503,7 +553,7 @@ static json_t *stats_json(const struct kvc_stats *s)
                                            "layers", (json_int_t)n->geometry.layers,
                                            "kv_heads", (json_int_t)n->geometry.kv_heads,
                                            "head_dim", (json_int_t)n->geometry.head_dim,
-                                           "dtype", dtype_name(n->geometry.dtype),
+                                           "dtype", ctl_dtype_name(n->geometry.dtype),
                                            "block_tokens", (json_int_t)n->geometry.block_tokens,
                                            "block_bytes", ji(n->block_bytes),
                                            "blocks", ji(n->blocks),
@@ -685,26 +735,36 @@ static int cmd_drop_namespace(struct ctl *ctl)
         int err, ret = EXIT_FAILURE;
 
         if (ctl->n_args != 1) {
-                fprintf(stderr, "kvdrivectl: drop-namespace takes one NAME or ID\n");
+                fprintf(stderr, "kvdrivectl: drop takes one NAME or ID\n");
                 return EXIT_USAGE;
         }
-        if (connect_daemon(ctl, &c) < 0)
+        if (ctl_connect(ctl, &c) < 0)
                 return EXIT_FAILURE;
         err = kvc_stats_get(c, &s);
         if (err < 0) {
                 fprintf(stderr, "kvdrivectl: stats request failed: %s\n", kvc_strerror(err));
                 goto out;
         }
-        if (find_namespace(ctl, s, ctl->args[0], &ns) < 0)
-                goto out;
-        err = kvc_drop_namespace(c, ns, &deleted);
-        if (err < 0) {
-                fprintf(stderr, "kvdrivectl: cannot drop namespace %" PRIu32 ": %s%s%s\n", ns, kvc_strerror(err),
-                        *kvc_last_error(c) ? ": " : "", kvc_last_error(c));
+        if (find_namespace(ctl, s, ctl->args[0], &ns) < 0) {
+                ret = ctl->json ? ctl_fail(ctl, "drop", -ENOENT, "no such namespace") : EXIT_FAILURE;
                 goto out;
         }
-        printf("dropped namespace %" PRIu32 " '%s': %" PRIu64 " blocks deleted\n", ns, ctl->args[0], deleted);
-        ret = EXIT_SUCCESS;
+        err = kvc_drop_namespace(c, ns, &deleted);
+        if (err < 0) {
+                char what[64];
+
+                snprintf(what, sizeof(what), "cannot drop namespace %" PRIu32, ns);
+                ret = ctl_fail(ctl, what, err, kvc_last_error(c));
+                goto out;
+        }
+        if (ctl->json)
+                ret = ctl_print_json(json_pack("{s:I, s:s, s:I}", "id", (json_int_t)ns, "namespace", ctl->args[0],
+                                               "deleted", ctl_ji(deleted)));
+        else {
+                printf("dropped namespace %" PRIu32 " '%s': %" PRIu64 " blocks deleted\n", ns, ctl->args[0],
+                       deleted);
+                ret = EXIT_SUCCESS;
+        }
 out:
         kvc_stats_free(s);
         kvc_disconnect(c);
@@ -717,6 +777,9 @@ int main(int argc, char **argv)
                 { "socket", required_argument, NULL, 's' },
                 { "json", no_argument, NULL, 'j' },
                 { "owner", required_argument, NULL, 'o' },
+                { "namespace", required_argument, NULL, 'n' },
+                { "tier", required_argument, NULL, 't' },
+                { "count", required_argument, NULL, 'c' },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, 'V' },
                 {},
@@ -726,7 +789,9 @@ int main(int argc, char **argv)
         int c;
 
         /* Options may come before or after the command. */
-        while ((c = getopt_long(argc, argv, "s:jo:hV", opts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "s:jo:n:t:c:hV", opts, NULL)) != -1) {
+                char *end;
+
                 switch (c) {
                 case 's':
                         ctl.socket = optarg;
@@ -736,6 +801,20 @@ int main(int argc, char **argv)
                         break;
                 case 'o':
                         ctl.owner = optarg;
+                        break;
+                case 'n':
+                        ctl.ns = optarg;
+                        break;
+                case 't':
+                        ctl.tier = optarg;
+                        break;
+                case 'c':
+                        errno = 0;
+                        ctl.count = strtol(optarg, &end, 10);
+                        if (errno || !*optarg || *end || ctl.count < 1) {
+                                fprintf(stderr, "kvdrivectl: --count %s: a number of samples, 1 or more\n", optarg);
+                                return EXIT_USAGE;
+                        }
                         break;
                 case 'h':
                         usage(stdout);
@@ -761,12 +840,16 @@ int main(int argc, char **argv)
                 usage(stderr);
                 return EXIT_USAGE;
         }
-        if (ctl.json && cmd->run != cmd_stats) {
-                fprintf(stderr, "kvdrivectl: --json applies to 'stats' only\n");
+        if (ctl.owner && cmd->run != cmd_drop_namespace && cmd->run != cmd_evict) {
+                fprintf(stderr, "kvdrivectl: --owner applies to 'drop' and 'evict' only\n");
                 return EXIT_USAGE;
         }
-        if (ctl.owner && cmd->run != cmd_drop_namespace) {
-                fprintf(stderr, "kvdrivectl: --owner applies to 'drop-namespace' only\n");
+        if ((ctl.ns || ctl.tier) && cmd->run != cmd_evict) {
+                fprintf(stderr, "kvdrivectl: --namespace and --tier apply to 'evict' only\n");
+                return EXIT_USAGE;
+        }
+        if (ctl.count && cmd->run != cmd_top) {
+                fprintf(stderr, "kvdrivectl: --count applies to 'top' only\n");
                 return EXIT_USAGE;
         }
         ctl.args = argv + optind + 1;
