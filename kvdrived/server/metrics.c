@@ -423,6 +423,16 @@ int kvd_metrics_render(struct kvd_server *s, FILE *f)
                 (double)kvd_xfer_busy_ns(s->xfer, KVD_XFER_IN) / 1e9);
         fprintf(f, "kvdrive_transfer_busy_seconds_total{direction=\"out\"} %.9g\n",
                 (double)kvd_xfer_busy_ns(s->xfer, KVD_XFER_OUT) / 1e9);
+        family(f, "kvdrive_transfer_copy_duration_seconds", "histogram",
+               "How long one block copy between a client pool and the daemon took, per direction.");
+        for (int d = KVD_XFER_IN; d <= KVD_XFER_OUT; d++) {
+                uint64_t hist[KVD_XFER_LAT_BUCKETS];
+
+                kvd_xfer_latency(s->xfer, (enum kvd_xfer_dir)d, hist);
+                histogram_us(f, "kvdrive_transfer_copy_duration_seconds",
+                             d == KVD_XFER_IN ? "direction=\"in\"," : "direction=\"out\",", hist,
+                             KVD_XFER_LAT_BUCKETS, (double)kvd_xfer_busy_ns(s->xfer, (enum kvd_xfer_dir)d) / 1e9);
+        }
         scalar(f, "kvdrive_transfer_workers", "gauge", "Transfer worker threads.", s->cfg->workers);
         scalar(f, "kvdrive_put_blocks_total", "counter", "Blocks stored by Put (not those already cached).", cs.puts);
         scalar(f, "kvdrive_get_blocks_total", "counter", "Blocks loaded by Get.", cs.gets);

@@ -31,6 +31,7 @@ struct kvd_xfer {
         pthread_t *workers;
         atomic_uint_fast64_t bytes[2];
         atomic_uint_fast64_t busy_ns[2];        /* summed over workers, successful copies */
+        atomic_uint_fast64_t lat_hist[2][KVD_XFER_LAT_BUCKETS]; /* copies by duration, per direction */
 };
 
 static void queue_push(struct queue *q, struct kvd_xfer_batch *b)
@@ -106,8 +107,13 @@ static void copy_one(struct kvd_xfer *x, struct kvd_xfer_batch *b, struct kvd_co
         c->result = b->dir == KVD_XFER_IN ? ops->copy_in(b->pool, c->slot, c->host, c->len)
                                           : ops->copy_out(b->pool, c->slot, c->host, c->len);
         if (c->result == 0) {
+                uint64_t us = (kvd_now_ns() - t0) / 1000u;
+                unsigned bucket = us ? 64u - (unsigned)__builtin_clzll(us) : 0;
+
                 atomic_fetch_add(&x->bytes[b->dir], c->len);
                 atomic_fetch_add(&x->busy_ns[b->dir], kvd_now_ns() - t0);
+                atomic_fetch_add_explicit(&x->lat_hist[b->dir][MIN(bucket, KVD_XFER_LAT_BUCKETS - 1u)], 1,
+                                          memory_order_relaxed);
                 /* The release orders the copy before the count the
                  * client acquires: its bytes are there once seen. */
                 if (c->done_ctr) {
@@ -269,4 +275,10 @@ uint64_t kvd_xfer_bytes(const struct kvd_xfer *x, enum kvd_xfer_dir dir)
 uint64_t kvd_xfer_busy_ns(const struct kvd_xfer *x, enum kvd_xfer_dir dir)
 {
         return atomic_load(&((struct kvd_xfer *)x)->busy_ns[dir]);
+}
+
+void kvd_xfer_latency(const struct kvd_xfer *x, enum kvd_xfer_dir dir, uint64_t ret[KVD_XFER_LAT_BUCKETS])
+{
+        for (unsigned b = 0; b < KVD_XFER_LAT_BUCKETS; b++)
+                ret[b] = atomic_load_explicit(&((struct kvd_xfer *)x)->lat_hist[dir][b], memory_order_relaxed);
 }

@@ -75,3 +75,8 @@ unsigned kvd_xfer_reap(struct kvd_xfer *x);
  * copying them (summed over workers: bytes / busy is one worker's rate). */
 uint64_t kvd_xfer_bytes(const struct kvd_xfer *x, enum kvd_xfer_dir dir);
 uint64_t kvd_xfer_busy_ns(const struct kvd_xfer *x, enum kvd_xfer_dir dir);
+/* Successful copies of dir by how long each took: ret[b] counts those of
+ * [2^(b-1), 2^b) us (b = 0: under 1 us; the last bucket: longer). Their
+ * sum of durations is kvd_xfer_busy_ns(). */
+#define KVD_XFER_LAT_BUCKETS 32
+void kvd_xfer_latency(const struct kvd_xfer *x, enum kvd_xfer_dir dir, uint64_t ret[KVD_XFER_LAT_BUCKETS]);

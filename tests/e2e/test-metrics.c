@@ -213,6 +213,9 @@ START_TEST(test_scrape)
         ck_assert_double_eq(sample(page, "kvdrive_transfer_bytes_total{direction=\"in\"}"),
                             (double)NBLK * E2E_BLOCK_BYTES);
         ck_assert_double_eq(sample(page, "kvdrive_put_blocks_total"), (double)NBLK);
+        /* One copy per block put, each in the copy-duration histogram. */
+        ck_assert_double_eq(sample(page, "kvdrive_transfer_copy_duration_seconds_count{direction=\"in\"}"),
+                            (double)NBLK);
         ck_assert_double_eq(sample(page, "kvdrive_get_blocks_total"), (double)st->gets);
         ck_assert_double_eq(sample(page, "kvdrive_clients_connected"), 1);
         ck_assert_double_eq(sample(page, "kvdrive_clients_accepted_total"), (double)st->clients_total);
@@ -281,10 +284,18 @@ START_TEST(test_scrape_remote)
         p = strstr(log, "metrics on http://127.0.0.1:");
         ck_assert_msg(p && sscanf(p, "metrics on http://127.0.0.1:%u/metrics", &port) == 1, "log: %s", log);
         free(log);
-        ck_assert_int_eq(http_get((uint16_t)port, "/metrics", &resp), 200);
-        page = body_of(resp);
-        for (p = strstr(page, "\nkvdrive_remote_node_up{"); p; p = strstr(p + 1, "\nkvdrive_remote_node_up{"))
-                nodes++;
+        /* The nodes appear once the slot map came: scrape until then. */
+        for (int64_t end = e2e_now_ms() + E2E_WAIT_MS;;) {
+                ck_assert_int_eq(http_get((uint16_t)port, "/metrics", &resp), 200);
+                page = body_of(resp);
+                nodes = 0;
+                for (p = strstr(page, "\nkvdrive_remote_node_up{"); p; p = strstr(p + 1, "\nkvdrive_remote_node_up{"))
+                        nodes++;
+                if (nodes == 3 || e2e_now_ms() > end)
+                        break;
+                free(resp);
+                usleep(20 * 1000);
+        }
         ck_assert_int_eq(nodes, 3);
         ck_assert_msg(strstr(page, "kvdrive_remote_node_request_duration_seconds_bucket{node=\"127.0.0.1:"),
                       "no latency histogram");
