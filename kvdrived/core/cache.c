@@ -923,6 +923,8 @@ void kvd_cache_stats(const struct kvd_cache *c, struct kvd_cache_stats *ret)
                 ret->ssd_writes = ss.writes;
                 ret->ssd_read_bytes = ss.read_bytes;
                 ret->ssd_busy_ns = ss.busy_ns;
+                ret->ssd_read_lat = ss.read_lat;
+                ret->ssd_write_lat = ss.write_lat;
                 ret->ssd_write_bytes = ss.write_bytes;
                 ret->ssd_read_errors = ss.read_errors;
                 ret->ssd_write_errors = ss.write_errors;

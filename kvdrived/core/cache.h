@@ -89,6 +89,7 @@ struct kvd_cache_stats {
         uint64_t demotions, promotions, dropped;        /* host->SSD writes, SSD->host loads, blocks lost */
         uint64_t ssd_reads, ssd_writes, ssd_read_bytes, ssd_write_bytes;
         uint64_t ssd_busy_ns;           /* time with SSD I/O in flight */
+        struct kvd_tier_latency ssd_read_lat, ssd_write_lat;
         uint64_t ssd_read_errors, ssd_write_errors, crc_failures;
         bool ssd_full;
         bool ssd_damaged;       /* see tiers/ssd.h */

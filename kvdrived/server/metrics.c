@@ -408,9 +408,16 @@ int kvd_metrics_render(struct kvd_server *s, FILE *f)
                  (double)(kvd_now_ms() - s->started_ms) / 1e3);
         render_tiers(f, rows, n_rows);
         scalar(f, "kvdrive_blocks_dropped_total", "counter", "Blocks lost from every tier by eviction.", cs.dropped);
-        if (cs.have_ssd)
+        if (cs.have_ssd) {
                 scalar_f(f, "kvdrive_ssd_busy_seconds_total", "counter", "Time with SSD I/O in flight.",
                          (double)cs.ssd_busy_ns / 1e9);
+                family(f, "kvdrive_ssd_io_duration_seconds", "histogram",
+                       "How long one block's SSD read or write took, submission to completion.");
+                histogram_us(f, "kvdrive_ssd_io_duration_seconds", "op=\"read\",", cs.ssd_read_lat.hist,
+                             KVD_TIER_LAT_BUCKETS, (double)cs.ssd_read_lat.sum_ns / 1e9);
+                histogram_us(f, "kvdrive_ssd_io_duration_seconds", "op=\"write\",", cs.ssd_write_lat.hist,
+                             KVD_TIER_LAT_BUCKETS, (double)cs.ssd_write_lat.sum_ns / 1e9);
+        }
         family(f, "kvdrive_transfer_bytes_total", "counter",
                "Bytes copied between client pools and the daemon: in (Put), out (Get).");
         fprintf(f, "kvdrive_transfer_bytes_total{direction=\"in\"} %" PRIu64 "\n",

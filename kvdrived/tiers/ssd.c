@@ -43,6 +43,7 @@ struct op {
         unsigned want;          /* bytes the I/O moves */
         int arena;              /* invalidation's header buffer, else -1 */
         int result;
+        uint64_t t0_ns;         /* submitted */
         bool short_io;          /* moved fewer bytes than asked */
         kvd_tier_cb cb;
         void *ctx;
@@ -424,6 +425,16 @@ static void prep(struct kvd_ssd *s, struct io_uring_sqe *sqe, bool write, int fd
                 io_uring_prep_read(sqe, fd, buf, len, off);
 }
 
+/* A completed I/O's time from submission in its histogram. */
+static void count_latency(struct kvd_tier_latency *l, uint64_t t0_ns)
+{
+        uint64_t ns = kvd_now_ns() - t0_ns, us = ns / 1000u;
+        unsigned b = us ? 64u - (unsigned)__builtin_clzll(us) : 0;
+
+        l->hist[b < KVD_TIER_LAT_BUCKETS ? b : KVD_TIER_LAT_BUCKETS - 1]++;
+        l->sum_ns += ns;
+}
+
 /* One SQE per operation: a block's host page carries its slot header in
  * its first 4 KiB, so header and payload move in one I/O, straight between
  * the page and the slot. Invalidation writes a zeroed header from the arena. */
@@ -437,6 +448,7 @@ static void submit_op(struct kvd_ssd *s, struct op *o)
 
         locate(s, o->loc, &fd, &off);
         o->result = 0;
+        o->t0_ns = kvd_now_ns();
         if (o->kind == OP_SYNC) {
                 o->want = 0;
                 sqe = io_uring_get_sqe(&s->ring);
@@ -649,6 +661,7 @@ static void finish_op(struct kvd_ssd *s, struct op *o)
                 else if (r == 0) {
                         s->st.reads++;
                         s->st.read_bytes += o->len;
+                        count_latency(&s->st.read_lat, o->t0_ns);
                 }
                 break;
         case OP_WRITE:
@@ -657,6 +670,7 @@ static void finish_op(struct kvd_ssd *s, struct op *o)
                 else {
                         s->st.writes++;
                         s->st.write_bytes += o->len;
+                        count_latency(&s->st.write_lat, o->t0_ns);
                 }
                 break;
         case OP_INVALIDATE:

@@ -43,6 +43,15 @@ struct kvd_tier_usage {
         uint64_t blocks;
 };
 
+#define KVD_TIER_LAT_BUCKETS 32
+
+/* I/Os by how long they took, submission to completion: hist[b] counts
+ * [2^(b-1), 2^b) us (b = 0: under 1 us; the last: longer). */
+struct kvd_tier_latency {
+        uint64_t hist[KVD_TIER_LAT_BUCKETS];
+        uint64_t sum_ns;
+};
+
 /* What a storage tier reports (Stats, the scheduler's link rates). */
 struct kvd_tier_stats {
         uint64_t capacity_bytes, used_bytes, blocks;
@@ -53,14 +62,13 @@ struct kvd_tier_stats {
         bool full;              /* it refused more space (ENOSPC) */
         bool damaged;           /* it cannot be trusted to keep what it is given */
         char condition[96];     /* "ok" or what is wrong */
+        struct kvd_tier_latency read_lat, write_lat;    /* storage tiers: successful reads, writes */
         /* shared tiers */
         uint64_t hits, misses;          /* gets that found the block (verified) / nothing usable */
         uint64_t write_skips;           /* puts refused: busy, too large, down */
         uint64_t probes, probe_hits;    /* blocks asked by exists() / found */
         uint64_t map_refreshes;         /* its routing was fetched again */
 };
-
-#define KVD_TIER_LAT_BUCKETS 32
 
 /* One node of a tier made of several (a cluster). */
 struct kvd_tier_node_stats {

@@ -208,6 +208,9 @@ START_TEST(test_scrape)
         ck_assert_double_eq(sample(page, "kvdrive_tier_capacity_bytes{tier=\"ssd\"}"),
                             (double)st->tiers[1].capacity_bytes);
         ck_assert_double_eq(sample(page, "kvdrive_tier_writes_total{tier=\"ssd\"}"), (double)st->tiers[1].writes);
+        /* Each SSD write in the I/O-duration histogram. */
+        ck_assert_double_eq(sample(page, "kvdrive_ssd_io_duration_seconds_count{op=\"write\"}"),
+                            (double)st->tiers[1].writes);
         ck_assert_double_eq(sample(page, "kvdrive_transfer_bytes_total{direction=\"in\"}"), (double)st->bytes_in);
         ck_assert_double_eq(sample(page, "kvdrive_transfer_bytes_total{direction=\"out\"}"), (double)st->bytes_out);
         ck_assert_double_eq(sample(page, "kvdrive_transfer_bytes_total{direction=\"in\"}"),
