@@ -561,7 +561,8 @@ static void on_timer(struct kvd_loop_watch *w, uint32_t events)
         rearm(m);
 }
 
-static void mhd_log(void *cls, const char *fmt, va_list ap)
+/* libmicrohttpd's messages: fmt is its own printf format. */
+__attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
         char msg[256];
         size_t n;
