@@ -6,7 +6,9 @@
  * --json, with the exit codes kvdrivectl --help documents, and refuses a
  * uid that is neither owner nor admin.
  */
+#include <fcntl.h>
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -596,7 +598,56 @@ END_TEST
 
 struct denied_arg {
         const char *sock;
+        const char *ctl;        /* a copy of kvdrivectl the stranger may run */
 };
+
+/* Copies src to dst with the given mode. */
+static void copy_file(const char *src, const char *dst, mode_t mode)
+{
+        char buf[65536];
+        int in = open(src, O_RDONLY | O_CLOEXEC), out;
+        ssize_t n;
+
+        ck_assert_msg(in >= 0, "open %s: %m", src);
+        out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+        ck_assert_msg(out >= 0, "create %s: %m", dst);
+        while ((n = read(in, buf, sizeof(buf))) > 0)
+                ck_assert_int_eq(write(out, buf, (size_t)n), n);
+        ck_assert_int_eq(n, 0);
+        ck_assert_int_eq(fchmod(out, mode), 0);
+        close(in);
+        close(out);
+}
+
+/* The build tree may sit below a directory only root can enter (a checkout
+ * under `mktemp -d`): the stranger runs a copy of kvdrivectl and its
+ * library laid out as in the build (its runpath is $ORIGIN/../libkvclient)
+ * in dir, which it can reach. Returns the copy's path (free it). */
+static char *stranger_ctl(const char *dir)
+{
+        const char *ctl = ctl_path();
+        const char *slash = strrchr(ctl, '/');
+        char *root, *tools, *lib, *dst, *lib_src, *lib_dst;
+
+        ck_assert_ptr_nonnull(slash);
+        ck_assert_int_ge(asprintf(&root, "%s/ctl", dir), 0);
+        ck_assert_int_ge(asprintf(&tools, "%s/tools", root), 0);
+        ck_assert_int_ge(asprintf(&lib, "%s/libkvclient", root), 0);
+        ck_assert_int_ge(asprintf(&dst, "%s/kvdrivectl", tools), 0);
+        ck_assert_int_ge(asprintf(&lib_src, "%.*s/../libkvclient/libkvclient.so.0", (int)(slash - ctl), ctl), 0);
+        ck_assert_int_ge(asprintf(&lib_dst, "%s/libkvclient.so.0", lib), 0);
+        ck_assert_int_eq(mkdir(root, 0755), 0);
+        ck_assert_int_eq(mkdir(tools, 0755), 0);
+        ck_assert_int_eq(mkdir(lib, 0755), 0);
+        copy_file(ctl, dst, 0755);
+        copy_file(lib_src, lib_dst, 0644);
+        free(root);
+        free(tools);
+        free(lib);
+        free(lib_src);
+        free(lib_dst);
+        return dst;
+}
 
 /* In the child (as STRANGER): the admin commands are refused, exit 1 with
  * error.code "denied"; it sees only its own clients. */
@@ -611,7 +662,7 @@ static int stranger(void *arg)
         };
 
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
-                const char *argv[9] = { ctl_path(), "--socket", a->sock };
+                const char *argv[9] = { a->ctl, "--socket", a->sock };
                 json_error_t jerr;
                 char *out = NULL;
                 json_t *j, *e;
@@ -634,7 +685,7 @@ static int stranger(void *arg)
                 free(out);
         }
         {
-                const char *argv[] = { ctl_path(), "--socket", a->sock, "clients", "--json", NULL };
+                const char *argv[] = { a->ctl, "--socket", a->sock, "clients", "--json", NULL };
                 char *out = NULL;
                 json_t *j, *cl;
                 int st;
@@ -668,11 +719,13 @@ START_TEST(test_denied)
         /* Root's client and namespace: the stranger must not see the client. */
         ck_assert_int_eq(e2e_open(d.socket_path, "ctl-root", NS_NAME, &c, &ns), 0);
         a.sock = d.socket_path;
+        a.ctl = stranger_ctl(d.dir);
         pid = e2e_fork_as(STRANGER, STRANGER, NULL, 0, stranger, &a);
         ck_assert_int_gt(pid, 0);
         E2E_ASSERT_CHILD_OK(pid, "kvdrivectl as a stranger");
         /* Still running: its shutdown was refused. */
         ck_assert_msg(kvd_test_daemon_alive(&d), "the daemon stopped on a stranger's shutdown");
+        free((char *)a.ctl);
         kvc_disconnect(c);
         E2E_STOP(&d);
 }
