@@ -19,111 +19,8 @@
 #include "clock.h"
 #include "log.h"
 #include "macro.h"
+#include "rcluster-internal.h"
 
-#define MS 1000000ull
-#define DEFAULT_CONNECT_TIMEOUT_MS 200
-#define DEFAULT_TIMEOUT_MS 500
-#define DEFAULT_MAX_REDIRECTS 5
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 2000
-/* Full map refreshes, at most one per interval while errors go on. */
-#define REFRESH_INTERVAL_MS 1000
-/* No node to ask for the map: look again after this. */
-#define REFRESH_RECHECK_MS 100
-#define MAX_NODES 256
-#define MAX_SEEDS 64
-#define HOST_MAX 56             /* so that "host:port" fits kvd_rc_node_stats.addr */
-#define RBUF_SIZE (256u << 10)
-/* Bytes read from one node per kvd_rc_run(), so that one busy node does not
- * starve the others; what is left keeps the (level-triggered) epoll fd readable. */
-#define READ_BUDGET (4u << 20)
-/* The reader's buffer is kept between replies up to this size, so that large
- * values do not regrow it from nothing each time. */
-#define READER_KEEP (16u << 20)
-/* What the reader is fed at a time: after each reply it has read past 1 KiB
- * of, hiredis moves what follows to its buffer's start, so a whole receive of
- * small replies at once would be moved hundreds of times. */
-#define FEED_SLICE (16u << 10)
-#define WRITE_IOVS 64
-#define EVENTS_BATCH 64
-#define TEXT_MAX 128            /* status and error replies, cut */
-#define ARRAY_MAX 65536         /* elements of one array reply (CLUSTER SLOTS: one per range) */
-#define NO_NODE UINT16_MAX
-
-enum kind { RQ_USER, RQ_PING, RQ_SLOTS };
-
-enum {
-        F_ASK = 1,              /* send ASKING before it, once */
-        F_ASKING_PENDING = 2,   /* ASKING's reply comes before its own */
-};
-
-enum conn { CONN_CLOSED, CONN_CONNECTING, CONN_OPEN };
-
-/* A reply as the reader builds it. The top of a reply that is not an array is
- * its node's `top` (nothing allocated per reply); arrays and what they hold
- * are allocated (only CLUSTER SLOTS answers with arrays). */
-struct obj {
-        int type;               /* REDIS_REPLY_* */
-        bool heap;
-        long long integer;
-        size_t len;             /* strings: the whole length (top: str holds at most TEXT_MAX - 1) */
-        char *str;
-        size_t n;
-        struct obj **elem;
-};
-
-struct fifo {
-        struct kvd_rc_req *head, *tail;
-};
-
-struct node {
-        struct kvd_rc *rc;
-        unsigned idx;
-        char host[HOST_MAX + 1];
-        uint16_t port;
-        int fd;
-        enum conn conn;
-        uint32_t events;                /* registered with epoll; 0: none */
-        bool down;
-        uint32_t backoff_ms;
-        uint64_t retry_ns;              /* down: the next connection attempt */
-        uint64_t connect_deadline_ns;
-        redisReader *reader;
-        /* Sent requests (in flight, answered in order), then unsent ones. */
-        struct fifo q;
-        struct kvd_rc_req *last_sent;   /* the newest sent one still in q; NULL: none */
-        struct kvd_rc_req *unsent;      /* the first not wholly written; NULL: none */
-        uint64_t out_off;               /* bytes of *unsent written */
-        struct obj top;
-        char text[TEXT_MAX];
-        struct kvd_rc_req ping;         /* probe of a node that is down */
-        uint32_t slots;
-        struct kvd_rc_node_stats st;    /* addr, up and slots filled when asked */
-};
-
-struct kvd_rc {
-        uint64_t connect_timeout_ns, timeout_ns;
-        uint32_t connect_timeout_ms, timeout_ms, max_redirects;
-        int epfd;
-        redisReplyObjectFunctions fns;  /* the readers keep a pointer to it */
-        struct node *nodes[MAX_NODES];
-        unsigned n_nodes;
-        bool have_map;
-        uint16_t owner[KVD_RC_SLOTS];
-        uint16_t scratch[KVD_RC_SLOTS]; /* the map being parsed */
-        struct fifo incoming;           /* submitted, not routed yet */
-        struct fifo wait_map;           /* routed before the first map */
-        struct fifo done;               /* ended, callbacks to run */
-        bool freeing;
-        bool refresh_due, refresh_inflight, refresh_failing;
-        uint64_t refresh_at_ns, refresh_start_ns;
-        unsigned refresh_next;          /* round robin over the nodes */
-        uint64_t refreshes;
-        struct kvd_rc_req slots_req;
-        char *rbuf;
-};
-
-static void node_fail(struct node *n, int res, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* ---- key slots -------------------------------------------------------- */
 
@@ -201,7 +98,7 @@ static void fifo_push(struct fifo *f, struct kvd_rc_req *r)
         f->tail = r;
 }
 
-static struct kvd_rc_req *fifo_pop(struct fifo *f)
+struct kvd_rc_req *rc_fifo_pop(struct fifo *f)
 {
         struct kvd_rc_req *r = f->head;
 
@@ -215,7 +112,7 @@ static struct kvd_rc_req *fifo_pop(struct fifo *f)
 }
 
 /* Ends r: its callback runs at the end of this kvd_rc_run(). */
-static void complete(struct kvd_rc *rc, struct kvd_rc_req *r, int result)
+void rc_complete(struct kvd_rc *rc, struct kvd_rc_req *r, int result)
 {
         r->result = result;
         fifo_push(&rc->done, r);
@@ -226,12 +123,12 @@ static void run_done(struct kvd_rc *rc)
         struct kvd_rc_req *r;
 
         /* Callbacks may submit: those go to incoming, not to this list. */
-        while ((r = fifo_pop(&rc->done)))
+        while ((r = rc_fifo_pop(&rc->done)))
                 if (r->done)
                         r->done(r);
 }
 
-static uint64_t value_bytes(const struct kvd_rc_req *r)
+uint64_t rc_value_bytes(const struct kvd_rc_req *r)
 {
         uint64_t sum = 0;
 
@@ -240,8 +137,7 @@ static uint64_t value_bytes(const struct kvd_rc_req *r)
         return sum;
 }
 
-static void why_set(char *why, size_t why_size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void why_set(char *why, size_t why_size, const char *fmt, ...)
+void rc_why_set(char *why, size_t why_size, const char *fmt, ...)
 {
         va_list ap;
 
@@ -264,7 +160,7 @@ static bool host_ok(const char *h)
 
 /* "host:port" (split at the last ':'; "[v6]:port" too) into host (maybe
  * empty: the cluster's way of saying "the address you used") and port. */
-static int split_addr(const char *s, size_t len, char host[HOST_MAX + 1], uint16_t *ret_port)
+int rc_split_addr(const char *s, size_t len, char host[HOST_MAX + 1], uint16_t *ret_port)
 {
         const char *colon = len ? memrchr(s, ':', len) : NULL;
         size_t hl, pl;
@@ -317,7 +213,7 @@ static struct node *node_find(const struct kvd_rc *rc, const char *host, uint16_
         return NULL;
 }
 
-static int node_get(struct kvd_rc *rc, const char *host, uint16_t port, struct node **ret_node)
+int rc_node_get(struct kvd_rc *rc, const char *host, uint16_t port, struct node **ret_node)
 {
         struct node *n = node_find(rc, host, port);
 
@@ -339,7 +235,7 @@ static int node_get(struct kvd_rc *rc, const char *host, uint16_t port, struct n
         return 0;
 }
 
-static void map_set(struct kvd_rc *rc, unsigned slot, struct node *n)
+void rc_map_set(struct kvd_rc *rc, unsigned slot, struct node *n)
 {
         uint16_t old = rc->owner[slot];
 
@@ -349,7 +245,7 @@ static void map_set(struct kvd_rc *rc, unsigned slot, struct node *n)
         n->slots++;
 }
 
-static void schedule_refresh(struct kvd_rc *rc, uint64_t now, bool soon)
+void rc_schedule_refresh(struct kvd_rc *rc, uint64_t now, bool soon)
 {
         uint64_t at = soon ? now : MAX(now, rc->refresh_start_ns + REFRESH_INTERVAL_MS * MS);
 
@@ -391,7 +287,7 @@ static void build_wire(struct kvd_rc_req *r)
                 memcpy(h + len, "\r\n", 2);
                 len += 2;
                 if (r->op == KVD_RC_SET) {
-                        vlen = value_bytes(r);
+                        vlen = rc_value_bytes(r);
                         len += (size_t)snprintf(h + len, cap - len, "$%llu\r\n", (unsigned long long)vlen);
                         if (r->ttl_ms)
                                 r->tail_len = (uint8_t)snprintf(r->tail, sizeof(r->tail), "\r\n$2\r\nPX\r\n$%d\r\n%llu\r\n",
@@ -440,7 +336,7 @@ static void advance(struct node *n, uint64_t w, uint64_t now)
                 if (r->kind == RQ_USER) {
                         n->st.requests++;
                         if (r->op == KVD_RC_SET)
-                                n->st.write_bytes += value_bytes(r);
+                                n->st.write_bytes += rc_value_bytes(r);
                 }
         }
 }
@@ -478,7 +374,7 @@ static void node_flush(struct node *n)
                                 continue;
                         if (errno == EAGAIN || errno == EWOULDBLOCK)
                                 break;
-                        node_fail(n, -ECONNRESET, "cannot send: %s", strerror(errno));
+                        rc_node_fail(n, -ECONNRESET, "cannot send: %s", strerror(errno));
                         return;
                 }
                 advance(n, (uint64_t)w, kvd_now_ns());
@@ -534,18 +430,18 @@ static void node_connect(struct node *n, uint64_t now)
 
         r = resolve(n, &sa, &salen);
         if (r < 0) {
-                node_fail(n, -ECONNREFUSED, "cannot resolve %s", n->host);
+                rc_node_fail(n, -ECONNREFUSED, "cannot resolve %s", n->host);
                 return;
         }
         n->fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (n->fd < 0) {
-                node_fail(n, -ECONNREFUSED, "socket: %s", strerror(errno));
+                rc_node_fail(n, -ECONNREFUSED, "socket: %s", strerror(errno));
                 return;
         }
         (void)setsockopt(n->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         n->reader = redisReaderCreateWithFunctions(&rc->fns);
         if (!n->reader) {
-                node_fail(n, -ECONNREFUSED, "out of memory");
+                rc_node_fail(n, -ECONNREFUSED, "out of memory");
                 return;
         }
         n->reader->privdata = n;
@@ -556,7 +452,7 @@ static void node_connect(struct node *n, uint64_t now)
                 n->conn = CONN_CONNECTING;
                 n->connect_deadline_ns = now + rc->connect_timeout_ns;
         } else {
-                node_fail(n, -ECONNREFUSED, "cannot connect: %s", strerror(errno));
+                rc_node_fail(n, -ECONNREFUSED, "cannot connect: %s", strerror(errno));
                 return;
         }
         node_watch(n, EPOLLIN | EPOLLOUT);
@@ -576,10 +472,10 @@ static void node_push(struct node *n, struct kvd_rc_req *r, uint64_t now)
                 node_connect(n, now);
 }
 
-static void send_to(struct node *n, struct kvd_rc_req *r, uint64_t now)
+void rc_send_to(struct node *n, struct kvd_rc_req *r, uint64_t now)
 {
         if (n->down) {
-                complete(n->rc, r, -EHOSTDOWN);
+                rc_complete(n->rc, r, -EHOSTDOWN);
                 return;
         }
         build_wire(r);
@@ -590,7 +486,7 @@ static void send_to(struct node *n, struct kvd_rc_req *r, uint64_t now)
  * it, fail what it held (-ETIMEDOUT for the requests past their deadlines,
  * res for the others), mark the node down (logged once), and schedule a
  * reconnection with backoff and a map refresh from another node. */
-static void node_fail(struct node *n, int res, const char *fmt, ...)
+void rc_node_fail(struct node *n, int res, const char *fmt, ...)
 {
         struct kvd_rc *rc = n->rc;
         uint64_t now = kvd_now_ns();
@@ -613,17 +509,17 @@ static void node_fail(struct node *n, int res, const char *fmt, ...)
         n->unsent = NULL;
         n->last_sent = NULL;
         n->out_off = 0;
-        while ((r = fifo_pop(&n->q))) {
+        while ((r = rc_fifo_pop(&n->q))) {
                 if (r->kind == RQ_SLOTS) {
                         rc->refresh_inflight = false;
-                        schedule_refresh(rc, now, true);
+                        rc_schedule_refresh(rc, now, true);
                 } else if (r->kind == RQ_USER) {
                         failed++;
                         if (r->deadline_ns <= now) {
                                 n->st.timeouts++;
-                                complete(rc, r, -ETIMEDOUT);
+                                rc_complete(rc, r, -ETIMEDOUT);
                         } else {
-                                complete(rc, r, res);
+                                rc_complete(rc, r, res);
                         }
                 }
         }
@@ -637,431 +533,16 @@ static void node_fail(struct node *n, int res, const char *fmt, ...)
         }
         n->down = true;
         n->retry_ns = now + n->backoff_ms * MS;
-        schedule_refresh(rc, now, false);
+        rc_schedule_refresh(rc, now, false);
 }
 
-static void node_up(struct node *n)
+void rc_node_up(struct node *n)
 {
         if (!n->down)
                 return;
         n->down = false;
         n->backoff_ms = 0;
         log_notice("remote tier: node %s up again", n->st.addr);
-}
-
-/* ---- replies ---------------------------------------------------------- */
-
-/* The bulk string answering the head request: a GET's value goes straight
- * into its iovs (the only copy after the reader's buffer). */
-static void deliver(struct node *n, const char *str, size_t len)
-{
-        struct kvd_rc_req *r = n->q.head;
-        size_t off = 0;
-
-        if (!r || r == n->unsent || r->kind != RQ_USER || r->op != KVD_RC_GET || (r->flags & F_ASKING_PENDING))
-                return;
-        r->value_len = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len;
-        if (value_bytes(r) != len) {
-                r->result = -EMSGSIZE;
-                return;
-        }
-        for (unsigned i = 0; i < r->n_iov; i++) {
-                if (r->iov[i].iov_len)
-                        memcpy(r->iov[i].iov_base, str + off, r->iov[i].iov_len);
-                off += r->iov[i].iov_len;
-        }
-        r->result = 0;
-}
-
-static void obj_free(void *p)
-{
-        struct obj *o = p;
-
-        if (!o || !o->heap)
-                return;
-        for (size_t i = 0; i < o->n; i++)
-                obj_free(o->elem[i]);
-        free(o->elem);
-        free(o->str);
-        free(o);
-}
-
-/* A reply's top, or a new element of the array being read. */
-static struct obj *obj_new(const redisReadTask *t, int type, bool heap)
-{
-        struct node *n = t->privdata;
-        struct obj *o, *parent;
-
-        if (!t->parent && !heap) {
-                o = &n->top;
-                *o = (struct obj){ .type = type, .str = n->text };
-                n->text[0] = '\0';
-                return o;
-        }
-        o = calloc(1, sizeof(*o));
-        if (!o)
-                return NULL;
-        o->type = type;
-        o->heap = true;
-        if (t->parent) {
-                parent = t->parent->obj;
-                if (t->idx < 0 || (size_t)t->idx >= parent->n) {
-                        free(o);
-                        return NULL;
-                }
-                parent->elem[t->idx] = o;
-        }
-        return o;
-}
-
-static void *rd_string(const redisReadTask *t, char *str, size_t len)
-{
-        struct node *n = t->privdata;
-        struct obj *o = obj_new(t, t->type, false);
-        size_t k;
-
-        if (!o)
-                return NULL;
-        o->len = len;
-        if (o->heap) {
-                o->str = malloc(len + 1);
-                if (!o->str)
-                        return NULL;    /* o is in its parent's tree, freed with it */
-                memcpy(o->str, str, len);
-                o->str[len] = '\0';
-                return o;
-        }
-        k = MIN(len, (size_t)TEXT_MAX - 1);
-        memcpy(n->text, str, k);
-        n->text[k] = '\0';
-        if (t->type == REDIS_REPLY_STRING)
-                deliver(n, str, len);
-        return o;
-}
-
-static void *rd_array(const redisReadTask *t, int elements)
-{
-        struct obj **elem;
-        struct obj *o;
-
-        if (elements < 0 || elements > ARRAY_MAX)
-                return NULL;
-        elem = calloc(elements ? (size_t)elements : 1, sizeof(*elem));
-        if (!elem)
-                return NULL;
-        o = obj_new(t, REDIS_REPLY_ARRAY, true);
-        if (!o) {
-                free(elem);
-                return NULL;
-        }
-        o->elem = elem;
-        o->n = (size_t)elements;
-        return o;
-}
-
-static void *rd_integer(const redisReadTask *t, long long v)
-{
-        struct obj *o = obj_new(t, REDIS_REPLY_INTEGER, false);
-
-        if (o)
-                o->integer = v;
-        return o;
-}
-
-static void *rd_nil(const redisReadTask *t)
-{
-        return obj_new(t, REDIS_REPLY_NIL, false);
-}
-
-static void latency(struct kvd_rc_node_stats *st, uint64_t us)
-{
-        unsigned b = us ? 64u - (unsigned)__builtin_clzll(us) : 0;
-
-        st->latency_us_sum += us;
-        st->latency_us_max = MAX(st->latency_us_max, us);
-        st->latency_hist[MIN(b, KVD_RC_LAT_BUCKETS - 1u)]++;
-}
-
-/* -MOVED slot host:port or -ASK slot host:port: resends r there. False if
- * the error is another one. */
-static bool redirect(struct node *n, struct kvd_rc_req *r, const struct obj *o, uint64_t now)
-{
-        struct kvd_rc *rc = n->rc;
-        const char *p = o->str;
-        char host[HOST_MAX + 1];
-        unsigned long slot = 0;
-        struct node *t;
-        uint16_t port;
-        bool ask;
-        size_t len;
-
-        if (strncmp(p, "MOVED ", 6) == 0) {
-                ask = false;
-                p += 6;
-                n->st.moved++;
-        } else if (strncmp(p, "ASK ", 4) == 0) {
-                ask = true;
-                p += 4;
-                n->st.ask++;
-        } else {
-                return false;
-        }
-        if (!isdigit((unsigned char)*p))
-                goto bad;
-        while (isdigit((unsigned char)*p) && slot < KVD_RC_SLOTS)
-                slot = slot * 10 + (unsigned long)(*p++ - '0');
-        if (slot >= KVD_RC_SLOTS || *p++ != ' ')
-                goto bad;
-        len = strlen(p);
-        if (split_addr(p, len, host, &port) < 0)
-                goto bad;
-        if (!host[0])
-                snprintf(host, sizeof(host), "%s", n->host);
-        if (r->redirects >= rc->max_redirects)
-                goto bad;
-        if (node_get(rc, host, port, &t) < 0)
-                goto bad;
-        r->redirects++;
-        if (ask) {
-                r->flags |= F_ASK;
-        } else {
-                map_set(rc, (unsigned)slot, t);
-                schedule_refresh(rc, now, false);
-        }
-        send_to(t, r, now);
-        return true;
-bad:
-        n->st.errors++;
-        complete(rc, r, -EIO);
-        return true;
-}
-
-static void user_reply(struct node *n, struct kvd_rc_req *r, const struct obj *o, uint64_t now)
-{
-        int res = -EIO;
-
-        r->node = (int)n->idx;
-        latency(&n->st, now > r->sent_ns ? (now - r->sent_ns) / 1000 : 0);
-        if (o->type == REDIS_REPLY_ERROR) {
-                if (redirect(n, r, o, now))
-                        return;
-                n->st.errors++;
-                complete(n->rc, r, -EIO);
-                return;
-        }
-        switch (r->op) {
-        case KVD_RC_GET:
-                if (o->type == REDIS_REPLY_STRING) {
-                        res = r->result;        /* deliver()'s */
-                        n->st.hits++;
-                        n->st.read_bytes += o->len;
-                } else if (o->type == REDIS_REPLY_NIL) {
-                        res = -ENOENT;
-                        n->st.misses++;
-                }
-                break;
-        case KVD_RC_SET:
-                if (o->type == REDIS_REPLY_STATUS && strcmp(o->str, "OK") == 0)
-                        res = 0;
-                break;
-        case KVD_RC_EXISTS:
-                if (o->type == REDIS_REPLY_INTEGER) {
-                        res = o->integer > 0 ? 0 : -ENOENT;
-                        if (res == 0)
-                                n->st.hits++;
-                        else
-                                n->st.misses++;
-                }
-                break;
-        }
-        if (res == -EIO)
-                n->st.errors++;
-        complete(n->rc, r, res);
-}
-
-static const struct obj *elem(const struct obj *o, size_t i, int type)
-{
-        const struct obj *e = o && o->type == REDIS_REPLY_ARRAY && i < o->n ? o->elem[i] : NULL;
-
-        return e && e->type == type ? e : NULL;
-}
-
-/* CLUSTER SLOTS: [[start, end, [ip, port, id, ...], replicas...], ...] into
- * rc->scratch. Returns the slots covered, or -EIO with why. */
-static int parse_slots(struct kvd_rc *rc, const struct node *from, const struct obj *o, char *why, size_t why_size)
-{
-        int covered = 0, r;
-
-        if (o->type == REDIS_REPLY_ERROR) {
-                why_set(why, why_size, "%s", o->str);
-                return -EIO;
-        }
-        if (o->type != REDIS_REPLY_ARRAY) {
-                why_set(why, why_size, "not an array");
-                return -EIO;
-        }
-        for (unsigned i = 0; i < KVD_RC_SLOTS; i++)
-                rc->scratch[i] = NO_NODE;
-        for (size_t i = 0; i < o->n; i++) {
-                const struct obj *e = elem(o, i, REDIS_REPLY_ARRAY);
-                const struct obj *lo = elem(e, 0, REDIS_REPLY_INTEGER), *hi = elem(e, 1, REDIS_REPLY_INTEGER);
-                const struct obj *m = elem(e, 2, REDIS_REPLY_ARRAY);
-                const struct obj *ip = elem(m, 0, REDIS_REPLY_STRING), *port = elem(m, 1, REDIS_REPLY_INTEGER);
-                char host[HOST_MAX + 1];
-                struct node *t;
-
-                if (!lo || !hi || !ip || !port || lo->integer < 0 || hi->integer < lo->integer ||
-                    hi->integer >= KVD_RC_SLOTS || port->integer <= 0 || port->integer > 65535 || ip->len > HOST_MAX) {
-                        why_set(why, why_size, "entry %zu is not [start, end, [ip, port, ...], ...]", i);
-                        return -EIO;
-                }
-                if (strcmp(ip->str, "?") == 0)
-                        continue;       /* the master's endpoint is unknown to that node */
-                snprintf(host, sizeof(host), "%s", ip->len ? ip->str : from->host);
-                r = node_get(rc, host, (uint16_t)port->integer, &t);
-                if (r < 0) {
-                        why_set(why, why_size, "more than %d nodes", MAX_NODES);
-                        return -EIO;
-                }
-                for (long long s = lo->integer; s <= hi->integer; s++) {
-                        if (rc->scratch[s] == NO_NODE)
-                                covered++;
-                        rc->scratch[s] = (uint16_t)t->idx;
-                }
-        }
-        if (covered == 0) {
-                why_set(why, why_size, "no slot is assigned");
-                return -EIO;
-        }
-        return covered;
-}
-
-static void slots_reply(struct node *n, const struct obj *o, uint64_t now)
-{
-        struct kvd_rc *rc = n->rc;
-        char why[TEXT_MAX + 64];
-        bool changed;
-        int covered;
-
-        rc->refresh_inflight = false;
-        covered = parse_slots(rc, n, o, why, sizeof(why));
-        if (covered < 0) {
-                if (!rc->refresh_failing)
-                        log_warning("remote tier: no slot map from %s (%s); asking again every %u ms", n->st.addr,
-                                    why, REFRESH_INTERVAL_MS);
-                rc->refresh_failing = true;
-                schedule_refresh(rc, now, false);
-                return;
-        }
-        changed = !rc->have_map || memcmp(rc->owner, rc->scratch, sizeof(rc->owner)) != 0;
-        memcpy(rc->owner, rc->scratch, sizeof(rc->owner));
-        for (unsigned i = 0; i < rc->n_nodes; i++)
-                rc->nodes[i]->slots = 0;
-        for (unsigned s = 0; s < KVD_RC_SLOTS; s++)
-                if (rc->owner[s] != NO_NODE)
-                        rc->nodes[rc->owner[s]]->slots++;
-        rc->refreshes++;
-        rc->refresh_failing = false;
-        if (changed) {
-                unsigned masters = 0;
-
-                for (unsigned i = 0; i < rc->n_nodes; i++)
-                        masters += rc->nodes[i]->slots > 0;
-                log_notice("remote tier: slot map from %s: %d of %u slots on %u masters", n->st.addr, covered,
-                           KVD_RC_SLOTS, masters);
-        }
-        /* What waited for the first map goes before what came since. */
-        if (rc->wait_map.head) {
-                rc->wait_map.tail->next = rc->incoming.head;
-                if (!rc->incoming.tail)
-                        rc->incoming.tail = rc->wait_map.tail;
-                rc->incoming.head = rc->wait_map.head;
-                rc->wait_map = (struct fifo){ 0 };
-        }
-        rc->have_map = true;
-}
-
-/* One whole reply, for the head of n's queue. False if n failed. */
-static bool on_reply(struct node *n, const struct obj *o, uint64_t now)
-{
-        struct kvd_rc_req *r = n->q.head;
-
-        if (!r || r == n->unsent) {
-                node_fail(n, -EIO, "a reply to no request");
-                return false;
-        }
-        if (r->flags & F_ASKING_PENDING) {
-                r->flags &= (uint8_t)~F_ASKING_PENDING;
-                return true;
-        }
-        fifo_pop(&n->q);
-        if (n->last_sent == r)
-                n->last_sent = NULL;
-        switch (r->kind) {
-        case RQ_PING:
-                node_up(n);
-                break;
-        case RQ_SLOTS:
-                slots_reply(n, o, now);
-                break;
-        default:
-                user_reply(n, r, o, now);
-                break;
-        }
-        return true;
-}
-
-/* Feeds len bytes to n's reader and handles the replies they complete.
- * False if n failed. */
-static bool node_feed(struct node *n, const char *buf, size_t len, uint64_t now)
-{
-        void *reply;
-
-        if (redisReaderFeed(n->reader, buf, len) != REDIS_OK) {
-                node_fail(n, -EIO, "protocol error: %s", n->reader->errstr);
-                return false;
-        }
-        for (;;) {
-                bool ok;
-
-                if (redisReaderGetReply(n->reader, &reply) != REDIS_OK) {
-                        node_fail(n, -EIO, "protocol error: %s", n->reader->errstr);
-                        return false;
-                }
-                if (!reply)
-                        return true;
-                ok = on_reply(n, reply, now);
-                obj_free(reply);
-                if (!ok)
-                        return false;
-        }
-}
-
-static void node_read(struct node *n)
-{
-        struct kvd_rc *rc = n->rc;
-        size_t budget = READ_BUDGET;
-
-        while (budget > 0) {
-                ssize_t got = recv(n->fd, rc->rbuf, RBUF_SIZE, MSG_DONTWAIT);
-                uint64_t now = kvd_now_ns();
-
-                if (got == 0) {
-                        node_fail(n, -ECONNRESET, "it closed the connection");
-                        return;
-                }
-                if (got < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        if (errno != EAGAIN && errno != EWOULDBLOCK)
-                                node_fail(n, -ECONNRESET, "%s", strerror(errno));
-                        return;
-                }
-                budget -= MIN(budget, (size_t)got);
-                for (size_t off = 0; off < (size_t)got; off += FEED_SLICE)
-                        if (!node_feed(n, rc->rbuf + off, MIN((size_t)got - off, (size_t)FEED_SLICE), now))
-                                return;
-        }
 }
 
 static void node_event(struct node *n, uint32_t ev)
@@ -1077,7 +558,7 @@ static void node_event(struct node *n, uint32_t ev)
                 if (getsockopt(n->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
                         err = errno;
                 if (err) {
-                        node_fail(n, -ECONNREFUSED, "cannot connect: %s", strerror(err));
+                        rc_node_fail(n, -ECONNREFUSED, "cannot connect: %s", strerror(err));
                         return;
                 }
                 n->conn = CONN_OPEN;
@@ -1085,7 +566,7 @@ static void node_event(struct node *n, uint32_t ev)
                 return;
         }
         if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))
-                node_read(n);
+                rc_node_read(n);
         if (n->fd >= 0 && (ev & EPOLLOUT))
                 node_flush(n);
 }
@@ -1126,7 +607,7 @@ static bool expire_queued(struct node *n, uint64_t now)
                         continue;
                 }
                 if (r->kind == RQ_PING) {
-                        node_fail(n, -ETIMEDOUT, "nothing sent within %u ms", n->rc->timeout_ms);
+                        rc_node_fail(n, -ETIMEDOUT, "nothing sent within %u ms", n->rc->timeout_ms);
                         return false;
                 }
                 if (prev)
@@ -1140,10 +621,10 @@ static bool expire_queued(struct node *n, uint64_t now)
                 if (r->kind == RQ_SLOTS) {
                         /* Stuck behind large writes: ask another node. */
                         n->rc->refresh_inflight = false;
-                        schedule_refresh(n->rc, now, true);
+                        rc_schedule_refresh(n->rc, now, true);
                 } else {
                         n->st.timeouts++;
-                        complete(n->rc, r, -ETIMEDOUT);
+                        rc_complete(n->rc, r, -ETIMEDOUT);
                 }
                 r = next;
         }
@@ -1155,11 +636,11 @@ static void node_timers(struct node *n, uint64_t now)
         struct kvd_rc *rc = n->rc;
 
         if (n->conn == CONN_CONNECTING && now >= n->connect_deadline_ns) {
-                node_fail(n, -ETIMEDOUT, "no connection within %u ms", rc->connect_timeout_ms);
+                rc_node_fail(n, -ETIMEDOUT, "no connection within %u ms", rc->connect_timeout_ms);
                 return;
         }
         if (head_sent(n) && n->q.head->deadline_ns <= now) {
-                node_fail(n, -ECONNRESET, "no reply in %llu ms", (unsigned long long)((now - n->q.head->sent_ns) / MS));
+                rc_node_fail(n, -ECONNRESET, "no reply in %llu ms", (unsigned long long)((now - n->q.head->sent_ns) / MS));
                 return;
         }
         if (!expire_queued(n, now))
@@ -1224,7 +705,7 @@ static void route(struct kvd_rc *rc, struct kvd_rc_req *r, uint64_t now)
         uint16_t o;
 
         if (r->deadline_ns <= now) {
-                complete(rc, r, -ETIMEDOUT);
+                rc_complete(rc, r, -ETIMEDOUT);
                 return;
         }
         if (!rc->have_map) {
@@ -1233,10 +714,10 @@ static void route(struct kvd_rc *rc, struct kvd_rc_req *r, uint64_t now)
         }
         o = rc->owner[r->slot];
         if (o == NO_NODE) {
-                complete(rc, r, -EHOSTDOWN);
+                rc_complete(rc, r, -EHOSTDOWN);
                 return;
         }
-        send_to(rc->nodes[o], r, now);
+        rc_send_to(rc->nodes[o], r, now);
 }
 
 static void expire_wait_map(struct kvd_rc *rc, uint64_t now)
@@ -1244,9 +725,9 @@ static void expire_wait_map(struct kvd_rc *rc, uint64_t now)
         struct fifo keep = { 0 };
         struct kvd_rc_req *r;
 
-        while ((r = fifo_pop(&rc->wait_map))) {
+        while ((r = rc_fifo_pop(&rc->wait_map))) {
                 if (r->deadline_ns <= now)
-                        complete(rc, r, -ETIMEDOUT);
+                        rc_complete(rc, r, -ETIMEDOUT);
                 else
                         fifo_push(&keep, r);
         }
@@ -1263,7 +744,7 @@ static int seeds_each(const char *seeds, struct kvd_rc *rc, char *why, size_t wh
         int n = 0, r;
 
         if (!seeds) {
-                why_set(why, why_size, "no seed nodes given");
+                rc_why_set(why, why_size, "no seed nodes given");
                 return -EINVAL;
         }
         if (strncmp(seeds, scheme, sizeof(scheme) - 1) == 0)
@@ -1283,20 +764,20 @@ static int seeds_each(const char *seeds, struct kvd_rc *rc, char *why, size_t wh
                 while (l && isspace((unsigned char)s[l - 1]))
                         l--;
                 if (l == 0) {
-                        why_set(why, why_size, "an empty entry in the seed list \"%s\"", seeds);
+                        rc_why_set(why, why_size, "an empty entry in the seed list \"%s\"", seeds);
                         return -EINVAL;
                 }
-                if (split_addr(s, l, host, &port) < 0 || !host_ok(host)) {
-                        why_set(why, why_size, "\"%.*s\" is not host:port (port 1-65535, host at most %d characters, "
+                if (rc_split_addr(s, l, host, &port) < 0 || !host_ok(host)) {
+                        rc_why_set(why, why_size, "\"%.*s\" is not host:port (port 1-65535, host at most %d characters, "
                                 "IPv6 as [addr]:port)", (int)l, s, HOST_MAX);
                         return -EINVAL;
                 }
                 if (++n > MAX_SEEDS) {
-                        why_set(why, why_size, "more than %d seed nodes", MAX_SEEDS);
+                        rc_why_set(why, why_size, "more than %d seed nodes", MAX_SEEDS);
                         return -EINVAL;
                 }
                 if (rc) {
-                        r = node_get(rc, host, port, &node);
+                        r = rc_node_get(rc, host, port, &node);
                         if (r < 0)
                                 return r;
                 }
@@ -1329,7 +810,7 @@ int kvd_rc_new(const struct kvd_rc_config *cfg, struct kvd_rc **ret_rc)
         rc->connect_timeout_ns = rc->connect_timeout_ms * MS;
         rc->timeout_ns = rc->timeout_ms * MS;
         rc->max_redirects = cfg->max_redirects ? cfg->max_redirects : DEFAULT_MAX_REDIRECTS;
-        rc->fns = (redisReplyObjectFunctions){ rd_string, rd_array, rd_integer, rd_nil, obj_free };
+        rc->fns = rc_reply_fns;
         for (unsigned i = 0; i < KVD_RC_SLOTS; i++)
                 rc->owner[i] = NO_NODE;
         rc->refresh_due = true; /* at the first kvd_rc_run() */
@@ -1361,16 +842,16 @@ struct kvd_rc *kvd_rc_free(struct kvd_rc *rc)
                 return NULL;
         rc->freeing = true;
         do {
-                while ((r = fifo_pop(&rc->incoming)))
-                        complete(rc, r, -ECANCELED);
-                while ((r = fifo_pop(&rc->wait_map)))
-                        complete(rc, r, -ECANCELED);
+                while ((r = rc_fifo_pop(&rc->incoming)))
+                        rc_complete(rc, r, -ECANCELED);
+                while ((r = rc_fifo_pop(&rc->wait_map)))
+                        rc_complete(rc, r, -ECANCELED);
                 for (unsigned i = 0; i < rc->n_nodes; i++) {
                         struct node *n = rc->nodes[i];
 
-                        while ((r = fifo_pop(&n->q)))
+                        while ((r = rc_fifo_pop(&n->q)))
                                 if (r->kind == RQ_USER)
-                                        complete(rc, r, -ECANCELED);
+                                        rc_complete(rc, r, -ECANCELED);
                         n->unsent = n->last_sent = NULL;
                 }
                 run_done(rc);
@@ -1404,15 +885,15 @@ void kvd_rc_submit(struct kvd_rc *rc, struct kvd_rc_req *r)
                 r->deadline_ns = kvd_now_ns() + rc->timeout_ns;
         if ((unsigned)r->op > KVD_RC_EXISTS || r->keylen > KVD_RC_KEY_MAX ||
             (r->op != KVD_RC_EXISTS && r->n_iov > 2)) {
-                complete(rc, r, -EINVAL);
+                rc_complete(rc, r, -EINVAL);
                 return;
         }
-        if (r->op == KVD_RC_SET && value_bytes(r) > KVD_RC_VALUE_MAX) {
-                complete(rc, r, -EMSGSIZE);
+        if (r->op == KVD_RC_SET && rc_value_bytes(r) > KVD_RC_VALUE_MAX) {
+                rc_complete(rc, r, -EMSGSIZE);
                 return;
         }
         if (rc->freeing) {
-                complete(rc, r, -ECANCELED);
+                rc_complete(rc, r, -ECANCELED);
                 return;
         }
         r->slot = (uint16_t)kvd_rc_key_slot(r->key, r->keylen);
@@ -1455,7 +936,7 @@ void kvd_rc_run(struct kvd_rc *rc)
         for (int i = 0; i < n; i++)
                 node_event(evs[i].data.ptr, evs[i].events);
         now = kvd_now_ns();
-        while ((r = fifo_pop(&rc->incoming)))
+        while ((r = rc_fifo_pop(&rc->incoming)))
                 route(rc, r, now);
         expire_wait_map(rc, now);
         for (unsigned i = 0; i < rc->n_nodes; i++)
