@@ -23,6 +23,7 @@ int bench_gen(int argc, char **argv);
 int bench_decode(int argc, char **argv);
 int bench_report(int argc, char **argv);
 int bench_interference(int argc, char **argv);
+int bench_rtt(int argc, char **argv);
 int bench_remote(int argc, char **argv);
 int bench_select(int argc, char **argv);
 int bench_selection(int argc, char **argv);

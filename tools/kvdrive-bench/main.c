@@ -25,6 +25,7 @@ static const struct bench_command commands[] = {
         { "selection", bench_selection, "the selection methods on the preset zoo: Markdown, CSV, plots" },
         { "interference", bench_interference, "how long one client's costliest requests delay another's Get" },
         { "remote", bench_remote, "Get of blocks only the remote tier (Redis Cluster) has, against redis-benchmark" },
+        { "rtt", bench_rtt, "the control round trip (Lookup, one-block Get) beside a bare socket echo, idle and loaded" },
 };
 
 static void usage(FILE *f)
