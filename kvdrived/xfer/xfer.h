@@ -64,12 +64,18 @@ int kvd_xfer_fd(const struct kvd_xfer *x);
 struct kvd_loop;
 int kvd_xfer_watch(struct kvd_xfer *x, struct kvd_loop *l);
 
-/* Queues b (n > 0). Never fails: the batch was fully built by the caller. */
+/* Queues b (n > 0). Never fails: the batch was fully built by the caller.
+ * A batch of host-memory copies of at most 32 KiB in all is copied before
+ * this returns (on the caller's thread); its done callback still runs from
+ * kvd_xfer_reap(). */
 void kvd_xfer_submit(struct kvd_xfer *x, struct kvd_xfer_batch *b);
 
 /* Event-loop thread: runs the done callback of every completed batch.
  * Returns how many completed. */
 unsigned kvd_xfer_reap(struct kvd_xfer *x);
+
+/* Batches copied by the submitting thread (kvd_xfer_submit()). */
+uint64_t kvd_xfer_inline_batches(const struct kvd_xfer *x);
 
 /* Bytes copied so far per direction (for stats), and the time workers spent
  * copying them (summed over workers: bytes / busy is one worker's rate). */

@@ -155,7 +155,9 @@ static void rec_close(struct kvd_peer_pool *p)
 START_TEST(priorities)
 {
         static const struct kvd_device_ops rec_ops = { "rec", rec_copy, rec_copy_out, rec_close };
-        struct kvd_peer_pool pool = { .ops = &rec_ops, .refs = 1, .slot_count = 128, .slot_bytes = 1 };
+        /* A device pool: its copies always go to the workers, small or not. */
+        struct kvd_peer_pool pool = { .ops = &rec_ops, .refs = 1, .slot_count = 128, .slot_bytes = 1,
+                                      .backend = KVD_BACKEND_CUDA };
         struct kvd_copy blocker = { .slot = 99 }, c[3][2];
         struct kvd_xfer_batch b0 = { 0 }, b[3];
         struct kvd_xfer *x;
@@ -197,6 +199,62 @@ START_TEST(priorities)
 }
 END_TEST
 
+/* A small batch of host-memory copies is copied before kvd_xfer_submit()
+ * returns (no worker wakes for it); its callback still runs from reap. A
+ * large one, or a device pool's, goes to the workers. */
+START_TEST(small_batches_inline)
+{
+        enum { BYTES = 8 << 10, BIG = 64 << 10 };
+        static const struct kvd_device_ops rec_ops = { "rec", rec_copy, rec_copy_out, rec_close };
+        struct kvd_peer_pool dev = { .ops = &rec_ops, .refs = 1, .slot_count = 128, .slot_bytes = 1,
+                                     .backend = KVD_BACKEND_CUDA };
+        struct kvd_copy small, big, onto_dev = { .slot = 5 };
+        struct kvd_xfer_batch bs, bb, bd;
+        struct kvd_peer_pool *pool;
+        uint8_t *client, *host = calloc(1, BIG);
+        const char *why;
+        int fd = sealed_memfd(BIG);
+        struct kvd_xfer *x;
+
+        client = mmap(NULL, BIG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ck_assert_ptr_ne(client, MAP_FAILED);
+        memset(client, 0xa5, BIG);
+        ck_assert_int_eq(kvd_memfd_pool_open(fd, 1, BIG, &pool, &why), 0);
+        close(fd);
+        ck_assert_int_eq(kvd_xfer_new(1, &x), 0);
+        n_done = 0;
+        n_order = 0;
+        small = (struct kvd_copy){ host, 0, BYTES, -1, NULL };
+        bs = (struct kvd_xfer_batch){ .pool = pool, .dir = KVD_XFER_IN, .copies = &small, .n = 1,
+                                      .done = count_done };
+        kvd_xfer_submit(x, &bs);
+        /* Copied already, reported on reap only. */
+        ck_assert_int_eq(small.result, 0);
+        ck_assert_mem_eq(host, client, BYTES);
+        ck_assert_int_eq(n_done, 0);
+        ck_assert_uint_eq(kvd_xfer_inline_batches(x), 1);
+        wait_reap(x, 1);
+        ck_assert_uint_eq(kvd_xfer_bytes(x, KVD_XFER_IN), BYTES);
+
+        big = (struct kvd_copy){ host, 0, BIG, -1, NULL };
+        bb = (struct kvd_xfer_batch){ .pool = pool, .dir = KVD_XFER_OUT, .copies = &big, .n = 1,
+                                      .done = count_done };
+        kvd_xfer_submit(x, &bb);
+        wait_reap(x, 2);
+        ck_assert_int_eq(big.result, 0);
+        bd = (struct kvd_xfer_batch){ .pool = &dev, .dir = KVD_XFER_OUT, .copies = &onto_dev, .n = 1,
+                                      .done = count_done };
+        kvd_xfer_submit(x, &bd);
+        wait_reap(x, 3);
+        ck_assert_int_eq(n_order, 1);
+        ck_assert_uint_eq(kvd_xfer_inline_batches(x), 1);
+        kvd_xfer_free(x);
+        kvd_peer_pool_unref(pool);
+        munmap(client, BIG);
+        free(host);
+}
+END_TEST
+
 static Suite *xfer_suite(void)
 {
         Suite *s = suite_create("xfer");
@@ -205,6 +263,7 @@ static Suite *xfer_suite(void)
         tcase_add_test(tc, memfd_pool_rules);
         tcase_add_test(tc, round_trip);
         tcase_add_test(tc, priorities);
+        tcase_add_test(tc, small_batches_inline);
         suite_add_tcase(s, tc);
         return s;
 }
