@@ -47,6 +47,7 @@ struct kvc_client {
         uint32_t max_frame;
         uint32_t max_items;
         uint32_t compute_us;            /* kvc_set_compute_hint() */
+        uint32_t poll_us;               /* kvc_set_poll_us() */
         int prefetch_depth;             /* the scheduler's latest answer, -ENODATA: none yet */
         char *daemon_version;
         uint8_t *sbuf;                  /* max_frame: one packed request */
@@ -106,6 +107,34 @@ static uint64_t now_ms(void)
 
         clock_gettime(CLOCK_MONOTONIC, &ts);
         return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint64_t now_ns(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Before a wait for a reply sleeps: looks for it without sleeping for up to
+ * poll_us (a reply that comes within finds us awake, and our CPU has not
+ * gone idle: waking an idle CPU costs tens of us on a VM). True if the
+ * socket became readable. */
+static bool poll_briefly(const kvc_client *c)
+{
+        uint64_t end;
+
+        if (!c->poll_us)
+                return false;
+        end = now_ns() + (uint64_t)c->poll_us * 1000u;
+        do {
+                struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
+
+                if (poll(&pfd, 1, 0) > 0)
+                        return true;
+        } while (now_ns() < end);
+        return false;
 }
 
 static ssize_t find_pending(const kvc_client *c, uint64_t id)
@@ -282,6 +311,7 @@ int kvc__call(kvc_client *c, Kvdrive__Request *req, int fd,
         if (err < 0)
                 return err;
         for (;;) {
+                poll_briefly(c);
                 err = recv_reply(c, 0, &r);
                 if (err < 0)
                         return err;
@@ -451,6 +481,7 @@ static int connect_one(const char *path, const char *name, struct report *rep, b
                 return -ENOMEM;
         }
         c->fd = -1;
+        c->poll_us = KVC_POLL_US_DEFAULT;
         c->next_id = 1;
         c->prefetch_depth = -ENODATA;
         err = set_max_frame(c, KVD_FRAME_MAX_DEFAULT);
@@ -809,6 +840,14 @@ _public_ int kvc_set_compute_hint(kvc_client *c, uint32_t compute_us)
         return 0;
 }
 
+_public_ int kvc_set_poll_us(kvc_client *c, uint32_t poll_us)
+{
+        if (!c || poll_us > KVC_POLL_US_MAX)
+                return -EINVAL;
+        c->poll_us = poll_us;
+        return 0;
+}
+
 _public_ int kvc_prefetch_depth(const kvc_client *c)
 {
         return c ? c->prefetch_depth : -EINVAL;
@@ -853,7 +892,7 @@ _public_ int kvc_wait(kvc_client *c, uint64_t id, int timeout_ms)
 
                         left = now < deadline ? (int)(deadline - now) : 0;
                 }
-                n = poll(&pfd, 1, left);
+                n = left != 0 && poll_briefly(c) ? 1 : poll(&pfd, 1, left);
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;

@@ -90,6 +90,7 @@ int kvd_server_new(const struct kvd_config *cfg, struct kvd_server **ret)
         r = kvd_loop_init(&s->loop);
         if (r < 0)
                 goto err;
+        s->loop.poll_ns = (uint64_t)cfg->loop_poll_us * 1000u;
         /* The signals main() blocked: SIGHUP asks for a reload
          * (kvd_server_on_reload()). */
         sigemptyset(&mask);

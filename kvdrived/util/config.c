@@ -104,6 +104,9 @@ static const struct option_def options[] = {
         { "promote-next-layer", OPT_BOOL, OFF(promote_next_layer), "true", 0, 0,
           "when a block is read, stage the next layer's block from SSD into free host memory", false },
         { "workers", OPT_U32, OFF(workers), "2", 1, 64, "transfer worker threads", false },
+        { "loop-poll-us", OPT_U32, OFF(loop_poll_us), "50", 0, 10000,
+          "after each event the event loop polls this long before it sleeps, so that a request soon after "
+          "finds it awake (0: never polls)", false },
         { "max-clients", OPT_U32, OFF(max_clients), "256", 1, 65536, "concurrent client sessions", false },
         { "max-clients-per-uid", OPT_U32, OFF(max_clients_per_uid), "64", 1, 65536,
           "concurrent client sessions of one uid (root's are not counted)", false },

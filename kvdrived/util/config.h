@@ -73,6 +73,7 @@ struct kvd_config {
         uint32_t heat_half_life_ms;
         bool promote_next_layer;        /* stage layer l+1 from SSD when l is read */
         uint32_t workers;
+        uint32_t loop_poll_us;          /* kvd_loop.poll_ns */
         uint32_t max_clients;
         uint32_t max_clients_per_uid;   /* uid 0 exempt */
         uint32_t max_namespaces;

@@ -5,6 +5,9 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include "clock.h"
+#include "macro.h"
+
 _Static_assert(KVD_LOOP_IN == EPOLLIN && KVD_LOOP_OUT == EPOLLOUT && KVD_LOOP_ERR == EPOLLERR &&
                        KVD_LOOP_HUP == EPOLLHUP,
                "the loop's events are epoll's");
@@ -15,6 +18,8 @@ _Static_assert(KVD_LOOP_IN == EPOLLIN && KVD_LOOP_OUT == EPOLLOUT && KVD_LOOP_ER
 int kvd_loop_init(struct kvd_loop *l)
 {
         l->stopping = false;
+        l->poll_ns = 0;
+        l->last_event_ns = 0;
         l->epfd = epoll_create1(EPOLL_CLOEXEC);
         return l->epfd < 0 ? -errno : 0;
 }
@@ -55,11 +60,40 @@ void kvd_loop_stop(struct kvd_loop *l)
         l->stopping = true;
 }
 
+/* Polls without sleeping until an event, the poll window since the last
+ * event ends, or the timeout: 0 (nothing came) or what epoll_wait() said. */
+static int poll_window(struct kvd_loop *l, struct epoll_event *evs, int timeout_ms)
+{
+        uint64_t now = kvd_now_ns(), end = l->last_event_ns + l->poll_ns;
+
+        if (timeout_ms >= 0)
+                end = MIN(end, now + (uint64_t)timeout_ms * 1000000u);
+        while (now < end) {
+                int n = epoll_wait(l->epfd, evs, LOOP_BATCH, 0);
+
+                if (n != 0)
+                        return n;
+                now = kvd_now_ns();
+        }
+        return 0;
+}
+
 int kvd_loop_run_once(struct kvd_loop *l, int timeout_ms)
 {
         struct epoll_event evs[LOOP_BATCH];
-        int n = epoll_wait(l->epfd, evs, LOOP_BATCH, timeout_ms);
+        int n = 0;
 
+        if (l->poll_ns && timeout_ms != 0) {
+                uint64_t t0 = kvd_now_ns();
+
+                n = poll_window(l, evs, timeout_ms);
+                if (n == 0 && timeout_ms > 0) /* the poll spent part of the timeout */
+                        timeout_ms -= (int)MIN((kvd_now_ns() - t0) / 1000000u, (uint64_t)timeout_ms);
+        }
+        if (n == 0)
+                n = epoll_wait(l->epfd, evs, LOOP_BATCH, timeout_ms);
+        if (n > 0 && l->poll_ns)
+                l->last_event_ns = kvd_now_ns();
         if (n < 0)
                 return errno == EINTR ? 0 : -errno;
         for (int i = 0; i < n; i++) {

@@ -38,6 +38,11 @@ struct kvd_loop_watch {
 struct kvd_loop {
         int epfd;
         bool stopping;
+        /* After an event, kvd_loop_run_once() polls this long before it
+         * sleeps (0: never polls): a request that follows within the window
+         * finds the thread awake (docs/decisions.md, "Polling the loop"). */
+        uint64_t poll_ns;
+        uint64_t last_event_ns;
 };
 
 /* Creates the epoll set. 0 or -errno. */

@@ -111,6 +111,7 @@ struct kvc_block_score {
 int kvc_report_scores(kvc_client *c, uint32_t ns, const struct kvc_block_score *scores,
                       uint32_t n);
 int kvc_set_compute_hint(kvc_client *c, uint32_t compute_us);
+int kvc_set_poll_us(kvc_client *c, uint32_t poll_us);
 int kvc_prefetch_depth(const kvc_client *c);
 int kvc_lookup(kvc_client *c, uint32_t ns, const struct kvc_key *keys, uint32_t n,
                uint32_t *ret_prefix, uint32_t layers);

@@ -699,6 +699,12 @@ class Client(_Closing):
             self._check_open()
             check(lib.kvc_set_compute_hint(self._c, compute_us), "set_compute_hint")
 
+    def set_poll_us(self, poll_us: int) -> None:
+        """How long a wait for a reply polls before it sleeps (0: never; default 50)."""
+        with self._lock:
+            self._check_open()
+            check(lib.kvc_set_poll_us(self._c, poll_us), "set_poll_us")
+
     @property
     def prefetch_depth(self) -> int | None:
         """The scheduler's latest prefetch depth (blocks per layer), None before the first."""

@@ -398,6 +398,30 @@ START_TEST(test_register_bad_arguments)
 }
 END_TEST
 
+/* The reply poll window: out-of-range values refused; calls answer with
+ * polling off, on, and at its longest. */
+START_TEST(test_poll_window)
+{
+        const uint32_t windows[] = { 0, KVC_POLL_US_DEFAULT, KVC_POLL_US_MAX };
+        struct fake f;
+        kvc_client *c = NULL;
+        uint32_t ns = 0;
+
+        fake_start(&f, false, NULL);
+        ck_assert_int_eq(kvc_connect(f.path, "test-client", &c), 0);
+        ck_assert_int_eq(kvc_set_poll_us(NULL, 0), -EINVAL);
+        ck_assert_int_eq(kvc_set_poll_us(c, KVC_POLL_US_MAX + 1), -EINVAL);
+        for (size_t i = 0; i < sizeof(windows) / sizeof(windows[0]); i++) {
+                ck_assert_int_eq(kvc_set_poll_us(c, windows[i]), 0);
+                ns = 0;
+                ck_assert_int_eq(kvc_register_namespace(c, "poll", &geo, &ns, NULL), 0);
+                ck_assert_uint_eq(ns, NS_ID);
+        }
+        kvc_disconnect(c);
+        fake_stop(&f);
+}
+END_TEST
+
 START_TEST(test_shared_flags)
 {
         struct kvc_block_ref refs[2] = { { .key = { 1, 2 }, .layer = 0, .slot = 0 },
@@ -676,6 +700,7 @@ static Suite *client_suite(void)
         tcase_add_test(wire, test_fingerprint_on_the_wire);
         tcase_add_test(wire, test_register_bad_arguments);
         tcase_add_test(wire, test_shared_flags);
+        tcase_add_test(wire, test_poll_window);
         tcase_add_test(wire, test_stats_without_remote);
         tcase_add_test(wire, test_stats_remote);
         suite_add_tcase(s, wire);

@@ -130,6 +130,31 @@ START_TEST(bad_watches_refused)
 }
 END_TEST
 
+/* With a poll window, a turn still ends at its timeout when nothing comes,
+ * returns at once with a zero timeout, and reports an event that was
+ * already there. */
+START_TEST(poll_window_keeps_the_timeout)
+{
+        struct kvd_loop l;
+        struct probe a;
+
+        ck_assert_int_eq(kvd_loop_init(&l), 0);
+        l.poll_ns = 3600ull * 1000000000u;       /* an hour: only the timeout can end a turn */
+        probe_init(&a, &l);
+        ck_assert_int_eq(kvd_loop_add(&l, &a.w, KVD_LOOP_IN), 0);
+        poke(&a);
+        ck_assert_int_eq(kvd_loop_run_once(&l, 1000), 1);       /* an event: the window opens */
+        ck_assert_uint_eq(a.calls, 1);
+        ck_assert_int_eq(kvd_loop_run_once(&l, 0), 0);
+        ck_assert_int_eq(kvd_loop_run_once(&l, 20), 0);         /* the timeout ends it, not the window */
+        poke(&a);
+        ck_assert_int_eq(kvd_loop_run_once(&l, -1), 1);         /* found while polling */
+        ck_assert_uint_eq(a.calls, 2);
+        close(a.w.fd);
+        kvd_loop_close(&l);
+}
+END_TEST
+
 static Suite *loop_suite(void)
 {
         Suite *s = suite_create("loop");
@@ -138,6 +163,7 @@ static Suite *loop_suite(void)
         tcase_add_test(tc, callbacks_get_their_events);
         tcase_add_test(tc, stop_ends_the_turn);
         tcase_add_test(tc, bad_watches_refused);
+        tcase_add_test(tc, poll_window_keeps_the_timeout);
         suite_add_tcase(s, tc);
         return s;
 }

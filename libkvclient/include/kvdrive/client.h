@@ -431,6 +431,18 @@ int kvc_report_scores(kvc_client *c, uint32_t ns, const struct kvc_block_score *
 int kvc_set_compute_hint(kvc_client *c, uint32_t compute_us);
 int kvc_prefetch_depth(const kvc_client *c);
 
+/*
+ * How long a wait for a reply (a synchronous call, kvc_wait()) looks for it
+ * without sleeping before it sleeps: a reply that comes within the window
+ * is seen at once instead of after the CPU wakes from idle, which costs tens
+ * of microseconds on a virtual machine (docs/decisions.md, "Polling for
+ * replies"). The CPU is busy for at most that long per wait. 0 never polls;
+ * at most KVC_POLL_US_MAX. Returns 0 or -EINVAL.
+ */
+#define KVC_POLL_US_DEFAULT 50u
+#define KVC_POLL_US_MAX 10000u
+int kvc_set_poll_us(kvc_client *c, uint32_t poll_us);
+
 /* Synchronous Put/Get: submit and wait. Same returns as kvc_wait(). */
 int kvc_put(kvc_client *c, uint32_t ns, const kvc_pool *p, const struct kvc_block_ref *refs,
             uint32_t n, uint8_t *ret_status);
