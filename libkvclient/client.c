@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -48,6 +49,8 @@ struct kvc_client {
         uint32_t max_items;
         uint32_t compute_us;            /* kvc_set_compute_hint() */
         uint32_t poll_us;               /* kvc_set_poll_us() */
+        uint64_t poll_off_until_ns;     /* no polling before: the CPU was contended */
+        long preemptions;               /* involuntary switches of the last polling thread */
         int prefetch_depth;             /* the scheduler's latest answer, -ENODATA: none yet */
         char *daemon_version;
         uint8_t *sbuf;                  /* max_frame: one packed request */
@@ -119,15 +122,28 @@ static uint64_t now_ns(void)
 
 /* Before a wait for a reply sleeps: looks for it without sleeping for up to
  * poll_us (a reply that comes within finds us awake, and our CPU has not
- * gone idle: waking an idle CPU costs tens of us on a VM). True if the
- * socket became readable. */
-static bool poll_briefly(const kvc_client *c)
+ * gone idle: waking an idle CPU costs tens of us on a VM). Not while the
+ * CPU is contended: a thread that polls there is preempted and waits a
+ * scheduler slice, so an involuntary switch since the last poll turns
+ * polling off for POLL_BACKOFF_NS. True if the socket became readable. */
+#define POLL_BACKOFF_NS (100u * 1000000u)
+
+static bool poll_briefly(kvc_client *c)
 {
-        uint64_t end;
+        struct rusage ru;
+        uint64_t now, end;
 
         if (!c->poll_us)
                 return false;
-        end = now_ns() + (uint64_t)c->poll_us * 1000u;
+        now = now_ns();
+        if (now < c->poll_off_until_ns || getrusage(RUSAGE_THREAD, &ru) < 0)
+                return false;
+        if (ru.ru_nivcsw != c->preemptions) {
+                c->preemptions = ru.ru_nivcsw;
+                c->poll_off_until_ns = now + POLL_BACKOFF_NS;
+                return false;
+        }
+        end = now + (uint64_t)c->poll_us * 1000u;
         do {
                 struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
 

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "clock.h"
@@ -20,6 +21,8 @@ int kvd_loop_init(struct kvd_loop *l)
         l->stopping = false;
         l->poll_ns = 0;
         l->last_event_ns = 0;
+        l->poll_off_until_ns = 0;
+        l->preemptions = 0;
         l->epfd = epoll_create1(EPOLL_CLOEXEC);
         return l->epfd < 0 ? -errno : 0;
 }
@@ -60,12 +63,43 @@ void kvd_loop_stop(struct kvd_loop *l)
         l->stopping = true;
 }
 
+/* Involuntary context switches of the calling thread so far. */
+static long preemptions(void)
+{
+        struct rusage ru;
+
+        return getrusage(RUSAGE_THREAD, &ru) == 0 ? ru.ru_nivcsw : 0;
+}
+
+/* Whether to poll now: not while the CPU is contended. A thread that polls
+ * on a CPU other threads want becomes one of them, is preempted, and waits a
+ * scheduler slice (milliseconds) for its turn; so a preemption since the
+ * last window turns polling off for POLL_BACKOFF_NS. */
+#define POLL_BACKOFF_NS (100u * 1000000u)
+
+static bool poll_now(struct kvd_loop *l, uint64_t now)
+{
+        long p;
+
+        if (now < l->poll_off_until_ns)
+                return false;
+        p = preemptions();
+        if (p != l->preemptions) {
+                l->preemptions = p;
+                l->poll_off_until_ns = now + POLL_BACKOFF_NS;
+                return false;
+        }
+        return now < l->last_event_ns + l->poll_ns;
+}
+
 /* Polls without sleeping until an event, the poll window since the last
  * event ends, or the timeout: 0 (nothing came) or what epoll_wait() said. */
 static int poll_window(struct kvd_loop *l, struct epoll_event *evs, int timeout_ms)
 {
         uint64_t now = kvd_now_ns(), end = l->last_event_ns + l->poll_ns;
 
+        if (!poll_now(l, now))
+                return 0;
         if (timeout_ms >= 0)
                 end = MIN(end, now + (uint64_t)timeout_ms * 1000000u);
         while (now < end) {

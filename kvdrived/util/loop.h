@@ -40,9 +40,13 @@ struct kvd_loop {
         bool stopping;
         /* After an event, kvd_loop_run_once() polls this long before it
          * sleeps (0: never polls): a request that follows within the window
-         * finds the thread awake (docs/decisions.md, "Polling the loop"). */
+         * finds the thread awake; not while the thread is being preempted (the CPU
+ * is contended: docs/decisions.md, "Small copies on the loop, and polling
+ * before sleeping"). */
         uint64_t poll_ns;
         uint64_t last_event_ns;
+        uint64_t poll_off_until_ns;     /* no polling before: the CPU was contended */
+        long preemptions;               /* the thread's involuntary switches at the last look */
 };
 
 /* Creates the epoll set. 0 or -errno. */

@@ -53,6 +53,7 @@ static const struct kvc_geometry geom = {
 struct opts {
         const char *socket;
         uint32_t samples, repeat, load;
+        int64_t poll_us;        /* kvc_set_poll_us(), -1: the library's default */
 };
 
 struct target {
@@ -265,11 +266,12 @@ static int measure(const struct opts *o, struct target *t, uint32_t load)
 
 static void usage(FILE *f)
 {
-        fprintf(f, "usage: kvdrive-bench rtt --socket PATH [--load N] [--samples N] [--repeat N]\n"
+        fprintf(f, "usage: kvdrive-bench rtt --socket PATH [--load N] [--samples N] [--repeat N] [--poll-us N]\n"
                    "  Round trips of a bare SEQPACKET echo, a Lookup and a one-block Get, interleaved,\n"
                    "  on an idle machine and with N spinning processes (default: 2 x the CPUs).\n"
                    "  --samples  round trips of each kind per run (default 20000)\n"
-                   "  --repeat   runs per load (default 5)\n");
+                   "  --repeat   runs per load (default 5)\n"
+                   "  --poll-us  the client's reply poll window (kvc_set_poll_us; default: the library's)\n");
 }
 
 static int setup(const struct opts *o, struct target *t)
@@ -285,7 +287,10 @@ static int setup(const struct opts *o, struct target *t)
                 fprintf(stderr, "kvdrive-bench rtt: cannot connect to %s: %s\n", o->socket, kvc_strerror(rc));
                 return rc;
         }
-        rc = kvc_register_namespace(t->c, NS_NAME, &geom, &t->ns, NULL);
+        if (o->poll_us >= 0)
+                rc = kvc_set_poll_us(t->c, (uint32_t)o->poll_us);
+        if (rc == 0)
+                rc = kvc_register_namespace(t->c, NS_NAME, &geom, &t->ns, NULL);
         if (rc == 0)
                 rc = kvc_pool_create(t->c, 1, kvc_block_bytes(&geom), &t->pool);
         kvc_key_private(&seq, 0, &t->ref.key);
@@ -309,15 +314,16 @@ int bench_rtt(int argc, char **argv)
         static const struct option longopts[] = {
                 { "socket", required_argument, NULL, 's' }, { "load", required_argument, NULL, 'l' },
                 { "samples", required_argument, NULL, 'n' }, { "repeat", required_argument, NULL, 'r' },
-                { "help", no_argument, NULL, 'h' },         {},
+                { "poll-us", required_argument, NULL, 'p' }, { "help", no_argument, NULL, 'h' },
+                {},
         };
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        struct opts o = { .samples = 20000, .repeat = 5, .load = (uint32_t)(cpus > 0 ? 2 * cpus : 4) };
+        struct opts o = { .samples = 20000, .repeat = 5, .load = (uint32_t)(cpus > 0 ? 2 * cpus : 4), .poll_us = -1 };
         struct target t = { .echo_fd = -1 };
         uint64_t x;
         int c, rc;
 
-        while ((c = getopt_long(argc, argv, "s:l:n:r:h", longopts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "s:l:n:r:p:h", longopts, NULL)) != -1) {
                 switch (c) {
                 case 's':
                         o.socket = optarg;
@@ -342,6 +348,13 @@ int bench_rtt(int argc, char **argv)
                                 return BENCH_EXIT_USAGE;
                         }
                         o.repeat = (uint32_t)x;
+                        break;
+                case 'p':
+                        if (bench_parse_uint(optarg, 0, KVC_POLL_US_MAX, &x) < 0) {
+                                fprintf(stderr, "kvdrive-bench rtt: --poll-us 0-%u\n", KVC_POLL_US_MAX);
+                                return BENCH_EXIT_USAGE;
+                        }
+                        o.poll_us = (int64_t)x;
                         break;
                 case 'h':
                         usage(stdout);
