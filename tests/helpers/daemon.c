@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "frame.h"
+#include "watchdog.h"
 
 extern char **environ;
 
@@ -57,59 +58,14 @@ static struct {
 /*
  * A watchdog process per temporary directory removes it when the test's
  * process dies in a way atexit() does not see (Check SIGKILLs a test that
- * times out, with its whole process group). It runs in its own session and
- * waits for EOF on a pipe whose write end only the test holds (O_CLOEXEC).
- * Returns the write end, or -errno.
+ * times out, with its whole process group): util/watchdog.h. Returns the
+ * pipe's write end, or -errno.
  */
 static int watchdog_start(const char *dir)
 {
-        int p[2], st, devnull;
-        pid_t pid;
+        const char *const argv[] = { "/bin/rm", "-rf", "--", dir, NULL };
 
-        if (pipe2(p, O_CLOEXEC) < 0)
-                return -errno;
-        fflush(NULL);
-        pid = fork();
-        if (pid < 0) {
-                int rc = -errno;
-
-                close(p[0]);
-                close(p[1]);
-                return rc;
-        }
-        if (pid == 0) {
-                /* Double fork: the watchdog is nobody's zombie. */
-                if (fork() != 0)
-                        _exit(0);
-                setsid();
-                devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-                if (devnull >= 0) {
-                        dup2(devnull, STDIN_FILENO);
-                        dup2(devnull, STDOUT_FILENO);
-                        dup2(devnull, STDERR_FILENO);
-                }
-                /* Hold nothing of the test's: not its daemon connections,
-                 * not meson's stdout pipe. */
-                if (dup2(p[0], 3) < 0)
-                        _exit(1);
-                close_range(4, ~0u, 0);
-                signal(SIGINT, SIG_IGN);
-                signal(SIGTERM, SIG_IGN);
-                for (;;) {
-                        char c;
-                        ssize_t n = read(3, &c, 1);
-
-                        if (n < 0 && errno == EINTR)
-                                continue;
-                        break;
-                }
-                rm_rf(dir);
-                _exit(0);
-        }
-        close(p[0]);
-        while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-                ;
-        return p[1];
+        return kvd_watchdog_start(argv);
 }
 
 static bool atexit_registered;
