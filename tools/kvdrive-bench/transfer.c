@@ -21,7 +21,8 @@
  * depth slots each, reused request after request), in block-size chunks.
  * It runs just before each timed Get, while the clients wait at the
  * barrier: once on one thread, once on `workers` threads (each its share
- * of the source and of the ring), timed like the clients' phases.
+ * of the source and of the ring), timed like the clients' phases, each
+ * after an untimed write of the ring.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -481,6 +482,10 @@ static double anchor_run(const struct anchor *a, uint32_t threads)
         threads = threads < 1 ? 1 : threads > 64 ? 64 : threads;
         if (threads > ring)
                 threads = (uint32_t)ring;
+        /* The ring warm, as the clients' pools are after the Put that
+         * read them; without this the run after the Put starts colder than
+         * the next one. */
+        memset(a->dst, 0, a->dst_bytes);
         for (uint32_t i = 0; i < threads; i++) {
                 uint64_t n = chunks / threads + (i < chunks % threads);
                 uint64_t r0 = ring * i / threads, r1 = ring * (i + 1) / threads;
