@@ -34,7 +34,6 @@ struct ssd_ctx {
 int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret)
 {
         struct kvd_cache *c;
-        uint64_t expected;
         int r;
 
         c = calloc(1, sizeof(*c));
@@ -61,9 +60,8 @@ int kvd_cache_new(const struct kvd_config *cfg, struct kvd_cache **ret)
                 else if (c->tiers[i]->ops->get)
                         c->remote_tier = c->tiers[i];
         }
-        /* A 16 KiB block is small for KV (one layer, all heads, 16+ tokens). */
-        expected = cfg->index_blocks ? cfg->index_blocks : (cfg->host_bytes + cfg->ssd_bytes) / (16u << 10);
-        r = kvd_index_new(expected, &c->index);
+        /* The index grows with use; index-blocks only presizes it. */
+        r = kvd_index_new(cfg->index_blocks, &c->index);
         if (r < 0)
                 goto err;
         r = kvd_cache_recover(c);
@@ -905,7 +903,7 @@ void kvd_cache_stats(const struct kvd_cache *c, struct kvd_cache_stats *ret)
                 .index_capacity = kvd_index_capacity(c->index),
                 .index_entries = kvd_index_count(c->index),
                 .index_bytes = kvd_index_bytes(c->index),
-                .index_bytes_per_block = kvd_index_bytes_per_block(),
+                .index_bytes_per_block = kvd_index_bytes_per_block(c->index),
                 .have_ssd = c->ssd_tier != NULL,
                 .ssd_hits = c->ssd_hits, .ssd_misses = c->ssd_misses, .ssd_evictions = c->ssd_evictions,
                 .demotions = c->demotions, .promotions = c->promotions, .dropped = c->dropped,

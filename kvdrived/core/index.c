@@ -10,15 +10,22 @@
 #include "macro.h"
 #include "tier.h"
 
-#define CHUNK_SHIFT 16
+/* 4 Ki records (256 KiB) a chunk: at most one part-filled chunk, so the
+ * records cost sizeof(struct kvd_block) per block plus under 256 KiB. */
+#define CHUNK_SHIFT 12
 #define CHUNK_BLOCKS (1u << CHUNK_SHIFT)
-#define MAX_CHUNKS (1u << 16)           /* ids are 32 bits */
+#define MAX_CHUNKS (1u << (32 - CHUNK_SHIFT))   /* ids are 32 bits */
+#define MIN_TABLE 1024
+#define MAX_TABLE (UINT64_C(1) << 32)  /* home = tag & mask needs mask < 2^32 */
 #define LOAD_NUM 3
 #define LOAD_DEN 4
 
 struct slot {
         uint32_t id;    /* KVD_ID_NONE: empty */
-        uint32_t tag;   /* high bits of the hash: skips most record loads */
+        /* The hash's low 32 bits: the home slot is tag & mask, so growing
+         * and backward-shift deletion never load a record, and the bits
+         * above the mask still skip most record loads in a lookup. */
+        uint32_t tag;
 };
 
 struct kvd_index {
@@ -27,6 +34,7 @@ struct kvd_index {
         uint64_t count;
         struct kvd_block **chunks;
         uint32_t n_chunks;
+        uint32_t chunks_cap;    /* entries allocated in chunks[] */
         uint32_t next_fresh;    /* first never-used id */
         uint32_t free_head;     /* recycled ids */
 };
@@ -58,16 +66,15 @@ struct kvd_block *kvd_index_block(const struct kvd_index *idx, uint32_t id)
 int kvd_index_new(uint64_t expected, struct kvd_index **ret)
 {
         struct kvd_index *idx;
-        uint64_t cap = 1024;
+        uint64_t cap = MIN_TABLE;
 
-        while (cap * LOAD_NUM / LOAD_DEN < expected && cap < (UINT64_C(1) << 33))
+        while (cap * LOAD_NUM / LOAD_DEN < expected && cap < MAX_TABLE)
                 cap <<= 1;
         idx = calloc(1, sizeof(*idx));
         if (!idx)
                 return -ENOMEM;
         idx->table = calloc(cap, sizeof(struct slot));
-        idx->chunks = calloc(MAX_CHUNKS, sizeof(*idx->chunks));
-        if (!idx->table || !idx->chunks) {
+        if (!idx->table) {
                 kvd_index_free(idx);
                 return -ENOMEM;
         }
@@ -94,7 +101,7 @@ struct kvd_index *kvd_index_free(struct kvd_index *idx)
 uint32_t kvd_index_find(const struct kvd_index *idx, const struct kvd_bkey *k)
 {
         uint64_t h = hash_key(k);
-        uint32_t tag = (uint32_t)(h >> 32);
+        uint32_t tag = (uint32_t)h;
 
         for (uint64_t i = h & idx->mask;; i = (i + 1) & idx->mask) {
                 const struct slot *s = &idx->table[i];
@@ -106,27 +113,32 @@ uint32_t kvd_index_find(const struct kvd_index *idx, const struct kvd_bkey *k)
         }
 }
 
-static void place(struct slot *table, uint64_t mask, uint64_t h, uint32_t id)
+static void place(struct slot *table, uint64_t mask, uint32_t tag, uint32_t id)
 {
-        uint64_t i = h & mask;
+        uint64_t i = tag & mask;
 
         while (table[i].id != KVD_ID_NONE)
                 i = (i + 1) & mask;
-        table[i] = (struct slot){ id, (uint32_t)(h >> 32) };
+        table[i] = (struct slot){ id, tag };
 }
 
 static int grow(struct kvd_index *idx)
 {
         uint64_t cap = (idx->mask + 1) * 2;
-        struct slot *t = calloc(cap, sizeof(*t));
+        struct slot *t;
 
+        if (cap > MAX_TABLE)
+                return -ENOSPC;
+        t = calloc(cap, sizeof(*t));
         if (!t)
                 return -ENOMEM;
+        /* At once, from the tags alone: about 25 ms per million blocks
+         * (docs/decisions.md). */
         for (uint64_t i = 0; i <= idx->mask; i++) {
-                uint32_t id = idx->table[i].id;
+                const struct slot *s = &idx->table[i];
 
-                if (id != KVD_ID_NONE)
-                        place(t, cap - 1, hash_block(kvd_index_block(idx, id)), id);
+                if (s->id != KVD_ID_NONE)
+                        place(t, cap - 1, s->tag, s->id);
         }
         free(idx->table);
         idx->table = t;
@@ -147,6 +159,15 @@ static int alloc_id(struct kvd_index *idx, uint32_t *ret)
         if ((id >> CHUNK_SHIFT) >= idx->n_chunks) {
                 if (idx->n_chunks == MAX_CHUNKS)
                         return -ENOSPC;
+                if (idx->n_chunks == idx->chunks_cap) {
+                        uint32_t n = idx->chunks_cap ? idx->chunks_cap * 2 : 16;
+                        struct kvd_block **p = reallocarray(idx->chunks, n, sizeof(*p));
+
+                        if (!p)
+                                return -ENOMEM;
+                        idx->chunks = p;
+                        idx->chunks_cap = n;
+                }
                 idx->chunks[idx->n_chunks] = calloc(CHUNK_BLOCKS, sizeof(struct kvd_block));
                 if (!idx->chunks[idx->n_chunks])
                         return -ENOMEM;
@@ -180,7 +201,7 @@ int kvd_index_insert(struct kvd_index *idx, const struct kvd_bkey *k, uint32_t *
                 .key_hi = k->hi, .key_lo = k->lo, .ns = (uint16_t)k->ns, .layer = k->layer,
                 .lru_prev = KVD_ID_NONE, .lru_next = KVD_ID_NONE, .loc = KVD_LOC_NONE, .ssd_loc = KVD_LOC_NONE,
         };
-        place(idx->table, idx->mask, hash_key(k), id);
+        place(idx->table, idx->mask, (uint32_t)hash_key(k), id);
         idx->count++;
         *ret_id = id;
         return 0;
@@ -204,7 +225,7 @@ void kvd_index_remove(struct kvd_index *idx, uint32_t id)
                 j = (j + 1) & idx->mask;
                 if (idx->table[j].id == KVD_ID_NONE)
                         break;
-                home = hash_block(kvd_index_block(idx, idx->table[j].id)) & idx->mask;
+                home = idx->table[j].tag & idx->mask;
                 if (((j - home) & idx->mask) >= ((j - i) & idx->mask)) {
                         idx->table[i] = idx->table[j];
                         i = j;
@@ -234,12 +255,16 @@ uint64_t kvd_index_capacity(const struct kvd_index *idx)
 
 uint64_t kvd_index_bytes(const struct kvd_index *idx)
 {
-        return (idx->mask + 1) * sizeof(struct slot) +
+        return sizeof(*idx) + (idx->mask + 1) * sizeof(struct slot) +
                (uint64_t)idx->n_chunks * CHUNK_BLOCKS * sizeof(struct kvd_block) +
-               MAX_CHUNKS * sizeof(struct kvd_block *);
+               (uint64_t)idx->chunks_cap * sizeof(struct kvd_block *);
 }
 
-uint32_t kvd_index_bytes_per_block(void)
+uint32_t kvd_index_bytes_per_block(const struct kvd_index *idx)
 {
-        return (uint32_t)(sizeof(struct kvd_block) + (sizeof(struct slot) * LOAD_DEN + LOAD_NUM - 1) / LOAD_NUM);
+        uint64_t n = idx->count;
+
+        if (n == 0)
+                return 0;
+        return (uint32_t)MIN((kvd_index_bytes(idx) + n - 1) / n, UINT32_MAX);
 }

@@ -6,8 +6,11 @@
  * record's address and its 32-bit id stay valid until it is removed; ids are
  * what other structures (LRU lists, transfer batches) hold.
  *
- * Memory per block: sizeof(struct kvd_block) plus one 8-byte table slot at a
- * load factor of at most 0.75 (kvd_index_bytes_per_block()).
+ * Memory: the table starts at 1024 slots (or the hint) and doubles at a load
+ * of 0.75; record chunks and the chunk array are allocated as ids are first
+ * used. kvd_index_bytes() counts what is allocated, so the per-block figure
+ * is measured: sizeof(struct kvd_block), plus 8-21 B of table, plus the last
+ * chunk's unused records.
  * Event-loop thread only: no locking.
  */
 #pragma once
@@ -95,7 +98,8 @@ uint32_t kvd_index_id_end(const struct kvd_index *idx);
 
 uint64_t kvd_index_count(const struct kvd_index *idx);
 uint64_t kvd_index_capacity(const struct kvd_index *idx);
-/* All metadata bytes held (records allocated + table). */
+/* All metadata bytes allocated: records (whole chunks), the chunk array, the
+ * table and the index struct itself (not the allocator's own overhead). */
 uint64_t kvd_index_bytes(const struct kvd_index *idx);
-/* Bytes of metadata per block at the table's maximum load. */
-uint32_t kvd_index_bytes_per_block(void);
+/* kvd_index_bytes() / live blocks, rounded up; 0 when the index is empty. */
+uint32_t kvd_index_bytes_per_block(const struct kvd_index *idx);

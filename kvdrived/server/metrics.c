@@ -455,7 +455,7 @@ int kvd_metrics_render(struct kvd_server *s, FILE *f)
         scalar(f, "kvdrive_namespaces", "gauge", "Namespaces registered now.", kvd_cache_ns_count(s->cache));
         scalar(f, "kvdrive_index_capacity", "gauge", "Slots of the block index.", cs.index_capacity);
         scalar(f, "kvdrive_index_entries", "gauge", "Blocks the index holds now.", cs.index_entries);
-        scalar(f, "kvdrive_index_bytes", "gauge", "Bytes of index metadata.", cs.index_bytes);
+        scalar(f, "kvdrive_index_bytes", "gauge", "Bytes the block index has allocated (records, table); per block: divide by kvdrive_index_entries.", cs.index_bytes);
         family(f, "kvdrive_eviction_policy_info", "gauge", "The eviction policy (eviction=); always 1.");
         fprintf(f, "kvdrive_eviction_policy_info{policy=\"%s\"} 1\n", cs.eviction);
         scalar(f, "kvdrive_speculative_promotions_total", "counter",

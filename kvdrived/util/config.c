@@ -70,7 +70,7 @@ static const struct option_def options[] = {
         { "host-hugepages", OPT_BOOL, OFF(host_hugepages), "true", 0, 0,
           "back the host pool with huge pages when available", false },
         { "index-blocks", OPT_SIZE, OFF(index_blocks), "0", 0, UINT64_C(1) << 32,
-          "initial index capacity in blocks (0: from host-bytes)", false },
+          "initial index capacity in blocks (0: start small, grow with use)", false },
         { "ssd-dir", OPT_STRING, OFF(ssd_dirs), "", 0, 0,
           "SSD tier directories, comma-separated (one per drive)", false },
         { "ssd-bytes", OPT_SIZE, OFF(ssd_bytes), "0", 0, UINT64_C(1) << 50,

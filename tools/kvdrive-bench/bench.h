@@ -19,6 +19,7 @@ struct bench_command {
 int bench_transfer(int argc, char **argv);
 int bench_ssd(int argc, char **argv);
 int bench_restart(int argc, char **argv);
+int bench_footprint(int argc, char **argv);
 int bench_gen(int argc, char **argv);
 int bench_decode(int argc, char **argv);
 int bench_report(int argc, char **argv);

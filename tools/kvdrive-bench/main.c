@@ -18,6 +18,7 @@ static const struct bench_command commands[] = {
         { "transfer", bench_transfer, "Put/Get bandwidth of N clients against memcpy" },
         { "ssd", bench_ssd, "Get of SSD-only blocks at several queue depths against fio" },
         { "restart", bench_restart, "time for a daemon to come back with N blocks on SSD" },
+        { "footprint", bench_footprint, "index bytes per block the daemon measures with N blocks" },
         { "gen", bench_gen, "write a synthetic decode trace (docs/trace-format.md)" },
         { "decode", bench_decode, "long-context decode: full, sparse, lru policies; tokens/s and accuracy" },
         { "report", bench_report, "decode sweep (context, budget, clients) into Markdown, CSV and plots" },

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * kvdrive-bench transfer: Put/Get bandwidth of N client processes through
- * the daemon, next to single-thread memcpy of the same bytes.
+ * the daemon, next to memcpy of the same bytes by one thread and by as many
+ * threads as the daemon has transfer workers.
  *
  * Per block size, each client (a forked process that connects by itself)
  * registers namespace "bench-<size>" (block_bytes == size), makes a pool of
@@ -13,12 +14,22 @@
  * start every timed phase together (a barrier through pipes) and report
  * their start and end times; a phase's bandwidth is all clients' bytes over
  * (latest end - earliest start). GB/s are 10^9 bytes per second.
+ *
+ * The memcpy anchor copies what a Get phase copies, with the cache state a
+ * Get sees: all clients' bytes from a source as large as their blocks in
+ * the host tier, into a destination ring as large as their pools (batch *
+ * depth slots each, reused request after request), in block-size chunks.
+ * It runs just before each timed Get, while the clients wait at the
+ * barrier: once on one thread, once on `workers` threads (each its share
+ * of the source and of the ring), timed like the clients' phases, each
+ * after an untimed write of the ring.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -47,6 +58,7 @@ struct transfer_opts {
         uint32_t batch;
         uint32_t depth;
         uint32_t repeat;
+        uint32_t workers;               /* the daemon's transfer workers */
         bool json;
 };
 
@@ -84,9 +96,12 @@ struct size_result {
         uint64_t bytes_per_client;
         double put_gbps;
         double get_gbps;
-        double memcpy_gbps;
+        double memcpy_gbps;             /* one thread */
+        double memcpy_mt_gbps;          /* o->workers threads */
         double *put_runs;               /* repeat */
         double *get_runs;               /* repeat */
+        double *mc_runs;                /* repeat */
+        double *mc_mt_runs;             /* repeat */
 };
 
 /* Everything the parent allocated: a forked client frees it. */
@@ -100,6 +115,8 @@ static void transfer_free(struct transfer *t)
         for (size_t i = 0; t->res && i < t->o.n_sizes; i++) {
                 free(t->res[i].put_runs);
                 free(t->res[i].get_runs);
+                free(t->res[i].mc_runs);
+                free(t->res[i].mc_mt_runs);
         }
         free(t->res);
         t->res = NULL;
@@ -400,37 +417,135 @@ out_cleanup:
         return ret;
 }
 
-/* Single-thread memcpy between two separate buffers of `total` bytes, in
- * chunks of `chunk`, pre-faulted and warmed: median GB/s over repeat runs. */
-static double measure_memcpy(uint64_t total, uint64_t chunk, uint32_t repeat, double *runs)
-{
+/* The memcpy anchor's buffers: src as large as all clients' blocks, dst as
+ * large as all clients' pools. */
+struct anchor {
         uint8_t *src, *dst;
+        uint64_t src_bytes, dst_bytes, chunk;
+};
+
+/* Threads start copying together, when the creator says go. */
+struct anchor_start {
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        int go;                         /* 0: wait, 1: copy, -1: leave */
+};
+
+struct anchor_share {
+        const struct anchor *a;
+        struct anchor_start *st;
+        uint64_t src_off, src_len;      /* whole chunks */
+        uint64_t dst_off, dst_len;      /* whole chunks, > 0 */
+        uint64_t start_ns, end_ns;
+};
+
+static void *anchor_thread(void *arg)
+{
+        struct anchor_share *sh = arg;
+        const struct anchor *a = sh->a;
+        uint64_t d = 0;
+        int go;
+
+        pthread_mutex_lock(&sh->st->lock);
+        while (!(go = sh->st->go))
+                pthread_cond_wait(&sh->st->cond, &sh->st->lock);
+        pthread_mutex_unlock(&sh->st->lock);
+        if (go < 0)
+                return NULL;
+        sh->start_ns = bench_now_ns();
+        for (uint64_t off = 0; off < sh->src_len; off += a->chunk) {
+                memcpy(a->dst + sh->dst_off + d, a->src + sh->src_off + off, a->chunk);
+                d += a->chunk;
+                if (d == sh->dst_len)
+                        d = 0;
+        }
+        /* The copies are the point: keep the compiler from dropping them. */
+        __asm__ volatile("" : : "r"(a->dst) : "memory");
+        sh->end_ns = bench_now_ns();
+        return NULL;
+}
+
+/* One timed copy of the whole source on `threads` threads: GB/s over
+ * (latest end - earliest start), or 0.0 if a thread could not start. */
+static double anchor_run(const struct anchor *a, uint32_t threads)
+{
+        uint64_t chunks = a->src_bytes / a->chunk, ring = a->dst_bytes / a->chunk;
+        uint64_t start = UINT64_MAX, end = 0, done = 0;
+        struct anchor_start st = {
+                .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER,
+        };
+        struct anchor_share sh[64];
+        pthread_t tid[64];
+        uint32_t started = 0;
         double gbps = 0.0;
 
-        src = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        dst = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (src == MAP_FAILED || dst == MAP_FAILED)
-                goto out_unmap;
-        memset(src, 0x5a, total);
-        memset(dst, 0, total);
-        for (int32_t r = -1; r < (int32_t)repeat; r++) {
-                uint64_t t0 = bench_now_ns(), t1;
+        threads = threads < 1 ? 1 : threads > 64 ? 64 : threads;
+        if (threads > ring)
+                threads = (uint32_t)ring;
+        /* The ring warm, as the clients' pools are after the Put that
+         * read them; without this the run after the Put starts colder than
+         * the next one. */
+        memset(a->dst, 0, a->dst_bytes);
+        for (uint32_t i = 0; i < threads; i++) {
+                uint64_t n = chunks / threads + (i < chunks % threads);
+                uint64_t r0 = ring * i / threads, r1 = ring * (i + 1) / threads;
 
-                for (uint64_t off = 0; off < total; off += chunk)
-                        memcpy(dst + off, src + off, chunk);
-                /* The copies are the point: keep the compiler from dropping them. */
-                __asm__ volatile("" : : "r"(dst) : "memory");
-                t1 = bench_now_ns();
-                if (r >= 0)     /* run -1 warms up */
-                        runs[r] = (double)total / (double)(t1 - t0 ? t1 - t0 : 1);
+                sh[i] = (struct anchor_share){
+                        .a = a, .st = &st,
+                        .src_off = done * a->chunk, .src_len = n * a->chunk,
+                        .dst_off = r0 * a->chunk, .dst_len = (r1 - r0) * a->chunk,
+                };
+                done += n;
         }
-        gbps = bench_median(runs, repeat);
-out_unmap:
-        if (src != MAP_FAILED)
-                munmap(src, total);
-        if (dst != MAP_FAILED)
-                munmap(dst, total);
+        for (; started < threads; started++)
+                if (pthread_create(&tid[started], NULL, anchor_thread, &sh[started]) != 0)
+                        break;
+        pthread_mutex_lock(&st.lock);
+        st.go = started == threads ? 1 : -1;
+        pthread_cond_broadcast(&st.cond);
+        pthread_mutex_unlock(&st.lock);
+        for (uint32_t i = 0; i < started; i++) {
+                pthread_join(tid[i], NULL);
+                start = sh[i].start_ns < start ? sh[i].start_ns : start;
+                end = sh[i].end_ns > end ? sh[i].end_ns : end;
+        }
+        if (started == threads)
+                gbps = (double)(chunks * a->chunk) / (double)(end > start ? end - start : 1);
         return gbps;
+}
+
+static void anchor_unmap(struct anchor *a)
+{
+        if (a->src && a->src != MAP_FAILED)
+                munmap(a->src, a->src_bytes);
+        if (a->dst && a->dst != MAP_FAILED)
+                munmap(a->dst, a->dst_bytes);
+        a->src = a->dst = NULL;
+}
+
+/* Maps and pre-faults the buffers, then copies once on each thread count
+ * untimed (warm-up). -1 if they cannot be mapped. */
+static int anchor_init(struct anchor *a, uint64_t src_bytes, uint64_t dst_bytes, uint64_t chunk,
+                       uint32_t threads)
+{
+        *a = (struct anchor){ .src_bytes = src_bytes, .dst_bytes = dst_bytes, .chunk = chunk };
+        a->src = mmap(NULL, src_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        a->dst = mmap(NULL, dst_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        /* The clients forked later must not share them: the anchor's
+         * writes would then copy pages on write inside the timed runs. */
+        if (a->src == MAP_FAILED || a->dst == MAP_FAILED ||
+            madvise(a->src, src_bytes, MADV_DONTFORK) < 0 ||
+            madvise(a->dst, dst_bytes, MADV_DONTFORK) < 0) {
+                anchor_unmap(a);
+                return -1;
+        }
+        memset(a->src, 0x5a, src_bytes);
+        memset(a->dst, 0, dst_bytes);
+        if (anchor_run(a, 1) == 0.0 || anchor_run(a, threads) == 0.0) {
+                anchor_unmap(a);
+                return -1;
+        }
+        return 0;
 }
 
 static bool read_msg(int fd, uint32_t type, struct child_msg *m)
@@ -445,11 +560,11 @@ static bool read_msg(int fd, uint32_t type, struct child_msg *m)
 
 /*
  * Forks the clients for one size and drives them through the timed phases:
- * for each repeat, Put then Get, each started together. Fills the per-run
- * GB/s of res. Returns 0, or -1 when a client failed (it said why).
+ * for each repeat, Put then Get, each started together, the memcpy anchor
+ * run just before each Get. Fills the per-run GB/s of res. Returns 0, or -1 when a client failed (it said why).
  */
 static int run_clients(struct transfer *t, uint64_t size, uint32_t nblocks,
-                       struct size_result *res)
+                       const struct anchor *anchor, struct size_result *res)
 {
         const struct transfer_opts *o = &t->o;
         unsigned n = o->clients, started = 0;
@@ -526,6 +641,11 @@ static int run_clients(struct transfer *t, uint64_t size, uint32_t nblocks,
                 for (unsigned i = 0; i < n; i++)
                         if (!read_msg(up[i], MSG_READY, &m))
                                 goto err_kill;
+                if (phase % 2) {
+                        /* The clients wait for "g": the anchor has the CPUs. */
+                        res->mc_runs[phase / 2] = anchor_run(anchor, 1);
+                        res->mc_mt_runs[phase / 2] = anchor_run(anchor, o->workers);
+                }
                 for (unsigned i = 0; i < n; i++)
                         if (write(down[i], "g", 1) != 1)
                                 goto err_kill;
@@ -603,6 +723,7 @@ static int check_daemon(struct transfer_opts *o)
                 fprintf(stderr, "kvdrive-bench: stats: %s\n", kvc_strerror(err));
                 goto out_disconnect;
         }
+        o->workers = s->workers ? s->workers : 1;
         cap = host_tier_capacity(s);
         limit = cap / 2 / o->clients;
         if (cap == 0)
@@ -628,8 +749,10 @@ static int run_size(struct transfer *t, size_t idx)
         uint64_t size = o->sizes[idx];
         struct size_result *res = &t->res[idx];
         uint64_t nblocks = o->bytes / size;
-        double *mc_runs;
+        struct anchor anchor;
+        uint64_t ring;
         char sz[32];
+        int ret = -1;
 
         bench_format_size(sz, sizeof(sz), size);
         if (size % BENCH_BLOCK_UNIT || size / BENCH_BLOCK_UNIT > UINT32_MAX) {
@@ -643,24 +766,30 @@ static int run_size(struct transfer *t, size_t idx)
         }
         res->size = size;
         res->bytes_per_client = nblocks * size;
-        mc_runs = calloc(o->repeat, sizeof(*mc_runs));
-        if (!mc_runs)
-                return -1;
-        res->memcpy_gbps = measure_memcpy(res->bytes_per_client, size, o->repeat, mc_runs);
-        free(mc_runs);
-        if (res->memcpy_gbps == 0.0) {
-                fprintf(stderr, "kvdrive-bench: cannot map memcpy buffers\n");
-                return -1;
-        }
         res->put_runs = calloc(o->repeat, sizeof(double));
         res->get_runs = calloc(o->repeat, sizeof(double));
-        if (!res->put_runs || !res->get_runs)
+        res->mc_runs = calloc(o->repeat, sizeof(double));
+        res->mc_mt_runs = calloc(o->repeat, sizeof(double));
+        if (!res->put_runs || !res->get_runs || !res->mc_runs || !res->mc_mt_runs)
                 return -1;
-        if (run_clients(t, size, (uint32_t)nblocks, res) < 0)
+        ring = (uint64_t)o->batch * o->depth;
+        if (ring > nblocks)
+                ring = nblocks;
+        if (anchor_init(&anchor, o->clients * res->bytes_per_client, o->clients * ring * size,
+                        size, o->workers) < 0) {
+                fprintf(stderr, "kvdrive-bench: cannot map or copy the memcpy buffers\n");
                 return -1;
+        }
+        if (run_clients(t, size, (uint32_t)nblocks, &anchor, res) < 0)
+                goto out_unmap;
         res->put_gbps = bench_median(res->put_runs, o->repeat);
         res->get_gbps = bench_median(res->get_runs, o->repeat);
-        return 0;
+        res->memcpy_gbps = bench_median(res->mc_runs, o->repeat);
+        res->memcpy_mt_gbps = bench_median(res->mc_mt_runs, o->repeat);
+        ret = 0;
+out_unmap:
+        anchor_unmap(&anchor);
+        return ret;
 }
 
 static void print_table(const struct transfer_opts *o, const struct size_result *res)
@@ -668,17 +797,18 @@ static void print_table(const struct transfer_opts *o, const struct size_result 
         char sz[32];
 
         printf("transfer: %" PRIu32 " clients, batch %" PRIu32 ", depth %" PRIu32
-               ", medians of %" PRIu32 " repeats\n",
-               o->clients, o->batch, o->depth, o->repeat);
-        printf("%-6s %12s %10s %10s %12s %11s\n", "size", "bytes/client", "put GB/s",
-               "get GB/s", "memcpy GB/s", "get/memcpy");
+               ", medians of %" PRIu32 " repeats; memcpy on 1 and on %" PRIu32
+               " threads (the daemon's workers)\n",
+               o->clients, o->batch, o->depth, o->repeat, o->workers);
+        printf("%-6s %12s %10s %10s %10s %10s %10s\n", "size", "bytes/client", "put GB/s",
+               "get GB/s", "memcpy 1", "memcpy N", "get/N");
         for (size_t i = 0; i < o->n_sizes; i++) {
                 const struct size_result *r = &res[i];
 
-                printf("%-6s %12" PRIu64 " %10.2f %10.2f %12.2f %11.2f\n",
+                printf("%-6s %12" PRIu64 " %10.2f %10.2f %10.2f %10.2f %10.2f\n",
                        bench_format_size(sz, sizeof(sz), r->size), r->bytes_per_client,
-                       r->put_gbps, r->get_gbps, r->memcpy_gbps,
-                       r->memcpy_gbps > 0 ? r->get_gbps / r->memcpy_gbps : 0.0);
+                       r->put_gbps, r->get_gbps, r->memcpy_gbps, r->memcpy_mt_gbps,
+                       r->memcpy_mt_gbps > 0 ? r->get_gbps / r->memcpy_mt_gbps : 0.0);
         }
 }
 
@@ -705,7 +835,7 @@ static int print_json(const struct transfer_opts *o, const struct size_result *r
 
                 if (json_array_append_new(
                             results,
-                            json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:o, s:o}",
+                            json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:o, s:o, s:o, s:o}",
                                       "size", (json_int_t)r->size,
                                       "bytes_per_client", (json_int_t)r->bytes_per_client,
                                       "put_gbps", r->put_gbps,
@@ -713,19 +843,25 @@ static int print_json(const struct transfer_opts *o, const struct size_result *r
                                       "memcpy_gbps", r->memcpy_gbps,
                                       "get_memcpy_ratio",
                                       r->memcpy_gbps > 0 ? r->get_gbps / r->memcpy_gbps : 0.0,
+                                      "memcpy_mt_gbps", r->memcpy_mt_gbps,
+                                      "get_memcpy_mt_ratio",
+                                      r->memcpy_mt_gbps > 0 ? r->get_gbps / r->memcpy_mt_gbps : 0.0,
                                       "put_gbps_runs", runs_json(r->put_runs, o->repeat),
-                                      "get_gbps_runs", runs_json(r->get_runs, o->repeat))) < 0) {
+                                      "get_gbps_runs", runs_json(r->get_runs, o->repeat),
+                                      "memcpy_gbps_runs", runs_json(r->mc_runs, o->repeat),
+                                      "memcpy_mt_gbps_runs", runs_json(r->mc_mt_runs, o->repeat))) < 0) {
                         json_decref(results);
                         return -1;
                 }
         }
-        root = json_pack("{s:i, s:s, s:I, s:I, s:I, s:I, s:o}",
+        root = json_pack("{s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:o}",
                          "schema", JSON_SCHEMA,
                          "command", "transfer",
                          "clients", (json_int_t)o->clients,
                          "batch", (json_int_t)o->batch,
                          "depth", (json_int_t)o->depth,
                          "repeat", (json_int_t)o->repeat,
+                         "workers", (json_int_t)o->workers,
                          "results", results);
         if (root && json_dumpf(root, stdout, JSON_INDENT(2)) == 0 && putchar('\n') != EOF)
                 ret = 0;

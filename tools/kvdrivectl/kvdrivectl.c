@@ -316,10 +316,11 @@ static void print_stats(const struct kvc_stats *s)
         printf("transfer   in %s (%" PRIu64 " blocks put), out %s (%" PRIu64 " blocks got)\n",
                ctl_format_bytes(b1, sizeof(b1), s->bytes_in), s->puts,
                ctl_format_bytes(b2, sizeof(b2), s->bytes_out), s->gets);
-        printf("index      %" PRIu64 " entries / %" PRIu64 " slots, %s (%" PRIu32
-               " B per block)\n",
-               s->index_entries, s->index_capacity, ctl_format_bytes(b3, sizeof(b3), s->index_bytes),
-               s->index_bytes_per_block);
+        printf("index      %" PRIu64 " entries / %" PRIu64 " slots, %s allocated",
+               s->index_entries, s->index_capacity, ctl_format_bytes(b3, sizeof(b3), s->index_bytes));
+        if (s->index_bytes_per_block)
+                printf(" (%" PRIu32 " B per block)", s->index_bytes_per_block);
+        printf("\n");
 
         printf("\n%-8s %12s %12s %10s %12s %12s %10s\n", "TIER", "CAPACITY", "USED", "BLOCKS",
                "HITS", "MISSES", "EVICTIONS");
