@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Private to libkvclient: what client.c, keys.c and pool.c share. */
+/* Private to libkvclient: what client.c, stats.c, keys.c and pool.c share. */
 #pragma once
 
 #include "kvdrive/client.h"
