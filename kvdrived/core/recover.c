@@ -139,4 +139,6 @@ void kvd_cache_checkpoint(struct kvd_cache *c)
                 return;
         if (c->ssd_tier->ops->checkpoint(c->ssd_tier, ckpt_next, &w) == 0)
                 log_info("SSD tier: index checkpoint written in %.3f s", (double)(kvd_now_ns() - t0) / 1e9);
+        else if (!kvd_cache_ssd_ok(c))
+                log_notice("SSD tier: damaged, so no index checkpoint: the next start scans the slot headers");
 }

@@ -1102,6 +1102,8 @@ static void settle_sizes(struct kvd_ssd *s)
         }
 }
 
+_Static_assert(MAX_DIRS <= KVD_CKPT_MAX_FILES, "a checkpoint names every SSD file");
+
 /* The directory holding the checkpoint: the first SSD directory. */
 static void ckpt_dir(const struct kvd_ssd *s, char *buf, size_t n)
 {
