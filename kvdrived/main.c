@@ -244,6 +244,7 @@ out:
 
                 if (n)
                         log_info("writing %llu blocks back to SSD before stopping", (unsigned long long)n);
+                kvd_cache_checkpoint(cache);
         }
         kvd_cache_free(cache);
         kvd_config_free(&cfg);

@@ -69,6 +69,7 @@ struct kvd_cache {
         uint64_t remote_fetches, remote_promotions; /* Gets asked of the remote tier, blocks it gave */
         uint32_t spec_inflight; /* speculative loads in flight */
         uint64_t recover_skipped_ns, recover_skipped_quota; /* blocks left out at start */
+        bool recovered;         /* kvd_cache_recover() ran whole: the index may be checkpointed */
         uint64_t t0_ns;         /* the heat clock starts here */
 };
 

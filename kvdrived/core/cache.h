@@ -119,6 +119,13 @@ void kvd_cache_quiesce(struct kvd_cache *c);
  * Returns the number of writes started; kvd_cache_free() waits for them. */
 uint64_t kvd_cache_write_back(struct kvd_cache *c);
 
+/* Last step of a clean stop, after kvd_cache_write_back(): the SSD I/O runs
+ * to its end, then the SSD tier's index checkpoint is written (so that the
+ * next start need not scan the slot headers: tiers/ssd-checkpoint.h), if
+ * recovery had run whole and the tier is not damaged. Failure is logged:
+ * the next start scans. Nothing may be asked of the tiers after it. */
+void kvd_cache_checkpoint(struct kvd_cache *c);
+
 /* What kvd_cache_ns_evict() did, added up over its slices. */
 struct kvd_evict_result {
         uint64_t freed;         /* copies freed at once: clean host copies, SSD copies of host-resident blocks */

@@ -83,17 +83,62 @@ static void report_skipped(const struct kvd_cache *c)
 int kvd_cache_recover(struct kvd_cache *c)
 {
         uint64_t t0 = kvd_now_ns();
+        struct kvd_tier_stats st;
         int64_t kept;
 
-        if (!c->ssd_tier)
+        if (!c->ssd_tier) {
+                c->recovered = true;
                 return 0;
+        }
         kept = c->ssd_tier->ops->recover(c->ssd_tier, recover_slot, c);
         if (kept < 0) {
                 log_error("SSD tier: recovery failed: %s", strerror((int)-kept));
                 return (int)kept;
         }
-        log_info("SSD tier: recovered %" PRId64 " blocks in %u namespaces in %.3f s", kept, c->n_ns,
-                 (double)(kvd_now_ns() - t0) / 1e9);
+        c->ssd_tier->ops->stats(c->ssd_tier, &st);
+        log_info("SSD tier: recovered %" PRId64 " blocks in %u namespaces in %.3f s (%s, %" PRIu64
+                 " slot headers read)", kept, c->n_ns, (double)(kvd_now_ns() - t0) / 1e9,
+                 st.recovered_from_checkpoint ? "from the index checkpoint" : "by scanning", st.recover_headers_read);
         report_skipped(c);
+        c->recovered = true;
         return 0;
+}
+
+struct ckpt_walk {
+        struct kvd_cache *c;
+        uint32_t id;
+};
+
+/* The blocks with an SSD copy, in id order. After the tier's drain none is
+ * being written; a doomed one is left out (its slot is wiped or free). */
+static bool ckpt_next(void *ctx, struct kvd_slot_header *ret_h, uint32_t *ret_loc, uint32_t *ret_ns)
+{
+        struct ckpt_walk *w = ctx;
+        uint32_t end = kvd_index_id_end(w->c->index);
+
+        while (++w->id < end) {
+                const struct kvd_block *b = blk(w->c, w->id);
+
+                if (b->state == KVD_BLOCK_FREE || b->ssd_loc == KVD_LOC_NONE ||
+                    (b->flags & (KVD_BLOCK_DOOMED | KVD_BLOCK_WRITING)))
+                        continue;
+                kvd_block_header(w->c, b, ret_h);
+                *ret_loc = b->ssd_loc;
+                *ret_ns = b->ns;
+                return true;
+        }
+        return false;
+}
+
+void kvd_cache_checkpoint(struct kvd_cache *c)
+{
+        struct ckpt_walk w = { c, 0 };
+        uint64_t t0 = kvd_now_ns();
+
+        if (!c->recovered || !c->ssd_tier || !c->ssd_tier->ops->checkpoint)
+                return;
+        if (c->ssd_tier->ops->checkpoint(c->ssd_tier, ckpt_next, &w) == 0)
+                log_info("SSD tier: index checkpoint written in %.3f s", (double)(kvd_now_ns() - t0) / 1e9);
+        else if (!kvd_cache_ssd_ok(c))
+                log_notice("SSD tier: damaged, so no index checkpoint: the next start scans the slot headers");
 }

@@ -63,6 +63,8 @@ struct kvd_tier_stats {
         bool damaged;           /* it cannot be trusted to keep what it is given */
         char condition[96];     /* "ok" or what is wrong */
         struct kvd_tier_latency read_lat, write_lat;    /* storage tiers: successful reads, writes */
+        uint64_t recover_headers_read;  /* slot headers read at start-up */
+        bool recovered_from_checkpoint; /* the index came from a clean stop's checkpoint */
         /* shared tiers */
         uint64_t hits, misses;          /* gets that found the block (verified) / nothing usable */
         uint64_t write_skips;           /* puts refused: busy, too large, down */
@@ -88,6 +90,11 @@ typedef void (*kvd_tier_cb)(void *ctx, int result);
 /* recover()'s callback for every valid slot it finds: return true to keep
  * it (it is then claimed), false to free it. */
 typedef bool (*kvd_tier_recover_fn)(void *ctx, const struct kvd_slot_header *h, uint32_t loc, int klass);
+
+/* checkpoint()'s source of the blocks a storage tier holds: fills the next
+ * one's identity (as kvd_block_header() does), its slot and a small id of
+ * its namespace; false when there are no more. */
+typedef bool (*kvd_tier_ckpt_fn)(void *ctx, struct kvd_slot_header *ret_h, uint32_t *ret_loc, uint32_t *ret_ns);
 
 struct kvd_tier_ops {
         const char *name;
@@ -128,6 +135,10 @@ struct kvd_tier_ops {
          * slots kept, or -errno. */
         int64_t (*recover)(struct kvd_tier *t, kvd_tier_recover_fn fn, void *ctx);
         void (*stats)(const struct kvd_tier *t, struct kvd_tier_stats *ret);
+        /* At a clean stop: drains, makes every write durable, then records
+         * the blocks next() gives so that the next recover() need not scan
+         * (optional). 0 or -errno. */
+        int (*checkpoint)(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx);
         /* Registers its completion fd with the event loop. 0 or -errno. */
         int (*watch)(struct kvd_tier *t, struct kvd_loop *l);
         /* Submits what was queued (the loop calls it before it sleeps). */
