@@ -30,6 +30,10 @@
 #define PAGE KVD_SLAB_PAGE
 /* Extent headers ssd_check() reads back per call. */
 #define SCRUB_PER_CHECK 8
+/* A read of a large slot, when the queue has room to spare, goes as pieces
+ * of this size submitted together, so one block keeps the drive busy. */
+#define SPLIT_BYTES (256u << 10)
+#define SPLIT_MAX 8u
 
 enum op_kind { OP_READ, OP_WRITE, OP_INVALIDATE, OP_SYNC };
 
@@ -42,6 +46,9 @@ struct op {
         uint32_t len;           /* payload bytes */
         void *page;             /* host page: slot header, then payload */
         unsigned want;          /* bytes the I/O moves */
+        unsigned moved;         /* bytes its pieces moved so far */
+        unsigned pieces;        /* SQEs it takes (a read may be split) */
+        unsigned pending;       /* of them, not completed */
         int arena;              /* invalidation's header buffer, else -1 */
         int result;
         uint64_t t0_ns;         /* submitted */
@@ -450,6 +457,8 @@ static void submit_op(struct kvd_ssd *s, struct op *o)
         locate(s, o->loc, &fd, &off);
         o->result = 0;
         o->t0_ns = kvd_now_ns();
+        o->moved = 0;
+        o->pending = o->pieces;
         if (o->kind == OP_SYNC) {
                 o->want = 0;
                 sqe = io_uring_get_sqe(&s->ring);
@@ -485,13 +494,32 @@ static void submit_op(struct kvd_ssd *s, struct op *o)
                 kvd_slot_header_seal(h);
         }
         o->want = len;
-        sqe = io_uring_get_sqe(&s->ring);
-        prep(s, sqe, o->kind != OP_READ, fd, buf, len, off, index);
-        if (o->dsync)
-                sqe->rw_flags = RWF_DSYNC;
-        io_uring_sqe_set_data(sqe, o);
-        if (s->inflight++ == 0)
+        if (s->inflight == 0)
                 s->busy_since_ns = kvd_now_ns();
+        s->inflight += o->pieces;
+        for (unsigned k = 0, at = 0; k < o->pieces; k++) {
+                unsigned n = k + 1 < o->pieces ? ALIGN_UP(len / o->pieces, PAGE) : len - at;
+
+                sqe = io_uring_get_sqe(&s->ring);
+                prep(s, sqe, o->kind != OP_READ, fd, (uint8_t *)buf + at, n, off + at, index);
+                if (o->dsync)
+                        sqe->rw_flags = RWF_DSYNC;
+                io_uring_sqe_set_data(sqe, o);
+                at += n;
+        }
+}
+
+/* How many SQEs o is to take: a read of a large slot as many pieces as the
+ * queue can spare, the rest one. */
+static unsigned pieces_of(const struct kvd_ssd *s, const struct op *o)
+{
+        unsigned spare = s->qd - s->inflight, want;
+
+        if (o->kind != OP_READ || s->queued > 0)
+                return 1;
+        want = (KVD_SLOT_HDR_BYTES + ALIGN_UP(o->len, PAGE)) / SPLIT_BYTES;
+        want = want > SPLIT_MAX ? SPLIT_MAX : want;
+        return want < 2 ? 1 : want < spare ? want : spare;
 }
 
 /* Starts queued operations, most urgent first, while there is room. */
@@ -507,6 +535,7 @@ static void pump(struct kvd_ssd *s)
                         if (!s->queue[p].head)
                                 s->queue[p].tail = NULL;
                         s->queued--;
+                        o->pieces = pieces_of(s, o);
                         submit_op(s, o);
                         any = true;
                 }
@@ -686,7 +715,8 @@ static void finish_op(struct kvd_ssd *s, struct op *o)
         /* Only now may the slot be reused: a late wipe would hit its new block. */
         if (o->kind == OP_INVALIDATE)
                 kvd_slab_release(s->slab, o->loc);
-        if (--s->inflight == 0)
+        s->inflight -= o->pieces;
+        if (s->inflight == 0)
                 s->st.busy_ns += kvd_now_ns() - s->busy_since_ns;
         if (o->cb)
                 o->cb(o->ctx, r);
@@ -697,9 +727,14 @@ static void process_cqe(struct kvd_ssd *s, const struct io_uring_cqe *cqe)
 {
         struct op *o = io_uring_cqe_get_data(cqe);
 
-        if (cqe->res < 0) {
+        /* A piece that fails fails the whole: the read is then a miss. */
+        if (cqe->res < 0 && o->result == 0)
                 o->result = cqe->res;
-        } else if ((unsigned)cqe->res != o->want) {
+        else if (cqe->res > 0)
+                o->moved += (unsigned)cqe->res;
+        if (--o->pending > 0)
+                return;
+        if (o->result == 0 && o->moved != o->want) {
                 o->result = -EIO; /* short: the file was truncated under us */
                 o->short_io = true;
         }

@@ -260,6 +260,73 @@ START_TEST(test_flipped_header_byte)
 }
 END_TEST
 
+/* A 1 MiB block's read goes as several pieces; a byte flipped in a later
+ * piece still makes the block a miss, and its neighbour comes back whole. */
+START_TEST(test_split_read_damage)
+{
+        const struct kvc_geometry g = { 1, 8, 128, KVC_DTYPE_F16, 256 }; /* 1 MiB blocks */
+        const uint32_t size = 1u << 20;
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        struct kvc_key seq = new_seq(), keys[2];
+        struct kvc_block_ref refs[2];
+        struct kvc_tier_stats t = { 0 };
+        struct kvc_stats *st = NULL;
+        kvc_client *c = NULL;
+        kvc_pool *pool = NULL;
+        uint8_t status[2], *expect = malloc(size);
+        uint32_t ns;
+        uint64_t id;
+        long long off;
+
+        ck_assert_ptr_nonnull(expect);
+        for (int i = 0; i < 2; i++)
+                kvc_key_private(&seq, (uint64_t)i, &keys[i]);
+        ssd_dir_make(&dir);
+        E2E_START(&d, "--host-bytes", "16M", "--ssd-dir", dir.path, "--ssd-bytes", "64M",
+                  "--ssd-extent-bytes", "16M", );
+        ck_assert_int_eq(kvc_connect(d.socket_path, "split", &c), 0);
+        ck_assert_int_eq(kvc_register_namespace(c, "split", &g, &ns, NULL), 0);
+        ck_assert_int_eq(kvc_pool_create(c, 2, size, &pool), 0);
+        for (uint32_t i = 0; i < 2; i++) {
+                memset(kvc_pool_slot(pool, i), 0x40 + (int)i, size);
+                refs[i] = (struct kvc_block_ref){ keys[i], 0, i, 0 };
+        }
+        ck_assert_int_eq(kvc_put_submit_flags(c, ns, pool, refs, 2, KVC_PUT_DURABLE, status, &id), 0);
+        ck_assert_int_eq(kvc_wait(c, id, -1), 2);
+        kvc_pool_free(pool);
+        kvc_disconnect(c);
+        E2E_STOP(&d);
+
+        off = ssd_find_slot(dir.file, &keys[0], 0);
+        ck_assert_int_ge(off, 0);
+        ssd_flip_byte(dir.file, off + KVD_SLOT_HDR_BYTES + 700 * 1024);
+
+        E2E_START(&d, "--host-bytes", "16M", "--ssd-dir", dir.path, "--ssd-bytes", "64M",
+                  "--ssd-extent-bytes", "16M", );
+        ck_assert_int_eq(kvc_connect(d.socket_path, "split", &c), 0);
+        ck_assert_int_eq(kvc_register_namespace(c, "split", &g, &ns, NULL), 0);
+        ck_assert_int_eq(kvc_pool_create(c, 2, size, &pool), 0);
+        ck_assert_int_eq(kvc_get_submit(c, ns, pool, refs, 2, status, &id), 0);
+        ck_assert_int_eq(kvc_wait(c, id, -1), 1);
+        ck_assert_int_ne(status[0], KVC_ITEM_OK);
+        ck_assert_int_eq(status[1], KVC_ITEM_OK);
+        memset(expect, 0x41, size);
+        ck_assert_int_eq(memcmp(kvc_pool_slot(pool, 1), expect, size), 0);
+        ck_assert_int_eq(kvc_stats_get(c, &st), 0);
+        for (uint32_t i = 0; i < st->n_tiers; i++)
+                if (strcmp(st->tiers[i].name, "ssd") == 0)
+                        t = st->tiers[i];
+        ck_assert_uint_ge(t.crc_failures, 1);
+        kvc_stats_free(st);
+        kvc_pool_free(pool);
+        kvc_disconnect(c);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+        free(expect);
+}
+END_TEST
+
 /* Freed slots are reused by blocks of another size; wipes of the old slots'
  * headers must never land in the new blocks. */
 START_TEST(test_delete_then_reuse)
@@ -649,6 +716,7 @@ static Suite *ssd_suite(void)
         tcase_add_test(tc, test_sigkill_keeps_durable_blocks);
         tcase_add_test(tc, test_flipped_payload_byte);
         tcase_add_test(tc, test_flipped_header_byte);
+        tcase_add_test(tc, test_split_read_damage);
         tcase_add_test(tc, test_delete_then_reuse);
         tcase_add_test(tc, test_admission_spares_the_drive);
         tcase_add_test(tc, test_write_through);

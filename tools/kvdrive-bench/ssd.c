@@ -5,8 +5,12 @@
  * file system with O_DIRECT and io_uring at the same block size and depth.
  *
  * The data set is stored with durable Puts (so every block is on SSD) and is
- * larger than the host tier; the oldest blocks have then left host memory,
- * and those are what the timed Gets read, each once.
+ * several times the host tier; the oldest blocks (the cold set, at least
+ * twice the host tier) have then left host memory. The timed Gets read the
+ * cold set in order, pass after pass, from where the last measurement
+ * stopped: the host tier is LRU, so the block read next is always the one
+ * read longest ago, long evicted. The host hits and SSD reads counted during
+ * each measurement show it (0 hits; one SSD read per block).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -32,7 +36,8 @@ struct ssd_opts {
         size_t n_sizes;
         uint64_t depths[MAX_DEPTHS];
         size_t n_depths;
-        uint64_t bytes;         /* data set per size; 0: twice the host tier */
+        uint64_t bytes;         /* data set per size; 0: 4 x the host tier */
+        uint64_t read_bytes;    /* read per measurement */
         uint64_t batch;         /* blocks per Get request */
         uint64_t repeat;        /* measurements per depth; medians reported */
         const char *fio_dir;
@@ -42,10 +47,11 @@ struct ssd_opts {
 #define MAX_REPEAT 9
 
 struct ssd_row {
-        uint64_t size, depth, bytes_read;
+        uint64_t size, depth, bytes_read;      /* bytes_read: per measurement */
         double kvd_gbps, fio_gbps, ratio;       /* medians */
+        double kvd_min, kvd_max, fio_min, fio_max, ratio_min, ratio_max;
         double kvd_runs[MAX_REPEAT], fio_runs[MAX_REPEAT], ratio_runs[MAX_REPEAT];
-        uint64_t host_hits, promotions;
+        uint64_t host_hits, promotions, ssd_reads;      /* over all the measurements */
 };
 
 static void usage(FILE *f)
@@ -59,7 +65,9 @@ static void usage(FILE *f)
                 "  -q, --depths LIST   blocks in flight (default 1,8,32; at most 64)\n"
                 "  -B, --batch N       blocks per Get request, at most the depth (default 8)\n"
                 "  -r, --repeat R      measurements per depth, interleaved; medians (default 3)\n"
-                "  -b, --bytes SIZE    data set per size (default: (2 + repeat) x the host tier)\n"
+                "  -R, --read SIZE     bytes read per measurement (default 128M)\n"
+                "      --full          the full measurement: --read 1G --repeat 5 (unless given)\n"
+                "  -b, --bytes SIZE    data set per size (default: 4 x the host tier)\n"
                 "  -f, --fio-dir DIR   run fio in DIR (the daemon's ssd-dir); no fio without it\n"
                 "  -j, --json          print one JSON object\n"
                 "  -h, --help          this help\n");
@@ -99,12 +107,11 @@ static int tier_stats(kvc_client *c, const char *name, struct kvc_tier_stats *re
         return r;
 }
 
-/* fio's bandwidth in GB/s reading io_bytes at offset of a file_bytes file
- * in dir, or a negative error. Sequential, as the daemon's reads of blocks
- * stored in a row are; each run reads a region no earlier run read, as the
- * daemon's runs do, so no cache below the file system favours either. */
-static double run_fio(const char *dir, uint64_t file_bytes, uint64_t bs, uint64_t depth, uint64_t io_bytes,
-                      uint64_t offset)
+/* fio's bandwidth in GB/s reading io_bytes of a file_bytes file in dir
+ * (as big as the cold set), or a negative error. Sequential, as the daemon's
+ * reads of blocks stored in a row are, wrapping round the file as the
+ * daemon's passes wrap round the cold set. */
+static double run_fio(const char *dir, uint64_t file_bytes, uint64_t bs, uint64_t depth, uint64_t io_bytes)
 {
         char cmd[1024], *out = NULL;
         size_t len = 0, cap = 0;
@@ -115,9 +122,9 @@ static double run_fio(const char *dir, uint64_t file_bytes, uint64_t bs, uint64_
 
         snprintf(cmd, sizeof(cmd),
                  "fio --name=kvdrive --directory='%s' --filename=kvdrive-bench-fio.dat --filesize=%" PRIu64
-                 " --offset=%" PRIu64 " --io_size=%" PRIu64 " --bs=%" PRIu64 " --iodepth=%" PRIu64
+                 " --io_size=%" PRIu64 " --bs=%" PRIu64 " --iodepth=%" PRIu64
                  " --rw=read --ioengine=io_uring --direct=1 --numjobs=1 --output-format=json 2>/dev/null",
-                 dir, file_bytes, offset, io_bytes, bs, depth);
+                 dir, file_bytes, io_bytes, bs, depth);
         p = popen(cmd, "r");
         if (!p)
                 return -errno;
@@ -153,6 +160,20 @@ static double run_fio(const char *dir, uint64_t file_bytes, uint64_t bs, uint64_
         return gbps;
 }
 
+/* The median of runs[0..n) (left in order), its least and greatest. */
+static double summary(const double *runs, size_t n, double *ret_min, double *ret_max)
+{
+        double v[MAX_REPEAT];
+
+        memcpy(v, runs, sizeof(double) * n);
+        *ret_min = *ret_max = n ? runs[0] : 0;
+        for (size_t i = 1; i < n; i++) {
+                *ret_min = runs[i] < *ret_min ? runs[i] : *ret_min;
+                *ret_max = runs[i] > *ret_max ? runs[i] : *ret_max;
+        }
+        return bench_median(v, n);
+}
+
 /* Stores n blocks durably, batch by batch; block i's bytes come from seed+i. */
 static int store(kvc_client *c, uint32_t ns, kvc_pool *pool, const struct kvc_key *keys, uint32_t n,
                  uint64_t size, uint64_t seed)
@@ -183,11 +204,12 @@ static int store(kvc_client *c, uint32_t ns, kvc_pool *pool, const struct kvc_ke
         return 0;
 }
 
-/* Gets blocks [first, first+n) keeping `depth` blocks in flight, in
- * requests of `batch` blocks; checks every byte of the first and the last
- * requests' blocks. Returns seconds, or a negative error. */
-static double read_range(kvc_client *c, uint32_t ns, kvc_pool *pool, const struct kvc_key *keys,
-                         uint32_t first, uint32_t n, uint32_t depth, uint32_t batch, uint64_t size, uint64_t seed)
+/* Gets n blocks from block first on, wrapping at block wrap, keeping
+ * `depth` blocks in flight in requests of `batch` blocks; checks every byte
+ * of the first and the last requests' blocks. Returns seconds, or a
+ * negative error. */
+static double read_range(kvc_client *c, uint32_t ns, kvc_pool *pool, const struct kvc_key *keys, uint32_t first,
+                         uint32_t n, uint32_t wrap, uint32_t depth, uint32_t batch, uint64_t size, uint64_t seed)
 {
         uint32_t reqs = depth / batch, next = 0, done = 0;
         uint64_t *ids = calloc(reqs, sizeof(uint64_t)), t0, t1;
@@ -209,7 +231,7 @@ static double read_range(kvc_client *c, uint32_t ns, kvc_pool *pool, const struc
                         r = kvc_wait(c, ids[w], -1);
                         ids[w] = 0;
                         if (r != (int)count[w]) {
-                                fprintf(stderr, "kvdrive-bench: Get of blocks %u+%u: %s\n", start[w], count[w],
+                                fprintf(stderr, "kvdrive-bench: Get of blocks %u+%u: %s\n", start[w] % wrap, count[w],
                                         r < 0 ? kvc_strerror(r) : "miss");
                                 ret = -EIO;
                                 goto out;
@@ -217,10 +239,10 @@ static double read_range(kvc_client *c, uint32_t ns, kvc_pool *pool, const struc
                         done += count[w];
                         if (done <= depth || done == n) { /* spot checks: first and last requests */
                                 for (uint32_t j = 0; j < count[w]; j++) {
-                                        fill(expect, size, seed + start[w] + j);
+                                        fill(expect, size, seed + (start[w] + j) % wrap);
                                         if (memcmp(expect, kvc_pool_slot(pool, w * batch + j), size) != 0) {
                                                 fprintf(stderr, "kvdrive-bench: block %u came back different\n",
-                                                        start[w] + j);
+                                                        (start[w] + j) % wrap);
                                                 ret = -EIO;
                                                 goto out;
                                         }
@@ -231,7 +253,7 @@ static double read_range(kvc_client *c, uint32_t ns, kvc_pool *pool, const struc
                         count[w] = n - next < batch ? n - next : batch;
                         start[w] = first + next;
                         for (uint32_t j = 0; j < count[w]; j++)
-                                refs[j] = (struct kvc_block_ref){ keys[first + next + j], 0, w * batch + j, 0 };
+                                refs[j] = (struct kvc_block_ref){ keys[(first + next + j) % wrap], 0, w * batch + j, 0 };
                         next += count[w];
                         r = kvc_get_submit(c, ns, pool, refs, count[w], st + w * batch, &ids[w]);
                         if (r < 0) {
@@ -256,8 +278,8 @@ static int run_size(kvc_client *c, const struct ssd_opts *o, uint64_t size, uint
                     struct ssd_row *rows)
 {
         const struct kvc_geometry g = { 1, 8, 128, KVC_DTYPE_F16, (uint32_t)(size / 4096) };
-        uint64_t bytes = o->bytes ? o->bytes : (2 + o->repeat) * host_cap, seed;
-        uint32_t n = (uint32_t)(bytes / size), cold, per, ns, maxd = 1;
+        uint64_t bytes = o->bytes ? o->bytes : 4 * host_cap, seed;
+        uint32_t n = (uint32_t)(bytes / size), cold, per, ns, maxd = 1, cursor = 0;
         struct kvc_key *keys = calloc(n ? n : 1, sizeof(*keys)), seq;
         kvc_pool *pool = NULL;
         char name[64], sz[32];
@@ -267,12 +289,15 @@ static int run_size(kvc_client *c, const struct ssd_opts *o, uint64_t size, uint
                 maxd = o->depths[d] > maxd ? (uint32_t)o->depths[d] : maxd;
         if (!keys)
                 return -ENOMEM;
-        /* Blocks beyond the host tier's worth (and a margin) are cold. */
+        /* Blocks beyond the host tier's worth (and a margin) are cold; the
+         * passes over them miss the host tier only if they are more than it
+         * holds: twice, for room. */
         cold = n > (uint32_t)(host_cap / size) + 8 ? n - (uint32_t)(host_cap / size) - 8 : 0;
-        per = cold / (uint32_t)(o->n_depths * o->repeat);
-        if (per < 8) {
-                fprintf(stderr, "kvdrive-bench: --bytes %" PRIu64 " leaves too few cold blocks of %s beyond a "
-                        "%" PRIu64 "-byte host tier\n", bytes, bench_format_size(sz, sizeof(sz), size), host_cap);
+        per = (uint32_t)(o->read_bytes / size);
+        if ((uint64_t)cold * size < 2 * host_cap || per < 8) {
+                fprintf(stderr, "kvdrive-bench: --bytes %" PRIu64 " leaves fewer cold blocks of %s than twice a "
+                        "%" PRIu64 "-byte host tier (or --read is under 8 blocks)\n", bytes,
+                        bench_format_size(sz, sizeof(sz), size), host_cap);
                 free(keys);
                 return -EINVAL;
         }
@@ -297,7 +322,7 @@ static int run_size(kvc_client *c, const struct ssd_opts *o, uint64_t size, uint
                 for (size_t d = 0; d < o->n_depths; d++) {
                         struct kvc_tier_stats h0 = { 0 }, h1 = { 0 }, s0 = { 0 }, s1 = { 0 };
                         struct ssd_row *row = &rows[d];
-                        uint32_t depth = (uint32_t)o->depths[d], batch, range = rep * (uint32_t)o->n_depths + (uint32_t)d;
+                        uint32_t depth = (uint32_t)o->depths[d], batch;
                         double secs, fio = -1;
 
                         batch = depth < o->batch ? depth : (uint32_t)o->batch;
@@ -307,35 +332,34 @@ static int run_size(kvc_client *c, const struct ssd_opts *o, uint64_t size, uint
                                 r = tier_stats(c, "ssd", &s0);
                         if (r < 0)
                                 goto out;
-                        secs = read_range(c, ns, pool, keys, range * per, per, depth, batch, size, seed);
+                        secs = read_range(c, ns, pool, keys, cursor, per, cold, depth, batch, size, seed);
                         if (secs < 0) {
                                 r = (int)secs;
                                 goto out;
                         }
+                        cursor = (uint32_t)(((uint64_t)cursor + per) % cold);
                         tier_stats(c, "host", &h1);
                         tier_stats(c, "ssd", &s1);
                         if (o->fio_dir)
-                                fio = run_fio(o->fio_dir, bytes, size, o->depths[d], (uint64_t)per * size,
-                                              (uint64_t)range * per * size);
+                                fio = run_fio(o->fio_dir, (uint64_t)cold * size, size, o->depths[d],
+                                              (uint64_t)per * size);
                         row->size = size;
                         row->depth = o->depths[d];
                         row->bytes_read = (uint64_t)per * size;
                         row->host_hits += h1.hits - h0.hits;
                         row->promotions += s1.promotions - s0.promotions;
+                        row->ssd_reads += s1.reads - s0.reads;
                         row->kvd_runs[rep] = (double)per * (double)size / secs / 1e9;
                         row->fio_runs[rep] = fio;
                         row->ratio_runs[rep] = fio > 0 ? row->kvd_runs[rep] / fio : 0;
                 }
         }
         for (size_t d = 0; d < o->n_depths; d++) {
-                double v[MAX_REPEAT];
+                struct ssd_row *w = &rows[d];
 
-                memcpy(v, rows[d].kvd_runs, sizeof(v));
-                rows[d].kvd_gbps = bench_median(v, o->repeat);
-                memcpy(v, rows[d].fio_runs, sizeof(v));
-                rows[d].fio_gbps = bench_median(v, o->repeat);
-                memcpy(v, rows[d].ratio_runs, sizeof(v));
-                rows[d].ratio = bench_median(v, o->repeat);
+                w->kvd_gbps = summary(w->kvd_runs, o->repeat, &w->kvd_min, &w->kvd_max);
+                w->fio_gbps = summary(w->fio_runs, o->repeat, &w->fio_min, &w->fio_max);
+                w->ratio = summary(w->ratio_runs, o->repeat, &w->ratio_min, &w->ratio_max);
         }
 out:
         if (r >= 0 || r == -EIO) {
@@ -354,15 +378,23 @@ static int parse(int argc, char **argv, struct ssd_opts *o)
                 { "depths", required_argument, NULL, 'q' }, { "bytes", required_argument, NULL, 'b' },
                 { "fio-dir", required_argument, NULL, 'f' }, { "json", no_argument, NULL, 'j' },
                 { "batch", required_argument, NULL, 'B' }, { "repeat", required_argument, NULL, 'r' },
+                { "read", required_argument, NULL, 'R' },   { "full", no_argument, NULL, 'F' },
                 { "help", no_argument, NULL, 'h' },         {},
         };
         const char *sizes = "64K,1M", *depths = "1,8,32";
+        bool full = false;
         int c;
 
         o->batch = 8;
-        o->repeat = 3;
-        while ((c = getopt_long(argc, argv, "s:z:q:b:B:r:f:jh", opts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "s:z:q:b:B:r:R:f:jh", opts, NULL)) != -1) {
                 switch (c) {
+                case 'R':
+                        if (kvd_parse_size(optarg, &o->read_bytes) < 0 || o->read_bytes == 0) {
+                                fprintf(stderr, "kvdrive-bench: bad --read '%s'\n", optarg);
+                                return -EINVAL;
+                        }
+                        break;
+                case 'F': full = true; break;
                 case 's': o->socket = optarg; break;
                 case 'z': sizes = optarg; break;
                 case 'q': depths = optarg; break;
@@ -390,6 +422,10 @@ static int parse(int argc, char **argv, struct ssd_opts *o)
                 default: usage(stderr); return -EINVAL;
                 }
         }
+        if (!o->read_bytes)
+                o->read_bytes = full ? 1ull << 30 : 128ull << 20;
+        if (!o->repeat)
+                o->repeat = full ? 5 : 3;
         if (bench_parse_sizes(sizes, &o->sizes, &o->n_sizes) < 0) {
                 fprintf(stderr, "kvdrive-bench: bad --sizes '%s'\n", sizes);
                 return -EINVAL;
@@ -447,8 +483,10 @@ int bench_ssd(int argc, char **argv)
         else
                 printf("ssd: host tier %" PRIu64 " MiB (cold for these reads), one client, Gets of up to %" PRIu64
                        " blocks\n"
-                       "%-6s %6s %10s %12s %10s %10s %12s\n", host.capacity_bytes >> 20, o.batch, "size", "depth",
-                       "MiB read", "kvdrive GB/s", "fio GB/s", "ratio", "host hits");
+                       "medians of %" PRIu64 " interleaved runs of %" PRIu64 " MiB each, [least-greatest]\n"
+                       "%-6s %5s %8s %-18s %-18s %-18s %9s %9s\n", host.capacity_bytes >> 20, o.batch, o.repeat,
+                       o.read_bytes >> 20, "size", "depth", "MiB/run", "kvdrive GB/s", "fio GB/s", "ratio",
+                       "host hits", "SSD reads");
         for (size_t i = 0; i < o.n_sizes; i++) {
                 r = run_size(c, &o, o.sizes[i], host.capacity_bytes, rows);
                 if (r < 0) {
@@ -461,15 +499,21 @@ int bench_ssd(int argc, char **argv)
                         double ratio = w->ratio;
 
                         if (jrows)
-                                json_array_append_new(jrows, json_pack("{s:I, s:I, s:I, s:f, s:f, s:f, s:I, s:I}",
+                                json_array_append_new(jrows, json_pack(
+                                        "{s:I, s:I, s:I, s:I, s:f, s:[f,f], s:f, s:[f,f], s:f, s:[f,f], s:I, s:I, s:I}",
                                         "size", (json_int_t)w->size, "depth", (json_int_t)w->depth,
-                                        "bytes_read", (json_int_t)w->bytes_read, "kvdrive_gbps", w->kvd_gbps,
-                                        "fio_gbps", w->fio_gbps, "ratio", ratio,
-                                        "host_hits", (json_int_t)w->host_hits, "promotions", (json_int_t)w->promotions));
+                                        "bytes_read", (json_int_t)w->bytes_read, "runs", (json_int_t)o.repeat,
+                                        "kvdrive_gbps", w->kvd_gbps, "kvdrive_range", w->kvd_min, w->kvd_max,
+                                        "fio_gbps", w->fio_gbps, "fio_range", w->fio_min, w->fio_max,
+                                        "ratio", ratio, "ratio_range", w->ratio_min, w->ratio_max,
+                                        "host_hits", (json_int_t)w->host_hits, "promotions", (json_int_t)w->promotions,
+                                        "ssd_reads", (json_int_t)w->ssd_reads));
                         else
-                                printf("%-6s %6" PRIu64 " %10" PRIu64 " %12.2f %10.2f %10.2f %12" PRIu64 "\n",
+                                printf("%-6s %5" PRIu64 " %8" PRIu64 " %5.2f [%4.2f-%4.2f]  %5.2f [%4.2f-%4.2f]  "
+                                       "%5.2f [%4.2f-%4.2f]  %9" PRIu64 " %9" PRIu64 "\n",
                                        bench_format_size(sz, sizeof(sz), w->size), w->depth, w->bytes_read >> 20,
-                                       w->kvd_gbps, w->fio_gbps, ratio, w->host_hits);
+                                       w->kvd_gbps, w->kvd_min, w->kvd_max, w->fio_gbps, w->fio_min, w->fio_max,
+                                       ratio, w->ratio_min, w->ratio_max, w->host_hits, w->ssd_reads);
                 }
         }
         if (jrows) {
