@@ -23,85 +23,7 @@
 #include "macro.h"
 #include "slab.h"
 #include "ssd-checkpoint.h"
-
-#define MAX_DIRS 8
-#define FILE_NAME "kvdrive.ssd"
-#define LOCK_NAME "kvdrive.lock"
-#define PAGE KVD_SLAB_PAGE
-/* Extent headers ssd_check() reads back per call. */
-#define SCRUB_PER_CHECK 8
-/* A read of a large slot, when the queue has room to spare, goes as pieces
- * of this size submitted together, so one block keeps the drive busy. */
-#define SPLIT_BYTES (256u << 10)
-#define SPLIT_MAX 8u
-
-enum op_kind { OP_READ, OP_WRITE, OP_INVALIDATE, OP_SYNC };
-
-struct op {
-        struct op *next;
-        enum op_kind kind;
-        enum kvd_prio prio;
-        bool dsync;
-        uint32_t loc;
-        uint32_t len;           /* payload bytes */
-        void *page;             /* host page: slot header, then payload */
-        unsigned want;          /* bytes the I/O moves */
-        unsigned moved;         /* bytes its pieces moved so far */
-        unsigned pieces;        /* SQEs it takes (a read may be split) */
-        unsigned pending;       /* of them, not completed */
-        int arena;              /* invalidation's header buffer, else -1 */
-        int result;
-        uint64_t t0_ns;         /* submitted */
-        bool short_io;          /* moved fewer bytes than asked */
-        kvd_tier_cb cb;
-        void *ctx;
-        struct kvd_slot_header hdr; /* write: header to write; read: expected key in it */
-};
-
-struct ssd_file {
-        int fd;
-        int lock_fd;            /* kvdrive.lock, locked (OFD) for our life */
-        dev_t dev;              /* the file we opened, to tell a replacement */
-        ino_t ino;
-        uint64_t size;          /* bytes provisioned: it must not be shorter */
-        char path[PATH_MAX];
-};
-
-struct kvd_ssd {
-        struct kvd_tier tier;
-        const struct kvd_config *cfg;
-        struct io_uring ring;
-        bool ring_ok;
-        int efd;
-        struct kvd_loop_watch efd_w;    /* efd in the event loop */
-        struct ssd_file files[MAX_DIRS];
-        unsigned n_files;
-        struct kvd_slab *slab;
-        uint64_t extent_bytes;
-        uint32_t n_extents;
-        uint8_t *provisioned;           /* per extent: space allocated in its file */
-        uint64_t *extent_gen;           /* per extent: generation in its header */
-        uint64_t next_gen, next_extent_gen;
-        uint8_t *arena;                 /* qd header buffers of 4 KiB */
-        int *arena_free;
-        unsigned arena_top;
-        void *sync_buf;                 /* 4 KiB, for extent headers */
-        uint8_t *host_base;
-        uint64_t host_len, host_chunk;
-        bool fixed;                     /* buffers registered */
-        struct {
-                struct op *head, *tail;
-        } queue[KVD_PRIO_COUNT];
-        unsigned qd, inflight, queued;
-        uint64_t busy_since_ns;         /* inflight went above 0 */
-        bool unsubmitted;               /* SQEs prepared, not yet submitted */
-        /* Damage checks before a durable write is reported done: once per
-         * pass over the completions for the files, and for the extent. */
-        uint64_t pass, files_checked_pass, extent_checked_pass;
-        uint32_t extent_checked;
-        uint32_t scrub_next;            /* next extent header ssd_check() reads */
-        struct kvd_tier_stats st;        /* st.damaged: see ssd.h */
-};
+#include "ssd-internal.h"
 
 static uint32_t crc32c(const void *p, size_t n, uint32_t seed)
 {
@@ -113,13 +35,13 @@ static const struct kvd_ssd *to_ssd_const(const struct kvd_tier *t)
         return container_of(t, const struct kvd_ssd, tier);
 }
 
-static struct kvd_ssd *to_ssd(struct kvd_tier *t)
+struct kvd_ssd *ssd_of(struct kvd_tier *t)
 {
         return container_of(t, struct kvd_ssd, tier);
 }
 
 /* Where location loc lives: extents are striped across the files. */
-static void locate(const struct kvd_ssd *s, uint32_t loc, int *ret_fd, uint64_t *ret_off)
+void ssd_locate(const struct kvd_ssd *s, uint32_t loc, int *ret_fd, uint64_t *ret_off)
 {
         uint32_t ppe = kvd_slab_pages_per_extent(s->slab);
         uint32_t e = loc / ppe;
@@ -128,12 +50,12 @@ static void locate(const struct kvd_ssd *s, uint32_t loc, int *ret_fd, uint64_t 
         *ret_off = (uint64_t)(e / s->n_files) * s->extent_bytes + (uint64_t)(loc % ppe) * PAGE;
 }
 
-static void extent_locate(const struct kvd_ssd *s, uint32_t e, int *ret_fd, uint64_t *ret_off)
+void ssd_extent_locate(const struct kvd_ssd *s, uint32_t e, int *ret_fd, uint64_t *ret_off)
 {
-        locate(s, e * kvd_slab_pages_per_extent(s->slab), ret_fd, ret_off);
+        ssd_locate(s, e * kvd_slab_pages_per_extent(s->slab), ret_fd, ret_off);
 }
 
-static struct ssd_file *file_of_extent(struct kvd_ssd *s, uint32_t e)
+struct ssd_file *ssd_file_of_extent(struct kvd_ssd *s, uint32_t e)
 {
         return &s->files[e % s->n_files];
 }
@@ -216,13 +138,13 @@ static bool check_files(struct kvd_ssd *s)
 static bool check_extent(struct kvd_ssd *s, uint32_t e)
 {
         const struct kvd_extent_header *h = s->sync_buf;
-        const struct ssd_file *f = file_of_extent(s, e);
+        const struct ssd_file *f = ssd_file_of_extent(s, e);
         int klass = kvd_slab_extent_class(s->slab, e);
         uint64_t off;
         ssize_t n;
         int fd;
 
-        extent_locate(s, e, &fd, &off);
+        ssd_extent_locate(s, e, &fd, &off);
         n = pread(fd, s->sync_buf, PAGE, (off_t)off);
         if (n < 0) {
                 int r = -errno;
@@ -263,7 +185,7 @@ static int verify_durable(struct kvd_ssd *s, uint32_t loc)
 
 static bool ssd_check(struct kvd_tier *t)
 {
-        struct kvd_ssd *s = to_ssd(t);
+        struct kvd_ssd *s = ssd_of(t);
         uint32_t seen = 0, checked = 0;
 
         if (!check_files(s))
@@ -299,7 +221,7 @@ static int write_extent_header(struct kvd_ssd *s, uint32_t e, uint32_t slot_byte
         *h = (struct kvd_extent_header){ .magic = KVD_EXTENT_MAGIC, .version = KVD_FORMAT_VERSION,
                                          .slot_bytes = slot_bytes, .generation = ++s->next_extent_gen };
         kvd_extent_header_seal(h);
-        extent_locate(s, e, &fd, &off);
+        ssd_extent_locate(s, e, &fd, &off);
         if (pwrite(fd, s->sync_buf, PAGE, (off_t)off) != PAGE)
                 return errno ? -errno : -EIO;
         s->extent_gen[e] = h->generation;
@@ -327,13 +249,13 @@ static void mark_full(struct kvd_ssd *s, uint32_t e, int err)
 
 static int ssd_class_for(struct kvd_tier *t, uint64_t bytes)
 {
-        return kvd_slab_class_for(to_ssd(t)->slab, KVD_SLOT_HDR_BYTES + ALIGN_UP(bytes, PAGE));
+        return kvd_slab_class_for(ssd_of(t)->slab, KVD_SLOT_HDR_BYTES + ALIGN_UP(bytes, PAGE));
 }
 
 /* A damaged tier hands out no slot: nothing more is written to it. */
 static int ssd_alloc(struct kvd_tier *t, int klass, uint32_t *ret_loc)
 {
-        struct kvd_ssd *s = to_ssd(t);
+        struct kvd_ssd *s = ssd_of(t);
 
         for (;;) {
                 struct ssd_file *f;
@@ -352,8 +274,8 @@ static int ssd_alloc(struct kvd_tier *t, int klass, uint32_t *ret_loc)
                         return 0;
                 }
                 e = kvd_slab_extent_of(s->slab, loc);
-                f = file_of_extent(s, e);
-                extent_locate(s, e, &fd, &off);
+                f = ssd_file_of_extent(s, e);
+                ssd_extent_locate(s, e, &fd, &off);
                 r = 0;
                 /* Growing the file (fallocate, or a header past its end)
                  * would hide a truncation: look first. */
@@ -396,7 +318,7 @@ static int ssd_alloc(struct kvd_tier *t, int klass, uint32_t *ret_loc)
 
 static void ssd_free_loc(struct kvd_tier *t, uint32_t loc)
 {
-        kvd_slab_release(to_ssd(t)->slab, loc);
+        kvd_slab_release(ssd_of(t)->slab, loc);
 }
 
 static void ssd_usage(const struct kvd_tier *t, struct kvd_tier_usage *ret)
@@ -408,7 +330,7 @@ static void ssd_usage(const struct kvd_tier *t, struct kvd_tier_usage *ret)
 
 static struct kvd_tier *ssd_destroy(struct kvd_tier *t)
 {
-        return t ? (kvd_ssd_free(to_ssd(t)), NULL) : NULL;
+        return t ? (kvd_ssd_free(ssd_of(t)), NULL) : NULL;
 }
 
 static const struct kvd_tier_ops ssd_ops;
@@ -454,7 +376,7 @@ static void submit_op(struct kvd_ssd *s, struct op *o)
         unsigned len;
         int fd, index;
 
-        locate(s, o->loc, &fd, &off);
+        ssd_locate(s, o->loc, &fd, &off);
         o->result = 0;
         o->t0_ns = kvd_now_ns();
         o->moved = 0;
@@ -545,7 +467,7 @@ static void pump(struct kvd_ssd *s)
 
 static void ssd_flush(struct kvd_tier *t)
 {
-        struct kvd_ssd *s = to_ssd(t);
+        struct kvd_ssd *s = ssd_of(t);
         int r;
 
         if (!s->unsubmitted)
@@ -589,7 +511,7 @@ static struct op *new_op(enum op_kind kind, uint32_t loc, void *page, uint32_t l
 static void ssd_write(struct kvd_tier *t, uint32_t loc, const struct kvd_slot_header *tmpl, void *page,
                       uint32_t len, bool dsync, enum kvd_prio prio, kvd_tier_cb cb, void *ctx)
 {
-        struct kvd_ssd *s = to_ssd(t);
+        struct kvd_ssd *s = ssd_of(t);
         struct op *o = new_op(OP_WRITE, loc, page, len, prio, cb, ctx);
 
         if (!o) {
@@ -604,7 +526,7 @@ static void ssd_write(struct kvd_tier *t, uint32_t loc, const struct kvd_slot_he
 static void ssd_read(struct kvd_tier *t, uint32_t loc, void *page, uint32_t len, uint64_t key_hi,
                      uint64_t key_lo, uint32_t layer, enum kvd_prio prio, kvd_tier_cb cb, void *ctx)
 {
-        struct kvd_ssd *s = to_ssd(t);
+        struct kvd_ssd *s = ssd_of(t);
         struct op *o = new_op(OP_READ, loc, page, len, prio, cb, ctx);
 
         if (!o) {
@@ -619,7 +541,7 @@ static void ssd_read(struct kvd_tier *t, uint32_t loc, void *page, uint32_t len,
 
 static void ssd_sync(struct kvd_tier *t, uint32_t loc, enum kvd_prio prio, kvd_tier_cb cb, void *ctx)
 {
-        struct kvd_ssd *s = to_ssd(t);
+        struct kvd_ssd *s = ssd_of(t);
         struct op *o = new_op(OP_SYNC, loc, NULL, 0, prio, cb, ctx);
 
         if (!o) {
@@ -631,7 +553,7 @@ static void ssd_sync(struct kvd_tier *t, uint32_t loc, enum kvd_prio prio, kvd_t
 
 static void ssd_discard(struct kvd_tier *t, uint32_t loc)
 {
-        struct kvd_ssd *s = to_ssd(t);
+        struct kvd_ssd *s = ssd_of(t);
         struct op *o = new_op(OP_INVALIDATE, loc, NULL, 0, KVD_PRIO_BACKGROUND, NULL, NULL);
 
         if (o)
@@ -659,7 +581,7 @@ static int verify_read(struct kvd_ssd *s, const struct op *o, const struct kvd_s
 /* An I/O failed: is its file still whole? If so, was it the drive? */
 static void io_failed(struct kvd_ssd *s, const struct op *o)
 {
-        const struct ssd_file *f = file_of_extent(s, kvd_slab_extent_of(s->slab, o->loc));
+        const struct ssd_file *f = ssd_file_of_extent(s, kvd_slab_extent_of(s->slab, o->loc));
         const char *what = o->kind == OP_READ ? "reading" : o->kind == OP_SYNC ? "syncing" : "writing";
 
         if (!check_files(s) || !damage_error(o->result))
@@ -764,7 +686,7 @@ static void ssd_ready(struct kvd_loop_watch *w, uint32_t events)
 
 static int ssd_watch(struct kvd_tier *t, struct kvd_loop *l)
 {
-        struct kvd_ssd *s = to_ssd(t);
+        struct kvd_ssd *s = ssd_of(t);
         s->efd_w = (struct kvd_loop_watch){ s->efd, ssd_ready };
         return kvd_loop_add(l, &s->efd_w, KVD_LOOP_IN);
 }
@@ -1020,9 +942,9 @@ void kvd_ssd_attach_host(struct kvd_ssd *s, struct kvd_host *host)
                  s->n_files == 1 ? "y" : "ies", s->qd, s->fixed ? ", fixed buffers" : "");
 }
 
-static void ssd_drain(struct kvd_tier *t)
+void ssd_drain(struct kvd_tier *t)
 {
-        struct kvd_ssd *s = to_ssd(t);
+        struct kvd_ssd *s = ssd_of(t);
         while (s->ring_ok && (s->inflight > 0 || s->queued > 0)) {
                 struct io_uring_cqe *cqe;
 
@@ -1074,309 +996,6 @@ struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s)
         free(s->sync_buf);
         free(s);
         return NULL;
-}
-
-/* Reads n slot headers of extent e into the arena, in one batch. */
-static int read_headers(struct kvd_ssd *s, const uint32_t *locs, unsigned n)
-{
-        struct io_uring_cqe *cqe;
-
-        for (unsigned i = 0; i < n; i++) {
-                struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
-                uint64_t off;
-                int fd;
-
-                locate(s, locs[i], &fd, &off);
-                io_uring_prep_read(sqe, fd, s->arena + (size_t)i * PAGE, PAGE, off);
-                io_uring_sqe_set_data64(sqe, i);
-        }
-        io_uring_submit(&s->ring);
-        for (unsigned i = 0; i < n; i++) {
-                int r;
-
-                while ((r = io_uring_wait_cqe(&s->ring, &cqe)) == -EINTR)
-                        ; /* a signal: recovery goes on */
-                if (r < 0)
-                        return r;
-                if (cqe->res != PAGE) /* short or failed: that header is unreadable */
-                        memset(s->arena + io_uring_cqe_get_data64(cqe) * PAGE, 0, PAGE);
-                io_uring_cqe_seen(&s->ring, cqe);
-        }
-        return 0;
-}
-
-/* How long each file must be, from the extents recovery found in it. A
- * file cut short while no daemon ran gets its length back (what was cut
- * reads as zeros: a miss, counted, when read), so that from now on any
- * shortening is damage. */
-static void settle_sizes(struct kvd_ssd *s)
-{
-        for (uint32_t e = 0; e < s->n_extents; e++) {
-                struct ssd_file *f = file_of_extent(s, e);
-                uint64_t off;
-                int fd;
-
-                if (!s->provisioned[e])
-                        continue;
-                extent_locate(s, e, &fd, &off);
-                f->size = MAX(f->size, off + s->extent_bytes);
-        }
-        for (unsigned i = 0; i < s->n_files; i++) {
-                struct ssd_file *f = &s->files[i];
-                struct stat st;
-
-                if (fstat(f->fd, &st) < 0 || (uint64_t)st.st_size >= f->size)
-                        continue;
-                log_warning("SSD tier: %s is %" PRIu64 " bytes, shorter than the extents in it (cut short while "
-                            "no daemon ran?): extending it to %" PRIu64 " bytes; what was cut is lost", f->path,
-                            (uint64_t)st.st_size, f->size);
-                if (fallocate(f->fd, 0, st.st_size, (off_t)(f->size - (uint64_t)st.st_size)) < 0) {
-                        log_warning("SSD tier: cannot extend %s: %m", f->path);
-                        f->size = (uint64_t)st.st_size;
-                }
-        }
-}
-
-_Static_assert(MAX_DIRS <= KVD_CKPT_MAX_FILES, "a checkpoint names every SSD file");
-
-/* The directory holding the checkpoint: the first SSD directory. */
-static void ckpt_dir(const struct kvd_ssd *s, char *buf, size_t n)
-{
-        const char *slash = strrchr(s->files[0].path, '/');
-        size_t len = slash ? (size_t)(slash - s->files[0].path) : 0;
-
-        snprintf(buf, n, "%.*s", (int)len, s->files[0].path);
-}
-
-/* What a checkpoint must match: the files as they are now. */
-static int ckpt_layout(const struct kvd_ssd *s, struct kvd_ckpt_layout *ret)
-{
-        *ret = (struct kvd_ckpt_layout){ .n_files = s->n_files, .n_extents = s->n_extents,
-                                         .extent_bytes = s->extent_bytes };
-        for (unsigned i = 0; i < s->n_files; i++) {
-                int r = kvd_ckpt_file_of(s->files[i].fd, &ret->files[i]);
-
-                if (r < 0)
-                        return r;
-        }
-        return 0;
-}
-
-/* Pass one of recovery: every extent header (one read each), into
- * slot_bytes[e] (0: no valid header, or a slot size we do not have). */
-static void recover_extents(struct kvd_ssd *s, uint32_t *slot_bytes)
-{
-        const struct kvd_extent_header *eh = s->sync_buf;
-
-        for (uint32_t e = 0; e < s->n_extents; e++) {
-                uint64_t off;
-                ssize_t n;
-                int fd, klass;
-
-                slot_bytes[e] = 0;
-                extent_locate(s, e, &fd, &off);
-                n = pread(fd, s->sync_buf, PAGE, (off_t)off);
-                if (n != PAGE)
-                        continue; /* beyond the end of the file: never provisioned */
-                s->provisioned[e] = 1; /* fallocate again later is harmless either way */
-                if (!kvd_extent_header_valid(eh))
-                        continue;
-                s->next_extent_gen = MAX(s->next_extent_gen, eh->generation);
-                s->extent_gen[e] = eh->generation;
-                klass = kvd_slab_class_for(s->slab, eh->slot_bytes);
-                if (klass < 0 || kvd_slab_class_bytes(s->slab, klass) != eh->slot_bytes)
-                        continue;
-                slot_bytes[e] = eh->slot_bytes;
-        }
-}
-
-/* Pass two without a checkpoint: every slot header of extent e. */
-static int scan_extent(struct kvd_ssd *s, uint32_t e, uint32_t slot_bytes, uint32_t *locs, kvd_tier_recover_fn fn,
-                       void *ctx, int64_t *kept)
-{
-        uint32_t ppe = kvd_slab_pages_per_extent(s->slab), slot_pages = slot_bytes / PAGE;
-        uint32_t n_slots = (ppe - KVD_EXTENT_HDR_BYTES / PAGE) / slot_pages;
-        int klass = kvd_slab_class_for(s->slab, slot_bytes);
-
-        for (uint32_t first = 0; first < n_slots; first += s->qd) {
-                unsigned batch = MIN(s->qd, n_slots - first);
-                int r;
-
-                for (unsigned i = 0; i < batch; i++)
-                        locs[i] = e * ppe + KVD_EXTENT_HDR_BYTES / PAGE + (first + i) * slot_pages;
-                r = read_headers(s, locs, batch);
-                if (r < 0)
-                        return r;
-                s->st.recover_headers_read += batch;
-                for (unsigned i = 0; i < batch; i++) {
-                        const struct kvd_slot_header *h = (const void *)(s->arena + (size_t)i * PAGE);
-
-                        if (!kvd_slot_header_recoverable(h, s->extent_gen[e], slot_bytes)) {
-                                /* A slot header with its magic but a bad crc was torn or
-                                 * damaged; a good one of another extent generation is
-                                 * just the extent's earlier life. */
-                                if (kvd_slot_header_torn(h))
-                                        s->st.crc_failures++;
-                                continue;
-                        }
-                        s->next_gen = MAX(s->next_gen, h->generation);
-                        if (kvd_slab_claim(s->slab, klass, locs[i]) < 0)
-                                continue;
-                        if (fn(ctx, h, locs[i], klass))
-                                (*kept)++;
-                        else
-                                kvd_slab_release(s->slab, locs[i]);
-                }
-        }
-        return 0;
-}
-
-/* Whether checkpoint k describes the extents as pass one found them. */
-static bool ckpt_matches(const struct kvd_ssd *s, const struct kvd_ckpt *k, const uint32_t *slot_bytes)
-{
-        const struct kvd_ckpt_extent *ext = kvd_ckpt_extents(k);
-
-        for (uint32_t e = 0; e < s->n_extents; e++)
-                if (ext[e].generation != s->extent_gen[e] ||
-                    (ext[e].slot_bytes && ext[e].slot_bytes != slot_bytes[e]))
-                        return false;
-        return true;
-}
-
-/* The index from checkpoint k, no slot header read: each record's slot
- * is checked to lie in an extent of its slot size; its bytes are checked
- * when read, as always. */
-static int64_t recover_from_ckpt(struct kvd_ssd *s, const struct kvd_ckpt *k, kvd_tier_recover_fn fn, void *ctx)
-{
-        const struct kvd_ckpt_extent *ext = kvd_ckpt_extents(k);
-        uint64_t n = kvd_ckpt_blocks(k);
-        int64_t kept = 0;
-
-        s->next_gen = MAX(s->next_gen, kvd_ckpt_next_gen(k));
-        for (uint64_t i = 0; i < n; i++) {
-                struct kvd_slot_header h;
-                uint32_t loc, e;
-                int klass;
-
-                kvd_ckpt_record(k, i, &h, &loc);
-                e = kvd_slab_extent_of(s->slab, loc);
-                if (e >= s->n_extents || !ext[e].slot_bytes)
-                        continue;
-                klass = kvd_slab_class_for(s->slab, ext[e].slot_bytes);
-                if (klass < 0 || KVD_SLOT_HDR_BYTES + (uint64_t)h.payload_len > ext[e].slot_bytes ||
-                    kvd_slab_claim(s->slab, klass, loc) < 0)
-                        continue;
-                if (fn(ctx, &h, loc, klass))
-                        kept++;
-                else
-                        kvd_slab_release(s->slab, loc);
-        }
-        return kept;
-}
-
-/* The checkpoint left by a clean stop, if it still describes the disk;
- * NULL (the reason logged) if not. */
-static struct kvd_ckpt *load_ckpt(struct kvd_ssd *s, const char *dir, const uint32_t *slot_bytes)
-{
-        struct kvd_ckpt_layout lay;
-        struct kvd_ckpt *k = NULL;
-        int r;
-
-        r = ckpt_layout(s, &lay);
-        if (r == 0)
-                r = kvd_ckpt_load(dir, &lay, &k);
-        if (r == 0 && !ckpt_matches(s, k, slot_bytes)) {
-                k = kvd_ckpt_free(k);
-                r = -ESTALE;
-        }
-        if (r == -ENOENT)
-                log_info("SSD tier: no index checkpoint (the last stop was not clean, or the first start): "
-                         "scanning the slot headers");
-        else if (r < 0)
-                log_warning("SSD tier: ignoring the index checkpoint in %s (%s): scanning the slot headers", dir,
-                            r == -ESTALE ? "the SSD files changed since it was written" :
-                            r == -EBADMSG ? "it is damaged" : strerror(-r));
-        return k;
-}
-
-static int64_t ssd_recover(struct kvd_tier *t, kvd_tier_recover_fn fn, void *ctx)
-{
-        struct kvd_ssd *s = to_ssd(t);
-        uint32_t *locs = calloc(s->qd, sizeof(uint32_t));
-        uint32_t *slot_bytes = calloc(s->n_extents, sizeof(uint32_t));
-        struct kvd_ckpt *k = NULL;
-        char dir[PATH_MAX];
-        int64_t kept = 0;
-        int r = 0;
-
-        if (!locs || !slot_bytes) {
-                r = -ENOMEM;
-                goto out;
-        }
-        recover_extents(s, slot_bytes);
-        ckpt_dir(s, dir, sizeof(dir));
-        k = load_ckpt(s, dir, slot_bytes);
-        /* Read once: from now on the disk changes, and a crash must find
-         * no checkpoint that no longer describes it. */
-        r = kvd_ckpt_remove(dir);
-        if (r < 0) {
-                log_warning("SSD tier: cannot remove the index checkpoint in %s (%s): not using it", dir,
-                            strerror(-r));
-                k = kvd_ckpt_free(k);
-                r = 0;
-        }
-        if (k) {
-                kept = recover_from_ckpt(s, k, fn, ctx);
-                s->st.recovered_from_checkpoint = true;
-        } else {
-                for (uint32_t e = 0; e < s->n_extents && r == 0; e++)
-                        if (slot_bytes[e])
-                                r = scan_extent(s, e, slot_bytes[e], locs, fn, ctx, &kept);
-                if (r < 0)
-                        goto out;
-        }
-        settle_sizes(s);
-out:
-        kvd_ckpt_free(k);
-        free(slot_bytes);
-        free(locs);
-        return r < 0 ? r : kept;
-}
-
-/* At a clean stop: everything to its end and on stable storage, then the
- * index as next() gives it. Nothing may be written to the files after it. */
-static int ssd_checkpoint(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx)
-{
-        struct kvd_ssd *s = to_ssd(t);
-        struct kvd_ckpt_extent *ext;
-        struct kvd_ckpt_layout lay;
-        char dir[PATH_MAX];
-        int r = 0;
-
-        ssd_drain(t);
-        if (s->st.damaged || s->inflight || s->queued)
-                return -EIO;
-        for (unsigned i = 0; i < s->n_files && r == 0; i++)
-                if (fdatasync(s->files[i].fd) < 0)
-                        r = -errno;
-        if (r < 0)
-                return r;
-        r = ckpt_layout(s, &lay);
-        if (r < 0)
-                return r;
-        ext = calloc(s->n_extents, sizeof(*ext));
-        if (!ext)
-                return -ENOMEM;
-        for (uint32_t e = 0; e < s->n_extents; e++) {
-                int klass = kvd_slab_extent_class(s->slab, e);
-
-                ext[e].generation = s->extent_gen[e];
-                ext[e].slot_bytes = klass >= 0 ? kvd_slab_class_bytes(s->slab, klass) : 0;
-        }
-        ckpt_dir(s, dir, sizeof(dir));
-        r = kvd_ckpt_write(dir, &lay, ext, s->next_gen, next, ctx);
-        free(ext);
-        return r;
 }
 
 static const struct kvd_tier_ops ssd_ops = {

@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The SSD tier's insides, shared by ssd.c (files, slots, the ring, reads
+ * and writes) and ssd-recover.c (rebuilding the index at start, from the
+ * checkpoint or by reading slot headers, and writing the checkpoint at a
+ * clean stop). Not for use outside tiers/ssd*.
+ */
+#pragma once
+
+#include <liburing.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "slab.h"
+#include "slot.h"
+#include "ssd.h"
+#include "tier.h"
+
+#define MAX_DIRS 8
+#define FILE_NAME "kvdrive.ssd"
+#define LOCK_NAME "kvdrive.lock"
+#define PAGE KVD_SLAB_PAGE
+/* Extent headers ssd_check() reads back per call. */
+#define SCRUB_PER_CHECK 8
+/* A read of a large slot, when the queue has room to spare, goes as pieces
+ * of this size submitted together, so one block keeps the drive busy. */
+#define SPLIT_BYTES (256u << 10)
+#define SPLIT_MAX 8u
+
+enum op_kind { OP_READ, OP_WRITE, OP_INVALIDATE, OP_SYNC };
+
+struct op {
+        struct op *next;
+        enum op_kind kind;
+        enum kvd_prio prio;
+        bool dsync;
+        uint32_t loc;
+        uint32_t len;           /* payload bytes */
+        void *page;             /* host page: slot header, then payload */
+        unsigned want;          /* bytes the I/O moves */
+        unsigned moved;         /* bytes its pieces moved so far */
+        unsigned pieces;        /* SQEs it takes (a read may be split) */
+        unsigned pending;       /* of them, not completed */
+        int arena;              /* invalidation's header buffer, else -1 */
+        int result;
+        uint64_t t0_ns;         /* submitted */
+        bool short_io;          /* moved fewer bytes than asked */
+        kvd_tier_cb cb;
+        void *ctx;
+        struct kvd_slot_header hdr; /* write: header to write; read: expected key in it */
+};
+
+struct ssd_file {
+        int fd;
+        int lock_fd;            /* kvdrive.lock, locked (OFD) for our life */
+        dev_t dev;              /* the file we opened, to tell a replacement */
+        ino_t ino;
+        uint64_t size;          /* bytes provisioned: it must not be shorter */
+        char path[PATH_MAX];
+};
+
+struct kvd_ssd {
+        struct kvd_tier tier;
+        const struct kvd_config *cfg;
+        struct io_uring ring;
+        bool ring_ok;
+        int efd;
+        struct kvd_loop_watch efd_w;    /* efd in the event loop */
+        struct ssd_file files[MAX_DIRS];
+        unsigned n_files;
+        struct kvd_slab *slab;
+        uint64_t extent_bytes;
+        uint32_t n_extents;
+        uint8_t *provisioned;           /* per extent: space allocated in its file */
+        uint64_t *extent_gen;           /* per extent: generation in its header */
+        uint64_t next_gen, next_extent_gen;
+        uint8_t *arena;                 /* qd header buffers of 4 KiB */
+        int *arena_free;
+        unsigned arena_top;
+        void *sync_buf;                 /* 4 KiB, for extent headers */
+        uint8_t *host_base;
+        uint64_t host_len, host_chunk;
+        bool fixed;                     /* buffers registered */
+        struct {
+                struct op *head, *tail;
+        } queue[KVD_PRIO_COUNT];
+        unsigned qd, inflight, queued;
+        uint64_t busy_since_ns;         /* inflight went above 0 */
+        bool unsubmitted;               /* SQEs prepared, not yet submitted */
+        /* Damage checks before a durable write is reported done: once per
+         * pass over the completions for the files, and for the extent. */
+        uint64_t pass, files_checked_pass, extent_checked_pass;
+        uint32_t extent_checked;
+        uint32_t scrub_next;            /* next extent header ssd_check() reads */
+        struct kvd_tier_stats st;        /* st.damaged: see ssd.h */
+};
+
+struct kvd_ssd *ssd_of(struct kvd_tier *t);
+void ssd_locate(const struct kvd_ssd *s, uint32_t loc, int *ret_fd, uint64_t *ret_off);
+void ssd_extent_locate(const struct kvd_ssd *s, uint32_t e, int *ret_fd, uint64_t *ret_off);
+struct ssd_file *ssd_file_of_extent(struct kvd_ssd *s, uint32_t e);
+void ssd_drain(struct kvd_tier *t);
+int64_t ssd_recover(struct kvd_tier *t, kvd_tier_recover_fn fn, void *ctx);
+int ssd_checkpoint(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx);
