@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zstd.h>
@@ -298,12 +299,43 @@ float kvd_e4m3_to_f32(uint8_t b)
         return (b & 0x80) ? -v : v;
 }
 
+/* Conversion tables, built once (pthread_once) and read-only after: f16 ->
+ * f32, f16 and bf16 -> e4m3, e4m3 -> f16 and bf16. 576 KiB. */
+static struct {
+        float f16[65536];
+        uint8_t e4m3_of[2][65536];
+        uint16_t from_e4m3[2][256];
+} *tab;
+static pthread_once_t tab_once = PTHREAD_ONCE_INIT;
+
+static void tab_init(void)
+{
+        tab = malloc(sizeof(*tab));
+        if (!tab)
+                return;
+        for (uint32_t i = 0; i < 65536; i++) {
+                tab->f16[i] = kvk_f16_to_f32((uint16_t)i);
+                tab->e4m3_of[0][i] = kvd_f32_to_e4m3(tab->f16[i]);
+                tab->e4m3_of[1][i] = kvd_f32_to_e4m3(kvk_bf16_to_f32((uint16_t)i));
+        }
+        for (uint32_t i = 0; i < 256; i++) {
+                tab->from_e4m3[0][i] = kvk_f32_to_f16(kvd_e4m3_to_f32((uint8_t)i));
+                tab->from_e4m3[1][i] = kvk_f32_to_bf16(kvd_e4m3_to_f32((uint8_t)i));
+        }
+}
+
+static int tables(void)
+{
+        pthread_once(&tab_once, tab_init);
+        return tab ? 0 : -ENOMEM;
+}
+
 static float load(uint32_t dtype, const uint8_t *p, size_t i)
 {
         uint16_t h;
 
         memcpy(&h, p + 2 * i, 2);
-        return dtype == DT_F16 ? kvk_f16_to_f32(h) : kvk_bf16_to_f32(h);
+        return dtype == DT_F16 ? tab->f16[h] : kvk_bf16_to_f32(h);
 }
 
 static void store(uint32_t dtype, uint8_t *p, size_t i, float f)
@@ -311,6 +343,25 @@ static void store(uint32_t dtype, uint8_t *p, size_t i, float f)
         uint16_t h = dtype == DT_F16 ? kvk_f32_to_f16(f) : kvk_f32_to_bf16(f);
 
         memcpy(p + 2 * i, &h, 2);
+}
+
+static void fp8_encode(uint32_t dtype, const uint8_t *src, size_t n, uint8_t *dst)
+{
+        const uint8_t *t = tab->e4m3_of[dtype == DT_BF16];
+
+        for (size_t i = 0; i < n; i++) {
+                uint16_t h;
+                memcpy(&h, src + 2 * i, 2);
+                dst[i] = t[h];
+        }
+}
+
+static void fp8_decode(uint32_t dtype, const uint8_t *src, size_t n, uint8_t *dst)
+{
+        const uint16_t *t = tab->from_e4m3[dtype == DT_BF16];
+
+        for (size_t i = 0; i < n; i++)
+                memcpy(dst + 2 * i, &t[src[i]], 2);
 }
 
 /* ---- int8 / int4, KIVI-style ---- */
@@ -359,7 +410,7 @@ static void quant_plane(enum kvd_codec c, const struct kvd_codec_shape *s, int i
 
         for (size_t g = 0; g < groups; g++) {
                 struct group_iter it = group_of(s, is_v, g);
-                float lo = INFINITY, hi = -INFINITY, scale;
+                float lo = INFINITY, hi = -INFINITY, scale, inv;
 
                 for (size_t k = 0; k < it.count; k++) {
                         float x = load(s->dtype, src, it.base + k * it.stride);
@@ -375,11 +426,12 @@ static void quant_plane(enum kvd_codec c, const struct kvd_codec_shape *s, int i
                         scale = 0.0f;   /* range overflows f32: keep the minimum only */
                 params[2 * g] = scale;
                 params[2 * g + 1] = lo;
+                inv = scale > 0.0f ? 1.0f / scale : 0.0f;
                 for (size_t k = 0; k < it.count; k++) {
                         size_t i = it.base + k * it.stride;
                         float x = load(s->dtype, src, i), v = 0.0f;
                         if (isfinite(x) && scale > 0.0f)
-                                v = fminf(fmaxf(nearbyintf((x - lo) / scale), 0.0f), levels);
+                                v = fminf(fmaxf(nearbyintf((x - lo) * inv), 0.0f), levels);
                         put_q(c, q, i, (unsigned)v);
                 }
         }
@@ -422,13 +474,14 @@ static int lossy_encode(enum kvd_codec c, const struct kvd_codec_shape *s, const
         uint8_t *body = dst + KVD_CODEC_HEADER_BYTES;
         int r = lossy_check(c, s, len);
 
+        if (r == 0)
+                r = tables();
         if (r < 0)
                 return r;
         if (cap < out)
                 return -ENOBUFS;
         if (c == KVD_CODEC_ID_FP8) {
-                for (size_t i = 0; i < 2 * n; i++)
-                        body[i] = kvd_f32_to_e4m3(load(s->dtype, src, i));
+                fp8_encode(s->dtype, src, 2 * n, body);
         } else {
                 size_t kg = (size_t)s->kv_heads * s->head_dim;
                 float *params = malloc(quant_groups(s) * 2 * sizeof(float));
@@ -456,6 +509,8 @@ static int lossy_decode(enum kvd_codec c, const struct kvd_codec_shape *s, const
         int r;
 
         r = hdr_get(src, len, c, &h);
+        if (r == 0)
+                r = tables();
         if (r < 0)
                 return r;
         if (h.flags || h.dtype != s->dtype || lossy_check(c, s, h.raw) < 0 ||
@@ -464,8 +519,7 @@ static int lossy_decode(enum kvd_codec c, const struct kvd_codec_shape *s, const
         if (cap < h.raw)
                 return -ENOBUFS;
         if (c == KVD_CODEC_ID_FP8) {
-                for (size_t i = 0; i < 2 * n; i++)
-                        store(s->dtype, dst, i, kvd_e4m3_to_f32(body[i]));
+                fp8_decode(s->dtype, body, 2 * n, dst);
         } else {
                 size_t kg = (size_t)s->kv_heads * s->head_dim, pb = quant_groups(s) * 2 * sizeof(float);
                 float *params = malloc(pb);
