@@ -25,6 +25,7 @@ static const struct bench_command commands[] = {
         { "selection", bench_selection, "the selection methods on the preset zoo: Markdown, CSV, plots" },
         { "interference", bench_interference, "how long one client's costliest requests delay another's Get" },
         { "remote", bench_remote, "Get of blocks only the remote tier (Redis Cluster) has, against redis-benchmark" },
+        { "codec", bench_codec, "ratio, GB/s and accuracy cost of the cold tiers' codecs on a generated trace" },
 };
 
 static void usage(FILE *f)
