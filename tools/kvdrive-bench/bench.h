@@ -28,6 +28,7 @@ int bench_rtt(int argc, char **argv);
 int bench_remote(int argc, char **argv);
 int bench_select(int argc, char **argv);
 int bench_selection(int argc, char **argv);
+int bench_codec(int argc, char **argv);
 
 /* Comma-separated sizes into a new array (free()), count in *ret_n. */
 int bench_parse_sizes(const char *s, uint64_t **ret, size_t *ret_n);

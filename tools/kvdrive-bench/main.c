@@ -27,6 +27,7 @@ static const struct bench_command commands[] = {
         { "interference", bench_interference, "how long one client's costliest requests delay another's Get" },
         { "remote", bench_remote, "Get of blocks only the remote tier (Redis Cluster) has, against redis-benchmark" },
         { "rtt", bench_rtt, "the control round trip (Lookup, one-block Get) beside a bare socket echo, idle and loaded" },
+        { "codec", bench_codec, "ratio, GB/s and accuracy cost of the cold tiers' codecs on a generated trace" },
 };
 
 static void usage(FILE *f)
