@@ -5,6 +5,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
+
+typedef struct kvc_client kvc_client; /* kvdrive/client.h */
 
 #define BENCH_EXIT_USAGE 2
 
@@ -47,6 +50,11 @@ const char *bench_format_size(char *buf, size_t size, uint64_t v);
 
 /* CLOCK_MONOTONIC in nanoseconds: comparable across processes. */
 uint64_t bench_now_ns(void);
+
+/* Connects to the daemon of process pid at sock (as client name) as soon
+ * as it answers, looking every millisecond; NULL after timeout_s or once
+ * the process has exited. */
+kvc_client *bench_wait_daemon(pid_t pid, const char *sock, const char *name, unsigned timeout_s);
 
 /* Median of v[0..n), sorting v in place; 0 for n == 0. */
 double bench_median(double *v, size_t n);

@@ -37,22 +37,6 @@ static pid_t spawn(const char *kvdrived, const char *sock, const char *host_byte
         return pid;
 }
 
-/* Connects as soon as the daemon answers; NULL after 60 s or if it died. */
-static kvc_client *wait_up(pid_t pid, const char *sock)
-{
-        for (int i = 0; i < 60000; i++) {
-                kvc_client *c = NULL;
-                int status;
-
-                if (kvc_connect(sock, "kvdrive-bench footprint", &c) == 0)
-                        return c;
-                if (waitpid(pid, &status, WNOHANG) == pid)
-                        return NULL;
-                usleep(1000);
-        }
-        return NULL;
-}
-
 static int put_all(kvc_client *c, uint64_t n)
 {
         struct kvc_block_ref refs[BATCH];
@@ -131,7 +115,7 @@ int bench_footprint(int argc, char **argv)
         /* The blocks, plus a few extents of slack. */
         snprintf(host_bytes, sizeof(host_bytes), "%" PRIu64 "M", (n * 4096 >> 20) + 64);
         pid = spawn(kvdrived, sock, host_bytes);
-        c = wait_up(pid, sock);
+        c = bench_wait_daemon(pid, sock, "kvdrive-bench footprint", 60);
         if (!c) {
                 fprintf(stderr, "kvdrive-bench: %s did not start\n", kvdrived);
                 goto out;

@@ -39,22 +39,6 @@ static pid_t spawn(const char *kvdrived, const char *sock, const char *dir, cons
         return pid;
 }
 
-/* Connects as soon as the daemon answers; NULL after 600 s or if it died. */
-static kvc_client *wait_up(pid_t pid, const char *sock)
-{
-        for (int i = 0; i < 600000; i++) {
-                kvc_client *c = NULL;
-                int status;
-
-                if (kvc_connect(sock, "kvdrive-bench restart", &c) == 0)
-                        return c;
-                if (waitpid(pid, &status, WNOHANG) == pid)
-                        return NULL;
-                usleep(1000);
-        }
-        return NULL;
-}
-
 static int stop(pid_t pid)
 {
         int status;
@@ -75,7 +59,7 @@ static double timed_restart(const char *kvdrived, const char *sock, const char *
 
         t0 = bench_now_ns();
         pid = spawn(kvdrived, sock, dir, ssd_bytes);
-        c = wait_up(pid, sock);
+        c = bench_wait_daemon(pid, sock, "kvdrive-bench restart", 600);
         t1 = bench_now_ns();
         if (!c || kvc_stats_get(c, &st) < 0) {
                 fprintf(stderr, "kvdrive-bench: restart failed\n");
@@ -183,7 +167,7 @@ int bench_restart(int argc, char **argv)
                 goto out;
 
         pid = spawn(kvdrived, sock, dir, ssd_bytes);
-        c = wait_up(pid, sock);
+        c = bench_wait_daemon(pid, sock, "kvdrive-bench restart", 600);
         if (!c) {
                 fprintf(stderr, "kvdrive-bench: %s did not start\n", kvdrived);
                 goto out;

@@ -4,7 +4,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <kvdrive/client.h>
 
 #include "bench.h"
 #include "size.h"
@@ -126,4 +130,19 @@ FILE *bench_plot_open(const char *out, const char *png)
 int bench_plot_close(FILE *f)
 {
         return pclose(f) == 0 ? 0 : -1;
+}
+
+kvc_client *bench_wait_daemon(pid_t pid, const char *sock, const char *name, unsigned timeout_s)
+{
+        for (uint64_t i = 0; i < (uint64_t)timeout_s * 1000u; i++) {
+                kvc_client *c = NULL;
+                int status;
+
+                if (kvc_connect(sock, name, &c) == 0)
+                        return c;
+                if (waitpid(pid, &status, WNOHANG) == pid)
+                        return NULL;
+                usleep(1000);
+        }
+        return NULL;
 }
