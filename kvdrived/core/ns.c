@@ -156,6 +156,17 @@ int kvd_cache_ns_register(struct kvd_cache *c, const char *name, const struct kv
         return kvd_cache_ns_register_ident(c, &id, create, ret_id, ret_created);
 }
 
+/* The payload bytes a block of the namespace takes on SSD: its codec's. */
+static uint64_t ssd_stored_len(const struct kvd_cache *c, const struct kvd_geometry *g, uint64_t bytes)
+{
+        struct kvd_slot_header id = { .ns_layers = g->layers, .ns_kv_heads = g->kv_heads, .ns_head_dim = g->head_dim,
+                                      .ns_dtype = g->dtype, .ns_block_tokens = g->block_tokens };
+
+        if (!c->ssd_tier || !c->ssd_tier->ops->stored_len || bytes > UINT32_MAX)
+                return bytes;
+        return c->ssd_tier->ops->stored_len(c->ssd_tier, &id, (uint32_t)bytes);
+}
+
 int kvd_cache_ns_register_ident(struct kvd_cache *c, const struct kvd_ns_ident *ident, bool create,
                                 uint32_t *ret_id, bool *ret_created)
 {
@@ -165,7 +176,7 @@ int kvd_cache_ns_register_ident(struct kvd_cache *c, const struct kvd_ns_ident *
         int klass, ssd_klass = -1;
         struct kvd_tenant *t;
         struct kvd_ns *ns;
-        uint64_t bytes;
+        uint64_t bytes, ssd_bytes;
         uint32_t id;
 
         if (!name || !kvd_ns_name_valid(name, strlen(name)))
@@ -186,8 +197,9 @@ int kvd_cache_ns_register_ident(struct kvd_cache *c, const struct kvd_ns_ident *
         if (!create)
                 return -ENOENT;
         klass = c->host_tier->ops->class_for(c->host_tier, bytes + c->hdr);
+        ssd_bytes = ssd_stored_len(c, g, bytes);
         if (klass >= 0 && c->ssd_tier)
-                ssd_klass = c->ssd_tier->ops->class_for(c->ssd_tier, bytes);
+                ssd_klass = c->ssd_tier->ops->class_for(c->ssd_tier, ssd_bytes);
         if (klass < 0 || ssd_klass < -1)
                 return (klass == -E2BIG || ssd_klass == -E2BIG) ? -E2BIG : -ENOSPC;
         if (c->n_ns == c->cfg->max_namespaces)
@@ -206,7 +218,7 @@ int kvd_cache_ns_register_ident(struct kvd_cache *c, const struct kvd_ns_ident *
         *ns = (struct kvd_ns){ .id = id, .geometry = *g, .block_bytes = bytes, .klass = klass,
                                .ssd_klass = ssd_klass, .owner = owner, .in_use = true, .tenant = t,
                                .host_charge = c->host_tier->ops->class_bytes(c->host_tier, klass),
-                               .ssd_charge = (uint32_t)(KVD_SLOT_HDR_BYTES + ALIGN_UP(bytes, KVD_PAGE)) };
+                               .ssd_charge = (uint32_t)(KVD_SLOT_HDR_BYTES + ALIGN_UP(ssd_bytes, KVD_PAGE)) };
         memcpy(ns->name, name, strlen(name) + 1);
         if (ident->fingerprint_len)
                 memcpy(ns->fingerprint, ident->fingerprint, ident->fingerprint_len);

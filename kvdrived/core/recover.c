@@ -42,7 +42,7 @@ static bool recover_slot(void *ctx, const struct kvd_slot_header *h, uint32_t lo
         if (r < 0)
                 return false;
         ns = &c->ns[ns_id];
-        if (ns->ssd_klass != klass || ns->block_bytes != h->payload_len || h->layer >= g.layers)
+        if (ns->ssd_klass != klass || !kvd_slot_payload_len_ok(h, (uint32_t)ns->block_bytes) || h->layer >= g.layers)
                 goto skip;
         if (ns->tenant->st.ssd_bytes + ns->ssd_charge > ns->tenant->st.quota.ssd_bytes) {
                 c->recover_skipped_quota++;

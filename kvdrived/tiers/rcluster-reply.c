@@ -29,14 +29,16 @@ static void deliver(struct node *n, const char *str, size_t len)
         if (!r || r == n->unsent || r->kind != RQ_USER || r->op != KVD_RC_GET || (r->flags & F_ASKING_PENDING))
                 return;
         r->value_len = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len;
-        if (rc_value_bytes(r) != len) {
+        if (r->up_to ? len > rc_value_bytes(r) || (r->n_iov && len < r->iov[0].iov_len) : rc_value_bytes(r) != len) {
                 r->result = -EMSGSIZE;
                 return;
         }
-        for (unsigned i = 0; i < r->n_iov; i++) {
-                if (r->iov[i].iov_len)
-                        memcpy(r->iov[i].iov_base, str + off, r->iov[i].iov_len);
-                off += r->iov[i].iov_len;
+        for (unsigned i = 0; i < r->n_iov && off < len; i++) {
+                size_t k = MIN(r->iov[i].iov_len, len - off);
+
+                if (k)
+                        memcpy(r->iov[i].iov_base, str + off, k);
+                off += k;
         }
         r->result = 0;
 }

@@ -56,6 +56,9 @@ struct kvd_rc_req {
          * EXISTS: iov unused. */
         struct iovec iov[2];
         unsigned n_iov;
+        /* GET: a value shorter than the iovs is taken too, if it fills iov[0]
+         * (the rest goes into the last iov; value_len says how long it was). */
+        bool up_to;
         uint64_t ttl_ms;
         uint64_t deadline_ns;   /* CLOCK_MONOTONIC (kvd_now_ns()); 0: submit sets it to now + timeout_ms */
         void (*done)(struct kvd_rc_req *r);     /* runs on the client's thread, once */

@@ -13,6 +13,7 @@
 #include <xxhash.h>
 
 #include "clock.h"
+#include "codec.h"
 #include "log.h"
 #include "loop.h"
 #include "macro.h"
@@ -46,6 +47,11 @@ struct op {
         uint32_t n, pending;    /* requests, and those not ended */
         uint32_t found;         /* exists: keys there */
         uint64_t t0_ns;
+        /* remote-codec: put: the codec to encode with (on the thread); get:
+         * the value's payload lands in enc (cap bytes), decoded from there. */
+        enum kvd_codec codec;
+        uint8_t *enc;
+        uint32_t enc_cap;
         struct kvd_rc_req req[]; /* n */
 };
 
@@ -65,6 +71,7 @@ struct kvd_remote {
         uint32_t inflight;
         uint64_t inflight_put_bytes;
         struct kvd_tier_stats st;
+        enum kvd_codec codec;   /* remote-codec */
 
         /* Shared with the thread, under lock. */
         pthread_mutex_t lock;
@@ -145,19 +152,62 @@ static void make_key(struct kvd_rc_req *q, uint64_t tag, uint64_t hi, uint64_t l
 
 /* ---- the thread ---------------------------------------------------------- */
 
-/* A value is the block asked for, intact. */
-static bool value_ok(const struct op *o)
+/* A value's header names the block asked for (any codec, any length). */
+static bool value_names_block(const struct op *o)
 {
         const struct kvd_slot_header *g = &o->got, *e = &o->hdr;
 
-        return kvd_slot_header_valid(g, 0) && g->codec == KVD_CODEC_NONE && g->key_hi == e->key_hi &&
-               g->key_lo == e->key_lo && g->layer == e->layer && g->payload_len == o->len &&
+        return kvd_slot_header_valid(g, 0) && g->key_hi == e->key_hi &&
+               g->key_lo == e->key_lo && g->layer == e->layer &&
                g->ns_owner == e->ns_owner && g->ns_layers == e->ns_layers && g->ns_kv_heads == e->ns_kv_heads &&
                g->ns_head_dim == e->ns_head_dim && g->ns_dtype == e->ns_dtype &&
                g->ns_block_tokens == e->ns_block_tokens && strncmp(g->ns_name, e->ns_name, sizeof(g->ns_name)) == 0 &&
                g->ns_fingerprint_len == e->ns_fingerprint_len &&
-               memcmp(g->ns_fingerprint, e->ns_fingerprint, MIN(g->ns_fingerprint_len, KVD_FINGERPRINT_MAX)) == 0 &&
+               memcmp(g->ns_fingerprint, e->ns_fingerprint, MIN(g->ns_fingerprint_len, KVD_FINGERPRINT_MAX)) == 0;
+}
+
+/* A raw value (straight into the payload) is the block asked for, intact. */
+static bool value_ok(const struct op *o)
+{
+        const struct kvd_slot_header *g = &o->got;
+
+        return value_names_block(o) && g->codec == KVD_CODEC_NONE && g->payload_len == o->len &&
                g->payload_crc == kvd_slot_crc(o->payload, o->len);
+}
+
+/* A value read into enc (value_len bytes in all): the block asked for,
+ * intact, encoded by a codec we know; decoded into the payload. 0 or
+ * -EBADMSG. */
+static int value_decode(const struct op *o, uint32_t value_len)
+{
+        const struct kvd_slot_header *g = &o->got;
+        struct kvd_codec_shape shape;
+        size_t n;
+
+        if (!value_names_block(o) || value_len < VALUE_HDR || g->payload_len != value_len - VALUE_HDR ||
+            !kvd_slot_payload_len_ok(g, o->len) || g->payload_crc != kvd_slot_crc(o->enc, g->payload_len))
+                return -EBADMSG;
+        kvd_slot_codec_shape(g, &shape);
+        if (kvd_codec_decode((enum kvd_codec)g->codec, &shape, o->enc, g->payload_len, o->payload, o->len, &n) < 0 ||
+            n != o->len)
+                return -EBADMSG;
+        return 0;
+}
+
+/* A put's payload encoded into enc, and its header saying so (the
+ * thread). Stays raw if it cannot be. */
+static void put_encode(struct op *o)
+{
+        struct kvd_codec_shape shape;
+        size_t n;
+
+        kvd_slot_codec_shape(&o->hdr, &shape);
+        o->enc = malloc(o->enc_cap);
+        if (!o->enc || kvd_codec_encode(o->codec, &shape, o->payload, o->len, o->enc, o->enc_cap, &n) < 0)
+                return;
+        o->hdr.codec = (uint16_t)o->codec;
+        o->hdr.payload_len = (uint32_t)n;
+        o->req[0].iov[1] = (struct iovec){ o->enc, n };
 }
 
 /* A cluster request ended (the thread). */
@@ -171,6 +221,8 @@ static void req_done(struct kvd_rc_req *q)
         case OP_GET:
                 if (q->result == -EMSGSIZE)
                         o->result = -EBADMSG; /* a value of another size: not the block */
+                else if (q->result == 0 && o->enc)
+                        o->result = value_decode(o, q->value_len);
                 else if (q->result == 0 && !value_ok(o))
                         o->result = -EBADMSG;
                 else
@@ -202,8 +254,10 @@ static void op_start(struct kvd_remote *r, struct op *o)
 
         o->pending = o->n;
         if (o->kind == OP_PUT) {
-                /* The payload's crc here, off the event loop. */
-                o->hdr.payload_crc = kvd_slot_crc(o->payload, o->len);
+                /* Encoding and the payload's crc here, off the event loop. */
+                if (o->codec != KVD_CODEC_ID_NONE)
+                        put_encode(o);
+                o->hdr.payload_crc = kvd_slot_crc(o->req[0].iov[1].iov_base, o->hdr.payload_len);
                 kvd_slot_header_seal(&o->hdr);
         }
         for (uint32_t i = 0; i < o->n; i++) {
@@ -353,6 +407,7 @@ static void op_end(struct kvd_remote *r, struct op *o)
         }
         r->inflight--;
         o->cb(o->ctx, o->kind == OP_EXISTS ? 0 : o->result);
+        free(o->enc);
         free(o);
 }
 
@@ -399,6 +454,8 @@ static int remote_put(struct kvd_tier *t, const struct kvd_slot_header *id, cons
         o->hdr.payload_len = len;
         o->payload = (void *)payload;
         o->len = len;
+        o->enc_cap = r->codec == KVD_CODEC_ID_NONE ? 0 : kvd_slot_stored_len(r->codec, id, len);
+        o->codec = o->enc_cap ? r->codec : KVD_CODEC_ID_NONE;
         make_key(&o->req[0], ns_tag(id), id->key_hi, id->key_lo, id->layer);
         o->req[0].op = KVD_RC_SET;
         o->req[0].iov[0] = (struct iovec){ &o->hdr, VALUE_HDR };
@@ -427,6 +484,18 @@ static int remote_get(struct kvd_tier *t, const struct kvd_slot_header *id, void
         o->req[0].iov[0] = (struct iovec){ &o->got, VALUE_HDR };
         o->req[0].iov[1] = (struct iovec){ payload, len };
         o->req[0].n_iov = 2;
+        /* With a codec, a value of any codec and length (up to the largest
+         * any writes) is taken, into enc, and decoded. */
+        if (r->codec != KVD_CODEC_ID_NONE) {
+                o->enc_cap = (uint32_t)MIN(kvd_codec_bound(KVD_CODEC_ID_INT4, len), (size_t)UINT32_MAX);
+                o->enc = malloc(o->enc_cap);
+                if (!o->enc) {
+                        free(o);
+                        return -ENOMEM;
+                }
+                o->req[0].iov[1] = (struct iovec){ o->enc, o->enc_cap };
+                o->req[0].up_to = true;
+        }
         queue(r, o);
         return 0;
 }
@@ -601,6 +670,7 @@ int kvd_remote_new(const struct kvd_config *cfg, struct kvd_remote **ret)
                 return -ENOMEM;
         r->tier.ops = &remote_ops;
         r->cfg = cfg;
+        r->codec = (enum kvd_codec)cfg->remote_codec;
         snprintf(r->seeds, sizeof(r->seeds), "%s", cfg->remote + strlen(scheme));
         pthread_mutex_init(&r->lock, NULL);
         r->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -623,8 +693,9 @@ int kvd_remote_new(const struct kvd_config *cfg, struct kvd_remote **ret)
                 goto err;
         }
         r->started = true;
-        log_info("remote tier: Redis Cluster at %s (timeout %u ms, TTL %u s, values up to %" PRIu64 " bytes)",
-                 r->seeds, cfg->remote_timeout_ms, cfg->remote_ttl_s, cfg->remote_max_value_bytes);
+        log_info("remote tier: Redis Cluster at %s (timeout %u ms, TTL %u s, values up to %" PRIu64 " bytes, codec %s)",
+                 r->seeds, cfg->remote_timeout_ms, cfg->remote_ttl_s, cfg->remote_max_value_bytes,
+                 kvd_codec_name(r->codec));
         *ret = r;
         return 0;
 err:

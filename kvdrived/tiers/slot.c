@@ -3,6 +3,8 @@
 
 #include <isa-l/crc.h>
 
+#include "codec.h"
+
 uint32_t kvd_slot_crc(const void *p, size_t n)
 {
         return crc32_iscsi((unsigned char *)p, (int)n, ~0u);
@@ -53,4 +55,38 @@ bool kvd_slot_matches(const struct kvd_slot_header *h, uint64_t extent_gen, uint
         return kvd_slot_header_valid(h, extent_gen) && h->codec == KVD_CODEC_NONE && h->key_hi == key_hi &&
                h->key_lo == key_lo && h->layer == layer && h->payload_len == len &&
                h->payload_crc == kvd_slot_crc(payload, len);
+}
+
+void kvd_slot_codec_shape(const struct kvd_slot_header *h, struct kvd_codec_shape *ret)
+{
+        *ret = (struct kvd_codec_shape){ .dtype = h->ns_dtype, .kv_heads = h->ns_kv_heads,
+                                         .head_dim = h->ns_head_dim, .block_tokens = h->ns_block_tokens };
+}
+
+uint32_t kvd_slot_stored_len(unsigned codec, const struct kvd_slot_header *h, uint32_t raw)
+{
+        struct kvd_codec_shape shape;
+        size_t n;
+
+        kvd_slot_codec_shape(h, &shape);
+        n = kvd_codec_block_len((enum kvd_codec)codec, &shape, raw);
+        return n <= UINT32_MAX ? (uint32_t)n : 0;
+}
+
+bool kvd_slot_payload_len_ok(const struct kvd_slot_header *h, uint32_t raw)
+{
+        uint32_t n = kvd_slot_stored_len(h->codec, h, raw);
+
+        if (n == 0)
+                return false;
+        return kvd_codec_lossless((enum kvd_codec)h->codec) && h->codec != KVD_CODEC_NONE ? h->payload_len <= n
+                                                                                          : h->payload_len == n;
+}
+
+bool kvd_slot_matches_any(const struct kvd_slot_header *h, uint64_t extent_gen, uint64_t key_hi, uint64_t key_lo,
+                          uint32_t layer, const void *payload, uint32_t cap, uint32_t raw)
+{
+        return kvd_slot_header_valid(h, extent_gen) && h->key_hi == key_hi && h->key_lo == key_lo &&
+               h->layer == layer && h->payload_len <= cap && kvd_slot_payload_len_ok(h, raw) &&
+               h->payload_crc == kvd_slot_crc(payload, h->payload_len);
 }

@@ -25,7 +25,7 @@
 /* Of slot headers: 2 names its namespace's owner, 3 its fingerprint too
  * (slots of an older version are not recovered: the cache forgets them). */
 #define KVD_SLOT_VERSION     3u
-#define KVD_CODEC_NONE       0u
+#define KVD_CODEC_NONE       0u /* enum kvd_codec (util/codec.h): the payload's encoding */
 #define KVD_FINGERPRINT_MAX  64u
 /* kvd_slot_header.flags */
 #define KVD_SLOT_SHARED      1u /* a prefix-chain block: it may be shared through the remote tier */
@@ -43,13 +43,13 @@ struct kvd_extent_header {
 struct kvd_slot_header {
         uint32_t magic;
         uint16_t version;
-        uint16_t codec;                 /* KVD_CODEC_NONE; room for compression */
+        uint16_t codec;                 /* enum kvd_codec: how the payload is encoded */
         uint64_t generation;            /* global write sequence: the newest copy wins */
         uint64_t extent_generation;
         uint64_t key_hi, key_lo;
         uint32_t layer;
-        uint32_t payload_len;           /* bytes of payload (the block) */
-        uint32_t payload_crc;           /* crc32c of the payload */
+        uint32_t payload_len;           /* bytes of payload (the block, encoded by codec) */
+        uint32_t payload_crc;           /* crc32c of the payload as stored */
         /* The namespace by identity, not by id: ids are per daemon run. */
         uint32_t ns_layers, ns_kv_heads, ns_head_dim, ns_dtype, ns_block_tokens;
         char ns_name[128];
@@ -95,3 +95,26 @@ bool kvd_slot_header_recoverable(const struct kvd_slot_header *h, uint64_t exten
  * key_lo, layer) of len bytes, and payload (len bytes) matches its crc. */
 bool kvd_slot_matches(const struct kvd_slot_header *h, uint64_t extent_gen, uint64_t key_hi, uint64_t key_lo,
                       uint32_t layer, const void *payload, uint32_t len);
+
+/*
+ * Encoded payloads (codec != none). A codec's block geometry is the
+ * namespace's, as the header names it (ns_dtype, ns_kv_heads, ns_head_dim,
+ * ns_block_tokens): kvd_slot_codec_shape().
+ */
+struct kvd_codec_shape;
+void kvd_slot_codec_shape(const struct kvd_slot_header *h, struct kvd_codec_shape *ret);
+
+/* The payload bytes a block of raw bytes of h's namespace takes stored
+ * with codec (at most, for a lossless codec's); 0 if the codec cannot take
+ * it (it is then stored raw). */
+uint32_t kvd_slot_stored_len(unsigned codec, const struct kvd_slot_header *h, uint32_t raw);
+
+/* Whether h's payload_len is one the codec it names can have written for a
+ * block of raw bytes of its namespace (none: exactly raw). */
+bool kvd_slot_payload_len_ok(const struct kvd_slot_header *h, uint32_t raw);
+
+/* The read's check for any codec: as kvd_slot_matches(), but the payload
+ * is payload_len bytes (at most cap: the buffer), encoded by a codec this
+ * build knows, of a length that codec writes for raw bytes. */
+bool kvd_slot_matches_any(const struct kvd_slot_header *h, uint64_t extent_gen, uint64_t key_hi, uint64_t key_lo,
+                          uint32_t layer, const void *payload, uint32_t cap, uint32_t raw);

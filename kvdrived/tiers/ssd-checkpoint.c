@@ -36,8 +36,8 @@ struct ckpt_ns {
 
 struct ckpt_rec {
         uint64_t key_hi, key_lo;
-        uint32_t loc, ns, layer, payload_len;
-        uint8_t flags, reserved[7];
+        uint32_t loc, ns, layer, payload_len;   /* payload_len: as stored (encoded by codec) */
+        uint8_t flags, codec, reserved[6];
 };
 
 struct kvd_ckpt {
@@ -167,7 +167,8 @@ static int build(struct growbuf *out, const struct kvd_ckpt_layout *lay, const s
         int r = 0;
 
         while (r == 0 && next(ctx, &h, &loc, &ns_id)) {
-                struct ckpt_rec rec = { h.key_hi, h.key_lo, loc, 0, h.layer, h.payload_len, h.flags, { 0 } };
+                struct ckpt_rec rec = { h.key_hi, h.key_lo, loc, 0, h.layer, h.payload_len, h.flags,
+                                        (uint8_t)h.codec, { 0 } };
 
                 r = ns_ref(&map, &ns, &head.n_ns, &h, ns_id, &rec.ns);
                 if (r == 0)
@@ -366,7 +367,7 @@ void kvd_ckpt_record(const struct kvd_ckpt *k, uint64_t i, struct kvd_slot_heade
                 .key_hi = r->key_hi, .key_lo = r->key_lo, .layer = r->layer, .payload_len = r->payload_len,
                 .ns_layers = n->layers, .ns_kv_heads = n->kv_heads, .ns_head_dim = n->head_dim,
                 .ns_dtype = n->dtype, .ns_block_tokens = n->block_tokens, .ns_owner = n->owner,
-                .ns_fingerprint_len = n->fingerprint_len, .flags = r->flags,
+                .ns_fingerprint_len = n->fingerprint_len, .flags = r->flags, .codec = r->codec,
         };
         memcpy(ret_h->ns_name, n->name, sizeof(ret_h->ns_name));
         ret_h->ns_name[sizeof(ret_h->ns_name) - 1] = '\0';

@@ -11,6 +11,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "codec.h"
+#include "jobs.h"
+#include "loop.h"
 #include "slab.h"
 #include "slot.h"
 #include "ssd.h"
@@ -26,11 +29,17 @@
  * of this size submitted together, so one block keeps the drive busy. */
 #define SPLIT_BYTES (256u << 10)
 #define SPLIT_MAX 8u
+/* Payloads of at least this many bytes are checksummed by the tier's
+ * threads (ssd-cpu.c), smaller ones on the loop: below it, handing the
+ * work over costs about what the checksum does. Encoding always goes to
+ * the threads. */
+#define CPU_OFFLOAD_BYTES (128u << 10)
 
 enum op_kind { OP_READ, OP_WRITE, OP_INVALIDATE, OP_SYNC };
 
 struct op {
         struct op *next;
+        struct kvd_ssd *s;
         enum op_kind kind;
         enum kvd_prio prio;
         bool dsync;
@@ -48,6 +57,15 @@ struct op {
         kvd_tier_cb cb;
         void *ctx;
         struct kvd_slot_header hdr; /* write: header to write; read: expected key in it */
+        /* Encoded slots and the CPU stage (ssd-cpu.c). */
+        struct kvd_job job;
+        enum kvd_codec codec;   /* write: how the payload is stored */
+        uint8_t *bounce;        /* the slot as on disk, when it is not the page's bytes */
+        uint32_t io_len;        /* bytes the I/O moves: slot header + padded payload */
+        uint32_t stored_len;    /* write: payload bytes as stored */
+        uint32_t crc;           /* write: payload_crc, when crc_ready */
+        bool crc_ready;
+        int cpu_result;         /* what the CPU stage found: 0 or -errno */
 };
 
 struct ssd_file {
@@ -93,6 +111,8 @@ struct kvd_ssd {
         uint32_t extent_checked;
         uint32_t scrub_next;            /* next extent header ssd_check() reads */
         struct kvd_tier_stats st;        /* st.damaged: see ssd.h */
+        enum kvd_codec codec;           /* ssd-codec */
+        struct kvd_jobs *jobs;          /* ssd-threads: checksums and codecs */
 };
 
 struct kvd_ssd *ssd_of(struct kvd_tier *t);
@@ -102,3 +122,20 @@ struct ssd_file *ssd_file_of_extent(struct kvd_ssd *s, uint32_t e);
 void ssd_drain(struct kvd_tier *t);
 int64_t ssd_recover(struct kvd_tier *t, kvd_tier_recover_fn fn, void *ctx);
 int ssd_checkpoint(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx);
+
+/* ssd.c: queues o for its I/O; ends o (figures, callback, free) with r. */
+void ssd_enqueue(struct kvd_ssd *s, struct op *o);
+void ssd_op_end(struct kvd_ssd *s, struct op *o, int r);
+
+/* ssd-cpu.c: the CPU stage of an operation, off the loop where it pays. */
+uint32_t ssd_stored_len(const struct kvd_tier *t, const struct kvd_slot_header *id, uint32_t raw);
+/* A write about to be queued: picks its codec (and bounce buffer); true if
+ * the threads took it (they queue it, or end it on an error). */
+bool ssd_cpu_write(struct kvd_ssd *s, struct op *o);
+/* A read about to be queued: the bytes its I/O moves (its slot's), and a
+ * bounce buffer for a slot not of the raw block's size. false: no memory. */
+bool ssd_read_bounce(struct kvd_ssd *s, struct op *o);
+/* A read whose I/O is done: true if the threads took its check (and its
+ * decoding); they end it. */
+bool ssd_cpu_read(struct kvd_ssd *s, struct op *o);
+

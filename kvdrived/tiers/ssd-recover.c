@@ -299,8 +299,31 @@ out:
 
 /* At a clean stop: everything to its end and on stable storage, then the
  * index as next() gives it. Nothing may be written to the files after it. */
+/* The cache names its blocks raw; the checkpoint records them as stored. */
+struct stored_next {
+        struct kvd_ssd *s;
+        kvd_tier_ckpt_fn next;
+        void *ctx;
+};
+
+static bool next_stored(void *ctx, struct kvd_slot_header *ret_h, uint32_t *ret_loc, uint32_t *ret_ns)
+{
+        struct stored_next *a = ctx;
+        uint32_t n;
+
+        if (!a->next(a->ctx, ret_h, ret_loc, ret_ns))
+                return false;
+        n = ssd_stored_len(&a->s->tier, ret_h, ret_h->payload_len);
+        if (n != ret_h->payload_len) {
+                ret_h->codec = (uint16_t)a->s->codec;
+                ret_h->payload_len = n;
+        }
+        return true;
+}
+
 int ssd_checkpoint(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx)
 {
+        struct stored_next a = { ssd_of(t), next, ctx };
         struct kvd_ssd *s = ssd_of(t);
         struct kvd_ckpt_extent *ext;
         struct kvd_ckpt_layout lay;
@@ -328,7 +351,7 @@ int ssd_checkpoint(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx)
                 ext[e].slot_bytes = klass >= 0 ? kvd_slab_class_bytes(s->slab, klass) : 0;
         }
         ckpt_dir(s, dir, sizeof(dir));
-        r = kvd_ckpt_write(dir, &lay, ext, s->next_gen, next, ctx);
+        r = kvd_ckpt_write(dir, &lay, ext, s->next_gen, next_stored, &a);
         free(ext);
         return r;
 }

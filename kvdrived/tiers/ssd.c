@@ -342,17 +342,19 @@ static int host_buf_index(const struct kvd_ssd *s, const void *p)
         return 1 + (int)(((const uint8_t *)p - s->host_base) / s->host_chunk);
 }
 
+/* buf_index < 0: a buffer not registered (a bounce buffer). */
 static void prep(struct kvd_ssd *s, struct io_uring_sqe *sqe, bool write, int fd, void *buf, unsigned len,
                  uint64_t off, int buf_index)
 {
-        if (s->fixed && write)
+        if (!s->fixed || buf_index < 0) {
+                if (write)
+                        io_uring_prep_write(sqe, fd, buf, len, off);
+                else
+                        io_uring_prep_read(sqe, fd, buf, len, off);
+        } else if (write)
                 io_uring_prep_write_fixed(sqe, fd, buf, len, off, buf_index);
-        else if (s->fixed)
-                io_uring_prep_read_fixed(sqe, fd, buf, len, off, buf_index);
-        else if (write)
-                io_uring_prep_write(sqe, fd, buf, len, off);
         else
-                io_uring_prep_read(sqe, fd, buf, len, off);
+                io_uring_prep_read_fixed(sqe, fd, buf, len, off, buf_index);
 }
 
 /* A completed I/O's time from submission in its histogram. */
@@ -365,9 +367,11 @@ static void count_latency(struct kvd_tier_latency *l, uint64_t t0_ns)
         l->sum_ns += ns;
 }
 
-/* One SQE per operation: a block's host page carries its slot header in
- * its first 4 KiB, so header and payload move in one I/O, straight between
- * the page and the slot. Invalidation writes a zeroed header from the arena. */
+/* One SQE per operation (a large read: a few): a block's host page carries
+ * its slot header in its first 4 KiB, so header and payload move in one
+ * I/O, straight between the page and the slot; an encoded block's slot is
+ * its bounce buffer (ssd-cpu.c). Invalidation writes a zeroed header from
+ * the arena. */
 static void submit_op(struct kvd_ssd *s, struct op *o)
 {
         struct io_uring_sqe *sqe;
@@ -397,22 +401,22 @@ static void submit_op(struct kvd_ssd *s, struct op *o)
                 len = PAGE;
                 index = 0;
         } else {
-                buf = o->page;
-                len = KVD_SLOT_HDR_BYTES + ALIGN_UP(o->len, PAGE);
-                index = host_buf_index(s, o->page);
+                buf = o->bounce ? o->bounce : o->page;
+                len = o->io_len;
+                index = o->bounce ? -1 : host_buf_index(s, o->page);
         }
         if (o->kind == OP_WRITE) {
-                struct kvd_slot_header *h = o->page;
+                struct kvd_slot_header *h = buf;
 
                 memset(h, 0, KVD_SLOT_HDR_BYTES);
                 *h = o->hdr;
                 h->magic = KVD_SLOT_MAGIC;
                 h->version = KVD_SLOT_VERSION;
-                h->codec = KVD_CODEC_NONE;
+                h->codec = (uint16_t)o->codec;
                 h->generation = ++s->next_gen;
                 h->extent_generation = s->extent_gen[kvd_slab_extent_of(s->slab, o->loc)];
-                h->payload_len = o->len;
-                h->payload_crc = crc32c((uint8_t *)o->page + KVD_SLOT_HDR_BYTES, o->len, ~0u);
+                h->payload_len = o->stored_len;
+                h->payload_crc = o->crc_ready ? o->crc : crc32c((uint8_t *)buf + KVD_SLOT_HDR_BYTES, o->stored_len, ~0u);
                 kvd_slot_header_seal(h);
         }
         o->want = len;
@@ -439,7 +443,7 @@ static unsigned pieces_of(const struct kvd_ssd *s, const struct op *o)
 
         if (o->kind != OP_READ || s->queued > 0)
                 return 1;
-        want = (KVD_SLOT_HDR_BYTES + ALIGN_UP(o->len, PAGE)) / SPLIT_BYTES;
+        want = o->io_len / SPLIT_BYTES;
         want = want > SPLIT_MAX ? SPLIT_MAX : want;
         return want < 2 ? 1 : want < spare ? want : spare;
 }
@@ -478,7 +482,7 @@ static void ssd_flush(struct kvd_tier *t)
                 log_error("SSD tier: io_uring_submit: %s", strerror(-r));
 }
 
-static void enqueue(struct kvd_ssd *s, struct op *o)
+void ssd_enqueue(struct kvd_ssd *s, struct op *o)
 {
         o->next = NULL;
         if (s->queue[o->prio].tail)
@@ -490,13 +494,14 @@ static void enqueue(struct kvd_ssd *s, struct op *o)
         pump(s);
 }
 
-static struct op *new_op(enum op_kind kind, uint32_t loc, void *page, uint32_t len, enum kvd_prio prio,
-                         kvd_tier_cb cb, void *ctx)
+static struct op *new_op(struct kvd_ssd *s, enum op_kind kind, uint32_t loc, void *page, uint32_t len,
+                         enum kvd_prio prio, kvd_tier_cb cb, void *ctx)
 {
         struct op *o = calloc(1, sizeof(*o));
 
         if (!o)
                 return NULL;
+        o->s = s;
         o->kind = kind;
         o->loc = loc;
         o->page = page;
@@ -512,7 +517,7 @@ static void ssd_write(struct kvd_tier *t, uint32_t loc, const struct kvd_slot_he
                       uint32_t len, bool dsync, enum kvd_prio prio, kvd_tier_cb cb, void *ctx)
 {
         struct kvd_ssd *s = ssd_of(t);
-        struct op *o = new_op(OP_WRITE, loc, page, len, prio, cb, ctx);
+        struct op *o = new_op(s, OP_WRITE, loc, page, len, prio, cb, ctx);
 
         if (!o) {
                 cb(ctx, -ENOMEM);
@@ -520,14 +525,15 @@ static void ssd_write(struct kvd_tier *t, uint32_t loc, const struct kvd_slot_he
         }
         o->hdr = *tmpl;
         o->dsync = dsync;
-        enqueue(s, o);
+        if (!ssd_cpu_write(s, o))
+                ssd_enqueue(s, o);
 }
 
 static void ssd_read(struct kvd_tier *t, uint32_t loc, void *page, uint32_t len, uint64_t key_hi,
                      uint64_t key_lo, uint32_t layer, enum kvd_prio prio, kvd_tier_cb cb, void *ctx)
 {
         struct kvd_ssd *s = ssd_of(t);
-        struct op *o = new_op(OP_READ, loc, page, len, prio, cb, ctx);
+        struct op *o = new_op(s, OP_READ, loc, page, len, prio, cb, ctx);
 
         if (!o) {
                 cb(ctx, -ENOMEM);
@@ -536,28 +542,33 @@ static void ssd_read(struct kvd_tier *t, uint32_t loc, void *page, uint32_t len,
         o->hdr.key_hi = key_hi;
         o->hdr.key_lo = key_lo;
         o->hdr.layer = layer;
-        enqueue(s, o);
+        if (!ssd_read_bounce(s, o)) {
+                free(o);
+                cb(ctx, -ENOMEM);
+                return;
+        }
+        ssd_enqueue(s, o);
 }
 
 static void ssd_sync(struct kvd_tier *t, uint32_t loc, enum kvd_prio prio, kvd_tier_cb cb, void *ctx)
 {
         struct kvd_ssd *s = ssd_of(t);
-        struct op *o = new_op(OP_SYNC, loc, NULL, 0, prio, cb, ctx);
+        struct op *o = new_op(s, OP_SYNC, loc, NULL, 0, prio, cb, ctx);
 
         if (!o) {
                 cb(ctx, -ENOMEM);
                 return;
         }
-        enqueue(s, o);
+        ssd_enqueue(s, o);
 }
 
 static void ssd_discard(struct kvd_tier *t, uint32_t loc)
 {
         struct kvd_ssd *s = ssd_of(t);
-        struct op *o = new_op(OP_INVALIDATE, loc, NULL, 0, KVD_PRIO_BACKGROUND, NULL, NULL);
+        struct op *o = new_op(s, OP_INVALIDATE, loc, NULL, 0, KVD_PRIO_BACKGROUND, NULL, NULL);
 
         if (o)
-                enqueue(s, o);
+                ssd_enqueue(s, o);
         else
                 kvd_slab_release(s->slab, loc); /* the header stays: a resurrected block is still a right one */
 }
@@ -592,20 +603,32 @@ static void io_failed(struct kvd_ssd *s, const struct op *o)
                 set_damaged(s, "%s %s failed: %s", what, f->path, strerror(-o->result));
 }
 
+/* An operation's I/O is done: its check (a read's may go to the threads,
+ * which end it), then its end. */
 static void finish_op(struct kvd_ssd *s, struct op *o)
 {
-        const struct kvd_slot_header *h = o->page;
         int r = o->result;
 
+        s->inflight -= o->pieces;
+        if (s->inflight == 0)
+                s->st.busy_ns += kvd_now_ns() - s->busy_since_ns;
         if (r < 0)
                 io_failed(s, o);
-        if (r == 0 && o->kind == OP_READ)
-                r = verify_read(s, o, h);
+        if (r == 0 && o->kind == OP_READ) {
+                if (ssd_cpu_read(s, o))
+                        return;
+                r = verify_read(s, o, o->page);
+        }
         /* A write into a damaged tier is not one a restart would find. */
         if (r == 0 && o->kind == OP_WRITE)
                 r = o->dsync ? verify_durable(s, o->loc) : s->st.damaged ? -EIO : 0;
         if (r == 0 && o->kind == OP_SYNC)
                 r = verify_durable(s, o->loc);
+        ssd_op_end(s, o, r);
+}
+
+void ssd_op_end(struct kvd_ssd *s, struct op *o, int r)
+{
         switch (o->kind) {
         case OP_READ:
                 if (o->result < 0)
@@ -637,11 +660,9 @@ static void finish_op(struct kvd_ssd *s, struct op *o)
         /* Only now may the slot be reused: a late wipe would hit its new block. */
         if (o->kind == OP_INVALIDATE)
                 kvd_slab_release(s->slab, o->loc);
-        s->inflight -= o->pieces;
-        if (s->inflight == 0)
-                s->st.busy_ns += kvd_now_ns() - s->busy_since_ns;
         if (o->cb)
                 o->cb(o->ctx, r);
+        free(o->bounce);
         free(o);
 }
 
@@ -687,8 +708,11 @@ static void ssd_ready(struct kvd_loop_watch *w, uint32_t events)
 static int ssd_watch(struct kvd_tier *t, struct kvd_loop *l)
 {
         struct kvd_ssd *s = ssd_of(t);
+        int r;
+
         s->efd_w = (struct kvd_loop_watch){ s->efd, ssd_ready };
-        return kvd_loop_add(l, &s->efd_w, KVD_LOOP_IN);
+        r = kvd_loop_add(l, &s->efd_w, KVD_LOOP_IN);
+        return r < 0 ? r : kvd_jobs_watch(s->jobs, l);
 }
 
 struct kvd_tier *kvd_ssd_tier(struct kvd_ssd *s)
@@ -836,10 +860,24 @@ int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_ssd **ret)
         s->efd = -1;
         s->qd = cfg->ssd_queue_depth;
         s->extent_bytes = cfg->ssd_extent_bytes;
+        s->codec = (enum kvd_codec)cfg->ssd_codec;
         s->pass = 1;
         snprintf(s->st.condition, sizeof(s->st.condition), "ok");
         for (unsigned i = 0; i < MAX_DIRS; i++)
                 s->files[i].fd = s->files[i].lock_fd = -1;
+        /* Slots have one size per namespace: a block whose encoded length
+         * varies (zstd) would need a slot class per length (docs/decisions.md). */
+        if (s->codec == KVD_CODEC_ID_ZSTD) {
+                log_error("SSD tier: ssd-codec=zstd is not supported (its output length varies, an SSD slot's does "
+                          "not): use fp8, int8 or int4 on SSD, and zstd as remote-codec");
+                r = -EINVAL;
+                goto err;
+        }
+        r = kvd_jobs_new(cfg->ssd_threads, "kvd-ssd-cpu", &s->jobs);
+        if (r < 0) {
+                log_error("SSD tier: cannot start its threads: %s", strerror(-r));
+                goto err;
+        }
         memcpy(dirs, cfg->ssd_dirs, sizeof(dirs));
         for (char *d = strtok_r(dirs, ",", &save); d; d = strtok_r(NULL, ",", &save)) {
                 if (s->n_files == MAX_DIRS) {
@@ -937,19 +975,25 @@ void kvd_ssd_attach_host(struct kvd_ssd *s, struct kvd_host *host)
         if (r < 0)
                 log_warning("SSD tier: cannot register the host pool as io_uring fixed buffers (%s); "
                             "using plain O_DIRECT reads and writes", strerror(-r));
-        log_info("SSD tier: %" PRIu64 " MiB in %u extents of %" PRIu64 " MiB over %u director%s, queue depth %u%s",
+        log_info("SSD tier: %" PRIu64 " MiB in %u extents of %" PRIu64 " MiB over %u director%s, queue depth %u%s, "
+                 "codec %s",
                  (uint64_t)s->n_extents * s->extent_bytes >> 20, s->n_extents, s->extent_bytes >> 20, s->n_files,
-                 s->n_files == 1 ? "y" : "ies", s->qd, s->fixed ? ", fixed buffers" : "");
+                 s->n_files == 1 ? "y" : "ies", s->qd, s->fixed ? ", fixed buffers" : "", kvd_codec_name(s->codec));
 }
 
 void ssd_drain(struct kvd_tier *t)
 {
         struct kvd_ssd *s = ssd_of(t);
-        while (s->ring_ok && (s->inflight > 0 || s->queued > 0)) {
-                struct io_uring_cqe *cqe;
 
+        while (s->ring_ok && (s->inflight > 0 || s->queued > 0 || (s->jobs && kvd_jobs_outstanding(s->jobs)))) {
+                struct io_uring_cqe *cqe;
                 int r;
 
+                /* Work at the threads: what it queues is drained next. */
+                if (s->inflight == 0 && s->queued == 0) {
+                        kvd_jobs_wait(s->jobs);
+                        continue;
+                }
                 pump(s);
                 ssd_flush(&s->tier);
                 /* A signal is no reason to leave I/O in flight. */
@@ -968,6 +1012,7 @@ struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s)
         if (!s)
                 return NULL;
         ssd_drain(&s->tier);
+        s->jobs = kvd_jobs_free(s->jobs);
         for (int p = 0; p < KVD_PRIO_COUNT; p++)
                 while (s->queue[p].head) { /* only if the ring failed */
                         struct op *o = s->queue[p].head;
@@ -975,6 +1020,7 @@ struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s)
                         s->queue[p].head = o->next;
                         if (o->cb)
                                 o->cb(o->ctx, -ECANCELED);
+                        free(o->bounce);
                         free(o);
                 }
         if (s->ring_ok)
@@ -1007,6 +1053,7 @@ static const struct kvd_tier_ops ssd_ops = {
         .destroy = ssd_destroy,
         .write = ssd_write,
         .read = ssd_read,
+        .stored_len = ssd_stored_len,
         .sync = ssd_sync,
         .discard = ssd_discard,
         .recover = ssd_recover,

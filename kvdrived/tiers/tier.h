@@ -127,6 +127,10 @@ struct kvd_tier_ops {
          * payload bytes, intact. */
         void (*read)(struct kvd_tier *t, uint32_t loc, void *page, uint32_t len, uint64_t key_hi, uint64_t key_lo,
                      uint32_t layer, enum kvd_prio prio, kvd_tier_cb cb, void *ctx);
+        /* The payload bytes a block of raw bytes of the namespace id names
+         * (its ns_* fields) takes here, encoded as the tier stores it (its
+         * slot class is class_for() of that); NULL: raw. */
+        uint32_t (*stored_len)(const struct kvd_tier *t, const struct kvd_slot_header *id, uint32_t raw);
         /* Makes the writes done so far to where loc lives durable. */
         void (*sync)(struct kvd_tier *t, uint32_t loc, enum kvd_prio prio, kvd_tier_cb cb, void *ctx);
         /* Frees loc so that what it held never comes back (replaces free()). */

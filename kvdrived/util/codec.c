@@ -144,6 +144,23 @@ size_t kvd_codec_bound(enum kvd_codec c, size_t len)
         }
 }
 
+static int lossy_check(enum kvd_codec c, const struct kvd_codec_shape *s, size_t raw);
+
+size_t kvd_codec_block_len(enum kvd_codec c, const struct kvd_codec_shape *shape, size_t len)
+{
+        switch (c) {
+        case KVD_CODEC_ID_NONE:
+        case KVD_CODEC_ID_ZSTD:
+                return kvd_codec_bound(c, len);
+        case KVD_CODEC_ID_FP8:
+        case KVD_CODEC_ID_INT8:
+        case KVD_CODEC_ID_INT4:
+                return lossy_check(c, shape, len) == 0 ? lossy_size(c, shape) : 0;
+        default:
+                return 0;
+        }
+}
+
 /* ---- zstd over byte planes ---- */
 
 /* Byte j of element i goes to plane j; a tail of len % es bytes stays last. */

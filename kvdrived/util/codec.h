@@ -63,6 +63,13 @@ int kvd_codec_lossless(enum kvd_codec c);
 /* The most bytes encode may write for len input bytes; 0 for an unknown codec. */
 size_t kvd_codec_bound(enum kvd_codec c, size_t len);
 
+/* The most bytes encode writes for a block of shape (len raw bytes), as a
+ * tier sizes its space for it: exactly what the lossy codecs write (their
+ * size is fixed by the shape), the bound for zstd, len for none; 0 if c
+ * cannot take the block (a lossy codec and a dtype other than f16/bf16, or
+ * len not the block's bytes). */
+size_t kvd_codec_block_len(enum kvd_codec c, const struct kvd_codec_shape *shape, size_t len);
+
 /*
  * Encodes len bytes at src into dst (cap bytes). Returns 0 and *ret_len,
  * -EINVAL for an unknown codec or a shape the codec cannot take (lossy

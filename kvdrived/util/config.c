@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "codec.h"
 #include "frame.h"
 #include "kvd-build.h"
 #include "log.h"
@@ -32,7 +33,7 @@ static FILE *config_errf(void)
         return reload_errf ? reload_errf : stderr;
 }
 
-enum opt_type { OPT_STRING, OPT_SIZE, OPT_U32, OPT_INT, OPT_BOOL, OPT_MODE, OPT_LOCK, OPT_LEVEL, OPT_EVICT };
+enum opt_type { OPT_STRING, OPT_SIZE, OPT_U32, OPT_INT, OPT_BOOL, OPT_MODE, OPT_LOCK, OPT_LEVEL, OPT_EVICT, OPT_CODEC };
 
 struct option_def {
         const char *name;
@@ -82,6 +83,11 @@ static const struct option_def options[] = {
           "write every stored block to SSD at once, and acknowledge Puts once on SSD", false },
         { "ssd-admit-reads", OPT_U32, OFF(ssd_admit_reads), "0", 0, 255,
           "demote to SSD only blocks read at least this often (0: all)", false },
+        { "ssd-codec", OPT_CODEC, OFF(ssd_codec), "none", 0, 0,
+          "how blocks are stored on SSD: none, or lossy fp8, int8, int4 (f16/bf16 namespaces; others stay raw)",
+          false },
+        { "ssd-threads", OPT_U32, OFF(ssd_threads), "2", 1, 64,
+          "threads for the SSD tier's checksums and codec work, off the event loop", false },
         { "remote", OPT_STRING, OFF(remote), "", 0, 0,
           "remote tier shared by many machines: redis-cluster://HOST:PORT[,HOST:PORT...] (empty: none)", false },
         { "remote-timeout-ms", OPT_U32, OFF(remote_timeout_ms), "500", 1, 60000,
@@ -97,6 +103,8 @@ static const struct option_def options[] = {
           "remote writes in flight, at most (beyond: skipped and counted, never waited for)", false },
         { "remote-admit-reads", OPT_U32, OFF(remote_admit_reads), "0", 0, 255,
           "write shared blocks to the remote tier once read this often here (0: when stored)", false },
+        { "remote-codec", OPT_CODEC, OFF(remote_codec), "none", 0, 0,
+          "how blocks are stored in the remote tier: none, zstd (lossless), or lossy fp8, int8, int4", false },
         { "eviction", OPT_EVICT, OFF(eviction), "heat", 0, 0,
           "which block leaves a full tier: heat (decayed attention + demand) or lru", false },
         { "heat-half-life-ms", OPT_U32, OFF(heat_half_life_ms), "10000", 10, 86400000,
@@ -193,6 +201,15 @@ static int set_option(struct kvd_config *cfg, const struct option_def *o, const 
                 else
                         return -EINVAL;
                 return 0;
+        case OPT_CODEC: {
+                enum kvd_codec c;
+
+                r = kvd_codec_by_name(value, &c);
+                if (r < 0)
+                        return r;
+                *(uint32_t *)field = (uint32_t)c;
+                return 0;
+        }
         case OPT_EVICT:
                 if (strcmp(value, "heat") == 0)
                         *(int *)field = KVD_EVICT_HEAT;
@@ -598,6 +615,9 @@ int kvd_config_item(const struct kvd_config *cfg, size_t i, struct kvd_config_it
         case OPT_EVICT:
                 snprintf(ret->value, sizeof(ret->value), "%s", *(const int *)field == KVD_EVICT_LRU ? "lru" : "heat");
                 break;
+        case OPT_CODEC:
+                snprintf(ret->value, sizeof(ret->value), "%s", kvd_codec_name(*(const uint32_t *)field));
+                break;
         case OPT_INT:
                 snprintf(ret->value, sizeof(ret->value), "%d", *(const int *)field);
                 break;
@@ -663,6 +683,9 @@ static void option_format(const struct kvd_config *cfg, const struct option_def 
                 return;
         case OPT_EVICT:
                 snprintf(buf, size, "%s", *(const int *)field == KVD_EVICT_LRU ? "lru" : "heat");
+                return;
+        case OPT_CODEC:
+                snprintf(buf, size, "%s", kvd_codec_name(*(const uint32_t *)field));
                 return;
         case OPT_INT:
                 snprintf(buf, size, "%d", *(const int *)field);

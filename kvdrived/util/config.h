@@ -62,6 +62,8 @@ struct kvd_config {
         uint32_t ssd_queue_depth;
         bool ssd_write_through;         /* every Put is written to SSD at once */
         uint32_t ssd_admit_reads;       /* demote only blocks read this often */
+        uint32_t ssd_codec;             /* enum kvd_codec: how blocks are stored on SSD */
+        uint32_t ssd_threads;           /* the SSD tier's CPU work (tiers/ssd.c) */
         char remote[1024];              /* redis-cluster://HOST:PORT[,...]; empty: no remote tier */
         uint32_t remote_timeout_ms;
         uint32_t remote_connect_timeout_ms;
@@ -69,6 +71,7 @@ struct kvd_config {
         uint64_t remote_max_value_bytes;
         uint64_t remote_max_inflight_bytes;
         uint32_t remote_admit_reads;    /* 0: write-through at Put */
+        uint32_t remote_codec;          /* enum kvd_codec: how blocks are stored remotely */
         int eviction;                   /* enum kvd_eviction */
         uint32_t heat_half_life_ms;
         bool promote_next_layer;        /* stage layer l+1 from SSD when l is read */

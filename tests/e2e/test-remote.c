@@ -43,6 +43,9 @@ struct machine {
 
 #define SSD_ARGS(dir) "--ssd-dir", (dir), "--ssd-bytes", "64M", "--ssd-extent-bytes", "1M"
 
+/* The remote-codec of the machines machine_start() starts. */
+static const char *remote_codec = "none";
+
 /* Starts a daemon on the fixture cluster (with an SSD tier of its own when
  * ssd) and connects to it with namespace NS_NAME of fingerprint fp. */
 static void machine_start(struct machine *m, const char *fp, bool ssd, const char *timeout_ms)
@@ -56,9 +59,11 @@ static void machine_start(struct machine *m, const char *fp, bool ssd, const cha
         if (ssd) {
                 ssd_dir_make(&m->ssd);
                 m->have_ssd = true;
-                E2E_START(&m->d, "--remote", m->url, "--remote-timeout-ms", timeout_ms, SSD_ARGS(m->ssd.path), );
+                E2E_START(&m->d, "--remote", m->url, "--remote-timeout-ms", timeout_ms, "--remote-codec", remote_codec,
+                          SSD_ARGS(m->ssd.path), );
         } else {
-                E2E_START(&m->d, "--remote", m->url, "--remote-timeout-ms", timeout_ms, );
+                E2E_START(&m->d, "--remote", m->url, "--remote-timeout-ms", timeout_ms, "--remote-codec",
+                          remote_codec, );
         }
         ck_assert_int_eq(kvc_connect(m->d.socket_path, "remote-e2e", &m->c), 0);
         E2E_ASSERT_RC(m->c, kvc_register_namespace_opts(m->c, &o, &m->ns, &bb), 0);
@@ -388,6 +393,54 @@ START_TEST(test_corrupt_value_is_a_miss)
 }
 END_TEST
 
+/* remote-codec zstd: values are stored encoded (the header says so) and
+ * come back byte-exact on the other machine; a machine with no codec takes
+ * only raw values, so it misses them, never serves them wrong. */
+START_TEST(test_codec_between_machines)
+{
+        struct machine a, b;
+        struct kvc_key keys[NBLK];
+        char names[4096], out[64], *save = NULL, *k1;
+        uint8_t st[NITEMS];
+        struct kvc_stats *s;
+        uint64_t seed;
+
+        flush_cluster();
+        remote_codec = "zstd";
+        machine_start(&a, FP_A, false, "2000");
+        machine_start(&b, FP_A, true, "2000");
+        ck_assert_int_eq(e2e_random(&seed, sizeof(seed)), 0);
+        chain(seed, keys);
+        put_all(&a, keys, KVC_PUT_SHARED);
+        wait_writes(&a, NITEMS);
+        ck_assert_int_eq(get_all(&b, keys, KVC_GET_SHARED, st), (int)NITEMS);
+        s = stats(&b);
+        ck_assert_uint_eq(s->remote.hits, NITEMS);
+        ck_assert_uint_eq(s->remote.crc_failures, 0);
+        kvc_stats_free(s);
+        machine_stop(&b);
+
+        names[0] = '\0';
+        for (unsigned i = 1; i <= cl->n && !names[0]; i++)
+                ck_assert_int_ge(e2e_redis_cli_node(cl, i, names, sizeof(names), "KEYS", "kvd:*", NULL), 0);
+        k1 = strtok_r(names, "\n", &save);
+        ck_assert_ptr_nonnull(k1);
+        /* The slot header's codec field (offset 6, little-endian). */
+        ck_assert_int_eq(e2e_redis_cli(cl, out, sizeof(out), "GETRANGE", k1, "6", "6", NULL), 1);
+        ck_assert_int_eq(out[0], 1);
+
+        remote_codec = "none";
+        machine_start(&b, FP_A, false, "2000");
+        ck_assert_int_eq(get_all(&b, keys, KVC_GET_SHARED, st), 0);
+        s = stats(&b);
+        ck_assert_uint_eq(s->remote.hits, 0);
+        ck_assert_uint_eq(s->remote.misses, NITEMS);
+        kvc_stats_free(s);
+        machine_stop(&a);
+        machine_stop(&b);
+}
+END_TEST
+
 struct nodes_arg {
         unsigned down;          /* want exactly this many nodes down */
 };
@@ -665,6 +718,7 @@ static Suite *remote_suite(void)
         tcase_add_test(tc, test_prefetch_from_remote);
         tcase_add_test(tc, test_fingerprints_never_mix);
         tcase_add_test(tc, test_corrupt_value_is_a_miss);
+        tcase_add_test(tc, test_codec_between_machines);
         tcase_add_test(tc, test_node_killed);
         tcase_add_test(tc, test_hung_node_costs_local_nothing);
         tcase_add_test(tc, test_reshard_during_reads);

@@ -334,6 +334,32 @@ START_TEST(lossy_refuses)
 }
 END_TEST
 
+/* What a tier sizes its slots by: exactly what the lossy codecs write, the
+ * bound for zstd, 0 where the codec cannot take the block. */
+START_TEST(block_len)
+{
+        const struct kvd_codec_shape f32 = { .dtype = 3, .kv_heads = 2, .head_dim = 64, .block_tokens = 16 };
+        size_t len = block_bytes(&f16_shape);
+        uint8_t *b = kv_block(&f16_shape), *enc = malloc(kvd_codec_bound(KVD_CODEC_ID_INT4, len));
+
+        ck_assert_ptr_nonnull(enc);
+        for (enum kvd_codec c = KVD_CODEC_ID_FP8; c <= KVD_CODEC_ID_INT4; c++) {
+                size_t n;
+
+                ck_assert_int_eq(kvd_codec_encode(c, &f16_shape, b, len, enc, kvd_codec_bound(c, len), &n), 0);
+                ck_assert_uint_eq(kvd_codec_block_len(c, &f16_shape, len), n);
+                ck_assert_uint_lt(n, len);
+                ck_assert_uint_eq(kvd_codec_block_len(c, &f32, block_bytes(&f32)), 0);
+                ck_assert_uint_eq(kvd_codec_block_len(c, &f16_shape, len - 2), 0);
+        }
+        ck_assert_uint_eq(kvd_codec_block_len(KVD_CODEC_ID_NONE, &f32, 1000), 1000);
+        ck_assert_uint_eq(kvd_codec_block_len(KVD_CODEC_ID_ZSTD, &f16_shape, len), kvd_codec_bound(KVD_CODEC_ID_ZSTD, len));
+        ck_assert_uint_eq(kvd_codec_block_len(KVD_CODEC_ID_MAX, &f16_shape, len), 0);
+        free(enc);
+        free(b);
+}
+END_TEST
+
 static Suite *codec_suite(void)
 {
         Suite *s = suite_create("codec");
@@ -348,6 +374,7 @@ static Suite *codec_suite(void)
         tcase_add_test(tc, fp8_bound);
         tcase_add_test(tc, int_bounds);
         tcase_add_test(tc, lossy_refuses);
+        tcase_add_test(tc, block_len);
         suite_add_tcase(s, tc);
         return s;
 }

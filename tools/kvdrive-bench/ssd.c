@@ -42,6 +42,7 @@ struct ssd_opts {
         uint64_t repeat;        /* measurements per depth; medians reported */
         const char *fio_dir;
         bool json;
+        bool fp8_values;        /* --values fp8 */
 };
 
 #define MAX_REPEAT 9
@@ -69,6 +70,8 @@ static void usage(FILE *f)
                 "      --full          the full measurement: --read 1G --repeat 5 (unless given)\n"
                 "  -b, --bytes SIZE    data set per size (default: 4 x the host tier)\n"
                 "  -f, --fio-dir DIR   run fio in DIR (the daemon's ssd-dir); no fio without it\n"
+                "  -V, --values KIND   random (default: any bits), or fp8: f16 values e4m3 holds exactly,\n"
+                "                      so that a daemon with ssd-codec fp8 serves them bit for bit\n"
                 "  -j, --json          print one JSON object\n"
                 "  -h, --help          this help\n");
 }
@@ -82,12 +85,22 @@ static uint64_t splitmix(uint64_t *x)
         return z ^ (z >> 31);
 }
 
+static bool fill_fp8;
+
+/* Random bits; or (fill_fp8) four random f16 lanes per word that e4m3
+ * holds exactly: sign, 3 mantissa bits, exponent 2^-6..2^1 (normal in
+ * both). */
 static void fill(void *p, uint64_t bytes, uint64_t seed)
 {
         uint64_t *w = p, x = seed;
 
-        for (uint64_t i = 0; i < bytes / 8; i++)
-                w[i] = splitmix(&x);
+        for (uint64_t i = 0; i < bytes / 8; i++) {
+                uint64_t r = splitmix(&x);
+
+                w[i] = fill_fp8 ? (r & 0x8380838083808380ull) |
+                                          ((((r >> 10) & 0x0007000700070007ull) + 0x0009000900090009ull) << 10)
+                                : r;
+        }
 }
 
 static int tier_stats(kvc_client *c, const char *name, struct kvc_tier_stats *ret)
@@ -379,14 +392,15 @@ static int parse(int argc, char **argv, struct ssd_opts *o)
                 { "fio-dir", required_argument, NULL, 'f' }, { "json", no_argument, NULL, 'j' },
                 { "batch", required_argument, NULL, 'B' }, { "repeat", required_argument, NULL, 'r' },
                 { "read", required_argument, NULL, 'R' },   { "full", no_argument, NULL, 'F' },
-                { "help", no_argument, NULL, 'h' },         {},
+                { "values", required_argument, NULL, 'V' }, { "help", no_argument, NULL, 'h' },
+                {},
         };
         const char *sizes = "64K,1M", *depths = "1,8,32";
         bool full = false;
         int c;
 
         o->batch = 8;
-        while ((c = getopt_long(argc, argv, "s:z:q:b:B:r:R:f:jh", opts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "s:z:q:b:B:r:R:f:V:jh", opts, NULL)) != -1) {
                 switch (c) {
                 case 'R':
                         if (kvd_parse_size(optarg, &o->read_bytes) < 0 || o->read_bytes == 0) {
@@ -395,6 +409,13 @@ static int parse(int argc, char **argv, struct ssd_opts *o)
                         }
                         break;
                 case 'F': full = true; break;
+                case 'V':
+                        if (strcmp(optarg, "fp8") && strcmp(optarg, "random")) {
+                                fprintf(stderr, "kvdrive-bench: bad --values '%s' (random, fp8)\n", optarg);
+                                return -EINVAL;
+                        }
+                        o->fp8_values = strcmp(optarg, "fp8") == 0;
+                        break;
                 case 's': o->socket = optarg; break;
                 case 'z': sizes = optarg; break;
                 case 'q': depths = optarg; break;
@@ -467,6 +488,7 @@ int bench_ssd(int argc, char **argv)
                 free(o.sizes);
                 return r > 0 ? EXIT_SUCCESS : BENCH_EXIT_USAGE;
         }
+        fill_fp8 = o.fp8_values;
         r = kvc_connect(o.socket, "kvdrive-bench ssd", &c);
         if (r < 0) {
                 fprintf(stderr, "kvdrive-bench: cannot reach kvdrived: %s\n", kvc_strerror(r));
