@@ -356,7 +356,6 @@ static int start_write(struct kvd_cache *c, uint32_t id, bool durable, bool evic
         }
         *x = (struct ssd_ctx){ .c = c, .id = id, .fn = fn, .fn_ctx = ctx, .item = item, .durable = durable };
         b->ssd_loc = loc;
-        b->ssd_klass = (uint8_t)ns->ssd_klass;
         b->flags |= KVD_BLOCK_WRITING | (evict ? KVD_BLOCK_EVICT : 0);
         if (evict) {
                 c->evict_writes++;
@@ -588,7 +587,6 @@ int kvd_cache_put_reserve(struct kvd_cache *c, const struct kvd_bkey *k, uint32_
         kvd_ns_record_added(c, k->ns);
         b = blk(c, id);
         b->state = KVD_BLOCK_PENDING;
-        b->klass = (uint8_t)ns->klass;
         b->loc = loc;
         *ret_id = id;
         *ret_host = (uint8_t *)kvd_cache_host_ptr(c, loc) + c->hdr;
@@ -812,7 +810,7 @@ int kvd_cache_get_pin(struct kvd_cache *c, const struct kvd_bkey *k, unsigned fl
         if (b->flags & KVD_BLOCK_LOADING)
                 return kvd_wait_on_block(c, id, fn, ctx, item) == 0 ? -EINPROGRESS : -ENOMEM;
         if (b->loc != KVD_LOC_NONE) {
-                if (b->pins == UINT16_MAX)
+                if (b->pins == KVD_BLOCK_PINS_MAX)
                         return -EBUSY;
                 b->pins++;
                 if (b->reads < UINT8_MAX)

@@ -6,11 +6,15 @@
  * record's address and its 32-bit id stay valid until it is removed; ids are
  * what other structures (LRU lists, transfer batches) hold.
  *
- * Memory: the table starts at 1024 slots (or the hint) and doubles at a load
- * of 0.75; record chunks and the chunk array are allocated as ids are first
- * used. kvd_index_bytes() counts what is allocated, so the per-block figure
- * is measured: sizeof(struct kvd_block), plus 8-21 B of table, plus the last
- * chunk's unused records.
+ * Memory (issue 16: <= 64 B per block at 10^6 blocks): a record is 56 B; a
+ * table slot is 4 B, the id alone, with the id's unused high bits (while ids
+ * are small: 12 of them at 10^6 blocks) holding a tag from the key's hash,
+ * so most probes of other keys do not load their record. The table starts
+ * at 1024 slots (or the hint) and grows by a quarter at a load of 0.8 (any
+ * size: the home slot is a multiply-shift of the hash, not a mask), so it
+ * costs 5-6.25 B per block; record chunks and the chunk array are allocated
+ * as ids are first used. kvd_index_bytes() counts what is allocated, so the
+ * per-block figure is measured (docs/bench/footprint.md, docs/decisions.md).
  * Event-loop thread only: no locking.
  */
 #pragma once
@@ -51,25 +55,31 @@ struct kvd_bkey {
         uint32_t layer;
 };
 
+/* The record's narrow fields, and what bounds them: a key outside these is
+ * refused by the index (never truncated into another block's key). */
+#define KVD_BLOCK_NS_BITS 12    /* namespace ids < max-namespaces <= 4096 */
+#define KVD_BLOCK_LAYER_BITS 13 /* layers < KVD_NS_MAX_LAYERS (1024), with room */
+#define KVD_BLOCK_PINS_MAX UINT16_MAX
+
+/* 56 B. The host and SSD size classes are not kept: they are the
+ * namespace's (kvd_ns.klass, .ssd_klass), fixed while any of its blocks
+ * exist. */
 struct kvd_block {
         uint64_t key_hi, key_lo;
-        uint16_t ns;
-        uint16_t pins;          /* copies to clients in flight */
-        uint32_t layer;
+        uint32_t ns : KVD_BLOCK_NS_BITS;
+        uint32_t layer : KVD_BLOCK_LAYER_BITS;
+        uint32_t state : 2;     /* enum kvd_block_state */
+        uint32_t rflags : 4;    /* enum kvd_block_rflags: the shared (remote) tier */
+        uint32_t synced : 1;    /* its SSD copy is on stable storage (RWF_DSYNC, or fdatasync since) */
+        uint16_t pins;          /* copies to clients in flight; refused at KVD_BLOCK_PINS_MAX */
+        uint8_t flags;          /* enum kvd_block_flags */
+        uint8_t reads;          /* saturating: SSD and remote admission (admit-reads <= 255) */
         uint32_t loc;           /* host page, KVD_LOC_NONE if not in host */
         uint32_t ssd_loc;       /* SSD slot, KVD_LOC_NONE if not on SSD */
         /* Host LRU links (ids); the waiter list while PENDING or LOADING
          * (never on the host LRU then); the free-list link when FREE. */
         uint32_t lru_prev, lru_next;
         uint32_t ssd_prev, ssd_next; /* SSD LRU links */
-        uint8_t state;
-        uint8_t flags;
-        uint8_t klass;          /* host size class */
-        uint8_t ssd_klass;
-        uint8_t reads;          /* saturating: SSD admission */
-        uint8_t synced;         /* its SSD copy is on stable storage (RWF_DSYNC, or fdatasync since) */
-        uint8_t rflags;         /* enum kvd_block_rflags: the shared (remote) tier */
-        uint8_t pad;
         float heat;             /* attention mass + demand, decayed to heat_ms */
         uint32_t heat_ms;       /* cache clock of the last update */
 };
@@ -80,11 +90,14 @@ struct kvd_index;
 int kvd_index_new(uint64_t expected, struct kvd_index **ret);
 struct kvd_index *kvd_index_free(struct kvd_index *idx);
 
-/* Id of the block with key k, or KVD_ID_NONE. */
+/* Id of the block with key k, or KVD_ID_NONE (also for a key no record can
+ * hold). */
 uint32_t kvd_index_find(const struct kvd_index *idx, const struct kvd_bkey *k);
 
 /* Inserts a FREE-state record for k and returns its id (state is set by the
- * caller). -EEXIST (with *ret_id set to the existing id) or -ENOMEM. */
+ * caller). -EEXIST (with *ret_id set to the existing id), -EINVAL (k's ns or
+ * layer does not fit the record: see KVD_BLOCK_*_BITS; nothing changes),
+ * -ENOSPC (4 Gi slots) or -ENOMEM. */
 int kvd_index_insert(struct kvd_index *idx, const struct kvd_bkey *k, uint32_t *ret_id);
 
 /* Removes block id from the table and recycles its record. */

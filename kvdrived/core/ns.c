@@ -14,6 +14,11 @@
 #include "log.h"
 #include "macro.h"
 
+/* A block record holds these in bitfields (core/index.h): every namespace id
+ * and layer that registration lets through fits, so none is truncated. */
+static_assert(KVD_CONFIG_NAMESPACES_MAX <= 1u << KVD_BLOCK_NS_BITS, "namespace ids fit the record");
+static_assert(KVD_NS_MAX_LAYERS <= 1u << KVD_BLOCK_LAYER_BITS, "layers fit the record");
+
 /* ---- tenants ------------------------------------------------------------ */
 
 static struct kvd_tenant *tenant_find(const struct kvd_cache *c, uint32_t uid)

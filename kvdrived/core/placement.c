@@ -119,28 +119,29 @@ static bool ssd_evictable(const struct kvd_block *b)
 void kvd_lru_update(struct kvd_cache *c, uint32_t id, bool touch)
 {
         struct kvd_block *b = blk(c, id);
-        struct kvd_tenant *t = owner_of(c, b);
+        const struct kvd_ns *ns = &c->ns[b->ns];        /* its size classes: the record keeps none */
+        struct kvd_tenant *t = ns->tenant;
         bool in_h = b->flags & KVD_BLOCK_IN_HLRU, want_h = host_evictable(b);
         bool in_s = b->flags & KVD_BLOCK_IN_SLRU, want_s = ssd_evictable(b);
 
         if (touch)
                 touch_block(c, b);
         if (in_h && (!want_h || touch)) {
-                lru_unlink(c, &t->lru[b->klass], id, false);
+                lru_unlink(c, &t->lru[ns->klass], id, false);
                 b->flags &= ~KVD_BLOCK_IN_HLRU;
                 in_h = false;
         }
         if (want_h && !in_h) {
-                lru_push(c, &t->lru[b->klass], id, false);
+                lru_push(c, &t->lru[ns->klass], id, false);
                 b->flags |= KVD_BLOCK_IN_HLRU;
         }
         if (in_s && (!want_s || touch)) {
-                lru_unlink(c, &t->ssd_lru[b->ssd_klass], id, true);
+                lru_unlink(c, &t->ssd_lru[ns->ssd_klass], id, true);
                 b->flags &= ~KVD_BLOCK_IN_SLRU;
                 in_s = false;
         }
         if (want_s && !in_s) {
-                lru_push(c, &t->ssd_lru[b->ssd_klass], id, true);
+                lru_push(c, &t->ssd_lru[ns->ssd_klass], id, true);
                 b->flags |= KVD_BLOCK_IN_SLRU;
         }
 }

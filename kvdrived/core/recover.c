@@ -57,8 +57,6 @@ static bool recover_slot(void *ctx, const struct kvd_slot_header *h, uint32_t lo
         ns->tenant->st.ssd_bytes += ns->ssd_charge;
         b = blk(c, id);
         b->state = KVD_BLOCK_READY;
-        b->klass = (uint8_t)ns->klass;
-        b->ssd_klass = (uint8_t)klass;
         b->ssd_loc = loc;
         if (h->flags & KVD_SLOT_SHARED)
                 b->rflags |= KVD_BLOCK_SHARED;

@@ -58,7 +58,7 @@ void kvd_share_offer(struct kvd_cache *c, uint32_t id)
 
         if (!c->remote_tier || !(b->rflags & KVD_BLOCK_SHARED) ||
             (b->rflags & (KVD_BLOCK_REMOTE | KVD_BLOCK_RPUT)) || b->loc == KVD_LOC_NONE ||
-            (b->flags & KVD_BLOCK_DOOMED) || b->pins == UINT16_MAX || !admitted(c, b))
+            (b->flags & KVD_BLOCK_DOOMED) || b->pins == KVD_BLOCK_PINS_MAX || !admitted(c, b))
                 return;
         x = malloc(sizeof(*x));
         if (!x)
@@ -144,7 +144,7 @@ bool kvd_cache_has_remote(const struct kvd_cache *c)
 int kvd_cache_remote_probe(struct kvd_cache *c, uint32_t ns, const uint64_t (*keys)[2], const uint32_t *layers,
                            uint32_t n, uint8_t *ret, kvd_tier_cb cb, void *ctx)
 {
-        struct kvd_block b = { .ns = (uint16_t)ns };
+        struct kvd_block b = { .ns = ns };
         struct kvd_slot_header h;
 
         if (!c->remote_tier)

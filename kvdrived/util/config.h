@@ -28,6 +28,9 @@ enum kvd_lock_mode {
 
 /* Options in the table, at most (a static check in config.c). */
 #define KVD_CONFIG_OPTIONS_MAX 96
+/* max-namespaces' limit: a block record holds its namespace id in
+ * KVD_BLOCK_NS_BITS (core/index.h). */
+#define KVD_CONFIG_NAMESPACES_MAX 4096
 
 enum kvd_config_source {
         KVD_SOURCE_DEFAULT = 0,

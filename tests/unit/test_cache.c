@@ -8,6 +8,7 @@
 #include "cache.h"
 #include "check-main.h"
 #include "host.h"
+#include "index.h"
 #include "slab.h"
 
 static struct kvd_config cfg;
@@ -175,6 +176,44 @@ START_TEST(lru_eviction_and_pins)
         ck_assert_uint_eq(st.host.blocks, 63);
         ck_assert_uint_eq(kvd_cache_ns(c, ns)->blocks, 63);
         ck_assert_uint_eq(st.misses, 1);
+        kvd_cache_free(c);
+}
+END_TEST
+
+/* pins never wrap: a copy past KVD_BLOCK_PINS_MAX is refused (-EBUSY, the
+ * caller's error) and changes nothing; the pins already taken still hold. */
+START_TEST(pins_refused_at_max)
+{
+        struct kvd_geometry g = { 1, 8, 128, 1, 64 };
+        struct kvd_cache_stats st;
+        struct kvd_bkey k;
+        struct kvd_cache *c;
+        uint32_t ns, id, got;
+        bool created;
+        void *p;
+
+        ck_assert_int_eq(kvd_cache_new(&cfg, &c), 0);
+        ck_assert_int_eq(kvd_cache_ns_register(c, "m", &g, 0, true, &ns, &created), 0);
+        k = key(ns, 7);
+        ck_assert_int_eq(kvd_cache_put_reserve(c, &k, &id, &p), 0);
+        memset(p, 0x5a, 256 << 10);
+        kvd_cache_put_commit(c, id, false, NULL, NULL, 0);
+        for (uint32_t i = 0; i < KVD_BLOCK_PINS_MAX; i++) {
+                ck_assert_int_eq(kvd_cache_get_pin(c, &k, false, NULL, NULL, 0, &got, &p), 0);
+                ck_assert_uint_eq(got, id);
+        }
+        ck_assert_int_eq(kvd_cache_get_pin(c, &k, false, NULL, NULL, 0, &got, &p), -EBUSY);
+        ck_assert(kvd_cache_contains(c, &k));
+        /* Still pinned 65535 times: a delete dooms it, the last unpin frees it. */
+        ck_assert_int_eq(kvd_cache_delete(c, &k), 1);
+        ck_assert(!kvd_cache_contains(c, &k));
+        for (uint32_t i = 0; i < KVD_BLOCK_PINS_MAX; i++) {
+                ck_assert_uint_eq(kvd_cache_ns(c, ns)->blocks, 1);      /* held until the last unpin */
+                kvd_cache_unpin(c, id);
+        }
+        kvd_cache_stats(c, &st);
+        ck_assert_uint_eq(st.host.blocks, 0);
+        ck_assert_ptr_null(kvd_cache_ns(c, ns));        /* no block left, no client: it went */
         kvd_cache_free(c);
 }
 END_TEST
@@ -458,6 +497,7 @@ static Suite *cache_suite(void)
         tcase_add_test(tc, host_slabs);
         tcase_add_test(tc, namespaces);
         tcase_add_test(tc, lru_eviction_and_pins);
+        tcase_add_test(tc, pins_refused_at_max);
         tcase_add_test(tc, everything_pinned_waits);
         tcase_add_test(tc, cross_class_eviction);
         tcase_add_test(tc, slab_claim_and_retire);

@@ -23,6 +23,8 @@ int bench_transfer(int argc, char **argv);
 int bench_ssd(int argc, char **argv);
 int bench_restart(int argc, char **argv);
 int bench_footprint(int argc, char **argv);
+/* The in-process index part of footprint: 0 or -errno. */
+int bench_footprint_index(uint64_t n);
 int bench_gen(int argc, char **argv);
 int bench_decode(int argc, char **argv);
 int bench_report(int argc, char **argv);

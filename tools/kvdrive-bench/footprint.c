@@ -5,11 +5,13 @@
  * large enough, no SSD), Puts N 4 KiB blocks and reads index.bytes and
  * index.entries back through kvc_stats: bytes the index has allocated
  * (record chunks, chunk array, hash table) over the blocks it holds.
+ * Then what that index costs in time, in this process (footprint-index.c).
  */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +75,7 @@ int bench_footprint(int argc, char **argv)
         static const struct option opts[] = {
                 { "kvdrived", required_argument, NULL, 'k' }, { "dir", required_argument, NULL, 'd' },
                 { "blocks", required_argument, NULL, 'n' },   { "help", no_argument, NULL, 'h' },
+                { "index-only", no_argument, NULL, 'i' },
                 {},
         };
         const char *kvdrived = "kvdrived", *dir = NULL;
@@ -82,11 +85,13 @@ int bench_footprint(int argc, char **argv)
         kvc_client *c = NULL;
         pid_t pid = -1;
         int opt, r, status, ret = EXIT_FAILURE;
+        bool index_only = false;
 
-        while ((opt = getopt_long(argc, argv, "k:d:n:h", opts, NULL)) != -1) {
+        while ((opt = getopt_long(argc, argv, "k:d:n:hi", opts, NULL)) != -1) {
                 switch (opt) {
                 case 'k': kvdrived = optarg; break;
                 case 'd': dir = optarg; break;
+                case 'i': index_only = true; break;
                 case 'n':
                         if (bench_parse_uint(optarg, 1, 100000000, &n) < 0) {
                                 fprintf(stderr, "kvdrive-bench: bad --blocks '%s'\n", optarg);
@@ -94,15 +99,20 @@ int bench_footprint(int argc, char **argv)
                         }
                         break;
                 case 'h':
-                        printf("Usage: kvdrive-bench footprint --dir DIR [--blocks N] [--kvdrived PATH]\n\n"
+                        printf("Usage: kvdrive-bench footprint --dir DIR [--blocks N] [--kvdrived PATH]\n"
+                               "       kvdrive-bench footprint --index-only [--blocks N]\n\n"
                                "Starts kvdrived (socket in DIR, made if missing) with a host tier of N 4 KiB blocks,\n"
                                "Puts N blocks and prints the index bytes per block the daemon measures.\n"
+                               "Then builds the same index in this process with N keys and times finds of\n"
+                               "present and absent keys (--index-only: that part alone).\n"
                                "Default N: 1000000 (a 4 GiB host tier).\n");
                         return EXIT_SUCCESS;
                 default:
                         return BENCH_EXIT_USAGE;
                 }
         }
+        if (index_only)
+                return bench_footprint_index(n) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
         if (!dir) {
                 fprintf(stderr, "kvdrive-bench: footprint needs --dir\n");
                 return BENCH_EXIT_USAGE;
@@ -132,6 +142,10 @@ int bench_footprint(int argc, char **argv)
                st->index_entries ? (double)st->index_bytes / (double)st->index_entries : 0.0,
                st->index_bytes_per_block);
         ret = st->index_entries == n ? EXIT_SUCCESS : EXIT_FAILURE;
+        if (ret == EXIT_SUCCESS && bench_footprint_index(n) < 0) {
+                fprintf(stderr, "kvdrive-bench: the in-process index run failed\n");
+                ret = EXIT_FAILURE;
+        }
 out:
         kvc_stats_free(st);
         kvc_disconnect(c);
