@@ -435,8 +435,8 @@ int kvc_prefetch_depth(const kvc_client *c);
  * How long a wait for a reply (a synchronous call, kvc_wait()) looks for it
  * without sleeping before it sleeps: a reply that comes within the window
  * is seen at once instead of after the CPU wakes from idle, which costs tens
- * of microseconds on a virtual machine (docs/decisions.md, "Polling for
- * replies"). The CPU is busy for at most that long per wait. 0 never polls;
+ * of microseconds on a virtual machine (docs/decisions.md, "Small copies on
+ * the loop, and polling before sleeping"). The CPU is busy for at most that long per wait. 0 never polls;
  * at most KVC_POLL_US_MAX. Returns 0 or -EINVAL.
  */
 #define KVC_POLL_US_DEFAULT 50u
