@@ -181,37 +181,63 @@ static struct kvd_slot_header slot_of(const struct ssd_dir *dir, const struct cc
         return h;
 }
 
+/* A fresh SSD directory, a daemon on it storing with codec, and a client
+ * with a namespace of geometry g. */
+struct rig {
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        struct kvc_key seq;
+        struct cc x;
+};
+
+static void rig_restart(struct rig *r, const char *codec, const struct kvc_geometry *g)
+{
+        E2E_START(&r->d, ARGS(r->dir.path, codec), );
+        cc_open(&r->x, r->d.socket_path, g, &r->seq);
+}
+
+static void rig_start(struct rig *r, const char *codec, const struct kvc_geometry *g)
+{
+        ck_assert_int_eq(kvc_key_sequence_new(&r->seq), 0);
+        ssd_dir_make(&r->dir);
+        rig_restart(r, codec, g);
+}
+
+static void rig_stop(struct rig *r)
+{
+        cc_close(&r->x);
+        E2E_STOP(&r->d);
+}
+
+static void rig_end(struct rig *r)
+{
+        rig_stop(r);
+        ssd_dir_remove(&r->dir);
+}
+
 /* fp8 stores half the bytes; values e4m3 holds come back bit for bit, from
  * SSD (more blocks than the host tier holds). */
 START_TEST(test_fp8_round_trip)
 {
-        struct kvd_test_daemon d;
-        struct ssd_dir dir;
-        struct kvc_key seq;
         struct kvc_tier_stats t;
         struct kvd_slot_header h;
         struct got g;
-        struct cc x;
+        struct rig r;
 
-        ck_assert_int_eq(kvc_key_sequence_new(&seq), 0);
-        ssd_dir_make(&dir);
-        E2E_START(&d, ARGS(dir.path, "fp8"), );
-        cc_open(&x, d.socket_path, &GEOM, &seq);
-        put(&x, 600, true);
-        g = get(&x, 600, true);
+        rig_start(&r, "fp8", &GEOM);
+        put(&r.x, 600, true);
+        g = get(&r.x, 600, true);
         ck_assert_uint_eq(g.ok, 600);
         ck_assert_msg(g.max_err == 0, "fp8 changed a value it holds exactly (by %g)", g.max_err);
-        t = tier(&x);
+        t = tier(&r.x);
         ck_assert_uint_gt(t.promotions, 100);
         ck_assert_uint_eq(t.crc_failures, 0);
-        h = slot_of(&dir, &x, 0, NULL);
+        h = slot_of(&r.dir, &r.x, 0, NULL);
         ck_assert_uint_eq(h.codec, KVD_CODEC_ID_FP8);
         ck_assert_uint_eq(h.payload_len, KVD_CODEC_HEADER_BYTES + RAW_BYTES / 2);
         /* The tier's space is the encoded slots': 4 KiB header + 36 KiB. */
         ck_assert_uint_eq(t.used_bytes % (40u << 10), 0);
-        cc_close(&x);
-        E2E_STOP(&d);
-        ssd_dir_remove(&dir);
+        rig_end(&r);
 }
 END_TEST
 
@@ -221,46 +247,38 @@ START_TEST(test_int_codecs_bounded_error)
 {
         static const struct {
                 const char *name;
+                enum kvd_codec id;
                 double tol;
-        } cases[] = { { "int8", 2.0 / 255 }, { "int4", 2.0 / 15 } };
+        } cases[] = { { "int8", KVD_CODEC_ID_INT8, 2.0 / 255 }, { "int4", KVD_CODEC_ID_INT4, 2.0 / 15 } };
 
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-                struct kvd_test_daemon d;
-                struct ssd_dir dir;
-                struct kvc_key seq;
                 struct got g;
-                struct cc x;
+                struct rig r;
 
-                ck_assert_int_eq(kvc_key_sequence_new(&seq), 0);
-                ssd_dir_make(&dir);
-                E2E_START(&d, ARGS(dir.path, cases[i].name), );
-                cc_open(&x, d.socket_path, &GEOM, &seq);
-                put(&x, 400, false);
-                g = get(&x, 400, false);
+                rig_start(&r, cases[i].name, &GEOM);
+                put(&r.x, 400, false);
+                g = get(&r.x, 400, false);
                 ck_assert_uint_eq(g.ok, 400);
                 ck_assert_msg(g.max_err > 0 && g.max_err <= cases[i].tol, "%s: max error %g (step %g)",
                               cases[i].name, g.max_err, cases[i].tol);
-                ck_assert_uint_eq(slot_of(&dir, &x, 0, NULL).codec, i == 0 ? KVD_CODEC_ID_INT8 : KVD_CODEC_ID_INT4);
-                ck_assert_uint_eq(tier(&x).crc_failures, 0);
-                cc_close(&x);
-                E2E_STOP(&d);
-                ssd_dir_remove(&dir);
+                ck_assert_uint_eq(slot_of(&r.dir, &r.x, 0, NULL).codec, cases[i].id);
+                ck_assert_uint_eq(tier(&r.x).crc_failures, 0);
+                rig_end(&r);
         }
 }
 END_TEST
 
-static void assert_all_back(const char *sock, const struct kvc_key *seq)
+static void assert_all_back(struct rig *r)
 {
         struct got g;
-        struct cc x;
 
-        cc_open(&x, sock, &GEOM, seq);
-        ck_assert_uint_eq(tier(&x).blocks, 100);
-        g = get(&x, 100, true);
+        rig_restart(r, "fp8", &GEOM);
+        ck_assert_uint_eq(tier(&r->x).blocks, 100);
+        g = get(&r->x, 100, true);
         ck_assert_uint_eq(g.ok, 100);
         ck_assert(g.max_err == 0);
-        ck_assert_uint_eq(tier(&x).promotions, 100);
-        cc_close(&x);
+        ck_assert_uint_eq(tier(&r->x).promotions, 100);
+        rig_stop(r);
 }
 
 /* Encoded blocks come back after a crash (the slot headers are scanned)
@@ -269,36 +287,20 @@ static void assert_all_back(const char *sock, const struct kvc_key *seq)
  * served wrong. */
 START_TEST(test_restart)
 {
-        struct kvd_test_daemon d;
-        struct ssd_dir dir;
-        struct kvc_key seq;
-        struct got g;
-        struct cc x;
+        struct rig r;
 
-        ck_assert_int_eq(kvc_key_sequence_new(&seq), 0);
-        ssd_dir_make(&dir);
-        E2E_START(&d, ARGS(dir.path, "fp8"), );
-        cc_open(&x, d.socket_path, &GEOM, &seq);
-        put(&x, 100, true); /* durable: on SSD once acknowledged */
-        cc_close(&x);
-        ck_assert_int_eq(kvd_test_daemon_kill(&d, SIGKILL), 0);
-        kvd_test_daemon_stop(&d);
+        rig_start(&r, "fp8", &GEOM);
+        put(&r.x, 100, true); /* durable: on SSD once acknowledged */
+        cc_close(&r.x);
+        ck_assert_int_eq(kvd_test_daemon_kill(&r.d, SIGKILL), 0);
+        kvd_test_daemon_stop(&r.d);
+        assert_all_back(&r);
+        assert_all_back(&r);
 
-        E2E_START(&d, ARGS(dir.path, "fp8"), );
-        assert_all_back(d.socket_path, &seq);
-        E2E_STOP(&d);
-        E2E_START(&d, ARGS(dir.path, "fp8"), );
-        assert_all_back(d.socket_path, &seq);
-        E2E_STOP(&d);
-
-        E2E_START(&d, ARGS(dir.path, "none"), );
-        cc_open(&x, d.socket_path, &GEOM, &seq);
-        ck_assert_uint_eq(tier(&x).blocks, 0);
-        g = get(&x, 100, true);
-        ck_assert_uint_eq(g.miss, 100);
-        cc_close(&x);
-        E2E_STOP(&d);
-        ssd_dir_remove(&dir);
+        rig_restart(&r, "none", &GEOM);
+        ck_assert_uint_eq(tier(&r.x).blocks, 0);
+        ck_assert_uint_eq(get(&r.x, 100, true).miss, 100);
+        rig_end(&r);
 }
 END_TEST
 
@@ -306,34 +308,23 @@ END_TEST
  * covers the encoded bytes); the others still come. */
 START_TEST(test_damage_is_a_miss)
 {
-        struct kvd_test_daemon d;
-        struct ssd_dir dir;
-        struct kvc_key seq;
         struct got g;
-        struct cc x;
+        struct rig r;
         long long off;
 
-        ck_assert_int_eq(kvc_key_sequence_new(&seq), 0);
-        ssd_dir_make(&dir);
-        E2E_START(&d, ARGS(dir.path, "int4"), );
-        cc_open(&x, d.socket_path, &GEOM, &seq);
-        put(&x, 40, false);
-        cc_close(&x);
-        E2E_STOP(&d);
+        rig_start(&r, "int4", &GEOM);
+        put(&r.x, 40, false);
+        rig_stop(&r);
+        (void)slot_of(&r.dir, &r.x, 7, &off);
+        ssd_flip_byte(r.dir.file, off + KVD_SLOT_HDR_BYTES + 5000);
 
-        (void)slot_of(&dir, &x, 7, &off);
-        ssd_flip_byte(dir.file, off + KVD_SLOT_HDR_BYTES + 5000);
-
-        E2E_START(&d, ARGS(dir.path, "int4"), );
-        cc_open(&x, d.socket_path, &GEOM, &seq);
-        g = get(&x, 40, false);
+        rig_restart(&r, "int4", &GEOM);
+        g = get(&r.x, 40, false);
         ck_assert_uint_eq(g.ok, 39);
         ck_assert_uint_eq(g.miss, 1);
         ck_assert_uint_eq(g.other, 0);
-        ck_assert_uint_ge(tier(&x).crc_failures, 1);
-        cc_close(&x);
-        E2E_STOP(&d);
-        ssd_dir_remove(&dir);
+        ck_assert_uint_ge(tier(&r.x).crc_failures, 1);
+        rig_end(&r);
 }
 END_TEST
 
@@ -341,24 +332,16 @@ END_TEST
 START_TEST(test_raw_where_codec_cannot)
 {
         const struct kvc_geometry g32 = { 1, 4, 64, KVC_DTYPE_F32, 32 }; /* 64 KiB too */
-        struct kvd_test_daemon d;
-        struct ssd_dir dir;
-        struct kvc_key seq;
         struct got g;
-        struct cc x;
+        struct rig r;
 
-        ck_assert_int_eq(kvc_key_sequence_new(&seq), 0);
-        ssd_dir_make(&dir);
-        E2E_START(&d, ARGS(dir.path, "fp8"), );
-        cc_open(&x, d.socket_path, &g32, &seq);
-        put(&x, 300, false);
-        g = get(&x, 300, false);
+        rig_start(&r, "fp8", &g32);
+        put(&r.x, 300, false);
+        g = get(&r.x, 300, false);
         ck_assert_uint_eq(g.ok, 300);
         ck_assert(g.max_err == 0);
-        ck_assert_uint_eq(slot_of(&dir, &x, 0, NULL).codec, KVD_CODEC_ID_NONE);
-        cc_close(&x);
-        E2E_STOP(&d);
-        ssd_dir_remove(&dir);
+        ck_assert_uint_eq(slot_of(&r.dir, &r.x, 0, NULL).codec, KVD_CODEC_ID_NONE);
+        rig_end(&r);
 }
 END_TEST
 
