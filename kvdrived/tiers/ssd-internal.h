@@ -97,7 +97,7 @@ struct ssd_ckpt {
         int result;
         uint8_t *buf;
         size_t len, blocks;
-        uint64_t gather_ns, t0_ns;
+        uint64_t gather_ns, write_ns;   /* on the loop; the writer's own */
         char dir[PATH_MAX];
 };
 

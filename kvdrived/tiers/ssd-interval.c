@@ -138,7 +138,10 @@ static void *writer(void *arg)
 {
         struct kvd_ssd *s = arg;
 
+        uint64_t t0 = kvd_now_ns();
+
         s->ck.result = kvd_ckpt_write_buf(s->ck.dir, s->ck.buf, s->ck.len);
+        s->ck.write_ns = kvd_now_ns() - t0;
         atomic_store(&s->ck.done, true);
         return NULL;
 }
@@ -230,7 +233,6 @@ int ssd_checkpoint_start(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx)
         }
         s->ck.blocks = cn.n;
         s->ck.gather_ns = kvd_now_ns() - t0;
-        s->ck.t0_ns = kvd_now_ns();
         snprintf(s->ck.dir, sizeof(s->ck.dir), "%s", dir);
         atomic_store(&s->ck.done, false);
         r = -pthread_create(&s->ck.thread, NULL, writer, s);
@@ -277,7 +279,7 @@ void ssd_ckpt_reap(struct kvd_ssd *s, bool wait)
         }
         log_info("SSD tier: index checkpoint %" PRIu64 " written: %zu blocks, gathered in %.1f ms on the event "
                  "loop, written in %.3f s off it; %u extents written since", s->ck.epoch, s->ck.blocks,
-                 (double)s->ck.gather_ns / 1e6, (double)(kvd_now_ns() - s->ck.t0_ns) / 1e9, n);
+                 (double)s->ck.gather_ns / 1e6, (double)s->ck.write_ns / 1e9, n);
 }
 
 int ssd_ckpt_resume(struct kvd_ssd *s, const char *dir, const struct kvd_ckpt_meta *meta, const uint8_t *dirty)
