@@ -32,10 +32,10 @@
 /* 1 kv head x 64 dims x 16 tokens, f16: 4 KiB blocks (8 KiB slots). */
 static const struct kvc_geometry geom = { 1, 1, 64, KVC_DTYPE_F16, 16 };
 
-/* log: where its stderr goes, at log level info, with checkpoints every
- * second while serving; NULL: the default interval, warnings only. */
+/* log: where its stderr goes, at log level info (NULL: warnings only);
+ * interval: its ssd-checkpoint-interval. */
 static pid_t spawn_log(const char *kvdrived, const char *sock, const char *dir, const char *ssd_bytes,
-                       const char *log)
+                       const char *log, const char *interval)
 {
         pid_t pid = fork();
 
@@ -48,7 +48,7 @@ static pid_t spawn_log(const char *kvdrived, const char *sock, const char *dir, 
                 }
                 execl(kvdrived, kvdrived, "--foreground", "--socket", sock, "--host-bytes", "64M", "--ssd-dir", dir,
                       "--ssd-bytes", ssd_bytes, "--log-level", log ? "info" : "warning", "--metrics-listen", "off",
-                      "--ssd-checkpoint-interval", log ? "1" : "60", (char *)NULL);
+                      "--ssd-checkpoint-interval", interval, (char *)NULL);
                 _exit(127);
         }
         return pid;
@@ -56,7 +56,7 @@ static pid_t spawn_log(const char *kvdrived, const char *sock, const char *dir, 
 
 static pid_t spawn(const char *kvdrived, const char *sock, const char *dir, const char *ssd_bytes)
 {
-        return spawn_log(kvdrived, sock, dir, ssd_bytes, NULL);
+        return spawn_log(kvdrived, sock, dir, ssd_bytes, NULL, "60");
 }
 
 static int stop(pid_t pid)
@@ -147,10 +147,22 @@ static double gather_ms(const char *log)
         return ms;
 }
 
+static void crash_daemon(pid_t pid)
+{
+        int status;
+
+        if (pid > 0) {
+                kill(pid, SIGKILL);
+                waitpid(pid, &status, 0);
+        }
+}
+
 /* Before a crash restart: a daemon checkpointing every second, started on
- * the clean stop's checkpoint; once a checkpoint of its own is on disk,
- * `writes` more blocks from `first` are put durably, then SIGKILL. 0 or -1;
- * *ret_ms: that checkpoint's time on the event loop. */
+ * the clean stop's checkpoint, SIGKILLed once a checkpoint of its own is on
+ * disk; then one that takes no checkpoint (it goes on from that one, its
+ * journal rewritten) puts `writes` more blocks from `first` durably and is
+ * SIGKILLed too. So exactly those writes are the ones since the checkpoint.
+ * 0 or -1; *ret_ms: that checkpoint's time on the event loop. */
 static int crash_after_checkpoint(const char *kvdrived, const char *sock, const char *dir, const char *ssd_bytes,
                                   const struct kvc_key *seq, uint64_t first, uint64_t writes, double *ret_ms)
 {
@@ -160,13 +172,13 @@ static int crash_after_checkpoint(const char *kvdrived, const char *sock, const 
         kvc_client *c;
         uint64_t ino, t0;
         uint32_t ns;
-        int status, r = -1;
+        int r = -1;
         pid_t pid;
 
         snprintf(ckpt, sizeof(ckpt), "%s/kvdrive.ckpt", dir);
         snprintf(log, sizeof(log), "%s/crash-run.log", dir);
         ino = ino_of(ckpt);
-        pid = spawn_log(kvdrived, sock, dir, ssd_bytes, log);
+        pid = spawn_log(kvdrived, sock, dir, ssd_bytes, log, "1");
         c = bench_wait_daemon(pid, sock, "kvdrive-bench restart", 600);
         if (!c || !refs)
                 goto out;
@@ -177,6 +189,12 @@ static int crash_after_checkpoint(const char *kvdrived, const char *sock, const 
                         fprintf(stderr, "kvdrive-bench: no checkpoint while serving in 600 s\n");
                         goto out;
                 }
+        c = kvc_disconnect(c);
+        crash_daemon(pid);
+        pid = spawn_log(kvdrived, sock, dir, ssd_bytes, NULL, "86400");
+        c = bench_wait_daemon(pid, sock, "kvdrive-bench restart", 600);
+        if (!c)
+                goto out;
         r = kvc_register_namespace(c, "bench-restart", &geom, &ns, NULL);
         if (r == 0)
                 r = kvc_pool_create(c, BATCH, 4096, &pool);
@@ -188,10 +206,7 @@ out:
         kvc_pool_free(pool);
         kvc_disconnect(c);
         free(refs);
-        if (pid > 0) {
-                kill(pid, SIGKILL);
-                waitpid(pid, &status, 0);
-        }
+        crash_daemon(pid);
         return r < 0 ? -1 : 0;
 }
 
