@@ -70,6 +70,7 @@ struct kvd_cache {
         uint32_t spec_inflight; /* speculative loads in flight */
         uint64_t recover_skipped_ns, recover_skipped_quota; /* blocks left out at start */
         bool recovered;         /* kvd_cache_recover() ran whole: the index may be checkpointed */
+        uint64_t ckpt_last_ns;  /* the last checkpoint while serving began (or recovery ended) */
         uint64_t t0_ns;         /* the heat clock starts here */
 };
 

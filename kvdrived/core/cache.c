@@ -123,8 +123,8 @@ bool kvd_cache_ssd_damaged(const struct kvd_cache *c)
 
 void kvd_cache_tick(struct kvd_cache *c)
 {
-        if (kvd_cache_ssd_ok(c))
-                c->ssd_tier->ops->check(c->ssd_tier);
+        if (kvd_cache_ssd_ok(c) && c->ssd_tier->ops->check(c->ssd_tier))
+                kvd_cache_interval_checkpoint(c);
 }
 
 void kvd_cache_host_region(const struct kvd_cache *c, void **ret_base, uint64_t *ret_len,

@@ -163,8 +163,12 @@ void kvd_cache_flush(struct kvd_cache *c);
 bool kvd_cache_has_ssd(const struct kvd_cache *c);
 /* The SSD tier is damaged (tiers/ssd.h): durable Puts cannot be had. */
 bool kvd_cache_ssd_damaged(const struct kvd_cache *c);
-/* About once a second from the loop: the SSD tier's damage check. */
+/* About once a second from the loop: the SSD tier's damage check, and
+ * every ssd-checkpoint-interval seconds its index checkpoint while serving
+ * (gathered now, written off the loop: tiers/ssd-interval.c). */
 void kvd_cache_tick(struct kvd_cache *c);
+/* The checkpoint part of kvd_cache_tick(): starts one if it is time. */
+void kvd_cache_interval_checkpoint(struct kvd_cache *c);
 
 /* The host tier's memory (for the CUDA backend to page-lock) and its extent
  * size (no host page crosses a multiple of it). */

@@ -99,6 +99,7 @@ int kvd_cache_recover(struct kvd_cache *c)
                  st.recovered_from_checkpoint ? "from the index checkpoint" : "by scanning", st.recover_headers_read);
         report_skipped(c);
         c->recovered = true;
+        c->ckpt_last_ns = kvd_now_ns();
         return 0;
 }
 
@@ -139,4 +140,17 @@ void kvd_cache_checkpoint(struct kvd_cache *c)
                 log_info("SSD tier: index checkpoint written in %.3f s", (double)(kvd_now_ns() - t0) / 1e9);
         else if (!kvd_cache_ssd_ok(c))
                 log_notice("SSD tier: damaged, so no index checkpoint: the next start scans the slot headers");
+}
+
+void kvd_cache_interval_checkpoint(struct kvd_cache *c)
+{
+        uint64_t now = kvd_now_ns(), every = (uint64_t)c->cfg->ssd_checkpoint_interval * 1000000000u;
+        struct ckpt_walk w = { c, 0 };
+
+        if (!every || !c->recovered || !c->ssd_tier || !c->ssd_tier->ops->checkpoint_start ||
+            now - c->ckpt_last_ns < every)
+                return;
+        /* Still writing the last one: try again at the next tick. */
+        if (c->ssd_tier->ops->checkpoint_start(c->ssd_tier, ckpt_next, &w) != -EBUSY)
+                c->ckpt_last_ns = now;
 }

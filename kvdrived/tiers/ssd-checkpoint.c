@@ -16,14 +16,16 @@
 #define CKPT_NAME "kvdrive.ckpt"
 #define CKPT_TMP  "kvdrive.ckpt.tmp"
 #define CKPT_MAGIC 0x434b564bu /* "KVKC" */
-#define CKPT_VERSION 1u
+#define CKPT_VERSION 2u
+#define CKPT_CLEAN 0x1u
 
 struct ckpt_head {
         uint32_t magic, version;
         struct kvd_ckpt_layout lay;
         uint64_t next_gen;
-        uint32_t n_ns, reserved;
+        uint32_t n_ns, flags;
         uint64_t n_recs;
+        uint64_t epoch, lineage;        /* kvd_ckpt_meta */
 };
 
 /* A namespace's identity, once per checkpoint. */
@@ -88,7 +90,7 @@ int kvd_ckpt_file_of(int fd, struct kvd_ckpt_file *ret)
         return 0;
 }
 
-static int fsync_dir(const char *dir)
+int kvd_ckpt_fsync_dir(const char *dir)
 {
         int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), r = 0;
 
@@ -100,8 +102,10 @@ static int fsync_dir(const char *dir)
         return r;
 }
 
-static int write_all(int fd, const uint8_t *p, size_t n)
+int kvd_ckpt_write_all(int fd, const void *buf, size_t n)
 {
+        const uint8_t *p = buf;
+
         while (n > 0) {
                 ssize_t w = write(fd, p, n);
 
@@ -157,11 +161,13 @@ static int ns_ref(struct ns_map *m, struct growbuf *ns, uint32_t *n_ns, const st
 }
 
 static int build(struct growbuf *out, const struct kvd_ckpt_layout *lay, const struct kvd_ckpt_extent *ext,
-                 uint64_t next_gen, kvd_tier_ckpt_fn next, void *ctx)
+                 const struct kvd_ckpt_meta *meta, kvd_tier_ckpt_fn next, void *ctx)
 {
         struct growbuf recs = { 0 }, ns = { 0 };
         struct ns_map map = { 0 };
-        struct ckpt_head head = { .magic = CKPT_MAGIC, .version = CKPT_VERSION, .lay = *lay, .next_gen = next_gen };
+        struct ckpt_head head = { .magic = CKPT_MAGIC, .version = CKPT_VERSION, .lay = *lay,
+                                  .next_gen = meta->next_gen, .flags = meta->clean ? CKPT_CLEAN : 0,
+                                  .epoch = meta->epoch, .lineage = meta->lineage };
         struct kvd_slot_header h;
         uint32_t loc, ns_id, crc;
         int r = 0;
@@ -193,46 +199,67 @@ static int build(struct growbuf *out, const struct kvd_ckpt_layout *lay, const s
         return r;
 }
 
-int kvd_ckpt_write(const char *dir, const struct kvd_ckpt_layout *lay, const struct kvd_ckpt_extent *ext,
-                   uint64_t next_gen, kvd_tier_ckpt_fn next, void *ctx)
+int kvd_ckpt_build(const struct kvd_ckpt_layout *lay, const struct kvd_ckpt_extent *ext,
+                   const struct kvd_ckpt_meta *meta, kvd_tier_ckpt_fn next, void *ctx, uint8_t **ret_buf,
+                   size_t *ret_len)
+{
+        struct growbuf out = { 0 };
+        int r = build(&out, lay, ext, meta, next, ctx);
+
+        if (r < 0) {
+                free(out.p);
+                return r;
+        }
+        *ret_buf = out.p;
+        *ret_len = out.len;
+        return 0;
+}
+
+int kvd_ckpt_write_buf(const char *dir, const uint8_t *buf, size_t len)
 {
         char tmp[PATH_MAX], path[PATH_MAX];
-        struct growbuf out = { 0 };
-        int fd = -1, r;
+        int fd, r;
 
         r = path_in(tmp, sizeof(tmp), dir, CKPT_TMP);
         if (r == 0)
                 r = path_in(path, sizeof(path), dir, CKPT_NAME);
-        if (r == 0)
-                r = build(&out, lay, ext, next_gen, next, ctx);
         if (r < 0)
-                goto out;
+                return r;
         fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-        if (fd < 0) {
-                r = -errno;
-                goto out;
-        }
-        r = write_all(fd, out.p, out.len);
+        if (fd < 0)
+                return -errno;
+        r = kvd_ckpt_write_all(fd, buf, len);
         if (r == 0 && fsync(fd) < 0)
                 r = -errno;
         if (close(fd) < 0 && r == 0)
                 r = -errno;
-        fd = -1;
         if (r == 0 && rename(tmp, path) < 0)
                 r = -errno;
         if (r == 0)
-                r = fsync_dir(dir);
-out:
-        if (r < 0) {
-                log_warning("SSD tier: cannot write the index checkpoint in %s: %s; the next start scans the "
-                            "slot headers", dir, strerror(-r));
+                r = kvd_ckpt_fsync_dir(dir);
+        if (r < 0)
                 unlink(tmp);
-        }
-        free(out.p);
         return r;
 }
 
-static int read_whole(const char *path, uint8_t **ret, size_t *ret_len)
+int kvd_ckpt_write(const char *dir, const struct kvd_ckpt_layout *lay, const struct kvd_ckpt_extent *ext,
+                   const struct kvd_ckpt_meta *meta, kvd_tier_ckpt_fn next, void *ctx)
+{
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        int r;
+
+        r = kvd_ckpt_build(lay, ext, meta, next, ctx, &buf, &len);
+        if (r == 0)
+                r = kvd_ckpt_write_buf(dir, buf, len);
+        if (r < 0)
+                log_warning("SSD tier: cannot write the index checkpoint in %s: %s; the next start scans the "
+                            "slot headers", dir, strerror(-r));
+        free(buf);
+        return r;
+}
+
+int kvd_ckpt_read_whole(const char *path, uint8_t **ret, size_t *ret_len)
 {
         struct stat st;
         uint8_t *p = NULL;
@@ -281,7 +308,9 @@ static bool same_layout(const struct kvd_ckpt_layout *a, const struct kvd_ckpt_l
         return true;
 }
 
-static int check(struct kvd_ckpt *k, size_t len, const struct kvd_ckpt_layout *lay)
+/* Everything but the layout: crc, magic, sizes adding up to len, every
+ * record naming a namespace that is there. */
+static int check(struct kvd_ckpt *k, size_t len)
 {
         const struct ckpt_head *h = (const void *)k->buf;
         uint32_t crc;
@@ -292,14 +321,13 @@ static int check(struct kvd_ckpt *k, size_t len, const struct kvd_ckpt_layout *l
         memcpy(&crc, k->buf + len - sizeof(crc), sizeof(crc));
         if (crc != kvd_slot_crc(k->buf, len - sizeof(crc)) || h->magic != CKPT_MAGIC || h->version != CKPT_VERSION)
                 return -EBADMSG;
-        if (h->lay.n_extents > UINT32_MAX / 2 || h->n_ns > UINT32_MAX / 2 || h->n_recs > UINT32_MAX)
+        if ((h->flags & ~CKPT_CLEAN) || h->lay.n_files > KVD_CKPT_MAX_FILES || h->lay.n_extents > UINT32_MAX / 2 || h->n_ns > UINT32_MAX / 2 ||
+            h->n_recs > UINT32_MAX)
                 return -EBADMSG;
         want = sizeof(*h) + (size_t)h->lay.n_extents * sizeof(struct kvd_ckpt_extent) +
                (size_t)h->n_ns * sizeof(struct ckpt_ns) + (size_t)h->n_recs * sizeof(struct ckpt_rec) + sizeof(crc);
         if (want != len)
                 return -EBADMSG;
-        if (!same_layout(&h->lay, lay))
-                return -ESTALE;
         k->head = h;
         k->ext = (const void *)(k->buf + sizeof(*h));
         k->ns = (const void *)(k->ext + h->lay.n_extents);
@@ -310,26 +338,68 @@ static int check(struct kvd_ckpt *k, size_t len, const struct kvd_ckpt_layout *l
         return 0;
 }
 
-int kvd_ckpt_load(const char *dir, const struct kvd_ckpt_layout *lay, struct kvd_ckpt **ret)
+int kvd_ckpt_parse(uint8_t *buf, size_t len, struct kvd_ckpt **ret)
 {
-        char path[PATH_MAX];
-        struct kvd_ckpt *k;
-        size_t len = 0;
+        struct kvd_ckpt *k = calloc(1, sizeof(*k));
         int r;
 
-        r = path_in(path, sizeof(path), dir, CKPT_NAME);
-        if (r < 0)
-                return r;
-        k = calloc(1, sizeof(*k));
-        if (!k)
+        if (!k) {
+                free(buf);
                 return -ENOMEM;
-        r = read_whole(path, &k->buf, &len);
-        if (r == 0)
-                r = check(k, len, lay);
+        }
+        k->buf = buf;
+        r = check(k, len);
         if (r < 0) {
                 kvd_ckpt_free(k);
                 return r;
         }
+        *ret = k;
+        return 0;
+}
+
+int kvd_ckpt_check_layout(const struct kvd_ckpt *k, const struct kvd_ckpt_layout *lay)
+{
+        return same_layout(&k->head->lay, lay) ? 0 : -ESTALE;
+}
+
+int kvd_ckpt_check_shape(const struct kvd_ckpt *k, const struct kvd_ckpt_layout *lay)
+{
+        const struct kvd_ckpt_layout *a = &k->head->lay;
+
+        if (a->n_files != lay->n_files || a->n_extents != lay->n_extents || a->extent_bytes != lay->extent_bytes)
+                return -ESTALE;
+        for (uint32_t i = 0; i < a->n_files && i < KVD_CKPT_MAX_FILES; i++)
+                if (a->files[i].ino != lay->files[i].ino)
+                        return -ESTALE;
+        return 0;
+}
+
+void kvd_ckpt_meta_of(const struct kvd_ckpt *k, struct kvd_ckpt_meta *ret)
+{
+        *ret = (struct kvd_ckpt_meta){ k->head->next_gen, k->head->epoch, k->head->lineage,
+                                       (k->head->flags & CKPT_CLEAN) != 0 };
+}
+
+const struct kvd_ckpt_layout *kvd_ckpt_layout_of(const struct kvd_ckpt *k)
+{
+        return &k->head->lay;
+}
+
+int kvd_ckpt_load(const char *dir, struct kvd_ckpt **ret)
+{
+        char path[PATH_MAX];
+        struct kvd_ckpt *k = NULL;
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        int r;
+
+        r = path_in(path, sizeof(path), dir, CKPT_NAME);
+        if (r == 0)
+                r = kvd_ckpt_read_whole(path, &buf, &len);
+        if (r == 0)
+                r = kvd_ckpt_parse(buf, len, &k);
+        if (r < 0)
+                return r;
         *ret = k;
         return 0;
 }
@@ -346,11 +416,6 @@ struct kvd_ckpt *kvd_ckpt_free(struct kvd_ckpt *k)
 const struct kvd_ckpt_extent *kvd_ckpt_extents(const struct kvd_ckpt *k)
 {
         return k->ext;
-}
-
-uint64_t kvd_ckpt_next_gen(const struct kvd_ckpt *k)
-{
-        return k->head->next_gen;
 }
 
 uint64_t kvd_ckpt_blocks(const struct kvd_ckpt *k)
@@ -377,6 +442,11 @@ void kvd_ckpt_record(const struct kvd_ckpt *k, uint64_t i, struct kvd_slot_heade
         *ret_loc = r->loc;
 }
 
+uint32_t kvd_ckpt_record_ns(const struct kvd_ckpt *k, uint64_t i)
+{
+        return k->recs[i].ns;
+}
+
 int kvd_ckpt_remove(const char *dir)
 {
         char path[PATH_MAX], tmp[PATH_MAX];
@@ -394,5 +464,5 @@ int kvd_ckpt_remove(const char *dir)
                 return -errno;
         if (unlink(tmp) == 0)
                 any = true;
-        return any ? fsync_dir(dir) : 0;
+        return any ? kvd_ckpt_fsync_dir(dir) : 0;
 }

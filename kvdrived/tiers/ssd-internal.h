@@ -7,7 +7,10 @@
  */
 #pragma once
 
+#include <limits.h>
 #include <liburing.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -16,6 +19,7 @@
 #include "loop.h"
 #include "slab.h"
 #include "slot.h"
+#include "ssd-checkpoint.h"
 #include "ssd.h"
 #include "tier.h"
 
@@ -77,6 +81,26 @@ struct ssd_file {
         char path[PATH_MAX];
 };
 
+/* Interval checkpoints and the journal of extents written since one
+ * (ssd-interval.c; tiers/ssd-journal.h). */
+struct ssd_ckpt {
+        bool on;                /* a checkpoint on disk (or being written) relies on the journal */
+        bool off;               /* the journal failed: no more checkpoints while serving */
+        int fd;                 /* kvdrive.dirty, open for appending; -1 */
+        uint64_t lineage, epoch;
+        uint8_t *marked;        /* per extent: in the journal for this epoch */
+        uint32_t *mutating;     /* per extent: writes and wipes not yet completed */
+        /* The checkpoint being written off the loop. */
+        bool running;
+        pthread_t thread;
+        atomic_bool done;
+        int result;
+        uint8_t *buf;
+        size_t len, blocks;
+        uint64_t gather_ns, write_ns;   /* on the loop; the writer's own */
+        char dir[PATH_MAX];
+};
+
 struct kvd_ssd {
         struct kvd_tier tier;
         const struct kvd_config *cfg;
@@ -113,6 +137,7 @@ struct kvd_ssd {
         struct kvd_tier_stats st;        /* st.damaged: see ssd.h */
         enum kvd_codec codec;           /* ssd-codec */
         struct kvd_jobs *jobs;          /* ssd-threads: checksums and codecs */
+        struct ssd_ckpt ck;
 };
 
 struct kvd_ssd *ssd_of(struct kvd_tier *t);
@@ -139,3 +164,41 @@ bool ssd_read_bounce(struct kvd_ssd *s, struct op *o);
  * decoding); they end it. */
 bool ssd_cpu_read(struct kvd_ssd *s, struct op *o);
 
+/* The directory holding the checkpoint and the journal (the first SSD one);
+ * what a checkpoint taken now records of the files and extents (*ret_ext:
+ * n_extents, the caller frees it). */
+void ssd_ckpt_dir(const struct kvd_ssd *s, char *buf, size_t n);
+int ssd_ckpt_layout(const struct kvd_ssd *s, struct kvd_ckpt_layout *ret);
+int ssd_ckpt_extents(const struct kvd_ssd *s, struct kvd_ckpt_extent **ret_ext);
+
+/* A checkpoint's source: next() (the cache's blocks, raw) as stored here. */
+struct ssd_stored_next {
+        struct kvd_ssd *s;
+        kvd_tier_ckpt_fn next;
+        void *ctx;
+};
+bool ssd_next_stored(void *ctx, struct kvd_slot_header *ret_h, uint32_t *ret_loc, uint32_t *ret_ns);
+
+/* ssd-interval.c. Allocates the per-extent state (kvd_ssd_new); frees it,
+ * waiting for a checkpoint being written (kvd_ssd_free). */
+int ssd_ckpt_init(struct kvd_ssd *s);
+void ssd_ckpt_fini(struct kvd_ssd *s);
+/* Before a write or wipe of extent e is submitted: e in the journal (on
+ * stable storage) if a checkpoint relies on it. begin/end also count the
+ * I/O as in flight until it completes. 0, or -errno: the I/O must not be
+ * submitted. mark alone: for a write done at once (an extent header). */
+int ssd_dirty_mark(struct kvd_ssd *s, uint32_t e);
+int ssd_dirty_begin(struct kvd_ssd *s, uint32_t e);
+void ssd_dirty_end(struct kvd_ssd *s, uint32_t e);
+/* The checkpoint op taken while serving (tier.h). */
+int ssd_checkpoint_start(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx);
+/* Finishes a checkpoint written off the loop, if it is (ssd_check: about
+ * once a second); wait: until it is. */
+void ssd_ckpt_reap(struct kvd_ssd *s, bool wait);
+/* Recovery kept checkpoint k (its dirty extents: dirty) to go on from:
+ * a new journal for it. 0 or -errno (then neither may be relied on). */
+int ssd_ckpt_resume(struct kvd_ssd *s, const char *dir, const struct kvd_ckpt_meta *meta, const uint8_t *dirty);
+/* A lineage for checkpoints and journals not yet of one (random). */
+uint64_t ssd_new_lineage(void);
+/* The clean stop's checkpoint is written: no journal needed any more. */
+void ssd_ckpt_closed(struct kvd_ssd *s, const char *dir);

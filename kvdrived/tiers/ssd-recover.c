@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The SSD tier at start and at a clean stop: the extents' headers, then the
- * index from the checkpoint a clean stop left (when it still describes the
- * files) or by reading every slot's header; and the checkpoint itself, the
- * last thing a clean stop writes (docs/decisions.md, "A restart after a
- * clean stop loads an index checkpoint").
+ * index from the newest checkpoint (when it still describes the files) and
+ * the slot headers of the extents its journal says were written since, or
+ * by reading every slot's header; and the checkpoint a clean stop writes
+ * last (docs/decisions.md, "A restart after a clean stop loads an index
+ * checkpoint" and "Interval checkpoints and the dirty-extent journal").
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -29,6 +30,7 @@
 #include "slab.h"
 #include "ssd-checkpoint.h"
 #include "ssd-internal.h"
+#include "ssd-journal.h"
 
 /* Reads n slot headers of extent e into the arena, in one batch. */
 static int read_headers(struct kvd_ssd *s, const uint32_t *locs, unsigned n)
@@ -94,7 +96,7 @@ static void settle_sizes(struct kvd_ssd *s)
 _Static_assert(MAX_DIRS <= KVD_CKPT_MAX_FILES, "a checkpoint names every SSD file");
 
 /* The directory holding the checkpoint: the first SSD directory. */
-static void ckpt_dir(const struct kvd_ssd *s, char *buf, size_t n)
+void ssd_ckpt_dir(const struct kvd_ssd *s, char *buf, size_t n)
 {
         const char *slash = strrchr(s->files[0].path, '/');
         size_t len = slash ? (size_t)(slash - s->files[0].path) : 0;
@@ -103,7 +105,7 @@ static void ckpt_dir(const struct kvd_ssd *s, char *buf, size_t n)
 }
 
 /* What a checkpoint must match: the files as they are now. */
-static int ckpt_layout(const struct kvd_ssd *s, struct kvd_ckpt_layout *ret)
+int ssd_ckpt_layout(const struct kvd_ssd *s, struct kvd_ckpt_layout *ret)
 {
         *ret = (struct kvd_ckpt_layout){ .n_files = s->n_files, .n_extents = s->n_extents,
                                          .extent_bytes = s->extent_bytes };
@@ -185,28 +187,37 @@ static int scan_extent(struct kvd_ssd *s, uint32_t e, uint32_t slot_bytes, uint3
         return 0;
 }
 
-/* Whether checkpoint k describes the extents as pass one found them. */
-static bool ckpt_matches(const struct kvd_ssd *s, const struct kvd_ckpt *k, const uint32_t *slot_bytes)
+/* Whether checkpoint k describes the extents not written since (dirty)
+ * as pass one found them. */
+static bool ckpt_matches(const struct kvd_ssd *s, const struct kvd_ckpt *k, const uint32_t *slot_bytes,
+                         const uint8_t *dirty)
 {
         const struct kvd_ckpt_extent *ext = kvd_ckpt_extents(k);
 
         for (uint32_t e = 0; e < s->n_extents; e++)
-                if (ext[e].generation != s->extent_gen[e] ||
+                if (dirty[e])
+                        continue;
+                else if (ext[e].generation != s->extent_gen[e] ||
                     (ext[e].slot_bytes && ext[e].slot_bytes != slot_bytes[e]))
                         return false;
         return true;
 }
 
-/* The index from checkpoint k, no slot header read: each record's slot
- * is checked to lie in an extent of its slot size; its bytes are checked
- * when read, as always. */
-static int64_t recover_from_ckpt(struct kvd_ssd *s, const struct kvd_ckpt *k, kvd_tier_recover_fn fn, void *ctx)
+/* The index from checkpoint k, no slot header read, but for the extents
+ * written since (dirty), whose records are left for their scan: each
+ * record's slot is checked to lie in an extent of its slot size; its bytes
+ * are checked when read, as always. */
+static int64_t recover_from_ckpt(struct kvd_ssd *s, const struct kvd_ckpt *k, const uint8_t *dirty,
+                                 kvd_tier_recover_fn fn, void *ctx)
 {
         const struct kvd_ckpt_extent *ext = kvd_ckpt_extents(k);
         uint64_t n = kvd_ckpt_blocks(k);
         int64_t kept = 0;
 
-        s->next_gen = MAX(s->next_gen, kvd_ckpt_next_gen(k));
+        struct kvd_ckpt_meta meta;
+
+        kvd_ckpt_meta_of(k, &meta);
+        s->next_gen = MAX(s->next_gen, meta.next_gen);
         for (uint64_t i = 0; i < n; i++) {
                 struct kvd_slot_header h;
                 uint32_t loc, e;
@@ -214,7 +225,7 @@ static int64_t recover_from_ckpt(struct kvd_ssd *s, const struct kvd_ckpt *k, kv
 
                 kvd_ckpt_record(k, i, &h, &loc);
                 e = kvd_slab_extent_of(s->slab, loc);
-                if (e >= s->n_extents || !ext[e].slot_bytes)
+                if (e >= s->n_extents || dirty[e] || !ext[e].slot_bytes)
                         continue;
                 klass = kvd_slab_class_for(s->slab, ext[e].slot_bytes);
                 if (klass < 0 || KVD_SLOT_HDR_BYTES + (uint64_t)h.payload_len > ext[e].slot_bytes ||
@@ -228,28 +239,68 @@ static int64_t recover_from_ckpt(struct kvd_ssd *s, const struct kvd_ckpt *k, kv
         return kept;
 }
 
-/* The checkpoint left by a clean stop, if it still describes the disk;
- * NULL (the reason logged) if not. */
-static struct kvd_ckpt *load_ckpt(struct kvd_ssd *s, const char *dir, const uint32_t *slot_bytes)
+/* Why checkpoint k (meta) may not be used with the journal's answer jr,
+ * or NULL if it may: with its journal; or, written at a clean stop, with
+ * the files exactly as it describes them. */
+static const char *unusable(const struct kvd_ckpt *k, const struct kvd_ckpt_meta *meta,
+                            const struct kvd_ckpt_layout *lay, int jr)
+{
+        if (jr == 0)
+                return NULL;
+        if (meta->clean && kvd_ckpt_check_layout(k, lay) == 0)
+                return NULL;
+        if (jr == -EBADMSG)
+                return "the journal of the extents written since it is damaged";
+        if (!meta->clean)
+                return "no journal of the extents written since it goes with it";
+        return "the SSD files changed since it was written";
+}
+
+/* The newest checkpoint, if it still describes the disk but for the
+ * extents it sets in dirty (*ret_n of them: written since); NULL (the
+ * reason logged) if there is none such. */
+static struct kvd_ckpt *load_ckpt(struct kvd_ssd *s, const char *dir, const uint32_t *slot_bytes, uint8_t *dirty,
+                                  uint32_t *ret_n)
 {
         struct kvd_ckpt_layout lay;
+        struct kvd_ckpt_meta meta;
         struct kvd_ckpt *k = NULL;
-        int r;
+        const char *why = NULL;
+        int r, jr = -ENOENT;
 
-        r = ckpt_layout(s, &lay);
+        memset(dirty, 0, s->n_extents);
+        *ret_n = 0;
+        r = ssd_ckpt_layout(s, &lay);
         if (r == 0)
-                r = kvd_ckpt_load(dir, &lay, &k);
-        if (r == 0 && !ckpt_matches(s, k, slot_bytes)) {
-                k = kvd_ckpt_free(k);
-                r = -ESTALE;
+                r = kvd_ckpt_load(dir, &k);
+        if (r == 0)
+                r = kvd_ckpt_check_shape(k, &lay);
+        if (r == 0) {
+                kvd_ckpt_meta_of(k, &meta);
+                jr = kvd_journal_load(dir, s->n_extents, meta.lineage, meta.epoch, dirty, ret_n);
+                why = unusable(k, &meta, &lay, jr);
+                if (!why && !ckpt_matches(s, k, slot_bytes, dirty))
+                        why = "the SSD files changed since it was written";
         }
         if (r == -ENOENT)
-                log_info("SSD tier: no index checkpoint (the last stop was not clean, or the first start): "
-                         "scanning the slot headers");
+                log_info("SSD tier: no index checkpoint (the first start, or the last stop was not clean and "
+                         "no checkpoint was taken while serving): scanning the slot headers");
         else if (r < 0)
                 log_warning("SSD tier: ignoring the index checkpoint in %s (%s): scanning the slot headers", dir,
                             r == -ESTALE ? "the SSD files changed since it was written" :
                             r == -EBADMSG ? "it is damaged" : strerror(-r));
+        else if (why)
+                log_warning("SSD tier: ignoring the index checkpoint in %s (%s): scanning the slot headers", dir,
+                            why);
+        if (r < 0 || why) {
+                memset(dirty, 0, s->n_extents);
+                *ret_n = 0;
+                return kvd_ckpt_free(k);
+        }
+        if (jr < 0) { /* a clean stop's, the files as it left them: nothing written since */
+                memset(dirty, 0, s->n_extents);
+                *ret_n = 0;
+        }
         return k;
 }
 
@@ -258,30 +309,62 @@ int64_t ssd_recover(struct kvd_tier *t, kvd_tier_recover_fn fn, void *ctx)
         struct kvd_ssd *s = ssd_of(t);
         uint32_t *locs = calloc(s->qd, sizeof(uint32_t));
         uint32_t *slot_bytes = calloc(s->n_extents, sizeof(uint32_t));
+        uint8_t *dirty = calloc(s->n_extents, 1);
+        struct kvd_ckpt_meta meta = { 0 };
         struct kvd_ckpt *k = NULL;
         char dir[PATH_MAX];
+        bool keep = false;
+        uint32_t n_dirty = 0;
         int64_t kept = 0;
         int r = 0;
 
-        if (!locs || !slot_bytes) {
+        if (!locs || !slot_bytes || !dirty) {
                 r = -ENOMEM;
                 goto out;
         }
         recover_extents(s, slot_bytes);
-        ckpt_dir(s, dir, sizeof(dir));
-        k = load_ckpt(s, dir, slot_bytes);
-        /* Read once: from now on the disk changes, and a crash must find
-         * no checkpoint that no longer describes it. */
-        r = kvd_ckpt_remove(dir);
-        if (r < 0) {
-                log_warning("SSD tier: cannot remove the index checkpoint in %s (%s): not using it", dir,
-                            strerror(-r));
-                k = kvd_ckpt_free(k);
+        ssd_ckpt_dir(s, dir, sizeof(dir));
+        k = load_ckpt(s, dir, slot_bytes, dirty, &n_dirty);
+        if (k)
+                kvd_ckpt_meta_of(k, &meta);
+        /* With checkpoints while serving, the one found stays: a new
+         * journal for it, before anything is written, is what keeps it true
+         * (and a crash from now on reads only the extents written since). */
+        if (k && s->cfg->ssd_checkpoint_interval > 0) {
+                r = ssd_ckpt_resume(s, dir, &meta, dirty);
+                if (r < 0)
+                        log_warning("SSD tier: cannot write the journal in %s (%s): not keeping the index "
+                                    "checkpoint", dir, strerror(-r));
+                keep = r == 0;
                 r = 0;
         }
+        if (!keep) {
+                /* Read once: from now on the disk changes, and a crash must
+                 * find no checkpoint that no longer describes it. */
+                r = kvd_ckpt_remove(dir);
+                if (r < 0) {
+                        log_warning("SSD tier: cannot remove the index checkpoint in %s (%s): not using it", dir,
+                                    strerror(-r));
+                        k = kvd_ckpt_free(k);
+                        memset(dirty, 0, s->n_extents);
+                        n_dirty = 0;
+                        r = 0;
+                }
+                kvd_journal_remove(dir); /* of no use without its checkpoint */
+        }
         if (k) {
-                kept = recover_from_ckpt(s, k, fn, ctx);
+                kept = recover_from_ckpt(s, k, dirty, fn, ctx);
+                for (uint32_t e = 0; e < s->n_extents && r == 0; e++)
+                        if (dirty[e] && slot_bytes[e])
+                                r = scan_extent(s, e, slot_bytes[e], locs, fn, ctx, &kept);
+                if (r < 0)
+                        goto out;
                 s->st.recovered_from_checkpoint = true;
+                s->st.recover_dirty_extents = n_dirty;
+                if (!meta.clean || n_dirty)
+                        log_info("SSD tier: index checkpoint %" PRIu64 " (%s) and %u extents written since it "
+                                 "(their slot headers read)", meta.epoch,
+                                 meta.clean ? "of a clean stop" : "taken while serving", n_dirty);
         } else {
                 for (uint32_t e = 0; e < s->n_extents && r == 0; e++)
                         if (slot_bytes[e])
@@ -292,23 +375,16 @@ int64_t ssd_recover(struct kvd_tier *t, kvd_tier_recover_fn fn, void *ctx)
         settle_sizes(s);
 out:
         kvd_ckpt_free(k);
+        free(dirty);
         free(slot_bytes);
         free(locs);
         return r < 0 ? r : kept;
 }
 
-/* At a clean stop: everything to its end and on stable storage, then the
- * index as next() gives it. Nothing may be written to the files after it. */
-/* The cache names its blocks raw; the checkpoint records them as stored. */
-struct stored_next {
-        struct kvd_ssd *s;
-        kvd_tier_ckpt_fn next;
-        void *ctx;
-};
-
-static bool next_stored(void *ctx, struct kvd_slot_header *ret_h, uint32_t *ret_loc, uint32_t *ret_ns)
+/* The cache names its blocks raw; a checkpoint records them as stored. */
+bool ssd_next_stored(void *ctx, struct kvd_slot_header *ret_h, uint32_t *ret_loc, uint32_t *ret_ns)
 {
-        struct stored_next *a = ctx;
+        struct ssd_stored_next *a = ctx;
         uint32_t n;
 
         if (!a->next(a->ctx, ret_h, ret_loc, ret_ns))
@@ -321,27 +397,10 @@ static bool next_stored(void *ctx, struct kvd_slot_header *ret_h, uint32_t *ret_
         return true;
 }
 
-int ssd_checkpoint(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx)
+int ssd_ckpt_extents(const struct kvd_ssd *s, struct kvd_ckpt_extent **ret_ext)
 {
-        struct stored_next a = { ssd_of(t), next, ctx };
-        struct kvd_ssd *s = ssd_of(t);
-        struct kvd_ckpt_extent *ext;
-        struct kvd_ckpt_layout lay;
-        char dir[PATH_MAX];
-        int r = 0;
+        struct kvd_ckpt_extent *ext = calloc(s->n_extents, sizeof(*ext));
 
-        ssd_drain(t);
-        if (s->st.damaged || s->inflight || s->queued)
-                return -EIO;
-        for (unsigned i = 0; i < s->n_files && r == 0; i++)
-                if (fdatasync(s->files[i].fd) < 0)
-                        r = -errno;
-        if (r < 0)
-                return r;
-        r = ckpt_layout(s, &lay);
-        if (r < 0)
-                return r;
-        ext = calloc(s->n_extents, sizeof(*ext));
         if (!ext)
                 return -ENOMEM;
         for (uint32_t e = 0; e < s->n_extents; e++) {
@@ -350,8 +409,43 @@ int ssd_checkpoint(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx)
                 ext[e].generation = s->extent_gen[e];
                 ext[e].slot_bytes = klass >= 0 ? kvd_slab_class_bytes(s->slab, klass) : 0;
         }
-        ckpt_dir(s, dir, sizeof(dir));
-        r = kvd_ckpt_write(dir, &lay, ext, s->next_gen, next_stored, &a);
+        *ret_ext = ext;
+        return 0;
+}
+
+/* At a clean stop: everything to its end and on stable storage, then the
+ * index as next() gives it. Nothing may be written to the files after it. */
+int ssd_checkpoint(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx)
+{
+        struct ssd_stored_next a = { ssd_of(t), next, ctx };
+        struct kvd_ssd *s = ssd_of(t);
+        struct kvd_ckpt_extent *ext = NULL;
+        struct kvd_ckpt_layout lay;
+        struct kvd_ckpt_meta meta;
+        char dir[PATH_MAX];
+        int r = 0;
+
+        ssd_ckpt_reap(s, true);
+        ssd_drain(t);
+        if (s->st.damaged || s->inflight || s->queued)
+                return -EIO;
+        for (unsigned i = 0; i < s->n_files && r == 0; i++)
+                if (fdatasync(s->files[i].fd) < 0)
+                        r = -errno;
+        if (r == 0)
+                r = ssd_ckpt_layout(s, &lay);
+        if (r == 0)
+                r = ssd_ckpt_extents(s, &ext);
+        if (r < 0)
+                return r;
+        /* Of the journal's lineage, a later epoch: were the journal's removal
+         * below cut short, it names nothing written since, rightly. */
+        meta = (struct kvd_ckpt_meta){ .next_gen = s->next_gen, .epoch = s->ck.on ? s->ck.epoch + 1 : 1,
+                                       .lineage = s->ck.on ? s->ck.lineage : ssd_new_lineage(), .clean = true };
+        ssd_ckpt_dir(s, dir, sizeof(dir));
+        r = kvd_ckpt_write(dir, &lay, ext, &meta, ssd_next_stored, &a);
         free(ext);
+        if (r == 0)
+                ssd_ckpt_closed(s, dir);
         return r;
 }

@@ -188,6 +188,7 @@ static bool ssd_check(struct kvd_tier *t)
         struct kvd_ssd *s = ssd_of(t);
         uint32_t seen = 0, checked = 0;
 
+        ssd_ckpt_reap(s, false);
         if (!check_files(s))
                 return false;
         while (checked < SCRUB_PER_CHECK && seen < s->n_extents && !s->st.damaged) {
@@ -289,6 +290,8 @@ static int ssd_alloc(struct kvd_tier *t, int klass, uint32_t *ret_loc)
                                 f->size = MAX(f->size, off + s->extent_bytes);
                         }
                 }
+                if (r == 0)
+                        r = ssd_dirty_mark(s, e);
                 if (r == 0)
                         r = write_extent_header(s, e, kvd_slab_class_bytes(s->slab, klass));
                 if (r == 0) {
@@ -518,6 +521,7 @@ static void ssd_write(struct kvd_tier *t, uint32_t loc, const struct kvd_slot_he
 {
         struct kvd_ssd *s = ssd_of(t);
         struct op *o = new_op(s, OP_WRITE, loc, page, len, prio, cb, ctx);
+        int r;
 
         if (!o) {
                 cb(ctx, -ENOMEM);
@@ -525,6 +529,12 @@ static void ssd_write(struct kvd_tier *t, uint32_t loc, const struct kvd_slot_he
         }
         o->hdr = *tmpl;
         o->dsync = dsync;
+        r = ssd_dirty_begin(s, kvd_slab_extent_of(s->slab, loc));
+        if (r < 0) {
+                free(o);
+                cb(ctx, r);
+                return;
+        }
         if (!ssd_cpu_write(s, o))
                 ssd_enqueue(s, o);
 }
@@ -567,10 +577,12 @@ static void ssd_discard(struct kvd_tier *t, uint32_t loc)
         struct kvd_ssd *s = ssd_of(t);
         struct op *o = new_op(s, OP_INVALIDATE, loc, NULL, 0, KVD_PRIO_BACKGROUND, NULL, NULL);
 
-        if (o)
+        if (o && ssd_dirty_begin(s, kvd_slab_extent_of(s->slab, loc)) == 0) {
                 ssd_enqueue(s, o);
-        else
-                kvd_slab_release(s->slab, loc); /* the header stays: a resurrected block is still a right one */
+                return;
+        }
+        free(o);
+        kvd_slab_release(s->slab, loc); /* the header stays: a resurrected block is still a right one */
 }
 
 static int verify_read(struct kvd_ssd *s, const struct op *o, const struct kvd_slot_header *h)
@@ -660,6 +672,8 @@ void ssd_op_end(struct kvd_ssd *s, struct op *o, int r)
         /* Only now may the slot be reused: a late wipe would hit its new block. */
         if (o->kind == OP_INVALIDATE)
                 kvd_slab_release(s->slab, o->loc);
+        if (o->kind == OP_WRITE || o->kind == OP_INVALIDATE)
+                ssd_dirty_end(s, kvd_slab_extent_of(s->slab, o->loc));
         if (o->cb)
                 o->cb(o->ctx, r);
         free(o->bounce);
@@ -858,6 +872,7 @@ int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_ssd **ret)
         s->tier.ops = &ssd_ops;
         s->cfg = cfg;
         s->efd = -1;
+        s->ck.fd = -1;
         s->qd = cfg->ssd_queue_depth;
         s->extent_bytes = cfg->ssd_extent_bytes;
         s->codec = (enum kvd_codec)cfg->ssd_codec;
@@ -923,6 +938,9 @@ int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_ssd **ret)
         }
         for (unsigned i = 0; i < s->qd; i++)
                 s->arena_free[s->arena_top++] = (int)i;
+        r = ssd_ckpt_init(s);
+        if (r < 0)
+                goto err;
 
         r = io_uring_queue_init_params(s->qd, &s->ring, &p);
         if (r < 0) {
@@ -1023,6 +1041,7 @@ struct kvd_ssd *kvd_ssd_free(struct kvd_ssd *s)
                         free(o->bounce);
                         free(o);
                 }
+        ssd_ckpt_fini(s);
         if (s->ring_ok)
                 io_uring_queue_exit(&s->ring);
         if (s->efd >= 0)
@@ -1058,6 +1077,7 @@ static const struct kvd_tier_ops ssd_ops = {
         .discard = ssd_discard,
         .recover = ssd_recover,
         .checkpoint = ssd_checkpoint,
+        .checkpoint_start = ssd_checkpoint_start,
         .stats = ssd_stats,
         .watch = ssd_watch,
         .flush = ssd_flush,

@@ -83,5 +83,11 @@ struct kvd_tier *kvd_ssd_tier(struct kvd_ssd *s);
  *    sleeps); drain runs everything queued and in flight to its end.
  *  - check, the periodic damage check (about once a second): every file
  *    still linked at its path, the same file, not shorter than provisioned,
- *    and a few extent headers a call, in turn, still on disk.
+ *    and a few extent headers a call, in turn, still on disk; and the end
+ *    of a checkpoint being written off the loop.
+ *  - checkpoint (at a clean stop) and checkpoint_start (while serving,
+ *    every ssd-checkpoint-interval seconds): the index checkpoint
+ *    (ssd-checkpoint.h); while a checkpoint relies on it, write, discard
+ *    and alloc first journal the extent they touch (ssd-journal.h,
+ *    ssd-interval.c), so a crash restart reads only those extents' headers.
  */

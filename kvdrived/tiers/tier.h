@@ -64,7 +64,11 @@ struct kvd_tier_stats {
         char condition[96];     /* "ok" or what is wrong */
         struct kvd_tier_latency read_lat, write_lat;    /* storage tiers: successful reads, writes */
         uint64_t recover_headers_read;  /* slot headers read at start-up */
-        bool recovered_from_checkpoint; /* the index came from a clean stop's checkpoint */
+        bool recovered_from_checkpoint; /* the index came from a checkpoint */
+        uint32_t recover_dirty_extents; /* of them, written since it: their slot headers read */
+        uint64_t checkpoints;           /* written while serving */
+        uint64_t checkpoint_gather_ns;  /* the last one's time on the event loop */
+        uint64_t journal_appends;       /* extents journaled before their first write since one */
         /* shared tiers */
         uint64_t hits, misses;          /* gets that found the block (verified) / nothing usable */
         uint64_t write_skips;           /* puts refused: busy, too large, down */
@@ -143,6 +147,10 @@ struct kvd_tier_ops {
          * the blocks next() gives so that the next recover() need not scan
          * (optional). 0 or -errno. */
         int (*checkpoint)(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx);
+        /* While serving: gathers the blocks next() gives now, then writes
+         * them off the event loop (optional). 0 started, -EBUSY the last
+         * one is still being written, or -errno. */
+        int (*checkpoint_start)(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx);
         /* Registers its completion fd with the event loop. 0 or -errno. */
         int (*watch)(struct kvd_tier *t, struct kvd_loop *l);
         /* Submits what was queued (the loop calls it before it sleeps). */

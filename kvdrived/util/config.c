@@ -88,6 +88,9 @@ static const struct option_def options[] = {
           false },
         { "ssd-threads", OPT_U32, OFF(ssd_threads), "2", 1, 64,
           "threads for the SSD tier's checksums and codec work, off the event loop", false },
+        { "ssd-checkpoint-interval", OPT_U32, OFF(ssd_checkpoint_interval), "60", 0, 86400,
+          "seconds between SSD index checkpoints while serving, so that a restart after a crash reads only the "
+          "extents written since (0: only at a clean stop)", false },
         { "remote", OPT_STRING, OFF(remote), "", 0, 0,
           "remote tier shared by many machines: redis-cluster://HOST:PORT[,HOST:PORT...] (empty: none)", false },
         { "remote-timeout-ms", OPT_U32, OFF(remote_timeout_ms), "500", 1, 60000,

@@ -17,7 +17,9 @@
 #include "check-main.h"
 #include "ssd-common.h"
 
-#define SSD_ARGS(dir) "--host-bytes", "16M", "--ssd-dir", (dir), "--ssd-bytes", "64M", "--ssd-extent-bytes", "1M"
+/* Checkpoints only at a clean stop here (test-ssd-crash.c: while serving). */
+#define SSD_ARGS(dir) "--host-bytes", "16M", "--ssd-dir", (dir), "--ssd-bytes", "64M", "--ssd-extent-bytes", "1M", \
+                      "--ssd-checkpoint-interval", "0"
 #define FROM_CKPT "from the index checkpoint, 0 slot headers read"
 #define SCANNED "by scanning"
 

@@ -11,11 +11,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "frame.h"
 #include "fuzz.h"
 #include "kvdrive.pb-c.h"
 #include "slot.h"
+#include "ssd-checkpoint.h"
+#include "ssd-journal.h"
 
 #define NS_NAME "fuzz-model"
 
@@ -410,6 +413,79 @@ static void recover_seed(const char *name, unsigned slots, bool session)
         write_file("fuzz-recover", name, s.buf, s.n);
 }
 
+/* ---- index checkpoints for fuzz-ckpt ------------------------------------ */
+
+struct ckpt_src {
+        unsigned i, n;
+};
+
+/* Blocks of two namespaces, in slots of extents 0 and 1. */
+static bool ckpt_next(void *ctx, struct kvd_slot_header *ret_h, uint32_t *ret_loc, uint32_t *ret_ns)
+{
+        struct ckpt_src *c = ctx;
+
+        if (c->i == c->n)
+                return false;
+        *ret_h = (struct kvd_slot_header){
+                .key_hi = 0x1000 + c->i, .key_lo = 0x2000, .layer = c->i % 2, .payload_len = 4096,
+                .ns_layers = geom.layers, .ns_kv_heads = geom.kv_heads, .ns_head_dim = geom.head_dim,
+                .ns_dtype = geom.dtype, .ns_block_tokens = geom.block_tokens, .ns_name = NS_NAME,
+                .ns_fingerprint_len = c->i % 2 ? 4 : 0, .ns_fingerprint = { 1, 2, 3, 4 },
+                .flags = c->i == 2 ? KVD_SLOT_SHARED : 0,
+        };
+        if (c->i % 2)
+                ret_h->ns_name[0] = 'g';
+        *ret_loc = 1 + 2 * c->i;
+        *ret_ns = c->i % 2;
+        c->i++;
+        return true;
+}
+
+static void ckpt_seed(const char *name, uint8_t flags, unsigned blocks, bool clean)
+{
+        const struct kvd_ckpt_meta meta = { .next_gen = 40, .epoch = 3, .lineage = 0x5eed, .clean = clean };
+        struct kvd_ckpt_layout lay = { .n_files = 1, .n_extents = 2, .extent_bytes = 1u << 20,
+                                       .files = { { 12, 2u << 20, 1700000000, 5 } } };
+        struct kvd_ckpt_extent ext[2] = { { 1, KVD_SLOT_HDR_BYTES + 4096, 0 }, { 2, KVD_SLOT_HDR_BYTES + 4096, 0 } };
+        struct ckpt_src src = { 0, blocks };
+        uint8_t *buf = NULL, *out;
+        size_t len = 0;
+
+        if (kvd_ckpt_build(&lay, ext, &meta, ckpt_next, &src, &buf, &len) < 0 || !(out = malloc(len + 1)))
+                abort();
+        out[0] = flags;
+        memcpy(out + 1, buf, len);
+        write_file("fuzz-ckpt", name, out, len + 1);
+        free(out);
+        free(buf);
+}
+
+/* A journal as the tier writes it: header, then entries of epochs 3 and 4. */
+static void journal_seed(const char *name, uint8_t flags)
+{
+        static const uint32_t first[] = { 0, 2 }, later[] = { 1 };
+        char dir[] = "/tmp/kvdrive-corpus-XXXXXX", path[64];
+        uint8_t buf[1 + 4096];
+        size_t n = 0;
+        FILE *f;
+        int fd;
+
+        if (!mkdtemp(dir) || kvd_journal_create(dir, 0x5eed, 3, 4, first, 2, &fd) < 0 ||
+            kvd_journal_append(fd, 4, later, 1) < 0)
+                abort();
+        close(fd);
+        snprintf(path, sizeof(path), "%s/kvdrive.dirty", dir);
+        f = fopen(path, "rb");
+        if (!f)
+                abort();
+        n = fread(buf + 1, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        kvd_journal_remove(dir);
+        rmdir(dir);
+        buf[0] = flags;
+        write_file("fuzz-ckpt", name, buf, n + 1);
+}
+
 int main(int argc, char **argv)
 {
         if (argc != 2) {
@@ -433,5 +509,11 @@ int main(int argc, char **argv)
         slot_seed("02-torn", 0, true, 4096);
         slot_seed("03-short-payload", 7, false, 100);
         slot_seed("04-empty-payload", 7, false, 0);
+        ckpt_seed("00-empty", 0, 0, true);
+        ckpt_seed("01-four-blocks", 0, 4, true);
+        ckpt_seed("02-four-blocks-resealed", 1, 4, false);
+        journal_seed("10-journal", 2);
+        journal_seed("11-journal-epoch-4", 2 | 8);
+        journal_seed("12-journal-resealed", 2 | 4);
         return 0;
 }

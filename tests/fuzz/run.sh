@@ -13,7 +13,7 @@ shift
 cd "$(dirname "$0")/../.."
 build=${KVDRIVE_FUZZ_BUILD:-build-fuzz}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz-frame fuzz-slot fuzz-daemon fuzz-daemon-ssd fuzz-recover fuzz-codec)
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz-frame fuzz-slot fuzz-daemon fuzz-daemon-ssd fuzz-recover fuzz-codec fuzz-ckpt)
 
 if [ ! -f "$build/build.ninja" ]; then
         log=$(mktemp)

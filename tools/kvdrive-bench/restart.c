@@ -4,9 +4,14 @@
  * on its SSD tier. It starts its own kvdrived (a private socket, the given
  * SSD directory), stores N small blocks durably, stops it, starts it again
  * and times from exec to the first answered Hello — the index rebuilt from
- * the slots on disk — then checks every block is there.
+ * the slots on disk — then checks every block is there. Three ways back:
+ * after a clean stop (its checkpoint), after a crash with no checkpoint
+ * (every slot header read), and after a crash that followed an interval
+ * checkpoint and a bounded number of further durable writes (the checkpoint
+ * and the slot headers of the extents written since).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -27,16 +32,31 @@
 /* 1 kv head x 64 dims x 16 tokens, f16: 4 KiB blocks (8 KiB slots). */
 static const struct kvc_geometry geom = { 1, 1, 64, KVC_DTYPE_F16, 16 };
 
-static pid_t spawn(const char *kvdrived, const char *sock, const char *dir, const char *ssd_bytes)
+/* log: where its stderr goes, at log level info (NULL: warnings only);
+ * interval: its ssd-checkpoint-interval. */
+static pid_t spawn_log(const char *kvdrived, const char *sock, const char *dir, const char *ssd_bytes,
+                       const char *log, const char *interval)
 {
         pid_t pid = fork();
 
         if (pid == 0) {
+                if (log) {
+                        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+                        if (fd < 0 || dup2(fd, STDERR_FILENO) < 0)
+                                _exit(127);
+                }
                 execl(kvdrived, kvdrived, "--foreground", "--socket", sock, "--host-bytes", "64M", "--ssd-dir", dir,
-                      "--ssd-bytes", ssd_bytes, "--log-level", "warning", "--metrics-listen", "off", (char *)NULL);
+                      "--ssd-bytes", ssd_bytes, "--log-level", log ? "info" : "warning", "--metrics-listen", "off",
+                      "--ssd-checkpoint-interval", interval, (char *)NULL);
                 _exit(127);
         }
         return pid;
+}
+
+static pid_t spawn(const char *kvdrived, const char *sock, const char *dir, const char *ssd_bytes)
+{
+        return spawn_log(kvdrived, sock, dir, ssd_bytes, NULL, "60");
 }
 
 static int stop(pid_t pid)
@@ -78,6 +98,118 @@ static double timed_restart(const char *kvdrived, const char *sock, const char *
         return (double)(t1 - t0) / 1e9;
 }
 
+/* Blocks [first, first + n) durably, BATCH at a time. 0 or a kvc error. */
+static int put_blocks(kvc_client *c, uint32_t ns, kvc_pool *pool, struct kvc_block_ref *refs,
+                      const struct kvc_key *seq, uint64_t first, uint64_t n)
+{
+        int r = 0;
+
+        for (uint64_t i = first; r >= 0 && i < first + n; i += BATCH) {
+                uint32_t k = first + n - i < BATCH ? (uint32_t)(first + n - i) : BATCH;
+                uint64_t id;
+
+                for (uint32_t j = 0; j < k; j++) {
+                        refs[j] = (struct kvc_block_ref){ .layer = 0, .slot = j };
+                        kvc_key_private(seq, i + j, &refs[j].key);
+                        memset(kvc_pool_slot(pool, j), (int)(i + j), 4096);
+                }
+                r = kvc_put_submit_flags(c, ns, pool, refs, k, KVC_PUT_DURABLE, NULL, &id);
+                if (r >= 0)
+                        r = kvc_wait(c, id, -1);
+                if (r >= 0 && (uint32_t)r != k)
+                        r = -EIO;
+        }
+        return r < 0 ? r : 0;
+}
+
+static uint64_t ino_of(const char *path)
+{
+        struct stat st;
+
+        return stat(path, &st) == 0 ? (uint64_t)st.st_ino : 0;
+}
+
+/* The first "gathered in X ms" of log, or -1. */
+static double gather_ms(const char *log)
+{
+        char line[1024];
+        double ms = -1;
+        FILE *f = fopen(log, "r");
+
+        while (f && ms < 0 && fgets(line, sizeof(line), f)) {
+                const char *p = strstr(line, "gathered in ");
+
+                if (p && strstr(line, "index checkpoint"))
+                        ms = strtod(p + strlen("gathered in "), NULL);
+        }
+        if (f)
+                fclose(f);
+        return ms;
+}
+
+static void crash_daemon(pid_t pid)
+{
+        int status;
+
+        if (pid > 0) {
+                kill(pid, SIGKILL);
+                waitpid(pid, &status, 0);
+        }
+}
+
+/* Before a crash restart: a daemon checkpointing every second, started on
+ * the clean stop's checkpoint, SIGKILLed once a checkpoint of its own is on
+ * disk; then one that takes no checkpoint (it goes on from that one, its
+ * journal rewritten) puts `writes` more blocks from `first` durably and is
+ * SIGKILLed too. So exactly those writes are the ones since the checkpoint.
+ * 0 or -1; *ret_ms: that checkpoint's time on the event loop. */
+static int crash_after_checkpoint(const char *kvdrived, const char *sock, const char *dir, const char *ssd_bytes,
+                                  const struct kvc_key *seq, uint64_t first, uint64_t writes, double *ret_ms)
+{
+        char ckpt[300], log[300];
+        struct kvc_block_ref *refs = calloc(BATCH, sizeof(*refs));
+        kvc_pool *pool = NULL;
+        kvc_client *c;
+        uint64_t ino, t0;
+        uint32_t ns;
+        int r = -1;
+        pid_t pid;
+
+        snprintf(ckpt, sizeof(ckpt), "%s/kvdrive.ckpt", dir);
+        snprintf(log, sizeof(log), "%s/crash-run.log", dir);
+        ino = ino_of(ckpt);
+        pid = spawn_log(kvdrived, sock, dir, ssd_bytes, log, "1");
+        c = bench_wait_daemon(pid, sock, "kvdrive-bench restart", 600);
+        if (!c || !refs)
+                goto out;
+        /* A new checkpoint is a new file renamed into place; the log says
+         * so once the journal has been rewritten for it too. */
+        for (t0 = bench_now_ns(); ino_of(ckpt) == ino || (*ret_ms = gather_ms(log)) < 0; usleep(10000))
+                if (bench_now_ns() - t0 > UINT64_C(600) * 1000000000u) {
+                        fprintf(stderr, "kvdrive-bench: no checkpoint while serving in 600 s\n");
+                        goto out;
+                }
+        c = kvc_disconnect(c);
+        crash_daemon(pid);
+        pid = spawn_log(kvdrived, sock, dir, ssd_bytes, NULL, "86400");
+        c = bench_wait_daemon(pid, sock, "kvdrive-bench restart", 600);
+        if (!c)
+                goto out;
+        r = kvc_register_namespace(c, "bench-restart", &geom, &ns, NULL);
+        if (r == 0)
+                r = kvc_pool_create(c, BATCH, 4096, &pool);
+        if (r == 0)
+                r = put_blocks(c, ns, pool, refs, seq, first, writes);
+        if (r < 0)
+                fprintf(stderr, "kvdrive-bench: the writes after the checkpoint failed: %s\n", kvc_strerror(r));
+out:
+        kvc_pool_free(pool);
+        kvc_disconnect(c);
+        free(refs);
+        crash_daemon(pid);
+        return r < 0 ? -1 : 0;
+}
+
 struct spread {
         double median, min, max;
 };
@@ -104,14 +236,15 @@ int bench_restart(int argc, char **argv)
                 { "kvdrived", required_argument, NULL, 'k' }, { "ssd-dir", required_argument, NULL, 'd' },
                 { "blocks", required_argument, NULL, 'n' },   { "repeat", required_argument, NULL, 'r' },
                 { "json", no_argument, NULL, 'j' },           { "help", no_argument, NULL, 'h' },
+                { "writes", required_argument, NULL, 'w' },
                 {},
         };
         const char *kvdrived = "kvdrived", *dir = NULL;
-        uint64_t n = 200000, repeat = 5;
+        uint64_t n = 200000, repeat = 5, writes = 0, total;
         char sock[256], ssd_bytes[32], ckpt[300];
         struct kvc_block_ref *refs = NULL;
-        double *ck = NULL, *scan = NULL;
-        struct spread a, b;
+        double *ck = NULL, *scan = NULL, *crash = NULL, *gather = NULL;
+        struct spread a, b, cr;
         struct kvc_key seq;
         kvc_client *c = NULL;
         kvc_pool *pool = NULL;
@@ -120,11 +253,17 @@ int bench_restart(int argc, char **argv)
         pid_t pid;
         int opt, r, ret = EXIT_FAILURE;
 
-        while ((opt = getopt_long(argc, argv, "k:d:n:r:jh", opts, NULL)) != -1) {
+        while ((opt = getopt_long(argc, argv, "k:d:n:r:w:jh", opts, NULL)) != -1) {
                 switch (opt) {
                 case 'k': kvdrived = optarg; break;
                 case 'd': dir = optarg; break;
                 case 'j': json = true; break;
+                case 'w':
+                        if (bench_parse_uint(optarg, 1, 100000000, &writes) < 0) {
+                                fprintf(stderr, "kvdrive-bench: bad --writes '%s'\n", optarg);
+                                return BENCH_EXIT_USAGE;
+                        }
+                        break;
                 case 'n':
                 case 'r':
                         if (bench_parse_uint(optarg, 1, opt == 'n' ? 100000000 : 100, opt == 'n' ? &n : &repeat) < 0) {
@@ -134,13 +273,15 @@ int bench_restart(int argc, char **argv)
                         }
                         break;
                 case 'h':
-                        printf("Usage: kvdrive-bench restart --ssd-dir DIR [--blocks N] [--repeat R] [--json]\n"
-                               "                             [--kvdrived PATH]\n\n"
+                        printf("Usage: kvdrive-bench restart --ssd-dir DIR [--blocks N] [--repeat R] [--writes W]\n"
+                               "                             [--json] [--kvdrived PATH]\n\n"
                                "Times restarts of kvdrived with N 4 KiB blocks (8 KiB slots) on its SSD tier in DIR\n"
                                "(a fresh directory, made if missing: its contents are replaced): R restarts after a\n"
                                "clean stop (the index checkpoint loaded), interleaved with R whose checkpoint was\n"
-                               "removed (every slot header scanned, as after a crash). Medians and ranges, in\n"
-                               "seconds per million blocks. Default N: 200000, R: 5.\n");
+                               "removed (every slot header scanned, as after a crash with no checkpoint); then R\n"
+                               "after a SIGKILL that followed a checkpoint taken while serving and W more durable\n"
+                               "blocks (the checkpoint, and the slot headers of the extents written since). Medians\n"
+                               "and ranges, in seconds per million blocks. Default N: 200000, R: 5, W: N / 100.\n");
                         return EXIT_SUCCESS;
                 default:
                         return BENCH_EXIT_USAGE;
@@ -159,11 +300,16 @@ int bench_restart(int argc, char **argv)
         snprintf(sock, sizeof(sock), "%s/bench.sock", dir);
         snprintf(ckpt, sizeof(ckpt), "%s/kvdrive.ckpt", dir);
         /* Room for the blocks and their slot headers, plus extents' slack. */
-        snprintf(ssd_bytes, sizeof(ssd_bytes), "%" PRIu64 "M", (n * 8192 >> 20) * 11 / 10 + 64);
+        if (!writes)
+                writes = n / 100 ? n / 100 : 1;
+        total = n + writes * repeat;
+        snprintf(ssd_bytes, sizeof(ssd_bytes), "%" PRIu64 "M", (total * 8192 >> 20) * 11 / 10 + 64);
         refs = calloc(BATCH, sizeof(*refs));
         ck = calloc(repeat, sizeof(double));
         scan = calloc(repeat, sizeof(double));
-        if (!refs || !ck || !scan || kvc_key_sequence_new(&seq) < 0)
+        crash = calloc(repeat, sizeof(double));
+        gather = calloc(repeat, sizeof(double));
+        if (!refs || !ck || !scan || !crash || !gather || kvc_key_sequence_new(&seq) < 0)
                 goto out;
 
         pid = spawn(kvdrived, sock, dir, ssd_bytes);
@@ -175,21 +321,8 @@ int bench_restart(int argc, char **argv)
         r = kvc_register_namespace(c, "bench-restart", &geom, &ns, NULL);
         if (r == 0)
                 r = kvc_pool_create(c, BATCH, 4096, &pool);
-        for (uint64_t i = 0; r >= 0 && i < n; i += BATCH) {
-                uint32_t k = n - i < BATCH ? (uint32_t)(n - i) : BATCH;
-                uint64_t id;
-
-                for (uint32_t j = 0; j < k; j++) {
-                        refs[j] = (struct kvc_block_ref){ .layer = 0, .slot = j };
-                        kvc_key_private(&seq, i + j, &refs[j].key);
-                        memset(kvc_pool_slot(pool, j), (int)(i + j), 4096);
-                }
-                r = kvc_put_submit_flags(c, ns, pool, refs, k, KVC_PUT_DURABLE, NULL, &id);
-                if (r >= 0)
-                        r = kvc_wait(c, id, -1);
-                if (r >= 0 && (uint32_t)r != k)
-                        r = -EIO;
-        }
+        if (r == 0)
+                r = put_blocks(c, ns, pool, refs, &seq, 0, n);
         pool = kvc_pool_free(pool);
         c = kvc_disconnect(c);
         if (r < 0 || stop(pid) < 0) {
@@ -212,20 +345,38 @@ int bench_restart(int argc, char **argv)
                 if (scan[i] < 0)
                         goto out;
         }
+        /* After them, as the block count grows by W each time: a crash
+         * after a checkpoint and W writes, then a restart (timed). */
+        for (uint64_t i = 0; i < repeat; i++) {
+                uint64_t have = n + writes * (i + 1);
+
+                if (crash_after_checkpoint(kvdrived, sock, dir, ssd_bytes, &seq, have - writes, writes,
+                                           &gather[i]) < 0)
+                        goto out;
+                crash[i] = timed_restart(kvdrived, sock, dir, ssd_bytes, have);
+                if (crash[i] < 0)
+                        goto out;
+                crash[i] *= (double)n / (double)have; /* per block, as the others */
+        }
         a = spread_of(ck, repeat, n);
         b = spread_of(scan, repeat, n);
+        cr = spread_of(crash, repeat, n);
         if (json)
                 printf("{\"blocks\": %" PRIu64 ", \"repeat\": %" PRIu64 ", \"seconds_per_million_blocks\": %.4f, "
                        "\"checkpoint\": {\"median\": %.4f, \"min\": %.4f, \"max\": %.4f}, "
                        "\"header_scan\": {\"seconds_per_million_blocks\": %.4f, \"median\": %.4f, \"min\": %.4f, "
-                       "\"max\": %.4f}, \"speedup\": %.2f}\n",
+                       "\"max\": %.4f}, \"speedup\": %.2f, \"crash_after_checkpoint\": {\"writes_after\": %"
+                       PRIu64 ", \"seconds_per_million_blocks\": %.4f, \"median\": %.4f, \"min\": %.4f, "
+                       "\"max\": %.4f, \"checkpoint_gather_ms\": %.1f}}\n",
                        n, repeat, a.median, a.median, a.min, a.max, b.median, b.median, b.min, b.max,
-                       b.median / a.median);
+                       b.median / a.median, writes, cr.median, cr.median, cr.min, cr.max, bench_median(gather, repeat));
         else
                 printf("restart: %" PRIu64 " blocks, %" PRIu64 " runs each, seconds per million blocks (median, "
                        "range):\n  from the checkpoint: %.3f (%.3f-%.3f)\n  header scan:         %.3f (%.3f-%.3f)\n"
-                       "  speedup: %.1fx\n", n, repeat, a.median, a.min, a.max, b.median, b.min, b.max,
-                       b.median / a.median);
+                       "  speedup: %.1fx\n  after a crash, a checkpoint and %" PRIu64 " writes: %.3f (%.3f-%.3f); "
+                       "gathering a checkpoint: %.1f ms on the event loop\n", n, repeat, a.median, a.min, a.max,
+                       b.median, b.min, b.max, b.median / a.median, writes, cr.median, cr.min, cr.max,
+                       bench_median(gather, repeat));
         ret = EXIT_SUCCESS;
 out:
         kvc_pool_free(pool);
@@ -233,5 +384,7 @@ out:
         free(refs);
         free(ck);
         free(scan);
+        free(crash);
+        free(gather);
         return ret;
 }

@@ -1,0 +1,313 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The SSD tier's checkpoints while it serves, and the journal that makes
+ * them good after a crash (docs/decisions.md, "Interval checkpoints and the
+ * dirty-extent journal"; tiers/ssd-journal.h for the file).
+ *
+ * A checkpoint of epoch E is gathered on the event loop at one instant T:
+ * before the gathering, every extent with a write or wipe not yet completed
+ * is journaled under E (that I/O may land after T), and from then on every
+ * extent is journaled under E before its first write or wipe is submitted.
+ * So every extent the checkpoint may describe wrongly is in the journal
+ * under E or later, and recovery reads the slot headers of those only.
+ * The file is then written by a thread, off the loop; until it is renamed
+ * into place the previous checkpoint (E - 1) stays, and the journal still
+ * holds its entries too. Once it is, the journal is rewritten with the
+ * entries of E only.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "log.h"
+#include "loop.h"
+#include "ssd-checkpoint.h"
+#include "ssd-internal.h"
+#include "ssd-journal.h"
+
+int ssd_ckpt_init(struct kvd_ssd *s)
+{
+        s->ck.fd = -1;
+        s->ck.marked = calloc(s->n_extents, 1);
+        s->ck.mutating = calloc(s->n_extents, sizeof(uint32_t));
+        return s->ck.marked && s->ck.mutating ? 0 : -ENOMEM;
+}
+
+void ssd_ckpt_fini(struct kvd_ssd *s)
+{
+        s->ck.on = false; /* no journal to rewrite: it stays as it is */
+        ssd_ckpt_reap(s, true);
+        if (s->ck.fd >= 0)
+                close(s->ck.fd);
+        s->ck.fd = -1;
+        free(s->ck.marked);
+        free(s->ck.mutating);
+        s->ck.marked = NULL;
+        s->ck.mutating = NULL;
+}
+
+/* Tells one lineage of checkpoints and journals from another (a journal
+ * left by an earlier life of the directory is no journal of ours). */
+uint64_t ssd_new_lineage(void)
+{
+        uint64_t x;
+
+        if (getrandom(&x, sizeof(x), GRND_NONBLOCK) != (ssize_t)sizeof(x))
+                x = kvd_now_ns() ^ ((uint64_t)getpid() << 40);
+        return x | 1;
+}
+
+/* The extents with i/o of theirs set (n_extents entries of which), as a
+ * list; *ret_n of them. */
+static uint32_t *list_of(const struct kvd_ssd *s, const uint8_t *set, const uint32_t *count, uint32_t *ret_n)
+{
+        uint32_t *l = malloc((size_t)s->n_extents * sizeof(*l) + 1), n = 0;
+
+        if (!l)
+                return NULL;
+        for (uint32_t e = 0; e < s->n_extents; e++)
+                if (set ? set[e] != 0 : count[e] != 0)
+                        l[n++] = e;
+        *ret_n = n;
+        return l;
+}
+
+/* The journal cannot be written: no checkpoint may be relied on any more.
+ * 0 if none is left on disk (the I/O may go), else err. */
+static int abandon(struct kvd_ssd *s, int err)
+{
+        char dir[PATH_MAX];
+        int r;
+
+        ssd_ckpt_dir(s, dir, sizeof(dir));
+        s->ck.on = false; /* a checkpoint being written is not followed by a journal */
+        ssd_ckpt_reap(s, true);
+        r = kvd_ckpt_remove(dir);
+        if (r < 0) {
+                s->ck.on = true; /* it is still there: every write must still be journaled */
+                log_error("SSD tier: cannot record an extent in the journal in %s (%s) nor remove the index "
+                          "checkpoint it goes with (%s): refusing the write", dir, strerror(-err), strerror(-r));
+                return err;
+        }
+        log_warning("SSD tier: cannot record an extent in the journal in %s (%s): index checkpoints are off "
+                    "until the next start, and a crash before it reads every slot header", dir, strerror(-err));
+        if (s->ck.fd >= 0)
+                close(s->ck.fd);
+        s->ck.fd = -1;
+        s->ck.off = true;
+        kvd_journal_remove(dir);
+        return 0;
+}
+
+int ssd_dirty_mark(struct kvd_ssd *s, uint32_t e)
+{
+        int r;
+
+        if (!s->ck.on || s->ck.marked[e])
+                return 0;
+        r = kvd_journal_append(s->ck.fd, s->ck.epoch, &e, 1);
+        if (r < 0)
+                return abandon(s, r);
+        s->ck.marked[e] = 1;
+        s->st.journal_appends++;
+        return 0;
+}
+
+int ssd_dirty_begin(struct kvd_ssd *s, uint32_t e)
+{
+        int r = ssd_dirty_mark(s, e);
+
+        if (r == 0)
+                s->ck.mutating[e]++;
+        return r;
+}
+
+void ssd_dirty_end(struct kvd_ssd *s, uint32_t e)
+{
+        if (s->ck.mutating[e] > 0)
+                s->ck.mutating[e]--;
+}
+
+static void *writer(void *arg)
+{
+        struct kvd_ssd *s = arg;
+
+        uint64_t t0 = kvd_now_ns();
+
+        s->ck.result = kvd_ckpt_write_buf(s->ck.dir, s->ck.buf, s->ck.len);
+        s->ck.write_ns = kvd_now_ns() - t0;
+        atomic_store(&s->ck.done, true);
+        return NULL;
+}
+
+struct counted {
+        kvd_tier_ckpt_fn next;
+        void *ctx;
+        size_t n;
+};
+
+static bool count_next(void *ctx, struct kvd_slot_header *ret_h, uint32_t *ret_loc, uint32_t *ret_ns)
+{
+        struct counted *c = ctx;
+        bool more = c->next(c->ctx, ret_h, ret_loc, ret_ns);
+
+        c->n += more;
+        return more;
+}
+
+/* Epoch E begins: the journal learns of the extents with I/O in flight. */
+static int begin_epoch(struct kvd_ssd *s, const char *dir, uint64_t *ret_epoch)
+{
+        uint32_t *pend, n = 0;
+        uint64_t epoch = s->ck.on ? s->ck.epoch + 1 : 1;
+        int r, fd;
+
+        pend = list_of(s, NULL, s->ck.mutating, &n);
+        if (!pend)
+                return -ENOMEM;
+        if (s->ck.on) {
+                r = kvd_journal_append(s->ck.fd, epoch, pend, n);
+                if (r < 0) {
+                        abandon(s, r);
+                        goto out;
+                }
+        } else {
+                uint64_t lineage = ssd_new_lineage();
+
+                r = kvd_journal_create(dir, lineage, epoch, s->n_extents, pend, n, &fd);
+                if (r < 0) {
+                        log_warning("SSD tier: cannot create the journal in %s: %s; no index checkpoint while "
+                                    "serving", dir, strerror(-r));
+                        goto out;
+                }
+                s->ck.fd = fd;
+                s->ck.lineage = lineage;
+                s->ck.on = true;
+        }
+        s->ck.epoch = epoch;
+        memset(s->ck.marked, 0, s->n_extents);
+        for (uint32_t i = 0; i < n; i++)
+                s->ck.marked[pend[i]] = 1;
+        *ret_epoch = epoch;
+out:
+        free(pend);
+        return r;
+}
+
+int ssd_checkpoint_start(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx)
+{
+        struct kvd_ssd *s = ssd_of(t);
+        struct ssd_stored_next a = { s, next, ctx };
+        struct counted cn = { ssd_next_stored, &a, 0 };
+        struct kvd_ckpt_extent *ext = NULL;
+        struct kvd_ckpt_layout lay;
+        uint64_t t0 = kvd_now_ns(), epoch = 0;
+        char dir[PATH_MAX];
+        int r;
+
+        ssd_ckpt_reap(s, false);
+        if (s->ck.running)
+                return -EBUSY;
+        if (s->ck.off || s->st.damaged)
+                return -EIO;
+        ssd_ckpt_dir(s, dir, sizeof(dir));
+        r = begin_epoch(s, dir, &epoch);
+        if (r == 0)
+                r = ssd_ckpt_layout(s, &lay);
+        if (r == 0)
+                r = ssd_ckpt_extents(s, &ext);
+        /* A failure from here on leaves the journal a superset: harmless. */
+        if (r == 0)
+                r = kvd_ckpt_build(&lay, ext, &(struct kvd_ckpt_meta){ s->next_gen, epoch, s->ck.lineage, false },
+                                   count_next, &cn, &s->ck.buf, &s->ck.len);
+        free(ext);
+        if (r < 0) {
+                log_warning("SSD tier: cannot gather an index checkpoint: %s", strerror(-r));
+                return r;
+        }
+        s->ck.blocks = cn.n;
+        s->ck.gather_ns = kvd_now_ns() - t0;
+        snprintf(s->ck.dir, sizeof(s->ck.dir), "%s", dir);
+        atomic_store(&s->ck.done, false);
+        r = -pthread_create(&s->ck.thread, NULL, writer, s);
+        if (r < 0) {
+                log_warning("SSD tier: cannot start the index checkpoint's writer: %s", strerror(-r));
+                free(s->ck.buf);
+                s->ck.buf = NULL;
+                return r;
+        }
+        s->ck.running = true;
+        return 0;
+}
+
+void ssd_ckpt_reap(struct kvd_ssd *s, bool wait)
+{
+        uint32_t *l, n = 0;
+        int r, fd;
+
+        if (!s->ck.running || (!wait && !atomic_load(&s->ck.done)))
+                return;
+        pthread_join(s->ck.thread, NULL);
+        s->ck.running = false;
+        free(s->ck.buf);
+        s->ck.buf = NULL;
+        if (s->ck.result < 0) {
+                log_warning("SSD tier: cannot write the index checkpoint in %s: %s; the one before it (if any) "
+                            "stays in use", s->ck.dir, strerror(-s->ck.result));
+                return;
+        }
+        s->st.checkpoints++;
+        s->st.checkpoint_gather_ns = s->ck.gather_ns;
+        if (!s->ck.on)
+                return;
+        /* Entries of earlier epochs are of no use now: a shorter journal. */
+        l = list_of(s, s->ck.marked, NULL, &n);
+        r = l ? kvd_journal_create(s->ck.dir, s->ck.lineage, s->ck.epoch, s->n_extents, l, n, &fd) : -ENOMEM;
+        free(l);
+        if (r == 0) {
+                close(s->ck.fd);
+                s->ck.fd = fd;
+        } else {
+                log_warning("SSD tier: cannot rewrite the journal in %s: %s; it keeps its older entries",
+                            s->ck.dir, strerror(-r));
+        }
+        log_info("SSD tier: index checkpoint %" PRIu64 " written: %zu blocks, gathered in %.1f ms on the event "
+                 "loop, written in %.3f s off it; %u extents written since", s->ck.epoch, s->ck.blocks,
+                 (double)s->ck.gather_ns / 1e6, (double)s->ck.write_ns / 1e9, n);
+}
+
+int ssd_ckpt_resume(struct kvd_ssd *s, const char *dir, const struct kvd_ckpt_meta *meta, const uint8_t *dirty)
+{
+        uint32_t *l, n = 0;
+        int r, fd;
+
+        l = list_of(s, dirty, NULL, &n);
+        if (!l)
+                return -ENOMEM;
+        r = kvd_journal_create(dir, meta->lineage, meta->epoch, s->n_extents, l, n, &fd);
+        free(l);
+        if (r < 0)
+                return r;
+        s->ck.fd = fd;
+        s->ck.on = true;
+        s->ck.lineage = meta->lineage;
+        s->ck.epoch = meta->epoch;
+        memcpy(s->ck.marked, dirty, s->n_extents);
+        return 0;
+}
+
+void ssd_ckpt_closed(struct kvd_ssd *s, const char *dir)
+{
+        if (s->ck.fd >= 0)
+                close(s->ck.fd);
+        s->ck.fd = -1;
+        if (s->ck.on && kvd_journal_remove(dir) < 0)
+                log_notice("SSD tier: cannot remove the journal in %s: %m", dir);
+        s->ck.on = false;
+}
