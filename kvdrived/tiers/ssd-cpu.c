@@ -14,7 +14,11 @@
  *    page. A slot that fails any of it is a miss (-EBADMSG), as always.
  *
  * Small uncompressed payloads (under CPU_OFFLOAD_BYTES) are checksummed on
- * the loop, as before: a hand-off to a thread costs about as much.
+ * the loop, as before: a hand-off to a thread costs about as much. So are
+ * large ones while the tier has nothing else in flight: then the loop has
+ * no I/O to keep going, and the hand-off's two wake-ups (a thread, then the
+ * loop again: ~60 us each on an idle VM's vCPU) would only add latency — a
+ * lone 1 MiB read took 16% longer with them (docs/bench/ssd.md).
  * Encoded slots are read whatever the tier's codec is now (the header says
  * which), so changing ssd-codec never makes a block read wrong.
  */
@@ -31,6 +35,12 @@ uint32_t ssd_stored_len(const struct kvd_tier *t, const struct kvd_slot_header *
         uint32_t n = s->codec == KVD_CODEC_ID_NONE ? 0 : kvd_slot_stored_len(s->codec, id, raw);
 
         return n ? n : raw;
+}
+
+/* Nothing else in flight, queued or at the threads. */
+static bool tier_idle(const struct kvd_ssd *s)
+{
+        return s->inflight == 0 && s->queued == 0 && kvd_jobs_outstanding(s->jobs) == 0;
 }
 
 static void *slot_buffer(size_t n)
@@ -92,7 +102,7 @@ bool ssd_cpu_write(struct kvd_ssd *s, struct op *o)
                         ssd_op_end(s, o, -ENOMEM);
                         return true;
                 }
-        } else if (o->len < CPU_OFFLOAD_BYTES) {
+        } else if (o->len < CPU_OFFLOAD_BYTES || tier_idle(s)) {
                 return false;
         }
         o->job = (struct kvd_job){ .run = write_run, .done = write_done };
@@ -156,7 +166,7 @@ bool ssd_cpu_read(struct kvd_ssd *s, struct op *o)
 {
         const struct kvd_slot_header *h = o->bounce ? (const void *)o->bounce : o->page;
 
-        if (!o->bounce && h->codec == KVD_CODEC_ID_NONE && o->len < CPU_OFFLOAD_BYTES)
+        if (!o->bounce && h->codec == KVD_CODEC_ID_NONE && (o->len < CPU_OFFLOAD_BYTES || tier_idle(s)))
                 return false;
         o->hdr.extent_generation = s->extent_gen[kvd_slab_extent_of(s->slab, o->loc)];
         o->job = (struct kvd_job){ .run = read_run, .done = read_done };
