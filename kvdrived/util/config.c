@@ -278,6 +278,9 @@ static int apply(struct kvd_config *cfg, const struct option_def *o, const char 
                 if (r == -ERANGE && o->max)
                         fprintf(config_errf(), "kvdrived: %s: %s=%s is out of range [%" PRIu64 ", %" PRIu64 "]\n",
                                 where, o->name, value, o->min, o->max);
+                else if (o->type == OPT_CODEC)
+                        fprintf(config_errf(), "kvdrived: %s: invalid value for %s: '%s' (none, zstd, fp8, int8, "
+                                "int4)\n", where, o->name, value);
                 else
                         fprintf(config_errf(), "kvdrived: %s: invalid value for %s: '%s'\n", where, o->name, value);
         }

@@ -112,6 +112,16 @@ START_TEST(bad_input)
                 ck_assert_int_lt(load(&cfg, a, 1), 0);
         }
         {
+                const char *a[] = { "--ssd-codec", "gzip" };
+                ck_assert_int_lt(load(&cfg, a, 2), 0);
+        }
+        {
+                const char *a[] = { "--ssd-codec", "int4", "--remote-codec", "zstd" };
+                ck_assert_int_eq(load(&cfg, a, 4), 0);
+                ck_assert_uint_eq(cfg.ssd_codec, 4);
+                ck_assert_uint_eq(cfg.remote_codec, 1);
+        }
+        {
                 const char *a[] = { "--config", "/nonexistent/kvdrived.conf" };
                 ck_assert_int_lt(load(&cfg, a, 2), 0);
         }
