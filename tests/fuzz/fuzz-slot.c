@@ -7,7 +7,8 @@
  * as many bytes as the struct; what is missing is zero). Flags bit 0 seals
  * the extent header, bit 1 the slot header, bit 2 sets the payload crc, so
  * that inputs get past the crcs to the checks behind them. The checks must
- * agree with each other and with the format's bounds.
+ * agree with each other and with the format's bounds, for uncompressed
+ * reads and reads of any codec (kvd_slot_matches_any()).
  */
 #include <string.h>
 
@@ -73,5 +74,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     kvd_slot_matches(&h, eh.generation, h.key_hi ^ 1, h.key_lo, h.layer, payload, h.payload_len))
                         fuzz_fail("a read matched another key");
         }
+        /* Any codec: the encoded payload must lie in the buffer read, and its
+         * length be one the codec writes for the namespace's raw block
+         * (taken here as plen bytes). */
+        match = kvd_slot_matches_any(&h, eh.generation, h.key_hi, h.key_lo, h.layer, payload, (uint32_t)plen,
+                                     (uint32_t)plen);
+        if (match && (!valid || h.payload_len > plen || !kvd_slot_payload_len_ok(&h, (uint32_t)plen) ||
+                      h.payload_crc != kvd_slot_crc(payload, h.payload_len)))
+                fuzz_fail("a read of any codec matched a slot it must refuse");
+        if (match && h.codec == KVD_CODEC_NONE && h.payload_len != plen)
+                fuzz_fail("an uncompressed payload of %u bytes matched a %zu-byte block", h.payload_len, plen);
         return 0;
 }
