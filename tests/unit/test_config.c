@@ -120,6 +120,7 @@ START_TEST(bad_input)
                 ck_assert_int_eq(load(&cfg, a, 4), 0);
                 ck_assert_uint_eq(cfg.ssd_codec, 4);
                 ck_assert_uint_eq(cfg.remote_codec, 1);
+                kvd_config_free(&cfg);
         }
         {
                 const char *a[] = { "--config", "/nonexistent/kvdrived.conf" };
