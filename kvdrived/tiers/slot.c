@@ -52,9 +52,7 @@ bool kvd_slot_header_recoverable(const struct kvd_slot_header *h, uint64_t exten
 bool kvd_slot_matches(const struct kvd_slot_header *h, uint64_t extent_gen, uint64_t key_hi, uint64_t key_lo,
                       uint32_t layer, const void *payload, uint32_t len)
 {
-        return kvd_slot_header_valid(h, extent_gen) && h->codec == KVD_CODEC_NONE && h->key_hi == key_hi &&
-               h->key_lo == key_lo && h->layer == layer && h->payload_len == len &&
-               h->payload_crc == kvd_slot_crc(payload, len);
+        return h->codec == KVD_CODEC_NONE && kvd_slot_matches_any(h, extent_gen, key_hi, key_lo, layer, payload, len, len);
 }
 
 void kvd_slot_codec_shape(const struct kvd_slot_header *h, struct kvd_codec_shape *ret)

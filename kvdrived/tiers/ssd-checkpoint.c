@@ -447,15 +447,15 @@ uint32_t kvd_ckpt_record_ns(const struct kvd_ckpt *k, uint64_t i)
         return k->recs[i].ns;
 }
 
-int kvd_ckpt_remove(const char *dir)
+int kvd_ckpt_remove_files(const char *dir, const char *name, const char *tmp_name)
 {
         char path[PATH_MAX], tmp[PATH_MAX];
         bool any = false;
         int r;
 
-        r = path_in(path, sizeof(path), dir, CKPT_NAME);
+        r = path_in(path, sizeof(path), dir, name);
         if (r == 0)
-                r = path_in(tmp, sizeof(tmp), dir, CKPT_TMP);
+                r = path_in(tmp, sizeof(tmp), dir, tmp_name);
         if (r < 0)
                 return r;
         if (unlink(path) == 0)
@@ -465,4 +465,9 @@ int kvd_ckpt_remove(const char *dir)
         if (unlink(tmp) == 0)
                 any = true;
         return any ? kvd_ckpt_fsync_dir(dir) : 0;
+}
+
+int kvd_ckpt_remove(const char *dir)
+{
+        return kvd_ckpt_remove_files(dir, CKPT_NAME, CKPT_TMP);
 }

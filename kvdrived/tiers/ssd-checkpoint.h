@@ -112,5 +112,8 @@ int kvd_ckpt_remove(const char *dir);
  * bytes; a whole file into a malloc()ed *ret (the caller frees it). 0 or
  * -errno. */
 int kvd_ckpt_fsync_dir(const char *dir);
+/* Unlinks dir/name and dir/tmp_name (either may be missing), then makes
+ * that durable (fsync of dir). 0 or -errno. */
+int kvd_ckpt_remove_files(const char *dir, const char *name, const char *tmp_name);
 int kvd_ckpt_write_all(int fd, const void *buf, size_t n);
 int kvd_ckpt_read_whole(const char *path, uint8_t **ret, size_t *ret_len);

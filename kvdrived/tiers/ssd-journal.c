@@ -171,20 +171,5 @@ int kvd_journal_append(int fd, uint64_t epoch, const uint32_t *extents, uint32_t
 
 int kvd_journal_remove(const char *dir)
 {
-        char path[PATH_MAX], tmp[PATH_MAX];
-        bool any = false;
-        int r;
-
-        r = path_in(path, sizeof(path), dir, JOURNAL_NAME);
-        if (r == 0)
-                r = path_in(tmp, sizeof(tmp), dir, JOURNAL_TMP);
-        if (r < 0)
-                return r;
-        if (unlink(path) == 0)
-                any = true;
-        else if (errno != ENOENT)
-                return -errno;
-        if (unlink(tmp) == 0)
-                any = true;
-        return any ? kvd_ckpt_fsync_dir(dir) : 0;
+        return kvd_ckpt_remove_files(dir, JOURNAL_NAME, JOURNAL_TMP);
 }

@@ -31,6 +31,14 @@ void ssd_dir_remove(struct ssd_dir *d)
         nftw(d->path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+struct kvc_key ssd_new_seq(void)
+{
+        struct kvc_key seq;
+
+        ck_assert_int_eq(kvc_key_sequence_new(&seq), 0);
+        return seq;
+}
+
 void ssd_client_open(struct ssd_client *sc, const char *sock, uint32_t slots)
 {
         memset(sc, 0, sizeof(*sc));

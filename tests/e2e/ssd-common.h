@@ -16,6 +16,9 @@ struct ssd_dir {
 void ssd_dir_make(struct ssd_dir *d);
 void ssd_dir_remove(struct ssd_dir *d);
 
+/* A fresh key sequence (the test fails if none can be had). */
+struct kvc_key ssd_new_seq(void);
+
 /* A connected client with the e2e namespace and a pool of `slots`. */
 struct ssd_client {
         kvc_client *c;

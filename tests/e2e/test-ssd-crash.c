@@ -23,14 +23,6 @@
 #define SCANNED "by scanning"
 #define CKPT_DONE "index checkpoint", "written:"
 
-static struct kvc_key new_seq(void)
-{
-        struct kvc_key seq;
-
-        ck_assert_int_eq(kvc_key_sequence_new(&seq), 0);
-        return seq;
-}
-
 static void start(struct kvd_test_daemon *d, const char *dir, const char *interval)
 {
         const struct kvd_test_opts opts = { .log_file = true };
@@ -188,7 +180,7 @@ START_TEST(test_crash_after_interval_checkpoint)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         long read;
 
         ssd_dir_make(&dir);
@@ -228,7 +220,7 @@ START_TEST(test_fewer_headers_than_a_scan)
 {
         struct kvd_test_daemon d;
         struct ssd_dir dir;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         char path[256];
         long from_ckpt;
 
@@ -263,7 +255,7 @@ START_TEST(test_damaged_journal_scans)
 {
         struct kvd_test_daemon d;
         struct ssd_dir dir;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
 
         ssd_dir_make(&dir);
         fill_checkpoint_crash(&d, &dir, &seq);
@@ -282,7 +274,7 @@ START_TEST(test_missing_journal_scans)
 {
         struct kvd_test_daemon d;
         struct ssd_dir dir;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         char path[256];
 
         ssd_dir_make(&dir);
@@ -302,7 +294,7 @@ START_TEST(test_damaged_interval_checkpoint_scans)
 {
         struct kvd_test_daemon d;
         struct ssd_dir dir;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         char path[256];
         struct stat st;
 
@@ -327,7 +319,7 @@ START_TEST(test_crash_after_clean_start)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
 
         ssd_dir_make(&dir);
         start(&d, dir.path, "3600");

@@ -26,14 +26,6 @@
 #define SLOT_BYTES (KVD_SLOT_HDR_BYTES + E2E_BLOCK_BYTES)
 #define SSD_ARGS(dir) "--host-bytes", "16M", "--ssd-dir", (dir), "--ssd-bytes", "64M", "--ssd-extent-bytes", "1M"
 
-static struct kvc_key new_seq(void)
-{
-        struct kvc_key seq;
-
-        ck_assert_int_eq(kvc_key_sequence_new(&seq), 0);
-        return seq;
-}
-
 static void start_opts(struct kvd_test_daemon *d, const struct kvd_test_opts *o, const char *dir)
 {
         const char *const args[] = { SSD_ARGS(dir), NULL };
@@ -87,7 +79,7 @@ START_TEST(test_second_daemon_refused)
         struct kvd_test_daemon a, c;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         char sock[200], pid[32], lock[200], held[32] = { 0 }, *out;
         int status;
 
@@ -260,7 +252,7 @@ static void damage_under_daemon(enum damage how)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         struct kvc_tier_stats before, t;
         struct ssd_put_st p;
         struct ssd_got got;
@@ -416,7 +408,7 @@ static void damage_found_idle(bool regrow)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         struct kvc_tier_stats t;
         struct stat st;
 
@@ -462,7 +454,7 @@ START_TEST(test_cut_and_regrown_durable_refused)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         struct ssd_put_st p;
         struct stat st;
 
@@ -491,7 +483,7 @@ START_TEST(test_write_through_when_damaged)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         struct kvc_tier_stats t;
 
         ssd_dir_make(&dir);
@@ -521,7 +513,7 @@ START_TEST(test_file_size_limit_caps_the_tier)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         struct kvc_tier_stats t;
         struct ssd_got got;
 
@@ -560,7 +552,7 @@ START_TEST(test_file_size_limit_write_fails)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         struct kvc_tier_stats t;
         struct ssd_put_st p;
 

@@ -23,14 +23,6 @@
 #define FROM_CKPT "from the index checkpoint, 0 slot headers read"
 #define SCANNED "by scanning"
 
-static struct kvc_key new_seq(void)
-{
-        struct kvc_key seq;
-
-        ck_assert_int_eq(kvc_key_sequence_new(&seq), 0);
-        return seq;
-}
-
 static void start(struct kvd_test_daemon *d, const char *dir, const char *ssd_bytes)
 {
         const struct kvd_test_opts opts = { .log_file = true };
@@ -112,7 +104,7 @@ START_TEST(test_clean_stop_loads_checkpoint)
 {
         struct kvd_test_daemon d;
         struct ssd_dir dir;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
 
         ssd_dir_make(&dir);
         fill_and_stop(&d, &dir, &seq);
@@ -134,7 +126,7 @@ START_TEST(test_damaged_checkpoint_scans)
 {
         struct kvd_test_daemon d;
         struct ssd_dir dir;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         char path[256];
         struct stat st;
 
@@ -160,7 +152,7 @@ START_TEST(test_stale_checkpoint_after_crash)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         struct ssd_got got;
         char path[256], saved[300];
         int status;
@@ -237,7 +229,7 @@ START_TEST(test_forced_stale_checkpoint_serves_nothing_wrong)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         struct ssd_got got;
         struct timespec ts[2];
         char path[256], saved[300];
@@ -275,7 +267,7 @@ START_TEST(test_other_ssd_bytes_ignores_checkpoint)
 {
         struct kvd_test_daemon d;
         struct ssd_dir dir;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
 
         ssd_dir_make(&dir);
         fill_and_stop(&d, &dir, &seq);

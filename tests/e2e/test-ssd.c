@@ -22,20 +22,12 @@
  * blocks; 64 MiB SSD in 1 MiB extents. */
 #define SSD_ARGS(dir) "--host-bytes", "16M", "--ssd-dir", (dir), "--ssd-bytes", "64M", "--ssd-extent-bytes", "1M"
 
-static struct kvc_key new_seq(void)
-{
-        struct kvc_key seq;
-
-        ck_assert_int_eq(kvc_key_sequence_new(&seq), 0);
-        return seq;
-}
-
 START_TEST(test_demote_and_promote)
 {
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         struct kvc_tier_stats host, ssd;
         struct ssd_got got;
 
@@ -72,7 +64,7 @@ START_TEST(test_gets_beyond_host_pages_wait)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         struct kvc_block_ref *refs = calloc(N, sizeof(*refs));
         uint8_t *st = malloc(N), *want = malloc(E2E_BLOCK_BYTES);
         uint64_t ids[N / PER];
@@ -111,7 +103,7 @@ START_TEST(test_restart_serves_blocks)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         struct ssd_got got;
 
         ssd_dir_make(&dir);
@@ -171,7 +163,7 @@ START_TEST(test_sigkill_keeps_durable_blocks)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct writer_arg w = { .seq = new_seq() };
+        struct writer_arg w = { .seq = ssd_new_seq() };
         struct ssd_got got;
         char why[128];
         pid_t pid;
@@ -211,7 +203,7 @@ static void damage_and_restart(long long delta)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         struct kvc_block_ref r;
         struct ssd_got got;
         struct kvc_tier_stats t;
@@ -268,7 +260,7 @@ START_TEST(test_split_read_damage)
         const uint32_t size = 1u << 20;
         struct kvd_test_daemon d;
         struct ssd_dir dir;
-        struct kvc_key seq = new_seq(), keys[2];
+        struct kvc_key seq = ssd_new_seq(), keys[2];
         struct kvc_block_ref refs[2];
         struct kvc_tier_stats t = { 0 };
         struct kvc_stats *st = NULL;
@@ -335,7 +327,7 @@ START_TEST(test_delete_then_reuse)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq(), keys[64];
+        struct kvc_key seq = ssd_new_seq(), keys[64];
         struct kvc_block_ref refs[64];
         uint8_t st[64], want[65536];
         kvc_pool *bp;
@@ -407,7 +399,7 @@ START_TEST(test_admission_spares_the_drive)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         struct kvc_tier_stats t;
 
         ssd_dir_make(&dir);
@@ -449,7 +441,7 @@ START_TEST(test_write_through)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
 
         ssd_dir_make(&dir);
         E2E_START(&d, SSD_ARGS(dir.path), "--ssd-write-through", );
@@ -474,7 +466,7 @@ START_TEST(test_prefetch_promotes)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         struct kvc_block_ref refs[64];
         struct kvc_tier_stats h0, s0, h1, s1;
         uint8_t st[64];
@@ -513,7 +505,7 @@ START_TEST(test_two_directories)
         struct kvd_test_daemon d;
         struct ssd_dir a, b;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         char dirs[300];
         struct stat sa, sb;
 
@@ -547,7 +539,7 @@ START_TEST(test_next_layer_promotion)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         struct kvc_block_ref refs[64];
         struct kvc_stats *st = NULL;
         uint8_t stv[64];
@@ -617,7 +609,7 @@ START_TEST(test_report_scores)
 {
         struct kvd_test_daemon d;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         struct kvc_block_score sco[8];
         struct kvc_stats *st = NULL;
         uint64_t applied = 0;
@@ -652,7 +644,7 @@ START_TEST(test_durable_needs_ssd)
 {
         struct kvd_test_daemon d;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
 
         E2E_START(&d, );
         ssd_client_open(&sc, d.socket_path, 64);
@@ -673,7 +665,7 @@ START_TEST(test_durable_put_of_stored_blocks)
         struct kvd_test_daemon d;
         struct ssd_dir dir;
         struct ssd_client sc;
-        struct kvc_key seq = new_seq();
+        struct kvc_key seq = ssd_new_seq();
         struct ssd_put_st st;
         struct kvc_tier_stats t0, t1;
         int status;
