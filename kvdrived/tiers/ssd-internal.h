@@ -83,13 +83,30 @@ struct ssd_file {
 
 /* Interval checkpoints and the journal of extents written since one
  * (ssd-interval.c; tiers/ssd-journal.h). */
+enum ssd_mark {
+        SSD_UNMARKED,           /* not in the journal for this epoch */
+        SSD_MARKED,             /* in it, on stable storage */
+        SSD_QUEUED,             /* to be appended: its writes and wipes wait */
+};
+
 struct ssd_ckpt {
         bool on;                /* a checkpoint on disk (or being written) relies on the journal */
         bool off;               /* the journal failed: no more checkpoints while serving */
         int fd;                 /* kvdrive.dirty, open for appending; -1 */
         uint64_t lineage, epoch;
-        uint8_t *marked;        /* per extent: in the journal for this epoch */
+        uint8_t *marked;        /* per extent: enum ssd_mark, for this epoch */
         uint32_t *mutating;     /* per extent: writes and wipes not yet completed */
+        /* Appends, one at a time, by a thread of their own (an fdatasync
+         * is a wait of milliseconds: not the loop's, nor the CPU stage's). */
+        struct kvd_jobs *jobs;
+        struct kvd_job job;
+        bool busy;              /* an append is at the thread */
+        unsigned hold;          /* no new append: the journal is being changed */
+        int job_fd, job_result;
+        uint64_t job_epoch;
+        uint32_t *queue, n_queue;       /* SSD_QUEUED extents, for the next append */
+        uint32_t *sending, n_sending;   /* the running append's (SSD_QUEUED too) */
+        struct op *parked, *parked_tail;        /* writes and wipes waiting for theirs */
         /* The checkpoint being written off the loop. */
         bool running;
         pthread_t thread;
@@ -183,13 +200,24 @@ bool ssd_next_stored(void *ctx, struct kvd_slot_header *ret_h, uint32_t *ret_loc
  * waiting for a checkpoint being written (kvd_ssd_free). */
 int ssd_ckpt_init(struct kvd_ssd *s);
 void ssd_ckpt_fini(struct kvd_ssd *s);
-/* Before a write or wipe of extent e is submitted: e in the journal (on
- * stable storage) if a checkpoint relies on it. begin/end also count the
- * I/O as in flight until it completes. 0, or -errno: the I/O must not be
- * submitted. mark alone: for a write done at once (an extent header). */
-int ssd_dirty_mark(struct kvd_ssd *s, uint32_t e);
-int ssd_dirty_begin(struct kvd_ssd *s, uint32_t e);
+/* The journal's thread's completions in the loop. */
+int ssd_ckpt_watch(struct kvd_ssd *s, struct kvd_loop *l);
+/* A write or wipe of extent e is begun (ssd_write, ssd_discard) / has ended
+ * (ssd_op_end): counted as in flight, for the next epoch's journal. */
+void ssd_dirty_begin(struct kvd_ssd *s, uint32_t e);
 void ssd_dirty_end(struct kvd_ssd *s, uint32_t e);
+/* An operation about to be queued for I/O (ssd_enqueue): true if it is a
+ * write or wipe of an extent a checkpoint relies on that is not in the
+ * journal yet. It is then held until the journal's thread has made the
+ * extent durable there, and queued (ssd_enqueue) or ended with the error
+ * (ssd_op_end) after. */
+bool ssd_journal_park(struct kvd_ssd *s, struct op *o);
+/* An append is at the journal's thread; wait for it (a drain's). */
+bool ssd_journal_busy(const struct kvd_ssd *s);
+void ssd_journal_wait(struct kvd_ssd *s);
+/* Before a write done at once (an extent header): e in the journal, on the
+ * loop. 0, or -errno: the write must not be done. */
+int ssd_dirty_mark(struct kvd_ssd *s, uint32_t e);
 /* The checkpoint op taken while serving (tier.h). */
 int ssd_checkpoint_start(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx);
 /* Finishes a checkpoint written off the loop, if it is (ssd_check: about

@@ -27,29 +27,53 @@
 #include "clock.h"
 #include "log.h"
 #include "loop.h"
+#include "macro.h"
 #include "ssd-checkpoint.h"
 #include "ssd-internal.h"
 #include "ssd-journal.h"
 
+static void append_run(struct kvd_job *j);
+static void append_done(struct kvd_job *j);
+
 int ssd_ckpt_init(struct kvd_ssd *s)
 {
-        s->ck.fd = -1;
-        s->ck.marked = calloc(s->n_extents, 1);
-        s->ck.mutating = calloc(s->n_extents, sizeof(uint32_t));
-        return s->ck.marked && s->ck.mutating ? 0 : -ENOMEM;
+        struct ssd_ckpt *ck = &s->ck;
+
+        ck->fd = -1;
+        ck->marked = calloc(s->n_extents, 1);
+        ck->mutating = calloc(s->n_extents, sizeof(uint32_t));
+        ck->queue = malloc((size_t)s->n_extents * sizeof(uint32_t));
+        ck->sending = malloc((size_t)s->n_extents * sizeof(uint32_t));
+        ck->job = (struct kvd_job){ .run = append_run, .done = append_done };
+        if (!ck->marked || !ck->mutating || !ck->queue || !ck->sending)
+                return -ENOMEM;
+        return kvd_jobs_new(1, "kvd-ssd-journal", &ck->jobs);
+}
+
+int ssd_ckpt_watch(struct kvd_ssd *s, struct kvd_loop *l)
+{
+        return kvd_jobs_watch(s->ck.jobs, l);
 }
 
 void ssd_ckpt_fini(struct kvd_ssd *s)
 {
-        s->ck.on = false; /* no journal to rewrite: it stays as it is */
+        struct ssd_ckpt *ck = &s->ck;
+
+        /* After the drain: no append is running, no operation waits. */
+        ck->hold++;
+        ck->jobs = kvd_jobs_free(ck->jobs);
+        ck->on = false; /* no journal to rewrite: it stays as it is */
         ssd_ckpt_reap(s, true);
-        if (s->ck.fd >= 0)
-                close(s->ck.fd);
-        s->ck.fd = -1;
-        free(s->ck.marked);
-        free(s->ck.mutating);
-        s->ck.marked = NULL;
-        s->ck.mutating = NULL;
+        if (ck->fd >= 0)
+                close(ck->fd);
+        ck->fd = -1;
+        free(ck->marked);
+        free(ck->mutating);
+        free(ck->queue);
+        free(ck->sending);
+        ck->marked = NULL;
+        ck->mutating = NULL;
+        ck->queue = ck->sending = NULL;
 }
 
 /* Tells one lineage of checkpoints and journals from another (a journal
@@ -72,14 +96,15 @@ static uint32_t *list_of(const struct kvd_ssd *s, const uint8_t *set, const uint
         if (!l)
                 return NULL;
         for (uint32_t e = 0; e < s->n_extents; e++)
-                if (set ? set[e] != 0 : count[e] != 0)
+                if (set ? set[e] == SSD_MARKED : count[e] != 0)
                         l[n++] = e;
         *ret_n = n;
         return l;
 }
 
 /* The journal cannot be written: no checkpoint may be relied on any more.
- * 0 if none is left on disk (the I/O may go), else err. */
+ * 0 if none is left on disk (the I/O may go), else err. No append may be
+ * running (it uses the fd). */
 static int abandon(struct kvd_ssd *s, int err)
 {
         char dir[PATH_MAX];
@@ -105,27 +130,202 @@ static int abandon(struct kvd_ssd *s, int err)
         return 0;
 }
 
-int ssd_dirty_mark(struct kvd_ssd *s, uint32_t e)
-{
-        int r;
+/* ---- the journal's appends ------------------------------------------------
+ *
+ * A write or wipe of an extent not yet in the journal for this epoch waits
+ * (parked, counted in mutating) while one thread appends every extent
+ * queued so far and makes them durable with one fdatasync; when it is
+ * done, the loop marks them and lets their operations go. The loop never
+ * waits for the disk, and a burst of writes to many extents costs one
+ * fdatasync per append, not one per extent. The journal's fd is replaced
+ * (ssd_ckpt_reap), closed (abandon) and appended to on the loop
+ * (begin_epoch, ssd_dirty_mark) only with no append running: they hold
+ * the thread off and wait for the one it has (quiesce), at most one
+ * fdatasync. So an append never straddles two epochs either.
+ */
 
-        if (!s->ck.on || s->ck.marked[e])
-                return 0;
-        r = kvd_journal_append(s->ck.fd, s->ck.epoch, &e, 1);
-        if (r < 0)
-                return abandon(s, r);
-        s->ck.marked[e] = 1;
-        s->st.journal_appends++;
-        return 0;
+static uint32_t extent_of(const struct kvd_ssd *s, const struct op *o)
+{
+        return kvd_slab_extent_of(s->slab, o->loc);
 }
 
-int ssd_dirty_begin(struct kvd_ssd *s, uint32_t e)
+static void quiesce(struct kvd_ssd *s)
 {
-        int r = ssd_dirty_mark(s, e);
+        s->ck.hold++;
+        while (s->ck.busy)
+                kvd_jobs_wait(s->ck.jobs);
+}
 
-        if (r == 0)
-                s->ck.mutating[e]++;
+/* The queued extents become the next append's. */
+static void take_queue(struct ssd_ckpt *ck)
+{
+        uint32_t *l = ck->sending;
+
+        ck->sending = ck->queue;
+        ck->n_sending = ck->n_queue;
+        ck->queue = l;
+        ck->n_queue = 0;
+}
+
+static void kick(struct kvd_ssd *s)
+{
+        struct ssd_ckpt *ck = &s->ck;
+
+        if (ck->busy || ck->hold || ck->n_queue == 0 || !ck->on)
+                return;
+        take_queue(ck);
+        ck->job_fd = ck->fd;
+        ck->job_epoch = ck->epoch;
+        ck->busy = true;
+        kvd_jobs_submit(ck->jobs, &ck->job);
+}
+
+static void unhold(struct kvd_ssd *s)
+{
+        s->ck.hold--;
+        kick(s);
+}
+
+static void queue_extent(struct kvd_ssd *s, uint32_t e)
+{
+        if (s->ck.marked[e] != SSD_UNMARKED)
+                return;
+        s->ck.marked[e] = SSD_QUEUED;
+        s->ck.queue[s->ck.n_queue++] = e;
+}
+
+/* The parked operations that may go now go; those of an extent whose
+ * append failed (SSD_UNMARKED again) end with err; the rest wait on. */
+static void release(struct kvd_ssd *s, int err)
+{
+        struct ssd_ckpt *ck = &s->ck;
+        struct op *o = ck->parked, *keep = NULL, *keep_tail = NULL;
+
+        /* Ending an operation calls back into the cache, which may write
+         * (and park) again: the list is taken off first. */
+        ck->parked = ck->parked_tail = NULL;
+        while (o) {
+                struct op *next = o->next;
+                uint8_t m = ck->marked[extent_of(s, o)];
+
+                o->next = NULL;
+                if (!ck->on || m == SSD_MARKED) {
+                        ssd_enqueue(s, o);
+                } else if (m == SSD_UNMARKED) {
+                        if (err < 0) {
+                                ssd_op_end(s, o, err);
+                        } else { /* a new epoch: to be appended again */
+                                queue_extent(s, extent_of(s, o));
+                                goto keep;
+                        }
+                } else {
+keep:
+                        if (keep_tail)
+                                keep_tail->next = o;
+                        else
+                                keep = o;
+                        keep_tail = o;
+                }
+                o = next;
+        }
+        if (keep) { /* before any parked meanwhile: they are older */
+                keep_tail->next = ck->parked;
+                if (!ck->parked)
+                        ck->parked_tail = keep_tail;
+                ck->parked = keep;
+        }
+}
+
+/* An append of l (n extents, SSD_QUEUED) ended with r: they are in the
+ * journal, or it is abandoned (0: the operations go without), or their
+ * operations fail. Returns what they get. */
+static int commit(struct kvd_ssd *s, const uint32_t *l, uint32_t n, int r)
+{
+        if (r == 0) {
+                for (uint32_t i = 0; i < n; i++)
+                        s->ck.marked[l[i]] = SSD_MARKED;
+                s->st.journal_appends += n;
+        } else {
+                r = abandon(s, r);
+                for (uint32_t i = 0; r < 0 && i < n; i++)
+                        s->ck.marked[l[i]] = SSD_UNMARKED;
+        }
+        release(s, r);
         return r;
+}
+
+static void append_run(struct kvd_job *j)
+{
+        struct ssd_ckpt *ck = container_of(j, struct ssd_ckpt, job);
+
+        ck->job_result = kvd_journal_append(ck->job_fd, ck->job_epoch, ck->sending, ck->n_sending);
+}
+
+static void append_done(struct kvd_job *j)
+{
+        struct ssd_ckpt *ck = container_of(j, struct ssd_ckpt, job);
+        struct kvd_ssd *s = container_of(ck, struct kvd_ssd, ck);
+
+        ck->busy = false;
+        ck->hold++;
+        commit(s, ck->sending, ck->n_sending, ck->job_result);
+        unhold(s);
+}
+
+bool ssd_journal_park(struct kvd_ssd *s, struct op *o)
+{
+        struct ssd_ckpt *ck = &s->ck;
+        uint32_t e;
+
+        if (!ck->on || (o->kind != OP_WRITE && o->kind != OP_INVALIDATE))
+                return false;
+        e = extent_of(s, o);
+        if (ck->marked[e] == SSD_MARKED)
+                return false;
+        queue_extent(s, e);
+        o->next = NULL;
+        if (ck->parked_tail)
+                ck->parked_tail->next = o;
+        else
+                ck->parked = o;
+        ck->parked_tail = o;
+        kick(s);
+        return true;
+}
+
+bool ssd_journal_busy(const struct kvd_ssd *s)
+{
+        return s->ck.busy;
+}
+
+void ssd_journal_wait(struct kvd_ssd *s)
+{
+        if (s->ck.busy)
+                kvd_jobs_wait(s->ck.jobs);
+}
+
+int ssd_dirty_mark(struct kvd_ssd *s, uint32_t e)
+{
+        struct ssd_ckpt *ck = &s->ck;
+        int r = 0;
+
+        if (!ck->on || ck->marked[e] == SSD_MARKED)
+                return 0;
+        quiesce(s);
+        if (ck->on && ck->marked[e] != SSD_MARKED) {
+                /* The extents queued so far go with it, in the same fdatasync. */
+                queue_extent(s, e);
+                take_queue(ck);
+                r = kvd_journal_append(ck->fd, ck->epoch, ck->sending, ck->n_sending);
+                r = commit(s, ck->sending, ck->n_sending, r);
+        }
+        unhold(s);
+        return r;
+}
+
+void ssd_dirty_begin(struct kvd_ssd *s, uint32_t e)
+{
+        s->ck.mutating[e]++;
 }
 
 void ssd_dirty_end(struct kvd_ssd *s, uint32_t e)
@@ -165,12 +365,16 @@ static bool count_next(void *ctx, struct kvd_slot_header *ret_h, uint32_t *ret_l
 static int begin_epoch(struct kvd_ssd *s, const char *dir, uint64_t *ret_epoch)
 {
         uint32_t *pend, n = 0;
-        uint64_t epoch = s->ck.on ? s->ck.epoch + 1 : 1;
+        uint64_t epoch;
         int r, fd;
 
+        quiesce(s);
+        epoch = s->ck.on ? s->ck.epoch + 1 : 1;
         pend = list_of(s, NULL, s->ck.mutating, &n);
-        if (!pend)
+        if (!pend) {
+                unhold(s);
                 return -ENOMEM;
+        }
         if (s->ck.on) {
                 r = kvd_journal_append(s->ck.fd, epoch, pend, n);
                 if (r < 0) {
@@ -191,12 +395,16 @@ static int begin_epoch(struct kvd_ssd *s, const char *dir, uint64_t *ret_epoch)
                 s->ck.on = true;
         }
         s->ck.epoch = epoch;
-        memset(s->ck.marked, 0, s->n_extents);
+        memset(s->ck.marked, SSD_UNMARKED, s->n_extents);
         for (uint32_t i = 0; i < n; i++)
-                s->ck.marked[pend[i]] = 1;
+                s->ck.marked[pend[i]] = SSD_MARKED;
+        /* Every parked operation counts in mutating, so is in pend: they go. */
+        s->ck.n_queue = 0;
         *ret_epoch = epoch;
 out:
+        release(s, 0);
         free(pend);
+        unhold(s);
         return r;
 }
 
@@ -266,17 +474,22 @@ void ssd_ckpt_reap(struct kvd_ssd *s, bool wait)
         s->st.checkpoint_gather_ns = s->ck.gather_ns;
         if (!s->ck.on)
                 return;
-        /* Entries of earlier epochs are of no use now: a shorter journal. */
-        l = list_of(s, s->ck.marked, NULL, &n);
-        r = l ? kvd_journal_create(s->ck.dir, s->ck.lineage, s->ck.epoch, s->n_extents, l, n, &fd) : -ENOMEM;
+        /* Entries of earlier epochs are of no use now: a shorter journal,
+         * of the extents on stable storage in this one's (the queued ones
+         * are appended to it after). */
+        quiesce(s);
+        l = s->ck.on ? list_of(s, s->ck.marked, NULL, &n) : NULL;
+        r = l ? kvd_journal_create(s->ck.dir, s->ck.lineage, s->ck.epoch, s->n_extents, l, n, &fd)
+              : s->ck.on ? -ENOMEM : 0;
         free(l);
-        if (r == 0) {
+        if (r == 0 && s->ck.on) {
                 close(s->ck.fd);
                 s->ck.fd = fd;
-        } else {
+        } else if (r < 0) {
                 log_warning("SSD tier: cannot rewrite the journal in %s: %s; it keeps its older entries",
                             s->ck.dir, strerror(-r));
         }
+        unhold(s);
         log_info("SSD tier: index checkpoint %" PRIu64 " written: %zu blocks, gathered in %.1f ms on the event "
                  "loop, written in %.3f s off it; %u extents written since", s->ck.epoch, s->ck.blocks,
                  (double)s->ck.gather_ns / 1e6, (double)s->ck.write_ns / 1e9, n);

@@ -487,6 +487,8 @@ static void ssd_flush(struct kvd_tier *t)
 
 void ssd_enqueue(struct kvd_ssd *s, struct op *o)
 {
+        if (ssd_journal_park(s, o))
+                return;
         o->next = NULL;
         if (s->queue[o->prio].tail)
                 s->queue[o->prio].tail->next = o;
@@ -521,7 +523,6 @@ static void ssd_write(struct kvd_tier *t, uint32_t loc, const struct kvd_slot_he
 {
         struct kvd_ssd *s = ssd_of(t);
         struct op *o = new_op(s, OP_WRITE, loc, page, len, prio, cb, ctx);
-        int r;
 
         if (!o) {
                 cb(ctx, -ENOMEM);
@@ -529,12 +530,7 @@ static void ssd_write(struct kvd_tier *t, uint32_t loc, const struct kvd_slot_he
         }
         o->hdr = *tmpl;
         o->dsync = dsync;
-        r = ssd_dirty_begin(s, kvd_slab_extent_of(s->slab, loc));
-        if (r < 0) {
-                free(o);
-                cb(ctx, r);
-                return;
-        }
+        ssd_dirty_begin(s, kvd_slab_extent_of(s->slab, loc));
         if (!ssd_cpu_write(s, o))
                 ssd_enqueue(s, o);
 }
@@ -577,11 +573,11 @@ static void ssd_discard(struct kvd_tier *t, uint32_t loc)
         struct kvd_ssd *s = ssd_of(t);
         struct op *o = new_op(s, OP_INVALIDATE, loc, NULL, 0, KVD_PRIO_BACKGROUND, NULL, NULL);
 
-        if (o && ssd_dirty_begin(s, kvd_slab_extent_of(s->slab, loc)) == 0) {
+        if (o) {
+                ssd_dirty_begin(s, kvd_slab_extent_of(s->slab, loc));
                 ssd_enqueue(s, o);
                 return;
         }
-        free(o);
         kvd_slab_release(s->slab, loc); /* the header stays: a resurrected block is still a right one */
 }
 
@@ -726,7 +722,9 @@ static int ssd_watch(struct kvd_tier *t, struct kvd_loop *l)
 
         s->efd_w = (struct kvd_loop_watch){ s->efd, ssd_ready };
         r = kvd_loop_add(l, &s->efd_w, KVD_LOOP_IN);
-        return r < 0 ? r : kvd_jobs_watch(s->jobs, l);
+        if (r == 0)
+                r = kvd_jobs_watch(s->jobs, l);
+        return r < 0 ? r : ssd_ckpt_watch(s, l);
 }
 
 struct kvd_tier *kvd_ssd_tier(struct kvd_ssd *s)
@@ -1003,13 +1001,18 @@ void ssd_drain(struct kvd_tier *t)
 {
         struct kvd_ssd *s = ssd_of(t);
 
-        while (s->ring_ok && (s->inflight > 0 || s->queued > 0 || (s->jobs && kvd_jobs_outstanding(s->jobs)))) {
+        while (s->ring_ok && (s->inflight > 0 || s->queued > 0 || (s->jobs && kvd_jobs_outstanding(s->jobs)) ||
+                              ssd_journal_busy(s))) {
                 struct io_uring_cqe *cqe;
                 int r;
 
-                /* Work at the threads: what it queues is drained next. */
+                /* Work at the threads (the journal's holds back writes):
+                 * what it queues is drained next. */
                 if (s->inflight == 0 && s->queued == 0) {
-                        kvd_jobs_wait(s->jobs);
+                        if (kvd_jobs_outstanding(s->jobs))
+                                kvd_jobs_wait(s->jobs);
+                        else
+                                ssd_journal_wait(s);
                         continue;
                 }
                 pump(s);
