@@ -13,6 +13,15 @@
  *   scores   score reports of max-items blocks, sent without waiting
  *   connect  connect, Hello, disconnect
  *   pools    connect, register a 64 MiB pool, disconnect
+ *   ssd-churn  Deletes of max-items random blocks of CHURN_BLOCKS kept on
+ *            SSD (durable Puts first), then Puts of them again: with a host
+ *            tier smaller than them, blocks demote to SSD, so writes and
+ *            wipes are scattered over the SSD tier's extents.
+ *   ssd-durable  the same with durable Puts (written through to SSD).
+ *            The ssd-* modes run only when asked for (--modes): the daemon
+ *            needs an SSD tier, and small extents with a short
+ *            ssd-checkpoint-interval make it journal extents all the time
+ *            (docs/bench/journal.md).
  *
  * Each mode runs --repeat times for --seconds; per mode it prints the
  * victim's p50, p99 and max latency (median over the repeats, with their
@@ -42,6 +51,7 @@
 #define LOOKUP_LAYERS 8u
 #define POOL_BYTES (64u << 20)
 #define MAX_REPEAT 16
+#define CHURN_BLOCKS 8192u
 
 static const struct kvc_geometry small_geom = {
         .layers = 4, .kv_heads = 2, .head_dim = 64, .dtype = KVC_DTYPE_F16, .block_tokens = 16,
@@ -50,9 +60,10 @@ static const struct kvc_geometry deep_geom = {
         .layers = DEEP_LAYERS, .kv_heads = 2, .head_dim = 64, .dtype = KVC_DTYPE_F16, .block_tokens = 16,
 };
 
-enum mode { M_NONE, M_DELETE, M_LOOKUP, M_PUT, M_SCORES, M_CONNECT, M_POOLS, M_COUNT };
+enum mode { M_NONE, M_DELETE, M_LOOKUP, M_PUT, M_SCORES, M_CONNECT, M_POOLS, M_CHURN, M_DURABLE, M_COUNT };
 
-static const char *const mode_names[M_COUNT] = { "none", "delete", "lookup", "put", "scores", "connect", "pools" };
+static const char *const mode_names[M_COUNT] = { "none",  "delete", "lookup",    "put",        "scores",
+                                                 "connect", "pools", "ssd-churn", "ssd-durable" };
 
 struct opts {
         const char *socket;
@@ -96,6 +107,34 @@ static int put_all(kvc_client *c, uint32_t ns, kvc_pool *p, const struct kvc_key
         return rc < 0 ? rc : 0;
 }
 
+static int put_durable(kvc_client *c, uint32_t ns, const kvc_pool *p, const struct kvc_block_ref *refs, uint32_t n)
+{
+        uint64_t id;
+        int rc = kvc_put_submit_flags(c, ns, p, refs, n, KVC_PUT_DURABLE, NULL, &id);
+
+        return rc < 0 ? rc : kvc_wait(c, id, -1);
+}
+
+/* ssd-churn, ssd-durable: n random blocks of churn[] deleted, then put
+ * again. */
+static int churn_round(kvc_client *c, uint32_t ns, const kvc_pool *p, const struct kvc_key *churn,
+                       struct kvc_key *keys, struct kvc_block_ref *refs, uint32_t n, bool durable, uint64_t *rng)
+{
+        int rc;
+
+        for (uint32_t i = 0; i < n; i++) {
+                *rng ^= *rng << 13;
+                *rng ^= *rng >> 7;
+                *rng ^= *rng << 17;
+                keys[i] = churn[*rng % CHURN_BLOCKS];
+                refs[i] = (struct kvc_block_ref){ .key = keys[i], .layer = 0, .slot = i };
+        }
+        rc = kvc_delete(c, ns, keys, n, 0);
+        if (rc < 0)
+                return rc;
+        return durable ? put_durable(c, ns, p, refs, n) : kvc_put(c, ns, p, refs, n, NULL);
+}
+
 /* One attacker process: does mode until SIGTERM, then writes its count of
  * operations to fd. */
 static int attack(const struct opts *o, enum mode m, unsigned idx, int fd)
@@ -105,8 +144,9 @@ static int attack(const struct opts *o, enum mode m, unsigned idx, int fd)
         struct kvc_key *keys = NULL;
         struct kvc_block_score *scores = NULL;
         struct kvc_block_ref *refs = NULL;
+        struct kvc_key *churn = NULL;
         uint32_t ns = 0, n, *prefix = NULL;
-        uint64_t ops = 0, round = 0;
+        uint64_t ops = 0, round = 0, rng = 0x9e3779b97f4a7c15ull + idx;
         int rc = 0;
 
         signal(SIGTERM, on_term);
@@ -137,6 +177,25 @@ static int attack(const struct opts *o, enum mode m, unsigned idx, int fd)
                 goto out;
         if (m == M_SCORES && (rc = put_all(c, ns, p, keys, n, 1)) < 0)
                 goto out;
+        if (m == M_CHURN || m == M_DURABLE) {
+                churn = calloc(CHURN_BLOCKS, sizeof(*churn));
+                rc = churn ? 0 : -ENOMEM;
+                if (rc == 0)
+                        rc = kvc_register_namespace(c, VICTIM_NS "-churn", &small_geom, &ns, NULL);
+                if (rc == 0)
+                        rc = kvc_pool_create(c, n, kvc_block_bytes(&small_geom), &p);
+                if (rc == 0)
+                        keys_of(3000 + idx, churn, CHURN_BLOCKS);
+                for (uint32_t i = 0; rc >= 0 && i < CHURN_BLOCKS; i += n) {
+                        uint32_t k = CHURN_BLOCKS - i < n ? CHURN_BLOCKS - i : n;
+
+                        for (uint32_t j = 0; j < k; j++)
+                                refs[j] = (struct kvc_block_ref){ .key = churn[i + j], .layer = 0, .slot = j };
+                        rc = put_durable(c, ns, p, refs, k);
+                }
+                if (rc < 0)
+                        goto out;
+        }
         for (uint32_t i = 0; i < n; i++)
                 scores[i] = (struct kvc_block_score){ .key = keys[i], .layer = 0, .mass = 0.5f };
         if (write(fd, "r", 1) != 1) /* ready */
@@ -167,6 +226,10 @@ static int attack(const struct opts *o, enum mode m, unsigned idx, int fd)
                         kvc_disconnect(x);
                         break;
                 }
+                case M_CHURN:
+                case M_DURABLE:
+                        rc = churn_round(c, ns, p, churn, keys, refs, n, m == M_DURABLE, &rng);
+                        break;
                 case M_POOLS: {
                         /* Pools go only with their session. */
                         kvc_client *x = NULL;
@@ -198,6 +261,7 @@ out:
         free(refs);
         free(scores);
         free(prefix);
+        free(churn);
         kvc_pool_free(p);
         kvc_disconnect(c);
         return rc < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
@@ -332,7 +396,7 @@ static int one_run(const struct opts *o, enum mode m, kvc_client *v, uint32_t ns
 static void usage(FILE *f)
 {
         fprintf(f, "Usage: kvdrive-bench interference [--socket PATH] [--seconds S] [--attackers N] [--repeat R]\n"
-                   "                                  [--modes none,delete,lookup,put,scores,connect,pools]\n"
+                   "                                  [--modes none,delete,lookup,put,scores,connect,pools,ssd-churn,ssd-durable]\n"
                    "\nA victim client's Get latency while attacker clients do the costliest requests.\n");
 }
 
@@ -400,7 +464,7 @@ int bench_interference(int argc, char **argv)
         int c, rc;
 
         for (int m = 0; m < M_COUNT; m++)
-                o.modes[m] = true;
+                o.modes[m] = m < M_CHURN; /* the ssd-* modes need an SSD tier: only when asked */
         while ((c = getopt_long(argc, argv, "s:t:a:r:m:h", longopts, NULL)) != -1) {
                 switch (c) {
                 case 's':
@@ -458,7 +522,7 @@ int bench_interference(int argc, char **argv)
         printf("# victim: Get of one 8 KiB host block per round trip; %u attacker connection(s) per mode; "
                "%u runs of %.1f s per mode; latency in microseconds, median over runs [min-max]\n",
                o.attackers, o.repeat, o.seconds);
-        printf("%-8s %20s %22s %24s %9s %10s %22s %22s\n", "mode", "p50", "p99", "max", "p99/none",
+        printf("%-11s %20s %22s %24s %9s %10s %22s %22s\n", "mode", "p50", "p99", "max", "p99/none",
                "attack/s", "loop turn p99 <", "loop turn max");
         for (int m = 0; m < M_COUNT; m++) {
                 double p50[MAX_REPEAT], p99[MAX_REPEAT], mx[MAX_REPEAT], ops[MAX_REPEAT];
@@ -496,7 +560,7 @@ int bench_interference(int argc, char **argv)
                 snprintf(f, sizeof(f), "%.0f [%.0f-%.0f]", med(lmax, o.repeat), vmin(lmax, o.repeat),
                          vmax(lmax, o.repeat));
                 snprintf(ratio, sizeof(ratio), "%.1fx", base_p99 > 0 ? med(p99, o.repeat) / base_p99 : 0.0);
-                printf("%-8s %20s %22s %24s %9s %10.0f %22s %22s\n", mode_names[m], a, b, d, ratio,
+                printf("%-11s %20s %22s %24s %9s %10.0f %22s %22s\n", mode_names[m], a, b, d, ratio,
                        med(ops, o.repeat), e, f);
                 fflush(stdout);
         }
