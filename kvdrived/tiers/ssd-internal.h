@@ -58,6 +58,7 @@ struct op {
         int result;
         uint64_t t0_ns;         /* submitted */
         bool short_io;          /* moved fewer bytes than asked */
+        bool verifying;         /* durable: its extent's header being read (arena) */
         kvd_tier_cb cb;
         void *ctx;
         struct kvd_slot_header hdr; /* write: header to write; read: expected key in it */

@@ -135,22 +135,15 @@ static bool check_files(struct kvd_ssd *s)
 /* Whether the header of extent e (in use: written or recovered by us) is
  * still on disk as the tier knows it: a file cut and grown back (a write
  * or fallocate past the cut) has its length again, but not its headers. */
-static bool check_extent(struct kvd_ssd *s, uint32_t e)
+static bool extent_read_ok(struct kvd_ssd *s, uint32_t e, const void *buf, ssize_t n)
 {
-        const struct kvd_extent_header *h = s->sync_buf;
+        const struct kvd_extent_header *h = buf;
         const struct ssd_file *f = ssd_file_of_extent(s, e);
         int klass = kvd_slab_extent_class(s->slab, e);
-        uint64_t off;
-        ssize_t n;
-        int fd;
 
-        ssd_extent_locate(s, e, &fd, &off);
-        n = pread(fd, s->sync_buf, PAGE, (off_t)off);
         if (n < 0) {
-                int r = -errno;
-
-                if (damage_error(r))
-                        set_damaged(s, "reading %s failed: %s", f->path, strerror(-r));
+                if (damage_error((int)n))
+                        set_damaged(s, "reading %s failed: %s", f->path, strerror((int)-n));
                 return !s->st.damaged;
         }
         if (n != PAGE || h->magic != KVD_EXTENT_MAGIC || h->version != KVD_FORMAT_VERSION ||
@@ -160,27 +153,15 @@ static bool check_extent(struct kvd_ssd *s, uint32_t e)
         return !s->st.damaged;
 }
 
-/* A durable write ended well: before it is reported done, make sure it
- * went where a restart will find it. Files once per pass over the
- * completions, the extent once per pass too (writes come in runs). */
-static int verify_durable(struct kvd_ssd *s, uint32_t loc)
+static bool check_extent(struct kvd_ssd *s, uint32_t e)
 {
-        uint32_t e = kvd_slab_extent_of(s->slab, loc);
+        uint64_t off;
+        ssize_t n;
+        int fd;
 
-        if (s->st.damaged)
-                return -EIO;
-        if (s->files_checked_pass != s->pass) {
-                if (!check_files(s))
-                        return -EIO;
-                s->files_checked_pass = s->pass;
-        }
-        if (s->extent_checked != e || s->extent_checked_pass != s->pass) {
-                if (!check_extent(s, e))
-                        return -EIO;
-                s->extent_checked = e;
-                s->extent_checked_pass = s->pass;
-        }
-        return 0;
+        ssd_extent_locate(s, e, &fd, &off);
+        n = pread(fd, s->sync_buf, PAGE, (off_t)off);
+        return extent_read_ok(s, e, s->sync_buf, n < 0 ? -errno : n);
 }
 
 static bool ssd_check(struct kvd_tier *t)
@@ -597,6 +578,67 @@ static int verify_read(struct kvd_ssd *s, const struct op *o, const struct kvd_s
         return 0;
 }
 
+/* A durable write (or sync) ended well: before it is reported done, make
+ * sure it went where a restart will find it. Files once per pass over the
+ * completions, the extent once per pass too (writes come in runs). The
+ * extent's header is read through the ring, into an invalidation buffer
+ * (one is free: o's own I/O was one of qd in flight), so that the loop
+ * does not wait for the drive: scattered durable writes cost one such
+ * read each. 0, -EIO, or 1: the read is in flight and ends o
+ * (finish_verify()). */
+static int verify_durable(struct kvd_ssd *s, struct op *o)
+{
+        uint32_t e = kvd_slab_extent_of(s->slab, o->loc);
+        struct io_uring_sqe *sqe;
+        uint64_t off;
+        int fd;
+
+        if (s->st.damaged)
+                return -EIO;
+        if (s->files_checked_pass != s->pass) {
+                if (!check_files(s))
+                        return -EIO;
+                s->files_checked_pass = s->pass;
+        }
+        if (s->extent_checked == e && s->extent_checked_pass == s->pass)
+                return 0;
+        if (s->inflight < s->qd && s->arena_top > 0) {
+                ssd_extent_locate(s, e, &fd, &off);
+                o->verifying = true;
+                o->arena = s->arena_free[--s->arena_top];
+                o->result = 0;
+                o->moved = 0;
+                o->want = PAGE;
+                o->pieces = o->pending = 1;
+                s->inflight++;
+                sqe = io_uring_get_sqe(&s->ring);
+                prep(s, sqe, false, fd, s->arena + (size_t)o->arena * PAGE, PAGE, off, 0);
+                io_uring_sqe_set_data(sqe, o);
+                s->unsubmitted = true;
+                return 1;
+        }
+        if (!check_extent(s, e))
+                return -EIO;
+        s->extent_checked = e;
+        s->extent_checked_pass = s->pass;
+        return 0;
+}
+
+static void finish_verify(struct kvd_ssd *s, struct op *o)
+{
+        uint32_t e = kvd_slab_extent_of(s->slab, o->loc);
+        /* Short: the file was cut there (a header lost, not a failed drive). */
+        int r = o->short_io || o->result >= 0 ? (int)o->moved : o->result;
+
+        if (extent_read_ok(s, e, s->arena + (size_t)o->arena * PAGE, r)) {
+                s->extent_checked = e;
+                s->extent_checked_pass = s->pass;
+                ssd_op_end(s, o, 0);
+        } else {
+                ssd_op_end(s, o, -EIO);
+        }
+}
+
 /* An I/O failed: is its file still whole? If so, was it the drive? */
 static void io_failed(struct kvd_ssd *s, const struct op *o)
 {
@@ -620,6 +662,10 @@ static void finish_op(struct kvd_ssd *s, struct op *o)
         s->inflight -= o->pieces;
         if (s->inflight == 0)
                 s->st.busy_ns += kvd_now_ns() - s->busy_since_ns;
+        if (o->verifying) {
+                finish_verify(s, o);
+                return;
+        }
         if (r < 0)
                 io_failed(s, o);
         if (r == 0 && o->kind == OP_READ) {
@@ -629,9 +675,11 @@ static void finish_op(struct kvd_ssd *s, struct op *o)
         }
         /* A write into a damaged tier is not one a restart would find. */
         if (r == 0 && o->kind == OP_WRITE)
-                r = o->dsync ? verify_durable(s, o->loc) : s->st.damaged ? -EIO : 0;
+                r = o->dsync ? verify_durable(s, o) : s->st.damaged ? -EIO : 0;
         if (r == 0 && o->kind == OP_SYNC)
-                r = verify_durable(s, o->loc);
+                r = verify_durable(s, o);
+        if (r > 0)
+                return;
         ssd_op_end(s, o, r);
 }
 
