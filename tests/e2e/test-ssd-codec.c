@@ -89,7 +89,8 @@ static void ref(const struct cc *x, uint32_t i, uint32_t slot, struct kvc_block_
         kvc_key_private(&x->seq, i, &r->key);
 }
 
-static void put(struct cc *x, uint32_t n, bool exact)
+/* Blocks [first, first + n), durably. */
+static void put(struct cc *x, uint32_t first, uint32_t n, bool exact)
 {
         struct kvc_block_ref refs[BATCH];
         uint8_t st[BATCH];
@@ -99,8 +100,8 @@ static void put(struct cc *x, uint32_t n, bool exact)
                 uint32_t k = n - at < BATCH ? n - at : BATCH;
 
                 for (uint32_t j = 0; j < k; j++) {
-                        ref(x, at + j, j, &refs[j]);
-                        fill(kvc_pool_slot(x->p, j), x->elems, at + j, exact);
+                        ref(x, first + at + j, j, &refs[j]);
+                        fill(kvc_pool_slot(x->p, j), x->elems, first + at + j, exact);
                 }
                 E2E_ASSERT_RC(x->c, kvc_put_submit_flags(x->c, x->ns, x->p, refs, k, KVC_PUT_DURABLE, st, &id), 0);
                 E2E_ASSERT_RC(x->c, kvc_wait(x->c, id, 60000), (int)k);
@@ -112,7 +113,7 @@ struct got {
         double max_err;         /* largest |decoded - stored| over the blocks that came */
 };
 
-static struct got get(struct cc *x, uint32_t n, bool exact)
+static struct got get(struct cc *x, uint32_t first, uint32_t n, bool exact)
 {
         static uint16_t want[MAX_BLOCK / 2];
         struct kvc_block_ref refs[BATCH];
@@ -123,7 +124,7 @@ static struct got get(struct cc *x, uint32_t n, bool exact)
                 uint32_t k = n - at < BATCH ? n - at : BATCH;
 
                 for (uint32_t j = 0; j < k; j++)
-                        ref(x, at + j, j, &refs[j]);
+                        ref(x, first + at + j, j, &refs[j]);
                 E2E_ASSERT_RC(x->c, kvc_get(x->c, x->ns, x->p, refs, k, st) >= 0 ? 0 : -1, 0);
                 for (uint32_t j = 0; j < k; j++) {
                         const uint16_t *e = kvc_pool_slot(x->p, j);
@@ -137,7 +138,7 @@ static struct got get(struct cc *x, uint32_t n, bool exact)
                                 continue;
                         }
                         g.ok++;
-                        fill(want, x->elems, at + j, exact);
+                        fill(want, x->elems, first + at + j, exact);
                         for (uint32_t m = 0; m < x->elems; m++) {
                                 double d = fabs((double)kvk_f16_to_f32(e[m]) - (double)kvk_f16_to_f32(want[m]));
 
@@ -228,8 +229,8 @@ START_TEST(test_fp8_round_trip)
         struct rig r;
 
         rig_start(&r, "fp8", &GEOM);
-        put(&r.x, 600, true);
-        g = get(&r.x, 600, true);
+        put(&r.x, 0, 600, true);
+        g = get(&r.x, 0, 600, true);
         ck_assert_uint_eq(g.ok, 600);
         ck_assert_msg(g.max_err == 0, "fp8 changed a value it holds exactly (by %g)", g.max_err);
         t = tier(&r.x);
@@ -259,8 +260,8 @@ START_TEST(test_int_codecs_bounded_error)
                 struct rig r;
 
                 rig_start(&r, cases[i].name, &GEOM);
-                put(&r.x, 400, false);
-                g = get(&r.x, 400, false);
+                put(&r.x, 0, 400, false);
+                g = get(&r.x, 0, 400, false);
                 ck_assert_uint_eq(g.ok, 400);
                 ck_assert_msg(g.max_err > 0 && g.max_err <= cases[i].tol, "%s: max error %g (step %g)",
                               cases[i].name, g.max_err, cases[i].tol);
@@ -277,7 +278,7 @@ static void assert_all_back(struct rig *r)
 
         rig_restart(r, "fp8", &GEOM);
         ck_assert_uint_eq(tier(&r->x).blocks, 100);
-        g = get(&r->x, 100, true);
+        g = get(&r->x, 0, 100, true);
         ck_assert_uint_eq(g.ok, 100);
         ck_assert(g.max_err == 0);
         ck_assert_uint_eq(tier(&r->x).promotions, 100);
@@ -293,7 +294,7 @@ START_TEST(test_restart)
         struct rig r;
 
         rig_start(&r, "fp8", &GEOM);
-        put(&r.x, 100, true); /* durable: on SSD once acknowledged */
+        put(&r.x, 0, 100, true); /* durable: on SSD once acknowledged */
         cc_close(&r.x);
         ck_assert_int_eq(kvd_test_daemon_kill(&r.d, SIGKILL), 0);
         kvd_test_daemon_stop(&r.d);
@@ -302,7 +303,61 @@ START_TEST(test_restart)
 
         rig_restart(&r, "none", &GEOM);
         ck_assert_uint_eq(tier(&r.x).blocks, 0);
-        ck_assert_uint_eq(get(&r.x, 100, true).miss, 100);
+        ck_assert_uint_eq(get(&r.x, 0, 100, true).miss, 100);
+        rig_end(&r);
+}
+END_TEST
+
+static int logged(const struct kvd_test_daemon *d, const char *a, const char *b)
+{
+        char *log = ssd_daemon_log(d);
+        int n = ssd_log_count(log, a, b);
+
+        free(log);
+        return n;
+}
+
+/* Encoded blocks, an interval checkpoint of them, more written after it,
+ * then SIGKILL: the next start loads the checkpoint (encoded slot sizes,
+ * codec) and reads the slot headers of the journaled extents only; every
+ * block comes back bit for bit. */
+START_TEST(test_crash_after_interval_checkpoint)
+{
+        const struct kvd_test_opts opts = { .log_file = true };
+        int64_t deadline = e2e_now_ms() + E2E_WAIT_MS;
+        struct got g;
+        struct rig r;
+
+        ck_assert_int_eq(kvc_key_sequence_new(&r.seq), 0);
+        ssd_dir_make(&r.dir);
+        {
+                const char *const args[] = { ARGS(r.dir.path, "fp8"), "--ssd-checkpoint-interval", "1", NULL };
+
+                ck_assert_msg(kvd_test_daemon_start_opts(&r.d, &opts, args) == 0, "start: %s", r.d.error);
+        }
+        cc_open(&r.x, r.d.socket_path, &GEOM, &r.seq);
+        put(&r.x, 0, 100, true);
+        while (logged(&r.d, "index checkpoint", "written: 100 blocks") == 0) {
+                ck_assert_msg(e2e_now_ms() < deadline, "no checkpoint of the 100 blocks");
+                usleep(20 * 1000);
+        }
+        put(&r.x, 100, 60, true);
+        cc_close(&r.x);
+        ck_assert_int_eq(kvd_test_daemon_kill(&r.d, SIGKILL), 0);
+        kvd_test_daemon_stop(&r.d);
+        {
+                const char *const args[] = { ARGS(r.dir.path, "fp8"), NULL };
+
+                ck_assert_msg(kvd_test_daemon_start_opts(&r.d, &opts, args) == 0, "start: %s", r.d.error);
+        }
+        ck_assert_int_eq(logged(&r.d, "recovered 160 blocks", "from the index checkpoint"), 1);
+        ck_assert_int_eq(logged(&r.d, "taken while serving", "extents written since it"), 1);
+        cc_open(&r.x, r.d.socket_path, &GEOM, &r.seq);
+        ck_assert_uint_eq(tier(&r.x).blocks, 160);
+        g = get(&r.x, 0, 160, true);
+        ck_assert_uint_eq(g.ok, 160);
+        ck_assert_msg(g.max_err == 0, "a block came back changed (by %g)", g.max_err);
+        ck_assert_uint_eq(tier(&r.x).crc_failures, 0);
         rig_end(&r);
 }
 END_TEST
@@ -316,13 +371,13 @@ START_TEST(test_damage_is_a_miss)
         long long off;
 
         rig_start(&r, "int4", &GEOM);
-        put(&r.x, 40, false);
+        put(&r.x, 0, 40, false);
         rig_stop(&r);
         (void)slot_of(&r.dir, &r.x, 7, &off);
         ssd_flip_byte(r.dir.file, off + KVD_SLOT_HDR_BYTES + 5000);
 
         rig_restart(&r, "int4", &GEOM);
-        g = get(&r.x, 40, false);
+        g = get(&r.x, 0, 40, false);
         ck_assert_uint_eq(g.ok, 39);
         ck_assert_uint_eq(g.miss, 1);
         ck_assert_uint_eq(g.other, 0);
@@ -341,8 +396,8 @@ START_TEST(test_raw_where_codec_cannot)
         struct rig r;
 
         rig_start(&r, "fp8", &g32);
-        put(&r.x, 200, false); /* 50 MiB: most of it leaves the 16 MiB host tier */
-        g = get(&r.x, 200, false);
+        put(&r.x, 0, 200, false); /* 50 MiB: most of it leaves the 16 MiB host tier */
+        g = get(&r.x, 0, 200, false);
         ck_assert_uint_eq(g.ok, 200);
         ck_assert_uint_gt(tier(&r.x).promotions, 100);
         ck_assert(g.max_err == 0);
@@ -382,6 +437,7 @@ static Suite *codec_suite(void)
         tcase_add_test(tc, test_fp8_round_trip);
         tcase_add_test(tc, test_int_codecs_bounded_error);
         tcase_add_test(tc, test_restart);
+        tcase_add_test(tc, test_crash_after_interval_checkpoint);
         tcase_add_test(tc, test_damage_is_a_miss);
         tcase_add_test(tc, test_raw_where_codec_cannot);
         tcase_add_test(tc, test_zstd_refused);
