@@ -71,6 +71,14 @@ struct kvd_cache {
         uint64_t recover_skipped_ns, recover_skipped_quota; /* blocks left out at start */
         bool recovered;         /* kvd_cache_recover() ran whole: the index may be checkpointed */
         uint64_t ckpt_last_ns;  /* the last checkpoint while serving began (or recovery ended) */
+        /* Where the SSD tier's gathering of one is in the index (it takes
+         * loop turns); two, so a start refused while one is under way
+         * does not reset it (recover.c). */
+        struct kvd_ckpt_walk {
+                struct kvd_cache *c;
+                uint32_t id;
+        } ckpt_walk[2];
+        unsigned ckpt_walk_cur;
         uint64_t t0_ns;         /* the heat clock starts here */
 };
 

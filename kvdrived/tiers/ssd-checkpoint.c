@@ -160,52 +160,91 @@ static int ns_ref(struct ns_map *m, struct growbuf *ns, uint32_t *n_ns, const st
         return 0;
 }
 
-static int build(struct growbuf *out, const struct kvd_ckpt_layout *lay, const struct kvd_ckpt_extent *ext,
-                 const struct kvd_ckpt_meta *meta, kvd_tier_ckpt_fn next, void *ctx)
+struct kvd_ckpt_builder {
+        struct ckpt_head head;
+        struct kvd_ckpt_extent *ext;
+        struct growbuf recs, ns;
+        struct ns_map map;
+};
+
+int kvd_ckpt_builder_new(const struct kvd_ckpt_layout *lay, const struct kvd_ckpt_extent *ext,
+                         const struct kvd_ckpt_meta *meta, struct kvd_ckpt_builder **ret)
 {
-        struct growbuf recs = { 0 }, ns = { 0 };
-        struct ns_map map = { 0 };
-        struct ckpt_head head = { .magic = CKPT_MAGIC, .version = CKPT_VERSION, .lay = *lay,
-                                  .next_gen = meta->next_gen, .flags = meta->clean ? CKPT_CLEAN : 0,
-                                  .epoch = meta->epoch, .lineage = meta->lineage };
-        struct kvd_slot_header h;
-        uint32_t loc, ns_id, crc;
-        int r = 0;
+        struct kvd_ckpt_builder *b = calloc(1, sizeof(*b));
 
-        while (r == 0 && next(ctx, &h, &loc, &ns_id)) {
-                struct ckpt_rec rec = { h.key_hi, h.key_lo, loc, 0, h.layer, h.payload_len, h.flags,
-                                        (uint8_t)h.codec, { 0 } };
-
-                r = ns_ref(&map, &ns, &head.n_ns, &h, ns_id, &rec.ns);
-                if (r == 0)
-                        r = gb_put(&recs, &rec, sizeof(rec));
-                head.n_recs++;
+        if (!b)
+                return -ENOMEM;
+        b->head = (struct ckpt_head){ .magic = CKPT_MAGIC, .version = CKPT_VERSION, .lay = *lay,
+                                      .next_gen = meta->next_gen, .flags = meta->clean ? CKPT_CLEAN : 0,
+                                      .epoch = meta->epoch, .lineage = meta->lineage };
+        b->ext = malloc((size_t)lay->n_extents * sizeof(*ext) + 1);
+        if (!b->ext) {
+                free(b);
+                return -ENOMEM;
         }
-        if (r == 0)
-                r = gb_put(out, &head, sizeof(head));
-        if (r == 0)
-                r = gb_put(out, ext, (size_t)lay->n_extents * sizeof(*ext));
-        if (r == 0 && ns.len)
-                r = gb_put(out, ns.p, ns.len);
-        if (r == 0 && recs.len)
-                r = gb_put(out, recs.p, recs.len);
-        if (r == 0) {
-                crc = kvd_slot_crc(out->p, out->len);
-                r = gb_put(out, &crc, sizeof(crc));
-        }
-        free(recs.p);
-        free(ns.p);
-        free(map.to);
-        return r;
+        memcpy(b->ext, ext, (size_t)lay->n_extents * sizeof(*ext));
+        *ret = b;
+        return 0;
 }
 
-int kvd_ckpt_build(const struct kvd_ckpt_layout *lay, const struct kvd_ckpt_extent *ext,
-                   const struct kvd_ckpt_meta *meta, kvd_tier_ckpt_fn next, void *ctx, uint8_t **ret_buf,
-                   size_t *ret_len)
+int kvd_ckpt_builder_add(struct kvd_ckpt_builder *b, kvd_tier_ckpt_fn next, void *ctx, uint64_t max)
+{
+        struct kvd_slot_header h;
+        uint32_t loc, ns_id;
+        int r = 0;
+
+        for (uint64_t i = 0; i < max; i++) {
+                struct ckpt_rec rec;
+
+                if (!next(ctx, &h, &loc, &ns_id))
+                        return 0;
+                rec = (struct ckpt_rec){ h.key_hi, h.key_lo, loc, 0, h.layer, h.payload_len, h.flags,
+                                         (uint8_t)h.codec, { 0 } };
+                r = ns_ref(&b->map, &b->ns, &b->head.n_ns, &h, ns_id, &rec.ns);
+                if (r == 0)
+                        r = gb_put(&b->recs, &rec, sizeof(rec));
+                if (r < 0)
+                        return r;
+                b->head.n_recs++;
+        }
+        return 1;
+}
+
+uint64_t kvd_ckpt_builder_records(const struct kvd_ckpt_builder *b)
+{
+        return b->head.n_recs;
+}
+
+struct kvd_ckpt_builder *kvd_ckpt_builder_free(struct kvd_ckpt_builder *b)
+{
+        if (b) {
+                free(b->ext);
+                free(b->recs.p);
+                free(b->ns.p);
+                free(b->map.to);
+                free(b);
+        }
+        return NULL;
+}
+
+int kvd_ckpt_builder_finish(struct kvd_ckpt_builder *b, uint8_t **ret_buf, size_t *ret_len)
 {
         struct growbuf out = { 0 };
-        int r = build(&out, lay, ext, meta, next, ctx);
+        uint32_t crc;
+        int r;
 
+        r = gb_put(&out, &b->head, sizeof(b->head));
+        if (r == 0)
+                r = gb_put(&out, b->ext, (size_t)b->head.lay.n_extents * sizeof(*b->ext));
+        if (r == 0 && b->ns.len)
+                r = gb_put(&out, b->ns.p, b->ns.len);
+        if (r == 0 && b->recs.len)
+                r = gb_put(&out, b->recs.p, b->recs.len);
+        if (r == 0) {
+                crc = kvd_slot_crc(out.p, out.len);
+                r = gb_put(&out, &crc, sizeof(crc));
+        }
+        kvd_ckpt_builder_free(b);
         if (r < 0) {
                 free(out.p);
                 return r;
@@ -213,6 +252,22 @@ int kvd_ckpt_build(const struct kvd_ckpt_layout *lay, const struct kvd_ckpt_exte
         *ret_buf = out.p;
         *ret_len = out.len;
         return 0;
+}
+
+int kvd_ckpt_build(const struct kvd_ckpt_layout *lay, const struct kvd_ckpt_extent *ext,
+                   const struct kvd_ckpt_meta *meta, kvd_tier_ckpt_fn next, void *ctx, uint8_t **ret_buf,
+                   size_t *ret_len)
+{
+        struct kvd_ckpt_builder *b = NULL;
+        int r = kvd_ckpt_builder_new(lay, ext, meta, &b);
+
+        if (r == 0)
+                r = kvd_ckpt_builder_add(b, next, ctx, UINT64_MAX);
+        if (r < 0) {
+                kvd_ckpt_builder_free(b);
+                return r;
+        }
+        return kvd_ckpt_builder_finish(b, ret_buf, ret_len);
 }
 
 int kvd_ckpt_write_buf(const char *dir, const uint8_t *buf, size_t len)

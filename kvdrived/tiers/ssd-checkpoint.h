@@ -76,6 +76,19 @@ int kvd_ckpt_build(const struct kvd_ckpt_layout *lay, const struct kvd_ckpt_exte
                    size_t *ret_len);
 int kvd_ckpt_write_buf(const char *dir, const uint8_t *buf, size_t len);
 
+/* kvd_ckpt_build() in steps, for a caller that must not hold its thread
+ * for all the records at once: new (lay and ext copied), then add() as many
+ * times as it takes, at most max records from next() each (1: next() may
+ * have more; 0: it returned false; -errno), then finish() (the bytes, as
+ * kvd_ckpt_build() gives them) or free(). finish() frees b either way. */
+struct kvd_ckpt_builder;
+int kvd_ckpt_builder_new(const struct kvd_ckpt_layout *lay, const struct kvd_ckpt_extent *ext,
+                         const struct kvd_ckpt_meta *meta, struct kvd_ckpt_builder **ret);
+int kvd_ckpt_builder_add(struct kvd_ckpt_builder *b, kvd_tier_ckpt_fn next, void *ctx, uint64_t max);
+uint64_t kvd_ckpt_builder_records(const struct kvd_ckpt_builder *b);
+int kvd_ckpt_builder_finish(struct kvd_ckpt_builder *b, uint8_t **ret_buf, size_t *ret_len);
+struct kvd_ckpt_builder *kvd_ckpt_builder_free(struct kvd_ckpt_builder *b);
+
 struct kvd_ckpt;
 
 /* Reads and parses dir/kvdrive.ckpt: -ENOENT none, -EBADMSG damaged (bad

@@ -108,6 +108,16 @@ struct ssd_ckpt {
         uint32_t *queue, n_queue;       /* SSD_QUEUED extents, for the next append */
         uint32_t *sending, n_sending;   /* the running append's (SSD_QUEUED too) */
         struct op *parked, *parked_tail;        /* writes and wipes waiting for theirs */
+        /* The records being gathered, ssd-checkpoint-step blocks a loop
+         * turn (step_fd is kept readable meanwhile), from gnext(gctx). */
+        struct kvd_ckpt_builder *builder;
+        kvd_tier_ckpt_fn gnext;
+        void *gctx;
+        int step_fd;
+        bool step_armed;
+        struct kvd_loop_watch step_w;
+        uint64_t gather_t0_ns;
+        unsigned steps;
         /* The checkpoint being written off the loop. */
         bool running;
         pthread_t thread;
@@ -115,7 +125,7 @@ struct ssd_ckpt {
         int result;
         uint8_t *buf;
         size_t len, blocks;
-        uint64_t gather_ns, write_ns;   /* on the loop; the writer's own */
+        uint64_t gather_ns, write_ns;   /* on the loop (all steps); the writer's own */
         char dir[PATH_MAX];
 };
 
@@ -219,8 +229,13 @@ void ssd_journal_wait(struct kvd_ssd *s);
 /* Before a write done at once (an extent header): e in the journal, on the
  * loop. 0, or -errno: the write must not be done. */
 int ssd_dirty_mark(struct kvd_ssd *s, uint32_t e);
-/* The checkpoint op taken while serving (tier.h). */
+/* The checkpoint op taken while serving (tier.h): the epoch begins and the
+ * first step of the gathering runs now, the others in the next loop turns;
+ * -EBUSY while one is gathered or written. */
 int ssd_checkpoint_start(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx);
+/* Drops a gathering under way (a clean stop's checkpoint replaces it; the
+ * journal is gone; the tier goes). */
+void ssd_ckpt_cancel(struct kvd_ssd *s);
 /* Finishes a checkpoint written off the loop, if it is (ssd_check: about
  * once a second); wait: until it is. */
 void ssd_ckpt_reap(struct kvd_ssd *s, bool wait);

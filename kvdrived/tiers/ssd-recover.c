@@ -425,6 +425,7 @@ int ssd_checkpoint(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx)
         char dir[PATH_MAX];
         int r = 0;
 
+        ssd_ckpt_cancel(s); /* this one covers everything */
         ssd_ckpt_reap(s, true);
         ssd_drain(t);
         if (s->st.damaged || s->inflight || s->queued)

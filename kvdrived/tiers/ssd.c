@@ -918,7 +918,7 @@ int kvd_ssd_new(const struct kvd_config *cfg, struct kvd_ssd **ret)
         s->tier.ops = &ssd_ops;
         s->cfg = cfg;
         s->efd = -1;
-        s->ck.fd = -1;
+        s->ck.fd = s->ck.step_fd = -1;
         s->qd = cfg->ssd_queue_depth;
         s->extent_bytes = cfg->ssd_extent_bytes;
         s->codec = (enum kvd_codec)cfg->ssd_codec;

@@ -147,9 +147,11 @@ struct kvd_tier_ops {
          * the blocks next() gives so that the next recover() need not scan
          * (optional). 0 or -errno. */
         int (*checkpoint)(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx);
-        /* While serving: gathers the blocks next() gives now, then writes
-         * them off the event loop (optional). 0 started, -EBUSY the last
-         * one is still being written, or -errno. */
+        /* While serving: gathers the blocks next() gives, a bounded number
+         * per loop turn (so next() and ctx must stay good until the next
+         * checkpoint_start() or checkpoint()), then writes them off the
+         * event loop (optional). 0 started, -EBUSY the last one is still
+         * being gathered or written, or -errno. */
         int (*checkpoint_start)(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx);
         /* Registers its completion fd with the event loop. 0 or -errno. */
         int (*watch)(struct kvd_tier *t, struct kvd_loop *l);

@@ -91,6 +91,8 @@ static const struct option_def options[] = {
         { "ssd-checkpoint-interval", OPT_U32, OFF(ssd_checkpoint_interval), "60", 0, 86400,
           "seconds between SSD index checkpoints while serving, so that a restart after a crash reads only the "
           "extents written since (0: only at a clean stop)", false },
+        { "ssd-checkpoint-step", OPT_U32, OFF(ssd_checkpoint_step), "16384", 1, 1u << 24,
+          "blocks such a checkpoint gathers per event-loop turn (~80 ns each): the longest it holds the loop", false },
         { "remote", OPT_STRING, OFF(remote), "", 0, 0,
           "remote tier shared by many machines: redis-cluster://HOST:PORT[,HOST:PORT...] (empty: none)", false },
         { "remote-timeout-ms", OPT_U32, OFF(remote_timeout_ms), "500", 1, 60000,

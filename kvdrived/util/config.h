@@ -68,6 +68,7 @@ struct kvd_config {
         uint32_t ssd_codec;             /* enum kvd_codec: how blocks are stored on SSD */
         uint32_t ssd_threads;           /* the SSD tier's CPU work (tiers/ssd.c) */
         uint32_t ssd_checkpoint_interval; /* seconds; 0: checkpoint only at a clean stop */
+        uint32_t ssd_checkpoint_step;   /* blocks gathered per loop turn */
         char remote[1024];              /* redis-cluster://HOST:PORT[,...]; empty: no remote tier */
         uint32_t remote_timeout_ms;
         uint32_t remote_connect_timeout_ms;

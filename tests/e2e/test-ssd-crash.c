@@ -23,14 +23,21 @@
 #define SCANNED "by scanning"
 #define CKPT_DONE "index checkpoint", "written:"
 
-static void start(struct kvd_test_daemon *d, const char *dir, const char *interval)
+/* step: blocks a checkpoint gathers per loop turn. */
+static void start_step(struct kvd_test_daemon *d, const char *dir, const char *interval, const char *step)
 {
         const struct kvd_test_opts opts = { .log_file = true };
         const char *const args[] = { "--host-bytes", "16M", "--ssd-dir", dir, "--ssd-bytes", "64M",
-                                     "--ssd-extent-bytes", "1M", "--ssd-checkpoint-interval", interval, NULL };
+                                     "--ssd-extent-bytes", "1M", "--ssd-checkpoint-interval", interval,
+                                     "--ssd-checkpoint-step", step, NULL };
         int rc = kvd_test_daemon_start_opts(d, &opts, args);
 
         ck_assert_msg(rc == 0, "daemon start: %s", d->error);
+}
+
+static void start(struct kvd_test_daemon *d, const char *dir, const char *interval)
+{
+        start_step(d, dir, interval, "16384");
 }
 
 static int logged(const struct kvd_test_daemon *d, const char *a, const char *b)
@@ -346,6 +353,66 @@ START_TEST(test_crash_after_clean_start)
 }
 END_TEST
 
+/* The most loop turns a checkpoint's gathering took, from the log. */
+static long most_turns(const struct kvd_test_daemon *d)
+{
+        char *log = ssd_daemon_log(d), *p = log;
+        long most = 0;
+
+        while ((p = strstr(p, " turns), written in"))) {
+                char *q = p;
+
+                while (q > log && q[-1] != '(')
+                        q--;
+                long n = strtol(q, NULL, 10);
+
+                most = n > most ? n : most;
+                p++;
+        }
+        free(log);
+        return most;
+}
+
+/* Checkpoints gathered one block a loop turn while blocks are deleted and
+ * put: whatever the walk saw of a block that changed under it, the start
+ * after a crash gives back every acknowledged durable block, byte for byte,
+ * and none of the deleted. */
+START_TEST(test_crash_during_stepped_gathers)
+{
+        int64_t deadline = e2e_now_ms() + E2E_WAIT_MS;
+        struct kvd_test_daemon d;
+        struct ssd_dir dir;
+        struct ssd_client sc;
+        struct kvc_key seq = ssd_new_seq();
+        uint32_t gone = 0, end = 600;
+        int n0;
+
+        ssd_dir_make(&dir);
+        start_step(&d, dir.path, "1", "1");
+        ssd_client_open(&sc, d.socket_path, 64);
+        ck_assert_int_eq(ssd_put(&sc, &seq, 0, end, KVC_PUT_DURABLE, 5), (int)end);
+        n0 = logged(&d, CKPT_DONE);
+        while (logged(&d, CKPT_DONE) < n0 + 3) {
+                ck_assert_msg(e2e_now_ms() < deadline, "no 3 checkpoints while blocks change");
+                delete_blocks(&sc, &seq, gone, 10);
+                gone += 10;
+                ck_assert_int_eq(ssd_put(&sc, &seq, end, 10, KVC_PUT_DURABLE, 5), 10);
+                end += 10;
+        }
+        wait_wiped(&dir, &seq, 0, gone);
+        ck_assert_int_ge(most_turns(&d), 500); /* ~600 blocks, one a turn */
+        ssd_client_close(&sc);
+        crash(&d);
+
+        start(&d, dir.path, "3600");
+        ck_assert_int_eq(logged(&d, "blocks", FROM_CKPT), 1);
+        ck_assert_int_eq(logged(&d, "taken while serving", "extents written since it"), 1);
+        assert_blocks(&d, &seq, gone, end);
+        E2E_STOP(&d);
+        ssd_dir_remove(&dir);
+}
+END_TEST
+
 static Suite *crash_suite(void)
 {
         Suite *s = suite_create("ssd-crash");
@@ -358,6 +425,7 @@ static Suite *crash_suite(void)
         tcase_add_test(tc, test_missing_journal_scans);
         tcase_add_test(tc, test_damaged_interval_checkpoint_scans);
         tcase_add_test(tc, test_crash_after_clean_start);
+        tcase_add_test(tc, test_crash_during_stepped_gathers);
         suite_add_tcase(s, tc);
         return s;
 }
