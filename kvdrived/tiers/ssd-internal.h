@@ -101,10 +101,17 @@ struct ssd_ckpt {
          * is a wait of milliseconds: not the loop's, nor the CPU stage's). */
         struct kvd_jobs *jobs;
         struct kvd_job job;
-        bool busy;              /* an append is at the thread */
+        bool busy;              /* an append (or the rewrite) is at the thread */
         unsigned hold;          /* no new append: the journal is being changed */
         int job_fd, job_result;
-        uint64_t job_epoch;
+        uint64_t job_epoch, job_lineage;
+        uint64_t synced_epoch;  /* whose start's extents (in flight then) are on stable storage */
+        /* The journal's rewrite (once a checkpoint is on disk), a job too. */
+        bool rewrite_wanted, job_rewrite;
+        uint32_t *rw_list, rw_n;
+        int job_new_fd;
+        char job_dir[PATH_MAX];
+        char rw_note[200], job_note[200];       /* its checkpoint's log line, logged once done */
         uint32_t *queue, n_queue;       /* SSD_QUEUED extents, for the next append */
         uint32_t *sending, n_sending;   /* the running append's (SSD_QUEUED too) */
         struct op *parked, *parked_tail;        /* writes and wipes waiting for theirs */
@@ -118,6 +125,7 @@ struct ssd_ckpt {
         struct kvd_loop_watch step_w;
         uint64_t gather_t0_ns;
         unsigned steps;
+        bool gathered;          /* every record is in: the file waits for synced_epoch */
         /* The checkpoint being written off the loop. */
         bool running;
         pthread_t thread;

@@ -151,11 +151,15 @@ static int abandon(struct kvd_ssd *s, int err)
  * queued so far and makes them durable with one fdatasync; when it is
  * done, the loop marks them and lets their operations go. The loop never
  * waits for the disk, and a burst of writes to many extents costs one
- * fdatasync per append, not one per extent. The journal's fd is replaced
- * (ssd_ckpt_reap), closed (abandon) and appended to on the loop
- * (begin_epoch, ssd_dirty_mark) only with no append running: they hold
- * the thread off and wait for the one it has (quiesce), at most one
- * fdatasync. So an append never straddles two epochs either.
+ * fdatasync per append, not one per extent. The journal's rewrite once a
+ * checkpoint is on disk is a job of the same thread, so the two never use
+ * the fd at once. The fd is closed (abandon) and appended to on the loop
+ * (ssd_dirty_mark: a fresh extent, whose header is written on the loop
+ * anyway) only with no job running: they hold the thread off and wait for
+ * the one it has (quiesce), at most one fdatasync. A new epoch only queues
+ * the extents with I/O in flight; an append of the epoch before that ends
+ * after it marks nothing (commit), and the checkpoint's file is written
+ * only once the new epoch's first append is durable (synced_epoch).
  */
 
 static uint32_t extent_of(const struct kvd_ssd *s, const struct op *o)
@@ -185,11 +189,32 @@ static void kick(struct kvd_ssd *s)
 {
         struct ssd_ckpt *ck = &s->ck;
 
-        if (ck->busy || ck->hold || ck->n_queue == 0 || !ck->on)
+        if (ck->busy || ck->hold || !ck->on)
                 return;
-        take_queue(ck);
+        ck->job_rewrite = false;
+        if (ck->rewrite_wanted) {
+                /* Entries of earlier epochs are of no use now: a shorter
+                 * journal, of the extents on stable storage in this one's
+                 * (the queued ones are appended to it after). */
+                ck->rewrite_wanted = false;
+                ck->rw_list = list_of(s, ck->marked, NULL, &ck->rw_n);
+                if (!ck->rw_list) {
+                        log_warning("SSD tier: cannot rewrite the journal: %s; it keeps its older entries",
+                                    strerror(ENOMEM));
+                        log_info("%s; %u extents written since", ck->rw_note, 0u);
+                } else {
+                        ck->job_rewrite = true;
+                        snprintf(ck->job_dir, sizeof(ck->job_dir), "%s", ck->dir);
+                        snprintf(ck->job_note, sizeof(ck->job_note), "%s", ck->rw_note);
+                }
+        }
+        if (!ck->job_rewrite && ck->n_queue == 0)
+                return;
+        if (!ck->job_rewrite)
+                take_queue(ck);
         ck->job_fd = ck->fd;
         ck->job_epoch = ck->epoch;
+        ck->job_lineage = ck->lineage;
         ck->busy = true;
         kvd_jobs_submit(ck->jobs, &ck->job);
 }
@@ -250,19 +275,32 @@ keep:
         }
 }
 
-/* An append of l (n extents, SSD_QUEUED) ended with r: they are in the
- * journal, or it is abandoned (0: the operations go without), or their
- * operations fail. Returns what they get. */
-static int commit(struct kvd_ssd *s, const uint32_t *l, uint32_t n, int r)
+static void finish_gather(struct kvd_ssd *s);
+
+/* An append of l (n extents, SSD_QUEUED) under epoch ended with r: they
+ * are in the journal, or it is abandoned (0: the operations go without),
+ * or their operations fail. Returns what they get. An append of an epoch
+ * before this one marks nothing: the new epoch queued its extents anew. */
+static int commit(struct kvd_ssd *s, uint64_t epoch, const uint32_t *l, uint32_t n, int r)
 {
+        bool now = epoch == s->ck.epoch;
+
         if (r == 0) {
-                for (uint32_t i = 0; i < n; i++)
+                for (uint32_t i = 0; now && i < n; i++)
                         s->ck.marked[l[i]] = SSD_MARKED;
                 s->st.journal_appends += n;
+                if (now && s->ck.synced_epoch != epoch) {
+                        s->ck.synced_epoch = epoch;
+                        if (s->ck.builder && s->ck.gathered)
+                                finish_gather(s);
+                }
         } else {
                 r = abandon(s, r);
-                for (uint32_t i = 0; r < 0 && i < n; i++)
+                for (uint32_t i = 0; r < 0 && now && i < n; i++)
                         s->ck.marked[l[i]] = SSD_UNMARKED;
+                /* Those may be the epoch's start: its checkpoint cannot rely on them. */
+                if (r < 0)
+                        ssd_ckpt_cancel(s);
         }
         release(s, r);
         return r;
@@ -271,8 +309,31 @@ static int commit(struct kvd_ssd *s, const uint32_t *l, uint32_t n, int r)
 static void append_run(struct kvd_job *j)
 {
         struct ssd_ckpt *ck = container_of(j, struct ssd_ckpt, job);
+        struct kvd_ssd *s = container_of(ck, struct kvd_ssd, ck);
 
-        ck->job_result = kvd_journal_append(ck->job_fd, ck->job_epoch, ck->sending, ck->n_sending);
+        if (ck->job_rewrite)
+                ck->job_result = kvd_journal_create(ck->job_dir, ck->job_lineage, ck->job_epoch, s->n_extents,
+                                                    ck->rw_list, ck->rw_n, &ck->job_new_fd);
+        else
+                ck->job_result = kvd_journal_append(ck->job_fd, ck->job_epoch, ck->sending, ck->n_sending);
+}
+
+static void rewrite_done(struct kvd_ssd *s)
+{
+        struct ssd_ckpt *ck = &s->ck;
+
+        free(ck->rw_list);
+        ck->rw_list = NULL;
+        if (ck->job_result < 0) {
+                log_warning("SSD tier: cannot rewrite the journal in %s: %s; it keeps its older entries",
+                            ck->job_dir, strerror(-ck->job_result));
+        } else if (ck->on) {
+                close(ck->fd);
+                ck->fd = ck->job_new_fd;
+        } else {
+                close(ck->job_new_fd);
+        }
+        log_info("%s; %u extents written since", ck->job_note, ck->rw_n);
 }
 
 static void append_done(struct kvd_job *j)
@@ -282,7 +343,10 @@ static void append_done(struct kvd_job *j)
 
         ck->busy = false;
         ck->hold++;
-        commit(s, ck->sending, ck->n_sending, ck->job_result);
+        if (ck->job_rewrite)
+                rewrite_done(s);
+        else
+                commit(s, ck->job_epoch, ck->sending, ck->n_sending, ck->job_result);
         unhold(s);
 }
 
@@ -331,7 +395,7 @@ int ssd_dirty_mark(struct kvd_ssd *s, uint32_t e)
                 queue_extent(s, e);
                 take_queue(ck);
                 r = kvd_journal_append(ck->fd, ck->epoch, ck->sending, ck->n_sending);
-                r = commit(s, ck->sending, ck->n_sending, r);
+                r = commit(s, ck->epoch, ck->sending, ck->n_sending, r);
         }
         unhold(s);
         return r;
@@ -360,51 +424,51 @@ static void *writer(void *arg)
         return NULL;
 }
 
-/* Epoch E begins: the journal learns of the extents with I/O in flight. */
+/* Epoch E begins: the journal is to learn of the extents with I/O in
+ * flight (queued for the thread: the checkpoint's file waits for them,
+ * and so do new writes and wipes of theirs). */
 static int begin_epoch(struct kvd_ssd *s, const char *dir, uint64_t *ret_epoch)
 {
         uint32_t *pend, n = 0;
-        uint64_t epoch;
-        int r, fd;
+        int r = 0, fd;
 
-        quiesce(s);
-        epoch = s->ck.on ? s->ck.epoch + 1 : 1;
         pend = list_of(s, NULL, s->ck.mutating, &n);
-        if (!pend) {
-                unhold(s);
+        if (!pend)
                 return -ENOMEM;
-        }
         if (s->ck.on) {
-                r = kvd_journal_append(s->ck.fd, epoch, pend, n);
-                if (r < 0) {
-                        abandon(s, r);
-                        goto out;
-                }
+                s->ck.epoch++;
+                memset(s->ck.marked, SSD_UNMARKED, s->n_extents);
+                s->ck.n_queue = 0;
+                for (uint32_t i = 0; i < n; i++)
+                        queue_extent(s, pend[i]);
+                if (n == 0)
+                        s->ck.synced_epoch = s->ck.epoch;
         } else {
                 uint64_t lineage = ssd_new_lineage();
 
-                r = kvd_journal_create(dir, lineage, epoch, s->n_extents, pend, n, &fd);
+                /* The first: on the loop, once in the daemon's life. */
+                r = kvd_journal_create(dir, lineage, 1, s->n_extents, pend, n, &fd);
                 if (r < 0) {
                         log_warning("SSD tier: cannot create the journal in %s: %s; no index checkpoint while "
                                     "serving", dir, strerror(-r));
-                        goto out;
+                        free(pend);
+                        return r;
                 }
                 s->ck.fd = fd;
                 s->ck.lineage = lineage;
                 s->ck.on = true;
+                s->ck.epoch = s->ck.synced_epoch = 1;
+                memset(s->ck.marked, SSD_UNMARKED, s->n_extents);
+                for (uint32_t i = 0; i < n; i++)
+                        s->ck.marked[pend[i]] = SSD_MARKED;
         }
-        s->ck.epoch = epoch;
-        memset(s->ck.marked, SSD_UNMARKED, s->n_extents);
-        for (uint32_t i = 0; i < n; i++)
-                s->ck.marked[pend[i]] = SSD_MARKED;
-        /* Every parked operation counts in mutating, so is in pend: they go. */
-        s->ck.n_queue = 0;
-        *ret_epoch = epoch;
-out:
+        *ret_epoch = s->ck.epoch;
+        /* Parked operations count in mutating, so their extents are queued
+         * (or marked, the first time: they go). */
         release(s, 0);
+        kick(s);
         free(pend);
-        unhold(s);
-        return r;
+        return 0;
 }
 
 /* The gathering goes on in the next loop turn: step_fd is left readable
@@ -425,6 +489,7 @@ void ssd_ckpt_cancel(struct kvd_ssd *s)
         if (!s->ck.builder)
                 return;
         s->ck.builder = kvd_ckpt_builder_free(s->ck.builder);
+        s->ck.gathered = false;
         arm_step(s, false);
         log_info("SSD tier: index checkpoint %" PRIu64 " given up while being gathered", s->ck.epoch);
 }
@@ -446,13 +511,27 @@ static void gather_step(struct kvd_ssd *s)
                 return;
         }
         arm_step(s, false);
-        s->ck.blocks = kvd_ckpt_builder_records(s->ck.builder);
-        if (r == 0) {
-                r = kvd_ckpt_builder_finish(s->ck.builder, &s->ck.buf, &s->ck.len);
-                s->ck.builder = NULL;
-        }
         if (r < 0) {
                 s->ck.builder = kvd_ckpt_builder_free(s->ck.builder);
+                log_warning("SSD tier: cannot gather an index checkpoint: %s", strerror(-r));
+                return;
+        }
+        s->ck.gathered = true;
+        if (s->ck.synced_epoch == s->ck.epoch)
+                finish_gather(s);
+}
+
+/* Every record is in and the epoch's start is durable in the journal: the
+ * file goes to a thread. */
+static void finish_gather(struct kvd_ssd *s)
+{
+        int r;
+
+        s->ck.blocks = kvd_ckpt_builder_records(s->ck.builder);
+        r = kvd_ckpt_builder_finish(s->ck.builder, &s->ck.buf, &s->ck.len);
+        s->ck.builder = NULL;
+        s->ck.gathered = false;
+        if (r < 0) {
                 log_warning("SSD tier: cannot gather an index checkpoint: %s", strerror(-r));
                 return;
         }
@@ -512,6 +591,7 @@ int ssd_checkpoint_start(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx)
         s->ck.gctx = ctx;
         s->ck.gather_t0_ns = t0;
         s->ck.steps = 0;
+        s->ck.gathered = false;
         s->ck.gather_ns = kvd_now_ns() - t0;
         gather_step(s);
         return 0;
@@ -519,8 +599,6 @@ int ssd_checkpoint_start(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx)
 
 void ssd_ckpt_reap(struct kvd_ssd *s, bool wait)
 {
-        uint32_t *l, n = 0;
-        int r, fd;
 
         if (!s->ck.running || (!wait && !atomic_load(&s->ck.done)))
                 return;
@@ -535,27 +613,17 @@ void ssd_ckpt_reap(struct kvd_ssd *s, bool wait)
         }
         s->st.checkpoints++;
         s->st.checkpoint_gather_ns = s->ck.gather_ns;
-        if (!s->ck.on)
+        snprintf(s->ck.rw_note, sizeof(s->ck.rw_note),
+                 "SSD tier: index checkpoint %" PRIu64 " written: %zu blocks, gathered in %.1f ms on the event "
+                 "loop (%u turns), written in %.3f s off it", s->ck.epoch, s->ck.blocks,
+                 (double)s->ck.gather_ns / 1e6, s->ck.steps, (double)s->ck.write_ns / 1e9);
+        if (!s->ck.on) {
+                log_info("%s", s->ck.rw_note);
                 return;
-        /* Entries of earlier epochs are of no use now: a shorter journal,
-         * of the extents on stable storage in this one's (the queued ones
-         * are appended to it after). */
-        quiesce(s);
-        l = s->ck.on ? list_of(s, s->ck.marked, NULL, &n) : NULL;
-        r = l ? kvd_journal_create(s->ck.dir, s->ck.lineage, s->ck.epoch, s->n_extents, l, n, &fd)
-              : s->ck.on ? -ENOMEM : 0;
-        free(l);
-        if (r == 0 && s->ck.on) {
-                close(s->ck.fd);
-                s->ck.fd = fd;
-        } else if (r < 0) {
-                log_warning("SSD tier: cannot rewrite the journal in %s: %s; it keeps its older entries",
-                            s->ck.dir, strerror(-r));
         }
-        unhold(s);
-        log_info("SSD tier: index checkpoint %" PRIu64 " written: %zu blocks, gathered in %.1f ms on the event "
-                 "loop (%u turns), written in %.3f s off it; %u extents written since", s->ck.epoch, s->ck.blocks,
-                 (double)s->ck.gather_ns / 1e6, s->ck.steps, (double)s->ck.write_ns / 1e9, n);
+        /* The thread rewrites the journal (kick()), which logs the line. */
+        s->ck.rewrite_wanted = true;
+        kick(s);
 }
 
 int ssd_ckpt_resume(struct kvd_ssd *s, const char *dir, const struct kvd_ckpt_meta *meta, const uint8_t *dirty)
