@@ -83,7 +83,7 @@ int kvd_ckpt_write_buf(const char *dir, const uint8_t *buf, size_t len);
  * kvd_ckpt_build() gives them) or free(). finish() frees b either way. */
 struct kvd_ckpt_builder;
 int kvd_ckpt_builder_new(const struct kvd_ckpt_layout *lay, const struct kvd_ckpt_extent *ext,
-                         const struct kvd_ckpt_meta *meta, struct kvd_ckpt_builder **ret);
+                         const struct kvd_ckpt_meta *meta, uint64_t expect, struct kvd_ckpt_builder **ret);
 int kvd_ckpt_builder_add(struct kvd_ckpt_builder *b, kvd_tier_ckpt_fn next, void *ctx, uint64_t max);
 uint64_t kvd_ckpt_builder_records(const struct kvd_ckpt_builder *b);
 int kvd_ckpt_builder_finish(struct kvd_ckpt_builder *b, uint8_t **ret_buf, size_t *ret_len);

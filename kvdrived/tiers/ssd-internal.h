@@ -39,7 +39,8 @@
  * the threads. */
 #define CPU_OFFLOAD_BYTES (128u << 10)
 
-enum op_kind { OP_READ, OP_WRITE, OP_INVALIDATE, OP_SYNC };
+/* OP_SCRUB: a read of extent loc's header (ssd_check()). */
+enum op_kind { OP_READ, OP_WRITE, OP_INVALIDATE, OP_SYNC, OP_SCRUB };
 
 struct op {
         struct op *next;
@@ -131,8 +132,8 @@ struct ssd_ckpt {
         pthread_t thread;
         atomic_bool done;
         int result;
-        uint8_t *buf;
-        size_t len, blocks;
+        struct kvd_ckpt_builder *wbuilder;      /* the writer's */
+        size_t blocks;
         uint64_t gather_ns, write_ns;   /* on the loop (all steps); the writer's own */
         char dir[PATH_MAX];
 };
@@ -170,6 +171,7 @@ struct kvd_ssd {
         uint64_t pass, files_checked_pass, extent_checked_pass;
         uint32_t extent_checked;
         uint32_t scrub_next;            /* next extent header ssd_check() reads */
+        unsigned scrub_inflight;        /* of its reads, not completed */
         struct kvd_tier_stats st;        /* st.damaged: see ssd.h */
         enum kvd_codec codec;           /* ssd-codec */
         struct kvd_jobs *jobs;          /* ssd-threads: checksums and codecs */

@@ -417,8 +417,16 @@ static void *writer(void *arg)
         struct kvd_ssd *s = arg;
 
         uint64_t t0 = kvd_now_ns();
+        uint8_t *buf = NULL;
+        size_t len = 0;
 
-        s->ck.result = kvd_ckpt_write_buf(s->ck.dir, s->ck.buf, s->ck.len);
+        /* The file's bytes are put together here too: a copy of every
+         * record and their crc, tens of ms a million blocks. */
+        s->ck.result = kvd_ckpt_builder_finish(s->ck.wbuilder, &buf, &len);
+        s->ck.wbuilder = NULL;
+        if (s->ck.result == 0)
+                s->ck.result = kvd_ckpt_write_buf(s->ck.dir, buf, len);
+        free(buf);
         s->ck.write_ns = kvd_now_ns() - t0;
         atomic_store(&s->ck.done, true);
         return NULL;
@@ -522,25 +530,20 @@ static void gather_step(struct kvd_ssd *s)
 }
 
 /* Every record is in and the epoch's start is durable in the journal: the
- * file goes to a thread. */
+ * records go to a thread, which makes the file of them. */
 static void finish_gather(struct kvd_ssd *s)
 {
         int r;
 
         s->ck.blocks = kvd_ckpt_builder_records(s->ck.builder);
-        r = kvd_ckpt_builder_finish(s->ck.builder, &s->ck.buf, &s->ck.len);
+        s->ck.wbuilder = s->ck.builder;
         s->ck.builder = NULL;
         s->ck.gathered = false;
-        if (r < 0) {
-                log_warning("SSD tier: cannot gather an index checkpoint: %s", strerror(-r));
-                return;
-        }
         atomic_store(&s->ck.done, false);
         r = -pthread_create(&s->ck.thread, NULL, writer, s);
         if (r < 0) {
                 log_warning("SSD tier: cannot start the index checkpoint's writer: %s", strerror(-r));
-                free(s->ck.buf);
-                s->ck.buf = NULL;
+                s->ck.wbuilder = kvd_ckpt_builder_free(s->ck.wbuilder);
                 return;
         }
         s->ck.running = true;
@@ -578,9 +581,13 @@ int ssd_checkpoint_start(struct kvd_tier *t, kvd_tier_ckpt_fn next, void *ctx)
         if (r == 0)
                 r = ssd_ckpt_extents(s, &ext);
         /* A failure from here on leaves the journal a superset: harmless. */
-        if (r == 0)
+        if (r == 0) {
+                uint64_t cap, used, slots;
+
+                kvd_slab_usage(s->slab, &cap, &used, &slots);
                 r = kvd_ckpt_builder_new(&lay, ext, &(struct kvd_ckpt_meta){ s->next_gen, epoch, s->ck.lineage, false },
-                                         &s->ck.builder);
+                                         slots, &s->ck.builder);
+        }
         free(ext);
         if (r < 0) {
                 log_warning("SSD tier: cannot gather an index checkpoint: %s", strerror(-r));
@@ -604,8 +611,6 @@ void ssd_ckpt_reap(struct kvd_ssd *s, bool wait)
                 return;
         pthread_join(s->ck.thread, NULL);
         s->ck.running = false;
-        free(s->ck.buf);
-        s->ck.buf = NULL;
         if (s->ck.result < 0) {
                 log_warning("SSD tier: cannot write the index checkpoint in %s: %s; the one before it (if any) "
                             "stays in use", s->ck.dir, strerror(-s->ck.result));

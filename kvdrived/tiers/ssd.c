@@ -164,6 +164,8 @@ static bool check_extent(struct kvd_ssd *s, uint32_t e)
         return extent_read_ok(s, e, s->sync_buf, n < 0 ? -errno : n);
 }
 
+static void scrub_extent(struct kvd_ssd *s, uint32_t e);
+
 static bool ssd_check(struct kvd_tier *t)
 {
         struct kvd_ssd *s = ssd_of(t);
@@ -172,14 +174,17 @@ static bool ssd_check(struct kvd_tier *t)
         ssd_ckpt_reap(s, false);
         if (!check_files(s))
                 return false;
-        while (checked < SCRUB_PER_CHECK && seen < s->n_extents && !s->st.damaged) {
+        /* Through the ring (finish_scrub()): the loop does not wait for
+         * the drive, a few ms a second here. */
+        while (checked < SCRUB_PER_CHECK && seen < s->n_extents && !s->st.damaged &&
+               s->scrub_inflight < SCRUB_PER_CHECK) {
                 uint32_t e = s->scrub_next;
 
                 s->scrub_next = (e + 1) % s->n_extents;
                 seen++;
                 if (kvd_slab_extent_class(s->slab, e) < 0) /* free or retired: nothing of ours */
                         continue;
-                check_extent(s, e);
+                scrub_extent(s, e);
                 checked++;
         }
         return !s->st.damaged;
@@ -364,7 +369,10 @@ static void submit_op(struct kvd_ssd *s, struct op *o)
         unsigned len;
         int fd, index;
 
-        ssd_locate(s, o->loc, &fd, &off);
+        if (o->kind == OP_SCRUB)
+                ssd_extent_locate(s, o->loc, &fd, &off);
+        else
+                ssd_locate(s, o->loc, &fd, &off);
         o->result = 0;
         o->t0_ns = kvd_now_ns();
         o->moved = 0;
@@ -378,7 +386,7 @@ static void submit_op(struct kvd_ssd *s, struct op *o)
                         s->busy_since_ns = kvd_now_ns();
                 return;
         }
-        if (o->kind == OP_INVALIDATE) {
+        if (o->kind == OP_INVALIDATE || o->kind == OP_SCRUB) {
                 o->arena = s->arena_free[--s->arena_top];
                 buf = s->arena + (size_t)o->arena * PAGE;
                 memset(buf, 0, PAGE);
@@ -411,7 +419,8 @@ static void submit_op(struct kvd_ssd *s, struct op *o)
                 unsigned n = k + 1 < o->pieces ? ALIGN_UP(len / o->pieces, PAGE) : len - at;
 
                 sqe = io_uring_get_sqe(&s->ring);
-                prep(s, sqe, o->kind != OP_READ, fd, (uint8_t *)buf + at, n, off + at, index);
+                prep(s, sqe, o->kind == OP_WRITE || o->kind == OP_INVALIDATE, fd, (uint8_t *)buf + at, n, off + at,
+                     index);
                 if (o->dsync)
                         sqe->rw_flags = RWF_DSYNC;
                 io_uring_sqe_set_data(sqe, o);
@@ -624,6 +633,31 @@ static int verify_durable(struct kvd_ssd *s, struct op *o)
         return 0;
 }
 
+/* The scrub's read of extent o->loc's header: as check_extent(), unless
+ * the extent was freed or given a new header meanwhile (then what was read
+ * is no longer what must be there). */
+static void scrub_extent(struct kvd_ssd *s, uint32_t e)
+{
+        struct op *o = new_op(s, OP_SCRUB, e, NULL, 0, KVD_PRIO_BACKGROUND, NULL, NULL);
+
+        if (!o)
+                return;
+        o->hdr.extent_generation = s->extent_gen[e];
+        s->scrub_inflight++;
+        ssd_enqueue(s, o);
+}
+
+static void finish_scrub(struct kvd_ssd *s, struct op *o)
+{
+        uint32_t e = o->loc;
+
+        s->scrub_inflight--;
+        if (kvd_slab_extent_class(s->slab, e) >= 0 && s->extent_gen[e] == o->hdr.extent_generation)
+                extent_read_ok(s, e, s->arena + (size_t)o->arena * PAGE,
+                               o->short_io || o->result >= 0 ? (int)o->moved : o->result);
+        ssd_op_end(s, o, 0);
+}
+
 static void finish_verify(struct kvd_ssd *s, struct op *o)
 {
         uint32_t e = kvd_slab_extent_of(s->slab, o->loc);
@@ -666,6 +700,10 @@ static void finish_op(struct kvd_ssd *s, struct op *o)
                 finish_verify(s, o);
                 return;
         }
+        if (o->kind == OP_SCRUB) {
+                finish_scrub(s, o);
+                return;
+        }
         if (r < 0)
                 io_failed(s, o);
         if (r == 0 && o->kind == OP_READ) {
@@ -706,6 +744,7 @@ void ssd_op_end(struct kvd_ssd *s, struct op *o, int r)
                 break;
         case OP_INVALIDATE:
         case OP_SYNC:
+        case OP_SCRUB:
                 break;
         }
         if (r < 0 && r != -EBADMSG && o->kind != OP_INVALIDATE && !s->st.damaged)
