@@ -109,6 +109,7 @@ struct ssd_ckpt {
         uint64_t synced_epoch;  /* whose start's extents (in flight then) are on stable storage */
         /* The journal's rewrite (once a checkpoint is on disk), a job too. */
         bool rewrite_wanted, job_rewrite;
+        uint64_t rw_epoch;      /* the checkpoint's: rewritten only while it is the epoch */
         uint32_t *rw_list, rw_n;
         int job_new_fd;
         char job_dir[PATH_MAX];

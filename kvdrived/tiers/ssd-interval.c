@@ -197,8 +197,13 @@ static void kick(struct kvd_ssd *s)
                  * journal, of the extents on stable storage in this one's
                  * (the queued ones are appended to it after). */
                 ck->rewrite_wanted = false;
-                ck->rw_list = list_of(s, ck->marked, NULL, &ck->rw_n);
-                if (!ck->rw_list) {
+                /* A newer epoch began since its checkpoint was written: the
+                 * journal must keep that checkpoint's entries. */
+                ck->rw_list = ck->epoch == ck->rw_epoch ? list_of(s, ck->marked, NULL, &ck->rw_n) : NULL;
+                if (ck->epoch != ck->rw_epoch) {
+                        log_info("%s; the journal keeps its entries (checkpoint %" PRIu64 " has begun)",
+                                 ck->rw_note, ck->epoch);
+                } else if (!ck->rw_list) {
                         log_warning("SSD tier: cannot rewrite the journal: %s; it keeps its older entries",
                                     strerror(ENOMEM));
                         log_info("%s; %u extents written since", ck->rw_note, 0u);
@@ -628,6 +633,7 @@ void ssd_ckpt_reap(struct kvd_ssd *s, bool wait)
         }
         /* The thread rewrites the journal (kick()), which logs the line. */
         s->ck.rewrite_wanted = true;
+        s->ck.rw_epoch = s->ck.epoch;
         kick(s);
 }
 
