@@ -237,9 +237,12 @@ bool ssd_journal_park(struct kvd_ssd *s, struct op *o);
 /* An append is at the journal's thread; wait for it (a drain's). */
 bool ssd_journal_busy(const struct kvd_ssd *s);
 void ssd_journal_wait(struct kvd_ssd *s);
-/* Before a write done at once (an extent header): e in the journal, on the
- * loop. 0, or -errno: the write must not be done. */
-int ssd_dirty_mark(struct kvd_ssd *s, uint32_t e);
+/* A fresh extent's header was written (on the loop, at allocation): e is
+ * queued for the journal, and its slots' writes wait for it as any. A
+ * crash before the append makes the header differ from what the
+ * checkpoint says of e: the next start scans every slot header, never
+ * trusts a wrong record. */
+void ssd_dirty_queue(struct kvd_ssd *s, uint32_t e);
 /* The checkpoint op taken while serving (tier.h): the epoch begins and the
  * first step of the gathering runs now, the others in the next loop turns;
  * -EBUSY while one is gathered or written. */

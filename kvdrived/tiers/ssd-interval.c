@@ -116,8 +116,8 @@ static uint32_t *list_of(const struct kvd_ssd *s, const uint8_t *set, const uint
 }
 
 /* The journal cannot be written: no checkpoint may be relied on any more.
- * 0 if none is left on disk (the I/O may go), else err. No append may be
- * running (it uses the fd). */
+ * 0 if none is left on disk (the I/O may go), else err. From a job's end
+ * only: none is running then (it would use the fd). */
 static int abandon(struct kvd_ssd *s, int err)
 {
         char dir[PATH_MAX];
@@ -153,25 +153,16 @@ static int abandon(struct kvd_ssd *s, int err)
  * waits for the disk, and a burst of writes to many extents costs one
  * fdatasync per append, not one per extent. The journal's rewrite once a
  * checkpoint is on disk is a job of the same thread, so the two never use
- * the fd at once. The fd is closed (abandon) and appended to on the loop
- * (ssd_dirty_mark: a fresh extent, whose header is written on the loop
- * anyway) only with no job running: they hold the thread off and wait for
- * the one it has (quiesce), at most one fdatasync. A new epoch only queues
- * the extents with I/O in flight; an append of the epoch before that ends
- * after it marks nothing (commit), and the checkpoint's file is written
- * only once the new epoch's first append is durable (synced_epoch).
+ * the fd at once; the loop closes it (abandon) only when a job has ended.
+ * A new epoch only queues the extents with I/O in flight; an append of the
+ * epoch before that ends after it marks nothing (commit), and the
+ * checkpoint's file is written only once the new epoch's first append is
+ * durable (synced_epoch).
  */
 
 static uint32_t extent_of(const struct kvd_ssd *s, const struct op *o)
 {
         return kvd_slab_extent_of(s->slab, o->loc);
-}
-
-static void quiesce(struct kvd_ssd *s)
-{
-        s->ck.hold++;
-        while (s->ck.busy)
-                kvd_jobs_wait(s->ck.jobs);
 }
 
 /* The queued extents become the next append's. */
@@ -387,23 +378,12 @@ void ssd_journal_wait(struct kvd_ssd *s)
                 kvd_jobs_wait(s->ck.jobs);
 }
 
-int ssd_dirty_mark(struct kvd_ssd *s, uint32_t e)
+void ssd_dirty_queue(struct kvd_ssd *s, uint32_t e)
 {
-        struct ssd_ckpt *ck = &s->ck;
-        int r = 0;
-
-        if (!ck->on || ck->marked[e] == SSD_MARKED)
-                return 0;
-        quiesce(s);
-        if (ck->on && ck->marked[e] != SSD_MARKED) {
-                /* The extents queued so far go with it, in the same fdatasync. */
-                queue_extent(s, e);
-                take_queue(ck);
-                r = kvd_journal_append(ck->fd, ck->epoch, ck->sending, ck->n_sending);
-                r = commit(s, ck->epoch, ck->sending, ck->n_sending, r);
-        }
-        unhold(s);
-        return r;
+        if (!s->ck.on)
+                return;
+        queue_extent(s, e);
+        kick(s);
 }
 
 void ssd_dirty_begin(struct kvd_ssd *s, uint32_t e)

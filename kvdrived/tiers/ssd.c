@@ -277,10 +277,9 @@ static int ssd_alloc(struct kvd_tier *t, int klass, uint32_t *ret_loc)
                         }
                 }
                 if (r == 0)
-                        r = ssd_dirty_mark(s, e);
-                if (r == 0)
                         r = write_extent_header(s, e, kvd_slab_class_bytes(s->slab, klass));
                 if (r == 0) {
+                        ssd_dirty_queue(s, e);
                         *ret_loc = loc;
                         return 0;
                 }
